@@ -1,0 +1,11 @@
+"""Subcommands of ``robocar``; each module owns one group and exposes ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    from pipelines.commands import pipeline
+
+    pipeline.register(sub)

@@ -1,0 +1,52 @@
+"""robocar-pipeline: a SageMaker Pipeline that turns DonkeyCar tubs into a model that drives the car.
+
+Dependencies are split by deployment unit (DESIGN.md "Layout") so that the car installs only
+what it runs: ``pip install .[edge]`` brings no TensorFlow and no sagemaker SDK.
+"""
+
+from setuptools import find_packages, setup
+
+PIPELINE = [  # control plane: build, upsert, start the pipeline; container scripts for processing
+    "sagemaker==3.27.*",
+    "boto3>=1.40",
+    "pandas>=2.0",
+    "jsonschema>=4.20",
+]
+TRAIN = [  # training and evaluation containers (TensorFlow script mode) and local compilation
+    "tensorflow==2.21.*",
+    "matplotlib>=3.8",
+]
+EDGE = [  # the device: runtimes only
+    "ai-edge-litert>=2.0",
+    "onnxruntime>=1.20",
+    "paho-mqtt>=2.0",
+]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "moto[server]==5.2.5",
+    "ruff>=0.6",
+    "cfn-lint>=1.0",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
+setup(
+    name="robocar-pipeline",
+    version="0.1.0",
+    description="SageMaker Pipeline: DonkeyCar tubs -> trained, evaluated, Neo-compiled, registered pilot",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]),
+    include_package_data=True,
+    package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"]},
+    install_requires=["numpy>=1.26", "Pillow>=10"],
+    extras_require={
+        "pipeline": PIPELINE,
+        "train": TRAIN,
+        "edge": EDGE,
+        "dev": PIPELINE + TRAIN + EDGE + DEV,
+    },
+    entry_points={"console_scripts": ["robocar=pipelines.cli:main"]},
+)
