@@ -1,0 +1,164 @@
+"""Preprocess output shards (docs/contracts.md section 2): write and read one split.
+
+A split folder holds ``shard-00000.npz`` ... (each an uncompressed ``.npz`` of at most ``shard_size``
+frames; ``np.load`` reads it) and ``dataset.json``. The shards are written byte-for-byte
+deterministically (fixed zip timestamps, fixed member order), so the same frames always give the same
+``fingerprint`` and the output does not depend on the worker count or the time of day.
+Numpy and the standard library only: this runs in the Processing and Training containers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "robocar-shards/1"
+DEFAULT_SHARD_SIZE = 2048
+SPLITS = ("train", "validation", "test")
+# Arrays every shard carries, with the dtype the contract fixes; str arrays are numpy unicode (no pickle).
+COMMON_ARRAYS = {
+    "images": np.uint8,
+    "session": np.str_,
+    "tub": np.str_,
+    "index": np.int64,
+    "timestamp_ms": np.int64,
+}
+DRIVING_ARRAYS = {"angle": np.float32, "throttle": np.float32}
+CLASSIFIER_ARRAYS = {"label": np.int64}
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: keeps shard bytes independent of time
+
+
+class ShardError(ValueError):
+    """Arrays that do not fit the shard contract, or a split folder that is not one."""
+
+
+def _frame_shape(frame_spec: Any) -> tuple[int, int, int]:
+    spec = frame_spec.to_dict() if hasattr(frame_spec, "to_dict") else dict(frame_spec)
+    return (int(spec["height"]), int(spec["width"]), 3)
+
+
+def _spec_dict(frame_spec: Any) -> dict[str, int]:
+    spec = frame_spec.to_dict() if hasattr(frame_spec, "to_dict") else dict(frame_spec)
+    return {k: int(v) for k, v in spec.items()}
+
+
+def normalise_arrays(arrays: Mapping[str, Any], frame_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Check names, lengths and shapes, and cast to the contract's dtypes (driving or classifier shards)."""
+    kinds = DRIVING_ARRAYS if "angle" in arrays or "throttle" in arrays else CLASSIFIER_ARRAYS
+    wanted = {**COMMON_ARRAYS, **kinds}
+    missing = sorted(set(wanted) - set(arrays))
+    if missing:
+        raise ShardError(f"missing arrays {missing}; shards need {sorted(wanted)}")
+    out: dict[str, np.ndarray] = {}
+    for name, dtype in wanted.items():
+        arr = np.asarray(arrays[name])
+        if dtype is np.str_:
+            arr = arr.astype(np.str_) if arr.size else np.zeros(0, dtype="<U1")
+        else:
+            arr = arr.astype(dtype, copy=False)
+        out[name] = arr
+    n = len(out["images"])
+    lengths = {name: len(arr) for name, arr in out.items()}
+    if any(length != n for length in lengths.values()):
+        raise ShardError(f"arrays differ in length: {lengths}")
+    if n == 0:
+        out["images"] = out["images"].reshape((0, *frame_shape))
+    if out["images"].shape[1:] != frame_shape:
+        raise ShardError(f"images have shape {out['images'].shape[1:]}, the frame spec says {frame_shape}")
+    for name, arr in out.items():
+        if name != "images" and arr.ndim != 1:
+            raise ShardError(f"array {name!r} must be one-dimensional, got shape {arr.shape}")
+    return out
+
+
+def shard_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An uncompressed .npz (what ``np.savez`` writes, readable by ``np.load``) with fixed timestamps."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            zf.writestr(info, member.getvalue())
+    return buffer.getvalue()
+
+
+def write_split(
+    out_dir: str | Path,
+    split: str,
+    arrays: Mapping[str, Any],
+    frame_spec: Any,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``out_dir/split/shard-*.npz`` and ``dataset.json``; return the dataset.json content.
+
+    ``arrays`` are the contract's arrays in the order the frames should be stored; ``frame_spec`` is an
+    ``edge.frames.FrameSpec`` (or its dict); ``extra`` is merged into dataset.json (e.g. ``classes``).
+    """
+    if shard_size <= 0:
+        raise ShardError("shard_size must be positive")
+    data = normalise_arrays(arrays, _frame_shape(frame_spec))
+    split_dir = Path(out_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for stale in split_dir.glob("shard-*.npz"):  # a rerun into the same folder must not leave old shards
+        stale.unlink()
+    n = len(data["images"])
+    digest = hashlib.sha256()
+    names: list[str] = []
+    for number, start in enumerate(range(0, n, shard_size)):
+        name = f"shard-{number:05d}.npz"
+        blob = shard_bytes({key: arr[start : start + shard_size] for key, arr in data.items()})
+        (split_dir / name).write_bytes(blob)
+        digest.update(blob)
+        names.append(name)
+    dataset: dict[str, Any] = {
+        "format": FORMAT,
+        "split": split,
+        "frames": n,
+        "shards": names,
+        "frame_spec": _spec_dict(frame_spec),
+        "sessions": sorted(set(data["session"].tolist())),
+        "fingerprint": digest.hexdigest(),
+    }
+    dataset.update(extra or {})
+    (split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
+    return dataset
+
+
+def load_split(split_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a split folder back: (arrays concatenated over its shards in order, dataset.json)."""
+    split_dir = Path(split_dir)
+    meta_path = split_dir / "dataset.json"
+    if not meta_path.is_file():
+        raise ShardError(f"{split_dir} has no dataset.json: not a preprocess output split")
+    dataset = json.loads(meta_path.read_text())
+    if dataset.get("format") != FORMAT:
+        raise ShardError(f"{meta_path}: format {dataset.get('format')!r}, expected {FORMAT!r}")
+    parts: dict[str, list[np.ndarray]] = {}
+    for name in dataset["shards"]:
+        with np.load(split_dir / name, allow_pickle=False) as shard:
+            for key in shard.files:
+                parts.setdefault(key, []).append(shard[key])
+    if not parts:  # an empty split: the contract's arrays with zero rows
+        kinds = CLASSIFIER_ARRAYS if "classes" in dataset else DRIVING_ARRAYS
+        shape = _frame_shape(dataset["frame_spec"])
+        empty = {
+            k: np.zeros((0, *shape) if k == "images" else 0, dtype=d)
+            for k, d in {**COMMON_ARRAYS, **kinds}.items()
+        }
+        return normalise_arrays(empty, shape), dataset
+    arrays = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    if len(arrays["images"]) != dataset["frames"]:
+        raise ShardError(
+            f"{split_dir}: shards hold {len(arrays['images'])} frames, dataset.json says {dataset['frames']}"
+        )
+    return arrays, dataset

@@ -1,0 +1,88 @@
+"""processing.shards: the preprocess output contract (docs/contracts.md section 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from edge.frames import FrameSpec
+from processing.shards import ShardError, load_split, write_split
+
+SPEC = FrameSpec(crop_top=40, height=80, width=160)
+
+
+def driving_arrays(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "images": rng.integers(0, 256, size=(n, 80, 160, 3), dtype=np.uint8),
+        "angle": rng.uniform(-1, 1, n),
+        "throttle": rng.uniform(-1, 1, n),
+        "session": np.array([f"s{i // 3}" for i in range(n)]),
+        "tub": np.array(["tubA"] * n),
+        "index": np.arange(n),
+        "timestamp_ms": 1_700_000_000_000 + np.arange(n) * 50,
+    }
+
+
+def test_round_trip_splits_into_shards_with_contract_dtypes(tmp_path):
+    arrays = driving_arrays(7)
+    dataset = write_split(tmp_path, "train", arrays, SPEC, shard_size=3)
+
+    assert dataset["shards"] == ["shard-00000.npz", "shard-00001.npz", "shard-00002.npz"]
+    assert dataset["frames"] == 7 and dataset["split"] == "train" and dataset["format"] == "robocar-shards/1"
+    assert dataset["sessions"] == ["s0", "s1", "s2"]
+    assert dataset["frame_spec"] == SPEC.to_dict()
+    assert json.loads((tmp_path / "train" / "dataset.json").read_text()) == dataset
+    with np.load(tmp_path / "train" / "shard-00002.npz") as last:  # plain np.load reads a shard
+        assert len(last["images"]) == 1
+
+    loaded, meta = load_split(tmp_path / "train")
+    assert meta == dataset
+    np.testing.assert_array_equal(loaded["images"], arrays["images"])
+    np.testing.assert_array_equal(loaded["angle"], arrays["angle"].astype(np.float32))
+    assert loaded["images"].dtype == np.uint8 and loaded["angle"].dtype == np.float32
+    assert loaded["index"].dtype == np.int64 and loaded["timestamp_ms"].dtype == np.int64
+    assert loaded["session"].tolist() == arrays["session"].tolist()
+
+
+def test_fingerprint_is_sha256_of_shards_and_stable_between_writes(tmp_path):
+    first = write_split(tmp_path / "a", "test", driving_arrays(5), SPEC, shard_size=2)
+    second = write_split(tmp_path / "b", "test", driving_arrays(5), SPEC, shard_size=2)
+    digest = hashlib.sha256()
+    for name in first["shards"]:
+        digest.update((tmp_path / "a" / "test" / name).read_bytes())
+    assert first["fingerprint"] == digest.hexdigest() == second["fingerprint"]
+    other = write_split(tmp_path / "c", "test", driving_arrays(5, seed=1), SPEC, shard_size=2)
+    assert other["fingerprint"] != first["fingerprint"]
+
+
+def test_classifier_shards_carry_label_and_classes(tmp_path):
+    arrays = driving_arrays(4)
+    del arrays["angle"], arrays["throttle"]
+    arrays["label"] = np.array([0, 1, 1, 0])
+    dataset = write_split(tmp_path, "validation", arrays, SPEC, extra={"classes": ["cat", "dog"]})
+    loaded, meta = load_split(tmp_path / "validation")
+    assert meta["classes"] == ["cat", "dog"] == dataset["classes"]
+    assert loaded["label"].tolist() == [0, 1, 1, 0] and "angle" not in loaded
+
+
+def test_empty_split_round_trips(tmp_path):
+    dataset = write_split(tmp_path, "test", driving_arrays(0), SPEC)
+    assert dataset["frames"] == 0 and dataset["shards"] == []
+    loaded, _ = load_split(tmp_path / "test")
+    assert loaded["images"].shape == (0, 80, 160, 3)
+
+
+def test_rejects_arrays_that_break_the_contract(tmp_path):
+    arrays = driving_arrays(3)
+    with pytest.raises(ShardError, match="frame spec"):
+        write_split(tmp_path, "train", arrays, FrameSpec())
+    with pytest.raises(ShardError, match="length"):
+        write_split(tmp_path, "train", {**arrays, "index": np.arange(2)}, SPEC)
+    with pytest.raises(ShardError, match="missing"):
+        write_split(tmp_path, "train", {k: v for k, v in arrays.items() if k != "tub"}, SPEC)
+    with pytest.raises(ShardError, match="dataset.json"):
+        load_split(tmp_path / "nothing")
