@@ -1,0 +1,78 @@
+"""The one place that decides between real AWS (boto3, or a moto server) and the local folder clients.
+
+Code that talks to S3 or SageMaker takes these clients as arguments; the CLI and the car call ``clients()``
+once (docs/contracts.md section 6).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCAL_ROOT_ENV = "ROBOCAR_LOCAL_ROOT"
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    """An ``s3`` and a ``sagemaker`` client with boto3's method names; ``local_root`` is set when local."""
+
+    s3: Any
+    sagemaker: Any
+    local_root: Path | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.local_root is not None
+
+
+def local_root_from_env() -> Path | None:
+    value = os.environ.get(LOCAL_ROOT_ENV)
+    return Path(value) if value else None
+
+
+def _local_sagemaker_client(root: Path, region: str | None) -> Any:
+    """The richest local SageMaker client installed: with local pipelines where ``pipelines/`` is present.
+
+    ``pipelines.local.client`` adds pipeline executions on top of the registry; on the car (no pipeline
+    dependencies) the registry alone is what is needed.
+    """
+    try:
+        from pipelines.local.client import LocalPipelineClient
+    except ImportError:
+        from edge.local_aws import LocalSageMakerClient
+
+        return LocalSageMakerClient(root, region)
+    return LocalPipelineClient(root, region)
+
+
+def clients(
+    *,
+    local_root: str | os.PathLike[str] | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> AwsClients:
+    """Local clients when ``local_root`` (or ``$ROBOCAR_LOCAL_ROOT``) is set, else boto3 clients.
+
+    ``endpoint_url`` points boto3 at another endpoint (a moto server in tests); it makes no sense locally.
+    """
+    root = Path(local_root) if local_root is not None else local_root_from_env()
+    if root is not None:
+        if endpoint_url:
+            raise ValueError(
+                "endpoint_url and a local root exclude each other: choose AWS (or moto) or local"
+            )
+        from edge.local_aws import LocalS3Client
+
+        return AwsClients(
+            s3=LocalS3Client(root, region), sagemaker=_local_sagemaker_client(root, region), local_root=root
+        )
+
+    import boto3  # imported here: the car may run local-only without boto3
+
+    session = boto3.session.Session(region_name=region) if region else boto3.session.Session()
+    return AwsClients(
+        s3=session.client("s3", endpoint_url=endpoint_url),
+        sagemaker=session.client("sagemaker", endpoint_url=endpoint_url),
+    )
