@@ -91,6 +91,78 @@ def shard_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
+class SplitWriter:
+    """Streams frames into ``out_dir/split/``: full shards are written as frames arrive, so a large
+    dataset never has to sit in memory. ``close()`` writes the last shard and ``dataset.json``."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        split: str,
+        frame_spec: Any,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        if shard_size <= 0:
+            raise ShardError("shard_size must be positive")
+        self.split = split
+        self.split_dir = Path(out_dir) / split
+        self.frame_spec = frame_spec
+        self.frame_shape = _frame_shape(frame_spec)
+        self.shard_size = shard_size
+        self.extra = dict(extra or {})
+        self.split_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.split_dir.glob("shard-*.npz"):  # a rerun into the same folder leaves no old shards
+            stale.unlink()
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_frames = 0
+        self._digest = hashlib.sha256()
+        self._names: list[str] = []
+        self._frames = 0
+        self._sessions: set[str] = set()
+
+    def add(self, arrays: Mapping[str, Any]) -> None:
+        """Append frames (the contract's arrays, any length); writes every shard that fills up."""
+        chunk = normalise_arrays(arrays, self.frame_shape)
+        if len(chunk["images"]) == 0:
+            return
+        self._pending.append(chunk)
+        self._pending_frames += len(chunk["images"])
+        while self._pending_frames >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, count: int) -> None:
+        merged = {key: np.concatenate([c[key] for c in self._pending]) for key in self._pending[0]}
+        shard = {key: arr[:count] for key, arr in merged.items()}
+        rest = {key: arr[count:] for key, arr in merged.items()}
+        self._pending = [rest] if len(rest["images"]) else []
+        self._pending_frames = len(rest["images"])
+        name = f"shard-{len(self._names):05d}.npz"
+        blob = shard_bytes(shard)
+        (self.split_dir / name).write_bytes(blob)
+        self._digest.update(blob)
+        self._names.append(name)
+        self._frames += count
+        self._sessions.update(shard["session"].tolist())
+
+    def close(self) -> dict[str, Any]:
+        """Write the last (partial) shard and dataset.json; return the dataset.json content."""
+        if self._pending_frames:
+            self._flush(self._pending_frames)
+        dataset: dict[str, Any] = {
+            "format": FORMAT,
+            "split": self.split,
+            "frames": self._frames,
+            "shards": list(self._names),
+            "frame_spec": _spec_dict(self.frame_spec),
+            "sessions": sorted(self._sessions),
+            "fingerprint": self._digest.hexdigest(),
+        }
+        dataset.update(self.extra)
+        (self.split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
+        return dataset
+
+
 def write_split(
     out_dir: str | Path,
     split: str,
@@ -104,34 +176,9 @@ def write_split(
     ``arrays`` are the contract's arrays in the order the frames should be stored; ``frame_spec`` is an
     ``edge.frames.FrameSpec`` (or its dict); ``extra`` is merged into dataset.json (e.g. ``classes``).
     """
-    if shard_size <= 0:
-        raise ShardError("shard_size must be positive")
-    data = normalise_arrays(arrays, _frame_shape(frame_spec))
-    split_dir = Path(out_dir) / split
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for stale in split_dir.glob("shard-*.npz"):  # a rerun into the same folder must not leave old shards
-        stale.unlink()
-    n = len(data["images"])
-    digest = hashlib.sha256()
-    names: list[str] = []
-    for number, start in enumerate(range(0, n, shard_size)):
-        name = f"shard-{number:05d}.npz"
-        blob = shard_bytes({key: arr[start : start + shard_size] for key, arr in data.items()})
-        (split_dir / name).write_bytes(blob)
-        digest.update(blob)
-        names.append(name)
-    dataset: dict[str, Any] = {
-        "format": FORMAT,
-        "split": split,
-        "frames": n,
-        "shards": names,
-        "frame_spec": _spec_dict(frame_spec),
-        "sessions": sorted(set(data["session"].tolist())),
-        "fingerprint": digest.hexdigest(),
-    }
-    dataset.update(extra or {})
-    (split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
-    return dataset
+    writer = SplitWriter(out_dir, split, frame_spec, shard_size=shard_size, extra=extra)
+    writer.add(arrays)
+    return writer.close()
 
 
 def load_split(split_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -86,3 +86,15 @@ def test_rejects_arrays_that_break_the_contract(tmp_path):
         write_split(tmp_path, "train", {k: v for k, v in arrays.items() if k != "tub"}, SPEC)
     with pytest.raises(ShardError, match="dataset.json"):
         load_split(tmp_path / "nothing")
+
+
+def test_streamed_chunks_give_the_same_shards_as_one_write(tmp_path):
+    from processing.shards import SplitWriter
+
+    arrays = driving_arrays(11)
+    whole = write_split(tmp_path / "whole", "train", arrays, SPEC, shard_size=4)
+    writer = SplitWriter(tmp_path / "streamed", "train", SPEC, shard_size=4)
+    for start, stop in [(0, 3), (3, 3), (3, 9), (9, 11)]:
+        writer.add({key: value[start:stop] for key, value in arrays.items()})
+    streamed = writer.close()
+    assert streamed == whole
