@@ -1,0 +1,416 @@
+"""The device agent: keep the car on the newest approved, verified, working model; never strand it.
+
+One check (``Agent.check``) does: ask the model registry for the newest Approved package of the group that
+carries an artifact for this car's target -> download it -> verify its SHA-256 against the registry ->
+unpack it safely -> smoke-test it (load it, one inference on a bundled frame) -> swap it in atomically.
+Anything that fails leaves the car on the model it had. The registry is reached through clients with
+boto3's method names (``edge.aws.clients``: AWS or the local registry, same code).
+
+On disk (``root``)::
+
+    state.json                  what happened: current/previous, rejected packages, last check, events
+    current -> models/<name>    the model the car drives with; replaced with os.replace (atomic)
+    models/<name>/              one folder per installed package, with .robocar-install.json
+    downloads/                  verified archives; removed once unpacked
+
+The ``current`` link is the truth for which model runs (a crash between the swap and the state write
+cannot make the car drive something the state does not describe: the install record travels with the
+model folder). The previous model is kept so a failure after the swap rolls back without a download.
+
+A package whose artifact fails the smoke test or is an unsafe archive is remembered as rejected and not
+tried again; a SHA-256 mismatch is not remembered (the object may be repaired), it is refused each time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edge import artifacts
+
+log = logging.getLogger("robocar.edge.agent")
+
+STATE_FORMAT = "robocar-edge-state/1"
+INSTALL_RECORD = ".robocar-install.json"
+SHA256_ENV = "ROBOCAR_ARTIFACT_SHA256"
+TARGET_ENV = "ROBOCAR_EDGE_TARGET"
+SMOKE_FRAME = Path(__file__).with_name("assets") / "smoke_frame.jpg"
+MAX_EVENTS = 50
+DEFAULT_LIMITS = artifacts.ExtractLimits()
+
+
+class AgentError(Exception):
+    """A user-facing problem with the agent's folder or request (printed without a traceback)."""
+
+
+class SmokeTestError(artifacts.ArtifactError):
+    """The model loads badly or its outputs on the bundled frame are not finite or out of range."""
+
+
+def edge_spec_name(target: str) -> str:
+    """The AdditionalInferenceSpecifications entry carrying a target's artifact (contracts section 5).
+
+    Names allow letters, digits and '-' only, so Neo's ``jetson_nano`` becomes ``edge-jetson-nano``;
+    ``steps/register.py`` writes the same names.
+    """
+    return "edge-" + target.replace("_", "-")
+
+
+def metadata_sha256_key(target: str) -> str:
+    return f"edge:{target}:sha256"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One approved package's artifact for this car's target, as the registry describes it."""
+
+    model_package_arn: str
+    version: int
+    target: str
+    artifact_uri: str
+    sha256: str
+
+    @property
+    def key(self) -> str:
+        """Identifies the pair (package, artifact bytes) for the rejected list."""
+        return f"{self.model_package_arn}#{self.sha256}"
+
+    @property
+    def folder_name(self) -> str:
+        return f"v{self.version}-{self.sha256[:12]}"
+
+
+def candidate_from_package(description: dict[str, Any], target: str) -> Candidate | None:
+    """A ``describe_model_package`` response -> its Candidate for ``target``, or None if it has none.
+
+    The SHA-256 is read from the edge spec's Environment and from CustomerMetadataProperties; when both
+    are present they must agree, since a disagreement means the package was edited by hand or corrupted.
+    """
+    arn = description["ModelPackageArn"]
+    wanted = edge_spec_name(target)
+    spec = next(
+        (s for s in description.get("AdditionalInferenceSpecifications") or [] if s.get("Name") == wanted),
+        None,
+    )
+    if spec is None or not spec.get("Containers"):
+        return None
+    container = spec["Containers"][0]
+    uri = container.get("ModelDataUrl")
+    environment = container.get("Environment") or {}
+    if environment.get(TARGET_ENV, target) != target:
+        raise artifacts.ArtifactError(f"{arn}: spec {wanted!r} is for target {environment[TARGET_ENV]!r}")
+    env_sha = environment.get(SHA256_ENV)
+    meta_sha = (description.get("CustomerMetadataProperties") or {}).get(metadata_sha256_key(target))
+    if not uri or not (env_sha or meta_sha):
+        raise artifacts.ArtifactError(f"{arn}: spec {wanted!r} has no ModelDataUrl or no SHA-256")
+    if env_sha and meta_sha and artifacts.normalize_sha256(env_sha) != artifacts.normalize_sha256(meta_sha):
+        raise artifacts.ArtifactError(
+            f"{arn}: {SHA256_ENV}={env_sha} disagrees with {metadata_sha256_key(target)}={meta_sha}"
+        )
+    version = description.get("ModelPackageVersion") or int(arn.rsplit("/", 1)[-1])
+    return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(env_sha or meta_sha))
+
+
+def approved_packages(sagemaker: Any, group: str) -> Iterator[str]:
+    """ARNs of the group's Approved packages, newest first (the registry sorts; we page)."""
+    kwargs: dict[str, Any] = {
+        "ModelPackageGroupName": group,
+        "ModelApprovalStatus": "Approved",
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+    }
+    while True:
+        page = sagemaker.list_model_packages(**kwargs)
+        for summary in page.get("ModelPackageSummaryList", []):
+            yield summary["ModelPackageArn"]
+        token = page.get("NextToken")
+        if not token:
+            return
+        kwargs["NextToken"] = token
+
+
+def find_newest(sagemaker: Any, group: str, target: str, skip: set[str] = frozenset()) -> Candidate | None:
+    """The newest Approved package with an artifact for ``target`` whose key is not in ``skip``."""
+    for arn in approved_packages(sagemaker, group):
+        description = sagemaker.describe_model_package(ModelPackageName=arn)
+        try:
+            candidate = candidate_from_package(description, target)
+        except artifacts.ArtifactError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if candidate is not None and candidate.key not in skip:
+            return candidate
+    return None
+
+
+def _check_output(name: str, value: float) -> float:
+    if not (value == value and abs(value) != float("inf")):
+        raise SmokeTestError(f"{name} is not finite ({value})")
+    if not -1.0 <= value <= 1.0:
+        raise SmokeTestError(f"{name} {value:.4f} is outside [-1, 1]")
+    return value
+
+
+def smoke_test(model_dir: Path) -> dict[str, float]:
+    """Load the model with the device's runtimes and run the bundled frame; raise SmokeTestError if bad."""
+    from edge import frames, runtimes
+
+    try:
+        pilot = runtimes.load_pilot(model_dir)
+        image = frames.decode_image(SMOKE_FRAME.read_bytes())
+        started = time.perf_counter()
+        angle, throttle = pilot.run_frame(image)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+    except SmokeTestError:
+        raise
+    except Exception as exc:  # any failure to load or run is a failed smoke test, named in the log
+        raise SmokeTestError(f"cannot run the model: {type(exc).__name__}: {exc}") from exc
+    return {
+        "angle": _check_output("angle", float(angle)),
+        "throttle": _check_output("throttle", float(throttle)),
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CheckResult:
+    """What one check did: ``installed``, ``up-to-date``, ``none-approved``, ``offline``, ``refused``,
+    ``rolled-back``; ``model`` is the folder the car drives with afterwards (None when it has none)."""
+
+    outcome: str
+    detail: str
+    model: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Agent:
+    """Installs models into ``root`` for one (model package group, target). Not thread-safe: one per root."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        group: str,
+        target: str,
+        sagemaker: Any = None,
+        s3: Any = None,
+        smoke: Callable[[Path], dict[str, float]] = smoke_test,
+        limits: artifacts.ExtractLimits = DEFAULT_LIMITS,
+    ) -> None:
+        self.root = Path(root)
+        self.group = group
+        self.target = target
+        self.sagemaker = sagemaker
+        self.s3 = s3
+        self.smoke = smoke
+        self.limits = limits
+        self.models = self.root / "models"
+        self.downloads = self.root / "downloads"
+        self.current_link = self.root / "current"
+        self.state_path = self.root / "state.json"
+        self.models.mkdir(parents=True, exist_ok=True)
+        self.downloads.mkdir(parents=True, exist_ok=True)
+
+    # ---- state -------------------------------------------------------------------------------------
+    def load_state(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            try:
+                state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise AgentError(
+                    f"{self.state_path} is not valid JSON ({exc}); move it aside to reset"
+                ) from exc
+        else:
+            state = {}
+        state.setdefault("format", STATE_FORMAT)
+        state.setdefault("rejected", {})
+        state.setdefault("events", [])
+        state.setdefault("previous", None)
+        state["group"], state["target"] = self.group, self.target
+        state["current"] = self.current_record()
+        return state
+
+    def _save(self, state: dict[str, Any], outcome: str, detail: str) -> CheckResult:
+        state["current"] = self.current_record()
+        state["last_check"] = {"at": utc_now(), "outcome": outcome, "detail": detail}
+        state["events"] = (state["events"] + [state["last_check"]])[-MAX_EVENTS:]
+        _write_json_atomic(self.state_path, state)
+        level = logging.INFO if outcome in ("installed", "up-to-date", "none-approved") else logging.WARNING
+        log.log(level, "%s: %s", outcome, detail)
+        return CheckResult(outcome, detail, self.current_name())
+
+    def current_name(self) -> str | None:
+        """The folder name ``current`` points to, or None when no model is installed."""
+        try:
+            return Path(os.readlink(self.current_link)).name
+        except FileNotFoundError:
+            return None
+
+    def current_dir(self) -> Path | None:
+        name = self.current_name()
+        return self.models / name if name else None
+
+    def current_record(self) -> dict[str, Any] | None:
+        folder = self.current_dir()
+        if folder is None or not (folder / INSTALL_RECORD).exists():
+            return None
+        return json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
+
+    # ---- the check ---------------------------------------------------------------------------------
+    def check(self) -> CheckResult:
+        """One pass: find, fetch, verify, unpack, smoke-test, swap. Registry/network errors do not raise."""
+        state = self.load_state()
+        current = state["current"]
+        try:
+            candidate = find_newest(self.sagemaker, self.group, self.target, skip=set(state["rejected"]))
+        except Exception as exc:  # whatever the client raises offline, the car keeps its model
+            return self._save(
+                state, "offline", f"registry unreachable, keeping {self._describe(current)}: {exc}"
+            )
+        if candidate is None:
+            return self._save(
+                state,
+                "none-approved",
+                f"no Approved package in {self.group!r} has an artifact for {self.target!r}; "
+                f"keeping {self._describe(current)}",
+            )
+        if current and f"{current['model_package_arn']}#{current['sha256']}" == candidate.key:
+            return self._save(state, "up-to-date", f"driving with {self._describe(current)}")
+        archive = self.downloads / f"{candidate.sha256}.tar.gz"
+        try:
+            artifacts.fetch_verified(self.s3, candidate.artifact_uri, archive, candidate.sha256)
+        except artifacts.IntegrityError as exc:
+            return self._save(state, "refused", f"{exc}; keeping {self._describe(current)}")
+        except Exception as exc:
+            return self._save(state, "offline", f"download failed, keeping {self._describe(current)}: {exc}")
+        return self._install(state, candidate, archive)
+
+    def install_archive(self, archive: Path, candidate: Candidate) -> CheckResult:
+        """Verify and install an archive already on the device (e.g. one Greengrass delivered)."""
+        state = self.load_state()
+        try:
+            artifacts.verify_file(archive, candidate.sha256)
+        except artifacts.IntegrityError as exc:
+            return self._save(state, "refused", f"{exc}; keeping {self._describe(state['current'])}")
+        local_copy = self.downloads / f"{candidate.sha256}.tar.gz"
+        shutil.copyfile(archive, local_copy)
+        return self._install(state, candidate, local_copy)
+
+    def _install(self, state: dict[str, Any], candidate: Candidate, archive: Path) -> CheckResult:
+        current = state["current"]
+        keep = self._describe(current)
+        staging = self.models / f".staging-{candidate.folder_name}"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            files = artifacts.safe_extract(archive, staging, self.limits)
+            smoke = self.smoke(staging)
+        except artifacts.ArtifactError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            state["rejected"][candidate.key] = {"at": utc_now(), "reason": str(exc)}
+            return self._save(state, "refused", f"{candidate.model_package_arn}: {exc}; keeping {keep}")
+        finally:
+            archive.unlink(missing_ok=True)
+        record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
+        record.update(installed_at=utc_now(), smoke_test=smoke)
+        _write_json_atomic(staging / INSTALL_RECORD, record)
+        final = self.models / candidate.folder_name
+        shutil.rmtree(final, ignore_errors=True)  # a leftover of an interrupted install of the same package
+        os.replace(staging, final)
+        previous_name = self.current_name()
+        self._point_current(candidate.folder_name)
+        try:
+            self.smoke(self.current_link)  # the same checks through the path the drive loop uses
+        except artifacts.ArtifactError as exc:
+            state["rejected"][candidate.key] = {"at": utc_now(), "reason": f"after the swap: {exc}"}
+            if previous_name:
+                self._point_current(previous_name)
+            else:
+                self.current_link.unlink(missing_ok=True)
+            shutil.rmtree(final, ignore_errors=True)
+            return self._save(
+                state, "rolled-back", f"{candidate.model_package_arn} failed after the swap: {exc}"
+            )
+        state["previous"] = previous_name if previous_name != candidate.folder_name else state["previous"]
+        self._prune(keep={candidate.folder_name, state["previous"]})
+        return self._save(state, "installed", f"now driving with {self._describe(record)} (was {keep})")
+
+    def rollback(self, reason: str = "requested by hand") -> CheckResult:
+        """Point ``current`` back at the previous model and reject the one that was running."""
+        state = self.load_state()
+        previous = state.get("previous")
+        if not previous or not (self.models / previous).is_dir():
+            raise AgentError(f"no previous model in {self.models} to roll back to")
+        bad = state["current"]
+        if bad:
+            state["rejected"][f"{bad['model_package_arn']}#{bad['sha256']}"] = {
+                "at": utc_now(),
+                "reason": reason,
+            }
+        self._point_current(previous)
+        state["previous"] = None
+        if bad:
+            self._prune(keep={previous})
+        return self._save(
+            state, "rolled-back", f"{reason}; now driving with {self._describe(self.current_record())}"
+        )
+
+    # ---- folder plumbing ---------------------------------------------------------------------------
+    def _point_current(self, folder_name: str) -> None:
+        """Make ``current`` point at ``models/<folder_name>`` in one rename; readers never see it missing."""
+        tmp = self.root / f".current.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(Path("models") / folder_name, tmp)
+        os.replace(tmp, self.current_link)
+        _fsync_dir(self.root)
+
+    def _prune(self, keep: set[str | None]) -> None:
+        for folder in self.models.iterdir():
+            if folder.name not in keep and folder.name != self.current_name():
+                shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _describe(record: dict[str, Any] | None) -> str:
+        if not record:
+            return "no model"
+        return f"{record['model_package_arn']} ({record['target']}, sha256 {record['sha256'][:12]})"
+
+
+def poll(agent: Agent, interval_s: float, *, stop: Callable[[], bool] = lambda: False) -> None:
+    """Check every ``interval_s`` seconds until ``stop()``; each check's outcome is logged and saved."""
+    while not stop():
+        agent.check()
+        deadline = time.monotonic() + interval_s
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(0.5, interval_s))

@@ -1,0 +1,209 @@
+"""The device agent against a moto registry: install, refuse tampering, roll back, survive no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.exceptions import EndpointConnectionError
+from edge_fixtures import GROUP, TARGET, fake_model, register, registry, sha256
+from moto import mock_aws
+
+from edge import agent as agent_mod
+from edge.agent import Agent, SmokeTestError, candidate_from_package
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        registry(sagemaker, s3)
+        yield sagemaker, s3
+
+
+class RecordingSmoke:
+    """Stands in for the runtime: passes unless the model's manifest tag is in ``failing``."""
+
+    def __init__(self) -> None:
+        self.failing: set[str] = set()
+        self.seen: list[str] = []
+
+    def __call__(self, model_dir: Path) -> dict[str, float]:
+        tag = json.loads((Path(model_dir) / "manifest.json").read_text())["tag"]
+        self.seen.append(tag)
+        if tag in self.failing:
+            raise SmokeTestError(f"model {tag} gives NaN")
+        return {"angle": 0.0, "throttle": 0.1, "latency_ms": 1.0}
+
+
+def make_agent(tmp_path: Path, aws, smoke) -> Agent:
+    sagemaker, s3 = aws
+    return Agent(tmp_path / "car", group=GROUP, target=TARGET, sagemaker=sagemaker, s3=s3, smoke=smoke)
+
+
+def current_tag(agent: Agent) -> str | None:
+    folder = agent.current_dir()
+    return json.loads((folder / "manifest.json").read_text())["tag"] if folder else None
+
+
+def test_installs_newest_approved_and_keeps_previous(tmp_path, aws):
+    sagemaker, s3 = aws
+    smoke = RecordingSmoke()
+    car = make_agent(tmp_path, aws, smoke)
+    register(sagemaker, s3, fake_model("v1"), key="a/1.tar.gz")
+    assert car.check().outcome == "installed"
+    assert current_tag(car) == "v1"
+    register(sagemaker, s3, fake_model("v2"), key="a/2.tar.gz")
+    register(sagemaker, s3, fake_model("pending"), key="a/3.tar.gz", approved=False)
+    result = car.check()
+    assert result.outcome == "installed"
+    assert current_tag(car) == "v2"
+    state = json.loads((car.root / "state.json").read_text())
+    assert state["current"]["version"] == 2
+    assert (car.models / state["previous"]).is_dir()
+    assert car.check().outcome == "up-to-date"
+    assert not list(car.downloads.iterdir()), "verified archives are removed once unpacked"
+
+
+def test_tampered_artifact_is_refused_and_old_model_kept(tmp_path, aws):
+    sagemaker, s3 = aws
+    car = make_agent(tmp_path, aws, RecordingSmoke())
+    register(sagemaker, s3, fake_model("good"), key="a/1.tar.gz")
+    car.check()
+    genuine = fake_model("v2")
+    register(sagemaker, s3, genuine, key="a/2.tar.gz")
+    s3.put_object(
+        Bucket="robocar-artifacts", Key="a/2.tar.gz", Body=fake_model("evil")
+    )  # swapped after approval
+    result = car.check()
+    assert result.outcome == "refused"
+    assert "SHA-256 mismatch" in result.detail and sha256(genuine) in result.detail
+    assert current_tag(car) == "good"
+    assert not any(p.name.startswith(".staging") for p in car.models.iterdir())
+
+
+def test_registry_sha_mismatch_between_fields_skips_package(tmp_path, aws):
+    description = {
+        "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/4",
+        "AdditionalInferenceSpecifications": [
+            {
+                "Name": "edge-rasp4b",
+                "Containers": [
+                    {"ModelDataUrl": "s3://b/k", "Environment": {"ROBOCAR_ARTIFACT_SHA256": "a" * 64}}
+                ],
+            }
+        ],
+        "CustomerMetadataProperties": {"edge:rasp4b:sha256": "b" * 64},
+    }
+    with pytest.raises(agent_mod.artifacts.ArtifactError, match="disagrees"):
+        candidate_from_package(description, "rasp4b")
+    assert candidate_from_package(description, "jetson_nano") is None
+
+
+def test_model_failing_smoke_test_is_rejected_and_not_retried(tmp_path, aws):
+    sagemaker, s3 = aws
+    smoke = RecordingSmoke()
+    car = make_agent(tmp_path, aws, smoke)
+    register(sagemaker, s3, fake_model("good"), key="a/1.tar.gz")
+    car.check()
+    smoke.failing.add("broken")
+    register(sagemaker, s3, fake_model("broken"), key="a/2.tar.gz")
+    result = car.check()
+    assert result.outcome == "refused" and "gives NaN" in result.detail
+    assert current_tag(car) == "good"
+    assert car.check().outcome == "up-to-date"  # the rejected package is skipped, the good one stays
+    assert smoke.seen.count("broken") == 1
+
+
+def test_model_failing_after_swap_is_rolled_back(tmp_path, aws):
+    sagemaker, s3 = aws
+    calls: list[Path] = []
+
+    def smoke_fails_through_current(model_dir: Path) -> dict[str, float]:
+        calls.append(Path(model_dir))
+        tag = json.loads((Path(model_dir) / "manifest.json").read_text())["tag"]
+        if tag == "flaky" and Path(model_dir).name == "current":
+            raise SmokeTestError("runtime crashed on load through current")
+        return {"angle": 0.0, "throttle": 0.0, "latency_ms": 1.0}
+
+    car = make_agent(tmp_path, aws, smoke_fails_through_current)
+    register(sagemaker, s3, fake_model("good"), key="a/1.tar.gz")
+    car.check()
+    register(sagemaker, s3, fake_model("flaky"), key="a/2.tar.gz")
+    result = car.check()
+    assert result.outcome == "rolled-back"
+    assert current_tag(car) == "good"
+    assert [p.name for p in car.models.iterdir() if not p.name.startswith("v1-")] == []
+
+
+def test_manual_rollback_returns_to_previous(tmp_path, aws):
+    sagemaker, s3 = aws
+    car = make_agent(tmp_path, aws, RecordingSmoke())
+    register(sagemaker, s3, fake_model("v1"), key="a/1.tar.gz")
+    car.check()
+    register(sagemaker, s3, fake_model("v2"), key="a/2.tar.gz")
+    car.check()
+    assert car.rollback("driver reports swerving").outcome == "rolled-back"
+    assert current_tag(car) == "v1"
+    assert car.check().outcome == "up-to-date", "the rolled-back package is not reinstalled"
+    with pytest.raises(agent_mod.AgentError, match="no previous model"):
+        car.rollback()
+
+
+class Offline:
+    """A client whose every call fails as boto3 does without a network."""
+
+    def __getattr__(self, name):
+        def fail(**kwargs):
+            raise EndpointConnectionError(endpoint_url="https://api.sagemaker.us-east-1.amazonaws.com")
+
+        return fail
+
+
+def test_no_network_keeps_last_good_model(tmp_path, aws):
+    sagemaker, s3 = aws
+    car = make_agent(tmp_path, aws, RecordingSmoke())
+    register(sagemaker, s3, fake_model("good"), key="a/1.tar.gz")
+    car.check()
+    offline = Agent(
+        car.root, group=GROUP, target=TARGET, sagemaker=Offline(), s3=Offline(), smoke=RecordingSmoke()
+    )
+    result = offline.check()
+    assert result.outcome == "offline"
+    assert "Could not connect" in result.detail
+    assert current_tag(offline) == "good" and result.model == car.current_name()
+    state = json.loads((car.root / "state.json").read_text())
+    assert state["last_check"]["outcome"] == "offline"
+    # registry reachable but the artifact download fails: still offline, still driving
+    register(sagemaker, s3, fake_model("v2"), key="a/2.tar.gz")
+    half = Agent(
+        car.root, group=GROUP, target=TARGET, sagemaker=sagemaker, s3=Offline(), smoke=RecordingSmoke()
+    )
+    assert half.check().outcome == "offline"
+    assert current_tag(half) == "good"
+
+
+def test_unsafe_archive_is_refused(tmp_path, aws):
+    sagemaker, s3 = aws
+    from edge_fixtures import tar_bytes
+
+    car = make_agent(tmp_path, aws, RecordingSmoke())
+    register(sagemaker, s3, fake_model("good"), key="a/1.tar.gz")
+    car.check()
+    register(sagemaker, s3, tar_bytes({"../escape.txt": b"x"}), key="a/2.tar.gz")
+    result = car.check()
+    assert result.outcome == "refused" and "'..'" in result.detail
+    assert current_tag(car) == "good"
+    assert not (car.models.parent / "escape.txt").exists()
+
+
+def test_no_approved_package(tmp_path, aws):
+    car = make_agent(tmp_path, aws, RecordingSmoke())
+    result = car.check()
+    assert result.outcome == "none-approved" and result.model is None
