@@ -1,0 +1,111 @@
+"""SageMaker Ground Truth image-classification output manifests -> validated candidate frames.
+
+A manifest is JSON lines; each line has ``source-ref`` and a label attribute ``K`` (the labeling job's
+name for it) with ``K-metadata`` holding ``class-name``::
+
+    {"source-ref": "s3://bucket/cats/1.jpg", "animal": 0,
+     "animal-metadata": {"class-name": "cat", "type": "groundtruth/image-classification", ...}}
+
+The record index is the 0-based line number (an empty or garbage line is a rejected record).
+
+Where the image is. A relative ``source-ref`` is relative to the manifest's folder; an absolute local
+path is used as is. For ``s3://BUCKET/KEY`` the S3 prefix the Processing input was copied from is not
+known, so the image is the first file that exists among the suffixes of ``BUCKET/KEY`` (longest first:
+``BUCKET/a/b/x.jpg``, ``a/b/x.jpg``, ``b/x.jpg``, ``x.jpg``) under the input folder, then under the
+manifest's folder. A ref that resolves to nothing is rejected as ``image missing``.
+
+Classes. ``classes[id]`` is the ``class-name`` of class id ``id``; ids never seen are named
+``class_<id>``. A record whose class-name differs from the one first seen for its id is rejected
+(``label conflict``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from processing.records import RecordValidator, Rejection, parse_json_object
+from processing.tubs import Candidate, Source, SourceReport, split_lines
+
+METADATA_SUFFIX = "-metadata"
+
+
+def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
+    """The label attribute K of a record (K and K-metadata both present), or ``Rejection``."""
+    if wanted is not None:
+        if wanted not in record or wanted + METADATA_SUFFIX not in record:
+            raise Rejection("schema", f"no label attribute {wanted!r} with {wanted + METADATA_SUFFIX!r}")
+        return wanted
+    names = sorted(k for k in record if k != "source-ref" and k + METADATA_SUFFIX in record)
+    if len(names) != 1:
+        found = "none" if not names else ", ".join(names)
+        raise Rejection("schema", f"expected one label attribute K with K-metadata, found {found}")
+    return names[0]
+
+
+def resolve_image(ref: str, manifest_dir: Path, input_root: Path) -> Path | None:
+    """The local file a ``source-ref`` names (rule in the module docstring), or None."""
+    if ref.startswith("s3://"):
+        parts = [p for p in PurePosixPath(ref[len("s3://") :]).parts if p not in ("", "/")]
+        if not parts or ".." in parts:
+            return None
+        for base in (input_root, manifest_dir):
+            for start in range(len(parts)):
+                candidate = base.joinpath(*parts[start:])
+                if candidate.is_file():
+                    return candidate
+        return None
+    if "://" in ref or ".." in PurePosixPath(ref).parts:
+        return None
+    path = Path(ref) if Path(ref).is_absolute() else manifest_dir / ref
+    return path if path.is_file() else None
+
+
+def read_ground_truth(
+    source: Source,
+    validator: RecordValidator,
+    input_root: Path,
+    classes: dict[int, str],
+    attribute: str | None = None,
+) -> tuple[SourceReport, list[Candidate]]:
+    """Read one manifest; ``classes`` (id -> class-name) is shared across manifests and filled in."""
+    report = SourceReport(source.name, "ground-truth")
+    try:
+        data = source.path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{source.path}: cannot read ({exc})") from None
+    candidates: list[Candidate] = []
+    for index, line in enumerate(split_lines(data)):
+        report.read += 1
+        try:
+            record = parse_json_object(line)
+            validator.check(record)
+            name = label_attribute(record, attribute)
+            label, metadata = record[name], record[name + METADATA_SUFFIX]
+            if type(label) is not int or label < 0:
+                raise Rejection("schema", f"{name}: class id must be an integer >= 0, got {label!r}")
+            class_name = metadata.get("class-name") if isinstance(metadata, dict) else None
+            if not isinstance(class_name, str) or not class_name:
+                raise Rejection("schema", f"{name}{METADATA_SUFFIX}: no class-name")
+            known = classes.setdefault(label, class_name)
+            if known != class_name:
+                raise Rejection(
+                    "label conflict", f"class id {label} is {class_name!r} here, {known!r} before"
+                )
+            image = resolve_image(record["source-ref"], source.path.parent, input_root)
+            if image is None:
+                raise Rejection("image missing", f"{record['source-ref']} not found under the input folder")
+        except Rejection as rejection:
+            report.reject(index, rejection.reason)
+            continue
+        candidates.append(
+            Candidate(index=index, image_path=str(image), session=source.name, timestamp_ms=-1, label=label)
+        )
+    return report, candidates
+
+
+def class_list(classes: dict[int, str]) -> list[str]:
+    """``classes[id]`` for ids 0..max; ids never seen get ``class_<id>``."""
+    if not classes:
+        return []
+    return [classes.get(i, f"class_{i}") for i in range(max(classes) + 1)]

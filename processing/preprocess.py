@@ -1,0 +1,364 @@
+"""Preprocess step: DonkeyCar tubs (v2, v1) or Ground Truth manifests -> train/validation/test shards.
+
+Runs in a SageMaker Processing container and, unchanged, as a local process::
+
+    python processing/preprocess.py --input DIR --output DIR [options]
+
+Output (docs/contracts.md section 2): ``OUTPUT/{train,validation,test}/shard-*.npz`` + ``dataset.json``
+and ``OUTPUT/report/data_report.json``, which accounts for every record of every tub
+(read = accepted + rejected + deleted) with the reason of each rejection. How records are counted and
+indexed: ``processing/tubs.py``; Ground Truth image resolution: ``processing/ground_truth.py``; splits:
+``processing/splits.py``. The output is byte-identical for a given input, options and seed, whatever
+``--workers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script (the container): make `processing`/`edge` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from edge.frames import FrameSpec  # noqa: E402
+from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
+from processing.images import load_frames  # noqa: E402
+from processing.records import RecordValidator  # noqa: E402
+from processing.shards import DEFAULT_SHARD_SIZE, SplitWriter  # noqa: E402
+from processing.splits import SPLITS, FrameKey, fractions_from, split_frames  # noqa: E402
+from processing.tubs import (  # noqa: E402
+    Candidate,
+    Source,
+    SourceError,
+    SourceReport,
+    discover_sources,
+    read_v1_tub,
+    read_v2_tub,
+)
+
+DEFAULT_INPUT = "/opt/ml/processing/input/data"
+DEFAULT_OUTPUT = "/opt/ml/processing/output"
+REPORT_FORMAT = "robocar-data-report/1"
+CHUNK_FRAMES = 64  # frames per pool task: large enough to amortise IPC, small enough to balance
+
+
+class PreprocessError(Exception):
+    """Bad input or options: reported as one line, exit status 2."""
+
+
+class DataQualityError(Exception):
+    """The data failed the step's quality gate (nothing accepted, too many rejections): exit status 1."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="preprocess.py",
+        description="Turn DonkeyCar tubs (v2 and v1, nested, mixed) or SageMaker Ground Truth "
+        "image-classification manifests into train/validation/test shards, accounting for every record.",
+        epilog="Exit status: 0 ok; 1 the data failed the quality gate (nothing accepted, or the rejected "
+        "fraction above --max-reject-fraction); 2 bad input or options. The report is written in every "
+        "case that gets as far as reading the data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = parser.add_argument_group("input and output")
+    io.add_argument(
+        "--input", type=Path, default=Path(DEFAULT_INPUT), help="folder searched for tubs/manifests"
+    )
+    io.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="folder for splits and report")
+    io.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="read this Ground Truth output manifest (relative to --input or absolute) instead of tubs; "
+        "without it, *.manifest files under --input are used when there are no tubs",
+    )
+    io.add_argument("--label-attribute", default=None, help="Ground Truth label attribute (default: detect)")
+    frames = parser.add_argument_group("frames (edge.frames.FrameSpec)")
+    frames.add_argument("--camera-height", type=int, default=120, help="expected image height")
+    frames.add_argument("--camera-width", type=int, default=160, help="expected image width")
+    frames.add_argument("--crop-top", type=int, default=0, help="rows removed at the top")
+    frames.add_argument("--crop-bottom", type=int, default=0, help="rows removed at the bottom")
+    frames.add_argument(
+        "--height", type=int, default=None, help="frame height (default: rows left after crop)"
+    )
+    frames.add_argument("--width", type=int, default=None, help="frame width (default: camera width)")
+    split = parser.add_argument_group("splits")
+    split.add_argument("--train-fraction", type=float, default=0.7)
+    split.add_argument("--validation-fraction", type=float, default=0.15, help="test gets the remainder")
+    split.add_argument(
+        "--split-by",
+        choices=("auto", "session", "block"),
+        default="auto",
+        help="unit of assignment: whole sessions, or contiguous blocks of a session; auto = session "
+        "when there are at least 10 sessions",
+    )
+    split.add_argument(
+        "--block-frames",
+        type=int,
+        default=200,
+        help="frames per block (10 s at 20 Hz); smaller when the data would make fewer than 20 blocks",
+    )
+    split.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes decoding images")
+    run.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="frames per shard")
+    run.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=0.25,
+        help="fail when rejected / (accepted + rejected) exceeds this",
+    )
+    return parser
+
+
+def frame_spec_from(args: argparse.Namespace) -> FrameSpec:
+    height = args.height if args.height is not None else args.camera_height - args.crop_top - args.crop_bottom
+    try:
+        return FrameSpec(
+            camera_height=args.camera_height,
+            camera_width=args.camera_width,
+            crop_top=args.crop_top,
+            crop_bottom=args.crop_bottom,
+            height=height,
+            width=args.width if args.width is not None else args.camera_width,
+        )
+    except ValueError as exc:
+        raise PreprocessError(f"bad frame options: {exc}") from None
+
+
+def select_sources(args: argparse.Namespace) -> list[Source]:
+    if not args.input.is_dir():
+        raise PreprocessError(f"--input {args.input} is not a folder")
+    if args.ground_truth is not None:
+        path = args.ground_truth if args.ground_truth.is_absolute() else args.input / args.ground_truth
+        if not path.is_file():
+            raise PreprocessError(f"--ground-truth {path} does not exist")
+        return [Source(path, "ground-truth", path.name)]
+    sources = discover_sources(args.input)
+    tubs = [s for s in sources if s.format != "ground-truth"]
+    manifests = [s for s in sources if s.format == "ground-truth"]
+    if tubs and manifests:
+        names = ", ".join(s.name for s in manifests)
+        raise PreprocessError(
+            f"--input holds both tubs and Ground Truth manifests ({names}); pass --ground-truth to choose"
+        )
+    if not sources:
+        raise PreprocessError(
+            f"no tub (manifest.json, or meta.json + record_N.json) and no *.manifest under {args.input}"
+        )
+    return tubs or manifests
+
+
+def read_sources(
+    sources: Sequence[Source], args: argparse.Namespace
+) -> tuple[list[SourceReport], list[Candidate], list[int], dict[int, str]]:
+    """Read every source: (reports, candidates, the report number of each candidate, classes)."""
+    validators = {
+        "v2": RecordValidator("tub_v2_record"),
+        "v1": RecordValidator("tub_v1_record"),
+        "ground-truth": RecordValidator("ground_truth_record"),
+    }
+    reports: list[SourceReport] = []
+    candidates: list[Candidate] = []
+    owners: list[int] = []
+    classes: dict[int, str] = {}
+    for source in sources:
+        try:
+            if source.format == "v2":
+                report, found = read_v2_tub(source, validators["v2"])
+            elif source.format == "v1":
+                report, found = read_v1_tub(source, validators["v1"])
+            else:
+                report, found = read_ground_truth(
+                    source, validators["ground-truth"], args.input, classes, args.label_attribute
+                )
+        except (SourceError, ValueError) as exc:
+            raise PreprocessError(f"cannot read {source.format} {source.name}: {exc}") from None
+        owners.extend([len(reports)] * len(found))
+        reports.append(report)
+        candidates.extend(found)
+    return reports, candidates, owners, classes
+
+
+def chunk_arrays(
+    chunk: Sequence[Candidate], frames: np.ndarray, tub_names: Sequence[str], classifier: bool
+) -> dict[str, Any]:
+    arrays: dict[str, Any] = {
+        "images": frames,
+        "session": [c.session for c in chunk],
+        "tub": list(tub_names),
+        "index": [c.index for c in chunk],
+        "timestamp_ms": [c.timestamp_ms for c in chunk],
+    }
+    if classifier:
+        arrays["label"] = [c.label for c in chunk]
+    else:
+        arrays["angle"] = [c.angle for c in chunk]
+        arrays["throttle"] = [c.throttle for c in chunk]
+    return arrays
+
+
+def _chunks(positions: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(positions), size):
+        yield positions[start : start + size]
+
+
+def write_splits(
+    args: argparse.Namespace,
+    spec: FrameSpec,
+    reports: list[SourceReport],
+    candidates: list[Candidate],
+    owners: list[int],
+    by_split: dict[str, list[int]],
+    extra: dict[str, Any],
+    pool: Any,
+) -> dict[str, dict[str, Any]]:
+    """Prepare every frame (in ``pool`` when given) and stream it into its split's shards."""
+    classifier = "classes" in extra
+    load = functools.partial(load_frames, spec=spec)
+    total = sum(len(p) for p in by_split.values())
+    done, last_print = 0, time.monotonic()
+    datasets: dict[str, dict[str, Any]] = {}
+    for split in SPLITS:
+        writer = SplitWriter(args.output, split, spec, shard_size=args.shard_size, extra=extra)
+        chunks = list(_chunks(by_split[split], CHUNK_FRAMES))
+        jobs = ([candidates[p].image_path for p in chunk] for chunk in chunks)
+        results = pool.imap(load, jobs) if pool is not None else map(load, jobs)
+        for chunk, (frames, reasons) in zip(chunks, results, strict=True):
+            kept: list[int] = []
+            for position, reason in zip(chunk, reasons, strict=True):
+                if reason is None:
+                    kept.append(position)
+                    reports[owners[position]].accepted += 1
+                else:
+                    reports[owners[position]].reject(candidates[position].index, reason)
+            tubs = [reports[owners[p]].tub for p in kept]
+            writer.add(chunk_arrays([candidates[p] for p in kept], frames, tubs, classifier))
+            done += len(chunk)
+            if time.monotonic() - last_print > 2.0:
+                print(f"  frames: {done}/{total}", file=sys.stderr, flush=True)
+                last_print = time.monotonic()
+        datasets[split] = writer.close()
+    return datasets
+
+
+def build_report(
+    args: argparse.Namespace,
+    spec: FrameSpec,
+    reports: list[SourceReport],
+    datasets: dict[str, dict[str, Any]],
+    split_mode: str,
+) -> dict[str, Any]:
+    totals = {
+        key: sum(getattr(r, key) for r in reports) for key in ("read", "accepted", "rejected", "deleted")
+    }
+    judged = totals["accepted"] + totals["rejected"]
+    all_rejections = [{"tub": r.tub, **rejection} for r in reports for rejection in r.to_dict()["rejections"]]
+    return {
+        "format": REPORT_FORMAT,
+        "input": str(args.input),
+        "tubs": [r.to_dict() for r in reports],
+        "total": {
+            "tub": "total",
+            "format": "+".join(sorted({r.format for r in reports})),
+            **totals,
+            "rejections": all_rejections,
+        },
+        "rejected_fraction": totals["rejected"] / judged if judged else 0.0,
+        "max_reject_fraction": args.max_reject_fraction,
+        "splits": {
+            name: {"frames": d["frames"], "sessions": d["sessions"], "fingerprint": d["fingerprint"]}
+            for name, d in datasets.items()
+        },
+        "split_by": split_mode,
+        "seed": args.seed,
+        "frame_spec": spec.to_dict(),
+    }
+
+
+def quality_failure(report: dict[str, Any]) -> str | None:
+    """Why the data fails the step, or None."""
+    total = report["total"]
+    if total["accepted"] == 0:
+        return (
+            f"no record was accepted (read {total['read']}, rejected {total['rejected']}, "
+            f"deleted {total['deleted']})"
+        )
+    if report["rejected_fraction"] > report["max_reject_fraction"]:
+        return (
+            f"{total['rejected']} of {total['accepted'] + total['rejected']} records rejected "
+            f"({report['rejected_fraction']:.1%} > --max-reject-fraction "
+            f"{report['max_reject_fraction']:.1%}); "
+            "see report/data_report.json"
+        )
+    return None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole step; returns data_report.json's content. Raises PreprocessError / DataQualityError."""
+    spec = frame_spec_from(args)
+    try:
+        fractions = fractions_from(args.train_fraction, args.validation_fraction)
+    except ValueError as exc:
+        raise PreprocessError(str(exc)) from None
+    if args.workers < 1 or args.shard_size < 1 or args.block_frames < 1:
+        raise PreprocessError("--workers, --shard-size and --block-frames must be at least 1")
+    sources = select_sources(args)
+    reports, candidates, owners, classes = read_sources(sources, args)
+    keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]
+    by_split, split_mode = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
+    extra = {"classes": class_list(classes)} if sources[0].format == "ground-truth" else {}
+    if args.workers > 1 and len(candidates) > CHUNK_FRAMES:
+        with multiprocessing.get_context().Pool(args.workers) as pool:
+            datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, pool)
+    else:
+        datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, None)
+    report = build_report(args, spec, reports, datasets, split_mode)
+    report_dir = args.output / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    failure = quality_failure(report)
+    report["status"] = "failed" if failure else "ok"
+    report["failure"] = failure
+    (report_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for tub in reports:
+        print(tub.summary_line(), flush=True)
+    if failure:
+        raise DataQualityError(failure)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        report = run(args)
+    except PreprocessError as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    except DataQualityError as exc:
+        print(f"preprocess: data rejected: {exc}", file=sys.stderr)
+        return 1
+    total, splits = report["total"], report["splits"]
+    seconds = time.perf_counter() - started
+    print(
+        f"total: read {total['read']}, accepted {total['accepted']}, rejected {total['rejected']}, "
+        f"deleted {total['deleted']}; train {splits['train']['frames']}, validation "
+        f"{splits['validation']['frames']}, test {splits['test']['frames']} frames (split by "
+        f"{report['split_by']}); {seconds:.1f} s, {total['accepted'] / max(seconds, 1e-9):.0f} frames/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
