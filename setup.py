@@ -11,6 +11,7 @@ PIPELINE = [  # control plane: build, upsert, start the pipeline; container scri
     "boto3>=1.40",
     "pandas>=2.0",
     "jsonschema>=4.20",
+    "PyYAML>=6",  # renders the Greengrass recipe (robocar edge component)
 ]
 TRAIN = [  # training and evaluation containers (TensorFlow script mode) and local compilation
     "tensorflow==2.21.*",
@@ -50,5 +51,5 @@ setup(
         "edge": EDGE,
         "dev": PIPELINE + TRAIN + EDGE + DEV,
     },
-    entry_points={"console_scripts": ["robocar=pipelines.cli:main"]},
+    entry_points={"console_scripts": ["robocar=pipelines.cli:main", "robocar-edge=edge.cli:main"]},
 )

@@ -9,3 +9,6 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     from pipelines.commands import pipeline
 
     pipeline.register(sub)
+    from pipelines.commands import edge
+
+    edge.register(sub)
