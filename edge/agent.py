@@ -23,6 +23,7 @@ tried again; a SHA-256 mismatch is not remembered (the object may be repaired), 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -92,6 +93,12 @@ class Candidate:
         return f"v{self.version}-{self.sha256[:12]}"
 
 
+def version_from_arn(arn: str) -> int:
+    """``arn:...:model-package/<group>/<version>`` -> version; 0 for an unversioned package."""
+    tail = arn.rsplit("/", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def candidate_from_package(description: dict[str, Any], target: str) -> Candidate | None:
     """A ``describe_model_package`` response -> its Candidate for ``target``, or None if it has none.
 
@@ -119,7 +126,7 @@ def candidate_from_package(description: dict[str, Any], target: str) -> Candidat
         raise artifacts.ArtifactError(
             f"{arn}: {SHA256_ENV}={env_sha} disagrees with {metadata_sha256_key(target)}={meta_sha}"
         )
-    version = description.get("ModelPackageVersion") or int(arn.rsplit("/", 1)[-1])
+    version = description.get("ModelPackageVersion") or version_from_arn(arn)
     return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(env_sha or meta_sha))
 
 
@@ -163,20 +170,21 @@ def _check_output(name: str, value: float) -> float:
     return value
 
 
-def smoke_test(model_dir: Path) -> dict[str, float]:
-    """Load the model with the device's runtimes and run the bundled frame; raise SmokeTestError if bad."""
-    from edge import frames, runtimes
+def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float]:
+    """Load the package as the drive loop will and run the bundled frame; SmokeTestError if it misbehaves.
+
+    Outputs must be finite and within [-1, 1] after decoding (a NaN survives the decoder's clipping).
+    """
+    from edge import drive, frames
 
     try:
-        pilot = runtimes.load_pilot(model_dir)
+        infer = drive.open_pilot(Path(model_dir), prefer=prefer)
         image = frames.decode_image(SMOKE_FRAME.read_bytes())
         started = time.perf_counter()
-        angle, throttle = pilot.run_frame(image)
+        angle, throttle = infer(image)
         latency_ms = (time.perf_counter() - started) * 1000.0
-    except SmokeTestError:
-        raise
     except Exception as exc:  # any failure to load or run is a failed smoke test, named in the log
-        raise SmokeTestError(f"cannot run the model: {type(exc).__name__}: {exc}") from exc
+        raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
     return {
         "angle": _check_output("angle", float(angle)),
         "throttle": _check_output("throttle", float(throttle)),
@@ -226,7 +234,8 @@ class Agent:
         target: str,
         sagemaker: Any = None,
         s3: Any = None,
-        smoke: Callable[[Path], dict[str, float]] = smoke_test,
+        prefer: str | None = None,
+        smoke: Callable[[Path], dict[str, float]] | None = None,
         limits: artifacts.ExtractLimits = DEFAULT_LIMITS,
     ) -> None:
         self.root = Path(root)
@@ -234,7 +243,7 @@ class Agent:
         self.target = target
         self.sagemaker = sagemaker
         self.s3 = s3
-        self.smoke = smoke
+        self.smoke = smoke or functools.partial(smoke_test, prefer=prefer)
         self.limits = limits
         self.models = self.root / "models"
         self.downloads = self.root / "downloads"

@@ -1,0 +1,436 @@
+"""The drive loop: frames -> the pilot -> angle/throttle to the actuators, JSON lines and MQTT.
+
+``drive`` is the loop; what it reads from (``edge.sources``), what it drives (``Actuator``s) and which
+model it drives with (``LivePilot``, which follows the agent's ``current`` link so a newly approved model
+takes over between two frames) are passed in. Latency is measured from the camera frame to the command
+(preprocess + inference + decode), per frame; the summary gives fps and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import numpy as np
+
+from edge import frames
+from edge.sources import FrameSource
+
+log = logging.getLogger("robocar.edge.drive")
+
+
+class DriveError(Exception):
+    """A drive that cannot start (no model, broker unreachable); printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the pilot decided for one frame."""
+
+    frame: int
+    origin: str
+    angle: float
+    throttle: float
+    latency_ms: float
+    model: str
+    time: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+
+class Actuator(Protocol):
+    """Anything that takes the pilot's commands: motors, a log, a message bus."""
+
+    def apply(self, command: Command) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ---- actuators ---------------------------------------------------------------------------------------
+def map_range(x: float, x_min: float, x_max: float, y_min: int, y_max: int) -> int:
+    """donkeycar.utils.map_range: linear map of ``x`` from one range to an integer in another."""
+    return int(round((x - x_min) * (y_max - y_min) / (x_max - x_min) + y_min))
+
+
+@dataclass(frozen=True)
+class PwmCalibration:
+    """PCA9685 12-bit pulse lengths; the defaults are donkeycar's ``cfg`` defaults (calibrate per car)."""
+
+    steering_left: int = 460
+    steering_right: int = 290
+    throttle_forward: int = 500
+    throttle_stopped: int = 370
+    throttle_reverse: int = 220
+    steering_channel: int = 1
+    throttle_channel: int = 0
+
+
+class PCA9685Actuator:
+    """Steering servo and ESC on a PCA9685, mapped like donkeycar's PWMSteering/PWMThrottle.
+
+    ``set_pwm(channel, pulse)`` writes one channel; the default records pulses in ``self.pulses`` (a stub
+    for benches and tests). On a car pass e.g. ``lambda ch, p: pca.channels[ch].duty_cycle = ...``.
+    Closing stops the motor and centres the steering, so an ended drive never leaves the car running.
+    """
+
+    def __init__(
+        self,
+        set_pwm: Callable[[int, int], None] | None = None,
+        calibration: PwmCalibration = PwmCalibration(),
+    ) -> None:
+        self.calibration = calibration
+        self.pulses: dict[int, int] = {}
+        self._set_pwm = set_pwm or self.pulses.__setitem__
+
+    def pulses_for(self, angle: float, throttle: float) -> tuple[int, int]:
+        c = self.calibration
+        steering = map_range(angle, -1.0, 1.0, c.steering_left, c.steering_right)
+        if throttle > 0:
+            motor = map_range(throttle, 0.0, 1.0, c.throttle_stopped, c.throttle_forward)
+        else:
+            motor = map_range(throttle, -1.0, 0.0, c.throttle_reverse, c.throttle_stopped)
+        return steering, motor
+
+    def apply(self, command: Command) -> None:
+        steering, motor = self.pulses_for(command.angle, command.throttle)
+        self._set_pwm(self.calibration.steering_channel, steering)
+        self._set_pwm(self.calibration.throttle_channel, motor)
+
+    def close(self) -> None:
+        steering, motor = self.pulses_for(0.0, 0.0)
+        self._set_pwm(self.calibration.throttle_channel, motor)
+        self._set_pwm(self.calibration.steering_channel, steering)
+
+
+class JsonLinesWriter:
+    """One JSON object per command, to a file (appended) or ``-`` for standard output."""
+
+    def __init__(self, destination: str) -> None:
+        self.stream: IO[str] = sys.stdout if destination == "-" else open(destination, "a", encoding="utf-8")  # noqa: SIM115
+        self.owned = destination != "-"
+
+    def apply(self, command: Command) -> None:
+        self.stream.write(command.to_json() + "\n")
+
+    def close(self) -> None:
+        self.stream.flush()
+        if self.owned:
+            self.stream.close()
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str
+    port: int = 1883
+    topic: str = "robocar/drive"
+    client_id: str = ""
+    qos: int = 1
+    username: str | None = None
+    password: str | None = None
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    connect_timeout_s: float = 10.0
+
+
+class MqttPublisher:
+    """Publishes every command as JSON to ``topic`` (QoS 1) with paho-mqtt 2.x.
+
+    A broker that goes away mid-drive does not stop the car: paho reconnects in its network thread and
+    queues up to ``max_queued`` messages meanwhile; the summary reports how many were acknowledged.
+    """
+
+    max_queued = 1000
+
+    def __init__(self, config: MqttConfig) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.config = config
+        self.sent = 0
+        self.acknowledged = 0
+        self.failed = 0
+        self._pending: deque[Any] = deque(maxlen=self.max_queued)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id or f"robocar-{os.getpid()}"
+        )
+        client.max_queued_messages_set(self.max_queued)
+        client.reconnect_delay_set(1, 30)
+        if config.username:
+            client.username_pw_set(config.username, config.password)
+        if config.ca_certs or config.certfile:
+            client.tls_set(ca_certs=config.ca_certs, certfile=config.certfile, keyfile=config.keyfile)
+        client.on_publish = self._on_publish
+        client.on_connect = self._on_connect
+        self.client = client
+        self._connected = False
+        try:
+            client.connect(config.host, config.port, keepalive=30)
+        except OSError as exc:
+            raise DriveError(f"cannot reach the MQTT broker at {config.host}:{config.port}: {exc}") from exc
+        client.loop_start()
+        deadline = time.monotonic() + config.connect_timeout_s
+        while not self._connected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._connected:
+            client.loop_stop()
+            raise DriveError(f"the MQTT broker at {config.host}:{config.port} did not accept the connection")
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("MQTT broker refused the connection: %s", reason_code)
+        else:
+            self._connected = True
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self.acknowledged += 1
+
+    def apply(self, command: Command) -> None:
+        info = self.client.publish(self.config.topic, command.to_json(), qos=self.config.qos)
+        if info.rc == 0:
+            self.sent += 1
+            self._pending.append(info)
+        else:
+            self.failed += 1
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 5.0
+        for info in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                info.wait_for_publish(timeout=remaining)
+            except RuntimeError:  # the message was dropped from the queue (disconnected too long)
+                continue
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def summary(self) -> str:
+        return (
+            f"mqtt {self.config.topic}: {self.sent} sent, {self.acknowledged} acknowledged, "
+            f"{self.failed} failed"
+        )
+
+
+# ---- the pilot the car drives with --------------------------------------------------------------------
+def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any]) -> frames.FrameSpec:
+    """The FrameSpec the model was trained with, as the compile step copied it from ``model.json``.
+
+    Without one, the camera default is only accepted when it yields the model's input shape: guessing a
+    crop would feed the network frames unlike those it learned from.
+    """
+    for holder in (artifact.get("input") or {}, manifest.get("input") or {}, manifest):
+        if isinstance(holder.get("frame_spec"), dict):
+            return frames.FrameSpec.from_dict(holder["frame_spec"])
+    spec = frames.FrameSpec()
+    shape = tuple((artifact.get("input") or {}).get("shape") or spec.input_shape)
+    if shape != spec.input_shape:
+        raise DriveError(f"the package has no frame_spec and its input {list(shape)} is not the camera's")
+    return spec
+
+
+class LoadedPilot:
+    """A package ready to drive: camera frame -> ``prepare_frame`` (the model's FrameSpec) -> runtime."""
+
+    def __init__(self, pilot: Any, spec: frames.FrameSpec, description: str) -> None:
+        self.pilot = pilot
+        self.spec = spec
+        self.description = description
+
+    def __call__(self, image: np.ndarray) -> tuple[float, float]:
+        return self.pilot.run(frames.prepare_frame(image, self.spec))
+
+
+def open_pilot(model_dir: Path, *, prefer: str | None = None, threads: int = 1) -> LoadedPilot:
+    """An extracted package -> a LoadedPilot; the one adapter between the car and ``edge.runtimes``.
+
+    The agent's smoke test goes through it too, so what is tested is what drives.
+    """
+    from edge import runtimes
+
+    manifest = runtimes.read_manifest(model_dir)
+    artifact = runtimes.choose_artifact(manifest, prefer)
+    spec = frame_spec_of(manifest, artifact)
+    pilot = runtimes.load_artifact(model_dir, artifact, manifest, threads)
+    return LoadedPilot(pilot, spec, f"{artifact.get('file')} on {pilot.runtime}")
+
+
+class LivePilot:
+    """The current model, reloaded when ``model_path`` (the agent's ``current`` link) changes target.
+
+    The link is looked at once a second at most; a new model that fails to load is logged and the car
+    keeps driving with the one it has.
+    """
+
+    def __init__(
+        self, model_path: Path, opener: Callable[[Path], LoadedPilot], recheck_s: float = 1.0
+    ) -> None:
+        self.model_path = model_path
+        self.opener = opener
+        self.recheck_s = recheck_s
+        if not model_path.exists():
+            raise DriveError(f"no model at {model_path}: run `robocar edge pull` first (or pass --model DIR)")
+        self.name = self._resolve()
+        self.infer = opener(model_path)
+        self.names_used = [self.name]
+        self._next_check = time.monotonic() + recheck_s
+
+    def _resolve(self) -> str:
+        return Path(os.path.realpath(self.model_path)).name
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.recheck_s
+        name = self._resolve()
+        if name == self.name:
+            return
+        try:
+            infer = self.opener(self.model_path)
+        except Exception as exc:  # keep driving with the model that works
+            log.warning("new model %s does not load (%s); keeping %s", name, exc, self.name)
+            self.name = name  # do not retry it every second
+            return
+        log.info("switched model %s -> %s", self.name, name)
+        self.infer, self.name = infer, name
+        self.names_used.append(name)
+
+
+# ---- live progress and the summary --------------------------------------------------------------------
+class Progress:
+    """A live status line: rewritten in place on a terminal, one line every ``every_s`` otherwise."""
+
+    def __init__(
+        self, stream: IO[str] | None = None, *, tty: bool | None = None, every_s: float = 5.0
+    ) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every_s = 0.1 if self.tty else every_s
+        self._last = 0.0
+        self._width = 0
+
+    def update(self, line: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@dataclass
+class DriveSummary:
+    frames: int
+    skipped: int
+    seconds: float
+    fps: float
+    latency_ms: dict[str, float]
+    models: list[str]
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        lat = self.latency_ms
+        return (
+            f"drove {self.frames} frames from {self.source} in {self.seconds:.2f} s ({self.fps:.1f} fps), "
+            f"{self.skipped} skipped; latency ms mean {lat['mean']:.3f} p50 {lat['p50']:.3f} "
+            f"p95 {lat['p95']:.3f} max {lat['max']:.3f}; models {', '.join(self.models)}"
+        )
+
+
+def latency_stats(latencies_ms: Iterable[float]) -> dict[str, float]:
+    values = np.asarray(list(latencies_ms), dtype=np.float64)
+    if values.size == 0:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    p50, p95 = np.percentile(values, [50, 95])
+    return {"mean": float(values.mean()), "p50": float(p50), "p95": float(p95), "max": float(values.max())}
+
+
+def drive(
+    source: FrameSource,
+    pilot: LivePilot,
+    outputs: list[Actuator],
+    *,
+    max_frames: int | None = None,
+    rate_hz: float = 0.0,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> DriveSummary:
+    """Drive until the source ends, ``max_frames`` frames, or ``stop()``; ``rate_hz`` paces a replay."""
+    latencies = array("d")
+    recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
+    skipped = 0
+    started = time.perf_counter()
+    period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+    frames_in = iter(source)
+    while not stop() and (max_frames is None or len(latencies) < max_frames):
+        try:
+            frame = next(frames_in, None)
+        except KeyboardInterrupt:  # Ctrl-C ends the drive like the end of the source: summary, motors off
+            break
+        if frame is None:
+            break
+        pilot.refresh()
+        t0 = time.perf_counter()
+        try:
+            angle, throttle = pilot.infer(frame.image)
+        except frames.FrameError as exc:
+            skipped += 1
+            if skipped <= 5:
+                log.warning("skipping frame %s: %s", frame.origin, exc)
+            continue
+        t1 = time.perf_counter()
+        latency_ms = (t1 - t0) * 1000.0
+        command = Command(
+            len(latencies), frame.origin, float(angle), float(throttle), latency_ms, pilot.name, time.time()
+        )
+        for output in outputs:
+            output.apply(command)
+        latencies.append(latency_ms)
+        recent.append(t1)
+        if progress is not None:
+            fps = (
+                (len(recent) - 1) / (recent[-1] - recent[0])
+                if len(recent) > 1 and recent[-1] > recent[0]
+                else 0.0
+            )
+            progress.update(
+                f"frames {len(latencies)}  {fps:7.1f} fps  latency {latency_ms:6.3f} ms  "
+                f"angle {command.angle:+.3f}  throttle {command.throttle:+.3f}  model {pilot.name}"
+            )
+        if period:
+            time.sleep(max(0.0, started + len(latencies) * period - time.perf_counter()))
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress.finish()
+    return DriveSummary(
+        frames=len(latencies),
+        skipped=skipped,
+        seconds=seconds,
+        fps=len(latencies) / seconds if seconds > 0 else 0.0,
+        latency_ms=latency_stats(latencies),
+        models=pilot.names_used,
+        source=source.description,
+    )
