@@ -1,0 +1,208 @@
+"""The control plane: build the definition, upsert it, start and follow executions.
+
+Every function takes its AWS clients as arguments (boto3, a moto server's, or the local ones), so the
+same code runs against AWS, moto and local mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.settings import Settings
+
+
+class ParameterError(ValueError):
+    """A start parameter that the definition does not declare, or whose value does not fit its type."""
+
+
+@contextlib.contextmanager
+def quiet_sdk() -> Iterator[None]:
+    """Silence the SDK while it builds: it logs INFO/DEBUG chatter (and may reconfigure the root logger)."""
+    logging.disable(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def build_definition(settings: Settings, edge_targets: Sequence[str] | str | None = None) -> str:
+    """The pipeline definition JSON (offline, deterministic), as upsert sends it."""
+    from pipelines.robocar.pipeline import DEFAULT_EDGE_TARGETS, get_pipeline
+
+    with quiet_sdk():
+        pipeline = get_pipeline(
+            region=settings.region,
+            role=settings.role,
+            default_bucket=settings.bucket,
+            pipeline_name=settings.pipeline_name,
+            model_package_group_name=settings.model_package_group,
+            base_prefix=settings.prefix,
+            edge_targets=edge_targets or DEFAULT_EDGE_TARGETS,
+        )
+        text = pipeline.definition()
+    return json.dumps(json.loads(text), indent=2) + "\n"
+
+
+def registered_edge_targets(definition: dict[str, Any]) -> tuple[str, ...]:
+    """The edge targets the Register step records (its ``edge:targets`` metadata)."""
+    for step in _walk(definition["Steps"]):
+        if step["Type"] == "RegisterModel":
+            return tuple(step["Arguments"]["CustomerMetadataProperties"]["edge:targets"].split(","))
+    return ()
+
+
+def _walk(steps: Iterable[dict[str, Any]]):
+    for step in steps:
+        yield step
+        if step["Type"] == "Condition":
+            yield from _walk(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"])
+
+
+def _coerce(declared: dict[str, Any], raw: str) -> str:
+    """A parameter value checked against its declared type; returned as the string the API takes."""
+    name, kind = declared["Name"], declared["Type"]
+    try:
+        if kind == "Integer":
+            return str(int(raw))
+        if kind == "Float":
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+            return repr(value)
+        if kind == "Boolean":
+            if raw.lower() not in ("true", "false"):
+                raise ValueError
+            return raw.lower()
+    except ValueError:
+        raise ParameterError(f"parameter {name} is {kind}; {raw!r} is not a valid {kind.lower()}") from None
+    enum = declared.get("EnumValues")
+    if enum and raw not in enum:
+        raise ParameterError(f"parameter {name} must be one of {', '.join(enum)}; got {raw!r}")
+    return raw
+
+
+def _positive_int(value: str) -> bool:
+    return value.isdigit() and int(value) > 0
+
+
+# String parameters whose strings have a shape (hyperparameters travel as strings, sdk-notes.md).
+STRING_SHAPES = {
+    "Epochs": (_positive_int, "a positive integer"),
+    "InputDataUrl": (lambda v: v.startswith("s3://") and len(v) > 5, "an s3:// URI"),
+    "ProcessingInstanceType": (lambda v: v.startswith("ml."), "a SageMaker instance type (ml.*)"),
+    "TrainingInstanceType": (lambda v: v.startswith("ml."), "a SageMaker instance type (ml.*)"),
+}
+
+
+def parse_parameters(definition: dict[str, Any], assignments: Sequence[str]) -> list[dict[str, str]]:
+    """``["Epochs=5", ...]`` -> PipelineParameters, checked against the definition before any AWS call."""
+    declared = {p["Name"]: p for p in definition.get("Parameters", [])}
+    result: dict[str, str] = {}
+    for assignment in assignments:
+        name, sep, raw = assignment.partition("=")
+        if not sep or not name:
+            raise ParameterError(f"expected NAME=VALUE, got {assignment!r}")
+        if name not in declared:
+            raise ParameterError(
+                f"unknown parameter {name!r}; the pipeline declares: {', '.join(sorted(declared))}"
+            )
+        if name in result:
+            raise ParameterError(f"parameter {name} given twice")
+        result[name] = _coerce(declared[name], raw)
+        check, shape = STRING_SHAPES.get(name, (None, ""))
+        if check and not check(raw):
+            raise ParameterError(f"parameter {name} must be {shape}; got {raw!r}")
+    if "EdgeTargets" in result:
+        from pipelines.robocar.targets import parse_edge_targets
+
+        try:
+            targets = parse_edge_targets(result["EdgeTargets"])
+        except ValueError as exc:
+            raise ParameterError(f"parameter EdgeTargets: {exc}") from None
+        registered = registered_edge_targets(definition)
+        if set(targets) != set(registered):
+            raise ParameterError(
+                f"parameter EdgeTargets={result['EdgeTargets']} differs from the targets this pipeline "
+                f"registers "
+                f"({','.join(registered)}): every registered package must carry an artifact for each; "
+                "upsert the pipeline with --edge-targets to change the set"
+            )
+        result["EdgeTargets"] = ",".join(targets)
+    return [{"Name": k, "Value": v} for k, v in result.items()]
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    action: str  # "created" | "updated" | "unchanged"
+    pipeline_arn: str
+    code_objects_uploaded: int
+
+
+def _is_missing(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    return code == "ResourceNotFound" or "does not exist" in str(exc)
+
+
+def upsert(
+    sagemaker: Any, s3: Any, *, definition: str, settings: Settings, code: Any, description: str = ""
+) -> UpsertResult:
+    """Upload the code bundle, then create the pipeline or update it; an unchanged pipeline is left alone."""
+    uploaded = code.upload(s3)
+    try:
+        current = sagemaker.describe_pipeline(PipelineName=settings.pipeline_name)
+    except Exception as exc:
+        if not _is_missing(exc):
+            raise
+        response = sagemaker.create_pipeline(
+            PipelineName=settings.pipeline_name,
+            PipelineDefinition=definition,
+            PipelineDescription=description
+            or "DonkeyCar tubs -> trained, evaluated, compiled, registered pilot",
+            RoleArn=settings.role,
+        )
+        return UpsertResult("created", response["PipelineArn"], uploaded)
+    same_definition = json.loads(current["PipelineDefinition"]) == json.loads(definition)
+    if same_definition and current.get("RoleArn") == settings.role:
+        return UpsertResult("unchanged", current["PipelineArn"], uploaded)
+    response = sagemaker.update_pipeline(
+        PipelineName=settings.pipeline_name, PipelineDefinition=definition, RoleArn=settings.role
+    )
+    return UpsertResult("updated", response["PipelineArn"], uploaded)
+
+
+def start(
+    sagemaker: Any, *, pipeline_name: str, parameters: list[dict[str, str]], display_name: str | None = None
+) -> str:
+    kwargs: dict[str, Any] = {"PipelineName": pipeline_name, "PipelineParameters": parameters}
+    if display_name:
+        kwargs["PipelineExecutionDisplayName"] = display_name
+    return sagemaker.start_pipeline_execution(**kwargs)["PipelineExecutionArn"]
+
+
+def recent_executions(sagemaker: Any, pipeline_name: str, limit: int = 10) -> list[dict[str, Any]]:
+    """Newest first: each execution's summary and, where the API offers them, its steps."""
+    summaries = sagemaker.list_pipeline_executions(
+        PipelineName=pipeline_name, SortBy="CreationTime", SortOrder="Descending", MaxResults=limit
+    )["PipelineExecutionSummaries"]
+    result = []
+    for summary in summaries:
+        try:
+            steps = sagemaker.list_pipeline_execution_steps(
+                PipelineExecutionArn=summary["PipelineExecutionArn"], SortOrder="Ascending"
+            )["PipelineExecutionSteps"]
+        except NotImplementedError:  # moto 5.2.5 has no list_pipeline_execution_steps (sdk-notes.md)
+            steps = None
+        except Exception as exc:
+            if "not implemented" not in str(exc).lower():
+                raise
+            steps = None
+        result.append({**summary, "Steps": steps})
+    return result

@@ -1,0 +1,123 @@
+"""The robocar pipeline: DonkeyCar tubs -> preprocess -> train -> evaluate -> (compile -> register) | fail.
+
+``get_pipeline(**kwargs)`` is the module contract (the SageMaker Projects "modelbuild" template's):
+it builds the definition offline, with no network and no credentials, byte-identical between builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipelines.code_bundle import CodeBundle
+from pipelines.offline import pipeline_session, prepare_environment
+from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS, parse_edge_targets
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_PIPELINE_NAME = "robocar-pipeline"
+DEFAULT_GROUP_NAME = "robocar-pilots"
+DEFAULT_PREFIX = "robocar"
+MODEL_TYPES = ("linear", "categorical")
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+CACHE_EXPIRY = "P30D"
+
+
+def get_pipeline(
+    region: str = DEFAULT_REGION,
+    role: str = "arn:aws:iam::123456789012:role/robocar-pipeline-execution",
+    default_bucket: str = "robocar-data-123456789012",
+    pipeline_name: str = DEFAULT_PIPELINE_NAME,
+    model_package_group_name: str = DEFAULT_GROUP_NAME,
+    base_prefix: str = DEFAULT_PREFIX,
+    edge_targets: Sequence[str] | str = DEFAULT_EDGE_TARGETS,
+    code: CodeBundle | None = None,
+):
+    """The SageMaker Pipeline (sagemaker v3 ``Pipeline``).
+
+    ``edge_targets`` fixes which targets the Register step records (one artifact slot each); the
+    ``EdgeTargets`` parameter defaults to them and ``robocar pipeline start`` checks it matches.
+    """
+    prepare_environment(region)
+    from sagemaker.core import image_uris
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import CacheConfig
+
+    from steps.compile import compile_step, compiled_uri
+    from steps.containers import TF_FRAMEWORK_VERSION, TF_PY_VERSION, s3_join
+    from steps.evaluate import evaluate_step, evaluation_uri
+    from steps.preprocess import preprocess_step, split_uri
+    from steps.quality_gate import quality_gate_step
+    from steps.register import register_step
+    from steps.train import model_artifacts_uri, train_step
+
+    targets = parse_edge_targets(edge_targets)
+    session = pipeline_session(region, default_bucket)
+    code = code or CodeBundle(bucket=default_bucket, prefix=base_prefix)
+    prefix = s3_join(f"s3://{default_bucket}", base_prefix)
+
+    input_data_url = ParameterString(name="InputDataUrl", default_value=s3_join(prefix, "raw"))
+    processing_instance_type = ParameterString(name="ProcessingInstanceType", default_value="ml.m5.xlarge")
+    training_instance_type = ParameterString(name="TrainingInstanceType", default_value="ml.m5.2xlarge")
+    model_type = ParameterString(name="ModelType", default_value="linear", enum_values=list(MODEL_TYPES))
+    epochs = ParameterString(name="Epochs", default_value="20")  # hyperparameters are a string map
+    angle_mae_threshold = ParameterFloat(name="AngleMaeThreshold", default_value=0.12)
+    approval_status = ParameterString(
+        name="ModelApprovalStatus", default_value="PendingManualApproval", enum_values=list(APPROVAL_STATUSES)
+    )
+    edge_targets_param = ParameterString(name="EdgeTargets", default_value=",".join(targets))
+
+    def image(scope: str) -> str:
+        return image_uris.retrieve(
+            framework="tensorflow", region=region, version=TF_FRAMEWORK_VERSION, py_version=TF_PY_VERSION,
+            instance_type="ml.m5.xlarge", image_scope=scope,
+        )  # fmt: skip
+
+    training_image, inference_image = image("training"), image("inference")
+    cache = CacheConfig(enable_caching=True, expire_after=CACHE_EXPIRY)
+    jobs = dict(role=role, image_uri=training_image, instance_type=processing_instance_type)
+
+    preprocess = preprocess_step(
+        session, **jobs, input_data_url=input_data_url, code_uri=code.uri,
+        output_uri=s3_join(prefix, "preprocess"), cache=cache,
+    )  # fmt: skip
+    train = train_step(
+        session, role=role, image_uri=training_image, instance_type=training_instance_type,
+        sourcedir_uri=code.sourcedir_uri, train_uri=split_uri(preprocess, "train"),
+        validation_uri=split_uri(preprocess, "validation"), output_uri=s3_join(prefix, "models"),
+        model_type=model_type, epochs=epochs, cache=cache,
+    )  # fmt: skip
+    evaluate, report = evaluate_step(
+        session, **jobs, code_uri=code.uri, model_uri=model_artifacts_uri(train),
+        test_uri=split_uri(preprocess, "test"), output_uri=s3_join(prefix, "evaluate"),
+        model_package_group_name=model_package_group_name, region=region, cache=cache,
+    )  # fmt: skip
+    compile_, compiled = compile_step(
+        session, **jobs, code_uri=code.uri, model_uri=model_artifacts_uri(train),
+        train_uri=split_uri(preprocess, "train"), test_uri=split_uri(preprocess, "test"),
+        output_uri=s3_join(prefix, "edge"), edge_targets=edge_targets_param, region=region, cache=cache,
+    )  # fmt: skip
+    register = register_step(
+        session, bucket=default_bucket, role=role, inference_image_uri=inference_image,
+        model_uri=model_artifacts_uri(train),
+        evaluation_uri=evaluation_uri(evaluate), model_package_group_name=model_package_group_name,
+        approval_status=approval_status, edge_targets=targets, compile_step=compile_,
+        compiled=compiled, compiled_uri=compiled_uri(compile_),
+    )  # fmt: skip
+    gate = quality_gate_step(
+        evaluate_step=evaluate, report=report, threshold=angle_mae_threshold, if_steps=[compile_, register]
+    )
+    return Pipeline(
+        name=pipeline_name,
+        parameters=[
+            input_data_url,
+            processing_instance_type,
+            training_instance_type,
+            model_type,
+            epochs,
+            angle_mae_threshold,
+            approval_status,
+            edge_targets_param,
+        ],  # fmt: skip
+        steps=[preprocess, train, evaluate, gate],
+        sagemaker_session=session,
+    )

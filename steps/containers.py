@@ -1,0 +1,20 @@
+"""The container contract the steps share: where code and data sit inside a SageMaker container."""
+
+from __future__ import annotations
+
+PROCESSING = "/opt/ml/processing"
+CODE_DIR = f"{PROCESSING}/input/code"  # the code bundle (pipelines.code_bundle) lands here
+CODE_ENV = {"PYTHONPATH": CODE_DIR, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+TF_FRAMEWORK_VERSION = "2.19"  # newest TensorFlow with SageMaker CPU training and inference images
+TF_PY_VERSION = "py312"
+
+
+def script_command(relative_path: str) -> list[str]:
+    """Entrypoint running a script of the code bundle with the container's Python."""
+    return ["python3", f"{CODE_DIR}/{relative_path}"]
+
+
+def s3_join(*parts: str) -> str:
+    """Join S3 URI parts with single slashes (``s3://b/p/`` + ``x`` -> ``s3://b/p/x``)."""
+    head, *rest = parts
+    return "/".join([head.rstrip("/"), *(p.strip("/") for p in rest)])

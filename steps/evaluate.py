@@ -1,0 +1,63 @@
+"""Evaluate: the trained pilot (and the current champion) on the test split -> evaluation.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagemaker.core.workflow.properties import PropertyFile
+from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
+
+from steps.containers import CODE_DIR, PROCESSING, s3_join
+from steps.preprocess import processor, s3_input, s3_output
+
+MODEL_DIR = f"{PROCESSING}/model"
+TEST_DIR = f"{PROCESSING}/test"
+EVALUATION_DIR = f"{PROCESSING}/evaluation"
+REPORT_NAME = "EvaluationReport"
+ANGLE_MAE_PATH = "regression_metrics.angle_mae.value"  # what the quality gate reads (docs/contracts.md §4)
+
+
+def evaluate_step(
+    session: Any,
+    *,
+    role: str,
+    image_uri: str,
+    instance_type: Any,
+    code_uri: str,
+    model_uri: Any,
+    test_uri: Any,
+    output_uri: str,
+    model_package_group_name: str,
+    region: str,
+    cache: CacheConfig,
+) -> tuple[ProcessingStep, PropertyFile]:
+    report = PropertyFile(name=REPORT_NAME, output_name="evaluation", path="evaluation.json")
+    proc = processor(
+        session, role=role, image_uri=image_uri, instance_type=instance_type, script="processing/evaluate.py"
+    )
+    step_args = proc.run(
+        inputs=[
+            s3_input("code", code_uri, CODE_DIR),
+            s3_input("model", model_uri, MODEL_DIR),
+            s3_input("test", test_uri, TEST_DIR),
+        ],
+        outputs=[s3_output("evaluation", EVALUATION_DIR, s3_join(output_uri, "evaluation"))],
+        arguments=[
+            "--model",
+            MODEL_DIR,
+            "--test",
+            TEST_DIR,
+            "--output",
+            EVALUATION_DIR,
+            "--model-package-group",
+            model_package_group_name,
+            "--region",
+            region,
+        ],  # fmt: skip
+    )
+    step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report], cache_config=cache)
+    return step, report
+
+
+def evaluation_uri(step: ProcessingStep) -> Any:
+    return step.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri

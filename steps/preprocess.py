@@ -1,0 +1,76 @@
+"""Preprocess: tubs (or a Ground Truth manifest) -> validated train/validation/test shards and a report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagemaker.core.processing import Processor
+from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
+from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
+
+from steps.containers import CODE_DIR, CODE_ENV, PROCESSING, s3_join, script_command
+
+SPLITS = ("train", "validation", "test")
+INPUT_DIR = f"{PROCESSING}/input/data"
+OUTPUT_DIR = f"{PROCESSING}/output"
+
+
+def s3_input(name: str, uri: Any, local_path: str) -> ProcessingInput:
+    return ProcessingInput(
+        input_name=name,
+        s3_input=ProcessingS3Input(
+            s3_uri=uri, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"
+        ),
+    )
+
+
+def s3_output(name: str, local_path: str, uri: Any) -> ProcessingOutput:
+    return ProcessingOutput(
+        output_name=name,
+        s3_output=ProcessingS3Output(s3_uri=uri, local_path=local_path, s3_upload_mode="EndOfJob"),
+    )
+
+
+def processor(session: Any, *, role: str, image_uri: str, instance_type: Any, script: str) -> Processor:
+    return Processor(
+        role=role,
+        image_uri=image_uri,
+        entrypoint=script_command(script),
+        instance_count=1,
+        instance_type=instance_type,
+        sagemaker_session=session,
+        env=dict(CODE_ENV),
+    )
+
+
+def preprocess_step(
+    session: Any,
+    *,
+    role: str,
+    image_uri: str,
+    instance_type: Any,
+    input_data_url: Any,
+    code_uri: str,
+    output_uri: str,
+    cache: CacheConfig,
+) -> ProcessingStep:
+    """``input_data_url`` is the tubs' S3 prefix (a pipeline parameter); outputs go under ``output_uri``."""
+    proc = processor(
+        session,
+        role=role,
+        image_uri=image_uri,
+        instance_type=instance_type,
+        script="processing/preprocess.py",
+    )
+    step_args = proc.run(
+        inputs=[s3_input("code", code_uri, CODE_DIR), s3_input("tubs", input_data_url, INPUT_DIR)],
+        outputs=[s3_output(split, f"{OUTPUT_DIR}/{split}", s3_join(output_uri, split)) for split in SPLITS]
+        + [s3_output("report", f"{OUTPUT_DIR}/report", s3_join(output_uri, "report"))],
+        arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR],
+    )
+    return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=cache)
+
+
+def split_uri(step: ProcessingStep, split: str) -> Any:
+    """The S3 URI a downstream step reads a split from: a property, so the data dependency is explicit."""
+    return step.properties.ProcessingOutputConfig.Outputs[split].S3Output.S3Uri

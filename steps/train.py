@@ -1,0 +1,72 @@
+"""Train: the donkeycar pilot in the TensorFlow framework container (script mode)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sagemaker.core.shapes import MetricDefinition, OutputDataConfig, StoppingCondition
+from sagemaker.core.training.configs import Compute, InputData
+from sagemaker.mlops.workflow.steps import CacheConfig, TrainingStep
+from sagemaker.train import ModelTrainer
+
+from training.metrics import METRIC_DEFINITIONS
+
+TRAINING_CODE_DIR = "/opt/ml/code"  # where the framework container extracts sourcedir.tar.gz
+MAX_RUNTIME_S = 3 * 3600
+
+
+def script_mode_hyperparameters(program: str, sourcedir_uri: str, **hyperparameters: Any) -> dict[str, Any]:
+    """Hyperparameters as the framework containers read them: ``sagemaker_*`` values JSON-quoted.
+
+    ModelTrainer's own ``SourceCode`` would upload a driver folder under a timestamped key on every
+    build (sdk-notes.md), so the script-mode contract is written out here instead.
+    """
+    return {
+        "sagemaker_program": json.dumps(program),
+        "sagemaker_submit_directory": json.dumps(sourcedir_uri),
+        **hyperparameters,
+    }
+
+
+def train_step(
+    session: Any,
+    *,
+    role: str,
+    image_uri: str,
+    instance_type: Any,
+    sourcedir_uri: str,
+    train_uri: Any,
+    validation_uri: Any,
+    output_uri: str,
+    model_type: Any,
+    epochs: Any,
+    cache: CacheConfig,
+) -> TrainingStep:
+    trainer = ModelTrainer(
+        sagemaker_session=session,
+        role=role,
+        training_image=image_uri,
+        base_job_name="robocar-train",
+        compute=Compute(instance_type=instance_type, instance_count=1, volume_size_in_gb=30),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=MAX_RUNTIME_S),
+        output_data_config=OutputDataConfig(s3_output_path=output_uri),
+        hyperparameters=script_mode_hyperparameters(
+            "training/train.py", sourcedir_uri, **{"model-type": model_type, "epochs": epochs}
+        ),
+        environment={"PYTHONPATH": TRAINING_CODE_DIR, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    ).with_metric_definitions(
+        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
+    )
+    step_args = trainer.train(
+        input_data_config=[
+            InputData(channel_name="train", data_source=train_uri),
+            InputData(channel_name="validation", data_source=validation_uri),
+        ],
+        wait=False,
+    )
+    return TrainingStep(name="Train", step_args=step_args, cache_config=cache)
+
+
+def model_artifacts_uri(step: TrainingStep) -> Any:
+    return step.properties.ModelArtifacts.S3ModelArtifacts
