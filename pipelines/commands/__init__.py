@@ -12,3 +12,6 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     from pipelines.commands import edge
 
     edge.register(sub)
+    from pipelines.commands import data
+
+    data.register(sub)
