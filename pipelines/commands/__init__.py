@@ -15,3 +15,6 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     from pipelines.commands import data
 
     data.register(sub)
+    from pipelines.commands import infra
+
+    infra.register(sub)

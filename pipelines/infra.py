@@ -1,0 +1,421 @@
+"""The CloudFormation stack (``infra/template.yaml``): check it against the rule definitions, deploy, show.
+
+The template carries the two EventBridge rule patterns written out in YAML; ``template_drift`` renders
+them (resolving ``!Ref``/``!Sub`` for given parameters) and compares with ``pipelines.events``, so the
+template and the local trigger cannot silently disagree. ``deploy`` refuses a drifted template.
+
+Clients are arguments (boto3's ``cloudformation`` and ``s3``; a moto server in the tests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import events
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_PATH = REPO_ROOT / "infra" / "template.yaml"
+ROLLOUT_DIR = REPO_ROOT / "infra" / "rollout"
+DEFAULT_STACK_NAME = "robocar"
+# What goes into the rollout function's zip, relative to the repository root (the zip's root): the
+# handler reads packages with the device agent's own code (standard library only).
+ROLLOUT_SOURCES = ("infra/rollout/handler.py", "edge/__init__.py", "edge/agent.py", "edge/artifacts.py")
+_ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip and key
+_TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
+_IN_PROGRESS = re.compile(r"_IN_PROGRESS$")
+
+
+class InfraError(RuntimeError):
+    """A user-facing problem with the template or the stack (printed without a traceback)."""
+
+
+# ---------------------------------------------------------------- reading the template
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation tags: ``!Ref x`` -> ``{"Ref": x}``, ``!Sub s`` -> ``{"Fn::Sub": s}``."""
+
+
+def _construct_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix == "Ref":
+        return {"Ref": value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+_CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
+    try:
+        return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 (SafeLoader subclass)
+    except FileNotFoundError as exc:
+        raise InfraError(f"no template at {path} (run from a checkout of robocar-pipeline)") from exc
+    except yaml.YAMLError as exc:
+        raise InfraError(f"{path} is not valid YAML: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Parameter values and pseudo parameters for resolving intrinsic functions offline."""
+
+    parameters: Mapping[str, str]
+    account: str = events.EXAMPLE_ACCOUNT
+    region: str = "us-east-1"
+    resource_names: Mapping[str, str] = field(default_factory=dict)
+
+    def ref(self, name: str) -> str:
+        pseudo = {"AWS::AccountId": self.account, "AWS::Region": self.region, "AWS::Partition": "aws"}
+        for table in (pseudo, self.parameters, self.resource_names):
+            if name in table:
+                return str(table[name])
+        raise InfraError(f"cannot resolve !Ref {name} offline (not a parameter or a named resource)")
+
+
+def parameter_values(template: Mapping[str, Any], overrides: Mapping[str, str]) -> dict[str, str]:
+    """The template's defaults with ``overrides`` applied; unknown names are an error."""
+    declared = template.get("Parameters", {})
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise InfraError(f"the template has no parameter(s) {', '.join(unknown)}")
+    values = {name: str(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
+    values.update({name: str(value) for name, value in overrides.items()})
+    return values
+
+
+def resolve(node: Any, context: RenderContext) -> Any:
+    """Resolve ``Ref`` and ``Fn::Sub`` (all the rule sections use) in a loaded template fragment."""
+    if isinstance(node, list):
+        return [resolve(item, context) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if set(node) == {"Ref"}:
+        return context.ref(node["Ref"])
+    if set(node) == {"Fn::Sub"}:
+        return _substitute(node["Fn::Sub"], context)
+    if len(node) == 1 and next(iter(node)).startswith("Fn::"):
+        raise InfraError(f"cannot resolve {next(iter(node))} offline")
+    return {key: resolve(value, context) for key, value in node.items()}
+
+
+def _substitute(argument: str | list[Any], context: RenderContext) -> str:
+    text, variables = (argument, {}) if isinstance(argument, str) else (argument[0], argument[1])
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in variables:
+            return str(resolve(variables[name], context))
+        if "." in name:  # ${Resource.Attribute}
+            raise InfraError(f"cannot resolve ${{{name}}} offline")
+        return context.ref(name)
+
+    return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+
+def _resource_names(template: Mapping[str, Any], context: RenderContext) -> dict[str, str]:
+    """``!Ref`` of the named resources the rules mention (the bucket's Ref is its name)."""
+    name_fields = {
+        "AWS::S3::Bucket": "BucketName",
+        "AWS::SageMaker::ModelPackageGroup": "ModelPackageGroupName",
+    }
+    names = {}
+    for logical_id, resource in template.get("Resources", {}).items():
+        name_field = name_fields.get(resource.get("Type"))
+        if name_field and name_field in resource.get("Properties", {}):
+            names[logical_id] = resolve(resource["Properties"][name_field], context)
+    return names
+
+
+@dataclass(frozen=True)
+class RenderedRules:
+    bucket: str
+    raw_prefix: str
+    group: str
+    new_data_pattern: dict[str, Any]
+    new_data_parameters: list[dict[str, str]]
+    approved_pattern: dict[str, Any]
+
+
+def render_rules(
+    template: Mapping[str, Any],
+    overrides: Mapping[str, str] | None = None,
+    *,
+    account: str = events.EXAMPLE_ACCOUNT,
+    region: str = "us-east-1",
+) -> RenderedRules:
+    """The rule sections of the template with parameters substituted, as EventBridge will receive them."""
+    context = RenderContext(parameter_values(template, overrides or {}), account, region)
+    context = RenderContext(context.parameters, account, region, _resource_names(template, context))
+    resources = template.get("Resources", {})
+    try:
+        new_data = resources["NewDataRule"]["Properties"]
+        approved = resources["ApprovedRule"]["Properties"]
+    except KeyError as exc:
+        raise InfraError(f"the template lacks the rule {exc.args[0]}") from exc
+    return RenderedRules(
+        bucket=context.ref("DataBucket"),
+        raw_prefix=f"{context.ref('Prefix')}/raw/",
+        group=context.ref("ModelPackageGroupName"),
+        new_data_pattern=resolve(new_data["EventPattern"], context),
+        new_data_parameters=resolve(
+            new_data["Targets"][0]["SageMakerPipelineParameters"]["PipelineParameterList"], context
+        ),
+        approved_pattern=resolve(approved["EventPattern"], context),
+    )
+
+
+def template_drift(template: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> list[str]:
+    """Where the template's rules differ from ``pipelines.events`` (empty when they agree)."""
+    rules = render_rules(template, overrides)
+    expected = {
+        "NewDataRule.EventPattern": (
+            rules.new_data_pattern,
+            events.new_data_pattern(rules.bucket, rules.raw_prefix),
+        ),
+        "NewDataRule.Targets[0].SageMakerPipelineParameters": (
+            rules.new_data_parameters,
+            events.new_data_pipeline_parameters(rules.bucket, rules.raw_prefix),
+        ),
+        "ApprovedRule.EventPattern": (rules.approved_pattern, events.approved_pattern(rules.group)),
+    }
+    return [
+        f"{where}: template has {json.dumps(found, sort_keys=True)}, pipelines/events.py says "
+        f"{json.dumps(wanted, sort_keys=True)}"
+        for where, (found, wanted) in expected.items()
+        if found != wanted
+    ]
+
+
+# ---------------------------------------------------------------- the rollout function's code
+def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES) -> bytes:
+    """A deterministic zip: ``handler.py`` at the root (Lambda's ``handler.handler``) plus ``edge/...``."""
+    files: dict[str, Path] = {}
+    for source in sources:
+        path = root / source
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and "__pycache__" not in file.parts:
+                    files[file.relative_to(root).as_posix()] = file
+        elif path.is_file():
+            files[path.name if source.startswith("infra/rollout/") else source] = path
+        else:
+            raise InfraError(f"the rollout function needs {source}, which is missing from {root}")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(files):
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, files[name].read_bytes())
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- deploy and show
+@dataclass(frozen=True)
+class StackSpec:
+    stack_name: str
+    parameters: dict[str, str]  # template parameters except the rollout code location
+    code_bucket: str | None = None  # default: <ProjectName>-infra-<account>-<region>, created if missing
+
+
+def default_code_bucket(project: str, account: str, region: str) -> str:
+    return f"{project}-infra-{account}-{region}"
+
+
+def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
+    """Create the code bucket when it does not exist (private), like ``sam deploy --resolve-s3`` does."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+        return
+    except s3.exceptions.ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
+            raise InfraError(f"cannot use bucket {bucket}: {exc}") from exc
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    s3.create_bucket(**kwargs)
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+
+
+def upload_rollout_code(s3: Any, bucket: str, project: str, code: bytes) -> str:
+    """Upload the zip under a content-addressed key (a changed handler changes the key: an update)."""
+    key = f"{project}/rollout/rollout-{hashlib.sha256(code).hexdigest()[:16]}.zip"
+    s3.put_object(Bucket=bucket, Key=key, Body=code, ServerSideEncryption="AES256")
+    return key
+
+
+def stack_status(cloudformation: Any, stack_name: str) -> str | None:
+    """The stack's status, or None when there is no such stack."""
+    try:
+        stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    except cloudformation.exceptions.ClientError as exc:
+        if "does not exist" in str(exc):
+            return None
+        raise
+    return stacks[0]["StackStatus"] if stacks else None
+
+
+def deploy(
+    cloudformation: Any,
+    s3: Any,
+    spec: StackSpec,
+    *,
+    account: str,
+    region: str,
+    template_path: Path = TEMPLATE_PATH,
+    code: bytes | None = None,
+    wait: bool = True,
+    poll_s: float = 5.0,
+    timeout_s: float = 1800.0,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Create the stack, or update it; returns ``{"action", "status", "outputs"}``."""
+    template = load_template(template_path)
+    drift = template_drift(template, spec.parameters)
+    if drift:
+        raise InfraError("the template's rules differ from pipelines/events.py:\n  " + "\n  ".join(drift))
+    parameters = parameter_values(template, spec.parameters)
+    project = parameters["ProjectName"]
+    bucket = spec.code_bucket or default_code_bucket(project, account, region)
+    ensure_bucket(s3, bucket, region)
+    key = upload_rollout_code(s3, bucket, project, code if code is not None else rollout_zip())
+    progress(f"rollout code: s3://{bucket}/{key}")
+    parameters.update(RolloutCodeBucket=bucket, RolloutCodeKey=key)
+    request = {
+        "StackName": spec.stack_name,
+        "TemplateBody": template_path.read_text(),
+        "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(parameters.items())],
+        "Capabilities": ["CAPABILITY_NAMED_IAM"],
+        "Tags": [{"Key": "project", "Value": project}],
+    }
+    status = stack_status(cloudformation, spec.stack_name)
+    if status == "ROLLBACK_COMPLETE":  # a failed first create can only be deleted
+        raise InfraError(
+            f"stack {spec.stack_name} is ROLLBACK_COMPLETE (its first create failed): delete it, then deploy"
+        )
+    if status is None:
+        action = "create"
+        cloudformation.create_stack(**request, OnFailure="ROLLBACK")
+    else:
+        action = "update"
+        try:
+            cloudformation.update_stack(**request)
+        except cloudformation.exceptions.ClientError as exc:
+            if "No updates are to be performed" not in str(exc):
+                raise
+            progress(f"stack {spec.stack_name}: no changes")
+            return {
+                "action": "none",
+                "status": status,
+                "outputs": stack_outputs(cloudformation, spec.stack_name),
+            }
+    progress(f"stack {spec.stack_name}: {action} started")
+    final = wait_for_stack(cloudformation, spec.stack_name, poll_s, timeout_s, progress) if wait else None
+    if final is not None and final not in _TERMINAL_OK:
+        raise InfraError(
+            f"stack {spec.stack_name} ended {final}: {failure_reasons(cloudformation, spec.stack_name)}"
+        )
+    return {
+        "action": action,
+        "status": final or stack_status(cloudformation, spec.stack_name),
+        "outputs": stack_outputs(cloudformation, spec.stack_name),
+    }
+
+
+def wait_for_stack(
+    cloudformation: Any, stack_name: str, poll_s: float, timeout_s: float, progress: Callable[[str], None]
+) -> str:
+    """Poll until the stack leaves ``*_IN_PROGRESS``, printing each new status."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        status = stack_status(cloudformation, stack_name) or "DELETED"
+        if status != last:
+            progress(f"stack {stack_name}: {status}")
+            last = status
+        if not _IN_PROGRESS.search(status):
+            return status
+        if time.monotonic() > deadline:
+            raise InfraError(f"stack {stack_name} still {status} after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+def failure_reasons(cloudformation: Any, stack_name: str) -> str:
+    stack_events = cloudformation.describe_stack_events(StackName=stack_name).get("StackEvents", [])
+    reasons = [
+        f"{e['LogicalResourceId']}: {e.get('ResourceStatusReason', '')}"
+        for e in stack_events
+        if e.get("ResourceStatus", "").endswith("_FAILED")
+    ]
+    return "; ".join(reasons[:5]) or "no reason recorded"
+
+
+def stack_outputs(cloudformation: Any, stack_name: str) -> dict[str, str]:
+    stacks = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    return {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])} if stacks else {}
+
+
+def describe(cloudformation: Any, stack_name: str) -> dict[str, Any]:
+    """Status, parameters, outputs and resources of the stack (raises InfraError when absent)."""
+    status = stack_status(cloudformation, stack_name)
+    if status is None:
+        raise InfraError(f"no stack named {stack_name} (deploy it with `robocar infra deploy`)")
+    stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+    resources = [
+        summary
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack_name)
+        for summary in page["StackResourceSummaries"]
+    ]
+    return {
+        "stack_name": stack_name,
+        "status": status,
+        "parameters": {p["ParameterKey"]: p["ParameterValue"] for p in stack.get("Parameters", [])},
+        "outputs": {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])},
+        "resources": {
+            r["LogicalResourceId"]: {
+                "type": r["ResourceType"],
+                "id": r.get("PhysicalResourceId", ""),
+                "status": r.get("ResourceStatus", ""),
+            }
+            for r in resources
+            if r.get("LogicalResourceId")  # moto lists resources it skipped without one
+        },
+    }
+
+
+def settings_snippet(outputs: Mapping[str, str], region: str) -> str:
+    """The ``robocar.toml`` lines that point the pipeline commands at this stack."""
+    lines = ["[robocar]", f'region = "{region}"']
+    for key, output in (
+        ("bucket", "DataBucketName"),
+        ("role", "PipelineExecutionRoleArn"),
+        ("pipeline_name", "PipelineName"),
+        ("model_package_group", "ModelPackageGroupName"),
+    ):
+        if output in outputs:
+            lines.append(f'{key} = "{outputs[output]}"')
+    return "\n".join(lines)
