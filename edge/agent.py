@@ -35,6 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge import artifacts
 
 log = logging.getLogger("robocar.edge.agent")
@@ -162,18 +164,38 @@ def find_newest(sagemaker: Any, group: str, target: str, skip: set[str] = frozen
     return None
 
 
+RAW_LINEAR_LIMIT = 2.0  # a linear head far outside [-1, 1] means broken weights or quantisation
+
+
 def _check_output(name: str, value: float) -> float:
-    if not (value == value and abs(value) != float("inf")):
+    if not np.isfinite(value):
         raise SmokeTestError(f"{name} is not finite ({value})")
     if not -1.0 <= value <= 1.0:
         raise SmokeTestError(f"{name} {value:.4f} is outside [-1, 1]")
     return value
 
 
+def check_heads(heads: list[np.ndarray], model_type: str) -> None:
+    """Raw outputs: finite; linear heads within +-RAW_LINEAR_LIMIT; categorical heads probabilities.
+
+    The decoder clips linear outputs to [-1, 1] (as donkeycar does), so only the raw heads can show a
+    model whose answers are far off; a little overshoot is normal for an unbounded linear head.
+    """
+    for index, head in enumerate(heads):
+        values = np.asarray(head, dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            raise SmokeTestError(f"output {index} has non-finite values")
+        if model_type == "linear" and np.any(np.abs(values) > RAW_LINEAR_LIMIT):
+            raise SmokeTestError(f"output {index} = {values.ravel()[:4]} is far outside [-1, 1]")
+        if model_type == "categorical" and (np.any(values < -1e-3) or np.any(values > 1 + 1e-3)):
+            raise SmokeTestError(f"output {index} is not a probability distribution")
+
+
 def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float]:
     """Load the package as the drive loop will and run the bundled frame; SmokeTestError if it misbehaves.
 
-    Outputs must be finite and within [-1, 1] after decoding (a NaN survives the decoder's clipping).
+    The commands must be finite and within [-1, 1], and so must the raw outputs (``check_heads``) when
+    the runtime exposes them.
     """
     from edge import drive, frames
 
@@ -183,8 +205,11 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
         started = time.perf_counter()
         angle, throttle = infer(image)
         latency_ms = (time.perf_counter() - started) * 1000.0
+        heads = infer.heads(image)
     except Exception as exc:  # any failure to load or run is a failed smoke test, named in the log
         raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
+    if heads is not None:
+        check_heads(heads, infer.model_type)
     return {
         "angle": _check_output("angle", float(angle)),
         "throttle": _check_output("throttle", float(throttle)),

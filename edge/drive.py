@@ -242,13 +242,21 @@ def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any]) -> frames.
 class LoadedPilot:
     """A package ready to drive: camera frame -> ``prepare_frame`` (the model's FrameSpec) -> runtime."""
 
-    def __init__(self, pilot: Any, spec: frames.FrameSpec, description: str) -> None:
+    def __init__(
+        self, pilot: Any, spec: frames.FrameSpec, description: str, model_type: str = "linear"
+    ) -> None:
         self.pilot = pilot
         self.spec = spec
         self.description = description
+        self.model_type = model_type
 
     def __call__(self, image: np.ndarray) -> tuple[float, float]:
         return self.pilot.run(frames.prepare_frame(image, self.spec))
+
+    def heads(self, image: np.ndarray) -> list[np.ndarray] | None:
+        """The network's raw (dequantised) outputs, when the runtime exposes them (``run_heads``)."""
+        run_heads = getattr(self.pilot, "run_heads", None)
+        return None if run_heads is None else list(run_heads(frames.prepare_frame(image, self.spec)[None]))
 
 
 def open_pilot(model_dir: Path, *, prefer: str | None = None, threads: int = 1) -> LoadedPilot:
@@ -262,7 +270,8 @@ def open_pilot(model_dir: Path, *, prefer: str | None = None, threads: int = 1) 
     artifact = runtimes.choose_artifact(manifest, prefer)
     spec = frame_spec_of(manifest, artifact)
     pilot = runtimes.load_artifact(model_dir, artifact, manifest, threads)
-    return LoadedPilot(pilot, spec, f"{artifact.get('file')} on {pilot.runtime}")
+    description = f"{artifact.get('file')} on {pilot.runtime}"
+    return LoadedPilot(pilot, spec, description, str(manifest.get("model_type", "linear")))
 
 
 class LivePilot:
@@ -317,12 +326,12 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.every_s = 0.1 if self.tty else every_s
-        self._last = 0.0
+        self._last: float | None = None  # the first update always shows
         self._width = 0
 
     def update(self, line: str, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.every_s:
+        if not force and self._last is not None and now - self._last < self.every_s:
             return
         self._last = now
         if self.tty:

@@ -87,3 +87,62 @@ def registry(sagemaker: Any, s3: Any) -> None:
 def fake_model(tag: str) -> bytes:
     """A model archive for tests that replace the smoke test: what matters is the bytes and the tag."""
     return tar_bytes({"manifest.json": json.dumps({"tag": tag}).encode(), "model.bin": tag.encode() * 16})
+
+
+def onnx_pilot_package(tag: str, *, angle_bias: float = 0.0, throttle: float = 0.3) -> bytes:
+    """A real compiled package (manifest.json + pilot.onnx) in edge.runtimes' format, tiny and fast.
+
+    The "network" steers by the frame's mean brightness (angle = mean - 0.5 + angle_bias) at a constant
+    throttle; ``angle_bias=float("nan")`` makes a model that loads but answers NaN. Its FrameSpec crops
+    and resizes (40x80 input) so the test also proves the car prepares frames as the package says.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    spec = {"camera_height": 120, "camera_width": 160, "crop_top": 40, "crop_bottom": 0}
+    spec.update(height=40, width=80)
+    constants = {
+        "flat_shape": np.array([0, -1], dtype=np.int64),
+        "centre": np.array([[angle_bias - 0.5]], dtype=np.float32),
+        "zero": np.array([[0.0]], dtype=np.float32),
+        "cruise": np.array([[throttle]], dtype=np.float32),
+    }
+    nodes = [
+        helper.make_node("Reshape", ["img", "flat_shape"], ["flat"]),
+        helper.make_node("ReduceMean", ["flat"], ["mean"], axes=[1], keepdims=1),
+        helper.make_node("Add", ["mean", "centre"], ["angle"]),
+        helper.make_node("Mul", ["mean", "zero"], ["still"]),
+        helper.make_node("Add", ["still", "cruise"], ["throttle"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_pilot",
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, [None, 40, 80, 3])],
+        [
+            helper.make_tensor_value_info("angle", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("throttle", TensorProto.FLOAT, [None, 1]),
+        ],
+        initializer=[numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx_bytes = model.SerializeToString()
+    manifest = {
+        "tag": tag,
+        "target": TARGET,
+        "model_type": "linear",
+        "throttle_range": 0.5,
+        "frame_spec": spec,
+        "default": "pilot.onnx",
+        "artifacts": [
+            {
+                "file": "pilot.onnx",
+                "runtime": "onnxruntime",
+                "precision": "float32",
+                "input": {"name": "img", "shape": [40, 80, 3], "dtype": "float32", "normalization": "x/255"},
+                "outputs": [{"name": "angle", "tensor": "angle"}, {"name": "throttle", "tensor": "throttle"}],
+                "sha256": sha256(onnx_bytes),
+                "size_bytes": len(onnx_bytes),
+            }
+        ],
+    }
+    return tar_bytes({"manifest.json": json.dumps(manifest).encode(), "pilot.onnx": onnx_bytes})
