@@ -566,6 +566,16 @@ def accuracy_delta(
     }
 
 
+def choose_default(artifacts: list[dict[str, Any]], max_angle_delta: float) -> str:
+    """Marks each artifact ``within_tolerance``; the car drives with the first (best) one that is."""
+    for artifact in artifacts:
+        artifact["within_tolerance"] = artifact["accuracy_delta"]["angle_mae"] <= max_angle_delta
+    usable = [a["file"] for a in artifacts if a["within_tolerance"]]
+    if not usable:
+        raise CompileError(f"no compiled artifact is within angle MAE {max_angle_delta} of the float model")
+    return usable[0]
+
+
 def compile_locally(
     model_dir: Path,
     meta: Mapping[str, Any],
@@ -634,19 +644,13 @@ def compile_locally(
                 work, artifact, {k: v for k, v in partial.items() if v is not None}
             )
             artifact["accuracy_delta"] = accuracy_delta(pilot, test_images, reference)
-            artifact["within_tolerance"] = artifact["accuracy_delta"]["angle_mae"] <= max_angle_delta
             artifacts.append(artifact)
             delta = artifact["accuracy_delta"]
             log(
                 f"{spec.file}: {artifact['size_bytes']:,} bytes in {time.perf_counter() - started:.1f} s, "
                 f"angle MAE {delta['angle_mae']:.4f}, throttle MAE {delta['throttle_mae']:.4f} vs Keras"
             )
-        usable = [a for a in artifacts if a["within_tolerance"]]
-        if not usable:
-            raise CompileError(
-                f"no compiled artifact is within angle MAE {max_angle_delta} of the float model"
-            )
-        default = usable[0]["file"]
+        default = choose_default(artifacts, max_angle_delta)
         files = {a["file"]: work / a["file"] for a in artifacts}
         entries = {}
         for target in targets:

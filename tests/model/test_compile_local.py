@@ -1,0 +1,135 @@
+"""Local compilation of a donkeycar pilot: artifacts, manifests, SHA-256s, runtimes that agree with Keras."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
+
+from compile_fixtures import SPEC, pilot, write_model_dir, write_splits  # noqa: E402
+
+from edge import runtimes  # noqa: E402
+from edge.frames import to_model_input  # noqa: E402
+from processing import compile as compile_step  # noqa: E402
+
+TARGETS = ("jetson_nano", "rasp4b")
+FILES = ("pilot_int8.tflite", "pilot_float32.tflite", "pilot_int8.onnx", "pilot_float32.onnx")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Compile once (the slow part, a few seconds) and let every test look at the result."""
+    root = tmp_path_factory.mktemp("compile")
+    splits = write_splits(root)
+    model = pilot(splits["train"]["images"])
+    model_dir = write_model_dir(root, model)
+    out = root / "out"
+    argv = ["--model", str(model_dir), "--train", str(root / "splits" / "train"), "--test"]
+    argv += [
+        str(root / "splits" / "test"),
+        "--output",
+        str(out),
+        "--targets",
+        ",".join(TARGETS),
+        "--mode",
+        "local",
+    ]
+    assert compile_step.main(argv) == 0
+    heads = model(to_model_input(splits["test"]["images"]), training=False)
+    reference = tuple(np.asarray(h).reshape(-1) for h in heads)
+    return {"out": out, "splits": splits, "reference": reference, "model_dir": model_dir}
+
+
+def extract(package: Path, dest: Path) -> Path:
+    with tarfile.open(package) as tar:
+        assert all(m.isfile() for m in tar.getmembers())
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def test_compiled_json_lists_every_target_with_the_package_sha256(compiled):
+    out = compiled["out"]
+    listing = json.loads((out / "compiled.json").read_text())
+    assert listing["mode"] == "local"
+    assert set(listing["targets"]) == set(TARGETS)
+    for target, entry in listing["targets"].items():
+        package = out / entry["uri"]
+        assert entry["uri"] == f"{target}/model.tar.gz"
+        assert entry["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+        assert entry["size_bytes"] == package.stat().st_size
+        assert entry["runtimes"] == ["litert", "onnxruntime"]
+        assert entry["default"] == "pilot_int8.tflite"
+
+
+def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path):
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    manifest = json.loads((package_dir / "manifest.json").read_text())
+    assert manifest == json.loads((compiled["out"] / "rasp4b" / "manifest.json").read_text())
+    assert manifest["target"] == "rasp4b" and manifest["model_type"] == "linear"
+    assert manifest["frame_spec"] == SPEC.to_dict()
+    assert [a["file"] for a in manifest["artifacts"]] == list(FILES)
+    for artifact in manifest["artifacts"]:
+        path = package_dir / artifact["file"]
+        assert artifact["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert artifact["size_bytes"] == path.stat().st_size
+        assert artifact["runtime"] == ("litert" if path.suffix == ".tflite" else "onnxruntime")
+        assert [o["name"] for o in artifact["outputs"]] == ["angle", "throttle"]
+        assert artifact["input"]["shape"] == list(SPEC.input_shape)
+        assert artifact["accuracy_delta"]["frames"] == len(compiled["splits"]["test"]["images"])
+    int8 = manifest["artifacts"][0]
+    # The int8 pilot eats the camera frame as is: uint8 with scale 1/255 and zero point 0.
+    assert int8["input"]["dtype"] == "uint8"
+    assert int8["input"]["quantization"]["zero_point"] == 0
+    assert int8["input"]["quantization"]["scale"] == pytest.approx(1 / 255)
+    # Section 5's top-level fields are the default artifact's.
+    assert manifest["default"] == manifest["file"] == "pilot_int8.tflite"
+    assert manifest["sha256"] == int8["sha256"] and manifest["runtime"] == "litert"
+
+
+@pytest.mark.parametrize("prefer", FILES)
+def test_every_runtime_gives_the_keras_answers(compiled, tmp_path, prefer):
+    package_dir = extract(compiled["out"] / "jetson_nano" / "model.tar.gz", tmp_path)
+    pilot_ = runtimes.load_pilot(package_dir, prefer=prefer)
+    images = compiled["splits"]["test"]["images"]
+    angle, throttle = pilot_.run_batch(images)
+    ref_angle, ref_throttle = (np.clip(r, -1, 1) for r in compiled["reference"])
+    assert ref_angle.std() > 0.2  # the outputs spread: agreement below is not agreement on a constant
+    tolerance = 0.03 if "int8" in prefer else 1e-4
+    assert np.abs(angle - ref_angle).mean() <= tolerance
+    assert np.abs(throttle - ref_throttle).mean() <= tolerance
+    single = pilot_.run(images[0])
+    assert single == pytest.approx((angle[0], throttle[0]), abs=1e-6)
+    recorded = next(
+        a for a in json.loads((package_dir / "manifest.json").read_text())["artifacts"] if a["file"] == prefer
+    )
+    assert recorded["accuracy_delta"]["angle_mae"] == pytest.approx(
+        np.abs(angle - ref_angle).mean(), abs=1e-5
+    )
+
+
+def test_calibration_sample_is_deterministic_and_from_the_train_split():
+    first = compile_step.representative_indices(1000, 200, seed=0)
+    assert np.array_equal(first, compile_step.representative_indices(1000, 200, seed=0))
+    assert len(set(first.tolist())) == 200 and first.max() < 1000 and np.all(np.diff(first) > 0)
+    assert len(compile_step.representative_indices(50, 200, seed=0)) == 50
+    with pytest.raises(compile_step.CompileError, match="training split is empty"):
+        compile_step.representative_indices(0, 200, seed=0)
+
+
+def test_artifacts_beyond_the_angle_tolerance_are_not_driven_with():
+    artifacts = [
+        {"file": "pilot_int8.tflite", "accuracy_delta": {"angle_mae": 0.05}},
+        {"file": "pilot_float32.tflite", "accuracy_delta": {"angle_mae": 0.0}},
+    ]
+    assert compile_step.choose_default(artifacts, 0.03) == "pilot_float32.tflite"
+    assert [a["within_tolerance"] for a in artifacts] == [False, True]
+    assert compile_step.choose_default(artifacts, 0.06) == "pilot_int8.tflite"
+    with pytest.raises(compile_step.CompileError, match="within angle MAE 1e-06"):
+        compile_step.choose_default(artifacts[:1], 1e-6)
