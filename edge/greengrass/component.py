@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import hashlib
 import json
 import sys
 from collections.abc import Callable
@@ -104,10 +105,15 @@ def render_recipe(
 
 
 def component_request(recipe: dict[str, Any], package_arn: str) -> dict[str, Any]:
-    """The ``create_component_version`` arguments."""
+    """The ``create_component_version`` arguments.
+
+    The client token is derived from the recipe, so retrying the same request is idempotent.
+    """
+    inline = json.dumps(recipe, indent=2).encode("utf-8")
     return {
-        "inlineRecipe": json.dumps(recipe, indent=2).encode("utf-8"),
+        "inlineRecipe": inline,
         "tags": {"robocar:model-package-arn": package_arn[:256]},
+        "clientToken": hashlib.sha256(inline).hexdigest(),
     }
 
 
