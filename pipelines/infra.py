@@ -10,14 +10,17 @@ Clients are arguments (boto3's ``cloudformation`` and ``s3``; a moto server in t
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import re
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -29,8 +32,17 @@ TEMPLATE_PATH = REPO_ROOT / "infra" / "template.yaml"
 ROLLOUT_DIR = REPO_ROOT / "infra" / "rollout"
 DEFAULT_STACK_NAME = "robocar"
 # What goes into the rollout function's zip, relative to the repository root (the zip's root): the
-# handler reads packages with the device agent's own code (standard library only).
-ROLLOUT_SOURCES = ("infra/rollout/handler.py", "edge/__init__.py", "edge/agent.py", "edge/artifacts.py")
+# handler renders the recipe with the device package's own builder (standard library only at import).
+ROLLOUT_SOURCES = (
+    "infra/rollout/handler.py",
+    "edge/__init__.py",
+    "edge/agent.py",
+    "edge/artifacts.py",
+    "edge/greengrass/__init__.py",
+    "edge/greengrass/component.py",
+)
+RECIPE_TEMPLATE = REPO_ROOT / "edge" / "greengrass" / "recipe.yaml"
+BUNDLED_TEMPLATE_NAME = "recipe_template.json"  # Lambda's Python has no PyYAML: the template goes as JSON
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip and key
 _TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 _IN_PROGRESS = re.compile(r"_IN_PROGRESS$")
@@ -204,26 +216,42 @@ def template_drift(template: Mapping[str, Any], overrides: Mapping[str, str] | N
 
 # ---------------------------------------------------------------- the rollout function's code
 def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES) -> bytes:
-    """A deterministic zip: ``handler.py`` at the root (Lambda's ``handler.handler``) plus ``edge/...``."""
-    files: dict[str, Path] = {}
+    """A deterministic zip: ``handler.py`` and the recipe template (JSON) at the root, plus ``edge/...``."""
+    files: dict[str, bytes] = {}
     for source in sources:
         path = root / source
         if path.is_dir():
             for file in sorted(path.rglob("*")):
                 if file.is_file() and "__pycache__" not in file.parts:
-                    files[file.relative_to(root).as_posix()] = file
+                    files[file.relative_to(root).as_posix()] = file.read_bytes()
         elif path.is_file():
-            files[path.name if source.startswith("infra/rollout/") else source] = path
+            files[path.name if source.startswith("infra/rollout/") else source] = path.read_bytes()
         else:
             raise InfraError(f"the rollout function needs {source}, which is missing from {root}")
+    template = yaml.safe_load((root / RECIPE_TEMPLATE.relative_to(REPO_ROOT)).read_text())
+    files[BUNDLED_TEMPLATE_NAME] = json.dumps(template, indent=1, sort_keys=True).encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, files[name].read_bytes())
+            archive.writestr(info, files[name])
     return buffer.getvalue()
+
+
+def load_rollout_handler() -> ModuleType:
+    """``infra/`` is not an installed package: load the handler from the checkout, once."""
+    name = "robocar_rollout_handler"
+    if name not in sys.modules:
+        path = ROLLOUT_DIR / "handler.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise InfraError(f"no rollout handler at {path} (run from a checkout of robocar-pipeline)")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 # ---------------------------------------------------------------- deploy and show

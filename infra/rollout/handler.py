@@ -2,16 +2,18 @@
 
 EventBridge's "approved" rule (``pipelines.events.approved_pattern``) invokes ``handler`` with the
 ``SageMaker Model Package State Change`` event. The function re-reads the package (the approval may
-have been revoked since the event), takes the car's artifact and its SHA-256 from the registry exactly
-as the device agent does (``edge.agent.candidate_from_package``), creates the component version whose
-recipe pins that package, and deploys it to the cars' thing group.
+have been revoked since the event), renders the component recipe with the device package's own builder
+(``edge.greengrass.component``: the car's artifact and SHA-256 from the registry, as the agent reads
+them), creates that component version and deploys it to the cars' thing group.
 
 Delivery is at least once and a package changes state more than once, so every step is idempotent:
-the component version is the package version (a second create is a conflict, treated as done) and the
-deployment name is derived from it (a repeated deployment of the same version changes nothing on a car).
+the component version is derived from the package version (a second create is a conflict, treated as
+done) and so is the deployment name (redeploying the same version changes nothing on a car).
 
-Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime) and locally, where
-``robocar trigger`` passes local clients to ``rollout``. Zip layout: this file at the root, ``edge/``.
+Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime; the recipe template travels
+as JSON because the runtime has no PyYAML) and locally, where ``robocar trigger`` passes local clients
+to ``rollout``. Zip layout (``pipelines.infra.rollout_zip``): this file and the template at the root,
+``edge/``.
 """
 
 from __future__ import annotations
@@ -21,18 +23,19 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from edge.agent import candidate_from_package
+from edge.greengrass import component
 
 log = logging.getLogger("robocar.rollout")
 log.setLevel(logging.INFO)
 
-RECIPE_FORMAT = "2020-01-25"
+BUNDLED_TEMPLATE = Path(__file__).with_name("recipe_template.json")  # written into the zip only
 DEPLOYMENT_POLICIES = {
     # a car that fails to start the new component goes back to the previous deployment
     "failureHandlingPolicy": "ROLLBACK",
-    # do not yank the model while the car is driving: components may defer the update (DEFER_COMPONENT_UPDATE)
+    # do not yank the model while the car is driving: components may defer the update
     "componentUpdatePolicy": {"timeoutInSeconds": 120, "action": "NOTIFY_COMPONENTS"},
 }
 
@@ -62,57 +65,15 @@ class RolloutConfig:
         return cls(**{field: env[variable] for field, variable in names.items()})
 
 
-def component_version(package_version: int) -> str:
-    """Greengrass wants semantic versions; the package version is the patch number (1.0.7 = package 7)."""
-    return f"1.0.{int(package_version)}"
+def recipe_template() -> dict[str, Any]:
+    """The recipe template: bundled JSON in Lambda, else ``edge/greengrass/recipe.yaml`` itself."""
+    if BUNDLED_TEMPLATE.is_file():
+        return json.loads(BUNDLED_TEMPLATE.read_text())
+    return component.load_template()
 
 
 def deployment_name(config: RolloutConfig, version: str) -> str:
     return f"{config.component_name}-{version}"
-
-
-def component_recipe(description: Mapping[str, Any], config: RolloutConfig) -> dict[str, Any]:
-    """The component version for one approved package: the device agent, pinned to its artifact.
-
-    The car runs ``robocar edge`` (installed on the device by its own component/image); the recipe's
-    configuration tells it which package and which artifact SHA-256 to install, and the artifact itself
-    is listed so Greengrass downloads and checks it too.
-    """
-    candidate = candidate_from_package(dict(description), config.edge_target)
-    if candidate is None:
-        raise RolloutError(
-            f"{description['ModelPackageArn']} has no artifact for target {config.edge_target!r}; "
-            "it cannot be rolled out to these cars"
-        )
-    version = component_version(candidate.version)
-    return {
-        "RecipeFormatVersion": RECIPE_FORMAT,
-        "ComponentName": config.component_name,
-        "ComponentVersion": version,
-        "ComponentDescription": f"robocar pilot {candidate.model_package_arn} for {candidate.target}",
-        "ComponentPublisher": "robocar-pipeline",
-        "ComponentConfiguration": {
-            "DefaultConfiguration": {
-                "ModelPackageGroupName": config.model_package_group,
-                "ModelPackageArn": candidate.model_package_arn,
-                "EdgeTarget": candidate.target,
-                "ArtifactSha256": candidate.sha256,
-            }
-        },
-        "Manifests": [
-            {
-                "Platform": {"os": "linux"},
-                "Artifacts": [{"URI": candidate.artifact_uri, "Unarchive": "NONE"}],
-                "Lifecycle": {
-                    "Run": (
-                        "robocar edge check --group {configuration:/ModelPackageGroupName} "
-                        "--target {configuration:/EdgeTarget} "
-                        "--artifact {artifacts:path}/" + candidate.artifact_uri.rsplit("/", 1)[-1]
-                    )
-                },
-            }
-        ],
-    }
 
 
 def rollout(
@@ -121,6 +82,7 @@ def rollout(
     """Do the rollout for one event; returns what was done (``status``: deployed or skipped)."""
     detail = event.get("detail") or {}
     arn = detail.get("ModelPackageArn")
+    region = event.get("region")
     if not arn:
         raise RolloutError("event has no detail.ModelPackageArn: not a SageMaker Model Package State Change")
     if detail.get("ModelPackageGroupName") != config.model_package_group:
@@ -128,13 +90,21 @@ def rollout(
     description = sagemaker.describe_model_package(ModelPackageName=arn)
     if description.get("ModelApprovalStatus") != "Approved":  # revoked between the event and now
         return {"status": "skipped", "reason": f"{arn} is {description.get('ModelApprovalStatus')} now"}
-    recipe = component_recipe(description, config)
+    try:
+        recipe = component.render_recipe(
+            recipe_template(), description, config.edge_target, component_name=config.component_name
+        )
+    except component.ComponentError as exc:
+        raise RolloutError(f"{exc}: it cannot be rolled out to these cars") from exc
     version = recipe["ComponentVersion"]
-    created = create_component_version(greengrass, recipe)
+    created = create_component_version(greengrass, component.component_request(recipe, arn))
+    deployed_component: dict[str, Any] = {"componentVersion": version}
+    if region:  # the cars talk to the registry of the region the package lives in
+        deployed_component["configurationUpdate"] = {"merge": json.dumps({"Region": region})}
     deployment = greengrass.create_deployment(
         targetArn=config.thing_group_arn,
         deploymentName=deployment_name(config, version),
-        components={config.component_name: {"componentVersion": version}},
+        components={config.component_name: deployed_component},
         deploymentPolicies=DEPLOYMENT_POLICIES,
         tags={"robocar:model-package": arn[-256:]},
     )
@@ -151,12 +121,12 @@ def rollout(
     return result
 
 
-def create_component_version(greengrass: Any, recipe: Mapping[str, Any]) -> bool:
+def create_component_version(greengrass: Any, request: Mapping[str, Any]) -> bool:
     """Create the version; False when it already exists (a redelivered event), True when created now."""
     try:
-        greengrass.create_component_version(inlineRecipe=json.dumps(recipe, sort_keys=True).encode())
+        greengrass.create_component_version(**request)
     except greengrass.exceptions.ConflictException:
-        log.info("component %s %s exists already", recipe["ComponentName"], recipe["ComponentVersion"])
+        log.info("component version exists already: %s", request.get("tags"))
         return False
     return True
 
