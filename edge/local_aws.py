@@ -40,7 +40,8 @@ APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 DEFAULT_MAX_RESULTS = 100
 _GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_TMP_DIR = ".tmp"  # under ROOT/s3; not a valid bucket name, so never listed
+_TMP_DIR = ".tmp"
+FILE_MODE = 0o644  # under ROOT/s3; not a valid bucket name, so never listed
 
 
 # ---------------------------------------------------------------- errors (botocore's when available)
@@ -101,11 +102,11 @@ def client_error(
     return (cls or ClientError)(response, operation)
 
 
-def _metadata(status: int = 200) -> dict[str, Any]:
+def response_metadata(status: int = 200) -> dict[str, Any]:
     return {"RequestId": uuid.uuid4().hex, "HTTPStatusCode": status, "HTTPHeaders": {}, "RetryAttempts": 0}
 
 
-def _check_params(
+def check_params(
     given: dict[str, Any], *, required: tuple[str, ...] = (), allowed: tuple[str, ...] = ()
 ) -> None:
     """Reject missing and unknown parameters the way botocore does, before anything is touched."""
@@ -127,6 +128,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, tmp_dir: Path | None = None) 
     directory = tmp_dir or path.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make local S3 objects private to this user
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -143,6 +145,7 @@ def atomic_copy_file(source: Path, destination: Path, *, tmp_dir: Path | None = 
     directory = tmp_dir or destination.parent
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             shutil.copyfileobj(src, out, 1 << 20)
@@ -224,7 +227,7 @@ class StreamingBody:
         self.close()
 
 
-class _Paginator:
+class Paginator:
     """``client.get_paginator(name).paginate(**kwargs)`` for the list calls the clients implement."""
 
     def __init__(self, method: Callable[..., dict[str, Any]], token_in: str, token_out: str) -> None:
@@ -312,18 +315,18 @@ class LocalS3Client:
 
     # -- buckets
     def create_bucket(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803 (boto3 names)
-        _check_params(kwargs, allowed=("CreateBucketConfiguration", "ACL", "ObjectOwnership"))
+        check_params(kwargs, allowed=("CreateBucketConfiguration", "ACL", "ObjectOwnership"))
         self._bucket_dir(Bucket, "CreateBucket", must_exist=False).mkdir(parents=True, exist_ok=True)
-        return {"Location": f"/{Bucket}", "ResponseMetadata": _metadata()}
+        return {"Location": f"/{Bucket}", "ResponseMetadata": response_metadata()}
 
     def head_bucket(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=("ExpectedBucketOwner",))
+        check_params(kwargs, allowed=("ExpectedBucketOwner",))
         if not self._bucket_dir(Bucket, "HeadBucket", must_exist=False).is_dir():
             raise client_error("404", "Not Found", "HeadBucket")
-        return {"BucketRegion": self.region, "ResponseMetadata": _metadata()}
+        return {"BucketRegion": self.region, "ResponseMetadata": response_metadata()}
 
     def list_buckets(self, **kwargs: Any) -> dict[str, Any]:
-        _check_params(kwargs)
+        check_params(kwargs)
         buckets = (
             sorted(p for p in self.base.iterdir() if p.is_dir() and _BUCKET_RE.match(p.name))
             if self.base.is_dir()
@@ -335,14 +338,12 @@ class LocalS3Client:
                 for p in buckets
             ],
             "Owner": {"ID": ACCOUNT_ID},
-            "ResponseMetadata": _metadata(),
+            "ResponseMetadata": response_metadata(),
         }
 
     # -- objects
     def put_object(self, *, Bucket: str, Key: str, Body: Any = b"", **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(
-            kwargs, allowed=("ContentType", "Metadata", "ContentMD5", "ServerSideEncryption", "ACL")
-        )
+        check_params(kwargs, allowed=("ContentType", "Metadata", "ContentMD5", "ServerSideEncryption", "ACL"))
         path = self._object_path(Bucket, Key, "PutObject")
         if isinstance(Body, str):
             data = Body.encode()
@@ -355,10 +356,10 @@ class LocalS3Client:
             raise _param_validation_error(f"Invalid type for parameter Body, value: {type(Body).__name__}")
         atomic_write_bytes(path, data, tmp_dir=self._tmp())
         etag = f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
-        return {"ETag": etag, "ResponseMetadata": _metadata()}
+        return {"ETag": etag, "ResponseMetadata": response_metadata()}
 
     def get_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=("Range", "IfMatch", "VersionId"))
+        check_params(kwargs, allowed=("Range", "IfMatch", "VersionId"))
         path = self._existing(Bucket, Key, "GetObject")
         described = self._describe(path)
         handle = open(path, "rb")  # noqa: SIM115 (closed by the body, like a network stream)
@@ -375,24 +376,28 @@ class LocalS3Client:
             data = handle.read(max(0, end - start + 1))
             handle.close()
             described["ContentLength"] = len(data)
-            return {**described, "Body": StreamingBody(BytesIO(data)), "ResponseMetadata": _metadata(206)}
-        return {**described, "Body": StreamingBody(handle), "ResponseMetadata": _metadata()}
+            return {
+                **described,
+                "Body": StreamingBody(BytesIO(data)),
+                "ResponseMetadata": response_metadata(206),
+            }
+        return {**described, "Body": StreamingBody(handle), "ResponseMetadata": response_metadata()}
 
     def head_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=("IfMatch", "VersionId"))
+        check_params(kwargs, allowed=("IfMatch", "VersionId"))
         path = self._existing(Bucket, Key, "HeadObject", head=True)
-        return {**self._describe(path), "ResponseMetadata": _metadata()}
+        return {**self._describe(path), "ResponseMetadata": response_metadata()}
 
     def delete_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=("VersionId",))
+        check_params(kwargs, allowed=("VersionId",))
         path = self._object_path(Bucket, Key, "DeleteObject")
         with contextlib.suppress(FileNotFoundError):  # S3 deletes of missing keys succeed
             path.unlink()
         self._prune_empty_dirs(path.parent, self.base / Bucket)
-        return {"ResponseMetadata": _metadata(204)}
+        return {"ResponseMetadata": response_metadata(204)}
 
     def copy_object(self, *, Bucket: str, Key: str, CopySource: Any, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=("MetadataDirective", "ContentType"))
+        check_params(kwargs, allowed=("MetadataDirective", "ContentType"))
         if isinstance(CopySource, str):
             src_bucket, _, src_key = CopySource.lstrip("/").partition("/")
         else:
@@ -403,7 +408,7 @@ class LocalS3Client:
         described = self._describe(destination)
         return {
             "CopyObjectResult": {"ETag": described["ETag"], "LastModified": described["LastModified"]},
-            "ResponseMetadata": _metadata(),
+            "ResponseMetadata": response_metadata(),
         }
 
     def upload_file(
@@ -439,7 +444,7 @@ class LocalS3Client:
             Callback(source.stat().st_size)
 
     def list_objects_v2(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(
+        check_params(
             kwargs,
             allowed=("Prefix", "Delimiter", "MaxKeys", "ContinuationToken", "StartAfter", "EncodingType"),
         )
@@ -470,7 +475,7 @@ class LocalS3Client:
             "Prefix": prefix,
             "MaxKeys": max_keys,
             "KeyCount": len(page),
-            "ResponseMetadata": _metadata(),
+            "ResponseMetadata": response_metadata(),
         }
         contents = [
             {
@@ -496,10 +501,10 @@ class LocalS3Client:
             response["NextContinuationToken"] = _encode_token(page[-1][0])
         return response
 
-    def get_paginator(self, operation_name: str) -> _Paginator:
+    def get_paginator(self, operation_name: str) -> Paginator:
         if operation_name != "list_objects_v2":
             raise NotImplementedError(f"local S3 has no paginator for {operation_name}")
-        return _Paginator(self.list_objects_v2, "ContinuationToken", "NextContinuationToken")
+        return Paginator(self.list_objects_v2, "ContinuationToken", "NextContinuationToken")
 
     # -- helpers
     @staticmethod
@@ -592,7 +597,9 @@ def _from_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _page(items: list[dict[str, Any]], kwargs: dict[str, Any], operation: str) -> tuple[list, str | None]:
+def page_items(
+    items: list[dict[str, Any]], kwargs: dict[str, Any], operation: str
+) -> tuple[list, str | None]:
     max_results = kwargs.get("MaxResults", DEFAULT_MAX_RESULTS)
     if not isinstance(max_results, int) or not 1 <= max_results <= 100:
         raise _validation(
@@ -713,7 +720,7 @@ class LocalSageMakerClient:
 
     # -- groups
     def create_model_package_group(self, *, ModelPackageGroupName: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs, allowed=_GROUP_CREATE_PARAMS)
+        check_params(kwargs, allowed=_GROUP_CREATE_PARAMS)
         name = ModelPackageGroupName
         if not isinstance(name, str) or not _GROUP_NAME_RE.match(name):
             raise _validation(
@@ -739,10 +746,13 @@ class LocalSageMakerClient:
             if kwargs.get("Tags"):
                 record["Tags"] = kwargs["Tags"]
             atomic_write_json(self._group_file(name), record)
-        return {"ModelPackageGroupArn": record["ModelPackageGroupArn"], "ResponseMetadata": _metadata()}
+        return {
+            "ModelPackageGroupArn": record["ModelPackageGroupArn"],
+            "ResponseMetadata": response_metadata(),
+        }
 
     def describe_model_package_group(self, *, ModelPackageGroupName: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs)
+        check_params(kwargs)
         group = self._find_group(ModelPackageGroupName)
         if group is None:
             raise _validation(
@@ -751,11 +761,11 @@ class LocalSageMakerClient:
             )
         out = _from_record(group)
         out.pop("Tags", None)  # describe does not return tags (ListTags does)
-        return {**out, "ResponseMetadata": _metadata()}
+        return {**out, "ResponseMetadata": response_metadata()}
 
     def list_model_package_groups(self, **kwargs: Any) -> dict[str, Any]:
         operation = "ListModelPackageGroups"
-        _check_params(
+        check_params(
             kwargs,
             allowed=(
                 "CreationTimeAfter",
@@ -772,7 +782,7 @@ class LocalSageMakerClient:
         if kwargs.get("NameContains"):
             groups = [g for g in groups if kwargs["NameContains"] in g["ModelPackageGroupName"]]
         groups = _sort(_time_filter(groups, kwargs), kwargs, "ModelPackageGroupName", operation)
-        page, token = _page(groups, kwargs, operation)
+        page, token = page_items(groups, kwargs, operation)
         fields = (
             "ModelPackageGroupName",
             "ModelPackageGroupArn",
@@ -782,7 +792,7 @@ class LocalSageMakerClient:
         )
         response: dict[str, Any] = {
             "ModelPackageGroupSummaryList": [{k: g[k] for k in fields if k in g} for g in page],
-            "ResponseMetadata": _metadata(),
+            "ResponseMetadata": response_metadata(),
         }
         if token:
             response["NextToken"] = token
@@ -791,7 +801,7 @@ class LocalSageMakerClient:
     # -- packages
     def create_model_package(self, **kwargs: Any) -> dict[str, Any]:
         operation = "CreateModelPackage"
-        _check_params(kwargs, allowed=_PACKAGE_CREATE_PARAMS)
+        check_params(kwargs, allowed=_PACKAGE_CREATE_PARAMS)
         group_name = kwargs.get("ModelPackageGroupName")
         if kwargs.get("ModelPackageName") and group_name:
             raise _validation(
@@ -822,7 +832,7 @@ class LocalSageMakerClient:
                     if package.get("_ClientToken") == token:
                         return {
                             "ModelPackageArn": package["ModelPackageArn"],
-                            "ResponseMetadata": _metadata(),
+                            "ResponseMetadata": response_metadata(),
                         }
             version = max((p["ModelPackageVersion"] for p in existing), default=0) + 1
             now = to_iso(now_utc())
@@ -849,18 +859,18 @@ class LocalSageMakerClient:
             if token:
                 record["_ClientToken"] = token
             atomic_write_json(self._package_dir(group_name) / f"{version:06d}.json", record)
-        return {"ModelPackageArn": record["ModelPackageArn"], "ResponseMetadata": _metadata()}
+        return {"ModelPackageArn": record["ModelPackageArn"], "ResponseMetadata": response_metadata()}
 
     def describe_model_package(self, *, ModelPackageName: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        _check_params(kwargs)
+        check_params(kwargs)
         record, _ = self._find_package(ModelPackageName, "DescribeModelPackage")
         out = _from_record(record)
         out.pop("_ClientToken", None)
-        return {**out, "ResponseMetadata": _metadata()}
+        return {**out, "ResponseMetadata": response_metadata()}
 
     def list_model_packages(self, **kwargs: Any) -> dict[str, Any]:
         operation = "ListModelPackages"
-        _check_params(
+        check_params(
             kwargs,
             allowed=(
                 "CreationTimeAfter",
@@ -891,10 +901,10 @@ class LocalSageMakerClient:
         if kwargs.get("NameContains"):
             packages = [p for p in packages if kwargs["NameContains"] in p["ModelPackageGroupName"]]
         packages = _sort(_time_filter(packages, kwargs), kwargs, "ModelPackageGroupName", operation)
-        page, token = _page(packages, kwargs, operation)
+        page, token = page_items(packages, kwargs, operation)
         response: dict[str, Any] = {
             "ModelPackageSummaryList": [{k: p[k] for k in _SUMMARY_FIELDS if k in p} for p in page],
-            "ResponseMetadata": _metadata(),
+            "ResponseMetadata": response_metadata(),
         }
         if token:
             response["NextToken"] = token
@@ -902,7 +912,7 @@ class LocalSageMakerClient:
 
     def update_model_package(self, *, ModelPackageArn: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         operation = "UpdateModelPackage"
-        _check_params(
+        check_params(
             kwargs,
             allowed=(
                 "ModelApprovalStatus",
@@ -948,12 +958,12 @@ class LocalSageMakerClient:
             record["LastModifiedTime"] = to_iso(now_utc())
             record["LastModifiedBy"] = {}
             atomic_write_json(path, record)
-        return {"ModelPackageArn": record["ModelPackageArn"], "ResponseMetadata": _metadata()}
+        return {"ModelPackageArn": record["ModelPackageArn"], "ResponseMetadata": response_metadata()}
 
-    def get_paginator(self, operation_name: str) -> _Paginator:
+    def get_paginator(self, operation_name: str) -> Paginator:
         if operation_name not in ("list_model_packages", "list_model_package_groups"):
             raise NotImplementedError(f"local SageMaker has no paginator for {operation_name}")
-        return _Paginator(getattr(self, operation_name), "NextToken", "NextToken")
+        return Paginator(getattr(self, operation_name), "NextToken", "NextToken")
 
 
 def _check_approval_status(status: Any, operation: str) -> None:

@@ -1,0 +1,11 @@
+"""Local mode: run the pipeline definition on this machine with local S3, registry and executions.
+
+``run_local(definition, workspace, parameters) -> Execution`` is the Python API (``make demo`` uses it);
+``LocalPipelineClient`` speaks boto3's SageMaker method names for ``robocar pipeline``/``registry``.
+Nothing here imports the sagemaker SDK.
+"""
+
+from pipelines.local.executor import DefinitionError, ParameterError, run_local
+from pipelines.local.store import Execution, StepRecord
+
+__all__ = ["DefinitionError", "Execution", "ParameterError", "StepRecord", "run_local"]

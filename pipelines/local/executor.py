@@ -1,0 +1,727 @@
+"""Run a SageMaker pipeline definition on this machine: no AWS account, no Docker.
+
+``run_local(definition, workspace, parameters)`` reads the same definition JSON that ``upsert`` sends
+and runs it: parameters bound and type-checked, the step graph from data dependencies and ``DependsOn``
+(plus each Condition branch's owner), steps run as local processes (``runners.py``) in dependency order,
+independent ones in parallel, with ``CacheConfig`` and ``RetryPolicies`` honoured. Everything that can
+be checked is checked before the first step starts: unknown step types, dangling references, cycles,
+bad parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import string
+import threading
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edge.local_aws import (
+    ACCOUNT_ID,
+    LocalS3Client,
+    LocalSageMakerClient,
+    atomic_write_json,
+    resolve_region,
+    to_iso,
+)
+from pipelines.local import runners, store
+from pipelines.local.expressions import (
+    CONDITION_TYPES,
+    ExpressionError,
+    Scope,
+    condition_types,
+    evaluate_conditions,
+    referenced_steps,
+    references,
+    resolve,
+)
+from pipelines.local.store import Execution, StepRecord
+
+DEFAULT_WORKSPACE = Path(".robocar")
+RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
+CACHEABLE_TYPES = ("Processing", "Training")
+EXECUTION_VARIABLES = (
+    "PipelineExecutionId",
+    "PipelineExecutionArn",
+    "PipelineName",
+    "PipelineArn",
+    "StartDateTime",
+    "CurrentDateTime",
+)
+_DURATION = re.compile(
+    r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$"
+)
+
+Event = dict[str, Any]  # {"event": "step-started"|"step-finished"|"execution-finished", ...}
+
+
+class DefinitionError(ValueError):
+    """The definition cannot run locally (raised before any step starts); the message says why."""
+
+
+class ParameterError(ValueError):
+    """A parameter override that the definition does not declare or whose value does not fit its type."""
+
+
+# ---------------------------------------------------------------- the plan
+@dataclass
+class PlannedStep:
+    name: str
+    type: str
+    spec: dict[str, Any]
+    depends_on: set[str] = field(default_factory=set)
+    branch_of: tuple[str, bool] | None = None  # (condition step, True for IfSteps / False for ElseSteps)
+
+
+@dataclass
+class Plan:
+    steps: dict[str, PlannedStep]
+    order: list[str]  # a topological order (for display and deterministic scheduling)
+    parameters: list[dict[str, Any]]
+
+
+def _flatten(steps: list[dict[str, Any]], branch_of: tuple[str, bool] | None = None) -> list[PlannedStep]:
+    planned = []
+    for spec in steps:
+        if not isinstance(spec, dict) or "Name" not in spec or "Type" not in spec:
+            raise DefinitionError(f"a step without Name and Type: {json.dumps(spec)[:200]}")
+        planned.append(PlannedStep(spec["Name"], spec["Type"], spec, branch_of=branch_of))
+        if spec["Type"] == "Condition":
+            arguments = spec.get("Arguments", {})
+            planned += _flatten(arguments.get("IfSteps", []), (spec["Name"], True))
+            planned += _flatten(arguments.get("ElseSteps", []), (spec["Name"], False))
+    return planned
+
+
+def _step_expressions(spec: dict[str, Any]) -> Any:
+    """The parts of a step whose references make dependencies (not a Condition's nested steps)."""
+    if spec["Type"] == "Condition":
+        return spec.get("Arguments", {}).get("Conditions", [])
+    return [spec.get("Arguments", {}), spec.get("PropertyFiles", [])]
+
+
+def plan(definition: Mapping[str, Any]) -> Plan:
+    """Check the definition and order its steps; raises DefinitionError listing every problem found."""
+    if not isinstance(definition, Mapping) or "Steps" not in definition:
+        raise DefinitionError("not a pipeline definition: no 'Steps'")
+    flat = _flatten(list(definition["Steps"]))
+    problems: list[str] = []
+    steps: dict[str, PlannedStep] = {}
+    for step in flat:
+        if step.name in steps:
+            problems.append(f"step name {step.name!r} is used twice")
+        steps[step.name] = step
+    declared = {p.get("Name") for p in definition.get("Parameters", [])}
+    for step in flat:
+        if step.type not in RUNNABLE_TYPES:
+            problems.append(
+                f"step {step.name!r} has type {step.type!r}, which the local executor cannot run "
+                f"(it runs: {', '.join(RUNNABLE_TYPES)})"
+            )
+            continue
+        problems += _check_step(step, declared)
+        for name in referenced_steps(_step_expressions(step.spec)) | set(step.spec.get("DependsOn", [])):
+            if name not in steps:
+                problems.append(
+                    f"step {step.name!r} refers to step {name!r}, which the definition does not have"
+                )
+            elif name != step.name:
+                step.depends_on.add(name)
+        if step.branch_of:
+            step.depends_on.add(step.branch_of[0])
+    if problems:
+        raise DefinitionError("the definition cannot run locally:\n  - " + "\n  - ".join(problems))
+    return Plan(steps, _topological_order(steps), list(definition.get("Parameters", [])))
+
+
+def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
+    problems = []
+    arguments = step.spec.get("Arguments", {})
+    for ref in references(_step_expressions(step.spec)):
+        kind, _, rest = ref.partition(".")
+        if kind == "Parameters" and rest not in declared:
+            problems.append(
+                f"step {step.name!r} uses parameter {rest!r}, which the definition does not declare"
+            )
+        elif kind == "Execution" and rest not in EXECUTION_VARIABLES:
+            problems.append(f"step {step.name!r} uses unknown execution variable {rest!r}")
+    if step.type == "Processing":
+        for spec in arguments.get("ProcessingInputs", []):
+            s3_input = spec.get("S3Input")
+            if s3_input is None:
+                problems.append(f"step {step.name!r}: input {spec.get('InputName')!r} is not an S3Input")
+            elif (
+                s3_input.get("S3DataType", "S3Prefix") != "S3Prefix"
+                or s3_input.get("S3CompressionType", "None") != "None"
+            ):
+                problems.append(
+                    f"step {step.name!r}: input {spec.get('InputName')!r} must be an uncompressed S3Prefix"
+                )
+        for spec in arguments.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            if "S3Output" not in spec:
+                problems.append(f"step {step.name!r}: output {spec.get('OutputName')!r} is not an S3Output")
+    if step.type == "Training":
+        for channel in arguments.get("InputDataConfig", []):
+            if channel.get("InputMode", "File") == "Pipe":
+                problems.append(f"step {step.name!r}: channel {channel.get('ChannelName')!r} uses Pipe mode")
+    if step.type == "Condition":
+        for condition in arguments.get("Conditions", []):
+            for kind in condition_types(condition):
+                if kind not in CONDITION_TYPES:
+                    problems.append(f"step {step.name!r}: unsupported condition type {kind!r}")
+    expire = step.spec.get("CacheConfig", {}).get("ExpireAfter")
+    if step.spec.get("CacheConfig", {}).get("Enabled") and expire and not _DURATION.match(expire):
+        problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter {expire!r} is not an ISO 8601 duration")
+    return problems
+
+
+def _topological_order(steps: dict[str, PlannedStep]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise DefinitionError(f"the steps depend on each other in a cycle: {cycle}")
+        state[name] = "visiting"
+        for dependency in sorted(steps[name].depends_on):
+            visit(dependency, [*path, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in steps:
+        visit(name, [])
+    return order
+
+
+# ---------------------------------------------------------------- parameters
+def _convert(declared: dict[str, Any], value: Any) -> Any:
+    name, kind = declared["Name"], declared.get("Type", "String")
+    try:
+        if kind == "Integer":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if kind == "Float":
+            if isinstance(value, bool):
+                raise ValueError
+            result = float(value)
+            if result != result or result in (float("inf"), float("-inf")):
+                raise ValueError
+            return result
+        if kind == "Boolean":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                return value.strip().lower() == "true"
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ParameterError(f"parameter {name} is {kind}; {value!r} is not a valid {kind.lower()}") from None
+    if not isinstance(value, str):
+        raise ParameterError(f"parameter {name} is String; {value!r} is not a string")
+    enum = declared.get("EnumValues")
+    if enum and value not in enum:
+        raise ParameterError(f"parameter {name} must be one of {', '.join(enum)}; got {value!r}")
+    return value
+
+
+def bind_parameters(
+    declared: list[dict[str, Any]], overrides: Mapping[str, Any] | list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """Defaults overridden by ``overrides`` (a mapping, or boto3's ``[{"Name", "Value"}]``), type-checked."""
+    if isinstance(overrides, list):
+        overrides = {item["Name"]: item["Value"] for item in overrides}
+    overrides = dict(overrides or {})
+    by_name = {p["Name"]: p for p in declared}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise ParameterError(
+            f"unknown parameter(s) {', '.join(unknown)}; "
+            f"the pipeline declares: {', '.join(sorted(by_name)) or 'none'}"
+        )
+    values = {}
+    for name, spec in by_name.items():
+        if name in overrides:
+            values[name] = _convert(spec, overrides[name])
+        elif "DefaultValue" in spec:
+            values[name] = _convert(spec, spec["DefaultValue"])
+        else:
+            raise ParameterError(f"parameter {name} has no default value: give it with --param {name}=VALUE")
+    return values
+
+
+# ---------------------------------------------------------------- cache
+def parse_duration(text: str) -> timedelta:
+    """ISO 8601 durations as CacheConfig uses them (P30D, PT1H, P1Y2M...; a month is 30 days)."""
+    match = _DURATION.match(text or "")
+    if not match or not any(match.groups()):
+        raise DefinitionError(f"not an ISO 8601 duration: {text!r}")
+    years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(
+        days=365 * years + 30 * months + 7 * weeks + days, hours=hours, minutes=minutes, seconds=seconds
+    )
+
+
+def _input_uris(step_type: str, arguments: dict[str, Any]) -> list[str]:
+    if step_type == "Processing":
+        return [i["S3Input"]["S3Uri"] for i in arguments.get("ProcessingInputs", [])]
+    uris = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in arguments.get("InputDataConfig", [])]
+    submit = runners.decode_hyperparameters(arguments.get("HyperParameters") or {}).get(
+        "sagemaker_submit_directory"
+    )
+    return [*uris, *([submit] if isinstance(submit, str) else [])]
+
+
+def _output_uris(step_type: str, properties: dict[str, Any]) -> list[str]:
+    if step_type == "Processing":
+        return [
+            o["S3Output"]["S3Uri"] for o in properties.get("ProcessingOutputConfig", {}).get("Outputs", [])
+        ]
+    return [properties["ModelArtifacts"]["S3ModelArtifacts"]]
+
+
+def cache_key(step: PlannedStep, arguments: dict[str, Any], s3: LocalS3Client) -> str:
+    """The resolved arguments plus the content of every S3 input (data and code) the step reads."""
+    inputs = {uri: runners.fingerprint_s3(s3, uri) for uri in _input_uris(step.type, arguments)}
+    document = {
+        "type": step.type,
+        "arguments": arguments,
+        "property_files": step.spec.get("PropertyFiles"),
+        "inputs": inputs,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class StepCache:
+    """``WORKSPACE/cache/<pipeline>/<step>/<key>.json``: a successful step's result, reused while fresh."""
+
+    def __init__(self, workspace: Path, pipeline_name: str, s3: LocalS3Client) -> None:
+        self.folder = workspace / "cache" / pipeline_name
+        self.s3 = s3
+
+    def lookup(self, step: PlannedStep, key: str) -> dict[str, Any] | None:
+        path = self.folder / step.name / f"{key}.json"
+        if not path.is_file():
+            return None
+        entry = json.loads(path.read_text())
+        expire = step.spec["CacheConfig"].get("ExpireAfter")
+        if expire and datetime.fromisoformat(entry["created"]) + parse_duration(expire) < datetime.now(UTC):
+            return None
+        if not all(runners.s3_exists(self.s3, uri) for uri in _output_uris(step.type, entry["properties"])):
+            return None  # its outputs were deleted since: run again
+        return entry
+
+    def store(self, step: PlannedStep, key: str, outcome: runners.StepOutcome, execution_arn: str) -> None:
+        atomic_write_json(
+            self.folder / step.name / f"{key}.json",
+            {
+                "created": to_iso(datetime.now(UTC)),
+                "execution_arn": execution_arn,
+                "properties": outcome.properties,
+                "property_files": outcome.property_files,
+                "script_seconds": outcome.script_seconds,
+            },
+        )
+
+
+# ---------------------------------------------------------------- the run
+def new_execution_id() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=12))
+
+
+def pipeline_arn(region: str, pipeline_name: str) -> str:
+    return f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}:pipeline/{pipeline_name.lower()}"
+
+
+def _retry_delay(policies: list[dict[str, Any]], kind: str, attempt: int) -> float | None:
+    """Seconds to wait before retry ``attempt`` (1-based), or None when no policy covers this failure."""
+    for policy in policies:
+        kinds = policy.get("ExceptionType", []) + policy.get("FailureReasonType", [])
+        if kind in kinds and attempt < int(policy.get("MaxAttempts", 1)):
+            return float(policy.get("IntervalSeconds", 1)) * float(policy.get("BackoffRate", 2.0)) ** (
+                attempt - 1
+            )
+    return None
+
+
+class _Stopped(Exception):
+    pass
+
+
+class LocalExecutor:
+    """One execution of a plan; ``run()`` returns the finished Execution record."""
+
+    def __init__(
+        self,
+        definition: Mapping[str, Any],
+        workspace: Path,
+        *,
+        pipeline_name: str,
+        parameters: Mapping[str, Any] | list[dict[str, Any]] | None = None,
+        region: str | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        max_parallel: int | None = None,
+        display_name: str | None = None,
+        description: str | None = None,
+        execution_id: str | None = None,
+    ) -> None:
+        self.definition = dict(definition)
+        self.plan = plan(self.definition)
+        self.values = bind_parameters(self.plan.parameters, parameters)
+        self.workspace = Path(workspace).resolve()
+        self.region = resolve_region(region)
+        self.s3 = LocalS3Client(self.workspace, self.region)
+        self.sagemaker = LocalSageMakerClient(self.workspace, self.region)
+        self.on_event = on_event or (lambda event: None)
+        parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
+        self.max_parallel = max(1, max_parallel or parallelism or 4)
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.lock = threading.Lock()
+        self.jobs: dict[str, runners.StepJob] = {}
+        self.cache = StepCache(self.workspace, pipeline_name, self.s3)
+
+        execution_id = execution_id or new_execution_id()
+        arn = f"{pipeline_arn(self.region, pipeline_name)}/execution/{execution_id}"
+        now = to_iso(datetime.now(UTC))
+        self.execution = Execution(
+            arn=arn,
+            execution_id=execution_id,
+            pipeline_name=pipeline_name,
+            pipeline_arn=pipeline_arn(self.region, pipeline_name),
+            directory=str(store.executions_dir(self.workspace, pipeline_name) / execution_id),
+            parameters=self.values,
+            start_time=now,
+            last_modified_time=now,
+            display_name=display_name or execution_id,
+            description=description,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+        )
+        self.scope = Scope(
+            parameters=self.values,
+            execution={
+                "PipelineExecutionId": execution_id,
+                "PipelineExecutionArn": arn,
+                "PipelineName": pipeline_name,
+                "PipelineArn": self.execution.pipeline_arn,
+                "StartDateTime": now,
+                "CurrentDateTime": now,
+            },
+            read_s3_json=lambda uri: json.loads(self.s3.uri_to_path(uri).read_text()),
+        )
+
+    # -- bookkeeping
+    def _save(self) -> None:
+        with self.lock:
+            self.execution.last_modified_time = to_iso(datetime.now(UTC))
+            store.save(self.execution)
+
+    def _emit(self, event: Event) -> None:
+        with contextlib.suppress(Exception):  # progress display must never break the run
+            self.on_event(event)
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(store.HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                store.touch_heartbeat(self.execution)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop the execution: running steps' processes are terminated, no new step starts."""
+        self.stop_reason = self.stop_reason or reason
+        self.stop.set()
+        for job in list(self.jobs.values()):
+            for process in list(job.processes):
+                threading.Thread(target=runners.terminate, args=(process,), daemon=True).start()
+
+    # -- steps
+    def _job(self, step: PlannedStep) -> runners.StepJob:
+        suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=6))
+        job_name = f"pipelines-{self.execution.execution_id}-{step.name}"[:56] + f"-{suffix}"
+        env = dict(os.environ)
+        # A step that calls AWS (the registry, Neo) talks to this workspace's local clients.
+        env.update(
+            {
+                "ROBOCAR_LOCAL_ROOT": str(self.workspace),
+                "AWS_DEFAULT_REGION": self.region,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        log_path = self.execution.path / "logs" / f"{step.name}.log"
+        return runners.StepJob(
+            step_name=step.name,
+            job_name=job_name,
+            workspace=self.workspace,
+            s3=self.s3,
+            sagemaker=self.sagemaker,
+            region=self.region,
+            log_path=log_path,
+            base_env=env,
+            stop=self.stop,
+        )
+
+    def _run_once(
+        self, step: PlannedStep, arguments: dict[str, Any], job: runners.StepJob
+    ) -> runners.StepOutcome:
+        if step.type == "Processing":
+            return runners.run_processing(job, arguments, step.spec.get("PropertyFiles", []))
+        return runners.RUNNERS[step.type](job, arguments)
+
+    def _run_step(self, step: PlannedStep) -> None:
+        """Run one step to a terminal status (in a worker thread); records everything on the StepRecord."""
+        record = self.execution.steps[step.name]
+        try:
+            self.scope.execution["CurrentDateTime"] = to_iso(datetime.now(UTC))
+            if step.type == "Condition":
+                outcome = evaluate_conditions(
+                    step.spec.get("Arguments", {}).get("Conditions", []), self.scope
+                )
+                record.outcome = str(outcome)
+                self._finish(step, runners.StepOutcome({"Outcome": str(outcome)}), "Succeeded")
+                return
+            arguments = resolve(step.spec.get("Arguments", {}), self.scope)
+            if step.type == "Fail":
+                message = runners.to_string(arguments.get("ErrorMessage", ""))
+                record.failure_reason = message
+                self._finish(step, None, "Failed")
+                return
+            key = None
+            if step.type in CACHEABLE_TYPES and step.spec.get("CacheConfig", {}).get("Enabled"):
+                key = cache_key(step, arguments, self.s3)
+                hit = self.cache.lookup(step, key)
+                if hit is not None:
+                    record.cache_hit_from = hit["execution_arn"]
+                    outcome = runners.StepOutcome(hit["properties"], hit["property_files"], 0.0)
+                    self._finish(step, outcome, "Succeeded")
+                    return
+            job = self._job(step)
+            record.log_path = str(job.log_path)
+            self.jobs[step.name] = job
+            policies = step.spec.get("RetryPolicies", [])
+            while True:
+                record.attempts += 1
+                self._save()
+                try:
+                    outcome = self._run_once(step, arguments, job)
+                    break
+                except runners.StepFailed as failed:
+                    delay = _retry_delay(policies, failed.kind, record.attempts)
+                    if delay is None or self.stop.is_set():
+                        raise
+                    note = f"attempt {record.attempts} failed ({failed.kind}: {failed.reason})"
+                    with open(job.log_path, "a") as log:
+                        log.write(f"\n[local executor] {note}; retrying in {delay:g} s\n")
+                    if self.stop.wait(delay):
+                        raise runners.StepStopped() from None
+            if key is not None:
+                self.cache.store(step, key, outcome, self.execution.arn)
+            self._finish(step, outcome, "Succeeded")
+        except runners.StepStopped:
+            record.failure_reason = self.stop_reason or "stopped"
+            self._finish(step, None, "Stopped")
+        except runners.StepFailed as failed:
+            record.failure_reason = failed.reason
+            self._finish(step, None, "Failed", log_tail=failed.log_tail)
+        except ExpressionError as exc:
+            record.failure_reason = str(exc)
+            self._finish(step, None, "Failed")
+        except Exception as exc:  # an executor defect: fail this step loudly, keep the record consistent
+            record.failure_reason = f"local executor error: {type(exc).__name__}: {exc}"
+            log_path = self.execution.path / "logs" / f"{step.name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "a") as log:
+                log.write(traceback.format_exc())
+            record.log_path = str(log_path)
+            self._finish(step, None, "Failed", log_tail=runners.log_tail(Path(record.log_path)))
+
+    def _finish(
+        self, step: PlannedStep, outcome: runners.StepOutcome | None, status: str, log_tail: str = ""
+    ) -> None:
+        record = self.execution.steps[step.name]
+        if outcome is not None:
+            with self.lock:
+                self.scope.steps[step.name] = outcome.properties
+                if outcome.property_files:
+                    self.scope.property_files[step.name] = outcome.property_files
+            record.properties = outcome.properties
+            record.script_seconds = outcome.script_seconds
+            record.metadata = _metadata(step.type, outcome.properties)
+        record.status = status
+        record.end_time = to_iso(datetime.now(UTC))
+        self._save()
+        self._emit({"event": "step-finished", "step": record, "log_tail": log_tail})
+
+    # -- scheduling
+    def _ready(self, name: str, finished: dict[str, str]) -> str | None:
+        """'run', 'skip' (a dependency did not succeed, or its branch was not taken), or None (wait)."""
+        step = self.plan.steps[name]
+        if not all(d in finished for d in step.depends_on):
+            return None
+        if any(finished[d] != "Succeeded" for d in step.depends_on):
+            return "skip"
+        if step.branch_of:
+            condition, branch = step.branch_of
+            if self.execution.steps[condition].outcome != str(branch):
+                return "skip"
+        return "run"
+
+    def run(self) -> Execution:
+        self.execution.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.execution.path / "definition.json", self.definition)
+        store.touch_heartbeat(self.execution)
+        self._save()
+        self._emit({"event": "execution-started", "execution": self.execution, "order": self.plan.order})
+        self._done = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, daemon=True)
+        heartbeat.start()
+        with _signals_stop(self):
+            try:
+                self._schedule()
+            finally:
+                self._done.set()
+                self._finalise()
+        return self.execution
+
+    def _schedule(self) -> None:
+        finished: dict[str, str] = {}  # name -> terminal status, or "Skipped"
+        running: dict[Future, str] = {}
+        pending = list(self.plan.order)
+        self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step")
+        try:
+            while pending or running:
+                failed = any(s in ("Failed", "Stopped") for s in finished.values())
+                for name in list(pending):
+                    if self.stop.is_set() or failed:
+                        break
+                    verdict = self._ready(name, finished)
+                    if verdict == "skip":
+                        pending.remove(name)
+                        finished[name] = "Skipped"
+                    elif verdict == "run" and len(running) < self.max_parallel:
+                        pending.remove(name)
+                        step = self.plan.steps[name]
+                        record = StepRecord(
+                            name=name,
+                            type=step.type,
+                            status="Executing",
+                            start_time=to_iso(datetime.now(UTC)),
+                        )
+                        self.execution.steps[name] = record
+                        self._save()
+                        self._emit({"event": "step-started", "step": record})
+                        running[self._pool.submit(self._run_step, step)] = name
+                if not running:
+                    break  # nothing can start: finished, failed or stopped
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    name = running.pop(future)
+                    future.result()
+                    finished[name] = self.execution.steps[name].status
+        except KeyboardInterrupt:
+            self.request_stop("interrupted (Ctrl-C)")
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _finalise(self) -> None:
+        steps = self.execution.steps.values()
+        for record in steps:
+            if record.status not in store.TERMINAL:  # started but its thread never reported (interrupt)
+                record.status = "Stopped"
+                record.end_time = record.end_time or to_iso(datetime.now(UTC))
+        failed = [r for r in steps if r.status == "Failed"]
+        if failed:
+            self.execution.status = "Failed"
+            self.execution.failure_reason = f"step {failed[0].name} failed: {failed[0].failure_reason}"
+        elif self.stop.is_set() or any(r.status == "Stopped" for r in steps):
+            self.execution.status = "Stopped"
+            self.execution.failure_reason = self.stop_reason or "stopped"
+        else:
+            self.execution.status = "Succeeded"
+        self.execution.end_time = to_iso(datetime.now(UTC))
+        self._save()
+        with contextlib.suppress(Exception):
+            from pipelines.local.report import write_report
+
+            write_report(self.execution)
+        self._emit({"event": "execution-finished", "execution": self.execution})
+
+
+def _metadata(step_type: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """The ``Metadata`` block ``list_pipeline_execution_steps`` shows for a step of this type."""
+    if step_type == "Processing":
+        return {"ProcessingJob": {"Arn": properties.get("ProcessingJobArn")}}
+    if step_type == "Training":
+        return {"TrainingJob": {"Arn": properties.get("TrainingJobArn")}}
+    if step_type == "RegisterModel":
+        return {"RegisterModel": {"Arn": properties.get("ModelPackageArn")}}
+    if step_type == "Model":
+        return {"Model": {"Arn": properties.get("ModelArn")}}
+    if step_type == "Condition":
+        return {"Condition": {"Outcome": properties.get("Outcome")}}
+    return {}
+
+
+@contextlib.contextmanager
+def _signals_stop(executor: LocalExecutor):
+    """SIGTERM (and SIGHUP) stop the execution cleanly, like Ctrl-C does; only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        executor.request_stop(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_local(
+    definition: Mapping[str, Any] | str,
+    workspace: str | os.PathLike[str] = DEFAULT_WORKSPACE,
+    parameters: Mapping[str, Any] | list[dict[str, Any]] | None = None,
+    *,
+    pipeline_name: str = "local-pipeline",
+    region: str | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    max_parallel: int | None = None,
+    display_name: str | None = None,
+) -> Execution:
+    """Run a pipeline definition (dict or JSON text) in ``workspace``; returns the finished Execution.
+
+    Raises DefinitionError / ParameterError before anything starts; a failing step does not raise: the
+    returned Execution has ``status == "Failed"`` and the step's ``failure_reason`` and ``log_path``.
+    """
+    if isinstance(definition, str):
+        try:
+            definition = json.loads(definition)
+        except json.JSONDecodeError as exc:
+            raise DefinitionError(f"the definition is not JSON: {exc}") from None
+    executor = LocalExecutor(
+        definition,  # type: ignore[arg-type]
+        Path(workspace),
+        pipeline_name=pipeline_name,
+        parameters=parameters,
+        region=region,
+        on_event=on_event,
+        max_parallel=max_parallel,
+        display_name=display_name,
+    )
+    return executor.run()

@@ -1,0 +1,623 @@
+"""How each step type runs on this machine, honouring the SageMaker container contracts.
+
+Processing: inputs copied from local S3 into a temporary ``/opt/ml``-like tree, the container's entrypoint
+run with this interpreter, outputs copied back to local S3 after success. Training: the TensorFlow
+script-mode contract (``sagemaker_submit_directory`` extracted to ``/opt/ml/code``, ``sagemaker_program``
+run with the other hyperparameters as ``--key value``, ``SM_*`` variables, ``model.tar.gz``).
+RegisterModel / Model: the local registry. Each runner takes the step's *resolved* arguments and returns
+its properties (what ``Steps.<name>....`` refers to) and property files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.local_aws import (
+    ACCOUNT_ID,
+    LocalS3Client,
+    LocalSageMakerClient,
+    atomic_copy_file,
+    split_s3_uri,
+)
+from pipelines.local.expressions import to_string
+
+OPT_ML = "/opt/ml"
+LOG_TAIL_LINES = 40
+KILL_GRACE_S = 5.0
+SAGEMAKER_HYPERPARAMETERS = (  # read by the framework container itself, not passed to the script
+    "sagemaker_program",
+    "sagemaker_submit_directory",
+    "sagemaker_region",
+    "sagemaker_container_log_level",
+    "sagemaker_job_name",
+    "sagemaker_enable_cloudwatch_metrics",
+)
+# Failure kinds, named as SageMaker retry policies name them; an AlgorithmError (the script failed) is
+# never retried by SageMaker, and so not here either.
+ALGORITHM_ERROR = "AlgorithmError"
+CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # the process was killed from outside (e.g. out of memory)
+INTERNAL_ERROR = "SageMaker.JOB_INTERNAL_ERROR"
+SERVICE_FAULT = "Step.SERVICE_FAULT"
+
+
+class StepFailed(Exception):
+    """A step that failed; ``kind`` decides whether a retry policy applies."""
+
+    def __init__(self, reason: str, kind: str = ALGORITHM_ERROR, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.kind, self.log_tail = reason, kind, log_tail
+
+
+class StepStopped(Exception):
+    """The execution was stopped (Ctrl-C, SIGTERM) while the step ran."""
+
+
+@dataclass
+class StepJob:
+    """What a runner needs: where to work, the clients, and how to report its process."""
+
+    step_name: str
+    job_name: str
+    workspace: Path
+    s3: LocalS3Client
+    sagemaker: LocalSageMakerClient
+    region: str
+    log_path: Path
+    base_env: dict[str, str]
+    stop: threading.Event
+    processes: set[subprocess.Popen] = field(default_factory=set)
+    keep_temp_on_failure: bool = True
+
+
+@dataclass
+class StepOutcome:
+    properties: dict[str, Any]
+    property_files: dict[str, Any] = field(default_factory=dict)
+    script_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- container paths
+def map_container_path(value: str, opt_ml: Path) -> str:
+    """``/opt/ml/...`` -> ``<tmp>/opt/ml/...`` at the start of a value, after ``=`` or in a ``:`` list."""
+    return re.sub(r"(^|=|:)/opt/ml(?=/|$)", lambda m: m.group(1) + str(opt_ml), value)
+
+
+def command_line(entrypoint: list[str], arguments: list[Any], opt_ml: Path) -> list[str]:
+    """The container command with this venv's interpreter for ``python``/``python3``."""
+    command = [to_string(part) for part in [*entrypoint, *arguments]]
+    if (
+        command
+        and command[0] in ("python", "python3")
+        or command
+        and re.fullmatch(r".*/python3?(\.\d+)?", command[0])
+    ):
+        command[0] = sys.executable
+    return [map_container_path(part, opt_ml) for part in command]
+
+
+def container_env(environment: dict[str, Any], base: dict[str, str], opt_ml: Path) -> dict[str, str]:
+    env = dict(base)
+    env.update(
+        {key: map_container_path(to_string(value), opt_ml) for key, value in (environment or {}).items()}
+    )
+    return env
+
+
+def local_path(container_path: str, opt_ml: Path, *, under: str) -> Path:
+    """A container path the definition names, inside the temporary tree; refuses paths outside ``under``."""
+    if not container_path.startswith(under + "/") and container_path != under:
+        raise StepFailed(f"container path {container_path} is not under {under}", INTERNAL_ERROR)
+    relative = Path(container_path).relative_to(OPT_ML)
+    if ".." in relative.parts:
+        raise StepFailed(f"container path {container_path} escapes {under}", INTERNAL_ERROR)
+    return opt_ml / relative
+
+
+# ---------------------------------------------------------------- local S3 <-> folders
+def _files_under(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".tmp-") for part in p.parts)
+    )
+
+
+def s3_source(s3: LocalS3Client, uri: str) -> tuple[Path, bool]:
+    """Where an S3 URI's objects are on disk and whether it names a single object (else a prefix)."""
+    path = s3.uri_to_path(uri)
+    if path.is_file() and not uri.endswith("/"):
+        return path, True
+    return path, False
+
+
+def download_s3(s3: LocalS3Client, uri: str, destination: Path) -> int:
+    """Copy an S3 object or prefix into ``destination`` as SageMaker File mode does; returns bytes copied.
+
+    An object lands as ``destination/<basename>``; a prefix's objects keep their paths below it.
+    """
+    bucket, _ = split_s3_uri(uri)
+    if not (s3.base / bucket).is_dir():
+        raise StepFailed(
+            f"input {uri}: the bucket {bucket} does not exist in local S3 ({s3.base})", SERVICE_FAULT
+        )
+    source, single = s3_source(s3, uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    if single:
+        shutil.copyfile(source, destination / source.name)
+        return source.stat().st_size
+    files = _files_under(source) if source.is_dir() else []
+    if not files:
+        raise StepFailed(f"no objects found under {uri} (local S3 folder {source})", ALGORITHM_ERROR)
+    total = 0
+    for file in files:
+        target = destination / file.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, target)
+        total += file.stat().st_size
+    return total
+
+
+def upload_folder(s3: LocalS3Client, folder: Path, uri: str) -> int:
+    """Copy a folder to an S3 prefix: staged completely first, then renamed into place file by file.
+
+    The staging copy is the slow part and happens away from the destination, so a kill leaves at worst a
+    few renamed files, never a truncated one. Objects already under the prefix are overwritten, not
+    deleted, as an upload to S3 does.
+    """
+    bucket, key = split_s3_uri(uri)
+    (s3.base / bucket).mkdir(parents=True, exist_ok=True)  # SageMaker's bucket exists; a local one may not
+    files = _files_under(folder)
+    staging = s3.base / ".tmp" / f"stage-{uuid.uuid4().hex}"
+    try:
+        staged = []
+        for file in files:
+            relative = file.relative_to(folder).as_posix()
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+            staged.append((target, f"{key.rstrip('/')}/{relative}" if key else relative))
+        for target, object_key in staged:
+            destination = s3._object_path(bucket, object_key, "PutObject")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(files)
+
+
+def fingerprint_s3(s3: LocalS3Client, uri: str) -> str:
+    """SHA-256 over the names and contents of an S3 object or prefix (the cache's view of an input)."""
+    digest = hashlib.sha256()
+    source, single = s3_source(s3, uri)
+    files = [source] if single else (_files_under(source) if source.is_dir() else [])
+    for file in files:
+        digest.update(file.relative_to(source.parent if single else source).as_posix().encode() + b"\0")
+        digest.update(_file_digest(file))
+    return digest.hexdigest()
+
+
+_DIGESTS: dict[tuple[str, int, int], bytes] = {}
+
+
+def _file_digest(path: Path) -> bytes:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.digest()
+    return _DIGESTS[key]
+
+
+def s3_exists(s3: LocalS3Client, uri: str) -> bool:
+    source, single = s3_source(s3, uri)
+    return single or (source.is_dir() and bool(_files_under(source)))
+
+
+# ---------------------------------------------------------------- processes
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 64 * 1024))
+        text = handle.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_process(
+    job: StepJob, command: list[str], env: dict[str, str], cwd: Path, max_runtime_s: float | None
+) -> float:
+    """Run a step's process with its output appended to the step log; returns its wall time in seconds."""
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(job.log_path, "ab") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        started = time.perf_counter()
+        if job.stop.is_set():
+            raise StepStopped()
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stopping the step stops its children too
+        )  # fmt: skip
+        job.processes.add(process)
+        try:
+            try:
+                returncode = process.wait(timeout=max_runtime_s)
+            except subprocess.TimeoutExpired:
+                terminate(process)
+                raise StepFailed(
+                    f"stopped after MaxRuntimeInSeconds={max_runtime_s:.0f}",
+                    CAPACITY_ERROR,
+                    log_tail(job.log_path),
+                ) from None
+        finally:
+            job.processes.discard(process)
+        seconds = time.perf_counter() - started
+    if job.stop.is_set():
+        raise StepStopped()
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        raise StepFailed(f"the process was killed by {name}", CAPACITY_ERROR, log_tail(job.log_path))
+    if returncode != 0:
+        raise StepFailed(
+            f"the process exited with status {returncode}", ALGORITHM_ERROR, log_tail(job.log_path)
+        )
+    return seconds
+
+
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after a grace period."""
+    for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def job_tree(job: StepJob):
+    """A temporary ``/opt/ml`` root in the workspace (kept after a failure, for a look inside)."""
+    tmp_root = job.workspace / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{job.step_name}-", dir=tmp_root))
+    failed = False
+    try:
+        yield directory / "opt" / "ml"
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if not (failed and job.keep_temp_on_failure):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _arn(region: str, resource: str) -> str:
+    return f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}:{resource}"
+
+
+# ---------------------------------------------------------------- Processing
+def run_processing(
+    job: StepJob, arguments: dict[str, Any], property_files: list[dict[str, Any]]
+) -> StepOutcome:
+    app = arguments.get("AppSpecification", {})
+    outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    with job_tree(job) as opt_ml:
+        for spec in arguments.get("ProcessingInputs", []):
+            s3_input = spec["S3Input"]
+            download_s3(
+                job.s3,
+                s3_input["S3Uri"],
+                local_path(s3_input["LocalPath"], opt_ml, under="/opt/ml/processing"),
+            )
+        output_dirs = {}
+        for spec in outputs:
+            folder = local_path(spec["S3Output"]["LocalPath"], opt_ml, under="/opt/ml/processing")
+            folder.mkdir(parents=True, exist_ok=True)
+            output_dirs[spec["OutputName"]] = folder
+        _write_json(
+            opt_ml / "config" / "processingjobconfig.json", {**arguments, "ProcessingJobName": job.job_name}
+        )
+        _write_json(
+            opt_ml / "config" / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"]}
+        )
+        command = command_line(
+            app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], opt_ml
+        )
+        if not command:
+            raise StepFailed(
+                "AppSpecification has no ContainerEntrypoint: nothing to run locally", INTERNAL_ERROR
+            )
+        env = container_env(arguments.get("Environment", {}), job.base_env, opt_ml)
+        max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        seconds = run_process(job, command, env, opt_ml.parent.parent, max_runtime)
+
+        files = {}
+        for spec in property_files:
+            folder = output_dirs.get(spec["OutputName"])
+            path = folder / spec["FilePath"] if folder else None
+            if path is None or not path.is_file():
+                raise StepFailed(
+                    f"property file {spec['PropertyFileName']}: {spec['FilePath']} was not written to output "
+                    f"{spec['OutputName']}",
+                    ALGORITHM_ERROR,
+                    log_tail(job.log_path),
+                )
+            try:
+                files[spec["PropertyFileName"]] = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise StepFailed(
+                    f"property file {spec['FilePath']} is not JSON: {exc}", ALGORITHM_ERROR
+                ) from None
+        for spec in outputs:  # after success only, as SageMaker uploads EndOfJob outputs
+            upload_folder(job.s3, output_dirs[spec["OutputName"]], spec["S3Output"]["S3Uri"])
+    properties = {
+        **arguments,
+        "ProcessingJobName": job.job_name,
+        "ProcessingJobArn": _arn(job.region, f"processing-job/{job.job_name.lower()}"),
+        "ProcessingJobStatus": "Completed",
+        "ExitMessage": "",
+    }
+    return StepOutcome(properties, files, seconds)
+
+
+# ---------------------------------------------------------------- Training (TensorFlow script mode)
+def decode_hyperparameters(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """As sagemaker-training-toolkit reads hyperparameters.json: each value JSON-decoded where it parses."""
+    decoded = {}
+    for key, value in hyperparameters.items():
+        try:
+            decoded[key] = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            decoded[key] = value
+    return decoded
+
+
+def to_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
+    """sagemaker-training-toolkit's ``mapping.to_cmd_args``: sorted ``--key value``, dicts as ``k=v,...``."""
+    args: list[str] = []
+    for key in sorted(hyperparameters):
+        value = hyperparameters[key]
+        args.append(f"--{key}" if len(key) > 1 else f"-{key}")
+        if isinstance(value, dict):
+            args.append(",".join(f"{k}={v}" for k, v in sorted(value.items())))
+        else:
+            args.append(str(value))
+    return args
+
+
+def training_env(
+    job: StepJob, opt_ml: Path, hyperparameters: dict[str, Any], user_hps: dict[str, Any],
+    channels: list[str], program: str,
+) -> dict[str, str]:  # fmt: skip
+    """The ``SM_*`` variables the framework container sets for a script-mode job."""
+    code_dir = opt_ml / "code"
+    cpus = os.cpu_count() or 1
+    env = {
+        "SM_MODEL_DIR": str(opt_ml / "model"),
+        "SM_OUTPUT_DIR": str(opt_ml / "output"),
+        "SM_OUTPUT_DATA_DIR": str(opt_ml / "output" / "data"),
+        "SM_OUTPUT_INTERMEDIATE_DIR": str(opt_ml / "output" / "intermediate"),
+        "SM_INPUT_DIR": str(opt_ml / "input"),
+        "SM_INPUT_CONFIG_DIR": str(opt_ml / "input" / "config"),
+        "SM_INPUT_DATA_CONFIG": json.dumps({c: {"TrainingInputMode": "File"} for c in channels}),
+        "SM_CHANNELS": json.dumps(sorted(channels)),
+        "SM_HPS": json.dumps(user_hps, sort_keys=True),
+        "SM_USER_ARGS": json.dumps(to_cmd_args(user_hps)),
+        "SM_NUM_CPUS": str(cpus),
+        "SM_NUM_GPUS": "0",
+        "SM_NUM_NEURONS": "0",
+        "SM_HOSTS": json.dumps(["algo-1"]),
+        "SM_CURRENT_HOST": "algo-1",
+        "SM_NETWORK_INTERFACE_NAME": "eth0",
+        "SM_MODULE_DIR": str(hyperparameters.get("sagemaker_submit_directory", "")),
+        "SM_MODULE_NAME": Path(program).stem,
+        "SM_USER_ENTRY_POINT": program,
+        "SM_LOG_LEVEL": str(hyperparameters.get("sagemaker_container_log_level", 20)),
+        "SM_FRAMEWORK_MODULE": "sagemaker_tensorflow_container.training:main",
+        "SM_CURRENT_INSTANCE_TYPE": "local",
+        "TRAINING_JOB_NAME": job.job_name,
+    }
+    for channel in channels:
+        env[f"SM_CHANNEL_{channel.upper()}"] = str(opt_ml / "input" / "data" / channel)
+    for key, value in user_hps.items():
+        env[f"SM_HP_{key.upper().replace('-', '_')}"] = value if isinstance(value, str) else json.dumps(value)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
+    raw_hps = {key: to_string(value) for key, value in (arguments.get("HyperParameters") or {}).items()}
+    hyperparameters = decode_hyperparameters(raw_hps)
+    program = hyperparameters.get("sagemaker_program")
+    submit = hyperparameters.get("sagemaker_submit_directory")
+    if not program or not submit:
+        raise StepFailed(
+            "local training runs script mode only: HyperParameters need sagemaker_program and "
+            "sagemaker_submit_directory (JSON-quoted, see sdk-notes.md)",
+            INTERNAL_ERROR,
+        )
+    user_hps = {k: v for k, v in hyperparameters.items() if k not in SAGEMAKER_HYPERPARAMETERS}
+    channels = [c["ChannelName"] for c in arguments.get("InputDataConfig", [])]
+    output_path = arguments.get("OutputDataConfig", {}).get("S3OutputPath")
+    if not output_path:
+        raise StepFailed("OutputDataConfig.S3OutputPath is missing", INTERNAL_ERROR)
+    with job_tree(job) as opt_ml:
+        code_dir = opt_ml / "code"
+        archive = job.s3.uri_to_path(submit)
+        if not archive.is_file():
+            raise StepFailed(f"sagemaker_submit_directory {submit} does not exist in local S3 ({archive})")
+        code_dir.mkdir(parents=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(code_dir, filter="data")
+        if not (code_dir / program).is_file():
+            raise StepFailed(f"sagemaker_program {program} is not in {submit}")
+        for channel in arguments.get("InputDataConfig", []):
+            source = channel["DataSource"].get("S3DataSource")
+            if source is None:
+                raise StepFailed(
+                    f"channel {channel['ChannelName']}: only S3DataSource runs locally", INTERNAL_ERROR
+                )
+            download_s3(job.s3, source["S3Uri"], opt_ml / "input" / "data" / channel["ChannelName"])
+        for folder in ("model", "output/data", "output/intermediate", "input/config"):
+            (opt_ml / folder).mkdir(parents=True, exist_ok=True)
+        _write_json(opt_ml / "input" / "config" / "hyperparameters.json", raw_hps)
+        _write_json(
+            opt_ml / "input" / "config" / "inputdataconfig.json",
+            {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in channels},
+        )
+        _write_json(
+            opt_ml / "input" / "config" / "resourceconfig.json",
+            {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"},
+        )
+        env = container_env(arguments.get("Environment", {}), job.base_env, opt_ml)
+        env.update(training_env(job, opt_ml, hyperparameters, user_hps, channels, program))
+        command = [sys.executable, str(code_dir / program), *to_cmd_args(user_hps)]
+        max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        try:
+            seconds = run_process(job, command, env, code_dir, max_runtime)
+        except StepFailed as failed:
+            failure = opt_ml / "output" / "failure"  # the toolkit's convention for the reason
+            if failure.is_file() and failure.read_text().strip():
+                failed.reason = f"{failed.reason}: {failure.read_text().strip()[:500]}"
+            raise
+        model_uri = f"{output_path.rstrip('/')}/{job.job_name}/output/model.tar.gz"
+        _upload_tar(job.s3, opt_ml / "model", model_uri)
+        if any((opt_ml / "output" / "data").iterdir()):
+            _upload_tar(
+                job.s3,
+                opt_ml / "output" / "data",
+                f"{output_path.rstrip('/')}/{job.job_name}/output/output.tar.gz",
+            )
+    metrics = training_metrics(
+        job.log_path, arguments.get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
+    )
+    properties = {
+        **arguments,
+        "TrainingJobName": job.job_name,
+        "TrainingJobArn": _arn(job.region, f"training-job/{job.job_name.lower()}"),
+        "TrainingJobStatus": "Completed",
+        "SecondaryStatus": "Completed",
+        "ModelArtifacts": {"S3ModelArtifacts": model_uri},
+        "FinalMetricDataList": metrics,
+    }
+    return StepOutcome(properties, {}, seconds)
+
+
+def training_metrics(log_path: Path, definitions: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The last value each MetricDefinition's regex finds in the log, as FinalMetricDataList."""
+    if not definitions or not log_path.is_file():
+        return []
+    text = log_path.read_text(errors="replace")
+    metrics = []
+    for definition in definitions:
+        found = re.findall(definition["Regex"], text)
+        if found:
+            value = found[-1][0] if isinstance(found[-1], tuple) else found[-1]
+            with contextlib.suppress(ValueError):
+                metrics.append(
+                    {"MetricName": definition["Name"], "Value": float(value), "Timestamp": time.time()}
+                )
+    return metrics
+
+
+def _upload_tar(s3: LocalS3Client, folder: Path, uri: str) -> None:
+    """``folder`` as a tar.gz at ``uri``, written to a temporary name and renamed (never half a model)."""
+    bucket, _ = split_s3_uri(uri)
+    (s3.base / bucket).mkdir(parents=True, exist_ok=True)
+    staging = s3.base / ".tmp"
+    staging.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=staging, prefix=".tmp-", suffix=".tar.gz")
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            for path in sorted(folder.rglob("*")):
+                tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+        destination = s3.uri_to_path(uri)
+        atomic_copy_file(Path(tmp), destination, tmp_dir=staging)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, document: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- RegisterModel, Model, Fail
+def _stringify_maps(request: dict[str, Any]) -> dict[str, Any]:
+    """String maps (metadata, container environment) hold strings on AWS; resolved JsonGets may not."""
+    request = json.loads(json.dumps(request, default=str))
+    if "CustomerMetadataProperties" in request:
+        request["CustomerMetadataProperties"] = {
+            k: to_string(v) for k, v in request["CustomerMetadataProperties"].items()
+        }
+    specs = [
+        request.get("InferenceSpecification") or {},
+        *(request.get("AdditionalInferenceSpecifications") or []),
+    ]
+    for spec in specs:
+        for container in spec.get("Containers", []):
+            if "Environment" in container:
+                container["Environment"] = {k: to_string(v) for k, v in container["Environment"].items()}
+    return request
+
+
+def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
+    """CreateModelPackage in the local registry; the group is created if missing, as the step does on AWS."""
+    request = _stringify_maps(arguments)
+    group = request.get("ModelPackageGroupName")
+    if not group:
+        raise StepFailed("RegisterModel without ModelPackageGroupName: the local registry is versioned only")
+    try:
+        job.sagemaker.describe_model_package_group(ModelPackageGroupName=group)
+    except job.sagemaker.exceptions.ClientError:
+        job.sagemaker.create_model_package_group(ModelPackageGroupName=group)
+    request.pop("SkipModelValidation", None) if request.get("SkipModelValidation") == "None" else None
+    try:
+        arn = job.sagemaker.create_model_package(**request)["ModelPackageArn"]
+    except job.sagemaker.exceptions.ClientError as exc:
+        raise StepFailed(f"CreateModelPackage: {exc}") from None
+    except ValueError as exc:  # botocore's ParamValidationError is a ValueError
+        raise StepFailed(f"CreateModelPackage: {exc}") from None
+    described = job.sagemaker.describe_model_package(ModelPackageName=arn)
+    described.pop("ResponseMetadata", None)
+    properties = json.loads(json.dumps(described, default=lambda v: v.isoformat()))
+    return StepOutcome(properties)
+
+
+def run_model(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
+    """CreateModel: nothing to host locally, so it records the model's name and ARN."""
+    name = job.job_name
+    return StepOutcome(
+        {**arguments, "ModelName": name, "ModelArn": _arn(job.region, f"model/{name.lower()}")}
+    )
+
+
+RUNNERS: dict[str, Callable[..., StepOutcome]] = {
+    "Processing": run_processing,
+    "Training": run_training,
+    "RegisterModel": run_register,
+    "Model": run_model,
+}

@@ -1,0 +1,329 @@
+"""A small pipeline of trivial scripts shaped like the robocar pipeline, for the tests and the benchmark.
+
+Preprocess (Processing) -> Train (Training, script mode) -> Evaluate (Processing, property file) ->
+CheckQuality (Condition) -> Register (RegisterModel) | QualityTooLow (Fail). The definition is written
+in the published format exactly as sagemaker v3 emits it, so the executor's tests and its overhead
+benchmark need neither the SDK nor TensorFlow, and each script takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+BUCKET = "sample-bucket"
+CODE_PREFIX = "sample/code"
+GROUP = "sample-pilots"
+ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"  # AWS's deep learning containers (never pulled locally)
+PROCESSING_IMAGE = f"{ECR}/tensorflow-training:2.19-cpu-py312"
+TRAINING_IMAGE = f"{ECR}/tensorflow-training:2.19-cpu-py312"
+INFERENCE_IMAGE = f"{ECR}/tensorflow-inference:2.19-cpu"
+
+PROCESSING_SCRIPT = r"""
+import argparse, json, os, pathlib, signal, sys, time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("task", choices=["preprocess", "evaluate"])
+parser.add_argument("--input", required=True)
+parser.add_argument("--output", required=True)
+parser.add_argument("--mae", type=float, default=0.1)
+parser.add_argument("--sleep", type=float, default=0.0)
+parser.add_argument("--fail", default="")
+args = parser.parse_args()
+print(f"{args.task}: input {args.input}", flush=True)
+if args.fail == "exit":
+    print("simulated failure: bad input data", file=sys.stderr)
+    sys.exit(3)
+marker = pathlib.Path(os.environ.get("SAMPLE_KILL_ONCE_MARKER", "/nonexistent/x"))
+if args.fail == "kill-once" and not marker.exists():
+    marker.write_text("killed")
+    os.kill(os.getpid(), signal.SIGKILL)
+time.sleep(args.sleep)
+out = pathlib.Path(args.output)
+if args.task == "preprocess":
+    files = [p for p in pathlib.Path(args.input).rglob("*") if p.is_file()]
+    names = sorted(p.relative_to(args.input).as_posix() for p in files)
+    for split in ("train", "test"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / split / "frames.json").write_text(json.dumps({"split": split, "records": names}))
+else:
+    model = sorted(os.listdir(args.input))
+    (out / "evaluation.json").write_text(json.dumps({
+        "regression_metrics": {"angle_mae": {"value": args.mae, "standard_deviation": 0.01}},
+        "baseline": {"angle_mae": {"value": 0.4}}, "champion": None, "test_frames": 2, "model_files": model,
+    }))
+print(f"{args.task}: done", flush=True)
+"""
+
+TRAINING_SCRIPT = r"""
+import argparse, json, os, pathlib
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, required=True)
+parser.add_argument("--model-type", required=True)
+args = parser.parse_args()
+model_dir = pathlib.Path(os.environ["SM_MODEL_DIR"])
+train = pathlib.Path(os.environ["SM_CHANNEL_TRAIN"])
+(model_dir / "model.json").write_text(json.dumps({
+    "epochs": args.epochs, "model_type": args.model_type, "hps": json.loads(os.environ["SM_HPS"]),
+    "channels": json.loads(os.environ["SM_CHANNELS"]), "train_files": sorted(os.listdir(train)),
+    "num_cpus": int(os.environ["SM_NUM_CPUS"]), "cwd": os.getcwd(),
+}))
+for epoch in range(args.epochs):
+    print(f"epoch {epoch} val_loss={0.5 / (epoch + 1):.4f}", flush=True)
+"""
+
+
+def _targz(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def upload_sample(s3: Any, *, bucket: str = BUCKET, records: int = 3) -> None:
+    """Put the sample's code and a few input records into (local or moto) S3."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except Exception:  # a missing bucket is a ClientError 404 on every client
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key=f"{CODE_PREFIX}/sample_steps.py", Body=PROCESSING_SCRIPT.encode())
+    s3.put_object(
+        Bucket=bucket, Key=f"{CODE_PREFIX}/sourcedir.tar.gz", Body=_targz({"train.py": TRAINING_SCRIPT})
+    )
+    for index in range(records):
+        s3.put_object(Bucket=bucket, Key=f"sample/raw/tub/record_{index}.json", Body=json.dumps({"i": index}))
+
+
+def _get(reference: str) -> dict[str, str]:
+    return {"Get": reference}
+
+
+def _processing_input(name: str, uri: Any, path: str) -> dict[str, Any]:
+    return {
+        "InputName": name,
+        "AppManaged": False,
+        "S3Input": {
+            "S3Uri": uri,
+            "LocalPath": path,
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "FullyReplicated",
+            "S3CompressionType": "None",
+        },
+    }
+
+
+def _processing_output(name: str, path: str, uri: str) -> dict[str, Any]:
+    return {"OutputName": name, "S3Output": {"S3Uri": uri, "LocalPath": path, "S3UploadMode": "EndOfJob"}}
+
+
+def _processing(
+    name: str, task: str, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], extra_args: list[Any]
+) -> dict[str, Any]:
+    return {
+        "Name": name,
+        "Type": "Processing",
+        "Arguments": {
+            "ProcessingResources": {
+                "ClusterConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30}
+            },
+            "AppSpecification": {
+                "ImageUri": PROCESSING_IMAGE,
+                "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/sample_steps.py"],
+                "ContainerArguments": [task, *extra_args],
+            },
+            "RoleArn": "arn:aws:iam::123456789012:role/sample",
+            "ProcessingInputs": [
+                _processing_input("code", f"s3://{BUCKET}/{CODE_PREFIX}/", "/opt/ml/processing/input/code"),
+                *inputs,
+            ],
+            "ProcessingOutputConfig": {"Outputs": outputs},
+            "Environment": {"PYTHONUNBUFFERED": "1", "SAMPLE_WORKDIR": "/opt/ml/processing"},
+        },
+        "CacheConfig": {"Enabled": True, "ExpireAfter": "P30D"},
+    }
+
+
+def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False) -> dict[str, Any]:
+    """The sample definition; ``preprocess_extra`` adds Preprocess arguments (e.g. ``--fail exit``)."""
+    prefix = f"s3://{BUCKET}/sample"
+    preprocess = _processing(
+        "Preprocess",
+        "preprocess",
+        [_processing_input("data", _get("Parameters.InputDataUrl"), "/opt/ml/processing/input/data")],
+        [
+            _processing_output("train", "/opt/ml/processing/output/train", f"{prefix}/preprocess/train"),
+            _processing_output("test", "/opt/ml/processing/output/test", f"{prefix}/preprocess/test"),
+        ],
+        [
+            "--input",
+            "/opt/ml/processing/input/data",
+            "--output",
+            "/opt/ml/processing/output",
+            "--sleep",
+            _get("Parameters.PreprocessSeconds"),
+            *(preprocess_extra or []),
+        ],
+    )
+    if retry:
+        preprocess["RetryPolicies"] = [
+            {
+                "BackoffRate": 2.0,
+                "IntervalSeconds": 0,
+                "MaxAttempts": 3,
+                "ExceptionType": ["SageMaker.CAPACITY_ERROR"],
+            }
+        ]
+    train_uri = _get("Steps.Preprocess.ProcessingOutputConfig.Outputs['train'].S3Output.S3Uri")
+    train = {
+        "Name": "Train",
+        "Type": "Training",
+        "Arguments": {
+            "AlgorithmSpecification": {
+                "TrainingInputMode": "File",
+                "TrainingImage": TRAINING_IMAGE,
+                "MetricDefinitions": [{"Name": "validation:loss", "Regex": r"val_loss=([0-9\.]+)"}],
+            },
+            "HyperParameters": {
+                "sagemaker_program": json.dumps("train.py"),
+                "sagemaker_submit_directory": json.dumps(f"s3://{BUCKET}/{CODE_PREFIX}/sourcedir.tar.gz"),
+                "epochs": _get("Parameters.Epochs"),
+                "model-type": _get("Parameters.ModelType"),
+            },
+            "InputDataConfig": [
+                {
+                    "ChannelName": "train",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": train_uri,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                    "InputMode": "File",
+                }
+            ],
+            "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+            "RoleArn": "arn:aws:iam::123456789012:role/sample",
+            "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+            "OutputDataConfig": {"S3OutputPath": f"{prefix}/models"},
+            "Environment": {"PYTHONPATH": "/opt/ml/code"},
+        },
+        "CacheConfig": {"Enabled": True, "ExpireAfter": "P30D"},
+    }
+    evaluate = _processing(
+        "Evaluate",
+        "evaluate",
+        [
+            _processing_input(
+                "model", _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"), "/opt/ml/processing/model"
+            )
+        ],
+        [_processing_output("evaluation", "/opt/ml/processing/evaluation", f"{prefix}/evaluation")],
+        [
+            "--input",
+            "/opt/ml/processing/model",
+            "--output",
+            "/opt/ml/processing/evaluation",
+            "--mae",
+            {"Std:Join": {"On": "", "Values": [_get("Parameters.SimulatedMae")]}},
+        ],
+    )
+    evaluate["PropertyFiles"] = [
+        {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
+    ]
+    mae = {
+        "Std:JsonGet": {
+            "PropertyFile": _get("Steps.Evaluate.PropertyFiles.EvaluationReport"),
+            "Path": "regression_metrics.angle_mae.value",
+        }
+    }
+    register = {
+        "Name": "Register",
+        "Type": "RegisterModel",
+        "Arguments": {
+            "ModelPackageGroupName": GROUP,
+            "CustomerMetadataProperties": {"angle_mae": mae, "source": "sample"},
+            "InferenceSpecification": {
+                "Containers": [
+                    {
+                        "Image": INFERENCE_IMAGE,
+                        "ModelDataUrl": _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"),
+                    }
+                ],
+                "SupportedContentTypes": ["application/json"],
+                "SupportedResponseMIMETypes": ["application/json"],
+            },
+            "ModelMetrics": {
+                "ModelQuality": {
+                    "Statistics": {
+                        "ContentType": "application/json",
+                        "S3Uri": {
+                            "Std:Join": {"On": "/", "Values": [f"{prefix}/evaluation", "evaluation.json"]}
+                        },
+                    }
+                }
+            },
+            "ModelApprovalStatus": _get("Parameters.ModelApprovalStatus"),
+            "SkipModelValidation": "None",
+        },
+    }
+    fail = {
+        "Name": "QualityTooLow",
+        "Type": "Fail",
+        "Arguments": {
+            "ErrorMessage": {
+                "Std:Join": {
+                    "On": " ",
+                    "Values": ["angle MAE", mae, "is above", _get("Parameters.MaeThreshold")],
+                }
+            }
+        },
+    }
+    gate = {
+        "Name": "CheckQuality",
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [
+                {"Type": "LessThanOrEqualTo", "LeftValue": mae, "RightValue": _get("Parameters.MaeThreshold")}
+            ],
+            "IfSteps": [register],
+            "ElseSteps": [fail],
+        },
+    }
+    return {
+        "Version": "2020-12-01",
+        "Metadata": {},
+        "Parameters": [
+            {"Name": "InputDataUrl", "Type": "String", "DefaultValue": f"{prefix}/raw"},
+            {"Name": "Epochs", "Type": "String", "DefaultValue": "2"},
+            {
+                "Name": "ModelType",
+                "Type": "String",
+                "DefaultValue": "linear",
+                "EnumValues": ["linear", "categorical"],
+            },
+            {"Name": "PreprocessSeconds", "Type": "Float", "DefaultValue": 0.0},
+            {"Name": "SimulatedMae", "Type": "Float", "DefaultValue": 0.1},
+            {"Name": "MaeThreshold", "Type": "Float", "DefaultValue": 0.2},
+            {
+                "Name": "ModelApprovalStatus",
+                "Type": "String",
+                "DefaultValue": "PendingManualApproval",
+                "EnumValues": ["PendingManualApproval", "Approved", "Rejected"],
+            },
+        ],
+        "PipelineExperimentConfig": {
+            "ExperimentName": _get("Execution.PipelineName"),
+            "TrialName": _get("Execution.PipelineExecutionId"),
+        },
+        "MlflowConfig": None,
+        "Steps": [preprocess, train, evaluate, gate],
+    }

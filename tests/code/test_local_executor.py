@@ -1,0 +1,169 @@
+"""The local executor (pipelines/local/): runs a definition end to end with the container contracts."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edge.local_aws import LocalS3Client, LocalSageMakerClient
+from pipelines.local import DefinitionError, ParameterError, run_local, sample
+from pipelines.local.executor import bind_parameters, parse_duration, plan
+from pipelines.local.store import load
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    sample.upload_sample(LocalS3Client(tmp_path))
+    return tmp_path
+
+
+def run(workspace: Path, parameters: dict | None = None, **kwargs):
+    events: list[dict] = []
+    execution = run_local(
+        kwargs.pop("definition", None) or sample.definition(**kwargs),
+        workspace,
+        parameters or {},
+        pipeline_name="sample",
+        on_event=events.append,
+    )
+    return execution, events
+
+
+def s3_path(workspace: Path, uri: str) -> Path:
+    return workspace / "s3" / uri.removeprefix("s3://")
+
+
+def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
+    execution, events = run(workspace, {"Epochs": "3", "ModelApprovalStatus": "Approved"})
+    assert execution.status == "Succeeded", execution.failure_reason
+    assert list(execution.steps) == ["Preprocess", "Train", "Evaluate", "CheckQuality", "Register"]
+    assert execution.steps["CheckQuality"].outcome == "True"
+    assert "QualityTooLow" not in execution.steps  # the branch not taken does not run
+
+    frames = json.loads((workspace / "s3/sample-bucket/sample/preprocess/train/frames.json").read_text())
+    assert frames["records"] == [f"tub/record_{i}.json" for i in range(3)]
+
+    model_uri = execution.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
+    job_name = execution.steps["Train"].properties["TrainingJobName"]
+    assert model_uri == f"s3://sample-bucket/sample/models/{job_name}/output/model.tar.gz"
+    with tarfile.open(s3_path(workspace, model_uri)) as tar:
+        model = json.load(tar.extractfile("model.json"))
+    # Hyperparameters reach the script decoded as the framework container decodes them.
+    assert model["epochs"] == 3 and model["model_type"] == "linear"
+    assert model["hps"] == {"epochs": 3, "model-type": "linear"}
+    assert model["channels"] == ["train"] and model["train_files"] == ["frames.json"]
+    assert model["cwd"].endswith("/opt/ml/code") and model["num_cpus"] >= 1
+    metrics = execution.steps["Train"].properties["FinalMetricDataList"]
+    assert metrics[0]["MetricName"] == "validation:loss" and metrics[0]["Value"] == pytest.approx(
+        0.5 / 3, abs=1e-4
+    )
+
+    registry = LocalSageMakerClient(workspace)
+    arn = execution.steps["Register"].properties["ModelPackageArn"]
+    package = registry.describe_model_package(ModelPackageName=arn)
+    assert package["ModelApprovalStatus"] == "Approved"
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
+    assert package["CustomerMetadataProperties"] == {"angle_mae": "0.1", "source": "sample"}
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
+        "/evaluation/evaluation.json"
+    )
+
+    assert [e["event"] for e in events][0] == "execution-started"
+    assert [e["step"].name for e in events if e["event"] == "step-finished"] == list(execution.steps)
+    record = load(execution.path)
+    assert record.status == "Succeeded" and record.steps["Train"].log_path.endswith("logs/Train.log")
+    assert "val_loss" in Path(record.steps["Train"].log_path).read_text()
+    assert (execution.path / "report.html").is_file()
+    assert not any((workspace / "tmp").iterdir())  # temporary /opt/ml trees are cleaned up
+
+
+def test_else_branch_fails_the_execution_with_the_resolved_message(workspace: Path) -> None:
+    execution, _ = run(workspace, {"SimulatedMae": 0.9})
+    assert execution.status == "Failed"
+    assert execution.steps["QualityTooLow"].failure_reason == "angle MAE 0.9 is above 0.2"
+    assert "angle MAE 0.9 is above 0.2" in execution.failure_reason
+    assert "Register" not in execution.steps
+    assert LocalSageMakerClient(workspace).list_model_package_groups()["ModelPackageGroupSummaryList"] == []
+
+
+def test_a_failing_step_stops_the_run_shows_its_log_and_uploads_nothing(workspace: Path) -> None:
+    execution, events = run(workspace, preprocess_extra=["--fail", "exit"])
+    assert execution.status == "Failed"
+    assert list(execution.steps) == ["Preprocess"]
+    step = execution.steps["Preprocess"]
+    assert step.failure_reason == "the process exited with status 3" and step.attempts == 1
+    finished = [e for e in events if e["event"] == "step-finished"][0]
+    assert "simulated failure: bad input data" in finished["log_tail"]
+    assert not (workspace / "s3/sample-bucket/sample/preprocess").exists()
+    assert any((workspace / "tmp").iterdir())  # kept for a look inside after a failure
+
+
+def test_unchanged_steps_come_from_the_cache_and_changed_inputs_rerun(workspace: Path) -> None:
+    first, _ = run(workspace)
+    second, _ = run(workspace)
+    assert second.status == "Succeeded"
+    for name in ("Preprocess", "Train", "Evaluate"):
+        assert second.steps[name].cache_hit_from == first.arn, name
+        assert second.steps[name].properties == first.steps[name].properties
+    assert second.steps["Register"].properties["ModelPackageVersion"] == 2  # registration is never cached
+
+    LocalS3Client(workspace).put_object(Bucket=sample.BUCKET, Key="sample/raw/tub/record_9.json", Body=b"{}")
+    third, _ = run(workspace)
+    assert third.steps["Preprocess"].cache_hit_from is None
+    assert third.steps["Train"].cache_hit_from is None  # its input content changed
+
+    fourth, _ = run(workspace, {"Epochs": "4"})
+    assert fourth.steps["Preprocess"].cache_hit_from == third.arn
+    assert fourth.steps["Train"].cache_hit_from is None  # a changed argument
+
+
+def test_retry_policy_reruns_a_killed_step_but_never_a_script_error(workspace: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SAMPLE_KILL_ONCE_MARKER", str(workspace / "killed-once"))
+    execution, _ = run(workspace, preprocess_extra=["--fail", "kill-once"], retry=True)
+    assert execution.status == "Succeeded"
+    assert execution.steps["Preprocess"].attempts == 2
+    assert "retrying" in Path(execution.steps["Preprocess"].log_path).read_text()
+
+    failing, _ = run(workspace, preprocess_extra=["--fail", "exit"], retry=True)
+    assert failing.steps["Preprocess"].attempts == 1
+
+
+def test_unrunnable_definitions_are_refused_before_anything_starts(workspace: Path) -> None:
+    definition = sample.definition()
+    definition["Steps"].append({"Name": "Notify", "Type": "Lambda", "Arguments": {}})
+    definition["Steps"][1]["DependsOn"] = ["Nowhere"]
+    with pytest.raises(DefinitionError) as excinfo:
+        run_local(definition, workspace, pipeline_name="sample")
+    assert "'Lambda'" in str(excinfo.value) and "'Nowhere'" in str(excinfo.value)
+    assert not (workspace / "executions").exists()
+
+    cyclic = sample.definition()
+    cyclic["Steps"][0]["DependsOn"] = ["Evaluate"]
+    with pytest.raises(DefinitionError, match="cycle: Preprocess -> Evaluate -> Train -> Preprocess"):
+        plan(cyclic)
+
+
+def test_parameters_are_type_checked() -> None:
+    declared = sample.definition()["Parameters"]
+    values = bind_parameters(declared, [{"Name": "SimulatedMae", "Value": "0.25"}])
+    assert values["SimulatedMae"] == 0.25 and values["Epochs"] == "2"
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        bind_parameters(declared, {"Epoch": "3"})
+    with pytest.raises(ParameterError, match="Float"):
+        bind_parameters(declared, {"SimulatedMae": "low"})
+    with pytest.raises(ParameterError, match="must be one of"):
+        bind_parameters(declared, {"ModelType": "transformer"})
+    integer = [{"Name": "N", "Type": "Integer", "DefaultValue": 1}, {"Name": "B", "Type": "Boolean"}]
+    assert bind_parameters(integer, {"N": "7", "B": "TRUE"}) == {"N": 7, "B": True}
+    with pytest.raises(ParameterError, match="no default"):
+        bind_parameters(integer, {"N": 2})
+
+
+def test_iso_durations() -> None:
+    assert parse_duration("P30D").days == 30
+    assert parse_duration("PT1H30M").total_seconds() == 5400
+    with pytest.raises(DefinitionError):
+        parse_duration("30 days")
