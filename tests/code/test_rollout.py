@@ -70,7 +70,7 @@ def greengrass_stub(*, conflict: bool = False) -> tuple[Any, Stubber]:
                 "creationTimestamp": 0,
                 "status": {"componentState": "DEPLOYABLE"},
             },  # fmt: skip
-            {"inlineRecipe": ANY, "tags": ANY},
+            {"inlineRecipe": ANY, "tags": ANY, "clientToken": ANY},  # botocore fills the token
         )
     stubber.add_response(
         "create_deployment",
