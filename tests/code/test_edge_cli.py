@@ -1,0 +1,139 @@
+"""``robocar edge`` end to end against the local registry (edge.aws.clients with a local root)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from edge_fixtures import GROUP, TARGET, onnx_pilot_package, register, registry
+
+from edge import artifacts
+from edge.aws import clients
+from edge.cli import main as edge_main
+from pipelines.cli import main as robocar_main
+
+TUB_V2 = Path("/work/shared/samples/tubs/tub_v2")
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    aws = clients(local_root=tmp_path / "workspace")
+    registry(aws.sagemaker, aws.s3)
+    return tmp_path, aws
+
+
+def pull(tmp_path: Path, *extra: str) -> int:
+    return edge_main(
+        ["pull", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
+         "--group", GROUP, "--target", TARGET, *extra]
+    )  # fmt: skip
+
+
+def state(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "car" / "state.json").read_text())
+
+
+def test_pull_run_status_and_refusals(workspace, capsys):
+    tmp_path, aws = workspace
+    first = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
+    assert pull(tmp_path) == 0
+    assert capsys.readouterr().out.startswith("installed: now driving with " + first)
+
+    jsonl, summary = tmp_path / "drive.jsonl", tmp_path / "summary.json"
+    code = edge_main(
+        ["run", "--root", str(tmp_path / "car"), "--no-pull", "--source", f"tub:{TUB_V2}",
+         "--max-frames", "7", "--jsonl", str(jsonl), "--summary-json", str(summary),
+         "--actuator", "pca9685-stub"]
+    )  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0
+    assert "drove 7 frames" in out.out and "fps" in out.out
+    assert "frames 1" in out.err, "the live line (non-TTY: periodic lines) goes to stderr"
+    assert len(jsonl.read_text().splitlines()) == 7
+    report = json.loads(summary.read_text())
+    assert report["frames"] == 7 and report["models"] == [state(tmp_path)["current"]["folder"]]
+
+    # a package whose object was replaced after registration: refused, v1 kept
+    register(aws.sagemaker, aws.s3, onnx_pilot_package("v2"), key="m/2/model.tar.gz")
+    aws.s3.put_object(Bucket="robocar-artifacts", Key="m/2/model.tar.gz", Body=onnx_pilot_package("evil"))
+    assert pull(tmp_path) == 1
+    assert "refused: SHA-256 mismatch" in capsys.readouterr().out
+    assert state(tmp_path)["current"]["model_package_arn"] == first
+
+    # a package whose model answers NaN: refused by the smoke test, v1 kept, not retried
+    register(
+        aws.sagemaker, aws.s3, onnx_pilot_package("nan", angle_bias=float("nan")), key="m/3/model.tar.gz"
+    )
+    assert pull(tmp_path) == 1
+    assert "not finite" in capsys.readouterr().out
+    assert state(tmp_path)["current"]["model_package_arn"] == first
+    assert len(state(tmp_path)["rejected"]) == 1
+
+    assert edge_main(["status", "--root", str(tmp_path / "car")]) == 0
+    status = capsys.readouterr().out
+    assert first in status and "rejected  1 package(s)" in status
+
+
+def test_rollback_through_robocar_entry_point(workspace, capsys):
+    tmp_path, aws = workspace
+    first = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
+    pull(tmp_path)
+    assert robocar_main(["edge", "rollback", "--root", str(tmp_path / "car")]) == 2
+    assert "no previous model" in capsys.readouterr().err
+    register(aws.sagemaker, aws.s3, onnx_pilot_package("v2"), key="m/2/model.tar.gz")
+    assert pull(tmp_path) == 0
+    assert robocar_main(["edge", "rollback", "--root", str(tmp_path / "car"), "--reason", "swerves"]) == 0
+    assert state(tmp_path)["current"]["model_package_arn"] == first
+    assert pull(tmp_path) == 0, "the rolled-back package stays rejected; v1 is up to date"
+    assert "up-to-date" in capsys.readouterr().out
+
+
+def test_install_archive_delivered_by_greengrass(tmp_path, capsys):
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(onnx_pilot_package("gg"))
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/robocar-pilots/3"
+    common = ["pull", "--root", str(tmp_path / "car"), "--archive", str(archive), "--model-package-arn", arn]
+    assert edge_main([*common, "--sha256", "0" * 64]) == 1
+    assert "SHA-256 mismatch" in capsys.readouterr().out
+    assert edge_main([*common, "--sha256", hashlib.sha256(archive.read_bytes()).hexdigest()]) == 0
+    assert state(tmp_path)["current"]["version"] == 3
+
+
+def test_no_network_keeps_driving(workspace, monkeypatch, capsys):
+    tmp_path, aws = workspace
+    register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
+    pull(tmp_path)
+    capsys.readouterr()
+    with socket.socket() as probe:  # a loopback port with nothing listening: connection refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("AWS_RETRY_MODE", "standard")
+    code = edge_main(
+        ["run", "--root", str(tmp_path / "car"), "--endpoint-url", dead, "--region", "us-east-1",
+         "--source", str(TUB_V2), "--max-frames", "3", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert "drove 3 frames" in capsys.readouterr().out
+    assert state(tmp_path)["last_check"]["outcome"] == "offline"
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert edge_main(["run", "--root", str(tmp_path / "car"), "--no-pull", "--source", str(TUB_V2)]) == 2
+    assert "no model at" in capsys.readouterr().err
+    assert edge_main(["status", "--root", str(tmp_path / "nothing")]) == 1
+    assert "nothing pulled yet" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert edge_main(["run", "--model", str(empty), "--source", str(TUB_V2)]) == 2
+    assert "not a compiled pilot package" in capsys.readouterr().err
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(onnx_pilot_package("ok"))
+    artifacts.safe_extract(archive, tmp_path / "model")
+    assert edge_main(["run", "--model", str(tmp_path / "model"), "--source", str(tmp_path / "nope")]) == 2
+    assert "robocar edge: error: frame source" in capsys.readouterr().err
