@@ -1,0 +1,213 @@
+"""edge.runtimes: choosing an artifact, (de)quantising, outputs found by name, no TensorFlow on the car."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import runtimes
+
+EDGE_DIR = Path(runtimes.__file__).resolve().parent
+SHAPE = [4, 4, 3]
+
+
+def heads_model(path: Path, output_order: tuple[str, str]) -> None:
+    """A two-head ONNX pilot: angle = mean(x) * 2 - 1, throttle = mean(x) / 2, listed in ``output_order``.
+
+    Both heads have width 1, as in donkeycar's linear pilot, so only their names tell them apart.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["img_in", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Reshape", ["mean", "column"], ["m"]),
+        helper.make_node("Mul", ["m", "two"], ["m2"]),
+        helper.make_node("Sub", ["m2", "one"], ["angle"]),
+        helper.make_node("Mul", ["m", "half"], ["throttle"]),
+    ]
+    constants = {
+        "axes": np.array([1, 2, 3], np.int64),
+        "column": np.array([-1, 1], np.int64),
+        "two": np.array(2.0, np.float32),
+        "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "pilot",
+        [helper.make_tensor_value_info("img_in", TensorProto.FLOAT, ["N", *SHAPE])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 1]) for name in output_order],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, str(path))
+
+
+def package(tmp_path: Path, artifacts: list[dict], default: str | None = None) -> Path:
+    manifest = {"model_type": "linear", "throttle_range": 0.5, "artifacts": artifacts, "default": default}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def onnx_artifact(file: str = "pilot.onnx") -> dict:
+    return {
+        "file": file,
+        "runtime": "onnxruntime",
+        "precision": "float32",
+        "input": {"name": "img_in", "shape": SHAPE, "dtype": "float32", "quantization": None},
+        "outputs": [{"name": "angle", "tensor": "angle"}, {"name": "throttle", "tensor": "throttle"}],
+    }
+
+
+@pytest.mark.parametrize("order", [("angle", "throttle"), ("throttle", "angle")])
+def test_outputs_are_found_by_name_whatever_the_graph_order(tmp_path, order):
+    heads_model(tmp_path / "pilot.onnx", order)
+    pilot = runtimes.load_pilot(package(tmp_path, [onnx_artifact()]))
+    frames = np.stack([np.full(SHAPE, 255, np.uint8), np.zeros(SHAPE, np.uint8)])
+    angle, throttle = pilot.run_batch(frames)
+    assert angle.tolist() == pytest.approx([1.0, -1.0])
+    assert throttle.tolist() == pytest.approx([0.5, 0.0])
+    assert pilot.run(frames[0]) == pytest.approx((1.0, 0.5))
+    assert isinstance(pilot, runtimes.Pilot) and pilot.runtime == "onnxruntime"
+
+
+def test_a_manifest_naming_outputs_the_model_lacks_is_refused(tmp_path):
+    heads_model(tmp_path / "pilot.onnx", ("angle", "throttle"))
+    artifact = onnx_artifact()
+    artifact["outputs"][1]["tensor"] = "StatefulPartitionedCall:1"
+    with pytest.raises(runtimes.PilotError, match="do not match the model's outputs"):
+        runtimes.load_pilot(package(tmp_path, [artifact]))
+
+
+def test_wrong_frames_are_refused_with_the_expected_shape(tmp_path):
+    heads_model(tmp_path / "pilot.onnx", ("angle", "throttle"))
+    pilot = runtimes.load_pilot(package(tmp_path, [onnx_artifact()]))
+    with pytest.raises(runtimes.PilotError, match=r"expected frames \[N, 4, 4, 3\]"):
+        pilot.run_batch(np.zeros((1, 5, 4, 3), np.uint8))
+    with pytest.raises(runtimes.PilotError, match="must be uint8"):
+        pilot.run(np.zeros(SHAPE, np.float32))
+
+
+def test_camera_frame_is_the_int8_pilot_s_input_without_a_copy():
+    frames = np.arange(48, dtype=np.uint8).reshape(1, *SHAPE)
+    spec = {"dtype": "uint8", "quantization": {"scale": 1 / 255, "zero_point": 0}}
+    assert runtimes.quantize_frames(frames, spec) is frames
+
+
+def test_quantised_inputs_follow_scale_and_zero_point():
+    frames = np.array([[0, 128, 255]], np.uint8)
+    int8 = runtimes.quantize_frames(
+        frames, {"dtype": "int8", "quantization": {"scale": 1 / 255, "zero_point": -128}}
+    )
+    assert int8.dtype == np.int8 and int8.tolist() == [[-128, 0, 127]]
+    coarse = runtimes.quantize_frames(
+        frames, {"dtype": "uint8", "quantization": {"scale": 3 / 255, "zero_point": 10}}
+    )
+    assert coarse.tolist() == [[10, 53, 95]]
+    floats = runtimes.quantize_frames(frames, {"dtype": "float32"})
+    assert floats.dtype == np.float32 and floats[0].tolist() == pytest.approx([0.0, 128 / 255, 1.0])
+    with pytest.raises(runtimes.PilotError, match="needs quantization parameters"):
+        runtimes.quantize_frames(frames, {"dtype": "int8", "quantization": None})
+
+
+def test_integer_outputs_are_dequantised():
+    spec = {"name": "angle", "quantization": {"scale": 0.01, "zero_point": 3}}
+    assert runtimes.dequantize(np.array([3, 103], np.int8), spec).tolist() == pytest.approx([0.0, 1.0])
+    assert runtimes.dequantize(np.array([0.25], np.float32), {}).tolist() == [0.25]
+    with pytest.raises(runtimes.PilotError, match="no quantization parameters"):
+        runtimes.dequantize(np.array([1], np.uint8), {"name": "angle"})
+
+
+ARTIFACTS = [
+    {"file": "a.dlr", "runtime": "dlr", "precision": "float32"},
+    {"file": "b_int8.tflite", "runtime": "litert", "precision": "int8"},
+    {"file": "c.tflite", "runtime": "litert", "precision": "float32"},
+    {"file": "d.onnx", "runtime": "onnxruntime", "precision": "float32"},
+]
+
+
+def test_the_manifest_default_is_driven_when_its_runtime_is_here():
+    manifest = {"artifacts": ARTIFACTS, "default": "c.tflite"}
+    assert runtimes.choose_artifact(manifest, available=lambda r: True)["file"] == "c.tflite"
+
+
+def test_without_its_runtime_the_next_listed_artifact_is_driven():
+    manifest = {"artifacts": ARTIFACTS, "default": "a.dlr"}
+    only_onnx = runtimes.choose_artifact(manifest, available=lambda r: r == "onnxruntime")
+    assert only_onnx["file"] == "d.onnx"
+    no_dlr = runtimes.choose_artifact(manifest, available=lambda r: r != "dlr")
+    assert no_dlr["file"] == "b_int8.tflite"
+
+
+def test_a_preference_picks_by_file_runtime_or_precision():
+    manifest = {"artifacts": ARTIFACTS, "default": "b_int8.tflite"}
+    here = {"litert", "onnxruntime"}.__contains__
+    assert runtimes.choose_artifact(manifest, "onnxruntime", available=here)["file"] == "d.onnx"
+    assert runtimes.choose_artifact(manifest, "litert-float32", available=here)["file"] == "c.tflite"
+    assert runtimes.choose_artifact(manifest, "c.tflite", available=here)["file"] == "c.tflite"
+    with pytest.raises(runtimes.PilotError, match="no artifact matching 'dlr'"):
+        runtimes.choose_artifact(manifest, "dlr", available=here)
+
+
+def test_no_usable_runtime_says_what_to_install():
+    with pytest.raises(runtimes.PilotError, match=r"none of the package's runtimes \['dlr'\] is installed"):
+        runtimes.choose_artifact({"artifacts": ARTIFACTS[:1]}, available=lambda r: False)
+
+
+def test_dlr_is_only_used_when_installed(tmp_path, monkeypatch):
+    real = runtimes.runtime_available
+    monkeypatch.setattr(runtimes, "runtime_available", lambda r: r != "dlr" and real(r))  # a car without DLR
+    (tmp_path / "neo").mkdir()
+    artifact = {**ARTIFACTS[0], "file": "neo"}
+    with pytest.raises(runtimes.PilotError, match="'dlr' is not installed"):
+        runtimes.load_artifact(tmp_path, artifact, {"model_type": "linear"})
+
+
+def test_missing_or_empty_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(runtimes.PilotError, match="not a compiled pilot package"):
+        runtimes.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"artifacts": []}')
+    with pytest.raises(runtimes.PilotError, match="lists no artifacts"):
+        runtimes.read_manifest(tmp_path)
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_tensorflow_or_keras_import_anywhere_in_edge():
+    offenders = {
+        str(path.relative_to(EDGE_DIR)): sorted(
+            _imports(path) & {"tensorflow", "keras", "tf_keras", "sagemaker"}
+        )
+        for path in EDGE_DIR.rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_a_pilot_runs_without_tensorflow_being_loaded(tmp_path):
+    heads_model(tmp_path / "pilot.onnx", ("angle", "throttle"))
+    package(tmp_path, [onnx_artifact()])
+    code = (
+        "import sys, numpy as np; from edge import runtimes; "
+        f"p = runtimes.load_pilot({str(tmp_path)!r}); p.run(np.zeros((4, 4, 3), np.uint8)); "
+        "import ai_edge_litert.interpreter; "
+        "bad = sorted(m for m in ('tensorflow', 'keras', 'sagemaker') if m in sys.modules); print(bad)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"
