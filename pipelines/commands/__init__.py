@@ -18,3 +18,7 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     from pipelines.commands import infra
 
     infra.register(sub)
+    from pipelines.commands import registry, run
+
+    run.register(sub)
+    registry.register(sub)

@@ -1,0 +1,189 @@
+"""``robocar registry list|describe|approve|reject``: the Model Registry, on AWS, a moto server or local.
+
+The same calls go to boto3's ``sagemaker`` client or to the local on-disk registry (``--local``), chosen
+in one place (``edge.aws.clients``). Approving is what releases a pilot to the cars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipelines.commands.run import DEFAULT_WORKSPACE
+
+STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+GROUP_ENV = "ROBOCAR_MODEL_PACKAGE_GROUP"
+
+
+def _default_group() -> str:
+    from pipelines.settings import SETTINGS
+
+    return next(s.default for s in SETTINGS if s.key == "model_package_group") or "robocar-pilots"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_argument_group("which registry (default: AWS through boto3)")
+    where.add_argument("--local", action="store_true", help="the local registry in the workspace")
+    where.add_argument(
+        "--workspace", type=Path, default=None,
+        help=f"local workspace (implies --local; default: ./{DEFAULT_WORKSPACE})",
+    )  # fmt: skip
+    where.add_argument(
+        "--endpoint-url", default=os.environ.get("ROBOCAR_ENDPOINT_URL"),
+        help="AWS endpoint, e.g. a moto server (env ROBOCAR_ENDPOINT_URL)",
+    )  # fmt: skip
+    where.add_argument("--region", default=None, help="AWS region (default: from the environment)")
+    parser.add_argument("--json", action="store_true", help="print the API response as JSON")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("registry", help="list, inspect, approve or reject model packages")
+    commands = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+
+    listing = commands.add_parser("list", help="model package versions in a group, newest first")
+    listing.add_argument(
+        "--group", default=os.environ.get(GROUP_ENV) or _default_group(),
+        help=f"model package group (env {GROUP_ENV}; default: {_default_group()})",
+    )  # fmt: skip
+    listing.add_argument("--status", choices=STATUSES, default=None, help="only packages with this status")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
+    _add_common(listing)
+    listing.set_defaults(handler=_guarded(_list))
+
+    describe = commands.add_parser("describe", help="one model package version, in full")
+    describe.add_argument("package", help="model package ARN, or 'latest' (newest in --group)")
+    describe.add_argument(
+        "--group", default=os.environ.get(GROUP_ENV) or _default_group(), help="for 'latest'"
+    )
+    _add_common(describe)
+    describe.set_defaults(handler=_guarded(_describe))
+
+    for action, status in (("approve", "Approved"), ("reject", "Rejected")):
+        sub_parser = commands.add_parser(action, help=f"set a model package's status to {status}")
+        sub_parser.add_argument(
+            "package", help="model package ARN, or 'latest' (newest PendingManualApproval in --group)"
+        )
+        sub_parser.add_argument(
+            "--group", default=os.environ.get(GROUP_ENV) or _default_group(), help="for 'latest'"
+        )
+        sub_parser.add_argument("--description", default=None, help="ApprovalDescription (why)")
+        _add_common(sub_parser)
+        sub_parser.set_defaults(handler=_guarded(_set_status), status=status)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from edge.aws import clients
+
+    local = args.local or args.workspace is not None
+    root = (args.workspace or DEFAULT_WORKSPACE) if local else None
+    return clients(local_root=root, region=args.region, endpoint_url=args.endpoint_url).sagemaker
+
+
+def _guarded(handler: Any) -> Any:
+    """AWS errors and missing credentials become one clear line (exit 2), not a traceback."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return handler(args, _client(args))
+        except ValueError as exc:
+            return _fail(str(exc))
+        except Exception as exc:
+            response = getattr(exc, "response", None)
+            if isinstance(response, dict) and "Error" in response:
+                return _fail(f"{response['Error'].get('Code')}: {response['Error'].get('Message')}")
+            if type(exc).__module__.startswith("botocore"):  # no credentials, no endpoint, ...
+                return _fail(f"{exc} (use --local for the local registry, or --endpoint-url for moto)")
+            raise
+
+    return wrapper
+
+
+def _fail(message: str) -> int:
+    print(f"robocar registry: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps({k: v for k, v in document.items() if k != "ResponseMetadata"}, indent=2, default=str))
+
+
+def newest(sagemaker: Any, group: str, status: str | None = None) -> dict[str, Any] | None:
+    kwargs: dict[str, Any] = {
+        "ModelPackageGroupName": group,
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+        "MaxResults": 1,
+    }
+    if status:
+        kwargs["ModelApprovalStatus"] = status
+    found = sagemaker.list_model_packages(**kwargs)["ModelPackageSummaryList"]
+    return found[0] if found else None
+
+
+def _resolve(args: argparse.Namespace, sagemaker: Any, status: str | None) -> str:
+    if args.package != "latest":
+        return args.package
+    package = newest(sagemaker, args.group, status)
+    if package is None:
+        qualifier = f" with status {status}" if status else ""
+        raise ValueError(f"no model package{qualifier} in group {args.group}")
+    return package["ModelPackageArn"]
+
+
+def _list(args: argparse.Namespace, sagemaker: Any) -> int:
+    kwargs: dict[str, Any] = {
+        "ModelPackageGroupName": args.group,
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+        "MaxResults": max(1, min(args.limit, 100)),
+    }
+    if args.status:
+        kwargs["ModelApprovalStatus"] = args.status
+    response = sagemaker.list_model_packages(**kwargs)
+    if args.json:
+        _print_json(response)
+        return 0
+    packages = response["ModelPackageSummaryList"]
+    if not packages:
+        print(f"no model packages in {args.group}" + (f" with status {args.status}" if args.status else ""))
+    for package in packages:
+        print(
+            f"{package.get('ModelPackageVersion', ''):>4}  {package['ModelApprovalStatus']:<22} "
+            f"{package['CreationTime']!s:<32} {package['ModelPackageArn']}"
+        )
+    return 0
+
+
+def _describe(args: argparse.Namespace, sagemaker: Any) -> int:
+    package = sagemaker.describe_model_package(ModelPackageName=_resolve(args, sagemaker, None))
+    if args.json:
+        _print_json(package)
+        return 0
+    print(f"{package['ModelPackageArn']}")
+    print(f"  status:   {package['ModelApprovalStatus']}  ({package.get('ApprovalDescription', '')})")
+    print(f"  created:  {package['CreationTime']}")
+    for container in package.get("InferenceSpecification", {}).get("Containers", []):
+        print(f"  model:    {container.get('ModelDataUrl', '')}")
+    for spec in package.get("AdditionalInferenceSpecifications", []):
+        for container in spec.get("Containers", []):
+            print(f"  {spec['Name']}: {container.get('ModelDataUrl', '')}")
+    for key, value in sorted(package.get("CustomerMetadataProperties", {}).items()):
+        print(f"  {key} = {value}")
+    return 0
+
+
+def _set_status(args: argparse.Namespace, sagemaker: Any) -> int:
+    arn = _resolve(args, sagemaker, "PendingManualApproval")
+    kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": args.status}
+    if args.description:
+        kwargs["ApprovalDescription"] = args.description
+    response = sagemaker.update_model_package(**kwargs)
+    if args.json:
+        _print_json(response)
+    else:
+        print(f"{args.status}: {response['ModelPackageArn']}")
+    return 0
