@@ -134,3 +134,20 @@ def test_edge_imports_pulls_and_drives_without_tensorflow_sdk_or_boto3(tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["current"]["version"] == 1
     assert "HEAVY-MODULES=\n" in status.stderr + "\n"
+
+
+def test_registry_side_modules_need_only_the_standard_library():
+    """The rollout Lambda bundles edge.agent, edge.artifacts and edge.greengrass.component, without numpy."""
+    code = BLOCKER.replace(
+        repr(NOT_ON_THE_CAR), repr(("numpy", "PIL", "yaml", "boto3", "botocore"))
+    ) + textwrap.dedent(
+        """
+        import edge.agent, edge.artifacts, edge.greengrass.component
+        print("imported")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported"
