@@ -244,12 +244,19 @@ class Paginator:
             kwargs[self._token_in] = token
 
 
+_ETAGS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> ETag: listing polls stay cheap
+
+
 def _etag(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return f'"{digest.hexdigest()}"'
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _ETAGS:
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _ETAGS[key] = f'"{digest.hexdigest()}"'
+    return _ETAGS[key]
 
 
 class LocalS3Client:
