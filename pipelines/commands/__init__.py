@@ -15,9 +15,10 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     from pipelines.commands import data
 
     data.register(sub)
-    from pipelines.commands import infra
+    from pipelines.commands import infra, trigger
 
     infra.register(sub)
+    trigger.register(sub)
     from pipelines.commands import registry, run
 
     run.register(sub)

@@ -1,0 +1,86 @@
+"""``robocar trigger watch``: the EventBridge rules of the stack, locally (``pipelines/local/trigger.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipelines import settings as settings_mod
+from pipelines.commands.run import DEFAULT_WORKSPACE
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "trigger", help="local EventBridge: new tubs start the pipeline, approvals roll out"
+    )
+    commands = parser.add_subparsers(dest="trigger_command", metavar="ACTION", required=True)
+    watch = commands.add_parser(
+        "watch",
+        help="poll the local raw-data prefix and the local registry, as the stack's two rules do on AWS",
+        description="Poll the workspace's local S3 folder under <prefix>/raw/: an uploaded tub (its "
+        "manifest.json) or tub archive (.tar.gz/.zip) starts one local pipeline execution, however often "
+        "it is seen. Poll the local model registry: a package that becomes Approved is rolled out "
+        "(Greengrass component version and deployment, recorded under <workspace>/greengrass/). "
+        "The rules are those of infra/template.yaml (pipelines/events.py). The pipeline must have been "
+        "upserted locally once (`robocar run --local`).",
+    )
+    watch.add_argument(
+        "--workspace", type=Path, default=Path(os.environ.get("ROBOCAR_LOCAL_ROOT") or DEFAULT_WORKSPACE),
+        help=f"the local workspace (default: $ROBOCAR_LOCAL_ROOT or ./{DEFAULT_WORKSPACE})",
+    )  # fmt: skip
+    watch.add_argument("--once", action="store_true", help="poll once and exit (for scripts and tests)")
+    watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
+    watch.add_argument("--edge-target", default="rasp4b", help="the cars' artifact target (default: rasp4b)")
+    watch.add_argument("--component-name", default="com.robocar.Pilot", help="Greengrass component name")
+    watch.add_argument(
+        "--thing-group", default="robocar-cars", help="the cars' thing group (default: robocar-cars)"
+    )
+    settings_mod.add_arguments(watch)
+    watch.set_defaults(handler=_watch)
+
+
+def _fail(message: str) -> int:
+    print(f"robocar: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from edge.aws import clients
+    from pipelines.commands.run import Progress
+    from pipelines.local.trigger import TriggerConfig, watch
+
+    if args.interval <= 0:
+        return _fail("--interval must be a positive number of seconds")
+    try:
+        settings = settings_mod.resolve(args, use_examples=True)  # local: no real role or bucket needed
+        config = TriggerConfig(
+            bucket=settings.bucket,
+            prefix=settings.prefix,
+            pipeline_name=settings.pipeline_name,
+            model_package_group=settings.model_package_group,
+            region=settings.region,
+            component_name=args.component_name,
+            edge_target=args.edge_target,
+            thing_group=args.thing_group,
+        )
+        aws = clients(local_root=args.workspace, region=settings.region)
+    except (settings_mod.SettingsError, ValueError) as exc:
+        return _fail(str(exc))
+    aws.sagemaker.on_event = Progress()
+    try:
+        report = watch(
+            args.workspace, aws.s3, aws.sagemaker, config, interval_s=args.interval, once=args.once
+        )
+    except KeyboardInterrupt:
+        return 130
+    except aws.sagemaker.exceptions.ClientError as exc:
+        hint = " (upsert it locally first: `robocar run --local`)" if "does not exist" in str(exc) else ""
+        return _fail(exc.response["Error"]["Message"] + hint)
+    if args.once:
+        print(
+            f"{len(report.started)} execution(s) started, {report.duplicates} already-delivered event(s), "
+            f"{len(report.rollouts)} rollout(s)"
+        )
+    return 1 if any(r.get("status") == "failed" for r in report.rollouts) else 0

@@ -1,0 +1,348 @@
+"""Local EventBridge: the two rules of ``infra/template.yaml`` driven by polling the local workspace.
+
+Each poll (``poll_once``):
+
+1. lists the raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/raw/``), turns every
+   object into the event S3 would send (``pipelines.events.s3_object_created_event``), matches it
+   against the "new data" rule (``pipelines.events.new_data_pattern`` through ``pipelines.event_pattern``)
+   and starts one pipeline execution per matching event, with the parameters the rule's target passes;
+2. lists the model packages of the group, turns every approval-status change since the last poll into
+   the ``SageMaker Model Package State Change`` event, matches it against the "approved" rule and runs
+   the rollout function (``infra/rollout/handler.py``) with local clients: Greengrass has no local
+   service, so ``LocalGreengrassClient`` records component versions and deployments under
+   ``ROOT/greengrass/`` with Greengrass's method names and answers.
+
+Delivery is at least once, as EventBridge's: the state file (``ROOT/triggers/state.json``, under a lock)
+remembers each object event by bucket/key/ETag/sequencer, so an event seen twice (a second poll, a second
+watcher) starts one execution; a rewritten object is a new event, as on S3.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from edge.local_aws import atomic_write_json, client_error, file_lock
+from pipelines import event_pattern, events
+
+STATE_FORMAT = "robocar-triggers/1"
+DEFAULT_THING_GROUP = "robocar-cars"
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    """What the stack's parameters say on AWS (names as in ``infra/template.yaml``)."""
+
+    bucket: str
+    prefix: str  # the pipeline's prefix; tubs arrive under <prefix>/raw/
+    pipeline_name: str
+    model_package_group: str
+    region: str = "us-east-1"
+    account: str = events.EXAMPLE_ACCOUNT
+    component_name: str = "com.robocar.Pilot"
+    edge_target: str = "rasp4b"
+    thing_group: str = DEFAULT_THING_GROUP
+
+    @property
+    def raw_prefix(self) -> str:
+        return events.normalize_prefix(f"{self.prefix.strip('/')}/raw")
+
+    @property
+    def thing_group_arn(self) -> str:
+        return f"arn:aws:iot:{self.region}:{self.account}:thinggroup/{self.thing_group}"
+
+
+@dataclass
+class PollReport:
+    started: list[dict[str, str]] = field(default_factory=list)  # {"key", "execution_arn", "status"}
+    duplicates: int = 0  # object events already delivered
+    not_matched: int = 0  # objects the "new data" rule ignores (images, catalogs, ...)
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
+    package_events: int = 0
+
+    def lines(self) -> Iterator[str]:
+        for run in self.started:
+            uri = f"s3://{run['bucket']}/{run['key']}"
+            yield f"new data {uri} -> execution {run['execution_arn']} ({run['status']})"
+        for rollout in self.rollouts:
+            if rollout.get("status") == "deployed":
+                yield (
+                    f"approved {rollout['modelPackageArn']} -> component {rollout['componentName']} "
+                    f"{rollout['componentVersion']} deployed to {rollout['targetArn']}"
+                )
+            else:
+                arn = rollout.get("modelPackageArn", "")
+                yield f"rollout {arn}: {rollout['status']}: {rollout.get('reason', '')}"
+
+
+# ---------------------------------------------------------------- state
+def state_path(root: Path) -> Path:
+    return Path(root) / "triggers" / "state.json"
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"format": STATE_FORMAT, "objects": {}, "packages": {}}
+    state = json.loads(path.read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a trigger state file ({STATE_FORMAT})")
+    return state
+
+
+def _update_state(root: Path, change: Callable[[dict[str, Any]], Any]) -> Any:
+    """Read-modify-write the state under the lock; returns what ``change`` returns."""
+    path = state_path(root)
+    with file_lock(path.with_name(".lock")):
+        state = _load_state(path)
+        result = change(state)
+        atomic_write_json(path, state)
+    return result
+
+
+def delivery_key(event: dict[str, Any]) -> str:
+    """What makes two S3 events the same delivery: bucket, key, ETag and sequencer."""
+    detail = event["detail"]
+    obj = detail["object"]
+    return f"{detail['bucket']['name']}/{obj['key']}#{obj.get('etag', '')}#{obj.get('sequencer', '')}"
+
+
+# ---------------------------------------------------------------- rule "new data"
+def object_events(s3: Any, config: TriggerConfig) -> Iterator[dict[str, Any]]:
+    """The ``Object Created`` event of every object now under the raw-data prefix (oldest first)."""
+    objects = [
+        obj
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=config.bucket, Prefix=config.raw_prefix
+        )
+        for obj in page.get("Contents", [])
+    ]
+    for obj in sorted(objects, key=lambda o: (o["LastModified"], o["Key"])):
+        modified: datetime = obj["LastModified"]
+        yield events.s3_object_created_event(
+            config.bucket,
+            obj["Key"],
+            size=obj.get("Size", 0),
+            etag=obj.get("ETag", "").strip('"'),
+            # S3's sequencer orders the events of one key; the modification time does that locally
+            sequencer=f"{round(modified.timestamp() * 1_000_000):016X}",
+            region=config.region,
+            account=config.account,
+            time=modified,
+        )
+
+
+def start_for_new_data(
+    event: dict[str, Any], root: Path, sagemaker: Any, config: TriggerConfig, report: PollReport
+) -> None:
+    """Start the execution for one matching event, unless this delivery has started one already."""
+    key = delivery_key(event)
+
+    def claim(state: dict[str, Any]) -> bool:
+        if key in state["objects"]:
+            return False
+        state["objects"][key] = {"event_id": event["id"], "claimed": _now()}
+        return True
+
+    if not _update_state(root, claim):
+        report.duplicates += 1
+        return
+    parameters = events.resolve_pipeline_parameters(
+        events.new_data_pipeline_parameters(config.bucket, config.raw_prefix), event
+    )
+    obj_key = event["detail"]["object"]["key"]
+    try:
+        response = sagemaker.start_pipeline_execution(
+            PipelineName=config.pipeline_name,
+            PipelineParameters=[{"Name": name, "Value": value} for name, value in parameters.items()],
+            PipelineExecutionDescription=f"new data: s3://{config.bucket}/{obj_key}"[:3072],
+            ClientRequestToken=event["id"],  # EventBridge's retries are idempotent on AWS the same way
+        )
+    except sagemaker.exceptions.ClientError:
+        # not started (no such pipeline yet, a bad parameter): release the claim so a later poll retries
+        _update_state(root, lambda state: state["objects"].pop(key, None))
+        raise
+    arn = response["PipelineExecutionArn"]
+    status = _execution_status(sagemaker, arn)
+
+    def record(state: dict[str, Any]) -> None:
+        state["objects"][key].update(execution_arn=arn, started=_now(), status=status)
+
+    _update_state(root, record)
+    report.started.append({"bucket": config.bucket, "key": obj_key, "execution_arn": arn, "status": status})
+
+
+def _execution_status(sagemaker: Any, arn: str) -> str:
+    try:
+        return sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn).get(
+            "PipelineExecutionStatus", ""
+        )
+    except Exception:  # noqa: BLE001 (the status is informative; the execution has started either way)
+        return "Started"
+
+
+# ---------------------------------------------------------------- rule "approved"
+def package_events(sagemaker: Any, config: TriggerConfig, seen: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """A state-change event for each package whose approval status differs from ``seen`` (ARN -> status)."""
+    kwargs: dict[str, Any] = {"ModelPackageGroupName": config.model_package_group, "SortBy": "CreationTime"}
+    try:
+        pages = list(sagemaker.get_paginator("list_model_packages").paginate(**kwargs))
+    except sagemaker.exceptions.ClientError:
+        return  # no group yet: nothing registered, nothing to roll out
+    for page in pages:
+        for summary in page.get("ModelPackageSummaryList", []):
+            arn, status = summary["ModelPackageArn"], summary["ModelApprovalStatus"]
+            if seen.get(arn) == status:
+                continue
+            yield events.model_package_state_change_event(
+                model_package_arn=arn,
+                group=config.model_package_group,
+                version=int(summary.get("ModelPackageVersion") or arn.rsplit("/", 1)[-1]),
+                approval_status=status,
+                package_status=summary.get("ModelPackageStatus", "Completed"),
+                region=config.region,
+                account=config.account,
+            )
+
+
+def run_rollouts(root: Path, sagemaker: Any, config: TriggerConfig, report: PollReport) -> None:
+    from pipelines.infra import load_rollout_handler
+
+    handler = load_rollout_handler()
+    pattern = events.approved_pattern(config.model_package_group)
+    seen = _update_state(root, lambda state: dict(state["packages"]))
+    rollout_config = handler.RolloutConfig(
+        config.model_package_group, config.component_name, config.edge_target, config.thing_group_arn
+    )
+    greengrass = LocalGreengrassClient(root, config.region, config.account)
+    for event in package_events(sagemaker, config, seen):
+        report.package_events += 1
+        arn, status = event["detail"]["ModelPackageArn"], event["detail"]["ModelApprovalStatus"]
+        if event_pattern.matches(pattern, event):
+            try:
+                result = handler.rollout(
+                    event, sagemaker=sagemaker, greengrass=greengrass, config=rollout_config
+                )
+            except handler.RolloutError as exc:
+                result = {"status": "failed", "modelPackageArn": arn, "reason": str(exc)}
+            report.rollouts.append(result)
+
+        def record(state: dict[str, Any], arn: str = arn, status: str = status) -> None:
+            state["packages"][arn] = status
+
+        _update_state(root, record)
+
+
+# ---------------------------------------------------------------- the loop
+def poll_once(root: Path, s3: Any, sagemaker: Any, config: TriggerConfig) -> PollReport:
+    """One pass over both rules; executions run to the end before this returns (local executor)."""
+    root = Path(root)
+    report = PollReport()
+    pattern = events.new_data_pattern(config.bucket, config.raw_prefix)
+    try:
+        new_objects = list(object_events(s3, config))
+    except s3.exceptions.NoSuchBucket:
+        new_objects = []  # nothing uploaded yet
+    for event in new_objects:
+        if event_pattern.matches(pattern, event):
+            start_for_new_data(event, root, sagemaker, config, report)
+        else:
+            report.not_matched += 1
+    run_rollouts(root, sagemaker, config, report)
+    return report
+
+
+def watch(
+    root: Path,
+    s3: Any,
+    sagemaker: Any,
+    config: TriggerConfig,
+    *,
+    interval_s: float,
+    once: bool,
+    emit: Callable[[str], None] = print,
+    stop: Callable[[], bool] = lambda: False,
+) -> PollReport:
+    """Poll every ``interval_s`` seconds (or once); prints one line per started execution or rollout."""
+    total = PollReport()
+    emit(
+        f"watching s3://{config.bucket}/{config.raw_prefix} (local: {Path(root) / 's3' / config.bucket}) "
+        f"and model package group {config.model_package_group}"
+    )
+    while True:
+        report = poll_once(root, s3, sagemaker, config)
+        for line in report.lines():
+            emit(line)
+        total.started += report.started
+        total.rollouts += report.rollouts
+        total.duplicates += report.duplicates
+        total.not_matched += report.not_matched
+        total.package_events += report.package_events
+        if once or stop():
+            return total
+        time.sleep(interval_s)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- Greengrass, locally
+class LocalGreengrassClient:
+    """``greengrassv2``'s two calls the rollout makes, recorded under ``ROOT/greengrass/``.
+
+    ``components/<name>/<version>.json`` holds the recipe (a second create of a version is a
+    ``ConflictException``, as on AWS); ``deployments/<id>.json`` the deployment, and
+    ``deployments/latest-<thing group>.json`` the one a car of that group would now run.
+    """
+
+    def __init__(self, root: Path, region: str = "us-east-1", account: str = events.EXAMPLE_ACCOUNT) -> None:
+        self.base = Path(root) / "greengrass"
+        self.region, self.account = region, account
+        conflict = type("ConflictException", (_client_error_class(),), {})
+        self.exceptions = SimpleNamespace(ConflictException=conflict, ClientError=_client_error_class())
+
+    def _arn(self, name: str, version: str) -> str:
+        return f"arn:aws:greengrass:{self.region}:{self.account}:components:{name}:versions:{version}"
+
+    def create_component_version(self, *, inlineRecipe: bytes, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
+        recipe = json.loads(inlineRecipe)
+        name, version = recipe["ComponentName"], recipe["ComponentVersion"]
+        path = self.base / "components" / name / f"{version}.json"
+        with file_lock(self.base / ".lock"):
+            if path.exists():
+                raise client_error(
+                    "ConflictException",
+                    f"Component {name} version {version} already exists",
+                    "CreateComponentVersion",
+                    cls=self.exceptions.ConflictException,
+                    status=409,
+                )
+            atomic_write_json(path, {"recipe": recipe, "tags": kwargs.get("tags", {}), "created": _now()})
+        return {
+            "arn": self._arn(name, version),
+            "componentName": name,
+            "componentVersion": version,
+            "creationTimestamp": datetime.now(UTC),
+            "status": {"componentState": "DEPLOYABLE"},
+        }
+
+    def create_deployment(self, *, targetArn: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
+        with file_lock(self.base / ".lock"):
+            deployment_id = f"local-{len(list((self.base / 'deployments').glob('local-*.json'))) + 1:06d}"
+            record = {"deploymentId": deployment_id, "targetArn": targetArn, **kwargs, "created": _now()}
+            atomic_write_json(self.base / "deployments" / f"{deployment_id}.json", record)
+            group = targetArn.rsplit("/", 1)[-1]
+            atomic_write_json(self.base / "deployments" / f"latest-{group}.json", record)
+        return {"deploymentId": deployment_id, "iotJobId": deployment_id, "iotJobArn": ""}
+
+
+def _client_error_class() -> type[Exception]:
+    from edge.local_aws import ClientError
+
+    return ClientError
