@@ -38,13 +38,15 @@ INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
 TYPES = ["image_array", "float", "float", "str"]
 BASE_TIME_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z: timestamps depend on the seed only, never the clock
 
-TRACK_LENGTH_M = 60.0
+TRACK_LENGTH_M = 30.0  # a DonkeyCar track: ~5 m across
+HARMONIC_SCALE = 2.0
 TRACK_STEP_M = 0.02
+MAX_TRACK_CURVATURE = 1.3  # 1/m: the tightest curve the car can take with room to correct
 ROAD_HALF_WIDTH_M = 0.3
 EDGE_LINE_M = 0.035
 CENTRE_LINE_M = 0.02
 DASH_M = 0.25  # centre line: dash and gap length
-MAX_STEER_CURVATURE = 2.0  # 1/m at |angle| = 1 (0.5 m turning radius)
+MAX_STEER_CURVATURE = 1.5  # 1/m at |angle| = 1 (0.67 m turning radius)
 LOOKAHEAD_M = 0.8
 VIEW_RANGE_M = 6.0
 CAMERA_HEIGHT_M = 0.18
@@ -54,46 +56,57 @@ FOCAL_PX = 67.0  # ~100 degrees horizontal field of view
 
 @dataclass(frozen=True)
 class Track:
-    """A closed centre line sampled every ``TRACK_STEP_M``: curvature, heading, position."""
+    """A closed centre line sampled every ``step`` metres: curvature, heading, position."""
 
     kappa: np.ndarray
     theta: np.ndarray
     x: np.ndarray
     y: np.ndarray
+    step: float
 
     @property
     def length(self) -> float:
-        return len(self.kappa) * TRACK_STEP_M
+        return len(self.kappa) * self.step
 
     def at(self, s: np.ndarray | float) -> np.ndarray:
         """Sample numbers for arc lengths ``s`` (wrapping around the lap)."""
-        return np.round(np.asarray(s) / TRACK_STEP_M).astype(np.int64) % len(self.kappa)
+        return np.round(np.asarray(s) / self.step).astype(np.int64) % len(self.kappa)
+
+
+def _polar_loop(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A star-shaped closed curve r(phi) = R + sum of random harmonics: simple (never crosses itself)."""
+    phi = np.linspace(0.0, 2 * math.pi, 20_000, endpoint=False)
+    radius = np.full_like(phi, TRACK_LENGTH_M / (2 * math.pi))
+    base = radius[0]
+    for harmonic in range(2, 6):
+        amplitude = rng.uniform(0.2, 1.0) * HARMONIC_SCALE * base / harmonic**2
+        radius += amplitude * np.cos(harmonic * phi + rng.uniform(0, 2 * math.pi))
+    return radius * np.cos(phi), radius * np.sin(phi)
 
 
 def make_track(seed: int, mirrored: bool = False) -> Track:
-    """A closed lap: constant turning plus random harmonics, so curves of varying radius and straights.
+    """A closed lap with curves of varying radius (and some bends the other way), resampled by arc length.
 
-    Integer harmonics integrate to zero over the lap, so the heading turns exactly 360 degrees; the
-    small position gap left by the random phases is spread along the lap to close it.
+    Drawn until its tightest curve is within ``MAX_TRACK_CURVATURE`` (the car can take it).
     """
     rng = np.random.default_rng([seed, 7])
-    n = int(TRACK_LENGTH_M / TRACK_STEP_M)
-    s = np.arange(n) * TRACK_STEP_M
-    kappa = np.full(n, 2 * math.pi / TRACK_LENGTH_M)
-    for harmonic in range(2, 7):
-        amplitude = rng.uniform(0.15, 0.45)
-        kappa += amplitude * np.sin(2 * math.pi * harmonic * s / TRACK_LENGTH_M + rng.uniform(0, 2 * math.pi))
-    kappa = np.clip(kappa, -1.4, 1.4)  # tightest curve: ~0.7 m radius, within the car's 0.5 m
-    if mirrored:
-        kappa = -kappa
-    theta = np.concatenate([[0.0], np.cumsum(kappa[:-1]) * TRACK_STEP_M])
-    x = np.concatenate([[0.0], np.cumsum(np.cos(theta[:-1])) * TRACK_STEP_M])
-    y = np.concatenate([[0.0], np.cumsum(np.sin(theta[:-1])) * TRACK_STEP_M])
-    last_x = x[-1] + math.cos(theta[-1]) * TRACK_STEP_M
-    last_y = y[-1] + math.sin(theta[-1]) * TRACK_STEP_M
-    x -= s / TRACK_LENGTH_M * last_x
-    y -= s / TRACK_LENGTH_M * last_y
-    return Track(kappa=kappa, theta=theta, x=x, y=y)
+    while True:
+        x, y = _polar_loop(rng)
+        segment = np.hypot(np.diff(x, append=x[:1]), np.diff(y, append=y[:1]))
+        arc = np.concatenate([[0.0], np.cumsum(segment)])
+        n = int(round(arc[-1] / TRACK_STEP_M))
+        step = arc[-1] / n
+        s = np.arange(n) * step
+        xs = np.interp(s, arc, np.append(x, x[0]))
+        ys = np.interp(s, arc, np.append(y, y[0]))
+        theta = np.unwrap(np.arctan2(np.roll(ys, -1) - np.roll(ys, 1), np.roll(xs, -1) - np.roll(xs, 1)))
+        kappa = np.gradient(theta, step)
+        kappa = np.convolve(np.concatenate([kappa[-10:], kappa, kappa[:10]]), np.ones(21) / 21, "valid")
+        if np.abs(kappa).max() <= MAX_TRACK_CURVATURE:
+            break
+    if mirrored:  # the mirror image of the lap: every curve turns the other way
+        ys, theta, kappa = -ys, -theta, -kappa
+    return Track(kappa=kappa, theta=theta, x=xs, y=ys, step=step)
 
 
 def car_frame(track: Track, s: float, e: float, psi: float, ahead: np.ndarray) -> tuple[np.ndarray, ...]:
