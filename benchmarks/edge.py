@@ -1,0 +1,525 @@
+"""Edge benchmark: each compiled artifact at batch 1 on one thread vs donkeycar's own pilot and the CPU.
+
+What is measured, all in the same run on the same frames:
+
+* each artifact of a compiled package (``processing/compile.py``) through ``edge.runtimes``
+  (``pilot.run(frame)``: quantise the uint8 frame, invoke, dequantise, decode), one thread;
+* donkeycar 5.3.0's own pilot on the same float32 weights: ``KerasLinear(interpreter=TfLite())``,
+  ``pilot.run(frame)``, run in the separate virtualenv ``benchmarks/donkeycar_env.py`` makes;
+* this machine's physical limit, measured, single thread: float32 from the best of numpy (BLAS) and
+  ONNX Runtime ``MatMul`` on 1024x1024x1024; int8 from ONNX Runtime ``MatMulInteger`` (u8 x s8,
+  VNNI where the CPU has it) on the same shape. Limit fps = peak multiply-adds/s / the pilot's
+  multiply-adds per frame (counted from the ONNX graph: 47.8 M for donkeycar's linear pilot).
+
+Each timing is the best of ``--repeats`` rounds of ``--seconds`` (the machine is shared: the best
+round is the least disturbed one); latency percentiles come from that round. Ratios are printed
+against the baselines measured in the same run, never against remembered numbers.
+
+Usage: ``python benchmarks/edge.py`` (builds a donkeycar pilot with fixed synthetic weights and
+compiles it), or ``--package DIR|model.tar.gz`` for a compiled package, or ``--model DIR`` for a
+trained model folder to compile first.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread for every BLAS under numpy: the peak is a single-core figure. Must precede numpy's import.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tarfile  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_TUBS = Path(os.environ.get("ROBOCAR_SAMPLE_TUBS", "/work/shared/samples/tubs"))
+DONKEYCAR_MACS = (
+    47_800_000  # donkeycar's linear pilot at 120x160 (DESIGN.md), used when no ONNX graph is at hand
+)
+PEAK_SIZE = 1024  # M = K = N of the peak matmuls: large enough to be compute bound, small enough for L2/L3
+GOALS = {"x_donkeycar": 10.0, "int8_of_limit": 0.5, "int8_angle_error": 0.03, "fp32_of_limit": 0.7}
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def measure(
+    fn: Callable[[np.ndarray], Any], frames: np.ndarray, seconds: float, repeats: int
+) -> dict[str, float]:
+    """Best-of-``repeats`` throughput of ``fn(frame)`` cycling over frames; latency from the best round."""
+    for i in range(min(50, 10 * len(frames))):  # warm-up: caches, lazy allocations, CPU clocks
+        fn(frames[i % len(frames)])
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        latencies: list[int] = []
+        started = time.perf_counter_ns()
+        deadline = started + int(seconds * 1e9)
+        i = 0
+        now = started
+        while now < deadline:
+            frame = frames[i % len(frames)]
+            t0 = time.perf_counter_ns()
+            fn(frame)
+            now = time.perf_counter_ns()
+            latencies.append(now - t0)
+            i += 1
+        fps = i / ((now - started) / 1e9)
+        if fps > best.get("fps", 0.0):
+            ordered = np.sort(np.asarray(latencies)) / 1e6
+            best = {
+                "fps": fps,
+                "median_ms": float(np.median(ordered)),
+                "p99_ms": float(ordered[int(0.99 * (len(ordered) - 1))]),
+                "calls": i,
+            }
+    return best
+
+
+# ------------------------------------------------------------------------- the machine's limit
+
+
+def _ort_session(model: Any) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int = 7) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _matmul_graph(kind: str, weights: np.ndarray) -> Any:
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = PEAK_SIZE
+    if kind == "float32":
+        node, a_type, c_type = (
+            helper.make_node("MatMul", ["A", "B"], ["C"]),
+            TensorProto.FLOAT,
+            TensorProto.FLOAT,
+        )
+    else:
+        node, a_type, c_type = (
+            helper.make_node("MatMulInteger", ["A", "B"], ["C"]),
+            TensorProto.UINT8,
+            TensorProto.INT32,
+        )
+    graph = helper.make_graph(
+        [node],
+        "peak",
+        [helper.make_tensor_value_info("A", a_type, [n, n])],
+        [helper.make_tensor_value_info("C", c_type, [n, n])],
+        [numpy_helper.from_array(weights, "B")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def measure_peaks() -> dict[str, dict[str, float]]:
+    """Single-thread multiply-adds per second (G/s) by method; the best per precision is the limit used."""
+    n = PEAK_SIZE
+    macs = float(n) ** 3
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    fp32 = {"numpy matmul": macs / _best_seconds(lambda: a @ b) / 1e9}
+    session = _ort_session(_matmul_graph("float32", b))
+    fp32["onnxruntime MatMul"] = macs / _best_seconds(lambda: session.run(None, {"A": a})) / 1e9
+    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    session8 = _ort_session(_matmul_graph("int8", rng.integers(-128, 128, (n, n), dtype=np.int8)))
+    int8 = {
+        "onnxruntime MatMulInteger u8s8": macs / _best_seconds(lambda: session8.run(None, {"A": a8})) / 1e9
+    }
+    return {"float32": fp32, "int8": int8}
+
+
+def count_macs(onnx_path: Path) -> int:
+    """Multiply-adds per frame of an ONNX graph (Conv, MatMul, Gemm), batch 1, from inferred shapes."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    graph = model.graph
+    shapes: dict[str, list[int]] = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    for init in graph.initializer:
+        shapes[init.name] = list(numpy_helper.to_array(init).shape)
+    total = 0
+    for node in graph.node:
+        out = shapes.get(node.output[0])
+        if out is None:
+            continue
+        if node.op_type == "Conv":
+            weight = shapes[node.input[1]]  # [C_out, C_in / groups, kh, kw]
+            total += int(np.prod(out)) * int(np.prod(weight[1:]))
+        elif node.op_type in ("MatMul", "Gemm", "MatMulInteger"):
+            # The weight's rows give the inner size: after a dynamic Reshape the input's shape is unknown.
+            weight = shapes.get(node.input[1])
+            inner = weight[-2] if weight and len(weight) >= 2 else shapes[node.input[0]][-1]
+            total += int(np.prod(out)) * inner
+    return total
+
+
+# --------------------------------------------------------------------------- donkeycar's pilot
+
+
+def donkeycar_worker(argv: Sequence[str]) -> int:
+    """Runs inside donkeycar's virtualenv: numpy and donkeycar only. Prints one JSON line."""
+    tflite, frames_path, seconds, repeats = argv[0], argv[1], float(argv[2]), int(argv[3])
+    import donkeycar
+    from donkeycar.parts.interpreter import TfLite
+    from donkeycar.parts.keras import KerasLinear
+
+    frames = np.load(frames_path)
+    pilot = KerasLinear(interpreter=TfLite(), input_shape=frames.shape[1:])
+    pilot.load(tflite)
+    result = measure(pilot.run, frames, seconds, repeats)
+    result["angles"] = [float(pilot.run(f)[0]) for f in frames[:8]]
+    result["donkeycar"] = donkeycar.__version__
+    print(json.dumps(result))
+    return 0
+
+
+def donkeycar_python(explicit: str | None) -> tuple[Path | None, str]:
+    """The donkeycar virtualenv's python, and how it was found (or why not)."""
+    if explicit:
+        return Path(explicit), "--donkeycar-python"
+    if os.environ.get("ROBOCAR_DONKEYCAR_PYTHON"):
+        return Path(os.environ["ROBOCAR_DONKEYCAR_PYTHON"]), "ROBOCAR_DONKEYCAR_PYTHON"
+    helper = REPO / "benchmarks" / "donkeycar_env.py"
+    if not helper.is_file():
+        return None, "benchmarks/donkeycar_env.py does not exist yet"
+    sys.path.insert(0, str(REPO))
+    try:
+        from benchmarks import donkeycar_env
+    except Exception as exc:  # another engineer's module: report, do not crash the benchmark
+        return None, f"benchmarks/donkeycar_env.py does not import: {exc}"
+    for name in ("venv_python", "python_path", "donkeycar_python", "PYTHON", "VENV_PYTHON"):
+        found = getattr(donkeycar_env, name, None)
+        if found is not None:
+            path = Path(found() if callable(found) else found)
+            if path.is_dir():
+                path = path / "bin" / "python"
+            return (path if path.exists() else None), f"benchmarks/donkeycar_env.py ({name} -> {path})"
+    return None, "benchmarks/donkeycar_env.py names no python for its virtualenv"
+
+
+def run_donkeycar(
+    python: Path, tflite: Path, frames: np.ndarray, seconds: float, repeats: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        frames_path = Path(tmp) / "frames.npy"
+        np.save(frames_path, frames)
+        command = [str(python), __file__, "--donkeycar-worker", str(tflite), str(frames_path), str(seconds)]
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        result = subprocess.run(
+            [*command, str(repeats)], capture_output=True, text=True, env=env, timeout=600, check=False
+        )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"donkeycar's pilot did not run (exit {result.returncode}): {' | '.join(tail)}")
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------------ model and frames
+
+
+def sample_frames(spec: Any, limit: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Real camera frames from the sample tubs (v2 for calibration, v1 to measure), prepared for the model."""
+    from edge.frames import decode_image, prepare_frame
+
+    def load(paths: list[Path]) -> np.ndarray:
+        return np.stack([prepare_frame(decode_image(p.read_bytes()), spec) for p in paths[:limit]])
+
+    v2 = sorted((SAMPLE_TUBS / "tub_v2" / "images").glob("*.jpg"))
+    v1 = sorted((SAMPLE_TUBS / "tub_v1").glob("*.jpg"))
+    if v2 and v1:
+        return load(v2), load(v1)
+    print(f"note: no sample tubs under {SAMPLE_TUBS}: using synthetic camera-like frames", flush=True)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (96, spec.height // 8 + 1, spec.width // 8 + 1, 3))
+    frames = blocks.repeat(8, axis=1).repeat(8, axis=2)[:, : spec.height, : spec.width]
+    frames = np.clip(frames + rng.integers(-12, 13, frames.shape), 0, 255).astype(np.uint8)
+    return frames[:64], frames[64:]
+
+
+def synthetic_pilot(images: np.ndarray) -> Any:
+    """donkeycar's linear pilot, fixed seed, heads scaled so angles spread over [-1, 1] on ``images``.
+
+    Speed does not depend on weights; quantisation error does, and an untrained network's outputs
+    are all ~0, which would hide it. Pass ``--model`` to measure a trained pilot instead.
+    """
+    import keras
+
+    from training.model import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("linear", images.shape[1:])
+    outputs = [np.asarray(o).reshape(-1) for o in model(images.astype(np.float32) / 255.0, training=False)]
+    for layer, out, spread in zip(("n_outputs0", "n_outputs1"), outputs, (0.5, 0.2), strict=True):
+        kernel, bias = model.get_layer(layer).get_weights()
+        scale = spread / max(float(out.std()), 1e-6)
+        model.get_layer(layer).set_weights([kernel * scale, (bias - out.mean()) * scale])
+    return model
+
+
+def build_package(work: Path, model_dir: Path | None) -> Path:
+    """Compile (local mode) a trained model folder, or a synthetic donkeycar pilot, into ``work``."""
+    sys.path.insert(0, str(REPO))
+    from edge.frames import FrameSpec
+    from processing import compile as compile_step
+    from processing.shards import write_split
+
+    if model_dir is None:
+        spec = FrameSpec()
+        calibration, measured = sample_frames(spec)
+        model_dir = work / "model"
+        model_dir.mkdir()
+        synthetic_pilot(calibration).save(model_dir / "model.keras")
+        meta = {
+            "model_type": "linear",
+            "input": {"name": "img_in", "shape": list(spec.input_shape), "dtype": "float32",
+                      "normalization": "x/255", "frame_spec": spec.to_dict()},
+            "outputs": [{"name": "angle"}, {"name": "throttle"}],
+            "throttle_range": 0.5,
+        }  # fmt: skip
+        (model_dir / "model.json").write_text(json.dumps(meta))
+    else:
+        meta = json.loads((model_dir / "model.json").read_text())
+        spec = FrameSpec.from_dict(meta["input"].get("frame_spec") or {})
+        calibration, measured = sample_frames(spec)
+    for split, images in (("train", calibration), ("test", measured)):
+        n = len(images)
+        arrays = {"images": images, "angle": np.zeros(n), "throttle": np.zeros(n), "session": ["bench"] * n,
+                  "tub": ["sample"] * n, "index": np.arange(n), "timestamp_ms": np.arange(n)}  # fmt: skip
+        write_split(work / "splits", split, arrays, spec)
+    argv = ["--model", str(model_dir), "--train", str(work / "splits" / "train"), "--test"]
+    argv += [
+        str(work / "splits" / "test"),
+        "--output",
+        str(work / "out"),
+        "--targets",
+        "rasp4b",
+        "--mode",
+        "local",
+    ]
+    if compile_step.main(argv) != 0:
+        raise SystemExit("compilation failed (see above)")
+    return extract(work / "out" / "rasp4b" / "model.tar.gz", work / "package")
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(REPO))
+    from edge import runtimes
+    from edge.frames import FrameSpec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.package and args.package.is_file():
+            package = extract(args.package, work / "package")
+        elif args.package:
+            package = args.package
+        else:
+            print("compiling the pilot (local mode) ...", flush=True)
+            package = build_package(work, args.model)
+        manifest = runtimes.read_manifest(package)
+        spec = FrameSpec.from_dict(manifest.get("frame_spec") or {})
+        _, frames = sample_frames(spec)
+        onnx_fp32 = package / "pilot_float32.onnx"
+        macs = count_macs(onnx_fp32) if onnx_fp32.is_file() else DONKEYCAR_MACS
+
+        pilots = {}
+        for artifact in manifest["artifacts"]:
+            if runtimes.runtime_available(artifact["runtime"]):
+                pilot = runtimes.load_artifact(package, artifact, manifest, threads=1)
+                pilots[artifact["file"]] = (artifact, pilot)
+            else:
+                print(f"skipping {artifact['file']}: {artifact['runtime']} is not installed", flush=True)
+        # Rounds interleave the peak and every artifact, so a busy spell on the shared machine hits them
+        # alike rather than one of them; each keeps its best round.
+        peaks: dict[str, dict[str, float]] = {}
+        timings: dict[str, dict[str, float]] = {}
+        for round_number in range(1, args.repeats + 1):
+            print(f"round {round_number}/{args.repeats}: peak, then {', '.join(pilots)}", flush=True)
+            for kind, methods in measure_peaks().items():
+                for method, value in methods.items():
+                    peaks.setdefault(kind, {})[method] = max(value, peaks.get(kind, {}).get(method, 0.0))
+            for file, (_, pilot) in pilots.items():
+                timing = measure(pilot.run, frames, args.seconds, 1)
+                if timing["fps"] > timings.get(file, {}).get("fps", 0.0):
+                    timings[file] = timing
+        limit_fps = {kind: max(methods.values()) * 1e9 / macs for kind, methods in peaks.items()}
+        rows: list[dict[str, Any]] = []
+        float_angles = None
+        for file, (artifact, pilot) in pilots.items():
+            angles = pilot.run_batch(frames)[0]
+            if file == "pilot_float32.tflite":
+                float_angles = angles
+            rows.append({"file": file, "runtime": artifact["runtime"], "precision": artifact["precision"],
+                         "angles": angles, **timings[file]})  # fmt: skip
+        donkey: dict[str, Any] | None = None
+        python, how = donkeycar_python(args.donkeycar_python)
+        tflite = package / "pilot_float32.tflite"
+        if python is None:
+            donkey_note = f"donkeycar's pilot not measured: {how}"
+        elif not tflite.is_file():
+            donkey_note = "donkeycar's pilot not measured: the package has no pilot_float32.tflite"
+        else:
+            print(f"timing donkeycar's KerasLinear + TfLite ({how}) ...", flush=True)
+            try:
+                donkey = run_donkeycar(python, tflite, frames, args.seconds, args.repeats)
+                donkey_note = f"donkeycar {donkey.get('donkeycar')} KerasLinear(interpreter=TfLite()).run"
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                donkey_note = f"donkeycar's pilot not measured: {exc}"
+
+    for row in rows:
+        kind = "int8" if row["precision"] == "int8" else "float32"
+        row["of_limit"] = row["fps"] / limit_fps[kind]
+        row["x_donkeycar"] = row["fps"] / donkey["fps"] if donkey else None
+        reference = float_angles if float_angles is not None else row["angles"]
+        row["angle_error"] = float(np.abs(row.pop("angles") - reference).mean())
+    return {
+        "frames": len(frames),
+        "frame_shape": list(frames.shape[1:]),
+        "macs_per_frame": macs,
+        "peak_gmacs": peaks,
+        "limit_fps": limit_fps,
+        "artifacts": rows,
+        "donkeycar": donkey,
+        "donkeycar_note": donkey_note,
+        "seconds": args.seconds,
+        "repeats": args.repeats,
+        "load_average": os.getloadavg()[0],  # the machine is shared: say how busy it was
+    }
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    rows = {r["file"]: r for r in report["artifacts"]}
+    lines = []
+    best = max(report["artifacts"], key=lambda r: r["fps"], default=None)
+    if best and best["x_donkeycar"] is not None:
+        ok = best["x_donkeycar"] >= GOALS["x_donkeycar"]
+        lines.append(
+            f"{'PASS' if ok else 'MISS'} fastest ({best['file']}) >= 10x donkeycar: "
+            f"{best['x_donkeycar']:.1f}x"
+        )
+    int8 = rows.get("pilot_int8.tflite")
+    if int8:
+        ok = int8["of_limit"] >= GOALS["int8_of_limit"] and int8["angle_error"] <= GOALS["int8_angle_error"]
+        lines.append(
+            f"{'PASS' if ok else 'MISS'} LiteRT int8 >= 50% of the int8 limit with angle error <= 0.03: "
+            f"{int8['of_limit']:.0%}, {int8['angle_error']:.4f}"
+        )
+    fp32 = [r for r in report["artifacts"] if r["precision"] == "float32"]
+    if fp32:
+        top = max(fp32, key=lambda r: r["of_limit"])
+        ok = top["of_limit"] >= GOALS["fp32_of_limit"]
+        lines.append(
+            f"{'PASS' if ok else 'MISS'} best fp32 ({top['file']}) >= 70% of the fp32 limit: "
+            f"{top['of_limit']:.0%}"
+        )
+    return lines
+
+
+def print_report(report: dict[str, Any]) -> None:
+    macs = report["macs_per_frame"]
+    print(
+        f"\n{report['frames']} frames {report['frame_shape']}, batch 1, 1 thread; "
+        f"{macs / 1e6:.1f} M multiply-adds/frame; load average {report['load_average']:.1f}"
+    )
+    for kind, methods in report["peak_gmacs"].items():
+        detail = ", ".join(f"{name} {value:.1f}" for name, value in methods.items())
+        print(f"limit {kind:7s}: {report['limit_fps'][kind]:8,.0f} fps  (peak G multiply-adds/s: {detail})")
+    header = (
+        f"{'artifact':22s} {'runtime':12s} {'fps':>8s} {'median ms':>10s} {'p99 ms':>8s} {'of limit':>9s}"
+    )
+    print(f"\n{header} {'x donkeycar':>12s} {'angle err':>10s}")
+    for r in report["artifacts"]:
+        x = f"{r['x_donkeycar']:.1f}x" if r["x_donkeycar"] is not None else "-"
+        print(
+            f"{r['file']:22s} {r['runtime']:12s} {r['fps']:8,.0f} {r['median_ms']:10.3f} {r['p99_ms']:8.3f} "
+            f"{r['of_limit']:9.0%} {x:>12s} {r['angle_error']:10.4f}"
+        )
+    donkey = report["donkeycar"]
+    if donkey:
+        print(
+            f"{'donkeycar KerasLinear':22s} {'tflite (TF)':12s} {donkey['fps']:8,.0f} "
+            f"{donkey['median_ms']:10.3f} "
+            f"{donkey['p99_ms']:8.3f} {donkey['fps'] / report['limit_fps']['float32']:9.0%} {'1.0x':>12s}"
+        )
+    print(f"\n{report['donkeycar_note']}")
+    for line in verdicts(report):
+        print(line)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/edge.py",
+        description="Latency and fps of each compiled pilot artifact (batch 1, one thread) against donkeycar "
+        "5.3.0's own pilot and this machine's measured single-thread limit.",
+    )
+    parser.add_argument(
+        "--package", type=Path, help="compiled package: folder with manifest.json, or model.tar.gz"
+    )
+    parser.add_argument(
+        "--model", type=Path, help="trained model folder (model.keras, model.json) to compile first"
+    )
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one timing round (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the best is kept (default 3)")
+    parser.add_argument(
+        "--donkeycar-python", help="python of donkeycar's virtualenv (default: donkeycar_env.py's)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--donkeycar-worker"]:
+        return donkeycar_worker(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.seconds <= 0 or args.repeats < 1:
+        build_parser().error("--seconds must be positive and --repeats at least 1")
+    if args.package and not args.package.exists():
+        build_parser().error(f"--package {args.package} does not exist")
+    report = run_benchmark(args)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

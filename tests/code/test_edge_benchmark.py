@@ -1,0 +1,78 @@
+"""benchmarks/edge.py's arithmetic: multiply-adds counted from the graph, timing rounds, goal verdicts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "edge.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("edge_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_multiply_adds_are_counted_from_conv_and_matmul_shapes(bench, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    # NCHW 1x3x10x10 -> Conv 4 filters 3x3 valid -> 1x4x8x8 -> flatten 256 -> MatMul 256x5.
+    weights = {
+        "w": np.zeros((4, 3, 3, 3), np.float32),
+        "flat": np.array([-1, 256], np.int64),
+        "dense": np.zeros((256, 5), np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"]),
+        helper.make_node("Reshape", ["c", "flat"], ["f"]),
+        helper.make_node("MatMul", ["f", "dense"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 10, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    assert bench.count_macs(path) == 4 * 8 * 8 * 27 + 256 * 5
+
+
+def test_measure_reports_the_best_round(bench):
+    frames = np.zeros((3, 2, 2, 3), np.uint8)
+    calls = []
+    result = bench.measure(calls.append, frames, seconds=0.02, repeats=2)
+    assert result["fps"] > 0 and result["calls"] > 0 and result["p99_ms"] >= result["median_ms"] >= 0
+    assert len(calls) >= result["calls"]
+
+
+def test_verdicts_compare_with_the_goals(bench):
+    report = {
+        "artifacts": [
+            {"file": "pilot_int8.tflite", "precision": "int8", "fps": 5000.0, "of_limit": 0.55,
+             "x_donkeycar": 10.5, "angle_error": 0.02},
+            {"file": "pilot_float32.tflite", "precision": "float32", "fps": 1500.0, "of_limit": 0.65,
+             "x_donkeycar": 3.1, "angle_error": 0.0},
+        ]
+    }  # fmt: skip
+    lines = bench.verdicts(report)
+    assert lines[0].startswith("PASS fastest (pilot_int8.tflite) >= 10x donkeycar: 10.5x")
+    assert lines[1].startswith("PASS LiteRT int8")
+    assert lines[2].startswith("MISS best fp32 (pilot_float32.tflite)")
+
+
+def test_a_missing_donkeycar_environment_is_reported_not_fatal(bench, monkeypatch):
+    monkeypatch.delenv("ROBOCAR_DONKEYCAR_PYTHON", raising=False)
+    assert bench.donkeycar_python("/opt/dk/bin/python") == (Path("/opt/dk/bin/python"), "--donkeycar-python")
+    monkeypatch.setattr(bench, "REPO", Path("/nonexistent"))
+    python, why = bench.donkeycar_python(None)
+    assert python is None and "donkeycar_env.py does not exist" in why
