@@ -355,6 +355,7 @@ class DriveSummary:
     fps: float
     latency_ms: dict[str, float]
     models: list[str]
+    artifact: str
     source: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -365,7 +366,7 @@ class DriveSummary:
         return (
             f"drove {self.frames} frames from {self.source} in {self.seconds:.2f} s ({self.fps:.1f} fps), "
             f"{self.skipped} skipped; latency ms mean {lat['mean']:.3f} p50 {lat['p50']:.3f} "
-            f"p95 {lat['p95']:.3f} max {lat['max']:.3f}; models {', '.join(self.models)}"
+            f"p95 {lat['p95']:.3f} max {lat['max']:.3f}; models {', '.join(self.models)} ({self.artifact})"
         )
 
 
@@ -441,5 +442,6 @@ def drive(
         fps=len(latencies) / seconds if seconds > 0 else 0.0,
         latency_ms=latency_stats(latencies),
         models=pilot.names_used,
+        artifact=pilot.infer.description,
         source=source.description,
     )
