@@ -84,7 +84,7 @@ def patterns(draw: st.DrawFn) -> dict[str, Any]:
     return pattern
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pattern=patterns(), event=events())
 def test_matches_like_eventbridge_on_generated_cases(pattern: dict[str, Any], event: dict[str, Any]) -> None:
     oracle = EventPattern.load(json.dumps(pattern)).matches_event(event)

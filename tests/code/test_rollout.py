@@ -196,10 +196,6 @@ print(json.dumps({"result": result, "recipe": greengrass.recipe, "yaml": "yaml" 
 """
 
 
-@pytest.mark.xfail(
-    strict=True,  # passes, and so fails here, once edge/agent.py imports numpy lazily: then drop this mark
-    reason="edge/agent.py imports numpy at module level and Lambda's Python has no numpy (asked its owner)",
-)
 def test_the_lambda_zip_runs_on_its_own_without_pyyaml_or_the_project(sagemaker: Any, tmp_path: Any) -> None:
     import io
     import subprocess
