@@ -238,6 +238,29 @@ def run_rollouts(root: Path, sagemaker: Any, config: TriggerConfig, report: Poll
         _update_state(root, record)
 
 
+def rollout_after_registry_change(
+    root: Path, sagemaker: Any, model_package_group: str, *, region: str = "us-east-1", **rollout: str
+) -> list[str]:
+    """The hook for the local registry's writers (``robocar registry approve --local``): deliver now.
+
+    Emits the state-change events of ``model_package_group`` not yet delivered and runs the rollout for
+    the approved ones, exactly as the next ``robocar trigger watch`` poll would (and instead of it: the
+    state file records the delivery). ``rollout`` takes ``edge_target``, ``component_name``,
+    ``thing_group``. Returns one line per rollout.
+    """
+    config = TriggerConfig(
+        bucket="",
+        prefix="",
+        pipeline_name="",
+        model_package_group=model_package_group,
+        region=region,
+        **rollout,
+    )
+    report = PollReport()
+    run_rollouts(Path(root), sagemaker, config, report)
+    return list(report.lines())
+
+
 # ---------------------------------------------------------------- the loop
 def poll_once(root: Path, s3: Any, sagemaker: Any, config: TriggerConfig) -> PollReport:
     """One pass over both rules; executions run to the end before this returns (local executor)."""

@@ -14,7 +14,7 @@ from edge_fixtures import edge_spec
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.local.client import LocalPipelineClient
-from pipelines.local.trigger import TriggerConfig, poll_once, state_path
+from pipelines.local.trigger import TriggerConfig, poll_once, rollout_after_registry_change, state_path
 
 BUCKET = "robocar-data-123456789012"
 CONFIG = TriggerConfig(BUCKET, "robocar", "robocar-pipeline", "robocar-pilots")
@@ -215,3 +215,13 @@ def test_cli_watch_once(workspace: Path, capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert out.count("-> execution") == 1
     assert "1 execution(s) started" in out and "0 execution(s) started, 1 already-delivered" in out
+
+
+def test_the_registry_hook_rolls_out_at_once_and_the_watcher_does_not_repeat_it(workspace: Path) -> None:
+    s3, registry = LocalS3Client(workspace), LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    arn = register(registry, "PendingManualApproval")
+    registry.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")  # `registry approve`
+    (line,) = rollout_after_registry_change(workspace, registry, CONFIG.model_package_group)
+    assert line.startswith(f"approved {arn} -> component com.robocar.Pilot 1.0.1 deployed")
+    assert poll_once(workspace, s3, registry, CONFIG).rollouts == []
