@@ -98,3 +98,19 @@ def test_streamed_chunks_give_the_same_shards_as_one_write(tmp_path):
         writer.add({key: value[start:stop] for key, value in arrays.items()})
     streamed = writer.close()
     assert streamed == whole
+
+
+def test_shards_are_valid_zip_files_that_numpy_reads(tmp_path):
+    import zipfile
+
+    arrays = driving_arrays(5)
+    write_split(tmp_path, "train", arrays, SPEC, shard_size=3)
+    for name in ("shard-00000.npz", "shard-00001.npz"):
+        with zipfile.ZipFile(tmp_path / "train" / name) as archive:
+            assert archive.testzip() is None  # every member's CRC checks
+            assert sorted(archive.namelist()) == sorted(f"{key}.npy" for key in arrays)
+            assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+            assert all(info.date_time == (1980, 1, 1, 0, 0, 0) for info in archive.infolist())
+    with np.load(tmp_path / "train" / "shard-00001.npz", allow_pickle=False) as shard:
+        np.testing.assert_array_equal(shard["images"], arrays["images"][3:])
+        assert shard["session"].tolist() == arrays["session"][3:].tolist()
