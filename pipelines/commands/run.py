@@ -156,12 +156,16 @@ def prepare(args: argparse.Namespace) -> tuple[Any, settings_mod.Settings, str, 
     parameters = parse_parameters(definition, args.param)
     aws = clients(local_root=args.workspace, region=settings.region)
     aws.s3.create_bucket(Bucket=settings.bucket)
-    if args.definition is None or settings.bucket in text:
-        from pipelines.code_bundle import CodeBundle
+    from pipelines.code_bundle import CodeBundle
 
-        uploaded = CodeBundle(bucket=settings.bucket, prefix=settings.prefix).upload(aws.s3)
+    code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
+    if args.definition is None and code.uri not in text:
+        # The definition names the code by content; a file edited while it was built changes the name.
+        raise ValueError(f"the container code changed while the definition was built ({code.uri}): run again")
+    if code.uri in text:
+        uploaded = code.upload(aws.s3)
         if uploaded:
-            print(f"code bundle: {uploaded} object(s) put into local S3", flush=True)
+            print(f"code bundle: {uploaded} object(s) put into local S3 ({code.uri})", flush=True)
     data_url = _input_data_url(definition, parameters)
     if args.data is not None:
         if not args.data.is_dir():

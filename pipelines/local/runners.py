@@ -411,7 +411,6 @@ def training_env(
     channels: list[str], program: str,
 ) -> dict[str, str]:  # fmt: skip
     """The ``SM_*`` variables the framework container sets for a script-mode job."""
-    code_dir = opt_ml / "code"
     cpus = os.cpu_count() or 1
     env = {
         "SM_MODEL_DIR": str(opt_ml / "model"),
@@ -442,7 +441,6 @@ def training_env(
         env[f"SM_CHANNEL_{channel.upper()}"] = str(opt_ml / "input" / "data" / channel)
     for key, value in user_hps.items():
         env[f"SM_HP_{key.upper().replace('-', '_')}"] = value if isinstance(value, str) else json.dumps(value)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -492,6 +490,8 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         )
         env = container_env(arguments.get("Environment", {}), job.base_env, opt_ml)
         env.update(training_env(job, opt_ml, hyperparameters, user_hps, channels, program))
+        # The toolkit puts the code directory first on the module path, ahead of the job's own entries.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p)
         command = [sys.executable, str(code_dir / program), *to_cmd_args(user_hps)]
         max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         try:
