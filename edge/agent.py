@@ -239,6 +239,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _exclusive(method: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+    """Hold ``root/.lock`` for the call: a ``pull`` by hand and the poller of ``run`` never interleave."""
+
+    @functools.wraps(method)
+    def locked(self: Agent, *args: Any, **kwargs: Any) -> CheckResult:
+        from edge.local_aws import file_lock  # here: the rollout Lambda bundles this module without it
+
+        with file_lock(self.root / ".lock"):
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 @dataclass
 class CheckResult:
     """What one check did: ``installed``, ``up-to-date``, ``none-approved``, ``offline``, ``refused``,
@@ -327,6 +340,7 @@ class Agent:
         return json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
 
     # ---- the check ---------------------------------------------------------------------------------
+    @_exclusive
     def check(self) -> CheckResult:
         """One pass: find, fetch, verify, unpack, smoke-test, swap. Registry/network errors do not raise."""
         state = self.load_state()
@@ -355,6 +369,7 @@ class Agent:
             return self._save(state, "offline", f"download failed, keeping {self._describe(current)}: {exc}")
         return self._install(state, candidate, archive)
 
+    @_exclusive
     def install_archive(self, archive: Path, candidate: Candidate) -> CheckResult:
         """Verify and install an archive already on the device (e.g. one Greengrass delivered)."""
         state = self.load_state()
@@ -404,6 +419,7 @@ class Agent:
         self._prune(keep={candidate.folder_name, state["previous"]})
         return self._save(state, "installed", f"now driving with {self._describe(record)} (was {keep})")
 
+    @_exclusive
     def rollback(self, reason: str = "requested by hand") -> CheckResult:
         """Point ``current`` back at the previous model and reject the one that was running."""
         state = self.load_state()
@@ -448,7 +464,10 @@ class Agent:
 def poll(agent: Agent, interval_s: float, *, stop: Callable[[], bool] = lambda: False) -> None:
     """Check every ``interval_s`` seconds until ``stop()``; each check's outcome is logged and saved."""
     while not stop():
-        agent.check()
+        try:
+            agent.check()
+        except Exception:  # a full disk or a corrupt state file must not end the polling for good
+            log.exception("check failed; trying again in %s s", interval_s)
         deadline = time.monotonic() + interval_s
         while not stop() and time.monotonic() < deadline:
             time.sleep(min(0.5, interval_s))

@@ -207,3 +207,16 @@ def test_no_approved_package(tmp_path, aws):
     car = make_agent(tmp_path, aws, RecordingSmoke())
     result = car.check()
     assert result.outcome == "none-approved" and result.model is None
+
+
+def test_poll_keeps_checking_after_a_failed_check():
+    calls: list[int] = []
+
+    class Flaky:
+        def check(self):
+            calls.append(1)
+            if len(calls) == 1:
+                raise OSError("No space left on device")
+
+    agent_mod.poll(Flaky(), 0.0, stop=lambda: len(calls) >= 3)
+    assert len(calls) == 3
