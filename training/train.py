@@ -1,0 +1,452 @@
+"""Train the DonkeyCar pilot on preprocess shards: TensorFlow script mode for a SageMaker Training job.
+
+Reads the ``train`` and ``validation`` splits (docs/contracts.md section 2) from ``SM_CHANNEL_TRAIN`` /
+``SM_CHANNEL_VALIDATION`` and writes the model directory (section 3) to ``SM_MODEL_DIR``.
+Hyperparameters come as the TensorFlow container passes them: CLI flags (``--epochs 10``; values may be
+JSON-quoted, ``--epochs '"10"'``) and the ``SM_HPS`` JSON; flags win over ``SM_HPS``, which wins over the
+defaults. Container arguments this script does not use (``--model_dir s3://...``) are ignored.
+
+Input: uint8 frames are cast and scaled in the tf.data graph, ``float32(x) * float32(1/255)``, the same
+float32 operation as ``edge.frames.to_model_input`` (bit-identical; tested), so training sees exactly what
+evaluation, serving and the car feed the network.
+
+Each epoch prints one ``epoch=N loss=... val_loss=...`` line that ``METRIC_DEFINITIONS`` scrape.
+
+    python training/train.py --train DIR/train --validation DIR/validation --sm-model-dir OUT --epochs 20
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (``python training/train.py``): import from the code root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import difflib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, THROTTLE_BINS, linear_bin
+from training.metrics import METRIC_DEFINITIONS, epoch_line
+from training.model import MODEL_TYPES
+
+__all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
+
+MIN_DELTA = 0.0005  # donkeycar's EarlyStopping(min_delta=.0005)
+# Arguments the SageMaker framework containers add on their own; accepted and ignored.
+CONTAINER_ARGS = {"model_dir"}
+
+
+class UsageError(ValueError):
+    """Bad input from the user (a flag, a folder): reported as one line, no traceback."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    train_dir: Path
+    validation_dir: Path
+    model_dir: Path
+    model_type: str = "linear"
+    epochs: int = 100
+    batch_size: int = 128
+    learning_rate: float = 0.001
+    patience: int = 5
+    seed: int = 42
+    throttle_range: float = DEFAULT_THROTTLE_RANGE
+    deterministic: bool = True
+    threads: int = 0
+
+
+# --- hyperparameters ---------------------------------------------------------------------------------
+
+
+def unquote(raw: Any) -> Any:
+    """``'"10"'`` -> ``'10'``: the container may pass hyperparameters JSON-encoded (strings in quotes)."""
+    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _typed(kind: type) -> Any:
+    def convert(raw: Any) -> Any:
+        value = unquote(raw)
+        if kind is bool:
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"expected true/false, got {raw!r}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {raw!r}") from exc
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def _positive(kind: type) -> Any:
+    base = _typed(kind)
+
+    def convert(raw: Any) -> Any:
+        value = base(raw)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {raw!r}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train the DonkeyCar pilot (donkeycar 5.3.0 architectures) on preprocess shards.",
+        allow_abbrev=False,  # '--model' must not silently mean '--model-type'
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    paths = parser.add_argument_group("paths (SageMaker container defaults)")
+    paths.add_argument(
+        "--train",
+        type=Path,
+        default=environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"),
+        help="train split folder (SM_CHANNEL_TRAIN)",
+    )
+    paths.add_argument(
+        "--validation",
+        type=Path,
+        default=environ.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"),
+        help="validation split folder (SM_CHANNEL_VALIDATION)",
+    )
+    paths.add_argument(
+        "--sm-model-dir",
+        "--sm_model_dir",
+        dest="model_dir",
+        type=Path,
+        default=environ.get("SM_MODEL_DIR", "/opt/ml/model"),
+        help="model directory to write (SM_MODEL_DIR; the container's --model_dir S3 URI is ignored)",
+    )
+    hps = parser.add_argument_group("hyperparameters (flags override SM_HPS)")
+    hps.add_argument(
+        "--model-type",
+        "--model_type",
+        dest="model_type",
+        type=_typed(str),
+        choices=MODEL_TYPES,
+        default="linear",
+        help="donkeycar pilot: default_n_linear or default_categorical",
+    )
+    hps.add_argument("--epochs", type=_positive(int), default=100, help="maximum epochs")
+    hps.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive(int), default=128)
+    hps.add_argument(
+        "--learning-rate",
+        "--learning_rate",
+        dest="learning_rate",
+        type=_positive(float),
+        default=0.001,
+        help="Adam learning rate",
+    )
+    hps.add_argument(
+        "--patience",
+        type=_positive(int),
+        default=5,
+        help="epochs without val_loss improvement before stopping (the best epoch's weights are kept)",
+    )
+    hps.add_argument("--seed", type=_typed(int), default=42, help="seeds weights, dropout and shuffling")
+    hps.add_argument(
+        "--throttle-range",
+        "--throttle_range",
+        dest="throttle_range",
+        type=_positive(float),
+        default=DEFAULT_THROTTLE_RANGE,
+        help="categorical: throttle bins cover [0, this]",
+    )
+    hps.add_argument(
+        "--deterministic",
+        type=_typed(bool),
+        default=True,
+        help="deterministic TensorFlow ops (same seed, same weights; costs some speed)",
+    )
+    hps.add_argument(
+        "--threads", type=_typed(int), default=0, help="TensorFlow intra-op threads (0: all cores)"
+    )
+    return parser
+
+
+def _hyperparameters_from_env(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, Any]:
+    """SM_HPS -> parser defaults for the hyperparameters this script knows (others, like sagemaker_*,
+    belong to the container)."""
+    raw = environ.get("SM_HPS")
+    if not raw:
+        return {}
+    try:
+        hps = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"SM_HPS is not valid JSON: {exc}") from exc
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    values: dict[str, Any] = {}
+    for key, value in hps.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest == "help":
+            continue
+        try:
+            converted = (
+                action.type(value if isinstance(value, str) else json.dumps(value)) if action.type else value
+            )
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"hyperparameter {key}: {exc}") from exc
+        if action.choices is not None and converted not in action.choices:
+            raise UsageError(f"hyperparameter {key}: {converted!r} is not one of {list(action.choices)}")
+        values[dest] = converted
+    return values
+
+
+def _check_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
+    """Ignore the container's own arguments; refuse what looks like a misspelling of ours."""
+    ours = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    for token in unknown:
+        if not token.startswith("--"):
+            continue  # the value of an ignored option
+        name = token[2:].split("=", 1)[0]
+        if name in CONTAINER_ARGS or name.startswith("sagemaker_"):
+            continue
+        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
+        if close:
+            parser.error(f"unknown option --{name}; did you mean --{close[0]}?")
+        print(f"train.py: ignoring unknown argument --{name}", file=sys.stderr)
+
+
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TrainConfig:
+    environ = os.environ if environ is None else environ
+    parser = build_parser(environ)
+    try:
+        parser.set_defaults(**_hyperparameters_from_env(parser, environ))
+    except UsageError as exc:
+        parser.error(str(exc))
+    args, unknown = parser.parse_known_args(argv)
+    _check_unknown(parser, unknown)
+    return TrainConfig(
+        train_dir=args.train,
+        validation_dir=args.validation,
+        model_dir=args.model_dir,
+        model_type=args.model_type,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        patience=args.patience,
+        seed=args.seed,
+        throttle_range=args.throttle_range,
+        deterministic=args.deterministic,
+        threads=args.threads,
+    )
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def load_driving_split(split_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A preprocess split with angle/throttle, or a UsageError that says what is wrong with the folder."""
+    from processing.shards import ShardError, load_split
+
+    if not split_dir.is_dir():
+        raise UsageError(f"{split_dir} does not exist (expected a preprocess output split)")
+    try:
+        arrays, dataset = load_split(split_dir)
+    except (ShardError, OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"cannot read {split_dir}: {exc}") from exc
+    if "angle" not in arrays or "throttle" not in arrays:
+        raise UsageError(f"{split_dir} holds no angle/throttle (a classifier split?)")
+    if len(arrays["images"]) == 0:
+        raise UsageError(f"{split_dir} holds no frames")
+    return arrays, dataset
+
+
+def make_targets(
+    model_type: str, angle: np.ndarray, throttle: np.ndarray, throttle_range: float
+) -> dict[str, np.ndarray]:
+    """Training targets by output layer: values [N,1] (linear) or donkeycar's one-hot bins (categorical)."""
+    angle = np.asarray(angle, dtype=np.float32)
+    throttle = np.asarray(throttle, dtype=np.float32)
+    if model_type == "linear":
+        return {"n_outputs0": angle.reshape(-1, 1), "n_outputs1": throttle.reshape(-1, 1)}
+    angle_bins = np.stack([linear_bin(float(a), n=ANGLE_BINS, offset=1.0, r=2.0) for a in angle])
+    throttle_bins = np.stack(
+        [linear_bin(float(t), n=THROTTLE_BINS, offset=0.0, r=throttle_range) for t in throttle]
+    )
+    return {"angle_out": angle_bins, "throttle_out": throttle_bins}
+
+
+def normalise(images: Any) -> Any:
+    """uint8 -> float32 x/255 in the TF graph: the same float32 multiply as edge.frames.to_model_input."""
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) * tf.constant(1.0 / 255.0, dtype=tf.float32)
+
+
+def make_dataset(
+    images: np.ndarray, targets: Mapping[str, np.ndarray], batch_size: int, shuffle_seed: int | None
+) -> Any:
+    """tf.data: uint8 frames cached, shuffled (train only, seeded, reshuffled each epoch), batched,
+    normalised per batch (one vectorised op instead of one per frame), prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, dict(targets))).cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(min(len(images), 20_000), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda x, y: (normalise(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def compile_model(model: Any, model_type: str, learning_rate: float) -> None:
+    """donkeycar's losses: KerasLinear mse on both heads; KerasCategorical crossentropy weighted 0.5/0.5."""
+    import keras
+
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    if model_type == "linear":
+        model.compile(
+            optimizer=optimizer,
+            loss={"n_outputs0": "mse", "n_outputs1": "mse"},
+            metrics={"n_outputs0": ["mae"], "n_outputs1": ["mae"]},
+        )
+    else:
+        model.compile(
+            optimizer=optimizer,
+            loss={"angle_out": "categorical_crossentropy", "throttle_out": "categorical_crossentropy"},
+            loss_weights={"angle_out": 0.5, "throttle_out": 0.5},
+            metrics={"angle_out": ["accuracy"], "throttle_out": ["accuracy"]},
+        )
+
+
+def _epoch_printer(model_type: str, train_frames: int) -> Any:
+    import keras
+
+    class EpochPrinter(keras.callbacks.Callback):
+        """One scrapeable line per epoch (Keras' progress bar is noise in CloudWatch)."""
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            seconds = max(time.perf_counter() - self.started, 1e-9)
+            print(epoch_line(epoch + 1, logs or {}, model_type, train_frames / seconds), flush=True)
+
+    return EpochPrinter()
+
+
+def configure_tensorflow(config: TrainConfig) -> None:
+    import keras
+    import tensorflow as tf
+
+    if config.threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train, keep the best epoch, write the model directory; returns model.json."""
+    train_arrays, train_meta = load_driving_split(config.train_dir)
+    val_arrays, val_meta = load_driving_split(config.validation_dir)
+    frame_spec = train_meta["frame_spec"]
+    if val_meta["frame_spec"] != frame_spec:
+        raise UsageError(f"train and validation frame specs differ: {frame_spec} vs {val_meta['frame_spec']}")
+
+    configure_tensorflow(config)
+    import keras
+
+    from training.export import build_model_json, write_model_dir
+    from training.model import build_model
+
+    shape = tuple(train_arrays["images"].shape[1:])
+    model = build_model(config.model_type, shape)
+    compile_model(model, config.model_type, config.learning_rate)
+    targets = {
+        name: make_targets(config.model_type, arrays["angle"], arrays["throttle"], config.throttle_range)
+        for name, arrays in (("train", train_arrays), ("validation", val_arrays))
+    }
+    train_ds = make_dataset(train_arrays["images"], targets["train"], config.batch_size, config.seed)
+    val_ds = make_dataset(val_arrays["images"], targets["validation"], config.batch_size, None)
+    n_train = len(train_arrays["images"])
+    print(
+        f"training {config.model_type} pilot: {n_train} train / {len(val_arrays['images'])} validation "
+        f"frames {shape}, up to {config.epochs} epochs, batch {config.batch_size}",
+        flush=True,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, min_delta=MIN_DELTA, restore_best_weights=True
+    )
+    started = time.perf_counter()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        callbacks=[early_stopping, _epoch_printer(config.model_type, n_train)],
+        verbose=0,
+        shuffle=False,  # the dataset shuffles itself, seeded
+    ).history
+    seconds = time.perf_counter() - started
+    epochs_run = len(history["loss"])
+    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    summary = {
+        "best_epoch": best_epoch,
+        "best_val_loss": float(history["val_loss"][best_epoch - 1]),
+        "train_seconds": round(seconds, 3),
+        "train_samples_per_second": round(n_train * epochs_run / seconds, 1),
+        "hyperparameters": {
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "patience": config.patience,
+            "deterministic": config.deterministic,
+        },
+        "frames": {"train": n_train, "validation": len(val_arrays["images"])},
+    }
+    model_json = build_model_json(
+        model_type=config.model_type,
+        frame_spec=frame_spec,
+        throttle_range=config.throttle_range,
+        dataset_fingerprint=train_meta.get("fingerprint"),
+        history=history,
+        epochs_run=epochs_run,
+        seed=config.seed,
+        extra={"training": summary, "validation_fingerprint": val_meta.get("fingerprint")},
+    )
+    write_model_dir(model, config.model_dir, model_json)
+    print(
+        f"done: epochs_run={epochs_run} best_epoch={best_epoch} best_val_loss={summary['best_val_loss']:.6g} "
+        f"wall_s={seconds:.1f} samples_per_s={summary['train_samples_per_second']} -> {config.model_dir}",
+        flush=True,
+    )
+    return model_json
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        train(config)
+    except UsageError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
