@@ -242,6 +242,9 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
         report.warnings.append(
             f"{mismatched} records carry an _index that differs from their catalog position"
         )
+    unlisted = sorted({p.name for p in source.path.glob("catalog_*.catalog")} - set(paths))
+    if unlisted:  # donkeycar reads only the catalogs manifest.json lists; so do we, but say so
+        report.warnings.append(f"catalogs not listed in manifest.json, not read: {', '.join(unlisted)}")
     return report, candidates
 
 
