@@ -13,9 +13,10 @@ list, or a ``prefix``/``suffix``/``equals-ignore-case``/``wildcard`` filter), ``
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _MISSING = object()  # a field the event does not have (distinct from JSON null)
@@ -36,8 +37,13 @@ class EventPatternError(ValueError):
 
 def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
     """True when ``event`` (a decoded EventBridge event) matches ``pattern``; raises on an invalid pattern."""
+    return matcher(pattern)(event)
+
+
+def matcher(pattern: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+    """``matches`` with the pattern validated once, for matching many events (a folder of objects)."""
     validate(pattern)
-    return _match_object(pattern, event)
+    return lambda event: _match_object(pattern, event)
 
 
 def validate(pattern: Mapping[str, Any], path: str = "") -> None:
@@ -172,6 +178,7 @@ def _match_string(name: str, value: str, argument: Any) -> bool:
     return _wildcard_regex(argument).fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=256)
 def _wildcard_regex(wildcard: str) -> re.Pattern[str]:
     r"""``*`` matches any run of characters (``/`` included); ``\*`` and ``\\`` are literal."""
     parts: list[str] = []

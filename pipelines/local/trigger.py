@@ -20,6 +20,7 @@ watcher) starts one execution; a rewritten object is a new event, as on S3.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -113,28 +114,47 @@ def delivery_key(event: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- rule "new data"
-def object_events(s3: Any, config: TriggerConfig) -> Iterator[dict[str, Any]]:
-    """The ``Object Created`` event of every object now under the raw-data prefix (oldest first)."""
-    objects = [
-        obj
-        for page in s3.get_paginator("list_objects_v2").paginate(
-            Bucket=config.bucket, Prefix=config.raw_prefix
-        )
-        for obj in page.get("Contents", [])
-    ]
-    for obj in sorted(objects, key=lambda o: (o["LastModified"], o["Key"])):
-        modified: datetime = obj["LastModified"]
-        yield events.s3_object_created_event(
-            config.bucket,
-            obj["Key"],
-            size=obj.get("Size", 0),
-            etag=obj.get("ETag", "").strip('"'),
-            # S3's sequencer orders the events of one key; the modification time does that locally
-            sequencer=f"{round(modified.timestamp() * 1_000_000):016X}",
-            region=config.region,
-            account=config.account,
-            time=modified,
-        )
+def raw_objects(s3: Any, config: TriggerConfig) -> list[tuple[int, int, str]]:
+    """``(mtime_ns, size, key)`` of the objects under the raw-data prefix, oldest first.
+
+    The folder is walked directly: a tub holds tens of thousands of images, and listing them through the
+    client reads every file for its ETag on every poll. Only matching objects are asked for their ETag.
+    """
+    folder = s3.uri_to_path(f"s3://{config.bucket}/{config.raw_prefix}")
+    bucket_dir = s3.uri_to_path(f"s3://{config.bucket}/")
+    return sorted(
+        (entry.stat().st_mtime_ns, entry.stat().st_size, key) for key, entry in _walk(folder, bucket_dir)
+    )
+
+
+def _walk(folder: Path, bucket_dir: Path) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(key, entry) of every file below ``folder``; in-progress uploads (``.tmp-*``) are not objects yet."""
+    if not folder.is_dir():
+        return
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith(".tmp-"):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    yield Path(entry.path).relative_to(bucket_dir).as_posix(), entry
+
+
+def _object_event(config: TriggerConfig, key: str, size: int, mtime_ns: int, *, etag: str) -> dict[str, Any]:
+    return events.s3_object_created_event(
+        config.bucket,
+        key,
+        size=size,
+        etag=etag,
+        # S3's sequencer orders the events of one key; the modification time does that locally
+        sequencer=f"{mtime_ns:020X}",
+        region=config.region,
+        account=config.account,
+        time=datetime.fromtimestamp(mtime_ns / 1e9, UTC),
+    )
 
 
 def start_for_new_data(
@@ -262,20 +282,33 @@ def rollout_after_registry_change(
 
 
 # ---------------------------------------------------------------- the loop
-def poll_once(root: Path, s3: Any, sagemaker: Any, config: TriggerConfig) -> PollReport:
-    """One pass over both rules; executions run to the end before this returns (local executor)."""
+def poll_once(
+    root: Path,
+    s3: Any,
+    sagemaker: Any,
+    config: TriggerConfig,
+    unchanged: dict[str, tuple[int, int]] | None = None,
+) -> PollReport:
+    """One pass over both rules; executions run to the end before this returns (local executor).
+
+    ``unchanged`` (kept by ``watch`` between polls) remembers each handled object's (mtime, size), so
+    an object seen before is not turned into an event again; the state file is what dedupes deliveries.
+    """
     root = Path(root)
     report = PollReport()
-    pattern = events.new_data_pattern(config.bucket, config.raw_prefix)
-    try:
-        new_objects = list(object_events(s3, config))
-    except s3.exceptions.NoSuchBucket:
-        new_objects = []  # nothing uploaded yet
-    for event in new_objects:
-        if event_pattern.matches(pattern, event):
-            start_for_new_data(event, root, sagemaker, config, report)
+    is_new_data = event_pattern.matcher(events.new_data_pattern(config.bucket, config.raw_prefix))
+    for mtime_ns, size, key in raw_objects(s3, config):
+        if unchanged is not None and unchanged.get(key) == (mtime_ns, size):
+            continue
+        if is_new_data(_object_event(config, key, size, mtime_ns, etag="")):
+            etag = s3.head_object(Bucket=config.bucket, Key=key)["ETag"].strip('"')
+            start_for_new_data(
+                _object_event(config, key, size, mtime_ns, etag=etag), root, sagemaker, config, report
+            )
         else:
             report.not_matched += 1
+        if unchanged is not None:
+            unchanged[key] = (mtime_ns, size)
     run_rollouts(root, sagemaker, config, report)
     return report
 
@@ -292,13 +325,13 @@ def watch(
     stop: Callable[[], bool] = lambda: False,
 ) -> PollReport:
     """Poll every ``interval_s`` seconds (or once); prints one line per started execution or rollout."""
-    total = PollReport()
+    total, unchanged = PollReport(), {}
     emit(
         f"watching s3://{config.bucket}/{config.raw_prefix} (local: {Path(root) / 's3' / config.bucket}) "
         f"and model package group {config.model_package_group}"
     )
     while True:
-        report = poll_once(root, s3, sagemaker, config)
+        report = poll_once(root, s3, sagemaker, config, unchanged)
         for line in report.lines():
             emit(line)
         total.started += report.started

@@ -225,3 +225,17 @@ def test_the_registry_hook_rolls_out_at_once_and_the_watcher_does_not_repeat_it(
     (line,) = rollout_after_registry_change(workspace, registry, CONFIG.model_package_group)
     assert line.startswith(f"approved {arn} -> component com.robocar.Pilot 1.0.1 deployed")
     assert poll_once(workspace, s3, registry, CONFIG).rollouts == []
+
+
+def test_the_watcher_skips_unchanged_objects_but_sees_rewritten_ones(workspace: Path) -> None:
+    s3, sagemaker = LocalS3Client(workspace), RecordingSageMaker(LocalSageMakerClient(workspace))
+    upload_tub(s3, "tub_7")
+    unchanged: dict[str, tuple[int, int]] = {}
+    first = poll_once(workspace, s3, sagemaker, CONFIG, unchanged)
+    again = poll_once(workspace, s3, sagemaker, CONFIG, unchanged)
+    assert (len(first.started), first.not_matched) == (1, 3)
+    assert (again.started, again.not_matched, again.duplicates) == ([], 0, 0)  # nothing was looked at
+    manifest = s3.uri_to_path(f"s3://{BUCKET}/{RAW}tub_7/manifest.json")
+    later = manifest.stat().st_mtime + 10
+    os.utime(manifest, (later, later))
+    assert len(poll_once(workspace, s3, sagemaker, CONFIG, unchanged).started) == 1
