@@ -445,7 +445,9 @@ class LocalExecutor:
         self.stop_reason = self.stop_reason or reason
         self.stop.set()
         for job in list(self.jobs.values()):
-            for process in list(job.processes):
+            with job.lock:
+                processes = list(job.processes)
+            for process in processes:
                 threading.Thread(target=runners.terminate, args=(process,), daemon=True).start()
 
     # -- steps
@@ -677,15 +679,23 @@ def _metadata(step_type: str, properties: dict[str, Any]) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _signals_stop(executor: LocalExecutor):
-    """SIGTERM (and SIGHUP) stop the execution cleanly, like Ctrl-C does; only in the main thread."""
+    """Ctrl-C, SIGTERM and SIGHUP stop the execution cleanly: running steps are terminated and recorded
+    as Stopped, nothing more starts. A handler (not KeyboardInterrupt, which could strike in the middle
+    of writing a record) only sets the stop flag. Signals ignored by whoever started us stay ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        executor.request_stop(f"stopped by {signal.Signals(signum).name}")
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        executor.request_stop(f"interrupted ({name})")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

@@ -83,6 +83,7 @@ class StepJob:
     base_env: dict[str, str]
     stop: threading.Event
     processes: set[subprocess.Popen] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
     keep_temp_on_failure: bool = True
 
 
@@ -251,13 +252,14 @@ def run_process(
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
         started = time.perf_counter()
-        if job.stop.is_set():
-            raise StepStopped()
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopping the step stops its children too
-        )  # fmt: skip
-        job.processes.add(process)
+        with job.lock:  # a stop either comes first (no process) or finds the process to terminate
+            if job.stop.is_set():
+                raise StepStopped()
+            process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stopping the step stops its children too
+            )  # fmt: skip
+            job.processes.add(process)
         try:
             try:
                 returncode = process.wait(timeout=max_runtime_s)
@@ -269,7 +271,8 @@ def run_process(
                     log_tail(job.log_path),
                 ) from None
         finally:
-            job.processes.discard(process)
+            with job.lock:
+                job.processes.discard(process)
         seconds = time.perf_counter() - started
     if job.stop.is_set():
         raise StepStopped()
