@@ -1,0 +1,210 @@
+"""upsert / start / status with the real boto3 calls, against moto (in-process and as a server)."""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stderr, redirect_stdout
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pipelines.cli import main
+from pipelines.code_bundle import CodeBundle
+from pipelines.control import (
+    ParameterError,
+    build_definition,
+    parse_parameters,
+    recent_executions,
+    start,
+    upsert,
+)
+from pipelines.settings import EXAMPLE_VALUES, Settings
+
+SETTINGS = Settings(**EXAMPLE_VALUES, prefix="robocar", pipeline_name="robocar-pipeline",
+                    model_package_group="robocar-pilots", endpoint_url=None)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def definition_text() -> str:
+    return build_definition(SETTINGS)
+
+
+@pytest.fixture
+def aws():
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=SETTINGS.bucket)
+        yield boto3.client("sagemaker", region_name="us-east-1"), s3
+
+
+def test_upsert_uploads_code_then_creates_then_leaves_unchanged(aws, definition_text: str) -> None:
+    sagemaker, s3 = aws
+    code = CodeBundle(SETTINGS.bucket, SETTINGS.prefix)
+    first = upsert(sagemaker, s3, definition=definition_text, settings=SETTINGS, code=code)
+    assert first.action == "created" and first.code_objects_uploaded == len(code.files) + 1
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=SETTINGS.bucket)["Contents"]}
+    assert f"{code.key_prefix}/processing/preprocess.py" in keys
+    assert f"{code.key_prefix}/sourcedir.tar.gz" in keys
+    body = s3.get_object(Bucket=SETTINGS.bucket, Key=f"{code.key_prefix}/sourcedir.tar.gz")["Body"].read()
+    assert body == code.sourcedir
+    deployed = sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)
+    assert json.loads(deployed["PipelineDefinition"]) == json.loads(definition_text)
+
+    second = upsert(sagemaker, s3, definition=definition_text, settings=SETTINGS, code=code)
+    assert (second.action, second.code_objects_uploaded) == ("unchanged", 0)
+    after = sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)
+    assert after["LastModifiedTime"] == deployed["LastModifiedTime"]
+
+
+def test_upsert_updates_a_changed_definition(aws, definition_text: str) -> None:
+    sagemaker, s3 = aws
+    code = CodeBundle(SETTINGS.bucket, SETTINGS.prefix)
+    upsert(sagemaker, s3, definition=definition_text, settings=SETTINGS, code=code)
+    changed = build_definition(SETTINGS, "rasp3b")
+    result = upsert(sagemaker, s3, definition=changed, settings=SETTINGS, code=code)
+    assert result.action == "updated"
+    deployed = json.loads(
+        sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)["PipelineDefinition"]
+    )
+    assert deployed == json.loads(changed)
+
+
+def test_start_and_status(aws, definition_text: str) -> None:
+    sagemaker, s3 = aws
+    upsert(
+        sagemaker,
+        s3,
+        definition=definition_text,
+        settings=SETTINGS,
+        code=CodeBundle(SETTINGS.bucket, "robocar"),
+    )
+    params = parse_parameters(json.loads(definition_text), ["Epochs=3", "ModelType=categorical"])
+    arn = start(sagemaker, pipeline_name=SETTINGS.pipeline_name, parameters=params, display_name="first")
+    executions = recent_executions(sagemaker, SETTINGS.pipeline_name)
+    assert [e["PipelineExecutionArn"] for e in executions] == [arn]
+    assert executions[0]["Steps"] is None  # moto has no list_pipeline_execution_steps
+    described = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert described["PipelineExecutionArn"] == arn
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("Nope=1", "unknown parameter 'Nope'"),
+        ("AngleMaeThreshold=abc", "is Float"),
+        ("AngleMaeThreshold=nan", "is Float"),
+        ("ModelType=resnet", "must be one of linear, categorical"),
+        ("Epochs=ten", "positive integer"),
+        ("Epochs=0", "positive integer"),
+        ("InputDataUrl=/local/path", "s3:// URI"),
+        ("EdgeTargets=jetson_nano,toaster", "unknown Neo target device"),
+        ("EdgeTargets=jetson_nano", "differs from the targets this pipeline registers"),
+        ("Epochs", "expected NAME=VALUE"),
+    ],
+)
+def test_bad_parameters_are_refused(definition_text: str, assignment: str, message: str) -> None:
+    with pytest.raises(ParameterError, match=message):
+        parse_parameters(json.loads(definition_text), [assignment])
+
+
+def test_good_parameters_are_normalised(definition_text: str) -> None:
+    params = parse_parameters(
+        json.loads(definition_text), ["AngleMaeThreshold=0.1", "EdgeTargets=rasp4b, jetson_nano", "Epochs=5"]
+    )
+    assert params == [
+        {"Name": "AngleMaeThreshold", "Value": "0.1"},
+        {"Name": "EdgeTargets", "Value": "rasp4b,jetson_nano"},
+        {"Name": "Epochs", "Value": "5"},
+    ]
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_refuses_a_bad_parameter_before_any_aws_call(monkeypatch) -> None:
+    import pipelines.commands.pipeline as commands
+
+    def no_aws(*_a, **_k):
+        raise AssertionError("an AWS client was made before the parameters were checked")
+
+    monkeypatch.setattr(commands, "clients", no_aws)
+    role = "arn:aws:iam::123456789012:role/r"
+    code, _, err = run_cli(
+        "pipeline",
+        "start",
+        "--region",
+        "us-east-1",
+        "--bucket",
+        "b",
+        "--role",
+        role,
+        "--param",
+        "Epochs=lots",
+    )
+    assert code == 2
+    assert "parameter Epochs must be a positive integer" in err
+
+
+def test_cli_names_the_missing_flags(monkeypatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("pipeline", "upsert", "--region", "us-east-1")
+    assert code == 2
+    assert "--role (or $ROBOCAR_ROLE_ARN" in err and "--bucket (or $ROBOCAR_BUCKET" in err
+
+
+def test_settings_from_environment_and_config_file(monkeypatch, tmp_path) -> None:
+    from argparse import Namespace
+
+    from pipelines.settings import resolve
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "robocar.toml").write_text(
+        '[robocar]\nregion = "eu-west-1"\n'
+        'role = "arn:aws:iam::123456789012:role/cfg"\nbucket = "from-config"\n'
+    )
+    for variable in ("ROBOCAR_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("ROBOCAR_BUCKET", "from-env")
+    settings = resolve(Namespace(bucket=None, region=None, role=None, prefix="flagged"))
+    assert (settings.region, settings.bucket, settings.prefix) == ("eu-west-1", "from-env", "flagged")
+    assert settings.role == "arn:aws:iam::123456789012:role/cfg"
+    (tmp_path / "robocar.toml").write_text('[robocar]\nregoin = "typo"\n')
+    with pytest.raises(ValueError, match="unknown key.*regoin"):
+        resolve(Namespace())
+
+
+@pytest.fixture
+def moto_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", region_name="us-east-1", endpoint_url=endpoint).create_bucket(Bucket=SETTINGS.bucket)
+    yield endpoint
+    server.stop()
+
+
+def test_cli_upsert_start_status_against_a_moto_server(moto_server: str) -> None:
+    flags = ["--region", "us-east-1", "--bucket", SETTINGS.bucket, "--role", SETTINGS.role,
+             "--endpoint-url", moto_server]  # fmt: skip
+    code, out, err = run_cli("pipeline", "upsert", *flags)
+    assert code == 0, err
+    assert out.startswith("created: arn:aws:sagemaker:us-east-1:123456789012:pipeline/robocar-pipeline")
+    code, out, _ = run_cli("pipeline", "upsert", *flags)
+    assert code == 0 and out.startswith("unchanged:") and "(0 object(s) uploaded)" in out
+    code, out, err = run_cli("pipeline", "start", *flags, "--param", "Epochs=2", "--display-name", "smoke")
+    assert code == 0, err
+    arn = out.strip()
+    assert "/execution/" in arn
+    code, out, _ = run_cli("pipeline", "status", *flags)
+    assert code == 0 and arn in out and "Succeeded" in out
+    code, out, _ = run_cli("pipeline", "status", *flags, "--json")
+    assert json.loads(out)[0]["PipelineExecutionArn"] == arn

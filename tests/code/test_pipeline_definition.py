@@ -1,0 +1,229 @@
+"""The definition: seven steps wired by data, content-addressed code, offline and deterministic."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.code_bundle import CodeBundle
+from pipelines.control import build_definition, registered_edge_targets
+from pipelines.settings import EXAMPLE_VALUES, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = REPO / "tests" / "golden" / "robocar_definition.json"
+SETTINGS = Settings(
+    region=EXAMPLE_VALUES["region"],
+    role=EXAMPLE_VALUES["role"],
+    bucket=EXAMPLE_VALUES["bucket"],
+    prefix="robocar",
+    pipeline_name="robocar-pipeline",
+    model_package_group="robocar-pilots",
+    endpoint_url=None,
+)
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return build_definition(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def definition(text: str) -> dict[str, Any]:
+    return json.loads(text)
+
+
+def all_steps(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {}
+    for step in steps:
+        found[step["Name"]] = step
+        if step["Type"] == "Condition":
+            found.update(all_steps(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"]))
+    return found
+
+
+def inputs(step: dict[str, Any]) -> dict[str, Any]:
+    return {i["InputName"]: i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]}
+
+
+def output_get(step: str, name: str) -> dict[str, str]:
+    return {"Get": f"Steps.{step}.ProcessingOutputConfig.Outputs['{name}'].S3Output.S3Uri"}
+
+
+def json_get(step: str, report: str, path: str) -> dict[str, Any]:
+    return {"Std:JsonGet": {"PropertyFile": {"Get": f"Steps.{step}.PropertyFiles.{report}"}, "Path": path}}
+
+
+CODE_URI = r"s3://robocar-data-123456789012/robocar/code/[0-9a-f]{64}/"
+TRAINED_MODEL = {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"}
+
+
+def test_steps_and_types(definition: dict[str, Any]) -> None:
+    types = {name: step["Type"] for name, step in all_steps(definition["Steps"]).items()}
+    assert types == {
+        "Preprocess": "Processing",
+        "Train": "Training",
+        "Evaluate": "Processing",
+        "CheckQuality": "Condition",
+        "CompileForEdge": "Processing",
+        "Register": "RegisterModel",
+        "AngleMaeTooHigh": "Fail",
+    }
+
+
+def test_parameters_and_defaults(definition: dict[str, Any]) -> None:
+    params = {p["Name"]: p for p in definition["Parameters"]}
+    assert {n: p["Type"] for n, p in params.items()} == {
+        "InputDataUrl": "String",
+        "ProcessingInstanceType": "String",
+        "TrainingInstanceType": "String",
+        "ModelType": "String",
+        "Epochs": "String",
+        "AngleMaeThreshold": "Float",
+        "ModelApprovalStatus": "String",
+        "EdgeTargets": "String",
+    }
+    assert params["ModelType"]["EnumValues"] == ["linear", "categorical"]
+    assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
+    assert params["EdgeTargets"]["DefaultValue"] == "jetson_nano,rasp4b"
+
+
+def test_preprocess_reads_the_input_parameter_and_code(definition: dict[str, Any]) -> None:
+    step = all_steps(definition["Steps"])["Preprocess"]
+    found = inputs(step)
+    assert re.fullmatch(CODE_URI, found.pop("code"))
+    assert found == {"tubs": {"Get": "Parameters.InputDataUrl"}}
+    app = step["Arguments"]["AppSpecification"]
+    assert app["ContainerEntrypoint"] == ["python3", "/opt/ml/processing/input/code/processing/preprocess.py"]
+    outputs = {o["OutputName"] for o in step["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
+    assert outputs == {"train", "validation", "test", "report"}
+    assert step["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == {
+        "Get": "Parameters.ProcessingInstanceType"
+    }
+
+
+def test_train_reads_preprocess_outputs_and_parameters(definition: dict[str, Any]) -> None:
+    args = all_steps(definition["Steps"])["Train"]["Arguments"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in args["InputDataConfig"]}
+    assert channels == {"train": output_get("Preprocess", "train"),
+                        "validation": output_get("Preprocess", "validation")}  # fmt: skip
+    hps = args["HyperParameters"]
+    assert hps["model-type"] == {"Get": "Parameters.ModelType"}
+    assert hps["epochs"] == {"Get": "Parameters.Epochs"}
+    assert json.loads(hps["sagemaker_program"]) == "training/train.py"
+    code_uri = inputs(all_steps(definition["Steps"])["Preprocess"])["code"]
+    assert json.loads(hps["sagemaker_submit_directory"]) == code_uri + "sourcedir.tar.gz"
+    assert args["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    names = {m["Name"] for m in args["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert {"train:loss", "validation:loss"} <= names
+
+
+def test_evaluate_reads_the_model_and_test_split(definition: dict[str, Any]) -> None:
+    step = all_steps(definition["Steps"])["Evaluate"]
+    found = inputs(step)
+    assert found["model"] == TRAINED_MODEL
+    assert found["test"] == output_get("Preprocess", "test")
+    assert step["PropertyFiles"] == [
+        {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
+    ]
+
+
+def test_gate_compares_angle_mae_with_the_threshold(definition: dict[str, Any]) -> None:
+    gate = all_steps(definition["Steps"])["CheckQuality"]["Arguments"]
+    assert gate["Conditions"] == [
+        {
+            "Type": "LessThanOrEqualTo",
+            "LeftValue": json_get("Evaluate", "EvaluationReport", "regression_metrics.angle_mae.value"),
+            "RightValue": {"Get": "Parameters.AngleMaeThreshold"},
+        }
+    ]
+    assert [s["Name"] for s in gate["IfSteps"]] == ["CompileForEdge", "Register"]
+    assert [s["Name"] for s in gate["ElseSteps"]] == ["AngleMaeTooHigh"]
+    message = gate["ElseSteps"][0]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
+    assert json_get("Evaluate", "EvaluationReport", "regression_metrics.angle_mae.value") in message
+    assert {"Get": "Parameters.AngleMaeThreshold"} in message
+
+
+def test_compile_runs_before_register_with_the_targets_parameter(definition: dict[str, Any]) -> None:
+    steps = all_steps(definition["Steps"])
+    compile_args = steps["CompileForEdge"]["Arguments"]
+    assert inputs(steps["CompileForEdge"])["model"] == TRAINED_MODEL
+    container_args = compile_args["AppSpecification"]["ContainerArguments"]
+    assert container_args[container_args.index("--targets") + 1] == {"Get": "Parameters.EdgeTargets"}
+    assert steps["Register"]["DependsOn"] == ["CompileForEdge"]
+
+
+def test_register_carries_model_metrics_and_every_edge_artifact(definition: dict[str, Any]) -> None:
+    args = all_steps(definition["Steps"])["Register"]["Arguments"]
+    assert args["ModelPackageGroupName"] == "robocar-pilots"
+    assert args["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert args["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == TRAINED_MODEL
+    statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]["Std:Join"]
+    assert statistics["Values"] == [output_get("Evaluate", "evaluation"), "evaluation.json"]
+    specs = {s["Name"]: s["Containers"][0] for s in args["AdditionalInferenceSpecifications"]}
+    assert set(specs) == {"edge-jetson-nano", "edge-rasp4b"}
+    for target, name in (("jetson_nano", "edge-jetson-nano"), ("rasp4b", "edge-rasp4b")):
+        sha = json_get("CompileForEdge", "CompiledArtifacts", f"targets.{target}.sha256")
+        assert specs[name]["ModelDataUrl"]["Std:Join"]["Values"] == [
+            output_get("CompileForEdge", "compiled"),
+            target,
+            "model.tar.gz",
+        ]
+        assert specs[name]["Environment"] == {"ROBOCAR_ARTIFACT_SHA256": sha, "ROBOCAR_EDGE_TARGET": target}
+        assert args["CustomerMetadataProperties"][f"edge:{target}:sha256"] == sha
+    assert registered_edge_targets(definition) == ("jetson_nano", "rasp4b")
+
+
+def test_edge_targets_choose_the_register_slots() -> None:
+    definition = json.loads(build_definition(SETTINGS, "rasp3b"))
+    register = all_steps(definition["Steps"])["Register"]["Arguments"]
+    assert [s["Name"] for s in register["AdditionalInferenceSpecifications"]] == ["edge-rasp3b"]
+    with pytest.raises(ValueError, match="unknown Neo target device.*raspberry9"):
+        build_definition(SETTINGS, "rasp3b,raspberry9")
+
+
+def test_code_is_content_addressed(definition: dict[str, Any], tmp_path: Path) -> None:
+    bundle = CodeBundle("robocar-data-123456789012", "robocar")
+    assert re.fullmatch(CODE_URI, bundle.uri)
+    assert "processing/preprocess.py" in bundle.files and "edge/frames.py" in bundle.files
+    # Another tree with one byte changed gets another address.
+    for name, data in bundle.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    assert CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path).sha256 == bundle.sha256
+    (tmp_path / "edge" / "frames.py").write_bytes(bundle.files["edge/frames.py"] + b"\n")
+    assert CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path).sha256 != bundle.sha256
+    assert (
+        bundle.sourcedir == CodeBundle("robocar-data-123456789012", "robocar").sourcedir
+    )  # tarball is stable
+
+
+def normalised_for_golden(text: str) -> str:
+    return re.sub(r"/code/[0-9a-f]{64}/", "/code/<sha256>/", text)
+
+
+def test_golden_definition(text: str) -> None:
+    """The whole definition, byte for byte (the code hash abstracted). Regenerate: UPDATE_GOLDEN=1."""
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(normalised_for_golden(text))
+    assert normalised_for_golden(text) == GOLDEN.read_text()
+
+
+def test_definition_command_is_offline_and_byte_identical(offline_subprocess_env: dict[str, str]) -> None:
+    """`robocar pipeline definition` twice, in fresh processes with fake credentials and no network."""
+    command = [sys.executable, "-m", "pipelines.cli", "pipeline", "definition"]
+    runs = [
+        subprocess.run(command, cwd=REPO, env=offline_subprocess_env, capture_output=True, timeout=300)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr.decode()[-2000:]
+        assert run.stderr == b""  # no SDK chatter, no warnings
+    assert runs[0].stdout == runs[1].stdout
+    assert json.loads(runs[0].stdout)["Version"] == "2020-12-01"
