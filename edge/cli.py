@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+DEFAULT_WORKSPACE = ".robocar"  # where the local pipeline keeps its S3 folder and registry
 DEFAULT_ROOT = ".robocar/car"
 DEFAULT_GROUP = "robocar-pilots"
 DEFAULT_TARGET = "rasp4b"
@@ -47,8 +48,13 @@ def _add_registry(parser: argparse.ArgumentParser) -> None:
         help=f"this car's edge target (Neo device name); env ROBOCAR_EDGE_TARGET (default: {DEFAULT_TARGET})",
     )  # fmt: skip
     group.add_argument(
-        "--local-root", default=_env("ROBOCAR_LOCAL_ROOT"),
-        help="use the local registry and S3 folder of this workspace, not AWS; env ROBOCAR_LOCAL_ROOT",
+        "--local-root", "--workspace", dest="local_root", default=None,
+        help=f"the local workspace whose registry and S3 folder to use; env ROBOCAR_LOCAL_ROOT "
+        f"(default: ./{DEFAULT_WORKSPACE} unless --aws)",
+    )  # fmt: skip
+    group.add_argument(
+        "--aws", action="store_true",
+        help="use AWS (boto3) instead of the local workspace; env ROBOCAR_EDGE_REGISTRY=aws",
     )  # fmt: skip
     group.add_argument("--region", default=_env("ROBOCAR_REGION") or _env("AWS_REGION"), help="AWS region")
     group.add_argument(
@@ -217,18 +223,43 @@ def _setup_logging(quiet: bool) -> None:
     )
 
 
-def _clients(args: argparse.Namespace) -> Any:
+def registry_location(args: argparse.Namespace) -> Path | None:
+    """The local workspace to use, or None for AWS. Local is the project's default (DESIGN.md).
+
+    Order: --local-root; --aws or --endpoint-url; $ROBOCAR_LOCAL_ROOT; $ROBOCAR_EDGE_REGISTRY=aws;
+    else ./.robocar, the workspace the local pipeline writes.
+    """
+    from edge.agent import AgentError
+
+    env_root = _env("ROBOCAR_LOCAL_ROOT")
+    if args.local_root:
+        return Path(args.local_root)
+    if args.aws or args.endpoint_url:
+        if env_root:
+            raise AgentError(f"ROBOCAR_LOCAL_ROOT={env_root} selects the local registry: unset it to use AWS")
+        return None
+    if env_root:
+        return Path(env_root)
+    registry = (_env("ROBOCAR_EDGE_REGISTRY", "local") or "local").lower()
+    if registry not in ("local", "aws"):
+        raise AgentError(f"ROBOCAR_EDGE_REGISTRY must be 'local' or 'aws', got {registry!r}")
+    return Path(DEFAULT_WORKSPACE) if registry == "local" else None
+
+
+def _clients(args: argparse.Namespace, root: Path | None = None) -> Any:
     from edge.aws import clients
 
-    return clients(local_root=args.local_root, region=args.region, endpoint_url=args.endpoint_url)
+    root = root or registry_location(args)
+    return clients(local_root=root, region=args.region, endpoint_url=None if root else args.endpoint_url)
 
 
 def _agent(args: argparse.Namespace) -> Any:
     """The agent with registry clients; a registry that cannot even be set up counts as offline."""
     from edge.agent import Agent
 
+    location = registry_location(args)  # contradictory settings are an error, not "offline"
     try:
-        aws = _clients(args)
+        aws = _clients(args, location)
         sagemaker, s3 = aws.sagemaker, aws.s3
     except Exception as exc:  # e.g. boto3 missing on a local-only car: the car still drives
         logging.getLogger("robocar.edge").warning("no registry client (%s): driving offline", exc)

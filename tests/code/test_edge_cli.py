@@ -137,3 +137,28 @@ def test_clear_errors(tmp_path, capsys):
     artifacts.safe_extract(archive, tmp_path / "model")
     assert edge_main(["run", "--model", str(tmp_path / "model"), "--source", str(tmp_path / "nope")]) == 2
     assert "robocar edge: error: frame source" in capsys.readouterr().err
+
+
+def test_registry_choice_defaults_to_the_local_workspace(monkeypatch, capsys):
+    from edge.agent import AgentError
+    from edge.cli import build_parser, registry_location
+
+    for name in ("ROBOCAR_LOCAL_ROOT", "ROBOCAR_EDGE_REGISTRY", "ROBOCAR_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def where(*flags: str):
+        return registry_location(build_parser().parse_args(["pull", *flags]))
+
+    assert where() == Path(".robocar")
+    assert where("--workspace", "/ws") == Path("/ws")
+    assert where("--aws") is None and where("--endpoint-url", "http://127.0.0.1:5000") is None
+    monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "aws")
+    assert where() is None
+    monkeypatch.setenv("ROBOCAR_LOCAL_ROOT", "/env-ws")
+    assert where() == Path("/env-ws")
+    with pytest.raises(AgentError, match="unset it to use AWS"):
+        where("--aws")
+    monkeypatch.delenv("ROBOCAR_LOCAL_ROOT")
+    monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "cloud")
+    assert edge_main(["pull", "--root", "/nonexistent/car"]) == 2
+    assert "must be 'local' or 'aws'" in capsys.readouterr().err

@@ -69,7 +69,9 @@ def expected_recipe(arn: str) -> dict:
 
 
 def run_cli(*argv: str) -> int:
-    return cli.main(["component", "--region", "us-east-1", "--group", GROUP, "--target", TARGET, *argv])
+    return cli.main(
+        ["component", "--aws", "--region", "us-east-1", "--group", GROUP, "--target", TARGET, *argv]
+    )
 
 
 def test_creates_component_version_with_exact_request(package, greengrass, capsys):
@@ -130,12 +132,7 @@ def test_unapproved_package_is_refused(package, greengrass, capsys):
 
 def test_no_artifact_for_target_is_refused(package, greengrass, capsys):
     arn, _ = package
-    assert (
-        cli.main(
-            ["component", "--region", "us-east-1", "--target", "jetson_nano", "--model-package-arn", arn]
-        )
-        == 2
-    )
+    assert run_cli("--target", "jetson_nano", "--model-package-arn", arn) == 2
     assert "no artifact for target 'jetson_nano'" in capsys.readouterr().err
 
 
@@ -155,6 +152,7 @@ def test_recipe_environment_is_what_the_cli_reads(monkeypatch):
         "ROBOCAR_MQTT_PORT": ("mqtt_port", "8883"),
         "ROBOCAR_MQTT_TOPIC": ("mqtt_topic", "cars/7"),
     }
+    assert setenv.pop("ROBOCAR_EDGE_REGISTRY") == "aws", "cars in the field use AWS, not a local workspace"
     assert set(setenv) == set(expected)
     for name, (_, value) in expected.items():
         monkeypatch.setenv(name, value)
