@@ -11,8 +11,10 @@ What is measured, all in the same run on the same frames:
   VNNI where the CPU has it) on the same shape. Limit fps = peak multiply-adds/s / the pilot's
   multiply-adds per frame (counted from the ONNX graph: 47.8 M for donkeycar's linear pilot).
 
-Each timing is the best of ``--repeats`` rounds of ``--seconds`` (the machine is shared: the best
-round is the least disturbed one); latency percentiles come from that round. Ratios are printed
+Timing runs pinned to one CPU (``sched_setaffinity``; the donkeycar child inherits it). Rounds
+interleave the peak and every artifact so all see the same machine load; each figure is the best of
+``--repeats`` rounds of ``--seconds`` (the machine is shared: the best round is the least disturbed
+one); latency percentiles come from that round. Ratios are printed
 against the baselines measured in the same run, never against remembered numbers.
 
 Usage: ``python benchmarks/edge.py`` (builds a donkeycar pilot with fixed synthetic weights and
@@ -87,6 +89,16 @@ def measure(
 
 
 # ------------------------------------------------------------------------- the machine's limit
+
+
+def pin_to_one_cpu() -> int | None:
+    """One core enforced, not assumed: helper threads of a runtime (and the donkeycar child, which
+    inherits the mask) cannot borrow a second CPU. Returns the CPU, or None where affinity is unsupported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 def _ort_session(model: Any) -> Any:
@@ -360,6 +372,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         onnx_fp32 = package / "pilot_float32.onnx"
         macs = count_macs(onnx_fp32) if onnx_fp32.is_file() else DONKEYCAR_MACS
 
+        pin_to_one_cpu()
         pilots = {}
         for artifact in manifest["artifacts"]:
             if runtimes.runtime_available(artifact["runtime"]):
