@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     watch.add_argument("--once", action="store_true", help="poll once and exit (for scripts and tests)")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
+    watch.add_argument(
+        "--settle", type=float, default=2.0,
+        help="a tub starts the pipeline once its files are this many seconds old (default: 2)",
+    )  # fmt: skip
     watch.add_argument("--edge-target", default="rasp4b", help="the cars' artifact target (default: rasp4b)")
     watch.add_argument("--component-name", default="com.robocar.Pilot", help="Greengrass component name")
     watch.add_argument(
@@ -51,8 +55,8 @@ def _watch(args: argparse.Namespace) -> int:
     from pipelines.commands.run import Progress
     from pipelines.local.trigger import TriggerConfig, watch
 
-    if args.interval <= 0:
-        return _fail("--interval must be a positive number of seconds")
+    if args.interval <= 0 or args.settle < 0:
+        return _fail("--interval must be positive and --settle not negative (seconds)")
     try:
         settings = settings_mod.resolve(args, use_examples=True)  # local: no real role or bucket needed
         config = TriggerConfig(

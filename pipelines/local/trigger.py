@@ -66,6 +66,7 @@ class PollReport:
     not_matched: int = 0  # objects the "new data" rule ignores (images, catalogs, ...)
     rollouts: list[dict[str, Any]] = field(default_factory=list)
     package_events: int = 0
+    deferred: int = 0  # matching objects still being written (see ``settle_s``)
 
     def lines(self) -> Iterator[str]:
         for run in self.started:
@@ -288,19 +289,30 @@ def poll_once(
     sagemaker: Any,
     config: TriggerConfig,
     unchanged: dict[str, tuple[int, int]] | None = None,
+    *,
+    settle_s: float = 0.0,
 ) -> PollReport:
     """One pass over both rules; executions run to the end before this returns (local executor).
 
     ``unchanged`` (kept by ``watch`` between polls) remembers each handled object's (mtime, size), so
     an object seen before is not turned into an event again; the state file is what dedupes deliveries.
+    ``settle_s``: a matching object is delivered once it, and for a tub's ``manifest.json`` every file
+    of the tub, is that many seconds old; a tub still being copied in (``cp -r`` writes in directory
+    order, not manifest last) is deferred to a later poll instead of starting on half the images.
     """
     root = Path(root)
     report = PollReport()
     is_new_data = event_pattern.matcher(events.new_data_pattern(config.bucket, config.raw_prefix))
-    for mtime_ns, size, key in raw_objects(s3, config):
+    objects = raw_objects(s3, config)
+    newest = _newest_in_tub(objects)
+    settled_before = time.time_ns() - int(settle_s * 1e9)
+    for mtime_ns, size, key in objects:
         if unchanged is not None and unchanged.get(key) == (mtime_ns, size):
             continue
         if is_new_data(_object_event(config, key, size, mtime_ns, etag="")):
+            if max(mtime_ns, newest.get(key, 0)) > settled_before:
+                report.deferred += 1
+                continue
             etag = s3.head_object(Bucket=config.bucket, Key=key)["ETag"].strip('"')
             start_for_new_data(
                 _object_event(config, key, size, mtime_ns, etag=etag), root, sagemaker, config, report
@@ -313,6 +325,20 @@ def poll_once(
     return report
 
 
+def _newest_in_tub(objects: list[tuple[int, int, str]]) -> dict[str, int]:
+    """For each ``<tub>/manifest.json`` key: the newest modification time of any file of that tub."""
+    marker = f"/{events.TUB_MARKER}"
+    tubs = {key.removesuffix(marker): key for _, _, key in objects if key.endswith(marker)}
+    newest: dict[str, int] = {}
+    for mtime_ns, _, key in objects:
+        folder = key
+        while "/" in folder:
+            folder = folder.rsplit("/", 1)[0]
+            if folder in tubs:
+                newest[tubs[folder]] = max(newest.get(tubs[folder], 0), mtime_ns)
+    return newest
+
+
 def watch(
     root: Path,
     s3: Any,
@@ -321,17 +347,21 @@ def watch(
     *,
     interval_s: float,
     once: bool,
+    settle_s: float = 2.0,
     emit: Callable[[str], None] = print,
     stop: Callable[[], bool] = lambda: False,
 ) -> PollReport:
-    """Poll every ``interval_s`` seconds (or once); prints one line per started execution or rollout."""
+    """Poll every ``interval_s`` seconds, or once (waiting for tubs still being copied in to settle).
+
+    Prints one line per started execution or rollout; returns the totals.
+    """
     total, unchanged = PollReport(), {}
     emit(
         f"watching s3://{config.bucket}/{config.raw_prefix} (local: {Path(root) / 's3' / config.bucket}) "
         f"and model package group {config.model_package_group}"
     )
     while True:
-        report = poll_once(root, s3, sagemaker, config, unchanged)
+        report = poll_once(root, s3, sagemaker, config, unchanged, settle_s=settle_s)
         for line in report.lines():
             emit(line)
         total.started += report.started
@@ -339,6 +369,10 @@ def watch(
         total.duplicates += report.duplicates
         total.not_matched += report.not_matched
         total.package_events += report.package_events
+        if once and report.deferred:
+            emit(f"{report.deferred} tub(s) still being written: waiting {settle_s:g}s for them to settle")
+            time.sleep(settle_s)
+            continue
         if once or stop():
             return total
         time.sleep(interval_s)

@@ -112,8 +112,8 @@ def test_a_rewritten_tub_is_new_data(workspace: Path) -> None:
     upload_tub(s3, "tub_3")
     poll_once(workspace, s3, sagemaker, CONFIG)
     manifest = s3.uri_to_path(f"s3://{BUCKET}/{RAW}tub_3/manifest.json")
-    later = manifest.stat().st_mtime + 10
-    os.utime(manifest, (later, later))  # uploaded again: S3 sends a new event with a new sequencer
+    rewritten = manifest.stat().st_mtime - 10  # another modification time (in the past: settled)
+    os.utime(manifest, (rewritten, rewritten))  # uploaded again: S3 sends a new event with a new sequencer
     report = poll_once(workspace, s3, sagemaker, CONFIG)
     assert len(report.started) == 1 and len(sagemaker.starts) == 2
 
@@ -236,6 +236,20 @@ def test_the_watcher_skips_unchanged_objects_but_sees_rewritten_ones(workspace: 
     assert (len(first.started), first.not_matched) == (1, 3)
     assert (again.started, again.not_matched, again.duplicates) == ([], 0, 0)  # nothing was looked at
     manifest = s3.uri_to_path(f"s3://{BUCKET}/{RAW}tub_7/manifest.json")
-    later = manifest.stat().st_mtime + 10
-    os.utime(manifest, (later, later))
+    rewritten = manifest.stat().st_mtime - 10  # another modification time (in the past: settled)
+    os.utime(manifest, (rewritten, rewritten))
     assert len(poll_once(workspace, s3, sagemaker, CONFIG, unchanged).started) == 1
+
+
+def test_a_tub_still_being_copied_in_waits_until_it_has_settled(workspace: Path) -> None:
+    s3, sagemaker = LocalS3Client(workspace), RecordingSageMaker(LocalSageMakerClient(workspace))
+    upload_tub(s3, "tub_8")
+    old = time.time() - 60
+    for path in s3.uri_to_path(f"s3://{BUCKET}/{RAW}tub_8/").rglob("*"):
+        os.utime(path, (old, old))
+    image = s3.uri_to_path(f"s3://{BUCKET}/{RAW}tub_8/images/0_cam_image_array_.jpg")
+    os.utime(image, None)  # one image still arriving, after the manifest
+    waiting = poll_once(workspace, s3, sagemaker, CONFIG, settle_s=30)
+    assert (waiting.started, waiting.deferred) == ([], 1)
+    os.utime(image, (old, old))
+    assert len(poll_once(workspace, s3, sagemaker, CONFIG, settle_s=30).started) == 1
