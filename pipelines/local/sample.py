@@ -1,7 +1,8 @@
 """A small pipeline of trivial scripts shaped like the robocar pipeline, for the tests and the benchmark.
 
 Preprocess (Processing) -> Train (Training, script mode) -> Evaluate (Processing, property file) ->
-CheckQuality (Condition) -> Register (RegisterModel) | QualityTooLow (Fail). The definition is written
+CheckQuality (Condition) -> [CompileForEdge (Processing) -> Register (RegisterModel)] | QualityTooLow
+(Fail). The definition is written
 in the published format exactly as sagemaker v3 emits it, so the executor's tests and its overhead
 benchmark need neither the SDK nor TensorFlow, and each script takes milliseconds.
 """
@@ -25,7 +26,7 @@ PROCESSING_SCRIPT = r"""
 import argparse, json, os, pathlib, signal, sys, time
 
 parser = argparse.ArgumentParser()
-parser.add_argument("task", choices=["preprocess", "evaluate"])
+parser.add_argument("task", choices=["preprocess", "evaluate", "compile"])
 parser.add_argument("--input", required=True)
 parser.add_argument("--output", required=True)
 parser.add_argument("--mae", type=float, default=0.1)
@@ -48,6 +49,13 @@ if args.task == "preprocess":
     for split in ("train", "test"):
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / split / "frames.json").write_text(json.dumps({"split": split, "records": names}))
+elif args.task == "compile":
+    import hashlib
+    artifact = out / "rasp4b" / "model.tar.gz"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(pathlib.Path(args.input, "model.tar.gz").read_bytes())
+    sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    (out / "compiled.json").write_text(json.dumps({"targets": {"rasp4b": {"sha256": sha256}}}))
 else:
     model = sorted(os.listdir(args.input))
     (out / "evaluation.json").write_text(json.dumps({
@@ -239,6 +247,26 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
     evaluate["PropertyFiles"] = [
         {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
     ]
+    compile_ = _processing(
+        "CompileForEdge",
+        "compile",
+        [
+            _processing_input(
+                "model", _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"), "/opt/ml/processing/model"
+            )
+        ],
+        [_processing_output("compiled", "/opt/ml/processing/compiled", f"{prefix}/edge")],
+        ["--input", "/opt/ml/processing/model", "--output", "/opt/ml/processing/compiled"],
+    )
+    compile_["PropertyFiles"] = [
+        {"PropertyFileName": "CompiledArtifacts", "OutputName": "compiled", "FilePath": "compiled.json"}
+    ]
+    sha256 = {
+        "Std:JsonGet": {
+            "PropertyFile": _get("Steps.CompileForEdge.PropertyFiles.CompiledArtifacts"),
+            "Path": "targets.rasp4b.sha256",
+        }
+    }
     mae = {
         "Std:JsonGet": {
             "PropertyFile": _get("Steps.Evaluate.PropertyFiles.EvaluationReport"),
@@ -250,7 +278,11 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
         "Type": "RegisterModel",
         "Arguments": {
             "ModelPackageGroupName": GROUP,
-            "CustomerMetadataProperties": {"angle_mae": mae, "source": "sample"},
+            "CustomerMetadataProperties": {
+                "angle_mae": mae,
+                "source": "sample",
+                "edge:rasp4b:sha256": sha256,
+            },
             "InferenceSpecification": {
                 "Containers": [
                     {
@@ -274,6 +306,7 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "ModelApprovalStatus": _get("Parameters.ModelApprovalStatus"),
             "SkipModelValidation": "None",
         },
+        "DependsOn": ["CompileForEdge"],
     }
     fail = {
         "Name": "QualityTooLow",
@@ -294,7 +327,7 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "Conditions": [
                 {"Type": "LessThanOrEqualTo", "LeftValue": mae, "RightValue": _get("Parameters.MaeThreshold")}
             ],
-            "IfSteps": [register],
+            "IfSteps": [compile_, register],
             "ElseSteps": [fail],
         },
     }

@@ -39,7 +39,14 @@ def s3_path(workspace: Path, uri: str) -> Path:
 def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
     execution, events = run(workspace, {"Epochs": "3", "ModelApprovalStatus": "Approved"})
     assert execution.status == "Succeeded", execution.failure_reason
-    assert list(execution.steps) == ["Preprocess", "Train", "Evaluate", "CheckQuality", "Register"]
+    assert list(execution.steps) == [
+        "Preprocess",
+        "Train",
+        "Evaluate",
+        "CheckQuality",
+        "CompileForEdge",
+        "Register",
+    ]
     assert execution.steps["CheckQuality"].outcome == "True"
     assert "QualityTooLow" not in execution.steps  # the branch not taken does not run
 
@@ -66,7 +73,12 @@ def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
     package = registry.describe_model_package(ModelPackageName=arn)
     assert package["ModelApprovalStatus"] == "Approved"
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
-    assert package["CustomerMetadataProperties"] == {"angle_mae": "0.1", "source": "sample"}
+    compiled = json.loads((workspace / "s3/sample-bucket/sample/edge/compiled.json").read_text())
+    assert package["CustomerMetadataProperties"] == {
+        "angle_mae": "0.1",
+        "source": "sample",
+        "edge:rasp4b:sha256": compiled["targets"]["rasp4b"]["sha256"],
+    }
     assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
         "/evaluation/evaluation.json"
     )
