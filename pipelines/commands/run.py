@@ -67,9 +67,13 @@ def _fail(message: str) -> int:
 class Progress:
     """One line per step start and end; a failing step's log tail, indented."""
 
-    def __init__(self, stream: Any = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: Any = None) -> None:
+        self._stream = stream
         self.started = time.perf_counter()
+
+    @property
+    def stream(self) -> Any:
+        return self._stream or sys.stdout  # looked up late: stdout may be redirected after construction
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
