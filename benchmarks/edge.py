@@ -59,7 +59,12 @@ GOALS = {"x_donkeycar": 10.0, "int8_of_limit": 0.5, "int8_angle_error": 0.03, "f
 def measure(
     fn: Callable[[np.ndarray], Any], frames: np.ndarray, seconds: float, repeats: int
 ) -> dict[str, float]:
-    """Best-of-``repeats`` throughput of ``fn(frame)`` cycling over frames; latency from the best round."""
+    """Latency of ``fn(frame)`` cycling over frames, best of ``repeats`` rounds of ``seconds``.
+
+    ``fps`` is 1 / median latency: at batch 1 that is the pilot's frame rate, and the median ignores
+    the calls during which the shared machine's scheduler ran someone else (the peak matmuls are
+    timed best-of for the same reason). ``fps_wall`` (calls / elapsed) includes those interruptions.
+    """
     for i in range(min(50, 10 * len(frames))):  # warm-up: caches, lazy allocations, CPU clocks
         fn(frames[i % len(frames)])
     best: dict[str, float] = {}
@@ -76,12 +81,13 @@ def measure(
             now = time.perf_counter_ns()
             latencies.append(now - t0)
             i += 1
-        fps = i / ((now - started) / 1e9)
-        if fps > best.get("fps", 0.0):
-            ordered = np.sort(np.asarray(latencies)) / 1e6
+        ordered = np.sort(np.asarray(latencies)) / 1e6
+        median = float(np.median(ordered))
+        if median < best.get("median_ms", float("inf")):
             best = {
-                "fps": fps,
-                "median_ms": float(np.median(ordered)),
+                "fps": 1000.0 / median,
+                "fps_wall": i / ((now - started) / 1e9),
+                "median_ms": median,
                 "p99_ms": float(ordered[int(0.99 * (len(ordered) - 1))]),
                 "calls": i,
             }
@@ -466,6 +472,10 @@ def verdicts(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _timing(row: dict[str, Any]) -> str:
+    return f"{row['fps']:8,.0f} {row['fps_wall']:9,.0f} {row['median_ms']:10.3f} {row['p99_ms']:8.3f}"
+
+
 def print_report(report: dict[str, Any]) -> None:
     macs = report["macs_per_frame"]
     print(
@@ -475,23 +485,19 @@ def print_report(report: dict[str, Any]) -> None:
     for kind, methods in report["peak_gmacs"].items():
         detail = ", ".join(f"{name} {value:.1f}" for name, value in methods.items())
         print(f"limit {kind:7s}: {report['limit_fps'][kind]:8,.0f} fps  (peak G multiply-adds/s: {detail})")
-    header = (
-        f"{'artifact':22s} {'runtime':12s} {'fps':>8s} {'median ms':>10s} {'p99 ms':>8s} {'of limit':>9s}"
+    print(
+        f"\n{'artifact':22s} {'runtime':12s} {'fps':>8s} {'wall fps':>9s} {'median ms':>10s} {'p99 ms':>8s} "
+        f"{'of limit':>9s} {'x donkeycar':>12s} {'angle err':>10s}"
     )
-    print(f"\n{header} {'x donkeycar':>12s} {'angle err':>10s}")
     for r in report["artifacts"]:
         x = f"{r['x_donkeycar']:.1f}x" if r["x_donkeycar"] is not None else "-"
-        print(
-            f"{r['file']:22s} {r['runtime']:12s} {r['fps']:8,.0f} {r['median_ms']:10.3f} {r['p99_ms']:8.3f} "
-            f"{r['of_limit']:9.0%} {x:>12s} {r['angle_error']:10.4f}"
-        )
+        name = f"{r['file']:22s} {r['runtime']:12s}"
+        print(f"{name} {_timing(r)} {r['of_limit']:9.0%} {x:>12s} {r['angle_error']:10.4f}")
     donkey = report["donkeycar"]
     if donkey:
-        print(
-            f"{'donkeycar KerasLinear':22s} {'tflite (TF)':12s} {donkey['fps']:8,.0f} "
-            f"{donkey['median_ms']:10.3f} "
-            f"{donkey['p99_ms']:8.3f} {donkey['fps'] / report['limit_fps']['float32']:9.0%} {'1.0x':>12s}"
-        )
+        of_limit = donkey["fps"] / report["limit_fps"]["float32"]
+        name = f"{'donkeycar KerasLinear':22s} {'TfLite (TF)':12s}"
+        print(f"{name} {_timing(donkey)} {of_limit:9.0%} {'1.0x':>12s}")
     print(f"\n{report['donkeycar_note']}")
     for line in verdicts(report):
         print(line)
