@@ -315,7 +315,10 @@ def _run(args: argparse.Namespace) -> int:
         car = _agent(args)
         model_path = car.current_link
         if not args.no_pull:
-            car.check()
+            try:
+                car.check()
+            except agent_mod.AgentError as exc:  # e.g. a corrupt state.json: still drive what is installed
+                log.warning("check failed (%s); driving with the installed model", exc)
         if args.interval > 0:
             poller = threading.Thread(
                 target=agent_mod.poll, args=(car, args.interval), kwargs={"stop": stop.is_set}, daemon=True

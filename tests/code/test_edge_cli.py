@@ -162,3 +162,18 @@ def test_registry_choice_defaults_to_the_local_workspace(monkeypatch, capsys):
     monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "cloud")
     assert edge_main(["pull", "--root", "/nonexistent/car"]) == 2
     assert "must be 'local' or 'aws'" in capsys.readouterr().err
+
+
+def test_corrupt_state_does_not_stop_the_car(workspace, capsys):
+    tmp_path, aws = workspace
+    register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
+    assert pull(tmp_path) == 0
+    (tmp_path / "car" / "state.json").write_text("{not json")
+    assert pull(tmp_path) == 2
+    assert "move it aside" in capsys.readouterr().err
+    code = edge_main(
+        ["run", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
+         "--source", str(TUB_V2), "--max-frames", "2", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    assert "drove 2 frames" in capsys.readouterr().out
