@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
-from pipelines.local import run_local, sample
 from pipelines.control import quiet_sdk
+from pipelines.local import run_local, sample
 from pipelines.offline import pipeline_session
 
 ROLE = "arn:aws:iam::123456789012:role/sample"
