@@ -17,6 +17,7 @@ from pipelines.control import quiet_sdk
 from pipelines.local import run_local, sample
 from pipelines.offline import pipeline_session
 
+pytestmark = pytest.mark.filterwarnings("ignore:Running within a PipelineSession")
 ROLE = "arn:aws:iam::123456789012:role/sample"
 CODE = f"s3://{sample.BUCKET}/{sample.CODE_PREFIX}"
 
