@@ -23,3 +23,6 @@ def register_all(sub: argparse._SubParsersAction) -> None:
 
     run.register(sub)
     registry.register(sub)
+    from pipelines.commands import demo
+
+    demo.register(sub)

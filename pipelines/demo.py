@@ -1,0 +1,201 @@
+"""The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives.
+
+Each stage runs the very command a user would type (echoed as ``$ robocar ...``), so the demo is also
+the tutorial. The summary at the end is read back from what the stages wrote: the data report, the
+evaluation, the registry, the compiled artifacts and the car's drive log.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import EXAMPLE_VALUES
+
+DEFAULT_WORKSPACE = Path(".robocar/demo")
+PIPELINE_NAME = "robocar-pipeline"
+GROUP = "robocar-pilots"
+PREFIX = "robocar"
+EDGE_TARGET = "rasp4b"
+EDGE_ARTIFACT = "litert-int8"
+
+
+class DemoError(RuntimeError):
+    """A stage failed; the message says which and where its log is."""
+
+
+@dataclass
+class DemoConfig:
+    workspace: Path = DEFAULT_WORKSPACE
+    frames: int = 5000
+    sessions: int = 6
+    seed: int = 7
+    epochs: int = 12
+    drive_frames: int = 1000
+    parameters: Sequence[str] = field(default_factory=tuple)
+
+
+def _settings_flags() -> list[str]:
+    where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": PIPELINE_NAME, "model-package-group": GROUP}
+    return [token for key, value in where.items() for token in (f"--{key}", value)]
+
+
+def robocar(*argv: str | Path, main: Callable[[list[str]], int] | None = None) -> None:
+    """Run one ``robocar`` command in this process, echoed first; a non-zero exit stops the demo."""
+    from pipelines.cli import main as cli_main
+
+    args = [str(a) for a in argv]
+    print(f"\n$ robocar {shlex.join(args)}", flush=True)
+    code = (main or cli_main)(args)
+    if code != 0:
+        raise DemoError(f"`robocar {args[0]} {args[1] if len(args) > 1 else ''}` exited with status {code}")
+
+
+def _s3_json(s3: Any, uri: str) -> dict[str, Any]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _metric(metrics: dict[str, Any] | None, name: str) -> float | None:
+    value = (metrics or {}).get(name)
+    return None if value is None else float(value["value"] if isinstance(value, dict) else value)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def newest_package(sagemaker: Any, status: str | None = None) -> dict[str, Any] | None:
+    kwargs: dict[str, Any] = {
+        "ModelPackageGroupName": GROUP,
+        "SortBy": "CreationTime",
+        "SortOrder": "Descending",
+    }
+    if status:
+        kwargs["ModelApprovalStatus"] = status
+    summaries = sagemaker.list_model_packages(**kwargs)["ModelPackageSummaryList"]
+    return (
+        sagemaker.describe_model_package(ModelPackageName=summaries[0]["ModelPackageArn"])
+        if summaries
+        else None
+    )
+
+
+def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> str:
+    """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s."""
+    from edge.aws import clients
+
+    aws = clients(local_root=str(workspace))
+    base = f"s3://{EXAMPLE_VALUES['bucket']}/{PREFIX}"
+    data = _s3_json(aws.s3, f"{base}/preprocess/report/data_report.json")
+    evaluation = _s3_json(aws.s3, f"{base}/evaluate/evaluation/evaluation.json")
+    compiled = _s3_json(aws.s3, f"{base}/edge/compiled/compiled.json")
+    package = newest_package(aws.sagemaker)
+    total = data["total"]
+    lines = ["", "=" * 78, "robocar demo: summary", "=" * 78]
+    lines.append(
+        f"data      {total['read']} records read: {total['accepted']} accepted, "
+        f"{total['rejected']} rejected, "
+        f"{total['deleted']} deleted ({len(data['tubs'])} tub(s))"
+    )
+    model = evaluation["regression_metrics"]
+    baseline = evaluation.get("baseline", {}).get("regression_metrics", evaluation.get("baseline", {}))
+    champion = evaluation.get("champion")
+    lines.append(
+        f"metrics   on {evaluation.get('test_frames', '?')} test frames       model    baseline  champion"
+    )
+    champion_metrics = (champion or {}).get("regression_metrics")
+    for name in ("angle_mae", "angle_rmse", "throttle_mae", "angle_r2"):
+        lines.append(
+            f"          {name:<24} {_fmt(_metric(model, name)):>8} {_fmt(_metric(baseline, name)):>10} "
+            f"{_fmt(_metric(champion_metrics, name)):>9}"
+        )
+    mae, base_mae = _metric(model, "angle_mae"), _metric(baseline, "angle_mae")
+    if mae is not None and base_mae:
+        lines.append(f"          angle MAE is {100 * mae / base_mae:.1f}% of the constant baseline's")
+    if package:
+        lines.append(f"package   {package['ModelPackageArn']}")
+        lines.append(f"          status {package['ModelApprovalStatus']}")
+    lines.append("artifacts")
+    for target, entry in sorted(compiled["targets"].items()):
+        lines.append(
+            f"          {target:<12} model.tar.gz {_human_bytes(int(entry['size_bytes'])):>10}  "
+            f"sha256 {entry['sha256'][:16]}...  runtimes: {', '.join(entry.get('runtimes', []))}"
+        )
+    if drive_summary:
+        lines.append(
+            f"car       drove {drive_summary.get('frames')} frames with "
+            f"{drive_summary.get('artifact', '?')}: "
+            f"{drive_summary.get('fps', 0):.0f} frames/s, p50 latency "
+            f"{drive_summary.get('latency_ms', {}).get('p50', 0):.2f} ms"
+        )
+    executions = sorted(
+        (workspace / "executions" / PIPELINE_NAME).glob("*/report.html"), key=lambda p: p.stat().st_mtime
+    )
+    if executions:
+        lines.append(f"report    {executions[-1]}")
+    lines.append(f"time      {wall_s:.0f} s in all")
+    return "\n".join(lines)
+
+
+def run_demo(config: DemoConfig) -> int:
+    started = time.monotonic()
+    workspace = config.workspace.resolve()
+    tubs = workspace / "tubs"
+    tub = tubs / f"synth-{config.frames}-s{config.seed}"
+    flags = _settings_flags()
+    print(f"robocar demo: the whole pipeline locally in {workspace} (no AWS account, no Docker)")
+    if not tub.exists():
+        synth = [
+            "--out",
+            tub,
+            "--frames",
+            config.frames,
+            "--sessions",
+            config.sessions,
+            "--seed",
+            config.seed,
+        ]
+        robocar("data", "synth", *synth)
+    else:
+        print(f"\nsynthetic tubs already in {tub} (delete the workspace to make them anew)")
+    assignments = (f"Epochs={config.epochs}", *config.parameters)
+    params = [token for assignment in assignments for token in ("--param", assignment)]
+    robocar("run", "--local", "--workspace", workspace, "--data", tubs, *params, *flags)
+    registry = ["--workspace", workspace, "--group", GROUP]
+    robocar("registry", "list", *registry)
+    robocar(
+        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
+    )
+    car = workspace / "car"
+    drive_json = workspace / "drive-summary.json"
+    edge = ["--root", car, "--workspace", workspace, "--group", GROUP, "--target", EDGE_TARGET]
+    robocar("edge", "pull", *edge, "--prefer", EDGE_ARTIFACT)
+    drive = ["--no-pull", "--source", f"tub:{tub}", "--max-frames", config.drive_frames]
+    outputs = ["--jsonl", workspace / "drive.jsonl", "--summary-json", drive_json]
+    robocar("edge", "run", *edge, "--prefer", EDGE_ARTIFACT, *drive, *outputs)
+    drive = json.loads(drive_json.read_text()) if drive_json.exists() else {}
+    print(summarise(workspace, drive, time.monotonic() - started))
+    return 0
+
+
+def main(config: DemoConfig) -> int:
+    try:
+        return run_demo(config)
+    except DemoError as exc:
+        print(f"\nrobocar demo: stopped: {exc}", file=sys.stderr)
+        return 1
