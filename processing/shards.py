@@ -7,8 +7,8 @@ same ``fingerprint`` and the output does not depend on the worker count or the t
 
 Speed: a shard is ~118 MB of pixels, and preprocessing must keep up with JPEG decoding, so the writer
 streams each array's buffer straight to the file (a STORED zip written here: local headers, data,
-central directory; no intermediate copies), hashing the bytes as they go, and fills one reused shard
-buffer instead of concatenating chunks.
+central directory; no intermediate copies), hashing the bytes as they go; the images of a shard are
+written chunk by chunk as they arrived, never concatenated.
 Numpy and the standard library only: this runs in the Processing and Training containers.
 """
 
@@ -19,7 +19,7 @@ import io
 import json
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +87,28 @@ def normalise_arrays(arrays: Mapping[str, Any], frame_shape: tuple[int, int, int
     return out
 
 
-def _array_bytes(array: np.ndarray) -> tuple[bytes, memoryview]:
-    """The ``.npy`` header and a zero-copy view of the array's data."""
-    array = np.ascontiguousarray(array)
+def _member_bytes(value: np.ndarray | Sequence[np.ndarray]) -> tuple[bytes, list[memoryview]]:
+    """The ``.npy`` header and zero-copy views of the data of an array, or of row-chunks of one array
+    (written back to back they are the concatenated array's bytes, without concatenating them)."""
+    pieces = [np.ascontiguousarray(p) for p in (value if isinstance(value, list | tuple) else [value])]
+    first = pieces[0]
+    if any(p.dtype != first.dtype or p.shape[1:] != first.shape[1:] for p in pieces):
+        raise ShardError("row-chunks of one array must share dtype and row shape")
+    shape = (sum(len(p) for p in pieces), *first.shape[1:])
     header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-    return header.getvalue(), memoryview(array.reshape(-1).view(np.uint8))
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False, "shape": shape}
+    )
+    return header.getvalue(), [memoryview(p.reshape(-1).view(np.uint8)) for p in pieces if p.size]
 
 
-def write_shard(path: Path, arrays: Mapping[str, np.ndarray], digest: Any | None = None) -> None:
+def write_shard(
+    path: Path, arrays: Mapping[str, np.ndarray | Sequence[np.ndarray]], digest: Any | None = None
+) -> None:
     """Write ``arrays`` as an uncompressed .npz (a STORED zip of ``<name>.npy``), members in name order.
 
-    ``digest`` (a hashlib object) is updated with every byte written, in file order.
+    A value may be a list of row-chunks of one array. ``digest`` (a hashlib object) is updated with
+    every byte written, in file order.
     """
     members: list[tuple[bytes, int, int, int]] = []  # name, crc, size, local header offset
     offset = 0
@@ -111,11 +121,13 @@ def write_shard(path: Path, arrays: Mapping[str, np.ndarray], digest: Any | None
 
         for key in sorted(arrays):
             name = f"{key}.npy".encode()
-            header, data = _array_bytes(arrays[key])
-            size = len(header) + data.nbytes
+            header, data = _member_bytes(arrays[key])
+            size = len(header) + sum(view.nbytes for view in data)
             if size >= 0xFFFFFFFF:
                 raise ShardError(f"array {key!r} is {size} bytes: too large for one shard, lower shard_size")
-            crc = zlib.crc32(data, zlib.crc32(header))
+            crc = zlib.crc32(header)
+            for view in data:
+                crc = zlib.crc32(view, crc)
             local = struct.pack(
                 "<IHHHHHIIIHH",
                 0x04034B50,
@@ -131,7 +143,8 @@ def write_shard(path: Path, arrays: Mapping[str, np.ndarray], digest: Any | None
                 0,
             )
             emit(local + name + header)
-            emit(data)
+            for view in data:
+                emit(view)
             members.append((name, crc, size, offset))
             offset += len(local) + len(name) + size
         central = b"".join(
@@ -185,8 +198,7 @@ class SplitWriter:
         self.split_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.split_dir.glob("shard-*.npz"):  # a rerun into the same folder leaves no old shards
             stale.unlink()
-        self._buffer: np.ndarray | None = None  # one shard of images, reused for every shard
-        self._columns: dict[str, list[np.ndarray]] = {}
+        self._columns: dict[str, list[np.ndarray]] = {}  # row-chunks of the shard being filled
         self._filled = 0
         self._digest = hashlib.sha256()
         self._names: list[str] = []
@@ -194,27 +206,27 @@ class SplitWriter:
         self._sessions: set[str] = set()
 
     def add(self, arrays: Mapping[str, Any]) -> None:
-        """Append frames (the contract's arrays, any length); writes every shard that fills up."""
+        """Append frames (the contract's arrays, any length); writes every shard that fills up.
+
+        The arrays are kept (not copied) until their shard is written: do not modify them afterwards.
+        """
         chunk = normalise_arrays(arrays, self.frame_shape)
         count = len(chunk["images"])
-        if self._buffer is None:
-            self._buffer = np.empty((self.shard_size, *self.frame_shape), dtype=np.uint8)
         start = 0
         while start < count:
             take = min(count - start, self.shard_size - self._filled)
-            self._buffer[self._filled : self._filled + take] = chunk["images"][start : start + take]
             for key, array in chunk.items():
-                if key != "images":
-                    self._columns.setdefault(key, []).append(array[start : start + take])
+                self._columns.setdefault(key, []).append(array[start : start + take])
             self._filled += take
             start += take
             if self._filled == self.shard_size:
                 self._flush()
 
     def _flush(self) -> None:
-        assert self._buffer is not None
-        shard = {key: np.concatenate(parts) for key, parts in self._columns.items()}
-        shard["images"] = self._buffer[: self._filled]
+        shard: dict[str, Any] = {
+            key: np.concatenate(parts) for key, parts in self._columns.items() if key != "images"
+        }
+        shard["images"] = self._columns["images"]  # written chunk by chunk: never concatenated
         name = f"shard-{len(self._names):05d}.npz"
         write_shard(self.split_dir / name, shard, self._digest)
         self._names.append(name)

@@ -190,6 +190,7 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
     report = SourceReport(source.name, "v2")
     paths, deleted, _ = read_v2_manifest(source.path)
     candidates: list[Candidate] = []
+    images_dir = os.path.join(str(source.path), V2_IMAGE_DIR, "")  # string joins: ~10x cheaper than Path
     seen: set[int] = set()
     position = 0
     mismatched = 0
@@ -231,7 +232,7 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
             candidates.append(
                 Candidate(
                     index=index,
-                    image_path=str(source.path / V2_IMAGE_DIR / record["cam/image_array"]),
+                    image_path=images_dir + record["cam/image_array"],
                     session=str(record.get("_session_id", source.name)),
                     timestamp_ms=int(record.get("_timestamp_ms", -1)),
                     angle=float(record["user/angle"]),
@@ -283,7 +284,7 @@ def read_v1_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
         candidates.append(
             Candidate(
                 index=index,
-                image_path=str(source.path / record["cam/image_array"]),
+                image_path=os.path.join(str(source.path), record["cam/image_array"]),
                 session=source.name,  # a v1 tub is one driving session
                 timestamp_ms=start_ms + int(millis) if type(millis) is int else -1,
                 angle=float(record["user/angle"]),
