@@ -239,6 +239,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _registry_failure(exc: Exception, keeping: str) -> tuple[str, str]:
+    """(outcome, detail): ``offline`` when AWS could not be reached, ``registry-error`` when it answered
+    with an error (e.g. no such group, access denied), which retrying will not fix."""
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+    if code:
+        return "registry-error", f"the registry answered {code}: {exc}; {keeping}"
+    return "offline", f"registry unreachable ({type(exc).__name__}: {exc}); {keeping}"
+
+
 def _exclusive(method: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
     """Hold ``root/.lock`` for the call: a ``pull`` by hand and the poller of ``run`` never interleave."""
 
@@ -254,8 +263,11 @@ def _exclusive(method: Callable[..., CheckResult]) -> Callable[..., CheckResult]
 
 @dataclass
 class CheckResult:
-    """What one check did: ``installed``, ``up-to-date``, ``none-approved``, ``offline``, ``refused``,
-    ``rolled-back``; ``model`` is the folder the car drives with afterwards (None when it has none)."""
+    """What one check did.
+
+    ``outcome``: ``installed``, ``up-to-date``, ``none-approved``, ``offline``, ``registry-error``,
+    ``refused`` or ``rolled-back``; ``model``: the folder the car drives with afterwards (None: none).
+    """
 
     outcome: str
     detail: str
@@ -347,10 +359,8 @@ class Agent:
         current = state["current"]
         try:
             candidate = find_newest(self.sagemaker, self.group, self.target, skip=set(state["rejected"]))
-        except Exception as exc:  # whatever the client raises offline, the car keeps its model
-            return self._save(
-                state, "offline", f"registry unreachable, keeping {self._describe(current)}: {exc}"
-            )
+        except Exception as exc:  # whatever the client raises, the car keeps its model
+            return self._save(state, *_registry_failure(exc, f"keeping {self._describe(current)}"))
         if candidate is None:
             return self._save(
                 state,
@@ -366,7 +376,9 @@ class Agent:
         except artifacts.IntegrityError as exc:
             return self._save(state, "refused", f"{exc}; keeping {self._describe(current)}")
         except Exception as exc:
-            return self._save(state, "offline", f"download failed, keeping {self._describe(current)}: {exc}")
+            return self._save(
+                state, *_registry_failure(exc, f"download failed, keeping {self._describe(current)}")
+            )
         return self._install(state, candidate, archive)
 
     @_exclusive

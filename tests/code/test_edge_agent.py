@@ -220,3 +220,18 @@ def test_poll_keeps_checking_after_a_failed_check():
 
     agent_mod.poll(Flaky(), 0.0, stop=lambda: len(calls) >= 3)
     assert len(calls) == 3
+
+
+def test_registry_answering_an_error_is_not_called_offline(tmp_path):
+    from botocore.exceptions import ClientError
+
+    class Denied:
+        def list_model_packages(self, **kwargs):
+            raise ClientError(
+                {"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "ListModelPackages"
+            )
+
+    car = Agent(tmp_path / "car", group=GROUP, target=TARGET, sagemaker=Denied(), s3=None)
+    result = car.check()
+    assert result.outcome == "registry-error"
+    assert "the registry answered AccessDeniedException" in result.detail and result.model is None
