@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
-from pipelines.control import quiet_sdk
 from pipelines.local import run_local, sample
 from pipelines.offline import pipeline_session
 
@@ -24,7 +23,6 @@ CODE = f"s3://{sample.BUCKET}/{sample.CODE_PREFIX}"
 
 def build_definition() -> dict:
     session = pipeline_session("us-east-1", sample.BUCKET)
-    quiet_sdk()
     from sagemaker.core.processing import Processor
     from sagemaker.core.shapes import (
         OutputDataConfig,
