@@ -383,8 +383,19 @@ class Agent:
 
     @_exclusive
     def install_archive(self, archive: Path, candidate: Candidate) -> CheckResult:
-        """Verify and install an archive already on the device (e.g. one Greengrass delivered)."""
+        """Verify and install an archive already on the device (e.g. one Greengrass delivered).
+
+        The component runs this at every start: the package already driven is left alone, and one that
+        was rejected (failed smoke test, rolled back by hand) is not installed again.
+        """
         state = self.load_state()
+        current = state["current"]
+        if current and f"{current['model_package_arn']}#{current['sha256']}" == candidate.key:
+            return self._save(state, "up-to-date", f"driving with {self._describe(current)}")
+        if candidate.key in state["rejected"]:
+            reason = state["rejected"][candidate.key]["reason"]
+            detail = f"{candidate.model_package_arn} was rejected before ({reason})"
+            return self._save(state, "refused", f"{detail}; keeping {self._describe(current)}")
         try:
             artifacts.verify_file(archive, candidate.sha256)
         except artifacts.IntegrityError as exc:

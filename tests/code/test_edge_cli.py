@@ -98,7 +98,23 @@ def test_install_archive_delivered_by_greengrass(tmp_path, capsys):
     common = ["pull", "--root", str(tmp_path / "car"), "--archive", str(archive), "--model-package-arn", arn]
     assert edge_main([*common, "--sha256", "0" * 64]) == 1
     assert "SHA-256 mismatch" in capsys.readouterr().out
-    assert edge_main([*common, "--sha256", hashlib.sha256(archive.read_bytes()).hexdigest()]) == 0
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert edge_main([*common, "--sha256", digest]) == 0
+    assert state(tmp_path)["current"]["version"] == 3
+    capsys.readouterr()
+    assert edge_main([*common, "--sha256", digest]) == 0, "a component restart leaves the model alone"
+    assert capsys.readouterr().out.startswith("up-to-date")
+    newer = tmp_path / "newer.tar.gz"
+    newer.write_bytes(onnx_pilot_package("newer"))
+    newer_flags = ["--archive", str(newer), "--model-package-arn", arn[:-1] + "4"]
+    newer_flags += ["--sha256", hashlib.sha256(newer.read_bytes()).hexdigest()]
+    car = ["--root", str(tmp_path / "car")]
+    assert edge_main(["pull", *car, *newer_flags]) == 0
+    assert edge_main(["rollback", *car]) == 0
+    assert state(tmp_path)["current"]["version"] == 3
+    capsys.readouterr()
+    assert edge_main(["pull", *car, *newer_flags]) == 1, "a rolled-back package is not reinstalled"
+    assert "was rejected before" in capsys.readouterr().out
     assert state(tmp_path)["current"]["version"] == 3
 
 
