@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,41 @@ def test_iso_durations() -> None:
     assert parse_duration("PT1H30M").total_seconds() == 5400
     with pytest.raises(DefinitionError):
         parse_duration("30 days")
+
+
+def test_independent_steps_run_in_parallel(workspace: Path) -> None:
+    definition = sample.definition()
+    twin = json.loads(json.dumps(definition["Steps"][0]))
+    twin["Name"] = "PreprocessTwin"
+    for output in twin["Arguments"]["ProcessingOutputConfig"]["Outputs"]:
+        output["S3Output"]["S3Uri"] = output["S3Output"]["S3Uri"].replace("/preprocess/", "/twin/")
+    definition["Steps"] = [definition["Steps"][0], twin]
+    execution, _ = run(workspace, {"PreprocessSeconds": 0.5}, definition=definition)
+    first, second = execution.steps["Preprocess"], execution.steps["PreprocessTwin"]
+    assert execution.status == "Succeeded"
+    assert second.start_time < first.end_time and first.start_time < second.end_time  # they overlapped
+
+
+def test_an_expired_cache_entry_is_not_used(workspace: Path) -> None:
+    first, _ = run(workspace)
+    for entry in (workspace / "cache" / "sample" / "Preprocess").glob("*.json"):
+        document = json.loads(entry.read_text())
+        document["created"] = "2020-01-01T00:00:00+00:00"  # older than ExpireAfter P30D
+        entry.write_text(json.dumps(document))
+    second, _ = run(workspace)
+    assert second.steps["Preprocess"].cache_hit_from is None
+    assert second.steps["Train"].cache_hit_from == first.arn  # same inputs, same arguments, still fresh
+
+
+def test_an_abandoned_execution_on_another_host_reads_failed_once_its_heartbeat_is_stale(
+    workspace: Path,
+) -> None:
+    execution, _ = run(workspace)
+    record = json.loads((execution.path / "execution.json").read_text())
+    record.update(status="Executing", host="another-machine")
+    (execution.path / "execution.json").write_text(json.dumps(record))
+    assert load(execution.path).status == "Executing"  # a fresh heartbeat: it may still be running
+    old = time.time() - 3600
+    os.utime(execution.path / "heartbeat", (old, old))
+    stale = load(execution.path)
+    assert stale.status == "Failed" and "no heartbeat" in stale.failure_reason
