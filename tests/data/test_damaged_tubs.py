@@ -72,13 +72,15 @@ def test_every_damage_rejects_only_its_record(tub_v2, tmp_path):
     (tub_v2 / "images" / "21_cam_image_array_.jpg").unlink()
     (tub_v2 / "images" / "22_cam_image_array_.jpg").write_bytes(b"not a jpeg at all")
     (tub_v2 / "images" / "23_cam_image_array_.jpg").write_bytes(jpeg(80, 60))
+    half = (tub_v2 / "images" / "24_cam_image_array_.jpg").read_bytes()
+    (tub_v2 / "images" / "24_cam_image_array_.jpg").write_bytes(half[: len(half) // 2])  # cut short
     replace_line(tub_v2, 5, "garbage on a deleted index")  # deleted wins: never parsed, never rejected
 
     code, report = run(tub_v2.parent.parent, tmp_path / "out", "--max-reject-fraction", "0.5")
     assert code == 0
     tub = only_tub(report)
     assert tub["tub"] == "nested/tub_v2" and tub["format"] == "v2"
-    assert (tub["read"], tub["accepted"], tub["rejected"], tub["deleted"]) == (50, 38, 10, 2)
+    assert (tub["read"], tub["accepted"], tub["rejected"], tub["deleted"]) == (50, 37, 11, 2)
     reasons = {r["index"]: r["reason"].split(":", 1)[0] for r in tub["rejections"]}
     assert reasons == {
         1: "malformed record",
@@ -91,6 +93,7 @@ def test_every_damage_rejects_only_its_record(tub_v2, tmp_path):
         21: "image missing",
         22: "image unreadable",
         23: "image wrong size",
+        24: "image unreadable",
     }
     wrong_size = next(r["reason"] for r in tub["rejections"] if r["index"] == 23)
     assert "80x60" in wrong_size and "160x120" in wrong_size
