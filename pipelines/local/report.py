@@ -153,8 +153,24 @@ def metrics_table(evaluation: dict[str, Any]) -> str:
     )
 
 
-def _evaluation_folders(execution: Execution, s3_root: Path) -> list[Path]:
-    """Local S3 folders of Processing outputs that hold an evaluation.json."""
+def data_table(report: dict[str, Any]) -> str:
+    """The preprocess accounting (read = accepted + rejected + deleted, per tub) and the split sizes."""
+    columns = ("tub", "format", "read", "accepted", "rejected", "deleted")
+    tubs = [*report.get("tubs", []), *([report["total"]] if report.get("total") else [])]
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_esc(t.get(c, ''))}</td>" for c in columns) + "</tr>" for t in tubs
+    )
+    splits = ", ".join(
+        f"{_esc(name)} {_esc(s.get('frames'))}" for name, s in report.get("splits", {}).items()
+    )
+    return (
+        "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>{rows}</table>"
+        f"<p>frames per split: {splits or 'none'}</p>"
+    )
+
+
+def _output_folders(execution: Execution, s3_root: Path, marker: str) -> list[Path]:
+    """Local S3 folders of Processing outputs that hold the file ``marker``."""
     folders = []
     for record in execution.steps.values():
         outputs = record.properties.get("ProcessingOutputConfig", {}).get("Outputs", [])
@@ -162,9 +178,16 @@ def _evaluation_folders(execution: Execution, s3_root: Path) -> list[Path]:
             uri = output.get("S3Output", {}).get("S3Uri", "")
             if isinstance(uri, str) and uri.startswith("s3://"):
                 folder = s3_root / uri[len("s3://") :].rstrip("/")
-                if (folder / "evaluation.json").is_file():
+                if (folder / marker).is_file():
                     folders.append(folder)
     return folders
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _plots(folder: Path) -> str:
@@ -195,10 +218,14 @@ def render(execution: Execution, definition: dict[str, Any], workspace: Path) ->
     sections.append("</table><h2>Steps</h2>")
     sections.append(graph_svg(definition, execution.steps))
     sections.append(_steps_table(execution))
-    for folder in _evaluation_folders(execution, s3_root):
-        try:
-            evaluation = json.loads((folder / "evaluation.json").read_text())
-        except (OSError, json.JSONDecodeError):
+    for folder in _output_folders(execution, s3_root, "data_report.json"):
+        report = _read_json(folder / "data_report.json")
+        if isinstance(report, dict):
+            sections.append(f"<h2>Data ({_esc(folder.relative_to(s3_root))})</h2>")
+            sections.append(data_table(report))
+    for folder in _output_folders(execution, s3_root, "evaluation.json"):
+        evaluation = _read_json(folder / "evaluation.json")
+        if not isinstance(evaluation, dict):
             continue
         sections.append(f"<h2>Evaluation ({_esc(folder.relative_to(s3_root))})</h2>")
         sections.append(metrics_table(evaluation))

@@ -138,7 +138,14 @@ def test_run_local_puts_data_in_place(tmp_path: Path, definition_file: Path, cap
 
 def test_report_shows_the_graph_metrics_and_plots(tmp_path: Path) -> None:
     sample.upload_sample(LocalS3Client(tmp_path))
-    LocalS3Client(tmp_path).put_object(Bucket=sample.BUCKET, Key="sample/evaluation/angle.png", Body=PNG)
+    s3 = LocalS3Client(tmp_path)
+    s3.put_object(Bucket=sample.BUCKET, Key="sample/evaluation/angle.png", Body=PNG)
+    accounting = {
+        "tubs": [{"tub": "tub_v2", "format": "v2", "read": 50, "accepted": 48, "rejected": 0, "deleted": 2}]
+    }
+    s3.put_object(
+        Bucket=sample.BUCKET, Key="sample/preprocess/train/data_report.json", Body=json.dumps(accounting)
+    )
     execution = run_local(sample.definition(), tmp_path, pipeline_name="sample")
     html = write_report(execution).read_text()
     for step in (
@@ -154,6 +161,7 @@ def test_report_shows_the_graph_metrics_and_plots(tmp_path: Path) -> None:
     assert "NotRun" in html  # the Fail step of the branch not taken
     assert "<td>angle_mae</td><td>0.1000</td><td>0.4000</td><td></td>" in html
     assert "data:image/png;base64," in html
+    assert "<tr><td>tub_v2</td><td>v2</td><td>50</td><td>48</td><td>0</td><td>2</td></tr>" in html
     names, edges = graph_edges(sample.definition())
     assert ("CheckQuality", "Register") in edges and ("CompileForEdge", "Register") in edges
     assert ("Train", "Evaluate") in edges and len(names) == 7
