@@ -34,6 +34,7 @@ DEV = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "opencv-python-headless>=4.8",  # tests of the drive loop's video source (optional on the car)
 ]
 
 setup(
