@@ -15,6 +15,11 @@ Each poll (``poll_once``):
 Delivery is at least once, as EventBridge's: the state file (``ROOT/triggers/state.json``, under a lock)
 remembers each object event by bucket/key/ETag/sequencer, so an event seen twice (a second poll, a second
 watcher) starts one execution; a rewritten object is a new event, as on S3.
+
+The first poll of a workspace is the moment the rule is created: EventBridge never reports objects
+created before its rule, and every execution trains on the whole raw-data prefix, so tubs older than the
+pipeline's last execution (``robocar run --local``) are recorded as processed instead of started. A tub
+still being copied in is deferred until its files are ``settle_s`` old.
 """
 
 from __future__ import annotations
@@ -67,8 +72,14 @@ class PollReport:
     rollouts: list[dict[str, Any]] = field(default_factory=list)
     package_events: int = 0
     deferred: int = 0  # matching objects still being written (see ``settle_s``)
+    already_processed: int = 0  # first poll: tubs the pipeline's last execution already trained on
 
     def lines(self) -> Iterator[str]:
+        if self.already_processed:
+            yield (
+                f"{self.already_processed} tub(s) older than the pipeline's last execution: already "
+                "trained on, not started (as EventBridge reports only objects created after the rule)"
+            )
         for run in self.started:
             uri = f"s3://{run['bucket']}/{run['key']}"
             yield f"new data {uri} -> execution {run['execution_arn']} ({run['status']})"
@@ -304,6 +315,9 @@ def poll_once(
     report = PollReport()
     is_new_data = event_pattern.matcher(events.new_data_pattern(config.bucket, config.raw_prefix))
     objects = raw_objects(s3, config)
+    first_poll = not state_path(root).exists()
+    processed_before = latest_execution_start_ns(sagemaker, config.pipeline_name) if first_poll else 0
+    _update_state(root, lambda state: None)  # the rule exists from now on
     newest = _newest_in_tub(objects)
     settled_before = time.time_ns() - int(settle_s * 1e9)
     for mtime_ns, size, key in objects:
@@ -314,15 +328,38 @@ def poll_once(
                 report.deferred += 1
                 continue
             etag = s3.head_object(Bucket=config.bucket, Key=key)["ETag"].strip('"')
-            start_for_new_data(
-                _object_event(config, key, size, mtime_ns, etag=etag), root, sagemaker, config, report
-            )
+            event = _object_event(config, key, size, mtime_ns, etag=etag)
+            if max(mtime_ns, newest.get(key, 0)) < processed_before:
+                report.already_processed += 1
+                _mark_processed(root, event)
+            else:
+                start_for_new_data(event, root, sagemaker, config, report)
         else:
             report.not_matched += 1
         if unchanged is not None:
             unchanged[key] = (mtime_ns, size)
     run_rollouts(root, sagemaker, config, report)
     return report
+
+
+def latest_execution_start_ns(sagemaker: Any, pipeline_name: str) -> int:
+    """When the pipeline's newest execution started (ns since the epoch), 0 when it has none.
+
+    Every execution trains on the whole raw-data prefix, so tubs older than it are in the model already.
+    """
+    try:
+        summaries = sagemaker.list_pipeline_executions(
+            PipelineName=pipeline_name, SortBy="CreationTime", SortOrder="Descending", MaxResults=1
+        )["PipelineExecutionSummaries"]
+    except (AttributeError, sagemaker.exceptions.ClientError):  # no pipeline (yet), or no control plane
+        return 0
+    return int(summaries[0]["StartTime"].timestamp() * 1e9) if summaries else 0
+
+
+def _mark_processed(root: Path, event: dict[str, Any]) -> None:
+    """Record a tub found already processed as delivered, so no later poll starts it."""
+    entry = {"event_id": event["id"], "already_processed": True, "claimed": _now()}
+    _update_state(root, lambda state: state["objects"].setdefault(delivery_key(event), entry))
 
 
 def _newest_in_tub(objects: list[tuple[int, int, str]]) -> dict[str, int]:

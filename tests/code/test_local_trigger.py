@@ -253,3 +253,25 @@ def test_a_tub_still_being_copied_in_waits_until_it_has_settled(workspace: Path)
     assert (waiting.started, waiting.deferred) == ([], 1)
     os.utime(image, (old, old))
     assert len(poll_once(workspace, s3, sagemaker, CONFIG, settle_s=30).started) == 1
+
+
+def test_first_watch_leaves_tubs_the_last_execution_trained_on_and_starts_the_new_one(
+    workspace: Path,
+) -> None:
+    s3, sagemaker = LocalS3Client(workspace), LocalPipelineClient(workspace)
+    sagemaker.create_pipeline(
+        PipelineName=CONFIG.pipeline_name, PipelineDefinition=json.dumps(DEFINITION),
+        RoleArn="arn:aws:iam::123456789012:role/robocar-pipeline-execution",
+    )  # fmt: skip
+    upload_tub(s3, "trained_on")
+    old = time.time() - 60
+    for path in s3.uri_to_path(f"s3://{BUCKET}/{RAW}trained_on/").rglob("*"):
+        os.utime(path, (old, old))
+    sagemaker.start_pipeline_execution(PipelineName=CONFIG.pipeline_name)  # e.g. `robocar run --local`
+    upload_tub(s3, "dropped_in")  # after that execution: new data
+
+    first = poll_once(workspace, s3, sagemaker, CONFIG)
+    assert [run["key"] for run in first.started] == [f"{RAW}dropped_in/manifest.json"]
+    assert first.already_processed == 1
+    second = poll_once(workspace, s3, sagemaker, CONFIG)
+    assert (second.started, second.already_processed, second.duplicates) == ([], 0, 2)
