@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from training.model import ARCHITECTURES, HEADS
+from training.spec import ARCHITECTURES, HEADS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVED_MODEL_VERSION = "1"  # TF Serving loads the highest numbered folder
@@ -98,7 +98,7 @@ def export_saved_model(model: keras.Model, path: Path, model_type: str) -> None:
     spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32, name=INPUT_NAME)
 
     def serve(img_in: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = model(img_in, training=False)
+        outputs = model([img_in], training=False)
         return {
             "angle": outputs[order.index(angle_layer)],
             "throttle": outputs[order.index(throttle_layer)],

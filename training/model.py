@@ -17,19 +17,12 @@ import keras
 from keras import layers
 
 from edge.frames import ANGLE_BINS, CAMERA_HEIGHT, CAMERA_WIDTH, THROTTLE_BINS
+from training.spec import ARCHITECTURES, HEADS, MODEL_TYPES
 
-MODEL_TYPES = ("linear", "categorical")
+__all__ = ["ARCHITECTURES", "HEADS", "MODEL_TYPES", "build_model"]
+
 DEFAULT_INPUT_SHAPE = (CAMERA_HEIGHT, CAMERA_WIDTH, 3)
 DROPOUT = 0.2  # donkeycar: drop = 0.2 in both default_n_linear and default_categorical
-ARCHITECTURES = {
-    "linear": "donkeycar default_n_linear",
-    "categorical": "donkeycar default_categorical",
-}
-# Model-layer name of each head, in the model's output order: (angle, throttle).
-HEADS = {
-    "linear": {"angle": "n_outputs0", "throttle": "n_outputs1"},
-    "categorical": {"angle": "angle_out", "throttle": "throttle_out"},
-}
 
 
 class _DropoutNames:

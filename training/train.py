@@ -36,7 +36,7 @@ import numpy as np
 
 from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, THROTTLE_BINS, linear_bin
 from training.metrics import METRIC_DEFINITIONS, epoch_line
-from training.model import MODEL_TYPES
+from training.spec import MODEL_TYPES
 
 __all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
 

@@ -1,0 +1,14 @@
+"""What the pilots are, as plain data (no TensorFlow): importable by the pipeline, evaluation and tests."""
+
+from __future__ import annotations
+
+MODEL_TYPES = ("linear", "categorical")
+ARCHITECTURES = {
+    "linear": "donkeycar default_n_linear",
+    "categorical": "donkeycar default_categorical",
+}
+# Model-layer name of each head, in the model's output order: (angle, throttle). donkeycar's names.
+HEADS = {
+    "linear": {"angle": "n_outputs0", "throttle": "n_outputs1"},
+    "categorical": {"angle": "angle_out", "throttle": "throttle_out"},
+}
