@@ -622,7 +622,8 @@ class LocalExecutor:
                             status="Executing",
                             start_time=to_iso(datetime.now(UTC)),
                         )
-                        self.execution.steps[name] = record
+                        with self.lock:  # workers serialise the record while this thread adds to it
+                            self.execution.steps[name] = record
                         self._save()
                         self._emit({"event": "step-started", "step": record})
                         running[self._pool.submit(self._run_step, step)] = name

@@ -597,7 +597,6 @@ def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         job.sagemaker.describe_model_package_group(ModelPackageGroupName=group)
     except job.sagemaker.exceptions.ClientError:
         job.sagemaker.create_model_package_group(ModelPackageGroupName=group)
-    request.pop("SkipModelValidation", None) if request.get("SkipModelValidation") == "None" else None
     try:
         arn = job.sagemaker.create_model_package(**request)["ModelPackageArn"]
     except job.sagemaker.exceptions.ClientError as exc:
