@@ -422,14 +422,14 @@ def training_env(
         "SM_OUTPUT_INTERMEDIATE_DIR": str(opt_ml / "output" / "intermediate"),
         "SM_INPUT_DIR": str(opt_ml / "input"),
         "SM_INPUT_CONFIG_DIR": str(opt_ml / "input" / "config"),
-        "SM_INPUT_DATA_CONFIG": json.dumps({c: {"TrainingInputMode": "File"} for c in channels}),
-        "SM_CHANNELS": json.dumps(sorted(channels)),
-        "SM_HPS": json.dumps(user_hps, sort_keys=True),
-        "SM_USER_ARGS": json.dumps(to_cmd_args(user_hps)),
+        "SM_INPUT_DATA_CONFIG": _compact_json({c: {"TrainingInputMode": "File"} for c in channels}),
+        "SM_CHANNELS": _compact_json(sorted(channels)),
+        "SM_HPS": _compact_json(user_hps),
+        "SM_USER_ARGS": _compact_json(to_cmd_args(user_hps)),
         "SM_NUM_CPUS": str(cpus),
         "SM_NUM_GPUS": "0",
         "SM_NUM_NEURONS": "0",
-        "SM_HOSTS": json.dumps(["algo-1"]),
+        "SM_HOSTS": _compact_json(["algo-1"]),
         "SM_CURRENT_HOST": "algo-1",
         "SM_NETWORK_INTERFACE_NAME": "eth0",
         "SM_MODULE_DIR": str(hyperparameters.get("sagemaker_submit_directory", "")),
@@ -442,9 +442,14 @@ def training_env(
     }
     for channel in channels:
         env[f"SM_CHANNEL_{channel.upper()}"] = str(opt_ml / "input" / "data" / channel)
-    for key, value in user_hps.items():
-        env[f"SM_HP_{key.upper().replace('-', '_')}"] = value if isinstance(value, str) else json.dumps(value)
+    for key, value in user_hps.items():  # SM_HP_<KEY> as the toolkit spells it (dashes kept)
+        env[f"SM_HP_{key.upper()}"] = value if isinstance(value, str) else _compact_json(value)
     return env
+
+
+def _compact_json(value: Any) -> str:
+    """How sagemaker-training-toolkit writes non-string values into SM_* variables."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
