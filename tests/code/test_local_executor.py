@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
-from pipelines.local import DefinitionError, ParameterError, run_local, sample
+from pipelines.local import DefinitionError, ParameterError, run_local, runners, sample
 from pipelines.local.executor import bind_parameters, parse_duration, plan
 from pipelines.local.store import load
 
@@ -219,3 +220,31 @@ def test_an_abandoned_execution_on_another_host_reads_failed_once_its_heartbeat_
     os.utime(execution.path / "heartbeat", (old, old))
     stale = load(execution.path)
     assert stale.status == "Failed" and "no heartbeat" in stale.failure_reason
+
+
+def test_hyperparameters_decode_and_become_arguments_as_in_the_framework_container() -> None:
+    raw = {
+        "epochs": "3",
+        "lr": "0.01",
+        "name": '"pilot"',
+        "flag": "true",
+        "plain": "linear",
+        "opts": '{"b": 2, "a": 1}',
+    }
+    decoded = runners.decode_hyperparameters(raw)
+    assert decoded == {
+        "epochs": 3,
+        "lr": 0.01,
+        "name": "pilot",
+        "flag": True,
+        "plain": "linear",
+        "opts": {"b": 2, "a": 1},
+    }
+    assert runners.to_cmd_args(decoded) == [
+        "--epochs", "3", "--flag", "True", "--lr", "0.01", "--name", "pilot",
+        "--opts", "a=1,b=2", "--plain", "linear",
+    ]  # fmt: skip
+    command = runners.command_line(
+        ["python3", "/opt/ml/processing/code/x.py"], ["--out=/opt/ml/processing/o"], Path("/t/opt/ml")
+    )
+    assert command == [sys.executable, "/t/opt/ml/processing/code/x.py", "--out=/t/opt/ml/processing/o"]
