@@ -1,18 +1,23 @@
 """Camera images -> prepared frames (``edge.frames``), with a rejection reason for each one that fails.
 
 This is the per-frame hot path of preprocessing and what the process pool runs: read the file, decode
-(``decode_image``), check the camera size, crop/resize (``prepare_frame``). Frames go straight into one
-preallocated array so a chunk costs one allocation, not one per frame.
+(``decode_image``), check the camera size, crop/resize (``prepare_frame``), and write the shard. Frames
+go straight into one preallocated array, and a worker writes its shard itself, so the pixels never
+cross a process boundary.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge.frames import FrameError, FrameSpec, decode_image, prepare_frame
+from processing.shards import normalise_arrays, write_shard
 
 
 def load_frames(paths: Sequence[str], spec: FrameSpec) -> tuple[np.ndarray, list[str | None]]:
@@ -51,3 +56,39 @@ def load_frames(paths: Sequence[str], spec: FrameSpec) -> tuple[np.ndarray, list
         kept += 1
         reasons.append(None)
     return out[:kept], reasons
+
+
+@dataclass
+class ShardTask:
+    """One shard to build: up to ``shard_size`` candidate frames, in order, and where to write them.
+
+    Shard boundaries are fixed by the candidates (before any image is decoded), so the output does not
+    depend on how many processes build shards; a shard holds fewer frames when images are rejected.
+    """
+
+    path: str
+    image_paths: list[str]
+    columns: dict[str, np.ndarray]  # the contract's non-image arrays, one row per candidate
+    spec: FrameSpec
+
+
+@dataclass
+class ShardResult:
+    reasons: list[str | None]  # per candidate: None (written) or why its image was rejected
+    frames: int
+    sessions: list[str]
+
+
+def build_shard(task: ShardTask, digest: Any | None = None) -> ShardResult:
+    """Decode, check and prepare every frame of ``task``, then write the shard (if any frame passed).
+
+    Runs in a pool worker or in-process; ``digest`` (in-process only) is fed the bytes written.
+    """
+    frames, reasons = load_frames(task.image_paths, task.spec)
+    kept = np.fromiter((reason is None for reason in reasons), dtype=bool, count=len(reasons))
+    if not len(frames):
+        return ShardResult(reasons, 0, [])
+    arrays = {key: column[kept] for key, column in task.columns.items()}
+    arrays["images"] = frames
+    write_shard(Path(task.path), normalise_arrays(arrays, task.spec.input_shape), digest)
+    return ShardResult(reasons, len(frames), sorted(set(arrays["session"].tolist())))

@@ -15,7 +15,8 @@ indexed: ``processing/tubs.py``; Ground Truth image resolution: ``processing/gro
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -32,9 +33,14 @@ import numpy as np  # noqa: E402
 
 from edge.frames import FrameSpec  # noqa: E402
 from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
-from processing.images import load_frames  # noqa: E402
+from processing.images import ShardResult, ShardTask, build_shard  # noqa: E402
 from processing.records import RecordValidator  # noqa: E402
-from processing.shards import DEFAULT_SHARD_SIZE, SplitWriter  # noqa: E402
+from processing.shards import (  # noqa: E402
+    DEFAULT_SHARD_SIZE,
+    hash_file,
+    prepare_split_dir,
+    write_dataset_json,
+)
 from processing.splits import SPLITS, FrameKey, fractions_from, split_frames  # noqa: E402
 from processing.tubs import (  # noqa: E402
     Candidate,
@@ -49,7 +55,6 @@ from processing.tubs import (  # noqa: E402
 DEFAULT_INPUT = "/opt/ml/processing/input/data"
 DEFAULT_OUTPUT = "/opt/ml/processing/output"
 REPORT_FORMAT = "robocar-data-report/1"
-CHUNK_FRAMES = 64  # frames per pool task: large enough to amortise IPC, small enough to balance
 
 
 class PreprocessError(Exception):
@@ -191,27 +196,33 @@ def read_sources(
     return reports, candidates, owners, classes
 
 
-def chunk_arrays(
-    chunk: Sequence[Candidate], frames: np.ndarray, tub_names: Sequence[str], classifier: bool
-) -> dict[str, Any]:
-    arrays: dict[str, Any] = {
-        "images": frames,
-        "session": [c.session for c in chunk],
-        "tub": list(tub_names),
-        "index": [c.index for c in chunk],
-        "timestamp_ms": [c.timestamp_ms for c in chunk],
-    }
-    if classifier:
-        arrays["label"] = [c.label for c in chunk]
-    else:
-        arrays["angle"] = [c.angle for c in chunk]
-        arrays["throttle"] = [c.throttle for c in chunk]
-    return arrays
-
-
-def _chunks(positions: Sequence[int], size: int) -> Iterator[Sequence[int]]:
-    for start in range(0, len(positions), size):
-        yield positions[start : start + size]
+def shard_tasks(
+    split_dir: Path,
+    positions: Sequence[int],
+    candidates: Sequence[Candidate],
+    tub_names: Sequence[str],
+    spec: FrameSpec,
+    shard_size: int,
+    classifier: bool,
+) -> list[ShardTask]:
+    """One task per ``shard_size`` consecutive candidates of a split (written to a temporary name)."""
+    tasks = []
+    for number, start in enumerate(range(0, len(positions), shard_size)):
+        chunk = [candidates[p] for p in positions[start : start + shard_size]]
+        columns: dict[str, np.ndarray] = {
+            "session": np.array([c.session for c in chunk], dtype=np.str_),
+            "tub": np.array([tub_names[p] for p in positions[start : start + shard_size]], dtype=np.str_),
+            "index": np.array([c.index for c in chunk], dtype=np.int64),
+            "timestamp_ms": np.array([c.timestamp_ms for c in chunk], dtype=np.int64),
+        }
+        if classifier:
+            columns["label"] = np.array([c.label for c in chunk], dtype=np.int64)
+        else:
+            columns["angle"] = np.array([c.angle for c in chunk], dtype=np.float32)
+            columns["throttle"] = np.array([c.throttle for c in chunk], dtype=np.float32)
+        path = str(split_dir / f".part-{number:05d}.npz")
+        tasks.append(ShardTask(path, [c.image_path for c in chunk], columns, spec))
+    return tasks
 
 
 def write_splits(
@@ -222,35 +233,85 @@ def write_splits(
     owners: list[int],
     by_split: dict[str, list[int]],
     extra: dict[str, Any],
-    pool: Any,
 ) -> dict[str, dict[str, Any]]:
-    """Prepare every frame (in ``pool`` when given) and stream it into its split's shards."""
+    """Build every shard (in a pool of ``--workers`` processes, or here), then name, hash and list them.
+
+    Shards come back in order, so each split's fingerprint is the SHA-256 of its shards' bytes in name
+    order whatever the worker count. In-process the bytes are hashed as they are written; from the
+    pool they are read back (from the page cache) while the workers build the next shards.
+    """
     classifier = "classes" in extra
-    load = functools.partial(load_frames, spec=spec)
-    total = sum(len(p) for p in by_split.values())
-    done, last_print = 0, time.monotonic()
-    datasets: dict[str, dict[str, Any]] = {}
+    tub_names = [reports[o].tub for o in owners]
+    split_dirs = {split: prepare_split_dir(args.output, split) for split in SPLITS}
+    jobs: list[tuple[str, list[int], ShardTask]] = []
     for split in SPLITS:
-        writer = SplitWriter(args.output, split, spec, shard_size=args.shard_size, extra=extra)
-        chunks = list(_chunks(by_split[split], CHUNK_FRAMES))
-        jobs = ([candidates[p].image_path for p in chunk] for chunk in chunks)
-        results = pool.imap(load, jobs) if pool is not None else map(load, jobs)
-        for chunk, (frames, reasons) in zip(chunks, results, strict=True):
-            kept: list[int] = []
-            for position, reason in zip(chunk, reasons, strict=True):
-                if reason is None:
-                    kept.append(position)
-                    reports[owners[position]].accepted += 1
-                else:
-                    reports[owners[position]].reject(candidates[position].index, reason)
-            tubs = [reports[owners[p]].tub for p in kept]
-            writer.add(chunk_arrays([candidates[p] for p in kept], frames, tubs, classifier))
-            done += len(chunk)
-            if time.monotonic() - last_print > 2.0:
-                print(f"  frames: {done}/{total}", file=sys.stderr, flush=True)
-                last_print = time.monotonic()
-        datasets[split] = writer.close()
-    return datasets
+        positions = by_split[split]
+        tasks = shard_tasks(
+            split_dirs[split], positions, candidates, tub_names, spec, args.shard_size, classifier
+        )
+        for number, task in enumerate(tasks):
+            jobs.append((split, positions[number * args.shard_size : (number + 1) * args.shard_size], task))
+    digests = {split: hashlib.sha256() for split in SPLITS}
+    workers = min(args.workers, len(jobs))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context().Pool(workers))
+            results: Iterator[ShardResult] = pool.imap(build_shard, [task for _, _, task in jobs])
+        else:
+            pool = None
+            results = (build_shard(task, digests[split]) for split, _, task in jobs)
+        return _collect(
+            jobs, results, pool is not None, digests, split_dirs, reports, candidates, owners, spec, extra
+        )
+
+
+def _collect(
+    jobs: Sequence[tuple[str, list[int], ShardTask]],
+    results: Iterator[ShardResult],
+    hash_written_files: bool,
+    digests: dict[str, Any],
+    split_dirs: dict[str, Path],
+    reports: list[SourceReport],
+    candidates: list[Candidate],
+    owners: list[int],
+    spec: FrameSpec,
+    extra: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Account for each shard's candidates, give its file its final name and fingerprint, in order."""
+    shards: dict[str, list[str]] = {split: [] for split in SPLITS}
+    frames = dict.fromkeys(SPLITS, 0)
+    sessions: dict[str, set[str]] = {split: set() for split in SPLITS}
+    total, done = len(candidates), 0
+    for (split, positions, task), result in zip(jobs, results, strict=True):
+        for position, reason in zip(positions, result.reasons, strict=True):
+            if reason is None:
+                reports[owners[position]].accepted += 1
+            else:
+                reports[owners[position]].reject(candidates[position].index, reason)
+        if result.frames:
+            name = f"shard-{len(shards[split]):05d}.npz"
+            final = split_dirs[split] / name
+            os.replace(task.path, final)
+            if hash_written_files:
+                hash_file(digests[split], final)
+            shards[split].append(name)
+            frames[split] += result.frames
+            sessions[split].update(result.sessions)
+        done += len(positions)
+        print(f"  {split}: {len(shards[split])} shards; frames {done}/{total}", file=sys.stderr, flush=True)
+    return {
+        split: write_dataset_json(
+            split_dirs[split],
+            split,
+            shards[split],
+            frames[split],
+            sessions[split],
+            spec,
+            digests[split].hexdigest(),
+            extra,
+        )
+        for split in SPLITS
+    }
 
 
 def build_report(
@@ -319,11 +380,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]
     by_split, split_mode = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
     extra = {"classes": class_list(classes)} if sources[0].format == "ground-truth" else {}
-    if args.workers > 1 and len(candidates) > CHUNK_FRAMES:
-        with multiprocessing.get_context().Pool(args.workers) as pool:
-            datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, pool)
-    else:
-        datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, None)
+    datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra)
     report = build_report(args, spec, reports, datasets, split_mode)
     report_dir = args.output / "report"
     report_dir.mkdir(parents=True, exist_ok=True)

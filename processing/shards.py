@@ -175,6 +175,48 @@ def write_shard(
         emit(central + end)
 
 
+def prepare_split_dir(out_dir: str | Path, split: str) -> Path:
+    """``out_dir/split``, created, with no shards left from an earlier run."""
+    split_dir = Path(out_dir) / split
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in ("shard-*.npz", ".part-*.npz"):  # .part-*: shards of an interrupted preprocess run
+        for stale in split_dir.glob(pattern):
+            stale.unlink()
+    return split_dir
+
+
+def hash_file(digest: Any, path: Path, block: int = 1 << 20) -> None:
+    """Feed a file's bytes to ``digest`` (a hashlib object), a block at a time."""
+    with open(path, "rb") as handle:
+        while data := handle.read(block):
+            digest.update(data)
+
+
+def write_dataset_json(
+    split_dir: Path,
+    split: str,
+    shards: Sequence[str],
+    frames: int,
+    sessions: set[str],
+    frame_spec: Any,
+    fingerprint: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``split_dir/dataset.json`` (contract section 2) and return its content."""
+    dataset: dict[str, Any] = {
+        "format": FORMAT,
+        "split": split,
+        "frames": frames,
+        "shards": list(shards),
+        "frame_spec": _spec_dict(frame_spec),
+        "sessions": sorted(sessions),
+        "fingerprint": fingerprint,
+    }
+    dataset.update(extra or {})
+    (split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
+    return dataset
+
+
 class SplitWriter:
     """Streams frames into ``out_dir/split/``: full shards are written as frames arrive, so a large
     dataset never has to sit in memory. ``close()`` writes the last shard and ``dataset.json``."""
@@ -190,14 +232,11 @@ class SplitWriter:
         if shard_size <= 0:
             raise ShardError("shard_size must be positive")
         self.split = split
-        self.split_dir = Path(out_dir) / split
+        self.split_dir = prepare_split_dir(out_dir, split)
         self.frame_spec = frame_spec
         self.frame_shape = _frame_shape(frame_spec)
         self.shard_size = shard_size
         self.extra = dict(extra or {})
-        self.split_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.split_dir.glob("shard-*.npz"):  # a rerun into the same folder leaves no old shards
-            stale.unlink()
         self._columns: dict[str, list[np.ndarray]] = {}  # row-chunks of the shard being filled
         self._filled = 0
         self._digest = hashlib.sha256()
@@ -239,18 +278,16 @@ class SplitWriter:
         """Write the last (partial) shard and dataset.json; return the dataset.json content."""
         if self._filled:
             self._flush()
-        dataset: dict[str, Any] = {
-            "format": FORMAT,
-            "split": self.split,
-            "frames": self._frames,
-            "shards": list(self._names),
-            "frame_spec": _spec_dict(self.frame_spec),
-            "sessions": sorted(self._sessions),
-            "fingerprint": self._digest.hexdigest(),
-        }
-        dataset.update(self.extra)
-        (self.split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
-        return dataset
+        return write_dataset_json(
+            self.split_dir,
+            self.split,
+            self._names,
+            self._frames,
+            self._sessions,
+            self.frame_spec,
+            self._digest.hexdigest(),
+            self.extra,
+        )
 
 
 def write_split(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,21 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_output_is_byte_identical_whatever_the_worker_count(synth_tub, tmp_path):
-    assert main(["--input", str(synth_tub), "--output", str(tmp_path / "one"), "--workers", "1"]) == 0
-    assert main(["--input", str(synth_tub), "--output", str(tmp_path / "two"), "--workers", "2"]) == 0
-    one, two = tree_bytes(tmp_path / "one"), tree_bytes(tmp_path / "two")
-    assert one.keys() == two.keys() and one == two
-    report = json.loads(one["report/data_report.json"])
-    assert report["total"]["accepted"] == 300
+@pytest.mark.parametrize("shard_size", ["2048", "64"])
+def test_output_is_byte_identical_whatever_the_worker_count(synth_tub, tmp_path, shard_size):
+    tub = tmp_path / "tub"
+    shutil.copytree(synth_tub, tub)
+    (tub / "images" / "70_cam_image_array_.jpg").unlink()  # a rejection inside a shard
+    outputs = {}
+    for workers in ("1", "2", "3"):
+        out = tmp_path / f"workers-{workers}"
+        args = ["--input", str(tub), "--output", str(out), "--workers", workers, "--shard-size", shard_size]
+        assert main(args) == 0
+        outputs[workers] = tree_bytes(out)
+    assert outputs["1"] == outputs["2"] == outputs["3"]
+    report = json.loads(outputs["1"]["report/data_report.json"])
+    assert report["total"]["accepted"] == 299 and report["total"]["rejected"] == 1
+    assert not any(".part-" in name for name in outputs["1"])
 
 
 def test_crop_and_resize_use_the_frame_contract(synth_tub, tmp_path):
