@@ -146,43 +146,46 @@ def _has_objects(s3: Any, uri: str) -> bool:
         return False
 
 
-def prepare(args: argparse.Namespace) -> tuple[Any, settings_mod.Settings, str, list[dict[str, str]]]:
-    """Everything before the run: definition, parameters, code bundle and data in local S3."""
-    from edge.aws import clients
-    from pipelines.control import parse_parameters
+def prepare_workspace(
+    workspace: Path,
+    settings: settings_mod.Settings,
+    definition_text: str,
+    parameters: list[dict[str, str]],
+    *,
+    data: Path | None = None,
+    require_bundle: bool = True,
+) -> Any:
+    """Local S3 ready for the run: the bucket, the code bundle the definition names, the input data.
 
-    settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
-    text = _definition(args, settings)
-    try:
-        definition = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"the definition is not JSON: {exc}") from None
-    parameters = parse_parameters(definition, args.param)
-    aws = clients(local_root=args.workspace, region=settings.region)
-    aws.s3.create_bucket(Bucket=settings.bucket)
+    Returns the local clients (``edge.aws.AwsClients``). ValueError names anything missing.
+    """
+    from edge.aws import clients
     from pipelines.code_bundle import CodeBundle
 
+    definition = json.loads(definition_text)
+    aws = clients(local_root=workspace, region=settings.region)
+    aws.s3.create_bucket(Bucket=settings.bucket)
     code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
-    if args.definition is None and code.uri not in text:
+    if require_bundle and code.uri not in definition_text:
         # The definition names the code by content; a file edited while it was built changes the name.
         raise ValueError(f"the container code changed while the definition was built ({code.uri}): run again")
-    if code.uri in text:
+    if code.uri in definition_text:
         uploaded = code.upload(aws.s3)
         if uploaded:
             print(f"code bundle: {uploaded} object(s) put into local S3 ({code.uri})", flush=True)
     data_url = _input_data_url(definition, parameters)
-    if args.data is not None:
-        if not args.data.is_dir():
-            raise ValueError(f"--data {args.data}: not a folder")
+    if data is not None:
+        if not data.is_dir():
+            raise ValueError(f"--data {data}: not a folder")
         if data_url is None:
             raise ValueError("--data: the definition has no InputDataUrl parameter to put the data under")
-        print(f"data: {_upload_folder(aws.s3, args.data, data_url)} file(s) from {args.data} -> {data_url}")
+        print(f"data: {_upload_folder(aws.s3, data, data_url)} file(s) from {data} -> {data_url}", flush=True)
     if data_url and not _has_objects(aws.s3, data_url):
         raise ValueError(
             f"no input data at {data_url} (local folder {aws.s3.uri_to_path(data_url)}): "
             "pass --data DIR with your tubs, or --param InputDataUrl=s3://..."
         )
-    return aws, settings, text, parameters
+    return aws
 
 
 def upsert_local(sagemaker: Any, name: str, definition: str, role: str) -> None:
@@ -194,9 +197,38 @@ def upsert_local(sagemaker: Any, name: str, definition: str, role: str) -> None:
     sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=definition, RoleArn=role)
 
 
+def run_locally(
+    workspace: Path,
+    settings: settings_mod.Settings,
+    definition_text: str,
+    parameters: list[dict[str, str]],
+    *,
+    data: Path | None = None,
+    require_bundle: bool = True,
+    on_event: Any = None,
+    display_name: str | None = None,
+) -> Any:
+    """The whole local run as ``robocar run --local`` does it (for ``make demo``); returns the Execution.
+
+    Prepares the workspace, upserts the pipeline into the local control plane (so ``robocar pipeline
+    status`` sees it) and runs one execution. Raises ValueError (and the local client's ClientError with
+    code ValidationException for a definition that cannot run locally) before any step starts.
+    """
+    aws = prepare_workspace(
+        workspace, settings, definition_text, parameters, data=data, require_bundle=require_bundle
+    )
+    sagemaker = aws.sagemaker
+    sagemaker.on_event = on_event
+    upsert_local(sagemaker, settings.pipeline_name, definition_text, settings.role)
+    kwargs: dict[str, Any] = {"PipelineName": settings.pipeline_name, "PipelineParameters": parameters}
+    if display_name:
+        kwargs["PipelineExecutionDisplayName"] = display_name
+    sagemaker.start_pipeline_execution(**kwargs)
+    return sagemaker.last_execution
+
+
 def main_from_args(args: argparse.Namespace) -> int:
-    from pipelines.control import ParameterError
-    from pipelines.local import DefinitionError
+    from pipelines.control import ParameterError, parse_parameters
 
     if not args.local:
         return _fail(
@@ -204,20 +236,24 @@ def main_from_args(args: argparse.Namespace) -> int:
             "On AWS use `robocar pipeline upsert`, then `robocar pipeline start`."
         )
     try:
-        aws, settings, text, parameters = prepare(args)
-    except (settings_mod.SettingsError, ParameterError, DefinitionError, ValueError) as exc:
+        settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
+        text = _definition(args, settings)
+        try:
+            definition = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the definition is not JSON: {exc}") from None
+        parameters = parse_parameters(definition, args.param)
+        execution = run_locally(
+            args.workspace, settings, text, parameters, data=args.data,
+            require_bundle=args.definition is None, on_event=Progress(), display_name=args.display_name,
+        )  # fmt: skip
+    except (settings_mod.SettingsError, ParameterError, ValueError) as exc:
         return _fail(str(exc))
-    sagemaker = aws.sagemaker
-    sagemaker.on_event = Progress()
-    upsert_local(sagemaker, settings.pipeline_name, text, settings.role)
-    kwargs: dict[str, Any] = {"PipelineName": settings.pipeline_name, "PipelineParameters": parameters}
-    if args.display_name:
-        kwargs["PipelineExecutionDisplayName"] = args.display_name
-    try:
-        sagemaker.start_pipeline_execution(**kwargs)
-    except sagemaker.exceptions.ClientError as exc:  # the definition cannot run here, or a bad parameter
-        return _fail(exc.response["Error"]["Message"])
-    execution = sagemaker.last_execution
+    except Exception as exc:  # the local client's ClientError: a definition that cannot run here
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            return _fail(response["Error"]["Message"])
+        raise
     print(f"{execution.status}: {execution.arn}")
     if execution.failure_reason:
         print(f"reason: {execution.failure_reason}")
