@@ -124,8 +124,9 @@ def _labels(artifact: Mapping[str, Any]) -> set[str]:
 def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """uint8 frames -> the artifact's input tensor (float32 ``x/255``, or uint8/int8 quantised).
 
-    A uint8 input quantised with scale 1/255 and zero point 0 *is* the frame: it is passed as is
-    (no copy), which is how the int8 pilot avoids normalising on the car at all.
+    With scale 1/255 the quantised input is the frame itself (uint8, zero point 0: passed without a
+    copy) or the frame minus 128 (int8, zero point -128: one XOR), so the int8 pilot never normalises
+    in floating point on the car.
     """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8:
@@ -137,8 +138,11 @@ def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     scale, zero_point = float(quant.get("scale", 0.0)), int(quant.get("zero_point", 0))
     if scale <= 0:
         raise PilotError(f"input of dtype {dtype} needs quantization parameters, got {quant}")
-    if dtype == np.uint8 and zero_point == 0 and abs(scale * 255.0 - 1.0) < 1e-6:
-        return frames
+    if abs(scale * 255.0 - 1.0) < 1e-6:  # the frame itself, or shifted by 128: no arithmetic needed
+        if dtype == np.uint8 and zero_point == 0:
+            return frames
+        if dtype == np.int8 and zero_point == -128:
+            return np.bitwise_xor(frames, np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
     info = np.iinfo(dtype)
     q = np.rint(to_model_input(frames) / np.float32(scale)) + zero_point
     return np.clip(q, info.min, info.max).astype(dtype)

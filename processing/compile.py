@@ -401,7 +401,7 @@ class LocalArtifact:
 
 LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tolerance
     LocalArtifact(
-        "pilot_int8.tflite", "litert", "int8", "full-integer int8 (uint8 input = frame, scale 1/255)"
+        "pilot_int8.tflite", "litert", "int8", "full-integer int8 (int8 input = frame - 128, scale 1/255)"
     ),
     LocalArtifact("pilot_float32.tflite", "litert", "float32", "float32"),
     LocalArtifact(
@@ -440,7 +440,7 @@ def serving_model(model: Any, output_names: Sequence[str]) -> Any:
 
 
 def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
-    """Keras -> .tflite; with calibration frames, full-integer int8 with a uint8 input (the camera frame)."""
+    """Keras -> .tflite; with calibration frames, full-integer int8 whose input is the frame minus 128."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -448,7 +448,9 @@ def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([to_model_input(frame[None])] for frame in calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8  # x/255 quantises to the frame itself: no work on the car
+        # x/255 quantises to int8 as frame - 128 (scale 1/255, zero point -128): one XOR on the car. A uint8
+        # input would put a uint8->int8 QUANTIZE op in the graph, measured 12% slower at batch 1.
+        converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.float32  # heads dequantised in-graph: angle keeps full precision
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured variable
         return converter.convert()

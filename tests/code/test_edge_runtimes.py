@@ -101,6 +101,15 @@ def test_camera_frame_is_the_int8_pilot_s_input_without_a_copy():
     assert runtimes.quantize_frames(frames, spec) is frames
 
 
+def test_frame_minus_128_fast_path_equals_the_general_quantisation():
+    frames = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    spec = {"dtype": "int8", "quantization": {"scale": 1 / 255, "zero_point": -128}}
+    fast = runtimes.quantize_frames(frames, spec)
+    assert fast.dtype == np.int8 and fast.reshape(-1).tolist() == list(range(-128, 128))
+    general = np.clip(np.rint(frames.astype(np.float64) / 255 / (1 / 255)) - 128, -128, 127).astype(np.int8)
+    assert np.array_equal(fast, general)
+
+
 def test_quantised_inputs_follow_scale_and_zero_point():
     frames = np.array([[0, 128, 255]], np.uint8)
     int8 = runtimes.quantize_frames(

@@ -84,9 +84,9 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
         assert artifact["input"]["shape"] == list(SPEC.input_shape)
         assert artifact["accuracy_delta"]["frames"] == len(compiled["splits"]["test"]["images"])
     int8 = manifest["artifacts"][0]
-    # The int8 pilot eats the camera frame as is: uint8 with scale 1/255 and zero point 0.
-    assert int8["input"]["dtype"] == "uint8"
-    assert int8["input"]["quantization"]["zero_point"] == 0
+    # The int8 pilot eats the camera frame shifted by 128: int8 with scale 1/255 and zero point -128.
+    assert int8["input"]["dtype"] == "int8"
+    assert int8["input"]["quantization"]["zero_point"] == -128
     assert int8["input"]["quantization"]["scale"] == pytest.approx(1 / 255)
     # Section 5's top-level fields are the default artifact's.
     assert manifest["default"] == manifest["file"] == "pilot_int8.tflite"
