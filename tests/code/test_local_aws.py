@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -274,3 +276,20 @@ def test_clients_factory_returns_boto3_without_a_local_root(monkeypatch) -> None
     assert not remote.is_local
     assert remote.s3.meta.endpoint_url == "http://127.0.0.1:1"
     assert remote.sagemaker.meta.region_name == "us-east-1"
+
+
+def test_without_botocore_errors_keep_the_same_shape(tmp_path: Path) -> None:
+    """On a car without boto3 the local clients raise their own ClientError with the same response."""
+    script = (
+        "import sys; sys.modules['botocore'] = None; sys.modules['botocore.exceptions'] = None\n"
+        "from edge.local_aws import ClientError, LocalClientError, LocalS3Client\n"
+        "assert ClientError is LocalClientError\n"
+        "s3 = LocalS3Client(sys.argv[1]); s3.create_bucket(Bucket='bucket')\n"
+        "try:\n    s3.get_object(Bucket='bucket', Key='missing')\n"
+        "except s3.exceptions.NoSuchKey as e:\n    print(e.response['Error']['Code'], e.operation_name)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["NoSuchKey", "GetObject"]
