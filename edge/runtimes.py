@@ -282,13 +282,12 @@ class DlrPilot(_PilotBase):
 
         self._model = DLRModel(str(path), dev_type="cpu", dev_id=0)
         self._input_name = str(self._input_spec.get("name"))
-        names = list(self._model.get_output_names()) if hasattr(self._model, "get_output_names") else []
-        # Neo keeps the framework's output order when it cannot name them: fall back to positions.
-        self._positions = (
-            [names.index(t) for t in _check_outputs(artifact, names)]
-            if names
-            else list(range(len(self._output_specs)))
-        )
+        if all("index" in o for o in self._output_specs):
+            # Neo's outputs come in the serving signature's order; the compile step records positions.
+            self._positions = [int(o["index"]) for o in self._output_specs]
+        else:
+            names = list(self._model.get_output_names())
+            self._positions = [names.index(t) for t in _check_outputs(artifact, names)]
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
         outputs = self._model.run({self._input_name: batch})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,45 @@ def test_a_pilot_runs_without_tensorflow_being_loaded(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_dlr_pilot_disables_phone_home_before_loading_and_maps_outputs_by_position(tmp_path, monkeypatch):
+    """A stand-in ``dlr`` package (the PyPI wheel has no native library): what the pilot asks of it."""
+    import importlib.machinery
+    import types
+
+    calls: list[str] = []
+
+    class PhoneHome:
+        @staticmethod
+        def disable_feature() -> None:
+            calls.append("phone home disabled")
+
+    class DLRModel:
+        def __init__(self, path: str, dev_type: str, dev_id: int) -> None:
+            calls.append(f"load {Path(path).name} on {dev_type}")
+
+        def run(self, inputs: dict) -> list[np.ndarray]:
+            mean = inputs["img_in"].mean(axis=(1, 2, 3)).reshape(-1, 1)
+            return [mean / 2, mean * 2 - 1]  # throttle first: the manifest's indices must sort it out
+
+    modules = {name: types.ModuleType(name) for name in ("dlr", "dlr.counter", "dlr.counter.phone_home")}
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, module)
+    modules["dlr"].DLRModel = DLRModel
+    modules["dlr.counter.phone_home"].PhoneHome = PhoneHome
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+
+    (tmp_path / "neo").mkdir()
+    artifact = {
+        "file": "neo",
+        "runtime": "dlr",
+        "precision": "float32",
+        "input": {"name": "img_in", "shape": SHAPE, "dtype": "float32"},
+        "outputs": [{"name": "angle", "index": 1}, {"name": "throttle", "index": 0}],
+    }
+    pilot = runtimes.load_artifact(tmp_path, artifact, {"model_type": "linear"}, threads=1)
+    assert calls == ["phone home disabled", "load neo on cpu"]
+    assert os.environ["TVM_NUM_THREADS"] == "1"
+    assert pilot.run(np.full(SHAPE, 255, np.uint8)) == pytest.approx((1.0, 0.5))
