@@ -76,3 +76,32 @@ def test_a_missing_donkeycar_environment_is_reported_not_fatal(bench, monkeypatc
     monkeypatch.setattr(bench, "REPO", Path("/nonexistent"))
     python, why = bench.donkeycar_python(None)
     assert python is None and "donkeycar_env.py does not exist" in why
+
+
+def test_donkeycar_pilot_runs_in_its_own_interpreter_and_reports_json(bench, tmp_path, monkeypatch):
+    """The worker protocol, with a stand-in donkeycar package on the child's path (the real one lives
+    in the virtualenv benchmarks/donkeycar_env.py builds)."""
+    import sys
+
+    fake = tmp_path / "site" / "donkeycar"
+    (fake / "parts").mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "5.3.0"\n')
+    (fake / "parts" / "__init__.py").write_text("")
+    (fake / "parts" / "interpreter.py").write_text("class TfLite:\n    pass\n")
+    (fake / "parts" / "keras.py").write_text(
+        "class KerasLinear:\n"
+        "    def __init__(self, interpreter, input_shape):\n"
+        "        self.shape = input_shape\n"
+        "    def load(self, path):\n"
+        "        assert path.endswith('.tflite')\n"
+        "    def run(self, img):\n"
+        "        assert img.shape == self.shape\n"
+        "        return float(img.mean()) / 255, 0.25\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    frames = np.full((2, 4, 4, 3), 255, np.uint8)
+    result = bench.run_donkeycar(
+        Path(sys.executable), tmp_path / "pilot.tflite", frames, seconds=0.05, repeats=1
+    )
+    assert result["donkeycar"] == "5.3.0"
+    assert result["fps"] > 0 and result["angles"] == [1.0, 1.0]
