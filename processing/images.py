@@ -34,6 +34,11 @@ def frame_buffer(count: int, shape: tuple[int, int, int]) -> np.ndarray:
     return buffer[:count]
 
 
+def release_frame_buffers() -> None:
+    """Free the buffers ``frame_buffer`` keeps (for callers that run the step in a long-lived process)."""
+    _reusable.clear()
+
+
 def load_frames(
     paths: Sequence[str], spec: FrameSpec, out: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[str | None]]:

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from edge.frames import FrameSpec  # noqa: E402
 from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
-from processing.images import ShardResult, ShardTask, build_shard  # noqa: E402
+from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers  # noqa: E402
 from processing.records import RecordValidator  # noqa: E402
 from processing.shards import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
@@ -260,9 +260,12 @@ def write_splits(
         else:
             pool = None
             results = (build_shard(task, digests[split]) for split, _, task in jobs)
-        return _collect(
-            jobs, results, pool is not None, digests, split_dirs, reports, candidates, owners, spec, extra
-        )
+        try:
+            return _collect(
+                jobs, results, pool is not None, digests, split_dirs, reports, candidates, owners, spec, extra
+            )
+        finally:
+            release_frame_buffers()
 
 
 def _collect(
