@@ -308,7 +308,6 @@ def _run(args: argparse.Namespace) -> int:
     log = logging.getLogger("robocar.edge")
     stop = threading.Event()
     _on_sigterm(stop.set)
-    poller = None
     if args.model:
         model_path = args.model
     else:
@@ -320,10 +319,13 @@ def _run(args: argparse.Namespace) -> int:
             except agent_mod.AgentError as exc:  # e.g. a corrupt state.json: still drive what is installed
                 log.warning("check failed (%s); driving with the installed model", exc)
         if args.interval > 0:
-            poller = threading.Thread(
+            threading.Thread(
                 target=agent_mod.poll, args=(car, args.interval), kwargs={"stop": stop.is_set}, daemon=True
-            )
-            poller.start()
+            ).start()
+            if not model_path.exists():  # a new car: wait for the poller's first install, not crash-loop
+                log.warning("no model installed yet: waiting for the first approved model (--interval)")
+                while not model_path.exists() and not stop.wait(0.2):
+                    pass
 
     def opener(path: Path) -> Any:
         return drive.open_pilot(path, prefer=args.prefer, threads=args.threads)

@@ -193,3 +193,23 @@ def test_corrupt_state_does_not_stop_the_car(workspace, capsys):
     )  # fmt: skip
     assert code == 0
     assert "drove 2 frames" in capsys.readouterr().out
+
+
+def test_new_car_waits_for_its_first_model_while_polling(workspace, capsys, caplog):
+    import threading
+
+    tmp_path, aws = workspace
+    approve_later = threading.Timer(
+        0.5, lambda: register(aws.sagemaker, aws.s3, onnx_pilot_package("first"), key="m/1/model.tar.gz")
+    )
+    approve_later.start()
+    code = edge_main(
+        ["run", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
+         "--group", GROUP, "--target", TARGET, "--interval", "0.2", "--source", str(TUB_V2),
+         "--max-frames", "3", "--quiet"]
+    )  # fmt: skip
+    approve_later.join()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "drove 3 frames" in out.out
+    assert "waiting for the first approved model" in caplog.text
