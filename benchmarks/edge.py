@@ -227,20 +227,17 @@ def donkeycar_python(explicit: str | None) -> tuple[Path | None, str]:
         return Path(os.environ["ROBOCAR_DONKEYCAR_PYTHON"]), "ROBOCAR_DONKEYCAR_PYTHON"
     helper = REPO / "benchmarks" / "donkeycar_env.py"
     if not helper.is_file():
-        return None, "benchmarks/donkeycar_env.py does not exist yet"
+        return None, "benchmarks/donkeycar_env.py does not exist"
     sys.path.insert(0, str(REPO))
     try:
-        from benchmarks import donkeycar_env
-    except Exception as exc:  # another engineer's module: report, do not crash the benchmark
+        from benchmarks.donkeycar_env import DonkeycarEnvError, ensure_donkeycar_env
+    except ImportError as exc:  # another engineer's module: report, do not crash the benchmark
         return None, f"benchmarks/donkeycar_env.py does not import: {exc}"
-    for name in ("venv_python", "python_path", "donkeycar_python", "PYTHON", "VENV_PYTHON"):
-        found = getattr(donkeycar_env, name, None)
-        if found is not None:
-            path = Path(found() if callable(found) else found)
-            if path.is_dir():
-                path = path / "bin" / "python"
-            return (path if path.exists() else None), f"benchmarks/donkeycar_env.py ({name} -> {path})"
-    return None, "benchmarks/donkeycar_env.py names no python for its virtualenv"
+    try:
+        env = ensure_donkeycar_env()  # made once (minutes), then reused
+    except DonkeycarEnvError as exc:
+        return None, f"the donkeycar environment cannot be made: {exc}"
+    return env.python, f"benchmarks/donkeycar_env.py ({env.root})"
 
 
 def run_donkeycar(
