@@ -140,3 +140,20 @@ def test_missing_split_is_a_clear_error(tmp_path, capsys):
     code = train.main(["--train", str(data / "train"), "--validation", str(tmp_path / "nope")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_inference_handler_serves_the_exported_model(linear_model_dir):
+    from inference.inference import predict_payload
+
+    model_json = json.loads((linear_model_dir / "model.json").read_text())
+    serving = tf.saved_model.load(str(linear_model_dir / "1")).signatures["serving_default"]
+
+    def predict_fn(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {key: value.numpy() for key, value in serving(tf.constant(x)).items()}
+
+    frames = np.random.default_rng(2).integers(0, 256, (2, SIDE, SIDE, 3), dtype=np.uint8)
+    result = predict_payload(json.dumps(frames.tolist()).encode(), "application/json", predict_fn, model_json)
+    model = keras.saving.load_model(linear_model_dir / "model.keras")
+    angle, throttle = (np.asarray(o).reshape(-1) for o in model([to_model_input(frames)], training=False))
+    np.testing.assert_allclose(result["angle"], np.clip(angle, -1, 1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result["throttle"], np.clip(throttle, -1, 1), rtol=1e-5, atol=1e-6)

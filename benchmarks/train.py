@@ -1,0 +1,267 @@
+"""Training benchmark: our pilot training vs donkeycar 5.3.0's ``donkey train``, same tubs, model, epochs.
+
+Both train the linear pilot (donkeycar ``default_n_linear``: 817,028 parameters, MSE on both heads,
+Adam 0.001, batch 128) for the same number of epochs with early stopping off, on the same tubs, one
+after the other in this invocation, each as its own process:
+
+- ours: ``processing/preprocess.py`` (tubs -> shards, a separate pipeline step, timed separately) then
+  ``training/train.py``;
+- donkeycar: ``donkey createcar`` then ``donkey train --tub ... --type linear`` in the virtualenv that
+  ``benchmarks/donkeycar_env.py`` makes (donkeycar's defaults otherwise: image cache ``ARRAY``, random
+  80/20 train/validation split, best-model checkpoint each epoch; plots and TFLite export off).
+
+Figures (printed as ratios ours / donkeycar):
+- training throughput, samples/s: train frames x epochs / seconds of the epochs (validation included),
+  median over the epochs after the first (the first also loads and caches images);
+- end-to-end: frames x epochs / wall seconds of the whole command (process start to exit; ours includes
+  the preprocess step);
+- final validation loss (sum of the two heads' MSE, the same loss in both). The validation sets differ:
+  donkeycar draws a random 20% of records (neighbouring frames of the same drive land on both sides),
+  ours holds out whole blocks of driving, which is the harder test.
+Goal: >= 1.5x donkeycar's throughput at equal or better validation loss.
+
+If donkeycar cannot be installed here the benchmark says why and still prints our own figures.
+
+    python benchmarks/train.py [--frames 2000] [--epochs 3] [--tubs DIR] [--skip-donkeycar]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.donkeycar_env import DonkeycarEnvError, ensure_donkeycar_env  # noqa: E402
+from training.metrics import parse_epoch_line  # noqa: E402
+
+GOAL_THROUGHPUT_RATIO = 1.5
+CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+# donkeycar (Keras 2) prints one line per epoch when not on a terminal, e.g.
+# "27/27 [====] - 31s 1s/step - loss: 0.0712 - ... - val_loss: 0.0405 - ..."
+KERAS2_EPOCH = re.compile(r"\] - (\d+)s .*? - loss: ([-+0-9.e]+).*? - val_loss: ([-+0-9.e]+)")
+DONKEY_RECORDS = re.compile(r"Records # Training (\d+)")
+
+
+def run_timed(cmd: list[str], log: Path, cwd: Path = REPO, timeout: float = 3600) -> tuple[float, str]:
+    """Run ``cmd``; its output goes to ``log`` and is returned with the wall seconds."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        cmd, cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    seconds = time.perf_counter() - started
+    output = result.stdout + result.stderr
+    log.write_text(f"$ {' '.join(cmd)}\n{output}")
+    if result.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-6:])
+        raise RuntimeError(f"`{' '.join(cmd[:3])} ...` failed (exit {result.returncode}), log {log}:\n{tail}")
+    return seconds, output
+
+
+def steady_throughput(epoch_seconds: list[float], frames: int) -> float:
+    """Median samples/s over the epochs after the first (all epochs when there is only one)."""
+    steady = epoch_seconds[1:] or epoch_seconds
+    return frames / statistics.median(steady)
+
+
+def make_tubs(work: Path, frames: int, seed: int) -> Path:
+    tubs = work / "tubs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "data",
+        "synth",
+        "--out",
+        str(tubs / "tub"),
+        "--frames",
+        str(frames),
+    ]
+    run_timed([*cmd, "--seed", str(seed)], work / "synth.log")
+    return tubs
+
+
+def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[str, Any]:
+    shards = work / "shards"
+    preprocess_s, _ = run_timed(
+        [sys.executable, "processing/preprocess.py", "--input", str(tubs), "--output", str(shards)],
+        work / "ours-preprocess.log",
+    )
+    train_s, output = run_timed(
+        [
+            sys.executable, "training/train.py",
+            "--train", str(shards / "train"), "--validation", str(shards / "validation"),
+            "--sm-model-dir", str(work / "ours-model"), "--model-type", "linear",
+            "--epochs", str(epochs), "--patience", str(epochs + 1), "--batch-size", str(batch_size),
+        ],
+        work / "ours-train.log",
+    )  # fmt: skip
+    lines = [parse_epoch_line(line) for line in output.splitlines() if line.startswith("epoch=")]
+    model_json = json.loads((work / "ours-model" / "model.json").read_text())
+    train_frames = model_json["training"]["frames"]["train"]
+    epoch_seconds = [train_frames / line["train:samples_per_second"] for line in lines]
+    return {
+        "train_frames": train_frames,
+        "validation_frames": model_json["training"]["frames"]["validation"],
+        "epochs": len(lines),
+        "epoch_seconds": [round(s, 2) for s in epoch_seconds],
+        "samples_per_s": steady_throughput(epoch_seconds, train_frames),
+        "final_val_loss": lines[-1]["validation:loss"],
+        "final_val_angle_mae": lines[-1].get("validation:angle_mae"),
+        "preprocess_s": preprocess_s,
+        "wall_s": preprocess_s + train_s,
+        "end_to_end_samples_per_s": train_frames * len(lines) / (preprocess_s + train_s),
+    }
+
+
+MYCONFIG = """
+# benchmarks/train.py: same epochs as ours, no early stopping, no plot window, no TFLite conversion
+MAX_EPOCHS = {epochs}
+BATCH_SIZE = {batch_size}
+USE_EARLY_STOP = False
+SHOW_PLOT = False
+CREATE_TF_LITE = False
+PRINT_MODEL_SUMMARY = False
+DEFAULT_MODEL_TYPE = 'linear'
+"""
+
+
+def run_donkeycar(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[str, Any]:
+    env = ensure_donkeycar_env()
+    car = work / "car"
+    run_timed([str(env.donkey), "createcar", "--path", str(car)], work / "donkey-createcar.log")
+    with (car / "myconfig.py").open("a") as myconfig:
+        myconfig.write(MYCONFIG.format(epochs=epochs, batch_size=batch_size))
+    tub_dirs = sorted(str(p.parent) for p in tubs.rglob("manifest.json"))
+    wall_s, output = run_timed(
+        [
+            str(env.donkey),
+            "train",
+            "--tub",
+            *tub_dirs,
+            "--model",
+            str(car / "models" / "pilot.h5"),
+            "--type",
+            "linear",
+        ],
+        work / "donkey-train.log",
+        cwd=car,
+    )
+    epochs_seen = [(float(s), float(loss), float(val)) for s, loss, val in KERAS2_EPOCH.findall(output)]
+    records = DONKEY_RECORDS.search(output)
+    if not epochs_seen or not records:
+        raise RuntimeError(f"could not read donkeycar's epoch lines; see {work / 'donkey-train.log'}")
+    train_frames = int(records.group(1))
+    epoch_seconds = [s for s, _, _ in epochs_seen]
+    return {
+        "train_frames": train_frames,
+        "epochs": len(epochs_seen),
+        "epoch_seconds": epoch_seconds,
+        "samples_per_s": steady_throughput(epoch_seconds, train_frames),
+        "final_val_loss": epochs_seen[-1][2],
+        "wall_s": wall_s,
+        "end_to_end_samples_per_s": train_frames * len(epochs_seen) / wall_s,
+    }
+
+
+def report(ours: dict[str, Any], donkey: dict[str, Any] | None, reason: str | None) -> dict[str, Any]:
+    print()
+    print(f"{'':28}{'ours':>12}{'donkeycar':>12}{'ratio':>10}")
+    rows = [
+        ("train frames", "train_frames", "{:.0f}"),
+        ("epochs", "epochs", "{:.0f}"),
+        ("samples/s (epochs 2+)", "samples_per_s", "{:.1f}"),
+        ("samples/s end to end", "end_to_end_samples_per_s", "{:.1f}"),
+        ("wall s", "wall_s", "{:.1f}"),
+        ("final val_loss", "final_val_loss", "{:.5f}"),
+    ]
+    ratios: dict[str, float] = {}
+    for label, key, fmt in rows:
+        ours_text = fmt.format(ours[key])
+        donkey_text = fmt.format(donkey[key]) if donkey else "-"
+        ratio_text = ""
+        if donkey and key in ("samples_per_s", "end_to_end_samples_per_s", "final_val_loss"):
+            ratios[key] = ours[key] / donkey[key]
+            ratio_text = f"{ratios[key]:.2f}x"
+        print(f"{label:28}{ours_text:>12}{donkey_text:>12}{ratio_text:>10}")
+    print(
+        f"ours: preprocess {ours['preprocess_s']:.1f} s of the wall time; "
+        f"val angle MAE {ours['final_val_angle_mae']}"
+    )
+    result: dict[str, Any] = {"ours": ours, "donkeycar": donkey, "ratios": ratios}
+    if donkey is None:
+        print(f"donkeycar: NOT MEASURED - {reason}")
+        result["donkeycar_unavailable"] = reason
+        return result
+    met = (
+        ratios["samples_per_s"] >= GOAL_THROUGHPUT_RATIO
+        and ours["final_val_loss"] <= donkey["final_val_loss"]
+    )
+    print(
+        f"throughput ratio {ratios['samples_per_s']:.2f}x (goal >= {GOAL_THROUGHPUT_RATIO}x), "
+        f"val_loss {'equal or better' if ours['final_val_loss'] <= donkey['final_val_loss'] else 'WORSE'}: "
+        f"goal {'MET' if met else 'NOT met'}"
+    )
+    print("note: validation sets differ (donkeycar: random 20% of records; ours: held-out blocks of driving)")
+    result["goal_met"] = met
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Training throughput and validation loss: ours vs donkeycar 5.3.0's `donkey train`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--tubs", type=Path, default=None, help="tubs to train on (default: synthesise them)")
+    parser.add_argument(
+        "--frames", type=int, default=2000, help="frames to synthesise when --tubs is not given"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic drive")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128, help="donkeycar's default BATCH_SIZE")
+    parser.add_argument("--skip-donkeycar", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--work", type=Path, default=None, help="keep logs and models here (default: temporary)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.frames < 200:
+        parser.error("--epochs must be >= 1 and --frames >= 200")
+
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tubs = args.tubs or make_tubs(work, args.frames, args.seed)
+        print(
+            f"tubs: {tubs}; linear pilot, {args.epochs} epochs, batch {args.batch_size}; logs in {work}",
+            flush=True,
+        )
+        print("ours: preprocess + train ...", flush=True)
+        ours = run_ours(tubs, work, args.epochs, args.batch_size)
+        donkey, reason = None, None
+        if args.skip_donkeycar:
+            reason = "--skip-donkeycar"
+        else:
+            print("donkeycar: createcar + donkey train ...", flush=True)
+            try:
+                donkey = run_donkeycar(tubs, work, args.epochs, args.batch_size)
+            except (DonkeycarEnvError, RuntimeError) as exc:
+                reason = str(exc)
+        result = report(ours, donkey, reason)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
