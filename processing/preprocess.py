@@ -55,6 +55,15 @@ from processing.tubs import (  # noqa: E402
 DEFAULT_INPUT = "/opt/ml/processing/input/data"
 DEFAULT_OUTPUT = "/opt/ml/processing/output"
 REPORT_FORMAT = "robocar-data-report/1"
+AUTO_SHARDS, MIN_AUTO_SHARD = 16, 256
+
+
+def auto_shard_size(candidates: int) -> int:
+    """Shards small enough that a pool has work to balance, never more than the contract's 2,048 frames.
+
+    A function of the data only (never of --workers), so the output stays the same for any worker count.
+    """
+    return min(DEFAULT_SHARD_SIZE, max(MIN_AUTO_SHARD, -(-candidates // AUTO_SHARDS)))
 
 
 class PreprocessError(Exception):
@@ -117,7 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes decoding images")
-    run.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="frames per shard")
+    run.add_argument(
+        "--shard-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"candidate frames per shard, at most {DEFAULT_SHARD_SIZE}; 0: {DEFAULT_SHARD_SIZE}, down to "
+        f"{MIN_AUTO_SHARD} when the data would make fewer than {AUTO_SHARDS} shards (so that several "
+        "processes can build them at once)",
+    )
     run.add_argument(
         "--max-reject-fraction",
         type=float,
@@ -241,16 +258,15 @@ def write_splits(
     pool they are read back (from the page cache) while the workers build the next shards.
     """
     classifier = "classes" in extra
+    shard_size = args.shard_size or auto_shard_size(len(candidates))
     tub_names = [reports[o].tub for o in owners]
     split_dirs = {split: prepare_split_dir(args.output, split) for split in SPLITS}
     jobs: list[tuple[str, list[int], ShardTask]] = []
     for split in SPLITS:
         positions = by_split[split]
-        tasks = shard_tasks(
-            split_dirs[split], positions, candidates, tub_names, spec, args.shard_size, classifier
-        )
+        tasks = shard_tasks(split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier)
         for number, task in enumerate(tasks):
-            jobs.append((split, positions[number * args.shard_size : (number + 1) * args.shard_size], task))
+            jobs.append((split, positions[number * shard_size : (number + 1) * shard_size], task))
     digests = {split: hashlib.sha256() for split in SPLITS}
     workers = min(args.workers, len(jobs))
     with contextlib.ExitStack() as stack:
@@ -376,8 +392,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fractions = fractions_from(args.train_fraction, args.validation_fraction)
     except ValueError as exc:
         raise PreprocessError(str(exc)) from None
-    if args.workers < 1 or args.shard_size < 1 or args.block_frames < 1:
-        raise PreprocessError("--workers, --shard-size and --block-frames must be at least 1")
+    if not 0 <= args.shard_size <= DEFAULT_SHARD_SIZE:
+        raise PreprocessError(
+            f"--shard-size must be 0 (auto) or 1..{DEFAULT_SHARD_SIZE} (the contract's limit)"
+        )
+    if args.workers < 1 or args.block_frames < 1:
+        raise PreprocessError("--workers and --block-frames must be at least 1")
     sources = select_sources(args)
     reports, candidates, owners, classes = read_sources(sources, args)
     keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]

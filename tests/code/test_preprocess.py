@@ -85,3 +85,11 @@ def test_bad_options_are_reported_without_traceback(synth_tub, tmp_path, capsys)
     assert "bad frame options" in capsys.readouterr().err
     assert main(["--input", str(synth_tub), "--output", str(tmp_path), "--train-fraction", "0.9"]) == 2
     assert "add up" in capsys.readouterr().err
+
+
+def test_shard_size_defaults_to_enough_shards_for_a_pool_within_the_contract(synth_tub, tmp_path, capsys):
+    from processing.preprocess import auto_shard_size
+
+    assert [auto_shard_size(n) for n in (10, 5000, 10_000, 1_000_000)] == [256, 313, 625, 2048]
+    assert main(["--input", str(synth_tub), "--output", str(tmp_path), "--shard-size", "4096"]) == 2
+    assert "contract's limit" in capsys.readouterr().err
