@@ -419,6 +419,20 @@ def representative_indices(total: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(total, size=min(total, wanted), replace=False))
 
 
+def with_full_input_range(frames: np.ndarray) -> np.ndarray:
+    """The calibration frames with one pixel of the first set to 0 and one to 255.
+
+    Quantisers take the input's range from what they see; a dim or washed-out training set would give
+    the input a narrower range than the camera's, clipping brighter frames on the car and losing the
+    exact frame-to-int8 mapping (scale 1/255). Two pixels of one frame fix the range and change the
+    activations' statistics negligibly.
+    """
+    frames = np.array(frames, dtype=np.uint8, copy=True)
+    if len(frames):
+        frames[0, 0, 0, 0], frames[0, 0, 0, 1] = 0, 255
+    return frames
+
+
 def load_images(split_dir: Path) -> np.ndarray:
     from processing.shards import ShardError, load_split
 
@@ -606,7 +620,9 @@ def compile_locally(
     test_images = load_images(test_dir)
     if len(test_images) == 0:
         raise CompileError("the test split is empty: the accuracy delta needs frames")
-    calibration = train_images[representative_indices(len(train_images), calibration_frames, seed)]
+    calibration = with_full_input_range(
+        train_images[representative_indices(len(train_images), calibration_frames, seed)]
+    )
     del train_images
     log(
         f"loading {model_path.name}; calibrating on {len(calibration)} training frames, "

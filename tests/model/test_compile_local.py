@@ -123,6 +123,22 @@ def test_calibration_sample_is_deterministic_and_from_the_train_split():
         compile_step.representative_indices(0, 200, seed=0)
 
 
+def test_a_narrow_training_set_still_gives_the_camera_s_full_input_range(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 3), name="img_in")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, {"angle": keras.layers.Dense(1)(x), "throttle": keras.layers.Dense(1)(x)})
+    dim = np.random.default_rng(0).integers(40, 200, (8, 8, 8, 3), dtype=np.uint8)  # no 0, no 255
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(compile_step.convert_litert(model, compile_step.with_full_input_range(dim)))
+    input_spec, _ = compile_step.litert_io(path, {"input": {"shape": [8, 8, 3]}})
+    assert input_spec["dtype"] == "int8"
+    assert input_spec["quantization"]["zero_point"] == -128
+    assert input_spec["quantization"]["scale"] == pytest.approx(1 / 255)
+    assert dim.min() > 0  # the caller's frames are left alone
+
+
 def test_artifacts_beyond_the_angle_tolerance_are_not_driven_with():
     artifacts = [
         {"file": "pilot_int8.tflite", "accuracy_delta": {"angle_mae": 0.05}},
