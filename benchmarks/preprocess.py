@@ -17,6 +17,11 @@ Rounds interleave decode and step so both see the same machine load; each figure
 matters is printed as a ratio: step frames/s / decode frames/s (goal: >= 0.70 with one worker; > 1
 with two workers on two free cores). The page cache is warmed first, so no round reads from disk.
 
+Then, to show where a frame's time goes on one core, the parts the step must do per frame besides the
+decode, each on the same files / the same number of bytes: ``edge.frames.decode_image`` (decode plus
+RGB conversion plus numpy array), CRC-32 (the zip format needs it), SHA-256 (the contract's
+``fingerprint``) and the file write of one prepared frame.
+
 Usage: ``python benchmarks/preprocess.py [--frames 3000] [--repeats 3] [--workers 1,2]``.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -31,13 +37,16 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from edge.frames import decode_image  # noqa: E402
 from pipelines.synth import write_tub  # noqa: E402
 from processing.preprocess import main as preprocess  # noqa: E402
 
@@ -60,6 +69,38 @@ def cpus(count: int):
         yield
     finally:
         os.sched_setaffinity(0, allowed)
+
+
+def per_frame_parts(paths: Sequence[Path], tmp: Path, repeats: int) -> dict[str, float]:
+    """Microseconds per frame of each part of the step, best of ``repeats``, on one core."""
+    blobs = [p.read_bytes() for p in paths]
+    frame_bytes = memoryview(decode_image(blobs[0]).reshape(-1))
+    shard = memoryview(np.zeros(len(blobs) * frame_bytes.nbytes, dtype=np.uint8))
+
+    def decode_raw() -> None:
+        for blob in blobs:
+            with Image.open(io.BytesIO(blob)) as image:
+                image.load()
+
+    def write() -> None:
+        with open(tmp / "write-test.bin", "wb") as handle:
+            handle.write(shard)
+
+    parts = {
+        "Pillow decode (from memory)": decode_raw,
+        "edge.frames.decode_image": lambda: [decode_image(blob) for blob in blobs],
+        "CRC-32 of the frame bytes": lambda: zlib.crc32(shard),
+        "SHA-256 of the frame bytes": lambda: hashlib.sha256(shard).digest(),
+        "file write of the frame bytes": write,
+    }
+    best = dict.fromkeys(parts, float("inf"))
+    with cpus(1):
+        for _ in range(repeats):
+            for name, part in parts.items():
+                started = time.perf_counter()
+                part()
+                best[name] = min(best[name], time.perf_counter() - started)
+    return {name: seconds / len(blobs) * 1e6 for name, seconds in best.items()}
 
 
 def run_step(tub: Path, out: Path, workers: int, extra: Sequence[str]) -> float:
@@ -101,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for workers in worker_counts:
                 best_step[workers] = min(best_step[workers], run_step(tub, Path(tmp) / "out", workers, extra))
             print(f"  round {round_number}/{args.repeats} done", file=sys.stderr, flush=True)
+        parts = per_frame_parts(paths, Path(tmp), args.repeats)
 
     n = len(paths)
     decode_fps = n / best_decode
@@ -117,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 1 in worker_counts:
         verdict = "meets" if figures["ratio_workers_1"] >= 0.70 else "misses"
         print(f"one worker: {figures['ratio_workers_1']:.0%} of the decode rate ({verdict} the 70% goal)")
+    print("where a frame's time goes (one core, microseconds per frame):")
+    for name, micros in parts.items():
+        print(f"  {name:<32}{micros:>8.1f}")
+    figures["parts_us"] = parts
     if args.json:
         print(json.dumps(figures))
     return 0

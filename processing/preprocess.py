@@ -396,6 +396,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PreprocessError(
             f"--shard-size must be 0 (auto) or 1..{DEFAULT_SHARD_SIZE} (the contract's limit)"
         )
+    if not 0.0 <= args.max_reject_fraction <= 1.0:
+        raise PreprocessError(f"--max-reject-fraction must be in [0, 1], got {args.max_reject_fraction}")
     if args.workers < 1 or args.block_frames < 1:
         raise PreprocessError("--workers and --block-frames must be at least 1")
     sources = select_sources(args)
