@@ -213,6 +213,20 @@ def read_sources(
     return reports, candidates, owners, classes
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """``fork`` (fastest) when this process has a single thread, else ``forkserver``: forking a process
+    whose other threads hold locks (TensorFlow in the same interpreter, say) can deadlock the child."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: the platform's default
+        return multiprocessing.get_context()
+    if threads == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["processing.images"])
+    return context
+
+
 def shard_tasks(
     split_dir: Path,
     positions: Sequence[int],
@@ -271,7 +285,7 @@ def write_splits(
     workers = min(args.workers, len(jobs))
     with contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(multiprocessing.get_context().Pool(workers))
+            pool = stack.enter_context(pool_context().Pool(workers))
             results: Iterator[ShardResult] = pool.imap(build_shard, [task for _, _, task in jobs])
         else:
             pool = None
