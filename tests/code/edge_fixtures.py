@@ -6,8 +6,10 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 from typing import Any
 
+SAMPLE_TUBS = Path(__file__).resolve().parents[1] / "data" / "samples" / "tubs"  # real donkeycar 5.3.0 tubs
 GROUP = "robocar-pilot"
 TARGET = "rasp4b"
 BUCKET = "robocar-artifacts"

@@ -8,14 +8,14 @@ import socket
 from pathlib import Path
 
 import pytest
-from edge_fixtures import GROUP, TARGET, onnx_pilot_package, register, registry
+from edge_fixtures import GROUP, SAMPLE_TUBS, TARGET, onnx_pilot_package, register, registry
 
 from edge import artifacts
 from edge.aws import clients
 from edge.cli import main as edge_main
 from pipelines.cli import main as robocar_main
 
-TUB_V2 = Path("/work/shared/samples/tubs/tub_v2")
+TUB_V2 = SAMPLE_TUBS / "tub_v2"
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edge_fixtures import onnx_pilot_package
+from edge_fixtures import SAMPLE_TUBS, onnx_pilot_package
 
 from edge import artifacts, drive, frames, sources
 from edge.agent import SmokeTestError, smoke_test
 
-TUBS = Path("/work/shared/samples/tubs")
+TUBS = SAMPLE_TUBS
 TUB_V2, TUB_V1 = TUBS / "tub_v2", TUBS / "tub_v1"
 
 

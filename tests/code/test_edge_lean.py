@@ -18,14 +18,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from edge_fixtures import GROUP, TARGET, onnx_pilot_package, register, registry
+from edge_fixtures import GROUP, SAMPLE_TUBS, TARGET, onnx_pilot_package, register, registry
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from edge.aws import clients
 
 REPO = Path(__file__).resolve().parents[2]
-TUB_V2 = Path("/work/shared/samples/tubs/tub_v2")
+TUB_V2 = SAMPLE_TUBS / "tub_v2"
 NOT_ON_THE_CAR = ("tensorflow", "keras", "sagemaker", "boto3", "botocore", "pandas", "matplotlib")
 
 

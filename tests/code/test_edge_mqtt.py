@@ -17,12 +17,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from edge_fixtures import onnx_pilot_package
+from edge_fixtures import SAMPLE_TUBS, onnx_pilot_package
 
 from edge import artifacts, drive, sources
 from edge.cli import main as edge_main
 
-TUB_V2 = Path("/work/shared/samples/tubs/tub_v2")
+TUB_V2 = SAMPLE_TUBS / "tub_v2"
 
 
 def _mosquitto_binary() -> str:

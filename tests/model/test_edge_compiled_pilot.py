@@ -18,7 +18,7 @@ from edge.aws import clients
 from edge.cli import main as edge_main
 from processing import compile as compile_step
 
-TUB_V2 = Path("/work/shared/samples/tubs/tub_v2")
+TUB_V2 = Path(__file__).resolve().parents[1] / "data" / "samples" / "tubs" / "tub_v2"
 GROUP, TARGET, BUCKET = "robocar-pilots", "rasp4b", "robocar-data"
 
 
