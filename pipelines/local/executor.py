@@ -16,6 +16,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import string
@@ -52,6 +53,7 @@ from pipelines.local.store import Execution, StepRecord
 DEFAULT_WORKSPACE = Path(".robocar")
 RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
 CACHEABLE_TYPES = ("Processing", "Training")
+TEMP_TREE_MAX_AGE_S = 24 * 3600
 EXECUTION_VARIABLES = (
     "PipelineExecutionId",
     "PipelineExecutionArn",
@@ -582,6 +584,7 @@ class LocalExecutor:
         return "run"
 
     def run(self) -> Execution:
+        _prune_old_temp_trees(self.workspace / "tmp")
         self.execution.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.execution.path / "definition.json", self.definition)
         store.touch_heartbeat(self.execution)
@@ -661,6 +664,17 @@ class LocalExecutor:
 
             write_report(self.execution)
         self._emit({"event": "execution-finished", "execution": self.execution})
+
+
+def _prune_old_temp_trees(folder: Path, max_age_s: float = TEMP_TREE_MAX_AGE_S) -> None:
+    """Failed steps keep their /opt/ml tree for a look inside; after a day it goes."""
+    if not folder.is_dir():
+        return
+    cutoff = datetime.now(UTC).timestamp() - max_age_s
+    for tree in folder.iterdir():
+        with contextlib.suppress(OSError):
+            if tree.is_dir() and tree.stat().st_mtime < cutoff:
+                shutil.rmtree(tree, ignore_errors=True)
 
 
 def _metadata(step_type: str, properties: dict[str, Any]) -> dict[str, Any]:

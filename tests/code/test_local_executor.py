@@ -248,3 +248,14 @@ def test_hyperparameters_decode_and_become_arguments_as_in_the_framework_contain
         ["python3", "/opt/ml/processing/code/x.py"], ["--out=/opt/ml/processing/o"], Path("/t/opt/ml")
     )
     assert command == [sys.executable, "/t/opt/ml/processing/code/x.py", "--out=/t/opt/ml/processing/o"]
+
+
+def test_temporary_trees_of_old_failures_are_pruned(workspace: Path) -> None:
+    old_tree = workspace / "tmp" / "Preprocess-old"
+    old_tree.mkdir(parents=True)
+    long_ago = time.time() - 2 * 24 * 3600
+    os.utime(old_tree, (long_ago, long_ago))
+    recent_tree = workspace / "tmp" / "Preprocess-recent"
+    recent_tree.mkdir()
+    run(workspace)
+    assert not old_tree.exists() and recent_tree.exists()
