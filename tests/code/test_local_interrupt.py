@@ -95,3 +95,19 @@ def test_a_killed_executor_reads_as_failed(tmp_path: Path) -> None:
     assert (
         json.loads((execution_dir / "execution.json").read_text())["status"] == "Executing"
     )  # as left on disk
+
+
+def test_stop_pipeline_execution_stops_a_run_in_another_process(tmp_path: Path) -> None:
+    executor = start_executor(tmp_path, step_seconds=30)
+    try:
+        execution_dir = wait_for_running_step(tmp_path)
+        client = LocalPipelineClient(tmp_path)
+        arn = json.loads((execution_dir / "execution.json").read_text())["arn"]
+        client.stop_pipeline_execution(PipelineExecutionArn=arn)
+        output, _ = executor.communicate(timeout=20)
+    finally:
+        executor.kill()
+    assert output.strip().splitlines()[-1] == "Stopped", output
+    described = client.describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert described["PipelineExecutionStatus"] == "Stopped"
+    assert described["FailureReason"] == "interrupted (SIGTERM)"
