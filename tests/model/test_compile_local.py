@@ -88,6 +88,9 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
     assert int8["input"]["dtype"] == "int8"
     assert int8["input"]["quantization"]["zero_point"] == -128
     assert int8["input"]["quantization"]["scale"] == pytest.approx(1 / 255)
+    # The ONNX int8 pilot takes the frame itself (its input QuantizeLinear removed).
+    onnx_int8 = manifest["artifacts"][2]
+    assert onnx_int8["input"]["dtype"] == "uint8" and onnx_int8["input"]["quantization"]["zero_point"] == 0
     # Section 5's top-level fields are the default artifact's.
     assert manifest["default"] == manifest["file"] == "pilot_int8.tflite"
     assert manifest["sha256"] == int8["sha256"] and manifest["runtime"] == "litert"
