@@ -27,6 +27,7 @@ packages; numpy and the runtimes are imported by the smoke test when it runs.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ STATE_FORMAT = "robocar-edge-state/1"
 INSTALL_RECORD = ".robocar-install.json"
 SHA256_ENV = "ROBOCAR_ARTIFACT_SHA256"
 TARGET_ENV = "ROBOCAR_EDGE_TARGET"
-SMOKE_FRAME = Path(__file__).with_name("assets") / "smoke_frame.jpg"
+SMOKE_FRAME = ("edge.assets", "smoke_frame.jpg")  # a 160x120 donkeycar camera frame, shipped in the wheel
 MAX_EVENTS = 50
 DEFAULT_LIMITS = artifacts.ExtractLimits()
 
@@ -195,6 +196,11 @@ def check_heads(heads: list[Any], model_type: str) -> None:
             raise SmokeTestError(f"output {index} is not a probability distribution")
 
 
+def smoke_frame_bytes() -> bytes:
+    package, name = SMOKE_FRAME
+    return importlib.resources.files(package).joinpath(name).read_bytes()
+
+
 def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float]:
     """Load the package as the drive loop will and run the bundled frame; SmokeTestError if it misbehaves.
 
@@ -205,7 +211,7 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
 
     try:
         infer = drive.open_pilot(Path(model_dir), prefer=prefer)
-        image = frames.decode_image(SMOKE_FRAME.read_bytes())
+        image = frames.decode_image(smoke_frame_bytes())
         started = time.perf_counter()
         angle, throttle = infer(image)
         latency_ms = (time.perf_counter() - started) * 1000.0

@@ -250,3 +250,11 @@ def test_video_source_replays_rgb_frames_at_camera_size(tmp_path, size):
 def test_camera_that_cannot_open_is_a_clear_error():
     with pytest.raises(sources.SourceError, match="cannot open camera 7"):
         sources.open_source("camera:7", frames.FrameSpec())
+
+
+def test_bundled_smoke_frame_is_a_camera_frame():
+    from edge.agent import smoke_frame_bytes
+
+    image = frames.decode_image(smoke_frame_bytes())
+    assert image.shape == (120, 160, 3)
+    frames.prepare_frame(image, frames.FrameSpec())  # the camera size every FrameSpec starts from
