@@ -8,13 +8,14 @@ Settings come from flags, else environment variables (the same ones the rest of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -286,8 +287,8 @@ def _pull(args: argparse.Namespace) -> int:
         result = car.install_archive(args.archive, candidate)
     elif args.interval > 0:
         stop = threading.Event()
-        _on_sigterm(stop.set)
-        agent_mod.poll(car, args.interval, stop=stop.is_set)
+        with _stop_on_signals(stop):
+            agent_mod.poll(car, args.interval, stop=stop.is_set)
         return 0
     else:
         result = car.check()
@@ -295,19 +296,40 @@ def _pull(args: argparse.Namespace) -> int:
     return 0 if result.outcome in ("installed", "up-to-date") else 1
 
 
-def _on_sigterm(callback: Callable[[], None]) -> None:
-    """Greengrass and systemd stop with SIGTERM: end the loop cleanly (motors stopped, messages flushed)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: callback())
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM (Greengrass, systemd) and a first Ctrl-C set ``stop``, so the loop ends cleanly: motors
+    stopped, messages flushed, summary printed. A second Ctrl-C interrupts at once (e.g. a camera that
+    delivers nothing). The previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first_interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop.set()
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, first_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return _drive(args, stop)
+
+
+def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     from edge import agent as agent_mod
     from edge import drive, sources
 
     log = logging.getLogger("robocar.edge")
-    stop = threading.Event()
-    _on_sigterm(stop.set)
     if args.model:
         model_path = args.model
     else:

@@ -213,3 +213,37 @@ def test_new_car_waits_for_its_first_model_while_polling(workspace, capsys, capl
     assert code == 0, out.err
     assert "drove 3 frames" in out.out
     assert "waiting for the first approved model" in caplog.text
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_end_the_drive_with_a_summary(tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(onnx_pilot_package("sig"))
+    artifacts.safe_extract(archive, tmp_path / "model")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--model", str(tmp_path / "model"), "--source", str(TUB_V2),
+         "--rate", "20", "--actuator", "pca9685-stub"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    line = ""
+    while "frames" not in line and time.monotonic() < deadline:  # driving: the first live line is out
+        line = process.stderr.readline()
+    process.send_signal(getattr(signal, signal_name))
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    frames_driven = int(out.split("drove ")[1].split(" frames")[0])
+    assert 0 < frames_driven < 48, "stopped early, with the summary of what was driven"
+
+
+def test_signal_handlers_are_restored_after_a_run(tmp_path):
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    edge_main(["run", "--model", str(tmp_path / "missing"), "--source", str(TUB_V2)])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
