@@ -27,6 +27,7 @@ REASONS = {
     "out of range": "a number outside its schema range (user/angle, user/throttle in [-1, 1])",
     "schema": "a required field missing or of the wrong type",
     "duplicate index": "a second record with an index already read from this tub",
+    "record missing": "an index below manifest.json's current_index that no catalog line holds",
     "image missing": "the record's image file does not exist",
     "image unreadable": "the image file cannot be read or decoded",
     "image wrong size": "the decoded image is not the camera size of the frame spec",

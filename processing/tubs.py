@@ -10,16 +10,19 @@ Reading follows donkeycar 5.3.0 (``donkeycar/parts/datastore_v2.py``, ``tub_v2.p
   ``exclude.json`` (a list of excluded indexes, counted as deleted).
 
 What is counted. **read** is every record the tub holds: every line of every catalog listed in the
-manifest (an empty or garbage line included; a final newline does not start a line), or every
-``record_N.json`` file. ``read = accepted + rejected + deleted`` for every tub.
+manifest (an empty or garbage line included; a final newline does not start a line), plus every index
+below the manifest's ``current_index`` (the number of records donkeycar wrote) that no line holds: such
+a record is lost (a line cut out, a catalog file gone) and is rejected as ``record missing``, or counted
+deleted if it was. For v1: every ``record_N.json`` file. ``read = accepted + rejected + deleted`` for
+every tub.
 
-Which index a record has. A line that parses gets the ``_index`` it carries (so one missing line does
-not renumber the rest). A line that does not parse gets the index its position implies, exactly as
-donkeycar's ``ManifestIterator`` counts: the catalog's ``start_index`` (from its catalog_manifest, or the
-number of lines before it) plus its line number. A record whose index is in ``deleted_indexes`` is
-*deleted* whether or not it would have been valid (donkeycar checks deletion before parsing).
-A parseable record whose ``_index`` differs from its position is accepted with a warning; a second
-record with the same index is rejected (``duplicate index``).
+Which index a record has. A line that parses gets the ``_index`` it carries (so a lost line does not
+renumber the rest). A line that does not parse gets the index its position implies: the previous
+line's index + 1, starting each catalog at the ``start_index`` of its catalog_manifest (which, for a
+healthy tub, is exactly donkeycar's ``ManifestIterator`` count). A record whose index is in
+``deleted_indexes`` is *deleted* whether or not it would have been valid (donkeycar checks deletion
+before parsing). A parseable record whose ``_index`` differs from its position is accepted with a
+warning; a second line with an index already met is rejected (``duplicate index``).
 """
 
 from __future__ import annotations
@@ -146,8 +149,8 @@ def _read_json_file(path: Path, what: str) -> Any:
         raise SourceError(f"{path}: {what} is not valid JSON ({exc})") from None
 
 
-def read_v2_manifest(tub: Path) -> tuple[list[str], set[int], dict[str, Any]]:
-    """(catalog paths, deleted indexes, manifest metadata line) from a v2 ``manifest.json``."""
+def read_v2_manifest(tub: Path) -> tuple[list[str], set[int], int]:
+    """(catalog paths, deleted indexes, ``current_index`` = records written) from a v2 ``manifest.json``."""
     path = tub / "manifest.json"
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -156,13 +159,13 @@ def read_v2_manifest(tub: Path) -> tuple[list[str], set[int], dict[str, Any]]:
     if len(lines) < 5:
         raise SourceError(f"{path}: expected 5 JSON lines (inputs, types, metadata, sessions, catalogs)")
     try:
-        metadata = json.loads(lines[3])
         catalogs = json.loads(lines[4])
         paths = [str(p) for p in catalogs["paths"]]
         deleted = {int(i) for i in catalogs.get("deleted_indexes", [])}
-    except (ValueError, KeyError, TypeError) as exc:
+        current_index = int(catalogs.get("current_index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SourceError(f"{path}: malformed catalog line ({exc})") from None
-    return paths, deleted, metadata if isinstance(metadata, dict) else {}
+    return paths, deleted, current_index
 
 
 def _catalog_start_index(catalog: Path, fallback: int, report: SourceReport, line_count: int) -> int:
@@ -188,11 +191,11 @@ def split_lines(data: bytes) -> list[bytes]:
 
 def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceReport, list[Candidate]]:
     report = SourceReport(source.name, "v2")
-    paths, deleted, _ = read_v2_manifest(source.path)
+    paths, deleted, current_index = read_v2_manifest(source.path)
     candidates: list[Candidate] = []
     images_dir = os.path.join(str(source.path), V2_IMAGE_DIR, "")  # string joins: ~10x cheaper than Path
-    seen: set[int] = set()
-    position = 0
+    seen: set[int] = set()  # every index met on a line: accepted, rejected or deleted
+    expected = 0  # the index the next line implies: the previous line's + 1
     mismatched = 0
     for catalog_name in paths:
         catalog = source.path / catalog_name
@@ -202,7 +205,7 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
             report.warnings.append(f"catalog {catalog_name} listed in manifest.json cannot be read ({exc})")
             continue
         lines = split_lines(data)
-        position = _catalog_start_index(catalog, position, report, len(lines))
+        expected = _catalog_start_index(catalog, expected, report, len(lines))
         for line in lines:
             report.read += 1
             record: dict[str, Any] | None = None
@@ -212,10 +215,12 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
             except Rejection as rejection:
                 parse_error = rejection
             carried = record.get("_index") if record is not None else None
-            index = carried if type(carried) is int else position
-            if record is not None and index != position:
+            index = carried if type(carried) is int else expected
+            if record is not None and index != expected:
                 mismatched += 1
-            position += 1
+            expected = index + 1
+            duplicate = index in seen
+            seen.add(index)
             if index in deleted:
                 report.deleted += 1
                 continue
@@ -223,12 +228,11 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
                 if parse_error is not None or record is None:
                     raise parse_error or Rejection("malformed record", "unparseable")
                 validator.check(record)
-                if index in seen:
+                if duplicate:
                     raise Rejection("duplicate index", f"_index {index} was already read from this tub")
             except Rejection as rejection:
                 report.reject(index, rejection.reason)
                 continue
-            seen.add(index)
             candidates.append(
                 Candidate(
                     index=index,
@@ -239,10 +243,16 @@ def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceRepor
                     throttle=float(record["user/throttle"]),
                 )
             )
+    # Records manifest.json counts (current_index) that no catalog line holds: lost, and said so.
+    for index in range(current_index):
+        if index not in seen:
+            report.read += 1
+            if index in deleted:
+                report.deleted += 1
+            else:
+                report.reject(index, f"record missing: no catalog line, manifest.json counts {current_index}")
     if mismatched:
-        report.warnings.append(
-            f"{mismatched} records carry an _index that differs from their catalog position"
-        )
+        report.warnings.append(f"{mismatched} records carry an _index that differs from their line position")
     unlisted = sorted({p.name for p in source.path.glob("catalog_*.catalog")} - set(paths))
     if unlisted:  # donkeycar reads only the catalogs manifest.json lists; so do we, but say so
         report.warnings.append(f"catalogs not listed in manifest.json, not read: {', '.join(unlisted)}")

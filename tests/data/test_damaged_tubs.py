@@ -99,23 +99,38 @@ def test_every_damage_rejects_only_its_record(tub_v2, tmp_path):
     assert "80x60" in wrong_size and "160x120" in wrong_size
 
 
-def test_line_without_its_neighbour_keeps_the_indexes_records_carry(tub_v2, tmp_path):
+def test_a_lost_line_is_reported_missing_and_the_others_keep_their_index(tub_v2, tmp_path):
     lines = catalog_lines(tub_v2, 0)
-    del lines[12]  # a record lost entirely: the others keep their own _index
+    del lines[12]  # record 12 lost entirely (manifest.json still counts 50 records)
+    lines[15] = "garbage\n"  # was record 16: its index is the previous line's (15) + 1
     (tub_v2 / "catalog_0.catalog").write_text("".join(lines))
     code, report = run(tub_v2, tmp_path / "out")
     tub = only_tub(report)
-    assert code == 0 and (tub["read"], tub["accepted"], tub["deleted"]) == (49, 47, 2)
+    assert code == 0 and (tub["read"], tub["accepted"], tub["rejected"], tub["deleted"]) == (50, 46, 2, 2)
+    assert [(r["index"], r["reason"].split(":")[0]) for r in tub["rejections"]] == [
+        (12, "record missing"),
+        (16, "malformed record"),
+    ]
     assert any("19 lines" in w for w in tub["warnings"])
+
+
+def test_a_missing_catalog_reports_each_of_its_records(tub_v2, tmp_path):
+    (tub_v2 / "catalog_2.catalog").unlink()  # records 40..49
+    code, report = run(tub_v2, tmp_path / "out", "--max-reject-fraction", "0.5")
+    tub = only_tub(report)
+    assert (tub["read"], tub["accepted"], tub["rejected"], tub["deleted"]) == (50, 38, 10, 2)
+    assert [r["index"] for r in tub["rejections"]] == list(range(40, 50))
+    assert any("catalog_2.catalog" in w for w in tub["warnings"])
 
 
 def test_duplicate_index_is_rejected(tub_v2, tmp_path):
     line = catalog_lines(tub_v2, 0)[7]
-    replace_line(tub_v2, 8, line.rstrip("\n"))
+    replace_line(tub_v2, 8, line.rstrip("\n"))  # record 8 overwritten by a copy of record 7
     code, report = run(tub_v2, tmp_path / "out")
     tub = only_tub(report)
-    assert tub["rejections"] == [
-        {"index": 7, "reason": "duplicate index: _index 7 was already read from this tub"}
+    assert [(r["index"], r["reason"].split(":")[0]) for r in tub["rejections"]] == [
+        (7, "duplicate index"),
+        (8, "record missing"),
     ]
 
 
