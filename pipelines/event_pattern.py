@@ -9,6 +9,9 @@ list, or a ``prefix``/``suffix``/``equals-ignore-case``/``wildcard`` filter), ``
 - an event field holding an array matches when any of its elements matches;
 - only ``exists: false`` matches a field the event lacks;
 - numbers compare as numbers (``1`` equals ``1.0``), never equal to a string or a boolean.
+
+Not supported: ``cidr``, and patterns that reach into arrays of objects (the rules here need neither;
+``PutRule`` accepts them, so a pattern using them is refused with a clear error or does not match).
 """
 
 from __future__ import annotations
