@@ -18,6 +18,7 @@ from typing import Any
 from pipelines import settings as settings_mod
 
 DEFAULT_WORKSPACE = Path(".robocar")
+BUILD_ATTEMPTS = 3  # files edited while the definition builds change its code URI: build again
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the execution record as JSON at the end")
     settings_mod.add_arguments(parser)
     parser.set_defaults(handler=main_from_args)
+
+
+class CodeChanged(ValueError):
+    """A container file changed between building the definition and uploading the code it names."""
 
 
 def _fail(message: str) -> int:
@@ -168,7 +173,9 @@ def prepare_workspace(
     code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     if require_bundle and code.uri not in definition_text:
         # The definition names the code by content; a file edited while it was built changes the name.
-        raise ValueError(f"the container code changed while the definition was built ({code.uri}): run again")
+        raise CodeChanged(
+            f"the container code changed while the definition was built ({code.uri}): run again"
+        )
     if code.uri in definition_text:
         uploaded = code.upload(aws.s3)
         if uploaded:
@@ -237,16 +244,24 @@ def main_from_args(args: argparse.Namespace) -> int:
         )
     try:
         settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
-        text = _definition(args, settings)
-        try:
-            definition = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the definition is not JSON: {exc}") from None
-        parameters = parse_parameters(definition, args.param)
-        execution = run_locally(
-            args.workspace, settings, text, parameters, data=args.data,
-            require_bundle=args.definition is None, on_event=Progress(), display_name=args.display_name,
-        )  # fmt: skip
+        for attempt in range(1, BUILD_ATTEMPTS + 1):
+            text = _definition(args, settings)
+            try:
+                definition = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"the definition is not JSON: {exc}") from None
+            parameters = parse_parameters(definition, args.param)
+            try:
+                execution = run_locally(
+                    args.workspace, settings, text, parameters, data=args.data,
+                    require_bundle=args.definition is None, on_event=Progress(),
+                    display_name=args.display_name,
+                )  # fmt: skip
+                break
+            except CodeChanged:
+                if attempt == BUILD_ATTEMPTS:
+                    raise
+                print("the container code changed while building; building again", flush=True)
     except (settings_mod.SettingsError, ParameterError, ValueError) as exc:
         return _fail(str(exc))
     except Exception as exc:  # the local client's ClientError: a definition that cannot run here
