@@ -7,9 +7,10 @@ What is measured, all in the same run on the same frames:
 * donkeycar 5.3.0's own pilot on the same float32 weights: ``KerasLinear(interpreter=TfLite())``,
   ``pilot.run(frame)``, run in the separate virtualenv ``benchmarks/donkeycar_env.py`` makes;
 * this machine's physical limit, measured, single thread: float32 from the best of numpy (BLAS) and
-  ONNX Runtime ``MatMul`` on 1024x1024x1024; int8 from ONNX Runtime ``MatMulInteger`` (u8 x s8,
-  VNNI where the CPU has it) on the same shape. Limit fps = peak multiply-adds/s / the pilot's
-  multiply-adds per frame (counted from the ONNX graph: 47.8 M for donkeycar's linear pilot).
+  ONNX Runtime ``MatMul`` on square matrices of 512 and 768; int8 from ONNX Runtime ``MatMulInteger``
+  (u8 x s8, VNNI where the CPU has it) on the same shapes; best of 30 runs each. Limit fps = peak
+  multiply-adds/s / the pilot's multiply-adds per frame (counted from the ONNX graph: 47.8 M for
+  donkeycar's linear pilot).
 
 Timing runs pinned to one CPU (``sched_setaffinity``; the donkeycar child inherits it). Rounds
 interleave the peak and every artifact so all see the same machine load; each figure is the best of
@@ -49,7 +50,10 @@ SAMPLE_TUBS = Path(os.environ.get("ROBOCAR_SAMPLE_TUBS", "/work/shared/samples/t
 DONKEYCAR_MACS = (
     47_800_000  # donkeycar's linear pilot at 120x160 (DESIGN.md), used when no ONNX graph is at hand
 )
-PEAK_SIZE = 1024  # M = K = N of the peak matmuls: large enough to be compute bound, small enough for L2/L3
+# M = K = N of the peak matmuls: compute bound, operands in L2/L3, and short enough (< 10 ms) that the
+# best of PEAK_REPEATS runs escapes the other processes on this shared machine. The best size is kept.
+PEAK_SIZES = (512, 768)
+PEAK_REPEATS = 30
 GOALS = {"x_donkeycar": 10.0, "int8_of_limit": 0.5, "int8_angle_error": 0.03, "fp32_of_limit": 0.7}
 
 
@@ -129,7 +133,7 @@ def _best_seconds(fn: Callable[[], Any], repeats: int = 7) -> float:
 def _matmul_graph(kind: str, weights: np.ndarray) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
-    n = PEAK_SIZE
+    n = weights.shape[0]
     if kind == "float32":
         node, a_type, c_type = (
             helper.make_node("MatMul", ["A", "B"], ["C"]),
@@ -153,20 +157,25 @@ def _matmul_graph(kind: str, weights: np.ndarray) -> Any:
 
 
 def measure_peaks() -> dict[str, dict[str, float]]:
-    """Single-thread multiply-adds per second (G/s) by method; the best per precision is the limit used."""
-    n = PEAK_SIZE
-    macs = float(n) ** 3
+    """Single-thread multiply-adds per second (G/s) by method, best over PEAK_SIZES and PEAK_REPEATS runs;
+    the best method per precision is the limit used."""
     rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    fp32 = {"numpy matmul": macs / _best_seconds(lambda: a @ b) / 1e9}
-    session = _ort_session(_matmul_graph("float32", b))
-    fp32["onnxruntime MatMul"] = macs / _best_seconds(lambda: session.run(None, {"A": a})) / 1e9
-    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
-    session8 = _ort_session(_matmul_graph("int8", rng.integers(-128, 128, (n, n), dtype=np.int8)))
-    int8 = {
-        "onnxruntime MatMulInteger u8s8": macs / _best_seconds(lambda: session8.run(None, {"A": a8})) / 1e9
-    }
+    fp32: dict[str, float] = {}
+    int8: dict[str, float] = {}
+
+    def keep(table: dict[str, float], method: str, macs: float, fn: Callable[[], Any]) -> None:
+        table[method] = max(table.get(method, 0.0), macs / _best_seconds(fn, PEAK_REPEATS) / 1e9)
+
+    for n in PEAK_SIZES:
+        macs = float(n) ** 3
+        a = rng.random((n, n), dtype=np.float32)
+        b = rng.random((n, n), dtype=np.float32)
+        keep(fp32, "numpy matmul", macs, lambda a=a, b=b: a @ b)
+        session = _ort_session(_matmul_graph("float32", b))
+        keep(fp32, "onnxruntime MatMul", macs, lambda s=session, a=a: s.run(None, {"A": a}))
+        a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+        session8 = _ort_session(_matmul_graph("int8", rng.integers(-128, 128, (n, n), dtype=np.int8)))
+        keep(int8, "onnxruntime MatMulInteger u8s8", macs, lambda s=session8, a=a8: s.run(None, {"A": a}))
     return {"float32": fp32, "int8": int8}
 
 
