@@ -18,17 +18,13 @@ from sagemaker.mlops.workflow.model_step import ModelStep
 from sagemaker.mlops.workflow.steps import ProcessingStep
 from sagemaker.serve.model_builder import ModelBuilder
 
+# What the car reads is defined once, on the car's side (edge/ is the leaf library every unit may import).
+from edge.agent import SHA256_ENV, TARGET_ENV, edge_spec_name, metadata_sha256_key
+
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/json"]
 RESPONSE_TYPES = ["application/json"]
 INFERENCE_INSTANCES = ["ml.t2.medium", "ml.m5.large", "ml.m5.xlarge", "ml.c5.xlarge"]
 TRANSFORM_INSTANCES = ["ml.m5.large", "ml.m5.xlarge"]
-SHA256_ENV = "ROBOCAR_ARTIFACT_SHA256"
-TARGET_ENV = "ROBOCAR_EDGE_TARGET"
-
-
-def edge_spec_name(target: str) -> str:
-    """AdditionalInferenceSpecifications names allow letters, digits and '-' only."""
-    return "edge-" + target.replace("_", "-")
 
 
 def edge_specifications(
@@ -89,7 +85,7 @@ def register_step(
         )
     )
     metadata = {
-        f"edge:{t}:sha256": JsonGet(
+        metadata_sha256_key(t): JsonGet(
             step_name=compile_step.name, property_file=compiled, json_path=f"targets.{t}.sha256"
         )
         for t in edge_targets
