@@ -23,6 +23,9 @@ __all__ = ["ARCHITECTURES", "HEADS", "MODEL_TYPES", "build_model"]
 
 DEFAULT_INPUT_SHAPE = (CAMERA_HEIGHT, CAMERA_WIDTH, 3)
 DROPOUT = 0.2  # donkeycar: drop = 0.2 in both default_n_linear and default_categorical
+# The heads always compute in float32: under a mixed-precision policy (train.py --precision) a bfloat16
+# head would quantise the angle to ~0.004 steps and the softmax would lose its small probabilities.
+HEAD_DTYPE = "float32"
 
 
 class _DropoutNames:
@@ -80,7 +83,9 @@ def default_n_linear(input_shape: tuple[int, int, int] = DEFAULT_INPUT_SHAPE) ->
     dropout = _DropoutNames()
     img_in = keras.Input(shape=input_shape, name="img_in")
     x = _dense_trunk(_core_cnn_layers(img_in, dropout), dropout)
-    outputs = [layers.Dense(1, activation="linear", name=f"n_outputs{i}")(x) for i in range(2)]
+    outputs = [
+        layers.Dense(1, activation="linear", name=f"n_outputs{i}", dtype=HEAD_DTYPE)(x) for i in range(2)
+    ]
     return keras.Model(inputs=[img_in], outputs=outputs, name="linear")
 
 
@@ -89,8 +94,8 @@ def default_categorical(input_shape: tuple[int, int, int] = DEFAULT_INPUT_SHAPE)
     dropout = _DropoutNames()
     img_in = keras.Input(shape=input_shape, name="img_in")
     x = _dense_trunk(_core_cnn_layers(img_in, dropout, l4_stride=2), dropout)
-    angle_out = layers.Dense(ANGLE_BINS, activation="softmax", name="angle_out")(x)
-    throttle_out = layers.Dense(THROTTLE_BINS, activation="softmax", name="throttle_out")(x)
+    angle_out = layers.Dense(ANGLE_BINS, activation="softmax", name="angle_out", dtype=HEAD_DTYPE)(x)
+    throttle_out = layers.Dense(THROTTLE_BINS, activation="softmax", name="throttle_out", dtype=HEAD_DTYPE)(x)
     return keras.Model(inputs=[img_in], outputs=[angle_out, throttle_out], name="categorical")
 
 

@@ -27,6 +27,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from training.spec import MODEL_TYPES
 __all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
 
 MIN_DELTA = 0.0005  # donkeycar's EarlyStopping(min_delta=.0005)
+PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 # Arguments the SageMaker framework containers add on their own; accepted and ignored.
 CONTAINER_ARGS = {"model_dir"}
 
@@ -63,6 +65,7 @@ class TrainConfig:
     throttle_range: float = DEFAULT_THROTTLE_RANGE
     deterministic: bool = True
     threads: int = 0
+    precision: str = "float32"
 
 
 # --- hyperparameters ---------------------------------------------------------------------------------
@@ -182,6 +185,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     hps.add_argument(
         "--threads", type=_typed(int), default=0, help="TensorFlow intra-op threads (0: all cores)"
     )
+    hps.add_argument(
+        "--precision",
+        type=_typed(str),
+        choices=PRECISIONS,
+        default="float32",
+        help="compute precision while training; the exported model is float32 either way. auto: "
+        "mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX), else float32",
+    )
     return parser
 
 
@@ -251,6 +262,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         throttle_range=args.throttle_range,
         deterministic=args.deterministic,
         threads=args.threads,
+        precision=args.precision,
     )
 
 
@@ -350,6 +362,16 @@ def _epoch_printer(model_type: str, train_frames: int) -> Any:
     return EpochPrinter()
 
 
+def resolve_precision(requested: str, cpuinfo: str | None = None) -> str:
+    """``auto`` -> mixed_bfloat16 where the CPU has native bfloat16 (elsewhere it is emulated: slower)."""
+    if requested != "auto":
+        return requested
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.is_file() else ""
+    return "mixed_bfloat16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) else "float32"
+
+
 def configure_tensorflow(config: TrainConfig) -> None:
     import keras
     import tensorflow as tf
@@ -376,7 +398,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     from training.model import build_model
 
     shape = tuple(train_arrays["images"].shape[1:])
-    model = build_model(config.model_type, shape)
+    precision = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_model(config.model_type, shape)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # global state: the export and callers get float32
     compile_model(model, config.model_type, config.learning_rate)
     targets = {
         name: make_targets(config.model_type, arrays["angle"], arrays["throttle"], config.throttle_range)
@@ -387,7 +414,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     n_train = len(train_arrays["images"])
     print(
         f"training {config.model_type} pilot: {n_train} train / {len(val_arrays['images'])} validation "
-        f"frames {shape}, up to {config.epochs} epochs, batch {config.batch_size}",
+        f"frames {shape}, up to {config.epochs} epochs, batch {config.batch_size}, {precision}",
         flush=True,
     )
     early_stopping = keras.callbacks.EarlyStopping(
@@ -416,6 +443,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "learning_rate": config.learning_rate,
             "patience": config.patience,
             "deterministic": config.deterministic,
+            "precision": precision,
         },
         "frames": {"train": n_train, "validation": len(val_arrays["images"])},
     }
@@ -429,6 +457,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         seed=config.seed,
         extra={"training": summary, "validation_fingerprint": val_meta.get("fingerprint")},
     )
+    if precision != "float32":  # same weights (kept in float32 throughout), float32 compute for serving
+        exported = build_model(config.model_type, shape)
+        exported.set_weights(model.get_weights())
+        model = exported
     write_model_dir(model, config.model_dir, model_json)
     print(
         f"done: epochs_run={epochs_run} best_epoch={best_epoch} best_val_loss={summary['best_val_loss']:.6g} "

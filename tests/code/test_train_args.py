@@ -117,3 +117,12 @@ def test_metrics_and_train_args_import_without_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == len(METRIC_DEFINITIONS)
+
+
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it():
+    from training.train import resolve_precision
+
+    assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni") == "mixed_bfloat16"
+    assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_vnni") == "float32"
+    assert resolve_precision("float32", "flags : avx512_bf16") == "float32"
+    assert parse_args(["--precision", "mixed_bfloat16"], ENV).precision == "mixed_bfloat16"

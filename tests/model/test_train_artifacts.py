@@ -157,3 +157,13 @@ def test_inference_handler_serves_the_exported_model(linear_model_dir):
     angle, throttle = (np.asarray(o).reshape(-1) for o in model([to_model_input(frames)], training=False))
     np.testing.assert_allclose(result["angle"], np.clip(angle, -1, 1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result["throttle"], np.clip(throttle, -1, 1), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_training_exports_a_float32_model(tmp_path):
+    data = write_tiny_splits(tmp_path / "data", frames=16)
+    assert run_train(data, tmp_path / "m", "--precision", "mixed_bfloat16") == 0
+    model_json = json.loads((tmp_path / "m/model.json").read_text())
+    assert model_json["training"]["hyperparameters"]["precision"] == "mixed_bfloat16"
+    model = keras.saving.load_model(tmp_path / "m/model.keras")
+    assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # training left no global state behind
