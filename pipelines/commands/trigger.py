@@ -75,8 +75,9 @@ def _watch(args: argparse.Namespace) -> int:
     aws.sagemaker.on_event = Progress()
     try:
         report = watch(
-            args.workspace, aws.s3, aws.sagemaker, config, interval_s=args.interval, once=args.once
-        )
+            args.workspace, aws.s3, aws.sagemaker, config,
+            interval_s=args.interval, once=args.once, settle_s=args.settle,
+        )  # fmt: skip
     except KeyboardInterrupt:
         return 130
     except aws.sagemaker.exceptions.ClientError as exc:

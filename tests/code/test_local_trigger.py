@@ -275,3 +275,16 @@ def test_first_watch_leaves_tubs_the_last_execution_trained_on_and_starts_the_ne
     assert first.already_processed == 1
     second = poll_once(workspace, s3, sagemaker, CONFIG)
     assert (second.started, second.already_processed, second.duplicates) == ([], 0, 2)
+
+
+def test_cli_passes_its_timing_flags_to_the_watcher(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.cli import main
+    from pipelines.local import trigger
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(trigger, "watch", lambda *args, **kwargs: seen.update(kwargs) or trigger.PollReport())
+    assert (
+        main(["trigger", "watch", "--workspace", str(workspace), "--interval", "7", "--settle", "0.5"]) == 0
+    )
+    assert (seen["interval_s"], seen["settle_s"], seen["once"]) == (7.0, 0.5, False)
+    assert main(["trigger", "watch", "--workspace", str(workspace), "--settle", "-1"]) == 2
