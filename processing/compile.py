@@ -705,13 +705,8 @@ def compile_locally(
                 "sha256": sha256_file(path),
                 "size_bytes": path.stat().st_size,
             }
-            partial = {
-                "model_type": meta.get("model_type", "linear"),
-                "throttle_range": meta.get("throttle_range"),
-            }
-            pilot = runtimes.load_artifact(
-                work, artifact, {k: v for k, v in partial.items() if v is not None}
-            )
+            # Measured through the car's own code path: edge.runtimes reads model_type from the manifest.
+            pilot = runtimes.load_artifact(work, artifact, base_manifest(targets[0], meta, source_sha256))
             artifact["accuracy_delta"] = accuracy_delta(pilot, test_images, reference)
             artifacts.append(artifact)
             delta = artifact["accuracy_delta"]
