@@ -259,3 +259,26 @@ def test_temporary_trees_of_old_failures_are_pruned(workspace: Path) -> None:
     recent_tree.mkdir()
     run(workspace)
     assert not old_tree.exists() and recent_tree.exists()
+
+
+def test_overlapping_outputs_each_get_every_file(workspace: Path) -> None:
+    definition = sample.definition()
+    outputs = definition["Steps"][0]["Arguments"]["ProcessingOutputConfig"]["Outputs"]
+    outputs.append(
+        {
+            "OutputName": "everything",
+            "S3Output": {
+                "S3Uri": f"s3://{sample.BUCKET}/sample/everything",
+                "LocalPath": "/opt/ml/processing/output",
+                "S3UploadMode": "EndOfJob",
+            },
+        }
+    )
+    definition["Steps"] = definition["Steps"][:1]
+    execution, _ = run(workspace, definition=definition)
+    assert execution.status == "Succeeded"
+    root = workspace / "s3" / sample.BUCKET / "sample"
+    assert (root / "preprocess/train/frames.json").is_file() and (
+        root / "everything/train/frames.json"
+    ).is_file()
+    assert (root / "everything/test/frames.json").is_file()
