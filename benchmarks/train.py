@@ -91,7 +91,7 @@ def make_tubs(work: Path, frames: int, seed: int) -> Path:
     return tubs
 
 
-def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[str, Any]:
+def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int, precision: str) -> dict[str, Any]:
     shards = work / "shards"
     preprocess_s, _ = run_timed(
         [sys.executable, "processing/preprocess.py", "--input", str(tubs), "--output", str(shards)],
@@ -103,6 +103,7 @@ def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[str, 
             "--train", str(shards / "train"), "--validation", str(shards / "validation"),
             "--sm-model-dir", str(work / "ours-model"), "--model-type", "linear",
             "--epochs", str(epochs), "--patience", str(epochs + 1), "--batch-size", str(batch_size),
+            "--precision", precision,
         ],
         work / "ours-train.log",
     )  # fmt: skip
@@ -118,6 +119,7 @@ def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[str, 
         "samples_per_s": steady_throughput(epoch_seconds, train_frames),
         "final_val_loss": lines[-1]["validation:loss"],
         "final_val_angle_mae": lines[-1].get("validation:angle_mae"),
+        "precision": model_json["training"]["hyperparameters"]["precision"],
         "preprocess_s": preprocess_s,
         "wall_s": preprocess_s + train_s,
         "end_to_end_samples_per_s": train_frames * len(lines) / (preprocess_s + train_s),
@@ -195,7 +197,7 @@ def report(ours: dict[str, Any], donkey: dict[str, Any] | None, reason: str | No
             ratio_text = f"{ratios[key]:.2f}x"
         print(f"{label:28}{ours_text:>12}{donkey_text:>12}{ratio_text:>10}")
     print(
-        f"ours: preprocess {ours['preprocess_s']:.1f} s of the wall time; "
+        f"ours ({ours['precision']}): preprocess {ours['preprocess_s']:.1f} s of the wall time; "
         f"val angle MAE {ours['final_val_angle_mae']}"
     )
     result: dict[str, Any] = {"ours": ours, "donkeycar": donkey, "ratios": ratios}
@@ -229,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic drive")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="donkeycar's default BATCH_SIZE")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "mixed_bfloat16", "auto"),
+        help="ours: train.py --precision",
+    )
     parser.add_argument("--skip-donkeycar", action="store_true", help="measure ours only")
     parser.add_argument(
         "--work", type=Path, default=None, help="keep logs and models here (default: temporary)"
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print("ours: preprocess + train ...", flush=True)
-        ours = run_ours(tubs, work, args.epochs, args.batch_size)
+        ours = run_ours(tubs, work, args.epochs, args.batch_size, args.precision)
         donkey, reason = None, None
         if args.skip_donkeycar:
             reason = "--skip-donkeycar"
