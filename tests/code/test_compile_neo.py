@@ -178,6 +178,16 @@ def test_unknown_or_missing_targets_are_refused_with_a_clear_message(text, messa
     assert message in err and "Traceback" not in err
 
 
+def test_without_botocore_the_vendored_list_validates(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "botocore" or m.startswith("botocore.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import botocore...` now raises ImportError
+    assert compile_step.botocore_target_devices() is None
+    assert compile_step.target_devices() == compile_step.vendored_target_devices()
+    assert "rasp4b" in compile_step.target_devices()
+
+
 def test_targets_are_deduplicated_in_order():
     allowed = compile_step.vendored_target_devices()
     assert compile_step.parse_targets(" rasp4b, jetson_nano,rasp4b ", allowed) == ["rasp4b", "jetson_nano"]
