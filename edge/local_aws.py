@@ -266,6 +266,7 @@ class LocalS3Client:
         self.root = Path(root)
         self.base = self.root / "s3"
         self.region = resolve_region(region)
+        self.meta = SimpleNamespace(region_name=self.region, endpoint_url=None)  # as boto3's client.meta
         self.exceptions = SimpleNamespace(
             ClientError=ClientError, NoSuchKey=NoSuchKey, NoSuchBucket=NoSuchBucket
         )
@@ -671,6 +672,7 @@ class LocalSageMakerClient:
     def __init__(self, root: str | os.PathLike[str], region: str | None = None) -> None:
         self.root = Path(root)
         self.region = resolve_region(region)
+        self.meta = SimpleNamespace(region_name=self.region, endpoint_url=None)
         self.registry = self.root / "registry"
         self.exceptions = SimpleNamespace(ClientError=ClientError, ResourceNotFound=ResourceNotFound)
 
