@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.code_bundle import CodeBundle
 from pipelines.settings import Settings
 
 
@@ -33,8 +34,14 @@ def quiet_sdk() -> Iterator[None]:
             logging.disable(logging.NOTSET)
 
 
-def build_definition(settings: Settings, edge_targets: Sequence[str] | str | None = None) -> str:
-    """The pipeline definition JSON (offline, deterministic), as upsert sends it."""
+def build_definition(
+    settings: Settings, edge_targets: Sequence[str] | str | None = None, code: CodeBundle | None = None
+) -> str:
+    """The pipeline definition JSON (offline, deterministic), as upsert sends it.
+
+    Pass the ``code`` bundle that will be uploaded: its contents are read once, so the hash the definition
+    names is the hash of what goes to S3 even if a file changes in between.
+    """
     from pipelines.robocar.pipeline import DEFAULT_EDGE_TARGETS, get_pipeline
 
     with quiet_sdk():
@@ -46,6 +53,7 @@ def build_definition(settings: Settings, edge_targets: Sequence[str] | str | Non
             model_package_group_name=settings.model_package_group,
             base_prefix=settings.prefix,
             edge_targets=edge_targets or DEFAULT_EDGE_TARGETS,
+            code=code,
         )
         text = pipeline.definition()
     return json.dumps(json.loads(text), indent=2) + "\n"
@@ -153,7 +161,7 @@ def _is_missing(exc: Exception) -> bool:
 
 
 def upsert(
-    sagemaker: Any, s3: Any, *, definition: str, settings: Settings, code: Any, description: str = ""
+    sagemaker: Any, s3: Any, *, definition: str, settings: Settings, code: CodeBundle, description: str = ""
 ) -> UpsertResult:
     """Upload the code bundle, then create the pipeline or update it; an unchanged pipeline is left alone."""
     uploaded = code.upload(s3)

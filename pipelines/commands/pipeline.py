@@ -5,18 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from edge.aws import clients as aws_clients
+from edge.aws import local_root_from_env
 from pipelines import settings as settings_mod
+from pipelines.code_bundle import CodeBundle
+from pipelines.local.executor import DEFAULT_WORKSPACE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pipeline", help="build, upsert, start and follow the SageMaker Pipeline")
     commands = parser.add_subparsers(dest="pipeline_command", metavar="ACTION", required=True)
 
-    def add(name: str, handler: Any, help_text: str, *, targets: bool = False) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Any, help_text: str, *, targets: bool = False, local: bool = False
+    ) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help_text, description=help_text)
         settings_mod.add_arguments(p)
+        if local:
+            p.add_argument(
+                "--local", action="store_true", help="the local control plane in the workspace (no AWS)"
+            )
+            p.add_argument(
+                "--workspace", type=Path, default=None,
+                help=f"local workspace (implies --local; default: ./{DEFAULT_WORKSPACE})",
+            )  # fmt: skip
         if targets:
             p.add_argument(
                 "--edge-targets", default=None,
@@ -34,16 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add("summary", _summary, "print the parameters and steps of the definition, readably", targets=True)
     add("validate", _validate, "check the definition against AWS's published schema outside its known gaps",
         targets=True)  # fmt: skip
-    add("upsert", _upsert, "upload the code bundle, then create or update the pipeline", targets=True)
+    add("upsert", _upsert, "upload the code, then create or update the pipeline", targets=True, local=True)
     start = add(
-        "start", _start, "start an execution (parameters are checked before any AWS call)", targets=True
-    )
+        "start", _start, "start an execution (parameters are checked before any AWS call)",
+        targets=True, local=True,
+    )  # fmt: skip
     start.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="pipeline parameter, repeatable (e.g. --param Epochs=10 --param ModelType=categorical)",
     )  # fmt: skip
     start.add_argument("--display-name", default=None, help="execution display name")
-    status = add("status", _status, "show recent executions and their steps")
+    status = add("status", _status, "show recent executions and their steps", local=True)
     status.add_argument("--limit", type=int, default=5, help="how many executions (default: 5)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -53,11 +69,13 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _definition_text(args: argparse.Namespace, *, use_examples: bool) -> tuple[settings_mod.Settings, str]:
+def _definition_text(
+    args: argparse.Namespace, *, use_examples: bool, code: CodeBundle | None = None
+) -> tuple[settings_mod.Settings, str]:
     from pipelines.control import build_definition
 
     settings = settings_mod.resolve(args, use_examples=use_examples)
-    return settings, build_definition(settings, getattr(args, "edge_targets", None))
+    return settings, build_definition(settings, getattr(args, "edge_targets", None), code)
 
 
 def _guarded(fn: Any) -> Any:
@@ -108,23 +126,32 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def clients(settings: settings_mod.Settings) -> tuple[Any, Any]:
-    """boto3 SageMaker and S3 clients for the settings' region and endpoint."""
-    import boto3
+def _local_root(args: argparse.Namespace) -> Path | None:
+    if getattr(args, "workspace", None) is not None:
+        return args.workspace
+    return Path(DEFAULT_WORKSPACE) if getattr(args, "local", False) else None
 
-    session = boto3.Session(region_name=settings.region)
-    kwargs = {"endpoint_url": settings.endpoint_url} if settings.endpoint_url else {}
-    return session.client("sagemaker", **kwargs), session.client("s3", **kwargs)
+
+def _is_local(args: argparse.Namespace) -> bool:
+    return _local_root(args) is not None or local_root_from_env() is not None
+
+
+def clients(settings: settings_mod.Settings, local_root: Path | None = None) -> tuple[Any, Any]:
+    """SageMaker and S3 clients: the local workspace's, or boto3's for the settings' region and endpoint."""
+    aws = aws_clients(local_root=local_root, region=settings.region, endpoint_url=settings.endpoint_url)
+    return aws.sagemaker, aws.s3
 
 
 @_guarded
 def _upsert(args: argparse.Namespace) -> int:
-    from pipelines.code_bundle import CodeBundle
     from pipelines.control import upsert
 
-    settings, text = _definition_text(args, use_examples=False)
-    sagemaker, s3 = clients(settings)
+    settings = settings_mod.resolve(args, use_examples=_is_local(args))
     code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
+    _, text = _definition_text(args, use_examples=_is_local(args), code=code)
+    sagemaker, s3 = clients(settings, _local_root(args))
+    if _is_local(args):
+        s3.create_bucket(Bucket=settings.bucket)
     result = upsert(sagemaker, s3, definition=text, settings=settings, code=code)
     print(f"{result.action}: {result.pipeline_arn}")
     print(f"code: {code.uri} ({result.code_objects_uploaded} object(s) uploaded)")
@@ -136,9 +163,9 @@ def _start(args: argparse.Namespace) -> int:
     from pipelines.control import parse_parameters, start
 
     # Checked against the definition upsert deploys, built offline: a bad parameter never reaches AWS.
-    settings, text = _definition_text(args, use_examples=False)
+    settings, text = _definition_text(args, use_examples=_is_local(args))
     parameters = parse_parameters(json.loads(text), args.param)
-    sagemaker, _ = clients(settings)
+    sagemaker, _ = clients(settings, _local_root(args))
     arn = start(
         sagemaker, pipeline_name=settings.pipeline_name, parameters=parameters, display_name=args.display_name
     )
@@ -150,8 +177,8 @@ def _start(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pipelines.control import recent_executions
 
-    settings = settings_mod.resolve(args)
-    sagemaker, _ = clients(settings)
+    settings = settings_mod.resolve(args, use_examples=_is_local(args))
+    sagemaker, _ = clients(settings, _local_root(args))
     executions = recent_executions(sagemaker, settings.pipeline_name, args.limit)
     if args.json:
         print(json.dumps(executions, indent=2, default=str))

@@ -18,7 +18,6 @@ from typing import Any
 from pipelines import settings as settings_mod
 
 DEFAULT_WORKSPACE = Path(".robocar")
-BUILD_ATTEMPTS = 3  # files edited while the definition builds change its code URI: build again
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,10 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the execution record as JSON at the end")
     settings_mod.add_arguments(parser)
     parser.set_defaults(handler=main_from_args)
-
-
-class CodeChanged(ValueError):
-    """A container file changed between building the definition and uploading the code it names."""
 
 
 def _fail(message: str) -> int:
@@ -108,7 +103,7 @@ class Progress:
         self.stream.flush()
 
 
-def _definition(args: argparse.Namespace, settings: settings_mod.Settings) -> str:
+def _definition(args: argparse.Namespace, settings: settings_mod.Settings, code: Any) -> str:
     if args.definition is not None:
         if not args.definition.is_file():
             raise ValueError(f"--definition {args.definition}: no such file")
@@ -116,7 +111,7 @@ def _definition(args: argparse.Namespace, settings: settings_mod.Settings) -> st
     from pipelines.control import build_definition
 
     print("building the pipeline definition (sagemaker SDK, offline) ...", flush=True)
-    return build_definition(settings, args.edge_targets)
+    return build_definition(settings, args.edge_targets, code)
 
 
 def _input_data_url(definition: dict[str, Any], parameters: list[dict[str, str]]) -> str | None:
@@ -158,9 +153,12 @@ def prepare_workspace(
     parameters: list[dict[str, str]],
     *,
     data: Path | None = None,
-    require_bundle: bool = True,
+    code: Any = None,
 ) -> Any:
     """Local S3 ready for the run: the bucket, the code bundle the definition names, the input data.
+
+    ``code`` is the bundle the definition was built with (its contents were read once); without it, the
+    current tree's bundle is uploaded when the definition names it.
 
     Returns the local clients (``edge.aws.AwsClients``). ValueError names anything missing.
     """
@@ -170,12 +168,7 @@ def prepare_workspace(
     definition = json.loads(definition_text)
     aws = clients(local_root=workspace, region=settings.region)
     aws.s3.create_bucket(Bucket=settings.bucket)
-    code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
-    if require_bundle and code.uri not in definition_text:
-        # The definition names the code by content; a file edited while it was built changes the name.
-        raise CodeChanged(
-            f"the container code changed while the definition was built ({code.uri}): run again"
-        )
+    code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     if code.uri in definition_text:
         uploaded = code.upload(aws.s3)
         if uploaded:
@@ -211,7 +204,7 @@ def run_locally(
     parameters: list[dict[str, str]],
     *,
     data: Path | None = None,
-    require_bundle: bool = True,
+    code: Any = None,
     on_event: Any = None,
     display_name: str | None = None,
 ) -> Any:
@@ -221,9 +214,7 @@ def run_locally(
     status`` sees it) and runs one execution. Raises ValueError (and the local client's ClientError with
     code ValidationException for a definition that cannot run locally) before any step starts.
     """
-    aws = prepare_workspace(
-        workspace, settings, definition_text, parameters, data=data, require_bundle=require_bundle
-    )
+    aws = prepare_workspace(workspace, settings, definition_text, parameters, data=data, code=code)
     sagemaker = aws.sagemaker
     sagemaker.on_event = on_event
     upsert_local(sagemaker, settings.pipeline_name, definition_text, settings.role)
@@ -235,6 +226,7 @@ def run_locally(
 
 
 def main_from_args(args: argparse.Namespace) -> int:
+    from pipelines.code_bundle import CodeBundle
     from pipelines.control import ParameterError, parse_parameters
 
     if not args.local:
@@ -244,24 +236,17 @@ def main_from_args(args: argparse.Namespace) -> int:
         )
     try:
         settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
-        for attempt in range(1, BUILD_ATTEMPTS + 1):
-            text = _definition(args, settings)
-            try:
-                definition = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"the definition is not JSON: {exc}") from None
-            parameters = parse_parameters(definition, args.param)
-            try:
-                execution = run_locally(
-                    args.workspace, settings, text, parameters, data=args.data,
-                    require_bundle=args.definition is None, on_event=Progress(),
-                    display_name=args.display_name,
-                )  # fmt: skip
-                break
-            except CodeChanged:
-                if attempt == BUILD_ATTEMPTS:
-                    raise
-                print("the container code changed while building; building again", flush=True)
+        code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
+        text = _definition(args, settings, code)
+        try:
+            definition = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the definition is not JSON: {exc}") from None
+        parameters = parse_parameters(definition, args.param)
+        execution = run_locally(
+            args.workspace, settings, text, parameters, data=args.data, code=code, on_event=Progress(),
+            display_name=args.display_name,
+        )  # fmt: skip
     except (settings_mod.SettingsError, ParameterError, ValueError) as exc:
         return _fail(str(exc))
     except Exception as exc:  # the local client's ClientError: a definition that cannot run here

@@ -208,3 +208,16 @@ def test_cli_upsert_start_status_against_a_moto_server(moto_server: str) -> None
     assert code == 0 and arn in out and "Succeeded" in out
     code, out, _ = run_cli("pipeline", "status", *flags, "--json")
     assert json.loads(out)[0]["PipelineExecutionArn"] == arn
+
+
+def test_cli_upsert_and_status_against_the_local_workspace(tmp_path) -> None:
+    workspace = ["--workspace", str(tmp_path / "ws")]
+    code, out, err = run_cli("pipeline", "upsert", *workspace)
+    assert code == 0, err
+    assert out.startswith("created: arn:aws:sagemaker:us-east-1:123456789012:pipeline/robocar-pipeline")
+    bundle = next((tmp_path / "ws" / "s3" / SETTINGS.bucket / "robocar" / "code").iterdir())
+    assert (bundle / "sourcedir.tar.gz").is_file() and (bundle / "processing" / "preprocess.py").is_file()
+    code, out, _ = run_cli("pipeline", "upsert", *workspace)
+    assert code == 0 and out.startswith("unchanged:")
+    code, out, _ = run_cli("pipeline", "status", *workspace)
+    assert code == 0 and "no executions of robocar-pipeline yet" in out
