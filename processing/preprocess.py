@@ -213,14 +213,16 @@ def read_sources(
     return reports, candidates, owners, classes
 
 
+THREADED_FRAMEWORKS = ("tensorflow", "torch", "jax")  # run thread pools that may hold locks at fork
+
+
 def pool_context() -> multiprocessing.context.BaseContext:
-    """``fork`` (fastest) when this process has a single thread, else ``forkserver``: forking a process
-    whose other threads hold locks (TensorFlow in the same interpreter, say) can deadlock the child."""
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:  # not Linux: the platform's default
+    """``fork`` (fastest; the default on Linux), unless a framework that runs its own thread pools is
+    loaded in this interpreter (tests, notebooks): forking while another thread holds a lock can
+    deadlock the child, so then ``forkserver``. numpy's idle BLAS threads are fork-safe."""
+    if "fork" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context()
-    if threads == 1:
+    if not any(name in sys.modules for name in THREADED_FRAMEWORKS):
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["processing.images"])

@@ -93,3 +93,16 @@ def test_shard_size_defaults_to_enough_shards_for_a_pool_within_the_contract(syn
     assert [auto_shard_size(n) for n in (10, 5000, 10_000, 1_000_000)] == [256, 313, 625, 2048]
     assert main(["--input", str(synth_tub), "--output", str(tmp_path), "--shard-size", "4096"]) == 2
     assert "contract's limit" in capsys.readouterr().err
+
+
+def test_pool_forks_unless_a_threaded_framework_is_loaded(monkeypatch):
+    import types
+
+    from processing.preprocess import pool_context
+
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    assert pool_context().get_start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    assert pool_context().get_start_method() == "forkserver"
