@@ -335,7 +335,7 @@ print(json.dumps(car.load_state()["last_check"], indent=2))"""
 from edge import drive, frames
 
 pilot = drive.open_pilot(car.current_dir())
-image = frames.decode_image(agent.SMOKE_FRAME.read_bytes())
+image = frames.decode_image(agent.smoke_frame_bytes())  # the frame the smoke test uses
 angle, throttle = pilot(image)
 print(f"angle {angle:+.3f}  throttle {throttle:+.3f}")
 print("a second check finds nothing newer:", car.check().outcome)"""

@@ -139,17 +139,17 @@ def _moto_server() -> Iterator[tuple[str, Any, str]]:
     server.stop()
 
 
-def run(name: str, endpoint: str, workdir: Path) -> str:
+def run(name: str, endpoint: str | None, workdir: Path, *, local_root: Path | None = None) -> str:
     """Execute the notebook top to bottom; returns all its text output (an error fails the test)."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     env = {
         **os.environ,
-        "ROBOCAR_ENDPOINT_URL": endpoint,
         "ROBOCAR_BUCKET": BUCKET,
         "ROBOCAR_ROLE_ARN": ROLE,
         "ROBOCAR_EDGE_ROOT": str(workdir / "car"),
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+    env.update({"ROBOCAR_ENDPOINT_URL": endpoint} if endpoint else {"ROBOCAR_LOCAL_ROOT": str(local_root)})
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
     )
@@ -183,3 +183,21 @@ def test_notebooks_run_top_to_bottom(moto_aws: tuple[str, Any, str], tmp_path: P
     assert "installed - " in third
     assert "a second check finds nothing newer: up-to-date" in third
     assert (tmp_path / "car" / "current").is_symlink()
+
+
+@pytest.mark.slow
+def test_approving_in_the_local_workspace_rolls_out_from_the_notebook(tmp_path: Path) -> None:
+    """Notebook 2 with ROBOCAR_LOCAL_ROOT: the local registry, and the rollout the AWS rule would run."""
+    from edge.local_aws import LocalS3Client, LocalSageMakerClient
+
+    workspace = tmp_path / "ws"
+    s3, sagemaker = LocalS3Client(workspace), LocalSageMakerClient(workspace)
+    s3.create_bucket(Bucket=BUCKET)
+    sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+    candidate = register(sagemaker, s3, 1, angle_mae=0.07, champion=None, status="PendingManualApproval")
+
+    output = run("02_approve_model.ipynb", None, tmp_path, local_root=workspace)
+
+    assert "v1: Approved" in output
+    assert f"approved {candidate} -> component com.robocar.Pilot 1.0.1 deployed" in output
+    assert (workspace / "greengrass" / "components" / "com.robocar.Pilot" / "1.0.1.json").is_file()
