@@ -10,16 +10,20 @@ from typing import Any
 
 from pipelines.settings import SETTINGS
 
-# Template parameter <- (flag, the pipeline setting whose default/environment it shares, if any).
+# Template parameter <- (flag, the pipeline setting whose default/environment it shares, help).
 # Sharing the settings' defaults keeps the stack and `robocar pipeline` naming the same things.
 TEMPLATE_FLAGS = {
-    "ProjectName": ("--project-name", None),
-    "Prefix": ("--prefix", "prefix"),
-    "PipelineName": ("--pipeline-name", "pipeline_name"),
-    "ModelPackageGroupName": ("--model-package-group", "model_package_group"),
-    "DeviceThingGroupName": ("--thing-group", None),
-    "GreengrassComponentName": ("--component-name", None),
-    "EdgeTarget": ("--edge-target", None),
+    "ProjectName": ("--project-name", None, "prefix of resource names, at most 24 characters (robocar)"),
+    "Prefix": ("--prefix", "prefix", "key prefix in the bucket; tubs go under PREFIX/raw/ (robocar)"),
+    "PipelineName": ("--pipeline-name", "pipeline_name", "the pipeline new data starts (robocar-pipeline)"),
+    "ModelPackageGroupName": (
+        "--model-package-group",
+        "model_package_group",
+        "registry group (robocar-pilots)",
+    ),
+    "DeviceThingGroupName": ("--thing-group", None, "the cars' IoT thing group (robocar-cars)"),
+    "GreengrassComponentName": ("--component-name", None, "Greengrass component (com.robocar.Pilot)"),
+    "EdgeTarget": ("--edge-target", None, "the compiled artifact the cars run (rasp4b)"),
 }
 
 
@@ -63,9 +67,9 @@ def _template_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "template parameters (default: the template's, or the pipeline settings')"
     )
-    for name, (flag, setting_key) in TEMPLATE_FLAGS.items():
-        env = f", env {_setting(setting_key).env[0]}" if setting_key else ""
-        group.add_argument(flag, dest=name, default=None, help=f"{name}{env}")
+    for name, (flag, setting_key, help_text) in TEMPLATE_FLAGS.items():
+        env = f"; env {_setting(setting_key).env[0]}" if setting_key else ""
+        group.add_argument(flag, dest=name, metavar="NAME", default=None, help=f"{name}: {help_text}{env}")
 
 
 def _aws_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +90,7 @@ def _setting(key: str) -> Any:
 def template_overrides(args: argparse.Namespace) -> dict[str, str]:
     """Flags, else the shared pipeline setting's environment variable; unset ones keep the template's."""
     overrides = {}
-    for name, (_, setting_key) in TEMPLATE_FLAGS.items():
+    for name, (_, setting_key, _) in TEMPLATE_FLAGS.items():
         value = getattr(args, name, None)
         if value is None and setting_key:
             value = next((os.environ[e] for e in _setting(setting_key).env if os.environ.get(e)), None)

@@ -201,3 +201,9 @@ def test_cli_show_of_a_missing_stack_is_one_clear_line(
 def test_cli_check_agrees_offline(capsys: pytest.CaptureFixture[str]) -> None:
     assert _cli("infra", "check", "--prefix", "fleet") == 0
     assert "fleet/raw/" in capsys.readouterr().out
+
+
+def test_cli_help_names_the_template_defaults() -> None:
+    declared = infra.load_template()["Parameters"]
+    for name, (_, _, help_text) in infra_command.TEMPLATE_FLAGS.items():
+        assert help_text.endswith(f"({declared[name]['Default']})"), name
