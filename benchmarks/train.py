@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,11 +42,19 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the held-out evaluation imports TensorFlow here
 
 from benchmarks.donkeycar_env import DonkeycarEnvError, ensure_donkeycar_env  # noqa: E402
 from training.metrics import parse_epoch_line  # noqa: E402
 
 GOAL_THROUGHPUT_RATIO = 1.5
+RATIO_KEYS = (
+    "samples_per_s",
+    "end_to_end_samples_per_s",
+    "cpu_samples_per_s",
+    "final_val_loss",
+    "heldout_loss",
+)
 CHILD_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 # donkeycar (Keras 2) prints one line per epoch when not on a terminal, e.g.
 # "27/27 [====] - 31s 1s/step - loss: 0.0712 - ... - val_loss: 0.0405 - ..."
@@ -53,19 +62,28 @@ KERAS2_EPOCH = re.compile(r"\] - (\d+)s .*? - loss: ([-+0-9.e]+).*? - val_loss: 
 DONKEY_RECORDS = re.compile(r"Records # Training (\d+)")
 
 
-def run_timed(cmd: list[str], log: Path, cwd: Path = REPO, timeout: float = 3600) -> tuple[float, str]:
-    """Run ``cmd``; its output goes to ``log`` and is returned with the wall seconds."""
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(
+        resource.RUSAGE_CHILDREN
+    )  # every waited-for descendant, grandchildren included
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_timed(cmd: list[str], log: Path, cwd: Path = REPO, timeout: float = 3600) -> tuple[float, str, float]:
+    """Run ``cmd``; returns (wall seconds, output, CPU seconds used); the output also goes to ``log``."""
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     result = subprocess.run(
         cmd, cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=timeout, check=False
     )
     seconds = time.perf_counter() - started
+    cpu_s = _children_cpu_s() - cpu_before
     output = result.stdout + result.stderr
     log.write_text(f"$ {' '.join(cmd)}\n{output}")
     if result.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-6:])
         raise RuntimeError(f"`{' '.join(cmd[:3])} ...` failed (exit {result.returncode}), log {log}:\n{tail}")
-    return seconds, output
+    return seconds, output, cpu_s
 
 
 def steady_throughput(epoch_seconds: list[float], frames: int) -> float:
@@ -74,8 +92,8 @@ def steady_throughput(epoch_seconds: list[float], frames: int) -> float:
     return frames / statistics.median(steady)
 
 
-def make_tubs(work: Path, frames: int, seed: int) -> Path:
-    tubs = work / "tubs"
+def make_tubs(work: Path, frames: int, seed: int, name: str = "tubs") -> Path:
+    tubs = work / name
     cmd = [
         sys.executable,
         "-m",
@@ -87,17 +105,17 @@ def make_tubs(work: Path, frames: int, seed: int) -> Path:
         "--frames",
         str(frames),
     ]
-    run_timed([*cmd, "--seed", str(seed)], work / "synth.log")
+    run_timed([*cmd, "--seed", str(seed)], work / f"synth-{name}.log")
     return tubs
 
 
 def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int, precision: str) -> dict[str, Any]:
     shards = work / "shards"
-    preprocess_s, _ = run_timed(
+    preprocess_s, _, preprocess_cpu = run_timed(
         [sys.executable, "processing/preprocess.py", "--input", str(tubs), "--output", str(shards)],
         work / "ours-preprocess.log",
     )
-    train_s, output = run_timed(
+    train_s, output, train_cpu = run_timed(
         [
             sys.executable, "training/train.py",
             "--train", str(shards / "train"), "--validation", str(shards / "validation"),
@@ -122,7 +140,10 @@ def run_ours(tubs: Path, work: Path, epochs: int, batch_size: int, precision: st
         "precision": model_json["training"]["hyperparameters"]["precision"],
         "preprocess_s": preprocess_s,
         "wall_s": preprocess_s + train_s,
+        "cpu_s": preprocess_cpu + train_cpu,
         "end_to_end_samples_per_s": train_frames * len(lines) / (preprocess_s + train_s),
+        "cpu_samples_per_s": train_frames * len(lines) / (preprocess_cpu + train_cpu),
+        "model": str(work / "ours-model" / "model.keras"),
     }
 
 
@@ -145,7 +166,7 @@ def run_donkeycar(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[
     with (car / "myconfig.py").open("a") as myconfig:
         myconfig.write(MYCONFIG.format(epochs=epochs, batch_size=batch_size))
     tub_dirs = sorted(str(p.parent) for p in tubs.rglob("manifest.json"))
-    wall_s, output = run_timed(
+    wall_s, output, cpu_s = run_timed(
         [
             str(env.donkey),
             "train",
@@ -172,7 +193,48 @@ def run_donkeycar(tubs: Path, work: Path, epochs: int, batch_size: int) -> dict[
         "samples_per_s": steady_throughput(epoch_seconds, train_frames),
         "final_val_loss": epochs_seen[-1][2],
         "wall_s": wall_s,
+        "cpu_s": cpu_s,
         "end_to_end_samples_per_s": train_frames * len(epochs_seen) / wall_s,
+        "cpu_samples_per_s": train_frames * len(epochs_seen) / cpu_s,
+        "model": str(car / "models" / "pilot.h5"),
+    }
+
+
+def heldout_drive(work: Path, frames: int, seed: int) -> dict[str, Any]:
+    """Frames of a drive neither trainer saw (another seed), every split of it: the common yardstick."""
+    import numpy as np
+
+    from processing.shards import load_split
+
+    tubs = make_tubs(work, frames, seed, name="heldout-tubs")
+    shards = work / "heldout-shards"
+    run_timed(
+        [sys.executable, "processing/preprocess.py", "--input", str(tubs), "--output", str(shards)],
+        work / "heldout.log",
+    )
+    parts = [load_split(shards / split)[0] for split in ("train", "validation", "test")]
+    return {key: np.concatenate([p[key] for p in parts]) for key in ("images", "angle", "throttle")}
+
+
+def heldout_metrics(model_path: str, drive: dict[str, Any]) -> dict[str, float]:
+    """The training loss (MSE of angle + MSE of throttle) and angle MAE of a saved pilot on the held-out
+    drive; donkeycar's .h5 loads in Keras 3. Inputs: edge.frames.to_model_input, the x/255 both use."""
+    import keras
+    import numpy as np
+
+    from edge.frames import to_model_input
+
+    model = keras.saving.load_model(model_path, compile=False)
+    angle, throttle = [], []
+    for start in range(0, len(drive["images"]), 256):
+        a, t = model([to_model_input(drive["images"][start : start + 256])], training=False)
+        angle.append(np.asarray(a).reshape(-1))
+        throttle.append(np.asarray(t).reshape(-1))
+    angle_err = np.concatenate(angle) - drive["angle"]
+    throttle_err = np.concatenate(throttle) - drive["throttle"]
+    return {
+        "heldout_loss": float(np.mean(angle_err**2) + np.mean(throttle_err**2)),
+        "heldout_angle_mae": float(np.mean(np.abs(angle_err))),
     }
 
 
@@ -184,15 +246,19 @@ def report(ours: dict[str, Any], donkey: dict[str, Any] | None, reason: str | No
         ("epochs", "epochs", "{:.0f}"),
         ("samples/s (epochs 2+)", "samples_per_s", "{:.1f}"),
         ("samples/s end to end", "end_to_end_samples_per_s", "{:.1f}"),
+        ("samples per CPU-second", "cpu_samples_per_s", "{:.1f}"),
         ("wall s", "wall_s", "{:.1f}"),
-        ("final val_loss", "final_val_loss", "{:.5f}"),
+        ("CPU s", "cpu_s", "{:.1f}"),
+        ("final val_loss (own split)", "final_val_loss", "{:.5f}"),
+        ("held-out drive loss", "heldout_loss", "{:.5f}"),
+        ("held-out drive angle MAE", "heldout_angle_mae", "{:.4f}"),
     ]
     ratios: dict[str, float] = {}
     for label, key, fmt in rows:
         ours_text = fmt.format(ours[key])
         donkey_text = fmt.format(donkey[key]) if donkey else "-"
         ratio_text = ""
-        if donkey and key in ("samples_per_s", "end_to_end_samples_per_s", "final_val_loss"):
+        if donkey and key in RATIO_KEYS:
             ratios[key] = ours[key] / donkey[key]
             ratio_text = f"{ratios[key]:.2f}x"
         print(f"{label:28}{ours_text:>12}{donkey_text:>12}{ratio_text:>10}")
@@ -205,16 +271,19 @@ def report(ours: dict[str, Any], donkey: dict[str, Any] | None, reason: str | No
         print(f"donkeycar: NOT MEASURED - {reason}")
         result["donkeycar_unavailable"] = reason
         return result
-    met = (
-        ratios["samples_per_s"] >= GOAL_THROUGHPUT_RATIO
-        and ours["final_val_loss"] <= donkey["final_val_loss"]
-    )
+    better_loss = ours["heldout_loss"] <= donkey["heldout_loss"]
+    met = ratios["cpu_samples_per_s"] >= GOAL_THROUGHPUT_RATIO and better_loss
     print(
-        f"throughput ratio {ratios['samples_per_s']:.2f}x (goal >= {GOAL_THROUGHPUT_RATIO}x), "
-        f"val_loss {'equal or better' if ours['final_val_loss'] <= donkey['final_val_loss'] else 'WORSE'}: "
+        f"throughput ratio {ratios['cpu_samples_per_s']:.2f}x per CPU-second, "
+        f"{ratios['samples_per_s']:.2f}x wall "
+        f"(goal >= {GOAL_THROUGHPUT_RATIO}x); held-out loss {'equal or better' if better_loss else 'WORSE'}: "
         f"goal {'MET' if met else 'NOT met'}"
     )
-    print("note: validation sets differ (donkeycar: random 20% of records; ours: held-out blocks of driving)")
+    print(
+        "notes: the machine is shared, so wall-clock rates swing with other jobs; CPU-seconds (the whole "
+        "command, startup and data loading included) are the steadier measure. Validation splits differ "
+        "(donkeycar: a random 20% of records; ours: held-out blocks); the held-out drive is common to both."
+    )
     result["goal_met"] = met
     return result
 
@@ -265,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                 donkey = run_donkeycar(tubs, work, args.epochs, args.batch_size)
             except (DonkeycarEnvError, RuntimeError) as exc:
                 reason = str(exc)
+        print("held-out drive: both pilots on the same unseen frames ...", flush=True)
+        drive = heldout_drive(work, max(args.frames // 4, 200), args.seed + 1000)
+        ours.update(heldout_metrics(ours["model"], drive))
+        if donkey:
+            donkey.update(heldout_metrics(donkey["model"], drive))
         result = report(ours, donkey, reason)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
