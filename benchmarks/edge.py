@@ -415,7 +415,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"file": file, "runtime": artifact["runtime"], "precision": artifact["precision"],
                          "angles": angles, **timings[file]})  # fmt: skip
         donkey: dict[str, Any] | None = None
-        python, how = donkeycar_python(args.donkeycar_python)
+        python, how = (
+            (None, "--skip-donkeycar") if args.skip_donkeycar else donkeycar_python(args.donkeycar_python)
+        )
         tflite = package / "pilot_float32.tflite"
         if python is None:
             donkey_note = f"donkeycar's pilot not measured: {how}"
@@ -525,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds; the best is kept (default 3)")
     parser.add_argument(
         "--donkeycar-python", help="python of donkeycar's virtualenv (default: donkeycar_env.py's)"
+    )
+    parser.add_argument(
+        "--skip-donkeycar", action="store_true", help="do not measure (or install) donkeycar's pilot"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     return parser
