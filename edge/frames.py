@@ -119,7 +119,8 @@ def decode_outputs(
     """
     if model_type == "linear":
         angle, throttle = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
-        return np.clip(angle, -1.0, 1.0), np.clip(throttle, -1.0, 1.0)
+        # minimum/maximum rather than np.clip: a third of the cost on the car's one-element arrays.
+        return np.minimum(np.maximum(angle, -1.0), 1.0), np.minimum(np.maximum(throttle, -1.0), 1.0)
     if model_type == "categorical":
         by_width = {np.asarray(o).shape[-1]: np.asarray(o) for o in outputs}
         if set(by_width) != {ANGLE_BINS, THROTTLE_BINS}:
