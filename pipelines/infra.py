@@ -91,6 +91,12 @@ class RenderContext:
     account: str = events.EXAMPLE_ACCOUNT
     region: str = "us-east-1"
     resource_names: Mapping[str, str] = field(default_factory=dict)
+    resource_arns: Mapping[str, str] = field(default_factory=dict)
+
+    def attribute(self, logical_id: str, name: str) -> str:
+        if name == "Arn" and logical_id in self.resource_arns:
+            return self.resource_arns[logical_id]
+        raise InfraError(f"cannot resolve {logical_id}.{name} offline")
 
     def ref(self, name: str) -> str:
         pseudo = {"AWS::AccountId": self.account, "AWS::Region": self.region, "AWS::Partition": "aws"}
@@ -121,6 +127,8 @@ def resolve(node: Any, context: RenderContext) -> Any:
         return context.ref(node["Ref"])
     if set(node) == {"Fn::Sub"}:
         return _substitute(node["Fn::Sub"], context)
+    if set(node) == {"Fn::GetAtt"}:
+        return context.attribute(*node["Fn::GetAtt"])
     if len(node) == 1 and next(iter(node)).startswith("Fn::"):
         raise InfraError(f"cannot resolve {next(iter(node))} offline")
     return {key: resolve(value, context) for key, value in node.items()}
@@ -134,10 +142,28 @@ def _substitute(argument: str | list[Any], context: RenderContext) -> str:
         if name in variables:
             return str(resolve(variables[name], context))
         if "." in name:  # ${Resource.Attribute}
-            raise InfraError(f"cannot resolve ${{{name}}} offline")
+            return context.attribute(*name.split(".", 1))
         return context.ref(name)
 
     return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+
+def render_context(
+    template: Mapping[str, Any],
+    overrides: Mapping[str, str] | None = None,
+    *,
+    account: str = events.EXAMPLE_ACCOUNT,
+    region: str = "us-east-1",
+) -> RenderContext:
+    """Parameters (defaults + ``overrides``), pseudo parameters, and the named resources' Ref and Arn."""
+    context = RenderContext(parameter_values(template, overrides or {}), account, region)
+    names = _resource_names(template, context)
+    arns = {
+        logical_id: f"arn:aws:s3:::{name}"
+        for logical_id, name in names.items()
+        if template["Resources"][logical_id]["Type"] == "AWS::S3::Bucket"
+    }
+    return RenderContext(context.parameters, account, region, names, arns)
 
 
 def _resource_names(template: Mapping[str, Any], context: RenderContext) -> dict[str, str]:
@@ -172,8 +198,7 @@ def render_rules(
     region: str = "us-east-1",
 ) -> RenderedRules:
     """The rule sections of the template with parameters substituted, as EventBridge will receive them."""
-    context = RenderContext(parameter_values(template, overrides or {}), account, region)
-    context = RenderContext(context.parameters, account, region, _resource_names(template, context))
+    context = render_context(template, overrides, account=account, region=region)
     resources = template.get("Resources", {})
     try:
         new_data = resources["NewDataRule"]["Properties"]

@@ -207,3 +207,33 @@ def test_cli_help_names_the_template_defaults() -> None:
     declared = infra.load_template()["Parameters"]
     for name, (_, _, help_text) in infra_command.TEMPLATE_FLAGS.items():
         assert help_text.endswith(f"({declared[name]['Default']})"), name
+
+
+def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for policy in role["Properties"]["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+
+
+def test_roles_are_least_privilege() -> None:
+    resources = infra.load_template()["Resources"]
+    roles = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+    assert set(roles) == {"PipelineExecutionRole", "EventBridgeRole", "RolloutRole"}
+    # the only statements on every resource: APIs without resource-level permissions
+    unscoped_ok = {"sagemaker:ListModelPackages", "ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+    for name, role in roles.items():
+        for statement in _statements(role):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert statement["Effect"] == "Allow" and not any("*" in action for action in actions), (
+                name,
+                actions,
+            )
+            if statement["Resource"] == "*":
+                assert set(actions) <= unscoped_ok, (name, actions)
+    (start,) = _statements(roles["EventBridgeRole"])
+    assert start["Action"] == "sagemaker:StartPipelineExecution"
+    assert start["Resource"]["Fn::Sub"].endswith(":pipeline/${PipelineName}")
+    context = infra.render_context(infra.load_template(), {"Prefix": "fleet/a"})
+    rendered = infra.resolve(_statements(roles["PipelineExecutionRole"]), context)
+    s3_objects = [s for s in rendered if "s3:PutObject" in s["Action"]]
+    assert [s["Resource"] for s in s3_objects] == [f"arn:aws:s3:::{BUCKET}/fleet/a/*"]
+    (listing,) = [s for s in rendered if s["Action"] == "s3:ListBucket"]
+    assert listing["Condition"]["StringLike"]["s3:prefix"] == ["fleet/a/*", "fleet/a"]
