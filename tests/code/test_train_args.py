@@ -125,4 +125,5 @@ def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it():
     assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni") == "mixed_bfloat16"
     assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_vnni") == "float32"
     assert resolve_precision("float32", "flags : avx512_bf16") == "float32"
-    assert parse_args(["--precision", "mixed_bfloat16"], ENV).precision == "mixed_bfloat16"
+    assert parse_args(["--precision", "float32"], ENV).precision == "float32"
+    assert parse_args([], ENV).precision == "auto"
