@@ -113,7 +113,7 @@ def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> 
         f"{total['deleted']} deleted ({len(data['tubs'])} tub(s))"
     )
     model = evaluation["regression_metrics"]
-    baseline = evaluation.get("baseline", {}).get("regression_metrics", evaluation.get("baseline", {}))
+    baseline = evaluation["baseline"]["regression_metrics"]
     champion = evaluation.get("champion")
     lines.append(
         f"metrics   on {evaluation.get('test_frames', '?')} test frames       model    baseline  champion"

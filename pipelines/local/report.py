@@ -75,8 +75,9 @@ def graph_svg(definition: dict[str, Any], steps: dict[str, StepRecord]) -> str:
     width = 40 + (max(level.values(), default=0) + 1) * (NODE_W + GAP_X)
     height = 40 + max(rows.values(), default=1) * (NODE_H + GAP_Y)
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif">',
+        # viewBox + max-width: the graph scales down to the page instead of running off its edge.
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+        'style="max-width:100%;height:auto" font-family="sans-serif">',
         '<defs><marker id="arrow" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
         '<path d="M0,0 L8,4 L0,8 z" fill="#777"/></marker></defs>',
     ]
@@ -133,7 +134,7 @@ def _metric_rows(metrics: dict[str, Any]) -> dict[str, Any]:
 def metrics_table(evaluation: dict[str, Any]) -> str:
     """The evaluation metrics against the baseline and the champion (docs/contracts.md section 4)."""
     model = _metric_rows(evaluation.get("regression_metrics", {}))
-    baseline = _metric_rows(evaluation.get("baseline", {}))
+    baseline = _metric_rows((evaluation.get("baseline") or {}).get("regression_metrics", {}))
     champion_block = evaluation.get("champion") or {}
     champion = _metric_rows(champion_block.get("regression_metrics", {}))
     rows = []
