@@ -24,7 +24,14 @@ class ParameterError(ValueError):
 
 @contextlib.contextmanager
 def quiet_sdk() -> Iterator[None]:
-    """Silence the SDK while it builds: it logs INFO/DEBUG chatter (and may reconfigure the root logger)."""
+    """Silence the SDK while it builds, and undo what it does to the process's logging.
+
+    It logs INFO/DEBUG chatter, and importing it calls ``logging.basicConfig(level=INFO)``
+    (sagemaker/core/experiments/_metrics.py), which would decide the log format of whatever runs
+    next in this process (``robocar demo`` runs every stage in one).
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     logging.disable(logging.WARNING)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Running within a PipelineSession")
@@ -32,6 +39,8 @@ def quiet_sdk() -> Iterator[None]:
             yield
         finally:
             logging.disable(logging.NOTSET)
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
 
 def build_definition(

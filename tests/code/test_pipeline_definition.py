@@ -227,3 +227,12 @@ def test_definition_command_is_offline_and_byte_identical(offline_subprocess_env
         assert run.stderr == b""  # no SDK chatter, no warnings
     assert runs[0].stdout == runs[1].stdout
     assert json.loads(runs[0].stdout)["Version"] == "2020-12-01"
+
+
+def test_building_leaves_the_processes_logging_alone() -> None:
+    import logging
+
+    root = logging.getLogger()
+    before = (root.handlers[:], root.level, logging.root.manager.disable)
+    build_definition(SETTINGS)
+    assert (root.handlers[:], root.level, logging.root.manager.disable) == before
