@@ -229,10 +229,19 @@ def test_definition_command_is_offline_and_byte_identical(offline_subprocess_env
     assert json.loads(runs[0].stdout)["Version"] == "2020-12-01"
 
 
-def test_building_leaves_the_processes_logging_alone() -> None:
-    import logging
-
-    root = logging.getLogger()
-    before = (root.handlers[:], root.level, logging.root.manager.disable)
-    build_definition(SETTINGS)
-    assert (root.handlers[:], root.level, logging.root.manager.disable) == before
+def test_building_leaves_the_processes_logging_alone(offline_subprocess_env: dict[str, str]) -> None:
+    """In a fresh process (pytest's handlers would hide it): the SDK's import-time basicConfig is undone."""
+    script = (
+        "import logging\n"
+        "from pipelines.control import build_definition\n"
+        "from pipelines.settings import EXAMPLE_VALUES, Settings\n"
+        "build_definition(Settings(**EXAMPLE_VALUES, prefix='p', pipeline_name='n', model_package_group='g', "
+        "endpoint_url=None))\n"
+        "root = logging.getLogger()\n"
+        "print(len(root.handlers), root.level, logging.root.manager.disable)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=offline_subprocess_env, capture_output=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert run.stdout.decode().split() == ["0", str(30), "0"]  # no handler, WARNING, nothing disabled
