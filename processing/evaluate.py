@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", default=None, help="AWS region (default: the environment's)")
     parser.add_argument("--endpoint-url", default=None, help="AWS endpoint (a moto server in tests)")
     parser.add_argument("--local-root", default=None, help="local S3/registry folder instead of AWS")
-    parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    parser.add_argument(
+        "--no-plots", dest="plots", action="store_false", help="skip the PNG plots (plots are on)"
+    )
     return parser
 
 
