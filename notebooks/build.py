@@ -49,7 +49,18 @@ def evaluation_report(package):
 
 def metric_values(metrics):
     """{"angle_mae": {"value": ...}, ...} -> {"angle_mae": value, ...} (None stays None)."""
-    return {name: (value or {}).get("value") for name, value in (metrics or {}).items()}'''
+    return {name: (value or {}).get("value") for name, value in (metrics or {}).items()}
+
+
+def compared(report):
+    """The model's metrics, the constant-prediction baseline's and the champion's (same test frames)."""
+    columns = {
+        "model": metric_values(report["regression_metrics"]),
+        "baseline": metric_values((report.get("baseline") or {}).get("regression_metrics")),
+    }
+    if report.get("champion"):  # its metrics are None when it could not be evaluated on these frames
+        columns["champion"] = metric_values(report["champion"].get("regression_metrics"))
+    return columns'''
 
 RUN_PIPELINE = [
     new_markdown_cell(
@@ -161,11 +172,8 @@ else:
     if package["CreationTime"] < execution.get("CreationTime", package["CreationTime"]):
         print("note: registered before this execution started; this execution registered nothing new")
     report = evaluation_report(package)
-    columns = {"model": report["regression_metrics"], "baseline": report.get("baseline")}
-    if report.get("champion"):
-        columns["champion"] = report["champion"].get("regression_metrics")
     print(f"{report.get('test_frames')} test frames")
-    display(pd.DataFrame({name: metric_values(metrics) for name, metrics in columns.items()}))"""
+    display(pd.DataFrame(compared(report)))"""
     ),
 ]
 
@@ -202,11 +210,11 @@ pending = [describe(summary) for summary in packages("PendingManualApproval")]
 rows = {}
 for package in pending:
     report = evaluation_report(package)
-    champion = report.get("champion") or {}
+    columns = compared(report)
     rows[f"v{package['ModelPackageVersion']}"] = {
-        **metric_values(report["regression_metrics"]),
-        "baseline angle_mae": metric_values(report.get("baseline")).get("angle_mae"),
-        "champion angle_mae": metric_values(champion.get("regression_metrics")).get("angle_mae"),
+        **columns["model"],
+        "baseline angle_mae": columns["baseline"].get("angle_mae"),
+        "champion angle_mae": columns.get("champion", {}).get("angle_mae"),
         "test frames": report.get("test_frames"),
         "edge targets": package.get("CustomerMetadataProperties", {}).get("edge:targets"),
         "created": package["CreationTime"],
@@ -241,9 +249,10 @@ if not pending:
     raise SystemExit("nothing pending: run the pipeline first (notebook 1)")
 candidate = pending[0]
 report = evaluation_report(candidate)
-mae = metric_values(report["regression_metrics"])["angle_mae"]
-baseline = metric_values(report.get("baseline")).get("angle_mae")
-champion_mae = metric_values((report.get("champion") or {}).get("regression_metrics")).get("angle_mae")
+columns = compared(report)
+mae = columns["model"]["angle_mae"]
+baseline = columns["baseline"].get("angle_mae")
+champion_mae = columns.get("champion", {}).get("angle_mae")
 beats_baseline = baseline is None or mae < baseline
 beats_champion = champion_mae is None or mae < champion_mae
 DECISION = "Approved" if beats_baseline and beats_champion else "Rejected"

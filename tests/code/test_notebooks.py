@@ -54,7 +54,8 @@ def register(
     champion_report = (
         None if champion is None else {"model_package_arn": "v1", "regression_metrics": metrics(champion)}
     )
-    report = {"regression_metrics": metrics(angle_mae), "baseline": metrics(0.3), "champion": champion_report}
+    baseline = {"prediction": {"angle": 0.0, "throttle": 0.3}, "regression_metrics": metrics(0.3)}
+    report = {"regression_metrics": metrics(angle_mae), "baseline": baseline, "champion": champion_report}
     report.update(test_frames=200, plots=[])
     s3.put_object(Bucket=BUCKET, Key=f"{base}/evaluation/evaluation.json", Body=json.dumps(report).encode())
     package = onnx_pilot_package(f"v{version}")
@@ -172,7 +173,7 @@ def test_notebooks_run_top_to_bottom(moto_aws: tuple[str, Any, str], tmp_path: P
 
     second = run("02_approve_model.ipynb", endpoint, tmp_path)
     assert "1 pending package(s)" in second
-    assert "v2: Approved (angle MAE 0.0700" in second
+    assert "v2: Approved (angle MAE 0.0700 on 200 test frames; baseline 0.3; champion 0.09" in second
     candidate = sagemaker.describe_model_package(ModelPackageName=candidate_arn)
     assert candidate["ModelApprovalStatus"] == "Approved"
     assert candidate["ApprovalDescription"].startswith("angle MAE 0.0700 on 200 test frames")
