@@ -75,12 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub_parser.set_defaults(handler=_guarded(_set_status), status=status)
 
 
+def _local_root(args: argparse.Namespace) -> Path | None:
+    local = args.local or args.workspace is not None
+    return (args.workspace or DEFAULT_WORKSPACE) if local else None
+
+
 def _client(args: argparse.Namespace) -> Any:
     from edge.aws import clients
 
-    local = args.local or args.workspace is not None
-    root = (args.workspace or DEFAULT_WORKSPACE) if local else None
-    return clients(local_root=root, region=args.region, endpoint_url=args.endpoint_url).sagemaker
+    return clients(local_root=_local_root(args), region=args.region, endpoint_url=args.endpoint_url).sagemaker
 
 
 def _guarded(handler: Any) -> Any:
@@ -186,4 +189,13 @@ def _set_status(args: argparse.Namespace, sagemaker: Any) -> int:
         _print_json(response)
     else:
         print(f"{args.status}: {response['ModelPackageArn']}")
+    root = _local_root(args)
+    if root is not None:
+        # Locally the registry is a folder, so this command delivers what EventBridge would on AWS: the
+        # state-change event, and for an approval the rollout (robocar trigger watch would on its next poll).
+        from pipelines.local.trigger import rollout_after_registry_change
+
+        group = sagemaker.describe_model_package(ModelPackageName=arn)["ModelPackageGroupName"]
+        for line in rollout_after_registry_change(root, sagemaker, group, region=args.region or "us-east-1"):
+            print(line)
     return 0

@@ -288,3 +288,30 @@ def test_cli_passes_its_timing_flags_to_the_watcher(workspace: Path, monkeypatch
     )
     assert (seen["interval_s"], seen["settle_s"], seen["once"]) == (7.0, 0.5, False)
     assert main(["trigger", "watch", "--workspace", str(workspace), "--settle", "-1"]) == 2
+
+
+def test_robocar_registry_approve_locally_rolls_out_once(
+    workspace: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from pipelines.cli import main as robocar
+
+    s3, registry = LocalS3Client(workspace), LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    arn = register(registry, "PendingManualApproval")
+    approve = [
+        "registry",
+        "approve",
+        "latest",
+        "--workspace",
+        str(workspace),
+        "--group",
+        CONFIG.model_package_group,
+    ]
+    assert robocar(approve) == 0
+    out = capsys.readouterr().out
+    assert f"Approved: {arn}" in out
+    assert f"approved {arn} -> component com.robocar.Pilot 1.0.1 deployed" in out
+    assert (workspace / "greengrass" / "components" / "com.robocar.Pilot" / "1.0.1.json").is_file()
+    assert (
+        poll_once(workspace, s3, registry, CONFIG).rollouts == []
+    )  # delivered once, not again by the watcher
