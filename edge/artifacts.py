@@ -15,7 +15,9 @@ import hashlib
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -154,11 +156,14 @@ def check_member(member: tarfile.TarInfo, limits: ExtractLimits) -> str:
 
 
 def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) -> list[str]:
-    """Unpack ``archive`` into the new folder ``dest``; returns the files written (relative paths).
+    """Unpack ``archive`` (tar, compressed or not, or zip) into the new folder ``dest``; returns the
+    files written (relative paths).
 
     Every member is checked before anything of it is written; on any refusal ``dest`` is removed, so a
     bad archive leaves nothing behind. ``dest`` must not exist yet.
     """
+    if zipfile.is_zipfile(archive):
+        return _safe_extract_zip(archive, dest, limits)
     dest.mkdir(parents=True, exist_ok=False)
     root = dest.resolve()
     written: list[str] = []
@@ -198,6 +203,62 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
     except tarfile.TarError as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise UnsafeArchiveError(f"{archive.name} is not a readable tar archive: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    if not written:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise UnsafeArchiveError(f"{archive.name} contains no files")
+    return written
+
+
+def _zip_member_is_link(info: zipfile.ZipInfo) -> bool:
+    return info.create_system == 3 and stat.S_ISLNK(info.external_attr >> 16)  # 3: made on Unix
+
+
+def _safe_extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> list[str]:
+    """The zip side of ``safe_extract``: the same checks (names, links, sizes, duplicates, limits)."""
+    dest.mkdir(parents=True, exist_ok=False)
+    root = dest.resolve()
+    written: list[str] = []
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = bundle.infolist()
+            if len(members) > limits.max_members:
+                raise UnsafeArchiveError(f"archive has more than {limits.max_members} members")
+            if sum(m.file_size for m in members) > limits.max_total_bytes:
+                raise UnsafeArchiveError(f"archive unpacks to more than {limits.max_total_bytes} bytes")
+            names = [_member_relative_path(m.filename) for m in members]
+            files = [n for n, m in zip(names, members, strict=True) if n and not m.is_dir()]
+            if len(files) != len(set(files)):
+                raise UnsafeArchiveError("archive holds a member twice")
+            for info, relative in zip(members, names, strict=True):
+                if _zip_member_is_link(info):
+                    raise UnsafeArchiveError(f"member {info.filename!r} is a link; links are refused")
+                if info.file_size > limits.max_file_bytes:
+                    raise UnsafeArchiveError(
+                        f"member {info.filename!r} is {info.file_size} bytes, over the "
+                        f"{limits.max_file_bytes}-byte limit"
+                    )
+                target = (root / relative).resolve()
+                if relative and os.path.commonpath([root, target]) != str(root):
+                    raise UnsafeArchiveError(f"member {info.filename!r} resolves outside the destination")
+            for info, relative in zip(members, names, strict=True):
+                if not relative:
+                    continue
+                target = root / relative
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(info) as source, open(target, "xb") as out:
+                    _, size = _copy_hashing(source, out, info.file_size)
+                if size != info.file_size:
+                    raise UnsafeArchiveError(f"member {info.filename!r} is truncated")
+                written.append(relative)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise UnsafeArchiveError(f"{archive.name} is not a readable zip archive: {exc}") from exc
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

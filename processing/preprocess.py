@@ -21,6 +21,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ if __package__ in (None, ""):  # run as a script (the container): make `processi
 
 import numpy as np  # noqa: E402
 
+from edge.artifacts import ExtractLimits, IntegrityError, UnsafeArchiveError, safe_extract  # noqa: E402
 from edge.frames import FrameSpec  # noqa: E402
 from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
 from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers  # noqa: E402
@@ -159,7 +161,33 @@ def frame_spec_from(args: argparse.Namespace) -> FrameSpec:
         raise PreprocessError(f"bad frame options: {exc}") from None
 
 
-def select_sources(args: argparse.Namespace) -> list[Source]:
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # what the "new data" rule starts a run for
+# A tub is thousands of small files; these bound what one uploaded archive may unpack to.
+TUB_ARCHIVE_LIMITS = ExtractLimits(max_members=2_000_000, max_file_bytes=64 << 20, max_total_bytes=64 << 30)
+
+
+def unpack_archives(root: Path, scratch: Path) -> list[Source]:
+    """The tubs inside every archive under ``root``, unpacked safely into ``scratch``.
+
+    A tub from ``runs/day1.tar.gz`` is named ``runs/day1.tar.gz/<folder in the archive>`` in the report.
+    An archive that is unreadable or unsafe (links, ``..``, absolute paths, over the limits) stops the step.
+    """
+    archives = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES))
+    sources: list[Source] = []
+    for number, archive in enumerate(archives):
+        name = archive.relative_to(root).as_posix()
+        dest = scratch / f"archive-{number}"
+        try:
+            safe_extract(archive, dest, TUB_ARCHIVE_LIMITS)
+        except (UnsafeArchiveError, IntegrityError) as exc:
+            raise PreprocessError(f"archive {name}: {exc}") from None
+        for source in discover_sources(dest):
+            inner = source.path.relative_to(dest).as_posix()
+            sources.append(Source(source.path, source.format, name if inner == "." else f"{name}/{inner}"))
+    return sources
+
+
+def select_sources(args: argparse.Namespace, scratch: Path) -> list[Source]:
     if not args.input.is_dir():
         raise PreprocessError(f"--input {args.input} is not a folder")
     if args.ground_truth is not None:
@@ -167,7 +195,9 @@ def select_sources(args: argparse.Namespace) -> list[Source]:
         if not path.is_file():
             raise PreprocessError(f"--ground-truth {path} does not exist")
         return [Source(path, "ground-truth", path.name)]
-    sources = discover_sources(args.input)
+    sources = sorted(
+        discover_sources(args.input) + unpack_archives(args.input, scratch), key=lambda s: s.name
+    )
     tubs = [s for s in sources if s.format != "ground-truth"]
     manifests = [s for s in sources if s.format == "ground-truth"]
     if tubs and manifests:
@@ -177,7 +207,8 @@ def select_sources(args: argparse.Namespace) -> list[Source]:
         )
     if not sources:
         raise PreprocessError(
-            f"no tub (manifest.json, or meta.json + record_N.json) and no *.manifest under {args.input}"
+            "no tub (manifest.json, or meta.json + record_N.json), tub archive or *.manifest under "
+            f"{args.input}"
         )
     return tubs or manifests
 
@@ -416,8 +447,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PreprocessError(f"--max-reject-fraction must be in [0, 1], got {args.max_reject_fraction}")
     if args.workers < 1 or args.block_frames < 1:
         raise PreprocessError("--workers and --block-frames must be at least 1")
-    sources = select_sources(args)
-    reports, candidates, owners, classes = read_sources(sources, args)
+    with tempfile.TemporaryDirectory(prefix="robocar-archives-") as scratch:
+        sources = select_sources(args, Path(scratch))
+        reports, candidates, owners, classes = read_sources(sources, args)
+        return _split_and_write(args, spec, fractions, sources, reports, candidates, owners, classes)
+
+
+def _split_and_write(
+    args: argparse.Namespace,
+    spec: FrameSpec,
+    fractions: Any,
+    sources: Sequence[Source],
+    reports: list[SourceReport],
+    candidates: list[Candidate],
+    owners: list[int],
+    classes: dict[int, str],
+) -> dict[str, Any]:
     keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]
     by_split, split_mode = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
     extra = {"classes": class_list(classes)} if sources[0].format == "ground-truth" else {}
