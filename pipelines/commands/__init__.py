@@ -1,4 +1,8 @@
-"""Subcommands of ``robocar``; each module owns one group and exposes ``register(subparsers)``."""
+"""Subcommands of ``robocar``; each module owns one group and exposes ``register(subparsers)``.
+
+Listed in the order a user meets them. Each module imports its heavy dependencies inside its commands,
+so ``robocar edge`` runs on a car without TensorFlow or the sagemaker SDK.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,7 @@ import argparse
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
-    from pipelines.commands import pipeline
+    from pipelines.commands import data, demo, edge, infra, pipeline, registry, run, trigger
 
-    pipeline.register(sub)
-    from pipelines.commands import edge
-
-    edge.register(sub)
-    from pipelines.commands import data
-
-    data.register(sub)
-    from pipelines.commands import infra, trigger
-
-    infra.register(sub)
-    trigger.register(sub)
-    from pipelines.commands import registry, run
-
-    run.register(sub)
-    registry.register(sub)
-    from pipelines.commands import demo
-
-    demo.register(sub)
+    for module in (demo, data, pipeline, run, registry, edge, infra, trigger):
+        module.register(sub)
