@@ -11,6 +11,7 @@ Standard library only (the S3 client is passed in), so it runs on the car.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
@@ -18,6 +19,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -164,12 +166,10 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
     """
     if zipfile.is_zipfile(archive):
         return _safe_extract_zip(archive, dest, limits)
-    dest.mkdir(parents=True, exist_ok=False)
-    root = dest.resolve()
-    written: list[str] = []
     seen: set[str] = set()
     total = 0
-    try:
+    with _unpacking(archive, dest, "tar", tarfile.TarError) as written:
+        root = dest.resolve()
         with tarfile.open(archive, "r:*") as tar:
             for count, member in enumerate(tar, start=1):
                 if count > limits.max_members:
@@ -200,16 +200,28 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
                     raise UnsafeArchiveError(f"member {member.name!r} is truncated")
                 os.chmod(target, 0o644)
                 written.append(relative)
-    except tarfile.TarError as exc:
+    return written
+
+
+@contextlib.contextmanager
+def _unpacking(
+    archive: Path, dest: Path, kind: str, unreadable: type[BaseException] | tuple[type[BaseException], ...]
+) -> Iterator[list[str]]:
+    """Create ``dest`` and collect the files written into it; on any failure, or nothing written,
+    remove ``dest`` (a refused archive leaves nothing behind) and raise UnsafeArchiveError."""
+    dest.mkdir(parents=True, exist_ok=False)
+    written: list[str] = []
+    try:
+        yield written
+    except unreadable as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise UnsafeArchiveError(f"{archive.name} is not a readable tar archive: {exc}") from exc
+        raise UnsafeArchiveError(f"{archive.name} is not a readable {kind} archive: {exc}") from exc
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     if not written:
         shutil.rmtree(dest, ignore_errors=True)
         raise UnsafeArchiveError(f"{archive.name} contains no files")
-    return written
 
 
 def _zip_member_is_link(info: zipfile.ZipInfo) -> bool:
@@ -218,10 +230,8 @@ def _zip_member_is_link(info: zipfile.ZipInfo) -> bool:
 
 def _safe_extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> list[str]:
     """The zip side of ``safe_extract``: the same checks (names, links, sizes, duplicates, limits)."""
-    dest.mkdir(parents=True, exist_ok=False)
-    root = dest.resolve()
-    written: list[str] = []
-    try:
+    with _unpacking(archive, dest, "zip", (zipfile.BadZipFile, zipfile.LargeZipFile)) as written:
+        root = dest.resolve()
         with zipfile.ZipFile(archive) as bundle:
             members = bundle.infolist()
             if len(members) > limits.max_members:
@@ -256,13 +266,4 @@ def _safe_extract_zip(archive: Path, dest: Path, limits: ExtractLimits) -> list[
                 if size != info.file_size:
                     raise UnsafeArchiveError(f"member {info.filename!r} is truncated")
                 written.append(relative)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise UnsafeArchiveError(f"{archive.name} is not a readable zip archive: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    if not written:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise UnsafeArchiveError(f"{archive.name} contains no files")
     return written
