@@ -188,15 +188,6 @@ def prepare_workspace(
     return aws
 
 
-def upsert_local(sagemaker: Any, name: str, definition: str, role: str) -> None:
-    try:
-        sagemaker.describe_pipeline(PipelineName=name)
-    except sagemaker.exceptions.ClientError:
-        sagemaker.create_pipeline(PipelineName=name, PipelineDefinition=definition, RoleArn=role)
-        return
-    sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=definition, RoleArn=role)
-
-
 def run_locally(
     workspace: Path,
     settings: settings_mod.Settings,
@@ -214,10 +205,15 @@ def run_locally(
     status`` sees it) and runs one execution. Raises ValueError (and the local client's ClientError with
     code ValidationException for a definition that cannot run locally) before any step starts.
     """
+    from pipelines.code_bundle import CodeBundle
+    from pipelines.control import upsert
+
+    code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     aws = prepare_workspace(workspace, settings, definition_text, parameters, data=data, code=code)
     sagemaker = aws.sagemaker
     sagemaker.on_event = on_event
-    upsert_local(sagemaker, settings.pipeline_name, definition_text, settings.role)
+    # The same upsert as on AWS (the bundle is already in local S3, so it uploads nothing here).
+    upsert(sagemaker, aws.s3, definition=definition_text, settings=settings, code=code)
     kwargs: dict[str, Any] = {"PipelineName": settings.pipeline_name, "PipelineParameters": parameters}
     if display_name:
         kwargs["PipelineExecutionDisplayName"] = display_name
