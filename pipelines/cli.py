@@ -14,7 +14,7 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robocar",
-        description="Build, run and deploy the robocar SageMaker Pipeline (DonkeyCar tubs -> compiled pilot).",
+        description="Build, run and deploy the robocar SageMaker Pipeline: DonkeyCar tubs in, pilot out.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from pipelines import commands

@@ -60,7 +60,8 @@ else:
     model = sorted(os.listdir(args.input))
     (out / "evaluation.json").write_text(json.dumps({
         "regression_metrics": {"angle_mae": {"value": args.mae, "standard_deviation": 0.01}},
-        "baseline": {"regression_metrics": {"angle_mae": {"value": 0.4}}}, "champion": None, "test_frames": 2, "model_files": model,
+        "baseline": {"regression_metrics": {"angle_mae": {"value": 0.4}}}, "champion": None,
+        "test_frames": 2, "model_files": model,
     }))
 print(f"{args.task}: done", flush=True)
 """
