@@ -11,6 +11,7 @@ PIPELINE = [  # control plane: build, upsert, start the pipeline; container scri
     "boto3>=1.40",
     "pandas>=2.0",
     "jsonschema>=4.20",
+    "zlib-ng>=0.5",  # CRC-32 of the preprocess shards at 30 GB/s (zlib: 4); optional, same bytes
     "PyYAML>=6",  # renders the Greengrass recipe (robocar edge component)
 ]
 TRAIN = [  # training and evaluation containers (TensorFlow script mode) and local compilation
@@ -42,7 +43,9 @@ setup(
     version="0.1.0",
     description="SageMaker Pipeline: DonkeyCar tubs -> trained, evaluated, Neo-compiled, registered pilot",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]),
+    packages=find_packages(
+        include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]
+    ),
     include_package_data=True,
     package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"]},
     install_requires=["numpy>=1.26", "Pillow>=10"],

@@ -4,26 +4,33 @@ What is measured, all in the same run on the same synthetic tub (``robocar data 
 
 * **decode** (the baseline): for every image file, read its bytes and decode them with Pillow
   (``Image.open(...).load()``), one process. Nothing else: no colour conversion, no numpy array.
+* **libjpeg alone**: the same files through Pillow's libjpeg decoder with no header parsing in Python
+  (``Image.frombytes(..., "jpeg")``, what ``edge.frames.decode_image`` calls for a colour JPEG): the
+  floor of any Pillow-based step, printed as a second ratio so that the first one is not read as more
+  than it is (the step can beat ``Image.open`` only because it skips Pillow's Python header parser).
 * **step**: ``processing/preprocess.py`` end to end, in this process: find the tub, parse and validate
   every catalog line, read + decode + check + crop every image (``edge.frames``), split, write the
-  shards (with their SHA-256) and the report; once with ``--workers 1`` and once with ``--workers 2``.
+  shards and the report; once with ``--workers 1`` and once with ``--workers 2``.
 
 "One core" is enforced, not assumed: the decode baseline and every ``--workers 1`` run are pinned to
 a single CPU (``sched_setaffinity``), so no helper thread of Pillow, hashlib or the OS can lend a
 second core; runs with more workers get all the CPUs this process may use.
 
-Rounds interleave decode and step so both see the same machine load; each figure is the best of
-``--repeats`` rounds (the machine is shared: the best round is the least disturbed). The figure that
-matters is printed as a ratio: step frames/s / decode frames/s (goal: >= 0.70 with one worker; > 1
-with two workers on two free cores). The page cache is warmed first, so no round reads from disk.
+Rounds interleave decode and step so both see the same machine load. This VM has slow spells of
+tens of seconds in which the same decode takes up to 1.7x longer, so the verdict uses the *paired*
+ratio: in each round, step CPU time against the decode CPU time of that same round, and the median
+over rounds; the table shows the best round of each figure. The goal: the paired one-worker ratio
+>= 0.70; two workers on two free cores beat one decoding core. The page cache is warmed first, so
+no round reads from disk.
 CPU time (user + system, pool workers included) is printed next to wall time: on a machine shared
 with other work, wall time measures the neighbours as much as the code; CPU time per frame shows the
 cost of the work itself, and whether a pool adds overhead (its total CPU should match one worker's).
 
 Then, to show where a frame's time goes on one core (CPU time), the parts the step must do per frame
 besides the decode, each on the same files / the same number of bytes: ``edge.frames.decode_image``
-(decode plus RGB conversion plus numpy array), CRC-32 (the zip format needs it), SHA-256 (the
-contract's ``fingerprint``) and the write of one prepared frame to a new file.
+(decode plus numpy array), CRC-32 (the zip format needs it; zlib's and zlib-ng's, which the step uses
+when installed), SHA-256 of the frame bytes (what the fingerprint cost when it hashed every byte; it
+now hashes the shards' zip catalogs) and the write of the prepared frames to new shard-sized files.
 
 Usage: ``python benchmarks/preprocess.py [--frames 3000] [--repeats 3] [--workers 1,2]``.
 """
@@ -42,7 +49,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +57,29 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.frames import decode_image  # noqa: E402
+from edge.frames import decode_image, jpeg_colour_size  # noqa: E402
 from pipelines.synth import write_tub  # noqa: E402
+from processing.preprocess import auto_shard_size  # noqa: E402
 from processing.preprocess import main as preprocess  # noqa: E402
+from processing.shards import crc32  # noqa: E402
 
 
-def decode_all(paths: Sequence[Path]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds) to read and Pillow-decode every file once."""
+def pillow_decode(data: bytes) -> None:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+
+
+def libjpeg_decode(data: bytes) -> None:
+    size = jpeg_colour_size(data)
+    assert size is not None, "the synthetic frames are colour JPEGs"
+    Image.frombytes("RGB", size, data, "jpeg", "RGB", "")
+
+
+def decode_all(paths: Sequence[Path], decode: Callable[[bytes], None]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) to read and decode every file once."""
     started, cpu = time.perf_counter(), time.process_time()
     for path in paths:
-        with Image.open(io.BytesIO(path.read_bytes())) as image:
-            image.load()
+        decode(path.read_bytes())
     return time.perf_counter() - started, time.process_time() - cpu
 
 
@@ -75,30 +94,37 @@ def cpus(count: int):
         os.sched_setaffinity(0, allowed)
 
 
-def per_frame_parts(paths: Sequence[Path], tmp: Path, repeats: int) -> dict[str, float]:
+def each(function: Callable[[bytes], object], blobs: Sequence[bytes]) -> None:
+    for blob in blobs:
+        function(blob)
+
+
+def per_frame_parts(paths: Sequence[Path], tmp: Path, repeats: int, shard_size: int) -> dict[str, float]:
     """Microseconds per frame of each part of the step, best of ``repeats``, on one core."""
     blobs = [p.read_bytes() for p in paths]
-    frame_bytes = memoryview(decode_image(blobs[0]).reshape(-1))
-    shard = memoryview(np.zeros(len(blobs) * frame_bytes.nbytes, dtype=np.uint8))
+    frames = np.stack([decode_image(blob) for blob in blobs])  # real, touched pages, as the step writes
+    shard = memoryview(frames.reshape(-1))
+    shard_bytes = shard_size * frames[0].nbytes
 
-    def decode_raw() -> None:
-        for blob in blobs:
-            with Image.open(io.BytesIO(blob)) as image:
-                image.load()
+    def write() -> None:  # new files, as the step writes (rewriting a file is much cheaper)
+        for number, start in enumerate(range(0, shard.nbytes, shard_bytes)):
+            with open(tmp / f"write-test-{number}.bin", "wb") as handle:
+                handle.write(shard[start : start + shard_bytes])
 
-    written = [0]
+    def remove_written() -> None:  # untimed, after each part: one step's output, not five, in the cache
+        for path in tmp.glob("write-test-*.bin"):
+            path.unlink()
 
-    def write() -> None:  # a new file each time, as the step writes (rewriting one file is much cheaper)
-        written[0] += 1
-        with open(tmp / f"write-test-{written[0]}.bin", "wb") as handle:
-            handle.write(shard)
-
-    parts = {
-        "Pillow decode (from memory)": decode_raw,
-        "edge.frames.decode_image": lambda: [decode_image(blob) for blob in blobs],
-        "CRC-32 of the frame bytes": lambda: zlib.crc32(shard),
+    parts: dict[str, Callable[[], object]] = {
+        # Each result is dropped before the next decode, as in the step (it copies each frame into one
+        # reused buffer): keeping 3,000 fresh arrays alive would time the page faults of new memory.
+        "Pillow decode (from memory)": lambda: each(pillow_decode, blobs),
+        "libjpeg alone (from memory)": lambda: each(libjpeg_decode, blobs),
+        "edge.frames.decode_image": lambda: each(decode_image, blobs),
+        "CRC-32, zlib": lambda: zlib.crc32(shard),
+        "CRC-32, zlib-ng (the step's)": lambda: crc32(shard),
         "SHA-256 of the frame bytes": lambda: hashlib.sha256(shard).digest(),
-        "file write of the frame bytes": write,
+        "file write, shard-sized files": write,
     }
     best = dict.fromkeys(parts, float("inf"))
     with cpus(1):
@@ -107,8 +133,7 @@ def per_frame_parts(paths: Sequence[Path], tmp: Path, repeats: int) -> dict[str,
                 started = time.process_time()
                 part()
                 best[name] = min(best[name], time.process_time() - started)
-    for number in range(1, written[0] + 1):
-        (tmp / f"write-test-{number}.bin").unlink()
+                remove_written()
     return {name: seconds / len(blobs) * 1e6 for name, seconds in best.items()}
 
 
@@ -134,7 +159,7 @@ def run_step(tub: Path, out: Path, workers: int, extra: Sequence[str]) -> tuple[
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=3000, help="synthetic frames in the tub")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds; the best of each figure is kept")
+    parser.add_argument("--repeats", type=int, default=7, help="rounds (best and median are reported)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to measure")
     parser.add_argument("--step-args", default="", help="extra preprocess options, e.g. '--crop-top 40'")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
@@ -148,42 +173,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tub(tub, frames=args.frames, sessions=4, seed=0)
         print(f"synthetic tub: {args.frames} frames in {time.perf_counter() - started:.1f} s", flush=True)
         paths = sorted((tub / "images").iterdir())
-        decode_all(paths)  # warm the page cache
-        best_decode = best_decode_cpu = float("inf")
+        decode_all(paths, pillow_decode)  # warm the page cache
+        baselines = {"decode (Pillow, 1 core)": pillow_decode, "libjpeg alone (1 core)": libjpeg_decode}
+        best_base = dict.fromkeys(baselines, float("inf"))
+        best_base_cpu = dict.fromkeys(baselines, float("inf"))
         best_step = dict.fromkeys(worker_counts, float("inf"))
         best_step_cpu = dict.fromkeys(worker_counts, float("inf"))
+        paired: list[float] = []  # per round: Pillow decode CPU / one-worker step CPU
         for round_number in range(1, args.repeats + 1):
-            with cpus(1):
-                wall, cpu = decode_all(paths)
-                best_decode, best_decode_cpu = min(best_decode, wall), min(best_decode_cpu, cpu)
+            round_cpu = {}
+            for name, decode in baselines.items():
+                with cpus(1):
+                    wall, round_cpu[name] = decode_all(paths, decode)
+                best_base[name] = min(best_base[name], wall)
+                best_base_cpu[name] = min(best_base_cpu[name], round_cpu[name])
             for workers in worker_counts:
                 wall, cpu = run_step(tub, Path(tmp) / "out", workers, extra)
                 best_step[workers] = min(best_step[workers], wall)
                 best_step_cpu[workers] = min(best_step_cpu[workers], cpu)
+                if workers == 1:
+                    paired.append(round_cpu["decode (Pillow, 1 core)"] / cpu)
             print(f"  round {round_number}/{args.repeats} done", file=sys.stderr, flush=True)
-        parts = per_frame_parts(paths, Path(tmp), args.repeats)
+        parts = per_frame_parts(paths, Path(tmp), args.repeats, auto_shard_size(len(paths)))
 
     n = len(paths)
-    decode_fps = n / best_decode
+    pillow, libjpeg = (n / best_base[name] for name in baselines)
     print(f"cores available: {len(os.sched_getaffinity(0))}; frames: {n}; best of {args.repeats} rounds")
-    print(f"{'measurement':<28}{'frames/s':>10}{'vs decode':>11}{'CPU us/frame':>14}")
-    decode_cpu = best_decode_cpu / n * 1e6
-    print(f"{'decode (Pillow, 1 core)':<28}{decode_fps:>10.0f}{1.0:>10.2f}x{decode_cpu:>14.0f}")
-    figures = {"frames": n, "decode_fps": decode_fps}
+    print(f"{'measurement':<28}{'frames/s':>10}{'vs decode':>11}{'vs libjpeg':>12}{'CPU us/frame':>14}")
+    figures: dict[str, object] = {"frames": n, "decode_fps": pillow, "libjpeg_fps": libjpeg}
+    rows = [(name, n / best_base[name], best_base_cpu[name]) for name in baselines]
+    rows += [(f"step, --workers {w}", n / best_step[w], best_step_cpu[w]) for w in worker_counts]
+    for label, fps, cpu in rows:
+        print(f"{label:<28}{fps:>10.0f}{fps / pillow:>10.2f}x{fps / libjpeg:>11.2f}x{cpu / n * 1e6:>14.0f}")
     for workers in worker_counts:
         fps = n / best_step[workers]
-        label = f"step, --workers {workers}"
-        step_cpu = best_step_cpu[workers] / n * 1e6
-        print(f"{label:<28}{fps:>10.0f}{fps / decode_fps:>10.2f}x{step_cpu:>14.0f}")
-        figures[f"step_cpu_us_workers_{workers}"] = step_cpu
+        figures[f"step_cpu_us_workers_{workers}"] = best_step_cpu[workers] / n * 1e6
         figures[f"step_fps_workers_{workers}"] = fps
-        figures[f"ratio_workers_{workers}"] = fps / decode_fps
+        figures[f"ratio_workers_{workers}"] = fps / pillow
+        figures[f"libjpeg_ratio_workers_{workers}"] = fps / libjpeg
     if 1 in worker_counts:
-        cpu_ratio = best_decode_cpu / best_step_cpu[1]
+        cpu_ratio = best_base_cpu["decode (Pillow, 1 core)"] / best_step_cpu[1]
         figures["cpu_ratio_workers_1"] = cpu_ratio
-        print(f"one worker by CPU time (steadier than wall time on a busy machine): ratio {cpu_ratio:.2f}")
-        verdict = "meets" if figures["ratio_workers_1"] >= 0.70 else "misses"
-        print(f"one worker: {figures['ratio_workers_1']:.0%} of the decode rate ({verdict} the 70% goal)")
+        median = float(np.median(paired))
+        figures["paired_ratios_workers_1"] = paired
+        figures["paired_median_workers_1"] = median
+        print(f"one worker by CPU time, best rounds: ratio {cpu_ratio:.2f}")
+        rounds = " ".join(f"{r:.2f}" for r in paired)
+        print(f"one worker, paired by round (CPU): {rounds}; median {median:.2f}")
+        verdict = "meets" if median >= 0.70 else "misses"
+        print(
+            f"one worker: {median:.0%} of the decode rate ({verdict} the 70% goal); "
+            f"{figures['libjpeg_ratio_workers_1']:.0%} of libjpeg alone (best rounds)"
+        )
     print("where a frame's time goes (one core, CPU microseconds per frame):")
     for name, micros in parts.items():
         print(f"  {name:<32}{micros:>8.1f}")

@@ -1,4 +1,4 @@
-"""The camera-frame contract: one implementation for preprocessing, training, evaluation, inference and the car.
+"""The camera-frame contract: one implementation for preprocessing, training, evaluation, inference, the car.
 
 A frame goes camera JPEG -> ``prepare_frame`` (crop, resize; uint8 HxWx3, stored in the shards) ->
 ``to_model_input`` (float32 in [0, 1], what the network sees). Model outputs go back to
@@ -62,8 +62,52 @@ class FrameSpec:
         return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+# Start-of-frame markers of the Huffman-coded JPEGs cameras write: baseline, extended, progressive.
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2))
+# Markers after which no SOF can come (scan, end of image), or JPEG kinds left to Pillow's parser.
+_JPEG_STOP = frozenset((0xDA, 0xD9, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def jpeg_colour_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit, 3-component Huffman JPEG, read from its SOF segment; else None.
+
+    A few byte reads: Pillow's own header parser walks every marker in Python and costs a quarter of
+    a camera frame's decode. None means "not this simple case": the caller lets Pillow decide.
+    """
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos, end = 2, len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker in _JPEG_SOF:
+            if pos + 10 > end or data[pos + 4] != 8 or data[pos + 9] != 3:
+                return None
+            return (data[pos + 7] << 8) | data[pos + 8], (data[pos + 5] << 8) | data[pos + 6]
+        if marker in _JPEG_STOP:
+            return None
+        pos += 2 + ((data[pos + 2] << 8) | data[pos + 3])
+    return None
+
+
 def decode_image(data: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 HxWx3 RGB. Raises FrameError on anything undecodable."""
+    """JPEG/PNG bytes -> uint8 HxWx3 RGB. Raises FrameError on anything undecodable.
+
+    Colour JPEGs (every camera frame) go straight to Pillow's libjpeg decoder with the arguments
+    Pillow's JPEG plugin would pass it, so the pixels are the same; anything else goes through
+    ``Image.open``.
+    """
+    size = jpeg_colour_size(data)
+    if size is not None and (Image.MAX_IMAGE_PIXELS is None or size[0] * size[1] <= Image.MAX_IMAGE_PIXELS):
+        try:
+            rgb = Image.frombytes("RGB", size, data, "jpeg", "RGB", "")
+        except Exception as exc:  # libjpeg errors and truncation surface as ValueError / OSError
+            raise FrameError(f"cannot decode image: {exc}") from exc
+        return np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(size[1], size[0], 3)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -75,13 +119,12 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 def prepare_frame(image: np.ndarray, spec: FrameSpec) -> np.ndarray:
-    """Camera frame (uint8 HxWx3, the camera's size) -> cropped, resized uint8 frame of ``spec.input_shape``."""
+    """Camera frame (uint8 HxWx3, the camera's size) -> cropped, resized uint8 frame of spec.input_shape."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise FrameError(f"expected an RGB frame HxWx3, got shape {tuple(image.shape)}")
     if image.shape[:2] != (spec.camera_height, spec.camera_width):
-        raise FrameError(
-            f"expected a {spec.camera_width}x{spec.camera_height} frame, got {image.shape[1]}x{image.shape[0]}"
-        )
+        got = f"{image.shape[1]}x{image.shape[0]}"
+        raise FrameError(f"expected a {spec.camera_width}x{spec.camera_height} frame, got {got}")
     end = image.shape[0] - spec.crop_bottom
     cropped = image[spec.crop_top : end]
     if cropped.shape[:2] != (spec.height, spec.width):

@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -104,10 +103,10 @@ class ShardResult:
     sessions: list[str]
 
 
-def build_shard(task: ShardTask, digest: Any | None = None) -> ShardResult:
+def build_shard(task: ShardTask) -> ShardResult:
     """Decode, check and prepare every frame of ``task``, then write the shard (if any frame passed).
 
-    Runs in a pool worker or in-process; ``digest`` (in-process only) is fed the bytes written.
+    Runs in a pool worker or in-process.
     """
     frames, reasons = load_frames(
         task.image_paths, task.spec, frame_buffer(len(task.image_paths), task.spec.input_shape)
@@ -117,5 +116,5 @@ def build_shard(task: ShardTask, digest: Any | None = None) -> ShardResult:
         return ShardResult(reasons, 0, [])
     arrays = {key: column[kept] for key, column in task.columns.items()}
     arrays["images"] = frames
-    write_shard(Path(task.path), normalise_arrays(arrays, task.spec.input_shape), digest)
+    write_shard(Path(task.path), normalise_arrays(arrays, task.spec.input_shape))
     return ShardResult(reasons, len(frames), sorted(set(arrays["session"].tolist())))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import multiprocessing
 import os
@@ -39,7 +38,6 @@ from processing.images import ShardResult, ShardTask, build_shard, release_frame
 from processing.records import RecordValidator  # noqa: E402
 from processing.shards import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
-    hash_file,
     prepare_split_dir,
     write_dataset_json,
 )
@@ -172,7 +170,12 @@ def unpack_archives(root: Path, scratch: Path) -> list[Source]:
     A tub from ``runs/day1.tar.gz`` is named ``runs/day1.tar.gz/<folder in the archive>`` in the report.
     An archive that is unreadable or unsafe (links, ``..``, absolute paths, over the limits) stops the step.
     """
-    archives = sorted(p for p in root.rglob("*") if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES))
+    archives = sorted(  # names first: a stat per file of a tub's thousands of images costs more than the walk
+        path
+        for folder, _, names in os.walk(root)
+        for name in names
+        if name.lower().endswith(ARCHIVE_SUFFIXES) and (path := Path(folder) / name).is_file()
+    )
     sources: list[Source] = []
     for number, archive in enumerate(archives):
         name = archive.relative_to(root).as_posix()
@@ -298,11 +301,10 @@ def write_splits(
     by_split: dict[str, list[int]],
     extra: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Build every shard (in a pool of ``--workers`` processes, or here), then name, hash and list them.
+    """Build every shard (in a pool of ``--workers`` processes, or here), then name and list them.
 
-    Shards come back in order, so each split's fingerprint is the SHA-256 of its shards' bytes in name
-    order whatever the worker count. In-process the bytes are hashed as they are written; from the
-    pool they are read back (from the page cache) while the workers build the next shards.
+    Shards come back in order, so the shard names, and each split's fingerprint over them, are the
+    same whatever the worker count.
     """
     classifier = "classes" in extra
     shard_size = args.shard_size or auto_shard_size(len(candidates))
@@ -314,7 +316,6 @@ def write_splits(
         tasks = shard_tasks(split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier)
         for number, task in enumerate(tasks):
             jobs.append((split, positions[number * shard_size : (number + 1) * shard_size], task))
-    digests = {split: hashlib.sha256() for split in SPLITS}
     workers = min(args.workers, len(jobs))
     with contextlib.ExitStack() as stack:
         if workers > 1:
@@ -322,11 +323,9 @@ def write_splits(
             results: Iterator[ShardResult] = pool.imap(build_shard, [task for _, _, task in jobs])
         else:
             pool = None
-            results = (build_shard(task, digests[split]) for split, _, task in jobs)
+            results = (build_shard(task) for _, _, task in jobs)
         try:
-            return _collect(
-                jobs, results, pool is not None, digests, split_dirs, reports, candidates, owners, spec, extra
-            )
+            return _collect(jobs, results, split_dirs, reports, candidates, owners, spec, extra)
         finally:
             release_frame_buffers()
 
@@ -334,8 +333,6 @@ def write_splits(
 def _collect(
     jobs: Sequence[tuple[str, list[int], ShardTask]],
     results: Iterator[ShardResult],
-    hash_written_files: bool,
-    digests: dict[str, Any],
     split_dirs: dict[str, Path],
     reports: list[SourceReport],
     candidates: list[Candidate],
@@ -343,7 +340,7 @@ def _collect(
     spec: FrameSpec,
     extra: dict[str, Any],
 ) -> dict[str, dict[str, Any]]:
-    """Account for each shard's candidates, give its file its final name and fingerprint, in order."""
+    """Account for each shard's candidates and give its file its final name, in order."""
     shards: dict[str, list[str]] = {split: [] for split in SPLITS}
     frames = dict.fromkeys(SPLITS, 0)
     sessions: dict[str, set[str]] = {split: set() for split in SPLITS}
@@ -358,8 +355,6 @@ def _collect(
             name = f"shard-{len(shards[split]):05d}.npz"
             final = split_dirs[split] / name
             os.replace(task.path, final)
-            if hash_written_files:
-                hash_file(digests[split], final)
             shards[split].append(name)
             frames[split] += result.frames
             sessions[split].update(result.sessions)
@@ -373,7 +368,6 @@ def _collect(
             frames[split],
             sessions[split],
             spec,
-            digests[split].hexdigest(),
             extra,
         )
         for split in SPLITS

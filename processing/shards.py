@@ -5,11 +5,16 @@ frames; ``np.load`` reads it) and ``dataset.json``. The shards are written byte-
 deterministically (fixed zip timestamps, members in name order), so the same frames always give the
 same ``fingerprint`` and the output does not depend on the worker count or the time of day.
 
+The fingerprint of a split is the SHA-256 of its shards' zip central directories in name order: each
+holds every member's name, size and CRC-32, so any change to any byte changes it (but for a 2**-32
+chance per member), and it costs a few hundred bytes per shard, not a second pass over ~118 MB.
+
 Speed: a shard is ~118 MB of pixels, and preprocessing must keep up with JPEG decoding, so the writer
 streams each array's buffer straight to the file (a STORED zip written here: local headers, data,
-central directory; no intermediate copies), hashing the bytes as they go; the images of a shard are
-written chunk by chunk as they arrived, never concatenated.
-Numpy and the standard library only: this runs in the Processing and Training containers.
+central directory; no intermediate copies); the images of a shard are written chunk by chunk as they
+arrived, never concatenated. The zip's CRC-32 is the one pass over the bytes: zlib-ng's when installed
+(30 GB/s with PCLMUL, against zlib's 4), else the standard library's; the values are the same.
+Numpy and the standard library (zlib-ng optional): this runs in the Processing and Training containers.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ import hashlib
 import io
 import json
 import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # a container without zlib-ng: the same CRC, 7x slower
+    from zlib import crc32
 
 FORMAT = "robocar-shards/1"
 DEFAULT_SHARD_SIZE = 2048
@@ -102,32 +111,24 @@ def _member_bytes(value: np.ndarray | Sequence[np.ndarray]) -> tuple[bytes, list
     return header.getvalue(), [memoryview(p.reshape(-1).view(np.uint8)) for p in pieces if p.size]
 
 
-def write_shard(
-    path: Path, arrays: Mapping[str, np.ndarray | Sequence[np.ndarray]], digest: Any | None = None
-) -> None:
+def write_shard(path: Path, arrays: Mapping[str, np.ndarray | Sequence[np.ndarray]]) -> None:
     """Write ``arrays`` as an uncompressed .npz (a STORED zip of ``<name>.npy``), members in name order.
 
-    A value may be a list of row-chunks of one array. ``digest`` (a hashlib object) is updated with
-    every byte written, in file order.
+    A value may be a list of row-chunks of one array.
     """
     members: list[tuple[bytes, int, int, int]] = []  # name, crc, size, local header offset
     offset = 0
     with open(path, "wb") as handle:
-
-        def emit(data: bytes | memoryview) -> None:
-            if digest is not None:
-                digest.update(data)
-            handle.write(data)
-
+        emit = handle.write
         for key in sorted(arrays):
             name = f"{key}.npy".encode()
             header, data = _member_bytes(arrays[key])
             size = len(header) + sum(view.nbytes for view in data)
             if size >= 0xFFFFFFFF:
                 raise ShardError(f"array {key!r} is {size} bytes: too large for one shard, lower shard_size")
-            crc = zlib.crc32(header)
+            crc = crc32(header)
             for view in data:
-                crc = zlib.crc32(view, crc)
+                crc = crc32(view, crc)
             local = struct.pack(
                 "<IHHHHHIIIHH",
                 0x04034B50,
@@ -185,11 +186,27 @@ def prepare_split_dir(out_dir: str | Path, split: str) -> Path:
     return split_dir
 
 
-def hash_file(digest: Any, path: Path, block: int = 1 << 20) -> None:
-    """Feed a file's bytes to ``digest`` (a hashlib object), a block at a time."""
+_END_RECORD = struct.Struct("<IHHHHIIH")  # the zip's end of central directory record (no comment)
+
+
+def shard_catalog(path: Path) -> bytes:
+    """A shard's zip central directory and end record: every member's name, size and CRC-32."""
     with open(path, "rb") as handle:
-        while data := handle.read(block):
-            digest.update(data)
+        handle.seek(-_END_RECORD.size, io.SEEK_END)
+        end = handle.read(_END_RECORD.size)
+        signature, *_, directory_size, directory_offset, comment = _END_RECORD.unpack(end)
+        if signature != 0x06054B50 or comment:
+            raise ShardError(f"{path}: not a shard (no zip end record where one is written)")
+        handle.seek(directory_offset)
+        return handle.read(directory_size) + end
+
+
+def split_fingerprint(split_dir: Path, shards: Sequence[str]) -> str:
+    """SHA-256 over the shards' catalogs (``shard_catalog``) in the given order."""
+    digest = hashlib.sha256()
+    for name in shards:
+        digest.update(shard_catalog(split_dir / name))
+    return digest.hexdigest()
 
 
 def write_dataset_json(
@@ -199,10 +216,9 @@ def write_dataset_json(
     frames: int,
     sessions: set[str],
     frame_spec: Any,
-    fingerprint: str,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``split_dir/dataset.json`` (contract section 2) and return its content."""
+    """Write ``split_dir/dataset.json`` (contract section 2, fingerprint included); return its content."""
     dataset: dict[str, Any] = {
         "format": FORMAT,
         "split": split,
@@ -210,7 +226,7 @@ def write_dataset_json(
         "shards": list(shards),
         "frame_spec": _spec_dict(frame_spec),
         "sessions": sorted(sessions),
-        "fingerprint": fingerprint,
+        "fingerprint": split_fingerprint(split_dir, shards),
     }
     dataset.update(extra or {})
     (split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
@@ -239,7 +255,6 @@ class SplitWriter:
         self.extra = dict(extra or {})
         self._columns: dict[str, list[np.ndarray]] = {}  # row-chunks of the shard being filled
         self._filled = 0
-        self._digest = hashlib.sha256()
         self._names: list[str] = []
         self._frames = 0
         self._sessions: set[str] = set()
@@ -267,7 +282,7 @@ class SplitWriter:
         }
         shard["images"] = self._columns["images"]  # written chunk by chunk: never concatenated
         name = f"shard-{len(self._names):05d}.npz"
-        write_shard(self.split_dir / name, shard, self._digest)
+        write_shard(self.split_dir / name, shard)
         self._names.append(name)
         self._frames += self._filled
         self._sessions.update(shard["session"].tolist())
@@ -285,7 +300,6 @@ class SplitWriter:
             self._frames,
             self._sessions,
             self.frame_spec,
-            self._digest.hexdigest(),
             self.extra,
         )
 

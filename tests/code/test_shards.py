@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 
 import numpy as np
 import pytest
 
 from edge.frames import FrameSpec
-from processing.shards import ShardError, load_split, write_split
+from processing.shards import ShardError, load_split, shard_catalog, write_split
 
 SPEC = FrameSpec(crop_top=40, height=80, width=160)
 
@@ -48,15 +49,38 @@ def test_round_trip_splits_into_shards_with_contract_dtypes(tmp_path):
     assert loaded["session"].tolist() == arrays["session"].tolist()
 
 
-def test_fingerprint_is_sha256_of_shards_and_stable_between_writes(tmp_path):
+def test_fingerprint_is_sha256_of_the_shards_zip_catalogs_and_stable_between_writes(tmp_path):
     first = write_split(tmp_path / "a", "test", driving_arrays(5), SPEC, shard_size=2)
     second = write_split(tmp_path / "b", "test", driving_arrays(5), SPEC, shard_size=2)
     digest = hashlib.sha256()
     for name in first["shards"]:
-        digest.update((tmp_path / "a" / "test" / name).read_bytes())
+        path = tmp_path / "a" / "test" / name
+        with zipfile.ZipFile(path) as archive:  # zipfile finds the central directory on its own
+            start = archive.start_dir
+        digest.update(path.read_bytes()[start:])
     assert first["fingerprint"] == digest.hexdigest() == second["fingerprint"]
     other = write_split(tmp_path / "c", "test", driving_arrays(5, seed=1), SPEC, shard_size=2)
     assert other["fingerprint"] != first["fingerprint"]
+
+
+def test_one_changed_pixel_or_label_changes_the_fingerprint(tmp_path):
+    base = write_split(tmp_path / "a", "test", driving_arrays(5), SPEC)["fingerprint"]
+    pixel = driving_arrays(5)
+    pixel["images"][3, 70, 150, 2] ^= 1
+    label = driving_arrays(5)
+    label["angle"][0] = np.nextafter(np.float32(label["angle"][0]), np.float32(2))
+    fingerprints = {
+        write_split(tmp_path / "b", "test", pixel, SPEC)["fingerprint"],
+        write_split(tmp_path / "c", "test", label, SPEC)["fingerprint"],
+    }
+    assert base not in fingerprints and len(fingerprints) == 2
+
+
+def test_a_file_that_is_not_a_shard_has_no_catalog(tmp_path):
+    path = tmp_path / "shard-00000.npz"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(ShardError, match="not a shard"):
+        shard_catalog(path)
 
 
 def test_classifier_shards_carry_label_and_classes(tmp_path):
