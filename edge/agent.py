@@ -46,8 +46,6 @@ log = logging.getLogger("robocar.edge.agent")
 
 STATE_FORMAT = "robocar-edge-state/1"
 INSTALL_RECORD = ".robocar-install.json"
-SHA256_ENV = "ROBOCAR_ARTIFACT_SHA256"
-TARGET_ENV = "ROBOCAR_EDGE_TARGET"
 SMOKE_FRAME = ("edge.assets", "smoke_frame.jpg")  # a 160x120 donkeycar camera frame, shipped in the wheel
 MAX_EVENTS = 50
 DEFAULT_LIMITS = artifacts.ExtractLimits()
@@ -61,17 +59,26 @@ class SmokeTestError(artifacts.ArtifactError):
     """The model loads badly or its outputs on the bundled frame are not finite or out of range."""
 
 
-def edge_spec_name(target: str) -> str:
-    """The AdditionalInferenceSpecifications entry carrying a target's artifact (contracts section 5).
-
-    Names allow letters, digits and '-' only, so Neo's ``jetson_nano`` becomes ``edge-jetson-nano``;
-    ``steps/register.py`` writes the same names.
-    """
-    return "edge-" + target.replace("_", "-")
+# A package carries each edge target's artifact in CustomerMetadataProperties, one key per fact:
+# ``edge:<target>:uri``, ``edge:<target>:sha256``, ``edge:<target>:runtime`` (docs/registry.md says why
+# not AdditionalInferenceSpecifications). AWS allows [\p{L}\p{Z}\p{N}_.:/=+-@] in keys (1-128) and
+# values (1-256), so an S3 URI, a hex digest and a runtime name fit as they are.
+EDGE_METADATA_FIELDS = ("uri", "sha256", "runtime")
 
 
-def metadata_sha256_key(target: str) -> str:
-    return f"edge:{target}:sha256"
+def edge_metadata_key(target: str, field: str) -> str:
+    return f"edge:{target}:{field}"
+
+
+def edge_metadata(target: str, *, uri: Any, sha256: Any, runtime: Any) -> dict[str, Any]:
+    """The CustomerMetadataProperties entries one target's artifact is registered with."""
+    values = {"uri": uri, "sha256": sha256, "runtime": runtime}
+    return {edge_metadata_key(target, field): values[field] for field in EDGE_METADATA_FIELDS}
+
+
+def edge_targets_of(metadata: dict[str, Any]) -> list[str]:
+    """The targets a package's (or a Register step's) metadata carries an artifact for, in key order."""
+    return [key.split(":")[1] for key in metadata if key.startswith("edge:") and key.endswith(":uri")]
 
 
 def utc_now() -> str:
@@ -87,6 +94,7 @@ class Candidate:
     target: str
     artifact_uri: str
     sha256: str
+    runtime: str = ""  # what the pipeline compiled it for (dlr, litert, onnxruntime); informative only
 
     @property
     def key(self) -> str:
@@ -105,34 +113,18 @@ def version_from_arn(arn: str) -> int:
 
 
 def candidate_from_package(description: dict[str, Any], target: str) -> Candidate | None:
-    """A ``describe_model_package`` response -> its Candidate for ``target``, or None if it has none.
-
-    The SHA-256 is read from the edge spec's Environment and from CustomerMetadataProperties; when both
-    are present they must agree, since a disagreement means the package was edited by hand or corrupted.
-    """
+    """A ``describe_model_package`` response -> its Candidate for ``target``, or None if it has none."""
     arn = description["ModelPackageArn"]
-    wanted = edge_spec_name(target)
-    spec = next(
-        (s for s in description.get("AdditionalInferenceSpecifications") or [] if s.get("Name") == wanted),
-        None,
-    )
-    if spec is None or not spec.get("Containers"):
+    metadata = description.get("CustomerMetadataProperties") or {}
+    uri = metadata.get(edge_metadata_key(target, "uri"))
+    if uri is None:
         return None
-    container = spec["Containers"][0]
-    uri = container.get("ModelDataUrl")
-    environment = container.get("Environment") or {}
-    if environment.get(TARGET_ENV, target) != target:
-        raise artifacts.ArtifactError(f"{arn}: spec {wanted!r} is for target {environment[TARGET_ENV]!r}")
-    env_sha = environment.get(SHA256_ENV)
-    meta_sha = (description.get("CustomerMetadataProperties") or {}).get(metadata_sha256_key(target))
-    if not uri or not (env_sha or meta_sha):
-        raise artifacts.ArtifactError(f"{arn}: spec {wanted!r} has no ModelDataUrl or no SHA-256")
-    if env_sha and meta_sha and artifacts.normalize_sha256(env_sha) != artifacts.normalize_sha256(meta_sha):
-        raise artifacts.ArtifactError(
-            f"{arn}: {SHA256_ENV}={env_sha} disagrees with {metadata_sha256_key(target)}={meta_sha}"
-        )
+    sha256 = metadata.get(edge_metadata_key(target, "sha256"))
+    if not uri or not sha256:
+        raise artifacts.ArtifactError(f"{arn}: target {target!r} has no artifact URI or no SHA-256")
     version = description.get("ModelPackageVersion") or version_from_arn(arn)
-    return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(env_sha or meta_sha))
+    runtime = metadata.get(edge_metadata_key(target, "runtime"), "")
+    return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(sha256), runtime)
 
 
 def approved_packages(sagemaker: Any, group: str) -> Iterator[str]:

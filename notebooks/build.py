@@ -192,6 +192,8 @@ APPROVE_MODEL = [
         """\
 import pandas as pd
 
+from edge.agent import edge_targets_of
+
 
 def packages(status):
     return aws.sagemaker.list_model_packages(
@@ -216,7 +218,7 @@ for package in pending:
         "baseline angle_mae": columns["baseline"].get("angle_mae"),
         "champion angle_mae": columns.get("champion", {}).get("angle_mae"),
         "test frames": report.get("test_frames"),
-        "edge targets": package.get("CustomerMetadataProperties", {}).get("edge:targets"),
+        "edge targets": " ".join(edge_targets_of(package.get("CustomerMetadataProperties", {}))),
         "created": package["CreationTime"],
     }
 print(f"{len(pending)} pending package(s)")

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge.agent import edge_targets_of
 from pipelines.code_bundle import CodeBundle
 from pipelines.settings import Settings
 
@@ -69,10 +70,10 @@ def build_definition(
 
 
 def registered_edge_targets(definition: dict[str, Any]) -> tuple[str, ...]:
-    """The edge targets the Register step records (its ``edge:targets`` metadata)."""
+    """The edge targets the Register step records (its ``edge:<target>:uri`` metadata keys)."""
     for step in _walk(definition["Steps"]):
         if step["Type"] == "RegisterModel":
-            return tuple(step["Arguments"]["CustomerMetadataProperties"]["edge:targets"].split(","))
+            return tuple(edge_targets_of(step["Arguments"].get("CustomerMetadataProperties") or {}))
     return ()
 
 

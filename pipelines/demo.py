@@ -95,15 +95,33 @@ def newest_package(sagemaker: Any, status: str | None = None) -> dict[str, Any] 
     )
 
 
+def newest_execution(workspace: Path) -> Any:
+    """The demo's newest local execution record (every output lives under its execution's id)."""
+    from pipelines.local.store import load
+
+    records = sorted(
+        (workspace / "executions" / PIPELINE_NAME).glob("*/execution.json"), key=lambda p: p.stat().st_mtime
+    )
+    if not records:
+        raise DemoError(f"no execution of {PIPELINE_NAME} in {workspace}")
+    return load(records[-1].parent)
+
+
+def output_uri(execution: Any, step: str, output: str) -> str:
+    """Where ``step`` of ``execution`` wrote its ``output`` (a cached step: where the earlier run did)."""
+    outputs = execution.steps[step].properties["ProcessingOutputConfig"]["Outputs"]
+    return next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output).rstrip("/")
+
+
 def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s."""
     from edge.aws import clients
 
     aws = clients(local_root=str(workspace))
-    base = f"s3://{EXAMPLE_VALUES['bucket']}/{PREFIX}"
-    data = _s3_json(aws.s3, f"{base}/preprocess/report/data_report.json")
-    evaluation = _s3_json(aws.s3, f"{base}/evaluate/evaluation/evaluation.json")
-    compiled = _s3_json(aws.s3, f"{base}/edge/compiled/compiled.json")
+    execution = newest_execution(workspace)
+    data = _s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data_report.json")
+    evaluation = _s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json")
+    compiled = _s3_json(aws.s3, f"{output_uri(execution, 'CompileForEdge', 'compiled')}/compiled.json")
     package = newest_package(aws.sagemaker)
     total = data["total"]
     lines = ["", "=" * 78, "robocar demo: summary", "=" * 78]
@@ -143,11 +161,8 @@ def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> 
             f"{drive_summary.get('fps', 0):.0f} frames/s, p50 latency "
             f"{drive_summary.get('latency_ms', {}).get('p50', 0):.2f} ms"
         )
-    executions = sorted(
-        (workspace / "executions" / PIPELINE_NAME).glob("*/report.html"), key=lambda p: p.stat().st_mtime
-    )
-    if executions:
-        lines.append(f"report    {executions[-1]}")
+    if (execution.path / "report.html").is_file():
+        lines.append(f"report    {execution.path / 'report.html'}")
     lines.append(f"time      {wall_s:.0f} s in all")
     return "\n".join(lines)
 

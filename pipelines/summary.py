@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edge.agent import edge_targets_of
+
 STEP_INPUTS = {
     "Processing": lambda a: [i["InputName"] for i in a.get("ProcessingInputs", [])],
     "Training": lambda a: [c["ChannelName"] for c in a.get("InputDataConfig", [])],
@@ -17,8 +19,8 @@ def _script(step: dict[str, Any]) -> str:
     if step["Type"] == "Training":
         return args["HyperParameters"].get("sagemaker_program", "").strip('"')
     if step["Type"] == "RegisterModel":
-        specs = args.get("AdditionalInferenceSpecifications", [])
-        return f"group {args['ModelPackageGroupName']}, edge artifacts: {', '.join(s['Name'] for s in specs)}"
+        targets = edge_targets_of(args.get("CustomerMetadataProperties") or {})
+        return f"group {args['ModelPackageGroupName']}, edge artifacts: {', '.join(targets)}"
     return ""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from sagemaker.core.workflow.properties import PropertyFile
 from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
-from steps.containers import CODE_DIR, PROCESSING, s3_join
+from steps.containers import CODE_DIR, PROCESSING, execution_uri
 from steps.preprocess import processor, s3_input, s3_output
 
 MODEL_DIR = f"{PROCESSING}/model"
@@ -37,7 +37,7 @@ def compile_step(
     cache: CacheConfig,
 ) -> tuple[ProcessingStep, PropertyFile]:
     compiled = PropertyFile(name=REPORT_NAME, output_name="compiled", path="compiled.json")
-    compiled_uri = s3_join(output_uri, "compiled")
+    compiled_uri = execution_uri(output_uri, "compiled")
     proc = processor(
         session, role=role, image_uri=image_uri, instance_type=instance_type, script="processing/compile.py"
     )
@@ -63,7 +63,7 @@ def compile_step(
             "--model-s3-uri",
             model_uri,
             "--output-s3-uri",
-            s3_join(output_uri, "neo"),
+            execution_uri(output_uri, "neo"),
             "--role-arn",
             role,
             "--region",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from sagemaker.core.workflow.execution_variables import ExecutionVariables
+from sagemaker.core.workflow.functions import Join
+
 PROCESSING = "/opt/ml/processing"
 CODE_DIR = f"{PROCESSING}/input/code"  # the code bundle (pipelines.code_bundle) lands here
 CODE_ENV = {"PYTHONPATH": CODE_DIR, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -18,3 +21,13 @@ def s3_join(*parts: str) -> str:
     """Join S3 URI parts with single slashes (``s3://b/p/`` + ``x`` -> ``s3://b/p/x``)."""
     head, *rest = parts
     return "/".join([head.rstrip("/"), *(p.strip("/") for p in rest)])
+
+
+def execution_uri(root: str, *parts: str) -> Join:
+    """``root/<pipeline execution id>/parts``: where one execution writes a step's output.
+
+    Every execution writes under its own prefix, so a registered package's URIs and SHA-256s stay valid
+    whatever later executions write (a shared key would be overwritten by the next run). On a cache hit
+    SageMaker hands the later execution the earlier one's output URIs, which still hold their bytes.
+    """
+    return Join(on="/", values=[root.rstrip("/"), ExecutionVariables.PIPELINE_EXECUTION_ID, *parts])

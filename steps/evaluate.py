@@ -7,7 +7,7 @@ from typing import Any
 from sagemaker.core.workflow.properties import PropertyFile
 from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
-from steps.containers import CODE_DIR, PROCESSING, s3_join
+from steps.containers import CODE_DIR, PROCESSING, execution_uri
 from steps.preprocess import processor, s3_input, s3_output
 
 MODEL_DIR = f"{PROCESSING}/model"
@@ -41,7 +41,7 @@ def evaluate_step(
             s3_input("model", model_uri, MODEL_DIR),
             s3_input("test", test_uri, TEST_DIR),
         ],
-        outputs=[s3_output("evaluation", EVALUATION_DIR, s3_join(output_uri, "evaluation"))],
+        outputs=[s3_output("evaluation", EVALUATION_DIR, execution_uri(output_uri, "evaluation"))],
         arguments=[
             "--model",
             MODEL_DIR,

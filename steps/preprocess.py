@@ -8,7 +8,7 @@ from sagemaker.core.processing import Processor
 from sagemaker.core.shapes import ProcessingInput, ProcessingOutput, ProcessingS3Input, ProcessingS3Output
 from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
-from steps.containers import CODE_DIR, CODE_ENV, PROCESSING, s3_join, script_command
+from steps.containers import CODE_DIR, CODE_ENV, PROCESSING, execution_uri, script_command
 
 SPLITS = ("train", "validation", "test")
 INPUT_DIR = f"{PROCESSING}/input/data"
@@ -64,8 +64,10 @@ def preprocess_step(
     )
     step_args = proc.run(
         inputs=[s3_input("code", code_uri, CODE_DIR), s3_input("tubs", input_data_url, INPUT_DIR)],
-        outputs=[s3_output(split, f"{OUTPUT_DIR}/{split}", s3_join(output_uri, split)) for split in SPLITS]
-        + [s3_output("report", f"{OUTPUT_DIR}/report", s3_join(output_uri, "report"))],
+        outputs=[
+            s3_output(name, f"{OUTPUT_DIR}/{name}", execution_uri(output_uri, name))
+            for name in (*SPLITS, "report")
+        ],
         arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR],
     )
     return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=cache)

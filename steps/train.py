@@ -10,6 +10,7 @@ from sagemaker.core.training.configs import Compute, InputData
 from sagemaker.mlops.workflow.steps import CacheConfig, TrainingStep
 from sagemaker.train import ModelTrainer
 
+from steps.containers import execution_uri
 from training.metrics import METRIC_DEFINITIONS
 
 TRAINING_CODE_DIR = "/opt/ml/code"  # where the framework container extracts sourcedir.tar.gz
@@ -50,7 +51,7 @@ def train_step(
         base_job_name="robocar-train",
         compute=Compute(instance_type=instance_type, instance_count=1, volume_size_in_gb=30),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=MAX_RUNTIME_S),
-        output_data_config=OutputDataConfig(s3_output_path=output_uri),
+        output_data_config=OutputDataConfig(s3_output_path=execution_uri(output_uri)),
         hyperparameters=script_mode_hyperparameters(
             "training/train.py", sourcedir_uri, **{"model-type": model_type, "epochs": epochs}
         ),

@@ -171,9 +171,6 @@ def _describe(args: argparse.Namespace, sagemaker: Any) -> int:
     print(f"  created:  {package['CreationTime']}")
     for container in package.get("InferenceSpecification", {}).get("Containers", []):
         print(f"  model:    {container.get('ModelDataUrl', '')}")
-    for spec in package.get("AdditionalInferenceSpecifications", []):
-        for container in spec.get("Containers", []):
-            print(f"  {spec['Name']}: {container.get('ModelDataUrl', '')}")
     for key, value in sorted(package.get("CustomerMetadataProperties", {}).items()):
         print(f"  {key} = {value}")
     return 0

@@ -296,12 +296,32 @@ def _output_uris(step_type: str, properties: dict[str, Any]) -> list[str]:
     return [properties["ModelArtifacts"]["S3ModelArtifacts"]]
 
 
+# What SageMaker keys a cached step on, per step type ("Default cache key attributes by pipeline step
+# type", https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html): never the outputs,
+# so execution-scoped output URIs (steps.containers.execution_uri) still hit the cache.
+CACHE_KEY_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": (
+        "AlgorithmSpecification",
+        "CheckpointConfig",
+        "DebugHookConfig",
+        "DebugRuleConfigurations",
+        "Environment",
+        "HyperParameters",
+        "InputDataConfig",
+    ),
+}
+
+
 def cache_key(step: PlannedStep, arguments: dict[str, Any], s3: LocalS3Client) -> str:
-    """The resolved arguments plus the content of every S3 input (data and code) the step reads."""
+    """AWS's key attributes of the resolved arguments, plus the content of every S3 input the step reads.
+
+    The content is a local addition (AWS keys on the S3 paths only) until the data is addressed by content.
+    """
     inputs = {uri: runners.fingerprint_s3(s3, uri) for uri in _input_uris(step.type, arguments)}
     document = {
         "type": step.type,
-        "arguments": arguments,
+        "arguments": {name: arguments.get(name) for name in CACHE_KEY_ATTRIBUTES[step.type]},
         "property_files": step.spec.get("PropertyFiles"),
         "inputs": inputs,
     }

@@ -55,7 +55,8 @@ elif args.task == "compile":
     artifact.parent.mkdir(parents=True, exist_ok=True)
     artifact.write_bytes(pathlib.Path(args.input, "model.tar.gz").read_bytes())
     sha256 = hashlib.sha256(artifact.read_bytes()).hexdigest()
-    (out / "compiled.json").write_text(json.dumps({"targets": {"rasp4b": {"sha256": sha256}}}))
+    compiled = {"targets": {"rasp4b": {"sha256": sha256, "runtime": "litert"}}}
+    (out / "compiled.json").write_text(json.dumps(compiled))
 else:
     model = sorted(os.listdir(args.input))
     (out / "evaluation.json").write_text(json.dumps({
@@ -114,6 +115,13 @@ def _get(reference: str) -> dict[str, str]:
     return {"Get": reference}
 
 
+def _scoped(*parts: str) -> dict[str, Any]:
+    """``s3://BUCKET/sample/<parts[0]>/<execution id>/<rest>``: each execution writes under its own prefix."""
+    head, *rest = parts
+    values = [f"s3://{BUCKET}/sample/{head}", _get("Execution.PipelineExecutionId"), *rest]
+    return {"Std:Join": {"On": "/", "Values": values}}
+
+
 def _processing_input(name: str, uri: Any, path: str) -> dict[str, Any]:
     return {
         "InputName": name,
@@ -129,7 +137,7 @@ def _processing_input(name: str, uri: Any, path: str) -> dict[str, Any]:
     }
 
 
-def _processing_output(name: str, path: str, uri: str) -> dict[str, Any]:
+def _processing_output(name: str, path: str, uri: Any) -> dict[str, Any]:
     return {"OutputName": name, "S3Output": {"S3Uri": uri, "LocalPath": path, "S3UploadMode": "EndOfJob"}}
 
 
@@ -168,8 +176,8 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
         "preprocess",
         [_processing_input("data", _get("Parameters.InputDataUrl"), "/opt/ml/processing/input/data")],
         [
-            _processing_output("train", "/opt/ml/processing/output/train", f"{prefix}/preprocess/train"),
-            _processing_output("test", "/opt/ml/processing/output/test", f"{prefix}/preprocess/test"),
+            _processing_output("train", "/opt/ml/processing/output/train", _scoped("preprocess", "train")),
+            _processing_output("test", "/opt/ml/processing/output/test", _scoped("preprocess", "test")),
         ],
         [
             "--input",
@@ -222,7 +230,7 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "ResourceConfig": {"InstanceType": "ml.m5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
             "RoleArn": "arn:aws:iam::123456789012:role/sample",
             "StoppingCondition": {"MaxRuntimeInSeconds": 600},
-            "OutputDataConfig": {"S3OutputPath": f"{prefix}/models"},
+            "OutputDataConfig": {"S3OutputPath": _scoped("models")},
             "Environment": {"PYTHONPATH": "/opt/ml/code"},
         },
         "CacheConfig": {"Enabled": True, "ExpireAfter": "P30D"},
@@ -235,7 +243,7 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
                 "model", _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"), "/opt/ml/processing/model"
             )
         ],
-        [_processing_output("evaluation", "/opt/ml/processing/evaluation", f"{prefix}/evaluation")],
+        [_processing_output("evaluation", "/opt/ml/processing/evaluation", _scoped("evaluation"))],
         [
             "--input",
             "/opt/ml/processing/model",
@@ -256,18 +264,23 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
                 "model", _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"), "/opt/ml/processing/model"
             )
         ],
-        [_processing_output("compiled", "/opt/ml/processing/compiled", f"{prefix}/edge")],
+        [_processing_output("compiled", "/opt/ml/processing/compiled", _scoped("edge", "compiled"))],
         ["--input", "/opt/ml/processing/model", "--output", "/opt/ml/processing/compiled"],
     )
     compile_["PropertyFiles"] = [
         {"PropertyFileName": "CompiledArtifacts", "OutputName": "compiled", "FilePath": "compiled.json"}
     ]
-    sha256 = {
-        "Std:JsonGet": {
-            "PropertyFile": _get("Steps.CompileForEdge.PropertyFiles.CompiledArtifacts"),
-            "Path": "targets.rasp4b.sha256",
+
+    def compiled(path: str) -> dict[str, Any]:
+        return {
+            "Std:JsonGet": {
+                "PropertyFile": _get("Steps.CompileForEdge.PropertyFiles.CompiledArtifacts"),
+                "Path": path,
+            }
         }
-    }
+
+    compiled_uri = _get("Steps.CompileForEdge.ProcessingOutputConfig.Outputs['compiled'].S3Output.S3Uri")
+    evaluation_uri = _get("Steps.Evaluate.ProcessingOutputConfig.Outputs['evaluation'].S3Output.S3Uri")
     mae = {
         "Std:JsonGet": {
             "PropertyFile": _get("Steps.Evaluate.PropertyFiles.EvaluationReport"),
@@ -282,7 +295,11 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "CustomerMetadataProperties": {
                 "angle_mae": mae,
                 "source": "sample",
-                "edge:rasp4b:sha256": sha256,
+                "edge:rasp4b:uri": {
+                    "Std:Join": {"On": "/", "Values": [compiled_uri, "rasp4b", "model.tar.gz"]}
+                },
+                "edge:rasp4b:sha256": compiled("targets.rasp4b.sha256"),
+                "edge:rasp4b:runtime": compiled("targets.rasp4b.runtime"),
             },
             "InferenceSpecification": {
                 "Containers": [
@@ -298,9 +315,7 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
                 "ModelQuality": {
                     "Statistics": {
                         "ContentType": "application/json",
-                        "S3Uri": {
-                            "Std:Join": {"On": "/", "Values": [f"{prefix}/evaluation", "evaluation.json"]}
-                        },
+                        "S3Uri": {"Std:Join": {"On": "/", "Values": [evaluation_uri, "evaluation.json"]}},
                     }
                 }
             },

@@ -47,13 +47,14 @@ def get_pipeline(
     from steps.evaluate import evaluate_step, evaluation_uri
     from steps.preprocess import preprocess_step, split_uri
     from steps.quality_gate import quality_gate_step
-    from steps.register import register_step
+    from steps.register import check_edge_uris_fit, register_step
     from steps.train import model_artifacts_uri, train_step
 
     targets = parse_edge_targets(edge_targets)
     session = pipeline_session(region, default_bucket)
     code = code or CodeBundle(bucket=default_bucket, prefix=base_prefix)
     prefix = s3_join(f"s3://{default_bucket}", base_prefix)
+    check_edge_uris_fit(s3_join(prefix, "edge"), targets)
 
     input_data_url = ParameterString(name="InputDataUrl", default_value=s3_join(prefix, "raw"))
     processing_instance_type = ParameterString(name="ProcessingInstanceType", default_value="ml.m5.xlarge")

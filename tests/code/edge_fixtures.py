@@ -32,20 +32,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def edge_spec(target: str, uri: str, digest: str) -> dict[str, Any]:
-    """An AdditionalInferenceSpecifications entry as steps/register.py writes it."""
-    return {
-        "Name": "edge-" + target.replace("_", "-"),
-        "Containers": [
-            {
-                "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/robocar-inference:1",
-                "ModelDataUrl": uri,
-                "Environment": {"ROBOCAR_ARTIFACT_SHA256": digest, "ROBOCAR_EDGE_TARGET": target},
-            }
-        ],
-        "SupportedContentTypes": ["image/jpeg"],
-        "SupportedResponseMIMETypes": ["application/json"],
-    }
+def edge_metadata(target: str, uri: str, digest: str, runtime: str = "litert") -> dict[str, str]:
+    """The CustomerMetadataProperties steps/register.py writes for one target's artifact."""
+    return {f"edge:{target}:uri": uri, f"edge:{target}:sha256": digest, f"edge:{target}:runtime": runtime}
 
 
 def register(
@@ -74,8 +63,7 @@ def register(
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        AdditionalInferenceSpecifications=[edge_spec(target, uri, digest)],
-        CustomerMetadataProperties={f"edge:{target}:sha256": digest},
+        CustomerMetadataProperties=edge_metadata(target, uri, digest),
         ModelApprovalStatus="Approved" if approved else "PendingManualApproval",
     )
     return response["ModelPackageArn"]

@@ -88,22 +88,28 @@ def test_tampered_artifact_is_refused_and_old_model_kept(tmp_path, aws):
     assert not any(p.name.startswith(".staging") for p in car.models.iterdir())
 
 
-def test_registry_sha_mismatch_between_fields_skips_package(tmp_path, aws):
+def test_a_package_reads_as_its_targets_metadata(tmp_path, aws):
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/4"
+    description = {
+        "ModelPackageArn": arn,
+        "CustomerMetadataProperties": {
+            "edge:rasp4b:uri": "s3://b/k/model.tar.gz",
+            "edge:rasp4b:sha256": "A" * 64,
+            "edge:rasp4b:runtime": "dlr",
+        },
+    }
+    candidate = candidate_from_package(description, "rasp4b")
+    assert candidate == agent_mod.Candidate(arn, 4, "rasp4b", "s3://b/k/model.tar.gz", "a" * 64, "dlr")
+    assert candidate_from_package(description, "jetson_nano") is None  # no artifact for that target
+
+
+def test_a_package_with_a_uri_but_no_digest_is_refused(tmp_path, aws):
     description = {
         "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/4",
-        "AdditionalInferenceSpecifications": [
-            {
-                "Name": "edge-rasp4b",
-                "Containers": [
-                    {"ModelDataUrl": "s3://b/k", "Environment": {"ROBOCAR_ARTIFACT_SHA256": "a" * 64}}
-                ],
-            }
-        ],
-        "CustomerMetadataProperties": {"edge:rasp4b:sha256": "b" * 64},
+        "CustomerMetadataProperties": {"edge:rasp4b:uri": "s3://b/k/model.tar.gz"},
     }
-    with pytest.raises(agent_mod.artifacts.ArtifactError, match="disagrees"):
+    with pytest.raises(agent_mod.artifacts.ArtifactError, match="no artifact URI or no SHA-256"):
         candidate_from_package(description, "rasp4b")
-    assert candidate_from_package(description, "jetson_nano") is None
 
 
 def test_model_failing_smoke_test_is_rejected_and_not_retried(tmp_path, aws):

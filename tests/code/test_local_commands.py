@@ -132,21 +132,28 @@ def test_run_local_puts_data_in_place(tmp_path: Path, definition_file: Path, cap
     tubs.mkdir(parents=True)
     (tubs / "catalog_0.catalog").write_text("{}\n")
     assert run_cli(workspace, definition_file, "--data", str(tmp_path / "tubs")) == 0
-    frames = workspace / "s3" / sample.BUCKET / "sample" / "preprocess" / "train" / "frames.json"
+    (execution,) = (workspace / "executions" / "sample").iterdir()
+    frames = (
+        workspace / "s3" / sample.BUCKET / "sample" / "preprocess" / execution.name / "train" / "frames.json"
+    )
     assert json.loads(frames.read_text())["records"] == ["tub_1/catalog_0.catalog"]
 
 
 def test_report_shows_the_graph_metrics_and_plots(tmp_path: Path) -> None:
     sample.upload_sample(LocalS3Client(tmp_path))
     s3 = LocalS3Client(tmp_path)
-    s3.put_object(Bucket=sample.BUCKET, Key="sample/evaluation/angle.png", Body=PNG)
+    execution = run_local(sample.definition(), tmp_path, pipeline_name="sample")
+    # What the real steps write next to their outputs: a plot and the data accounting.
+    scoped = f"sample/{{}}/{execution.execution_id}"
+    s3.put_object(Bucket=sample.BUCKET, Key=f"{scoped.format('evaluation')}/angle.png", Body=PNG)
     accounting = {
         "tubs": [{"tub": "tub_v2", "format": "v2", "read": 50, "accepted": 48, "rejected": 0, "deleted": 2}]
     }
     s3.put_object(
-        Bucket=sample.BUCKET, Key="sample/preprocess/train/data_report.json", Body=json.dumps(accounting)
+        Bucket=sample.BUCKET,
+        Key=f"{scoped.format('preprocess')}/train/data_report.json",
+        Body=json.dumps(accounting),
     )
-    execution = run_local(sample.definition(), tmp_path, pipeline_name="sample")
     html = write_report(execution).read_text()
     for step in (
         "Preprocess",

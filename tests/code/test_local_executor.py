@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -53,12 +54,15 @@ def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
     assert execution.steps["CheckQuality"].outcome == "True"
     assert "QualityTooLow" not in execution.steps  # the branch not taken does not run
 
-    frames = json.loads((workspace / "s3/sample-bucket/sample/preprocess/train/frames.json").read_text())
+    scoped = f"s3/sample-bucket/sample/{{}}/{execution.execution_id}"  # every output under the execution's id
+    frames = json.loads((workspace / scoped.format("preprocess") / "train/frames.json").read_text())
     assert frames["records"] == [f"tub/record_{i}.json" for i in range(3)]
 
     model_uri = execution.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
     job_name = execution.steps["Train"].properties["TrainingJobName"]
-    assert model_uri == f"s3://sample-bucket/sample/models/{job_name}/output/model.tar.gz"
+    assert model_uri == (
+        f"s3://sample-bucket/sample/models/{execution.execution_id}/{job_name}/output/model.tar.gz"
+    )
     with tarfile.open(s3_path(workspace, model_uri)) as tar:
         model = json.load(tar.extractfile("model.json"))
     # Hyperparameters reach the script decoded as the framework container decodes them.
@@ -76,14 +80,17 @@ def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
     package = registry.describe_model_package(ModelPackageName=arn)
     assert package["ModelApprovalStatus"] == "Approved"
     assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model_uri
-    compiled = json.loads((workspace / "s3/sample-bucket/sample/edge/compiled.json").read_text())
+    compiled_uri = f"s3://sample-bucket/sample/edge/{execution.execution_id}/compiled"
+    compiled = json.loads(s3_path(workspace, f"{compiled_uri}/compiled.json").read_text())
     assert package["CustomerMetadataProperties"] == {
         "angle_mae": "0.1",
         "source": "sample",
+        "edge:rasp4b:uri": f"{compiled_uri}/rasp4b/model.tar.gz",
         "edge:rasp4b:sha256": compiled["targets"]["rasp4b"]["sha256"],
+        "edge:rasp4b:runtime": "litert",
     }
-    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"].endswith(
-        "/evaluation/evaluation.json"
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == (
+        f"s3://sample-bucket/sample/evaluation/{execution.execution_id}/evaluation.json"
     )
 
     assert [e["event"] for e in events][0] == "execution-started"
@@ -112,7 +119,7 @@ def test_a_failing_step_stops_the_run_shows_its_log_and_uploads_nothing(workspac
     assert step.failure_reason == "the process exited with status 3" and step.attempts == 1
     finished = [e for e in events if e["event"] == "step-finished"][0]
     assert "simulated failure: bad input data" in finished["log_tail"]
-    assert not (workspace / "s3/sample-bucket/sample/preprocess").exists()
+    assert not (workspace / "s3/sample-bucket/sample/preprocess").exists()  # no execution's folder either
     assert any((workspace / "tmp").iterdir())  # kept for a look inside after a failure
 
 
@@ -189,7 +196,7 @@ def test_independent_steps_run_in_parallel(workspace: Path) -> None:
     twin = json.loads(json.dumps(definition["Steps"][0]))
     twin["Name"] = "PreprocessTwin"
     for output in twin["Arguments"]["ProcessingOutputConfig"]["Outputs"]:
-        output["S3Output"]["S3Uri"] = output["S3Output"]["S3Uri"].replace("/preprocess/", "/twin/")
+        output["S3Output"]["S3Uri"]["Std:Join"]["Values"][0] = f"s3://{sample.BUCKET}/sample/twin"
     definition["Steps"] = [definition["Steps"][0], twin]
     execution, _ = run(workspace, {"PreprocessSeconds": 0.5}, definition=definition)
     first, second = execution.steps["Preprocess"], execution.steps["PreprocessTwin"]
@@ -199,13 +206,24 @@ def test_independent_steps_run_in_parallel(workspace: Path) -> None:
 
 def test_an_expired_cache_entry_is_not_used(workspace: Path) -> None:
     first, _ = run(workspace)
-    for entry in (workspace / "cache" / "sample" / "Preprocess").glob("*.json"):
+    for entry in (workspace / "cache" / "sample" / "Evaluate").glob("*.json"):
         document = json.loads(entry.read_text())
         document["created"] = "2020-01-01T00:00:00+00:00"  # older than ExpireAfter P30D
         entry.write_text(json.dumps(document))
     second, _ = run(workspace)
-    assert second.steps["Preprocess"].cache_hit_from is None
+    assert second.steps["Evaluate"].cache_hit_from is None
     assert second.steps["Train"].cache_hit_from == first.arn  # same inputs, same arguments, still fresh
+    assert second.steps["Preprocess"].cache_hit_from == first.arn
+
+
+def test_a_step_that_ran_again_makes_its_consumers_run_again(workspace: Path) -> None:
+    """Its outputs are under the new execution's id, so the consumer's InputDataConfig differs (as on AWS)."""
+    first, _ = run(workspace)
+    for entry in (workspace / "cache" / "sample" / "Preprocess").glob("*.json"):
+        entry.unlink()
+    second, _ = run(workspace)
+    assert second.steps["Preprocess"].cache_hit_from is None
+    assert second.steps["Train"].cache_hit_from is None
 
 
 def test_an_abandoned_execution_on_another_host_reads_failed_once_its_heartbeat_is_stale(
@@ -278,7 +296,30 @@ def test_overlapping_outputs_each_get_every_file(workspace: Path) -> None:
     execution, _ = run(workspace, definition=definition)
     assert execution.status == "Succeeded"
     root = workspace / "s3" / sample.BUCKET / "sample"
-    assert (root / "preprocess/train/frames.json").is_file() and (
-        root / "everything/train/frames.json"
-    ).is_file()
+    assert (root / "preprocess" / execution.execution_id / "train/frames.json").is_file()
+    assert (root / "everything/train/frames.json").is_file()
     assert (root / "everything/test/frames.json").is_file()
+
+
+def test_a_registered_package_stays_valid_after_later_executions(workspace: Path) -> None:
+    """Each execution writes under its own id: package 1's artifact keeps its bytes and its SHA-256."""
+    registry = LocalSageMakerClient(workspace)
+    first, _ = run(workspace, {"Epochs": "1"})
+    package = registry.describe_model_package(
+        ModelPackageName=first.steps["Register"].properties["ModelPackageArn"]
+    )
+    metadata = package["CustomerMetadataProperties"]
+    artifact = s3_path(workspace, metadata["edge:rasp4b:uri"])
+    original = artifact.read_bytes()
+    assert hashlib.sha256(original).hexdigest() == metadata["edge:rasp4b:sha256"]
+
+    for epochs in ("2", "3"):  # new models: Train, Evaluate and CompileForEdge run again and write anew
+        later, _ = run(workspace, {"Epochs": epochs})
+        assert later.steps["CompileForEdge"].cache_hit_from is None
+        later_uri = registry.describe_model_package(
+            ModelPackageName=later.steps["Register"].properties["ModelPackageArn"]
+        )["CustomerMetadataProperties"]["edge:rasp4b:uri"]
+        assert later_uri != metadata["edge:rasp4b:uri"]
+        assert s3_path(workspace, later_uri).read_bytes() != original
+    assert artifact.read_bytes() == original
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == metadata["edge:rasp4b:sha256"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_fixtures import edge_spec
+from edge_fixtures import edge_metadata
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.local.client import LocalPipelineClient
@@ -127,10 +127,9 @@ def register(registry: LocalSageMakerClient, status: str) -> str:
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        AdditionalInferenceSpecifications=[
-            edge_spec("rasp4b", f"s3://{BUCKET}/robocar/edge/rasp4b/model.tar.gz", digest)
-        ],
-        CustomerMetadataProperties={"edge:rasp4b:sha256": digest},
+        CustomerMetadataProperties=edge_metadata(
+            "rasp4b", f"s3://{BUCKET}/robocar/edge/q9x1b2c3d4e5/compiled/rasp4b/model.tar.gz", digest
+        ),
         ModelApprovalStatus=status,
     )["ModelPackageArn"]
 

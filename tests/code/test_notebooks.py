@@ -20,7 +20,7 @@ from typing import Any
 import boto3
 import nbformat
 import pytest
-from edge_fixtures import edge_spec, onnx_pilot_package
+from edge_fixtures import edge_metadata, onnx_pilot_package
 from moto.server import ThreadedMotoServer
 from nbclient import NotebookClient
 
@@ -73,9 +73,6 @@ def register(
             "SupportedContentTypes": ["application/json"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        AdditionalInferenceSpecifications=[
-            edge_spec("rasp4b", f"s3://{BUCKET}/{base}/edge/rasp4b/model.tar.gz", digest)
-        ],
         ModelMetrics={
             "ModelQuality": {
                 "Statistics": {
@@ -84,7 +81,9 @@ def register(
                 }
             }
         },
-        CustomerMetadataProperties={"edge:targets": "rasp4b", "edge:rasp4b:sha256": digest},
+        CustomerMetadataProperties=edge_metadata(
+            "rasp4b", f"s3://{BUCKET}/{base}/edge/rasp4b/model.tar.gz", digest
+        ),
         ModelApprovalStatus=status,
     )["ModelPackageArn"]
 

@@ -166,24 +166,26 @@ def test_register_carries_model_metrics_and_every_edge_artifact(definition: dict
     assert args["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == TRAINED_MODEL
     statistics = args["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]["Std:Join"]
     assert statistics["Values"] == [output_get("Evaluate", "evaluation"), "evaluation.json"]
-    specs = {s["Name"]: s["Containers"][0] for s in args["AdditionalInferenceSpecifications"]}
-    assert set(specs) == {"edge-jetson-nano", "edge-rasp4b"}
-    for target, name in (("jetson_nano", "edge-jetson-nano"), ("rasp4b", "edge-rasp4b")):
-        sha = json_get("CompileForEdge", "CompiledArtifacts", f"targets.{target}.sha256")
-        assert specs[name]["ModelDataUrl"]["Std:Join"]["Values"] == [
+    assert "AdditionalInferenceSpecifications" not in args  # no SDK emits it in a RegisterModel step
+    metadata = args["CustomerMetadataProperties"]
+    assert len(metadata) == 6
+    for target in ("jetson_nano", "rasp4b"):
+        assert metadata[f"edge:{target}:uri"]["Std:Join"]["Values"] == [
             output_get("CompileForEdge", "compiled"),
             target,
             "model.tar.gz",
         ]
-        assert specs[name]["Environment"] == {"ROBOCAR_ARTIFACT_SHA256": sha, "ROBOCAR_EDGE_TARGET": target}
-        assert args["CustomerMetadataProperties"][f"edge:{target}:sha256"] == sha
+        for field in ("sha256", "runtime"):
+            assert metadata[f"edge:{target}:{field}"] == json_get(
+                "CompileForEdge", "CompiledArtifacts", f"targets.{target}.{field}"
+            )
     assert registered_edge_targets(definition) == ("jetson_nano", "rasp4b")
 
 
 def test_edge_targets_choose_the_register_slots() -> None:
     definition = json.loads(build_definition(SETTINGS, "rasp3b"))
     register = all_steps(definition["Steps"])["Register"]["Arguments"]
-    assert [s["Name"] for s in register["AdditionalInferenceSpecifications"]] == ["edge-rasp3b"]
+    assert [k for k in register["CustomerMetadataProperties"] if k.endswith(":uri")] == ["edge:rasp3b:uri"]
     with pytest.raises(ValueError, match="unknown Neo target device.*raspberry9"):
         build_definition(SETTINGS, "rasp3b,raspberry9")
 
@@ -206,6 +208,22 @@ def test_code_is_content_addressed(definition: dict[str, Any], tmp_path: Path) -
 
 def normalised_for_golden(text: str) -> str:
     return re.sub(r"/code/[0-9a-f]{64}/", "/code/<sha256>/", text)
+
+
+def test_every_output_is_under_the_execution_id(definition: dict[str, Any]) -> None:
+    """A later execution never overwrites what a registered package points at (contracts section 0)."""
+    steps = all_steps(definition["Steps"])
+    processing = [s["Arguments"] for s in steps.values() if s["Type"] == "Processing"]
+    training = [s["Arguments"] for s in steps.values() if s["Type"] == "Training"]
+    scoped = [o["S3Output"]["S3Uri"] for a in processing for o in a["ProcessingOutputConfig"]["Outputs"]]
+    scoped += [a["OutputDataConfig"]["S3OutputPath"] for a in training]
+    assert len(scoped) == 7  # 3 splits and a report, the model, the evaluation, the compiled artifacts
+    for uri in scoped:
+        values = uri["Std:Join"]["Values"]
+        assert uri["Std:Join"]["On"] == "/" and values[1] == {"Get": "Execution.PipelineExecutionId"}, uri
+    neo = steps["CompileForEdge"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    neo_output = neo[neo.index("--output-s3-uri") + 1]
+    assert neo_output["Std:Join"]["Values"][1] == {"Get": "Execution.PipelineExecutionId"}
 
 
 def test_golden_definition(text: str) -> None:
@@ -245,3 +263,11 @@ def test_building_leaves_the_processes_logging_alone(offline_subprocess_env: dic
     )
     assert run.returncode == 0, run.stderr.decode()[-2000:]
     assert run.stdout.decode().split() == ["0", str(30), "0"]  # no handler, WARNING, nothing disabled
+
+
+def test_a_prefix_too_long_for_the_registry_metadata_is_refused_when_building() -> None:
+    from steps.register import check_edge_uris_fit
+
+    check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 100 + "/edge", ["jetson_nano"])  # 221 characters fit
+    with pytest.raises(ValueError, match=r"\(257 characters\) exceed the model registry's 256-character"):
+        check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 141 + "/edge", ["rasp4b"])

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
-from edge_fixtures import edge_spec
+from edge_fixtures import edge_metadata
 from moto import mock_aws
 
 from pipelines import event_pattern, events, infra
@@ -44,8 +44,7 @@ def register(sagemaker: Any, *, status: str = "Approved", target: str = TARGET) 
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        AdditionalInferenceSpecifications=[edge_spec(target, ARTIFACT, DIGEST)],
-        CustomerMetadataProperties={f"edge:{target}:sha256": DIGEST},
+        CustomerMetadataProperties=edge_metadata(target, ARTIFACT, DIGEST),
         ModelApprovalStatus=status,
     )["ModelPackageArn"]
 

@@ -44,7 +44,7 @@ def compiled(tmp_path_factory) -> Path:
 
 
 def register_compiled(aws, compiled: Path) -> str:
-    """What the Register step writes: the artifact's URI and SHA-256 in the edge spec and the metadata."""
+    """What the Register step writes: the artifact's URI, SHA-256 and runtime in the package's metadata."""
     entry = json.loads((compiled / "compiled.json").read_text())["targets"][TARGET]
     key = f"robocar/compiled/{TARGET}/model.tar.gz"
     aws.s3.create_bucket(Bucket=BUCKET)
@@ -58,24 +58,11 @@ def register_compiled(aws, compiled: Path) -> str:
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        AdditionalInferenceSpecifications=[
-            {
-                "Name": "edge-rasp4b",
-                "Containers": [
-                    {
-                        **container,
-                        "ModelDataUrl": f"s3://{BUCKET}/{key}",
-                        "Environment": {
-                            "ROBOCAR_ARTIFACT_SHA256": entry["sha256"],
-                            "ROBOCAR_EDGE_TARGET": TARGET,
-                        },
-                    }
-                ],
-                "SupportedContentTypes": ["image/jpeg"],
-                "SupportedResponseMIMETypes": ["application/json"],
-            }
-        ],
-        CustomerMetadataProperties={f"edge:{TARGET}:sha256": entry["sha256"]},
+        CustomerMetadataProperties={
+            f"edge:{TARGET}:uri": f"s3://{BUCKET}/{key}",
+            f"edge:{TARGET}:sha256": entry["sha256"],
+            f"edge:{TARGET}:runtime": entry["runtime"],
+        },
         ModelApprovalStatus="Approved",
     )
     return response["ModelPackageArn"]
