@@ -21,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # What the containers import: the scripts' own packages and the leaf library they share.
 CONTAINER_PACKAGES = ("processing", "training", "inference", "edge")
 SOURCEDIR_NAME = "sourcedir.tar.gz"
+TRAINING_REQUIREMENTS = "training/requirements.txt"
 # Source only: caches, editor files and test leftovers must not change the bundle's hash.
 BUNDLED_SUFFIXES = frozenset({".py", ".json", ".yaml", ".yml", ".txt", ".jpg", ".png"})
 
@@ -90,7 +91,10 @@ class CodeBundle:
 
     @cached_property
     def sourcedir(self) -> bytes:
-        return deterministic_targz(self.files.items())
+        """Every container file, plus ``requirements.txt`` at the root: the framework container installs it
+        before the training script runs (its script-mode contract reads that one name at that place)."""
+        requirements = self.files[TRAINING_REQUIREMENTS]
+        return deterministic_targz([*self.files.items(), ("requirements.txt", requirements)])
 
     def objects(self) -> dict[str, bytes]:
         """S3 key -> bytes for everything ``upload`` writes."""

@@ -13,8 +13,11 @@ TF_PY_VERSION = "py312"
 
 
 def script_command(relative_path: str) -> list[str]:
-    """Entrypoint running a script of the code bundle with the container's Python."""
-    return ["python3", f"{CODE_DIR}/{relative_path}"]
+    """Entrypoint running a script of the code bundle through ``processing/bootstrap.py``.
+
+    The bootstrap installs ``processing/requirements.txt`` (what the scripts need beyond the image) first.
+    """
+    return ["python3", f"{CODE_DIR}/processing/bootstrap.py", relative_path]
 
 
 def s3_join(*parts: str) -> str:

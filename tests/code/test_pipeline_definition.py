@@ -100,7 +100,11 @@ def test_preprocess_reads_the_input_parameter_and_code(definition: dict[str, Any
     assert re.fullmatch(CODE_URI, found.pop("code"))
     assert found == {"tubs": {"Get": "Parameters.InputDataUrl"}}
     app = step["Arguments"]["AppSpecification"]
-    assert app["ContainerEntrypoint"] == ["python3", "/opt/ml/processing/input/code/processing/preprocess.py"]
+    assert app["ContainerEntrypoint"] == [
+        "python3",
+        "/opt/ml/processing/input/code/processing/bootstrap.py",
+        "processing/preprocess.py",
+    ]
     outputs = {o["OutputName"] for o in step["Arguments"]["ProcessingOutputConfig"]["Outputs"]}
     assert outputs == {"train", "validation", "test", "report"}
     assert step["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == {

@@ -1,0 +1,188 @@
+"""Each container step declares, pinned, what its code imports beyond its image, and installs it first."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import io
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from pipelines.code_bundle import CONTAINER_PACKAGES, CodeBundle
+from processing import bootstrap
+
+REPO = Path(__file__).resolve().parents[2]
+FRAMEWORK = "tensorflow"  # every step's image is a TensorFlow training image (docs/containers.md)
+STEP_SCRIPTS = {
+    "processing/requirements.txt": [
+        "processing/preprocess.py",
+        "processing/evaluate.py",
+        "processing/compile.py",
+    ],
+    "training/requirements.txt": ["training/train.py"],
+}
+IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
+# Imported inside a function that no container calls: Neo's runtime runs Neo artifacts on the car only.
+NEVER_IN_A_CONTAINER = {"dlr"}
+
+
+def _optional(node: ast.Try) -> bool:
+    """A try whose handler catches ImportError: the import is optional (the code has a fallback)."""
+    names = {getattr(h.type, "id", None) for h in node.handlers} | {
+        getattr(e, "id", None) for h in node.handlers if isinstance(h.type, ast.Tuple) for e in h.type.elts
+    }
+    return bool(names & IMPORT_ERRORS)
+
+
+def required_imports(path: Path) -> set[str]:
+    """Dotted names a module imports outside ``try: ... except ImportError`` blocks."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Try) and _optional(node):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        base = REPO.joinpath(*parts[:end])
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def third_party_imports(script: str) -> set[str]:
+    """Top-level third-party modules the script needs, following the bundled project modules it imports."""
+    seen: set[Path] = set()
+    todo, third = [REPO / script], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in required_imports(path):
+            top = name.split(".")[0]
+            if top in CONTAINER_PACKAGES:
+                module = _module_file(name)
+                todo += [module] if module else []
+            elif top not in sys.stdlib_module_names:
+                third.add(top)
+    return third
+
+
+def framework_closure(name: str = FRAMEWORK) -> set[str]:
+    """The framework and every distribution it depends on (its image brings them), normalised names."""
+    closure, todo = set(), [name]
+    while todo:
+        dist = todo.pop().lower().replace("_", "-")
+        if dist in closure:
+            continue
+        closure.add(dist)
+        for text in importlib.metadata.requires(dist) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return closure
+
+
+def distributions_of(modules: set[str]) -> set[str]:
+    mapping = importlib.metadata.packages_distributions()
+    return {dist.lower().replace("_", "-") for module in modules for dist in mapping.get(module, [module])}
+
+
+@pytest.mark.parametrize("requirements", sorted(STEP_SCRIPTS))
+def test_every_import_beyond_the_image_is_pinned(requirements: str) -> None:
+    pins = {name.lower(): version for name, version in bootstrap.pinned(REPO / requirements).items()}
+    needed = set().union(*(distributions_of(third_party_imports(s)) for s in STEP_SCRIPTS[requirements]))
+    missing = needed - framework_closure() - set(pins) - NEVER_IN_A_CONTAINER
+    assert not missing, f"{requirements} lacks {sorted(missing)}, imported by {STEP_SCRIPTS[requirements]}"
+    assert all(version for version in pins.values())
+
+
+def test_the_scan_sees_what_a_script_imports() -> None:
+    """The scan is not vacuous: compile needs the runtimes, preprocess the schema checker."""
+    assert {"onnx", "onnxruntime", "ai_edge_litert"} <= third_party_imports("processing/compile.py")
+    assert "jsonschema" in third_party_imports("processing/preprocess.py")
+    assert "pipelines" not in third_party_imports("processing/evaluate.py")  # only inside try/ImportError
+    assert {"numpy", "keras", "h5py"} <= framework_closure()
+
+
+def test_a_requirement_not_pinned_exactly_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_text("# comment\nPillow==13.0.0  # why\n\njsonschema>=4\n")
+    with pytest.raises(ValueError, match="'jsonschema>=4' is not pinned"):
+        bootstrap.pinned(path)
+
+
+def test_the_training_requirements_sit_at_the_source_directory_root() -> None:
+    bundle = CodeBundle("robocar-data-123456789012", "robocar")
+    with tarfile.open(fileobj=io.BytesIO(bundle.sourcedir)) as tar:
+        root_file = tar.extractfile("requirements.txt").read()
+    assert root_file == (REPO / "training" / "requirements.txt").read_bytes()
+    assert "processing/bootstrap.py" in bundle.files and "processing/requirements.txt" in bundle.files
+
+
+def test_the_bootstrap_installs_only_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append(command))
+    here = importlib.metadata.version("Pillow")
+    bootstrap.prepare({"Pillow": here}, environ={})
+    assert calls == []  # satisfied: nothing runs
+    bootstrap.prepare({"Pillow": "0.0.1", "no-such-dist-robocar": "1.0"}, environ={})
+    assert calls[0][:6] == [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--quiet"]
+    assert calls[0][6:8] == ["Pillow==0.0.1", "no-such-dist-robocar==1.0"]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    assert bootstrap.install_command(["a==1"], wheels)[-3:] == ["--no-index", "--find-links", str(wheels)]
+
+
+def test_locally_the_bootstrap_never_installs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("installed into the project's venv"))
+    local = {"ROBOCAR_LOCAL_ROOT": "/tmp/ws"}
+    bootstrap.prepare({"Pillow": "0.0.1"}, environ=local)  # another version: the venv stands in, no install
+    with pytest.raises(
+        SystemExit, match=r"no-such-dist-robocar not installed.*pip install no-such-dist-robocar==1"
+    ):
+        bootstrap.prepare({"no-such-dist-robocar": "1"}, environ=local)
+
+
+def test_the_bootstrap_runs_the_script_with_its_arguments(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "processing" / "bootstrap.py"), "processing/preprocess.py", "--help"],
+        capture_output=True, text=True, timeout=120, env={"ROBOCAR_LOCAL_ROOT": str(tmp_path), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "usage: preprocess.py" in result.stdout
+    missing = subprocess.run(
+        [sys.executable, str(REPO / "processing" / "bootstrap.py"), "processing/nope.py"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no script" in missing.stderr
+
+
+@pytest.mark.parametrize("package", CONTAINER_PACKAGES)
+def test_container_code_parses_as_the_images_python(package: str) -> None:
+    """The TensorFlow images run Python 3.12 (docs/containers.md); nothing imports what 3.12 removed."""
+    removed_in_312 = {"distutils", "imp", "asynchat", "asyncore", "smtpd"}
+    for path in sorted((REPO / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(), feature_version=(3, 12))
+        tops = {name.split(".")[0] for name in required_imports(path)}
+        assert not tops & removed_in_312, path
+        assert isinstance(tree, ast.Module), path
