@@ -182,12 +182,19 @@ def deployment_request(
         "deploymentName": deployment_name(config, version),
         "components": revised_components(current, config.component_name, version, values),
         "deploymentPolicies": copy.deepcopy(current.get("deploymentPolicies") or DEPLOYMENT_POLICIES),
-        "tags": {**(current.get("tags") or {}), MODEL_PACKAGE_TAG: package_arn[-TAG_VALUE_MAX:]},
+        "tags": {**user_tags(current.get("tags")), MODEL_PACKAGE_TAG: package_arn[-TAG_VALUE_MAX:]},
     }
     if current.get("iotJobConfiguration"):
         request["iotJobConfiguration"] = copy.deepcopy(current["iotJobConfiguration"])
     request["clientToken"] = client_token(current.get("deploymentId"), request)
     return request
+
+
+def user_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """The tags a request may carry again: the ``aws:`` prefix is reserved for AWS's own
+    (https://docs.aws.amazon.com/general/latest/gr/aws_tagging.html#tag-conventions, linked from
+    https://docs.aws.amazon.com/greengrass/v2/developerguide/tag-resources.html)."""
+    return {key: value for key, value in (tags or {}).items() if not key.lower().startswith("aws:")}
 
 
 def client_token(revised_deployment_id: str | None, request: Mapping[str, Any]) -> str:
@@ -204,7 +211,9 @@ def runs_already(
         return False
     ours = (current.get("components") or {}).get(name) or {}
     merged = json.loads((ours.get("configurationUpdate") or {}).get("merge") or "{}")
-    return ours.get("componentVersion") == version and all(merged.get(k) == v for k, v in values.items())
+    if ours.get("componentVersion") != version or not isinstance(merged, dict):
+        return False
+    return all(merged.get(key) == value for key, value in values.items())
 
 
 # ---------------------------------------------------------------- the function

@@ -112,7 +112,7 @@ def group_deployment(
         "components": components,
         "deploymentPolicies": GROUP_POLICIES,
         "iotJobConfiguration": GROUP_JOB,
-        "tags": {"team": "cars"},
+        "tags": {"team": "cars", "aws:cloudformation:stack-name": "fleet"},  # aws: tags are AWS's own
     }
 
 
