@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -433,6 +434,7 @@ def _now() -> str:
 # ---------------------------------------------------------------- Greengrass, locally
 ARTIFACT_UNREADABLE = "Specified artifact resource cannot be accessed"
 DEFAULT_LIST_RESULTS = 50  # ListDeployments' maxResults default (API reference)
+LOCAL_DEPLOYMENT_ID = re.compile(r"local-\d{6}")  # what create_deployment hands out
 
 
 class LocalGreengrassClient:
@@ -484,7 +486,7 @@ class LocalGreengrassClient:
 
     def _read_deployment(self, deployment_id: str, operation: str) -> dict[str, Any]:
         path = self._deployment_path(deployment_id)
-        if not deployment_id.startswith("local-") or not path.is_file():
+        if not LOCAL_DEPLOYMENT_ID.fullmatch(deployment_id) or not path.is_file():
             raise self._error(
                 "ResourceNotFoundException", f"Deployment {deployment_id} not found", operation, 404
             )
@@ -506,7 +508,8 @@ class LocalGreengrassClient:
                     path = s3.uri_to_path(uri)
                 except ValueError:
                     path = None
-                if path is None or not path.is_file():
+                inside = path is not None and path.resolve().is_relative_to(s3.base.resolve())
+                if not inside or not path.is_file():  # no ../ out of the local S3 folder
                     unreadable.append(f"{uri} = {ARTIFACT_UNREADABLE}")
                     continue
                 artifact.update(Digest=greengrass_digest(sha256_file(path)), Algorithm="SHA-256")

@@ -386,6 +386,10 @@ def test_the_stand_in_refuses_a_recipe_whose_artifact_is_missing_as_aws_does(wor
         f"{{{uri} = Specified artifact resource cannot be accessed}}"
     )
     assert not (workspace / "greengrass" / "components" / "com.example.X").exists()
+    (workspace / "outside").write_bytes(b"not in S3")
+    escaping = {**recipe, "Manifests": [{"Artifacts": [{"URI": f"s3://{BUCKET}/../../outside"}]}]}
+    with pytest.raises(greengrass.exceptions.ValidationException, match="cannot be accessed"):
+        greengrass.create_component_version(inlineRecipe=json.dumps(escaping).encode())
 
     registry = LocalSageMakerClient(workspace)  # through the rollout: reported, not raised
     registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
