@@ -3,8 +3,14 @@
 ``recipe.yaml`` (next to this file) is the template. For a package this fills in the component version
 (``1.0.<package version>``), the package ARN and SHA-256 in the default configuration, and the artifacts:
 the compiled model for the car's target (its S3 URI from the registry) and, optionally, the project wheel
-that provides ``robocar-edge``; each with its ``Digest`` (base64 of the SHA-256 bytes, what Greengrass
-checks) and ``Algorithm: SHA-256``. The recipe is sent as JSON in ``inlineRecipe``.
+that provides ``robocar-edge``. The recipe is sent as JSON in ``inlineRecipe``.
+
+No artifact carries a ``Digest`` or ``Algorithm``: both are read-only in a recipe. Greengrass hashes the
+S3 object itself when the version is created and replaces any value sent ("If you set this parameter,
+AWS IoT Greengrass replaces the value that you set when you create the component",
+https://docs.aws.amazon.com/greengrass/v2/developerguide/component-recipe-reference.html). The registry's
+SHA-256 reaches the car through the configuration (``ArtifactSha256``), which ``robocar-edge pull``
+checks the delivered archive against.
 
 Runs on the workstation, not the car: it needs boto3 and PyYAML, imported when used.
 """
@@ -23,6 +29,8 @@ from typing import Any
 
 RECIPE_TEMPLATE = Path(__file__).with_name("recipe.yaml")
 COMPONENT_NAME = "com.robocar.Pilot"
+# DefaultConfiguration keys that render_recipe sets per package: every deployment must merge them.
+VERSION_CONFIGURATION_KEYS = ("ModelPackageGroup", "ModelPackageArn", "Target", "ArtifactSha256")
 
 
 class ComponentError(Exception):
@@ -30,7 +38,11 @@ class ComponentError(Exception):
 
 
 def greengrass_digest(sha256_hex: str) -> str:
-    """Greengrass wants the SHA-256 as base64 of its 32 bytes, not as hex."""
+    """An artifact's ``Digest`` as Greengrass stores it (``Algorithm: SHA-256``): base64 of the 32 bytes.
+
+    Greengrass computes it from the S3 object at CreateComponentVersion; the local stand-in of the
+    service (``pipelines.local.trigger.LocalGreengrassClient``) does the same with this function.
+    """
     from edge.artifacts import normalize_sha256
 
     return base64.b64encode(bytes.fromhex(normalize_sha256(sha256_hex))).decode("ascii")
@@ -42,14 +54,25 @@ def load_template(path: Path = RECIPE_TEMPLATE) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def artifact_entry(uri: str, sha256_hex: str) -> dict[str, Any]:
-    return {
-        "URI": uri,
-        "Digest": greengrass_digest(sha256_hex),
-        "Algorithm": "SHA-256",
-        "Unarchive": "NONE",
-        "Permission": {"Read": "OWNER"},
-    }
+def artifact_entry(uri: str) -> dict[str, Any]:
+    """One recipe artifact; Greengrass adds ``Digest`` and ``Algorithm`` itself (module docstring)."""
+    return {"URI": uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER"}}
+
+
+def version_configuration(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The configuration values that belong to this component version, for the deployment to merge.
+
+    A car that already runs the component keeps its configuration across a version change: the nucleus
+    merges the new version's ``DefaultConfiguration`` "with timestamp 1 so that they don't overwrite any
+    pre-existing values" (resolveConfigurationToApply in https://github.com/aws-greengrass/
+    aws-greengrass-nucleus/blob/main/src/main/java/com/aws/greengrass/componentmanager/KernelConfigResolver.java;
+    "Configuration updates are patch operations ... If the core device doesn't have the component, then
+    the configuration update modifies and applies the default configuration",
+    https://docs.aws.amazon.com/greengrass/v2/developerguide/update-component-configurations.html).
+    Left in the defaults only, the second model would be checked against the first one's SHA-256.
+    """
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    return {key: defaults[key] for key in VERSION_CONFIGURATION_KEYS}
 
 
 def render_recipe(
@@ -59,11 +82,11 @@ def render_recipe(
     *,
     component_name: str = COMPONENT_NAME,
     component_version: str | None = None,
-    code_wheel: tuple[str, str] | None = None,
+    code_uri: str | None = None,
 ) -> dict[str, Any]:
     """The recipe for one approved package (``describe_model_package`` response) and one edge target.
 
-    ``code_wheel`` is ``(s3 uri, sha256 hex)`` of a ``robocar_pipeline-*.whl`` to install on the device.
+    ``code_uri`` is the S3 URI of a ``robocar_pipeline-*.whl`` to install on the device.
     """
     from edge.agent import candidate_from_package
 
@@ -86,13 +109,12 @@ def render_recipe(
         ArtifactSha256=candidate.sha256,
     )
     manifest = recipe["Manifests"][0]
-    manifest["Artifacts"] = [artifact_entry(candidate.artifact_uri, candidate.sha256)]
-    if code_wheel is not None:
-        uri, sha256_hex = code_wheel
-        wheel = uri.rsplit("/", 1)[-1]
+    manifest["Artifacts"] = [artifact_entry(candidate.artifact_uri)]
+    if code_uri is not None:
+        wheel = code_uri.rsplit("/", 1)[-1]
         if not wheel.endswith(".whl"):
-            raise ComponentError(f"code artifact {uri} is not a wheel (.whl)")
-        manifest["Artifacts"].append(artifact_entry(uri, sha256_hex))
+            raise ComponentError(f"code artifact {code_uri} is not a wheel (.whl)")
+        manifest["Artifacts"].append(artifact_entry(code_uri))
         # The component's own venv: the wheel with the edge extra (runtimes, paho); no SDK, no TensorFlow.
         manifest["Lifecycle"]["Install"] = {
             "Script": f'python3 -m venv "{{work:path}}/venv" && "{{work:path}}/venv/bin/pip" install '
@@ -123,7 +145,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--component-name", default=COMPONENT_NAME, help=f"(default: {COMPONENT_NAME})")
     parser.add_argument("--component-version", help="semantic version (default: 1.0.<package version>)")
     parser.add_argument("--code-uri", help="S3 URI of the robocar_pipeline wheel to install on the device")
-    parser.add_argument("--code-wheel", type=Path, help="the same wheel locally, to compute its digest")
     parser.add_argument("--recipe-out", type=Path, help="also write the rendered recipe (JSON) here")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the recipe; do not call CreateComponentVersion"
@@ -132,11 +153,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, make_clients: Callable[[argparse.Namespace], Any]) -> int:
     """``robocar edge component``: describe the package, render, and create (or print) the version."""
-    from edge import artifacts
-
-    if bool(args.code_uri) != bool(args.code_wheel):
-        raise ComponentError("--code-uri and --code-wheel go together (the digest is computed from the file)")
-    code_wheel = (args.code_uri, artifacts.sha256_file(args.code_wheel)) if args.code_uri else None
     aws = make_clients(args)
     description = aws.sagemaker.describe_model_package(ModelPackageName=args.model_package_arn)
     recipe = render_recipe(
@@ -145,7 +161,7 @@ def run(args: argparse.Namespace, make_clients: Callable[[argparse.Namespace], A
         args.target,
         component_name=args.component_name,
         component_version=args.component_version,
-        code_wheel=code_wheel,
+        code_uri=args.code_uri,
     )
     request = component_request(recipe, args.model_package_arn)
     if args.recipe_out:

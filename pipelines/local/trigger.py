@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edge.local_aws import atomic_write_json, client_error, file_lock
+from edge.local_aws import (
+    LocalS3Client,
+    atomic_write_json,
+    check_params,
+    client_error,
+    file_lock,
+    from_iso,
+    now_utc,
+    page_items,
+    response_metadata,
+    to_iso,
+)
 from pipelines import event_pattern, events
 
 STATE_FORMAT = "robocar-triggers/1"
@@ -420,53 +432,263 @@ def _now() -> str:
 
 
 # ---------------------------------------------------------------- Greengrass, locally
-class LocalGreengrassClient:
-    """``greengrassv2``'s two calls the rollout makes, recorded under ``ROOT/greengrass/``.
+ARTIFACT_UNREADABLE = "Specified artifact resource cannot be accessed"
+DEFAULT_LIST_RESULTS = 50  # ListDeployments' maxResults default (API reference)
+LOCAL_DEPLOYMENT_ID = re.compile(r"local-\d{6}")  # what create_deployment hands out
 
-    ``components/<name>/<version>.json`` holds the recipe (a second create of a version is a
-    ``ConflictException``, as on AWS); ``deployments/<id>.json`` the deployment, and
-    ``deployments/latest-<thing group>.json`` the one a car of that group would now run.
+
+class LocalGreengrassClient:
+    """``greengrassv2``'s calls the rollout makes, kept under ``ROOT/greengrass/`` and answered as AWS does.
+
+    - ``create_component_version`` stores the recipe in ``components/<name>/<version>.json`` (a second
+      create of a version is a ``ConflictException``). As the service, it reads every ``s3://`` artifact
+      (here from the workspace's local S3, ``ROOT/s3/<bucket>/<key>``) and writes its ``Digest`` (base64 of
+      the SHA-256 of the bytes) and ``Algorithm: SHA-256`` into the stored recipe, replacing whatever the
+      recipe said; an artifact it cannot read is a ``ValidationException`` with AWS's text
+      (https://docs.aws.amazon.com/greengrass/v2/developerguide/component-recipe-reference.html; the
+      message as AWS words it: https://github.com/aws/aws-cli/issues/6261).
+    - ``create_deployment`` stores ``deployments/<id>.json``. A target has one current deployment: the new
+      one replaces the previous (which becomes ``INACTIVE`` and no longer ``isLatestForTarget``), and its
+      component set is the group's, omitted components included: they are gone, as on the cars
+      (https://docs.aws.amazon.com/greengrass/v2/developerguide/revise-deployments.html).
+      ``deployments/latest-<thing group>.json`` is that current deployment. A repeated ``clientToken`` with
+      the same request answers the first deployment.
+    - ``list_deployments`` / ``get_deployment`` / ``cancel_deployment`` answer with the API's shapes.
     """
 
     def __init__(self, root: Path, region: str = "us-east-1", account: str = events.EXAMPLE_ACCOUNT) -> None:
-        self.base = Path(root) / "greengrass"
+        self.root = Path(root)
+        self.base = self.root / "greengrass"
         self.region, self.account = region, account
-        conflict = type("ConflictException", (_client_error_class(),), {})
-        self.exceptions = SimpleNamespace(ConflictException=conflict, ClientError=_client_error_class())
+        self.meta = SimpleNamespace(region_name=region, endpoint_url=None)  # as boto3's client.meta
+        base = _client_error_class()
+        self.exceptions = SimpleNamespace(
+            ClientError=base,
+            ConflictException=type("ConflictException", (base,), {}),
+            ValidationException=type("ValidationException", (base,), {}),
+            ResourceNotFoundException=type("ResourceNotFoundException", (base,), {}),
+        )
 
+    # -- helpers
     def _arn(self, name: str, version: str) -> str:
         return f"arn:aws:greengrass:{self.region}:{self.account}:components:{name}:versions:{version}"
 
-    def create_component_version(self, *, inlineRecipe: bytes, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        recipe = json.loads(inlineRecipe)
-        name, version = recipe["ComponentName"], recipe["ComponentVersion"]
+    def _error(self, code: str, message: str, operation: str, status: int) -> Exception:
+        return client_error(code, message, operation, cls=getattr(self.exceptions, code), status=status)
+
+    def _deployment_path(self, deployment_id: str) -> Path:
+        return self.base / "deployments" / f"{deployment_id}.json"
+
+    def _deployments(self) -> list[dict[str, Any]]:
+        """Every stored deployment, oldest first (ids are sequential)."""
+        folder = self.base / "deployments"
+        return [json.loads(path.read_text()) for path in sorted(folder.glob("local-*.json"))]
+
+    def _read_deployment(self, deployment_id: str, operation: str) -> dict[str, Any]:
+        path = self._deployment_path(deployment_id)
+        if not LOCAL_DEPLOYMENT_ID.fullmatch(deployment_id) or not path.is_file():
+            raise self._error(
+                "ResourceNotFoundException", f"Deployment {deployment_id} not found", operation, 404
+            )
+        return json.loads(path.read_text())
+
+    def _with_digests(self, recipe: dict[str, Any]) -> dict[str, Any]:
+        """The recipe with each S3 artifact's Digest and Algorithm computed from its bytes."""
+        from edge.artifacts import sha256_file
+        from edge.greengrass.component import greengrass_digest
+
+        s3 = LocalS3Client(self.root, self.region)
+        unreadable = []
+        for manifest in recipe.get("Manifests") or []:
+            for artifact in manifest.get("Artifacts") or []:
+                uri = str(artifact.get("URI", ""))
+                if not uri.startswith("s3://"):
+                    continue  # greengrass: and docker: artifacts are not in S3
+                try:
+                    path = s3.uri_to_path(uri)
+                except ValueError:
+                    path = None
+                inside = path is not None and path.resolve().is_relative_to(s3.base.resolve())
+                if not inside or not path.is_file():  # no ../ out of the local S3 folder
+                    unreadable.append(f"{uri} = {ARTIFACT_UNREADABLE}")
+                    continue
+                artifact.update(Digest=greengrass_digest(sha256_file(path)), Algorithm="SHA-256")
+        if unreadable:
+            raise self._error(
+                "ValidationException",
+                "Invalid Input: Encountered following errors in Artifacts: {" + ", ".join(unreadable) + "}",
+                "CreateComponentVersion",
+                400,
+            )
+        return recipe
+
+    # -- components
+    def create_component_version(self, **kwargs: Any) -> dict[str, Any]:
+        check_params(kwargs, allowed=("inlineRecipe", "lambdaFunction", "tags", "clientToken"))
+        if "inlineRecipe" not in kwargs:
+            raise self._error(
+                "ValidationException", "only inlineRecipe is supported locally", "CreateComponentVersion", 400
+            )
+        try:
+            recipe = json.loads(kwargs["inlineRecipe"])
+            name, version = recipe["ComponentName"], recipe["ComponentVersion"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise self._error(
+                "ValidationException", f"Invalid Input: recipe: {exc}", "CreateComponentVersion", 400
+            ) from None
         path = self.base / "components" / name / f"{version}.json"
         with file_lock(self.base / ".lock"):
             if path.exists():
-                raise client_error(
+                raise self._error(
                     "ConflictException",
                     f"Component {name} version {version} already exists",
                     "CreateComponentVersion",
-                    cls=self.exceptions.ConflictException,
-                    status=409,
+                    409,
                 )
+            recipe = self._with_digests(recipe)
             atomic_write_json(path, {"recipe": recipe, "tags": kwargs.get("tags", {}), "created": _now()})
         return {
             "arn": self._arn(name, version),
             "componentName": name,
             "componentVersion": version,
-            "creationTimestamp": datetime.now(UTC),
+            "creationTimestamp": now_utc(),
             "status": {"componentState": "DEPLOYABLE"},
+            "ResponseMetadata": response_metadata(201),
         }
 
-    def create_deployment(self, *, targetArn: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
+    # -- deployments
+    def create_deployment(self, **kwargs: Any) -> dict[str, Any]:
+        request_fields = ("deploymentName", "components", "iotJobConfiguration", "deploymentPolicies")
+        check_params(
+            kwargs,
+            required=("targetArn",),
+            allowed=(*request_fields, "parentTargetArn", "tags", "clientToken"),
+        )
+        target = kwargs["targetArn"]
         with file_lock(self.base / ".lock"):
-            deployment_id = f"local-{len(list((self.base / 'deployments').glob('local-*.json'))) + 1:06d}"
-            record = {"deploymentId": deployment_id, "targetArn": targetArn, **kwargs, "created": _now()}
-            atomic_write_json(self.base / "deployments" / f"{deployment_id}.json", record)
-            group = targetArn.rsplit("/", 1)[-1]
-            atomic_write_json(self.base / "deployments" / f"latest-{group}.json", record)
-        return {"deploymentId": deployment_id, "iotJobId": deployment_id, "iotJobArn": ""}
+            deployments = self._deployments()
+            token = kwargs.get("clientToken")
+            repeated = [d for d in deployments if token and d.get("clientToken") == token]
+            if repeated:
+                if repeated[0]["request"] != json.loads(json.dumps(kwargs, default=str)):
+                    raise self._error(
+                        "ConflictException",
+                        f"clientToken {token} was used with other parameters",
+                        "CreateDeployment",
+                        409,
+                    )
+                return self._created(repeated[0])
+            for previous in deployments:
+                if previous["targetArn"] == target and previous["isLatestForTarget"]:
+                    previous["isLatestForTarget"] = False
+                    if previous["deploymentStatus"] == "ACTIVE":
+                        previous["deploymentStatus"] = "INACTIVE"
+                    atomic_write_json(self._deployment_path(previous["deploymentId"]), previous)
+            deployment_id = f"local-{len(deployments) + 1:06d}"
+            record = {
+                **{
+                    name: kwargs[name]
+                    for name in (*request_fields, "parentTargetArn", "tags")
+                    if name in kwargs
+                },
+                "targetArn": target,
+                "deploymentId": deployment_id,
+                "revisionId": str(1 + sum(d["targetArn"] == target for d in deployments)),
+                "deploymentStatus": "ACTIVE",  # thing group deployments are continuous
+                "isLatestForTarget": True,
+                "iotJobId": deployment_id,
+                "iotJobArn": f"arn:aws:iot:{self.region}:{self.account}:job/{deployment_id}",
+                "creationTimestamp": to_iso(now_utc()),
+                "clientToken": token,
+                "request": kwargs,
+            }
+            atomic_write_json(self._deployment_path(deployment_id), record)
+            atomic_write_json(self.base / "deployments" / f"latest-{target.rsplit('/', 1)[-1]}.json", record)
+        return self._created(record)
+
+    @staticmethod
+    def _created(record: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "deploymentId": record["deploymentId"],
+            "iotJobId": record["iotJobId"],
+            "iotJobArn": record["iotJobArn"],
+            "ResponseMetadata": response_metadata(201),
+        }
+
+    def list_deployments(self, **kwargs: Any) -> dict[str, Any]:
+        check_params(
+            kwargs, allowed=("targetArn", "historyFilter", "parentTargetArn", "maxResults", "nextToken")
+        )
+        history = kwargs.get("historyFilter", "LATEST_ONLY")
+        if history not in ("ALL", "LATEST_ONLY"):
+            raise self._error(
+                "ValidationException",
+                f"1 validation error detected: Value '{history}' at 'historyFilter' failed to satisfy "
+                "constraint: Member must satisfy enum value set: [ALL, LATEST_ONLY]",
+                "ListDeployments",
+                400,
+            )
+        with file_lock(self.base / ".lock"):
+            deployments = self._deployments()
+        chosen = [
+            d
+            for d in reversed(deployments)  # newest first
+            if kwargs.get("targetArn") in (None, d["targetArn"])
+            and kwargs.get("parentTargetArn") in (None, d.get("parentTargetArn"))
+            and (history == "ALL" or d["isLatestForTarget"])
+        ]
+        paging = {
+            "MaxResults": kwargs.get("maxResults", DEFAULT_LIST_RESULTS),
+            "NextToken": kwargs.get("nextToken"),
+        }
+        page, token = page_items(chosen, paging, "ListDeployments")
+        summary_fields = ("targetArn", "revisionId", "deploymentId", "deploymentName", "deploymentStatus")
+        summaries = [
+            {
+                **{name: d[name] for name in summary_fields if d.get(name) is not None},
+                **({"parentTargetArn": d["parentTargetArn"]} if d.get("parentTargetArn") else {}),
+                "creationTimestamp": from_iso(d["creationTimestamp"]),
+                "isLatestForTarget": d["isLatestForTarget"],
+            }
+            for d in page
+        ]
+        response: dict[str, Any] = {"deployments": summaries, "ResponseMetadata": response_metadata()}
+        if token:
+            response["nextToken"] = token
+        return response
+
+    def get_deployment(self, **kwargs: Any) -> dict[str, Any]:
+        check_params(kwargs, required=("deploymentId",))
+        record = self._read_deployment(kwargs["deploymentId"], "GetDeployment")
+        response = {
+            name: value
+            for name, value in record.items()
+            if name not in ("request", "clientToken") and value not in (None, {}, "")
+        }
+        response["creationTimestamp"] = from_iso(record["creationTimestamp"])
+        response["ResponseMetadata"] = response_metadata()
+        return response
+
+    def cancel_deployment(self, **kwargs: Any) -> dict[str, Any]:
+        check_params(kwargs, required=("deploymentId",))
+        with file_lock(self.base / ".lock"):
+            record = self._read_deployment(kwargs["deploymentId"], "CancelDeployment")
+            if record["deploymentStatus"] != "ACTIVE":
+                raise self._error(
+                    "ConflictException",
+                    f"Deployment {record['deploymentId']} is {record['deploymentStatus']}, not ACTIVE",
+                    "CancelDeployment",
+                    409,
+                )
+            record["deploymentStatus"] = "CANCELED"
+            atomic_write_json(self._deployment_path(record["deploymentId"]), record)
+            if record["isLatestForTarget"]:
+                group = record["targetArn"].rsplit("/", 1)[-1]
+                atomic_write_json(self.base / "deployments" / f"latest-{group}.json", record)
+        return {
+            "message": f"Deployment {record['deploymentId']} canceled",
+            "ResponseMetadata": response_metadata(),
+        }
 
 
 def _client_error_class() -> type[Exception]:

@@ -1,4 +1,4 @@
-"""Greengrass v2: the recipe carries the approved artifact with its digest; CreateComponentVersion gets it.
+"""Greengrass v2: the recipe carries the approved artifact and its SHA-256; CreateComponentVersion gets it.
 
 moto 5.2.5 has no greengrassv2, so the exact request is asserted with botocore's Stubber; the package
 comes from a moto model registry.
@@ -7,7 +7,6 @@ comes from a moto model registry.
 from __future__ import annotations
 
 import argparse
-import base64
 import copy
 import hashlib
 import json
@@ -57,10 +56,8 @@ def expected_recipe(arn: str) -> dict:
         ModelPackageGroup=GROUP, ModelPackageArn=arn, Target=TARGET, ArtifactSha256=digest
     )
     recipe["Manifests"][0]["Artifacts"] = [
-        {
+        {  # no Digest/Algorithm: Greengrass computes them from the object (component-recipe-reference)
             "URI": f"s3://{BUCKET}/compiled/rasp4b/model.tar.gz",
-            "Digest": base64.b64encode(hashlib.sha256(ARCHIVE).digest()).decode(),
-            "Algorithm": "SHA-256",
             "Unarchive": "NONE",
             "Permission": {"Read": "OWNER"},
         }
@@ -96,31 +93,51 @@ def test_creates_component_version_with_exact_request(package, greengrass, capsy
     assert "created com.robocar.Pilot 1.0.1" in capsys.readouterr().out
 
 
-def test_recipe_digest_matches_the_artifact(package, greengrass, capsys):
+def test_recipe_leaves_the_digest_to_greengrass_and_configures_the_registry_sha256(
+    package, greengrass, capsys
+):
     arn, _ = package
     assert run_cli("--model-package-arn", arn, "--dry-run") == 0  # no Greengrass call: none stubbed
     recipe = json.loads(capsys.readouterr().out)
     (artifact,) = recipe["Manifests"][0]["Artifacts"]
-    assert base64.b64decode(artifact["Digest"]) == hashlib.sha256(ARCHIVE).digest()
-    assert artifact["Algorithm"] == "SHA-256"
+    assert "Digest" not in artifact and "Algorithm" not in artifact  # read-only: Greengrass replaces them
     s3 = boto3.client("s3", region_name="us-east-1")
     bucket, key = artifact["URI"].removeprefix("s3://").split("/", 1)
     stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert hashlib.sha256(stored).digest() == base64.b64decode(artifact["Digest"])
-
-
-def test_code_wheel_artifact_and_venv_install(package, greengrass, tmp_path, capsys):
-    arn, _ = package
-    wheel = tmp_path / "robocar_pipeline-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"PK fake wheel")
-    uri = f"s3://{BUCKET}/code/{wheel.name}"
+    configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"]
     assert (
-        run_cli("--model-package-arn", arn, "--dry-run", "--code-uri", uri, "--code-wheel", str(wheel)) == 0
+        configuration["ArtifactSha256"]
+        == hashlib.sha256(stored).hexdigest()
+        == hashlib.sha256(ARCHIVE).hexdigest()
     )
+    assert (
+        '--sha256 "{configuration:/ArtifactSha256}"' in recipe["Manifests"][0]["Lifecycle"]["Run"]["Script"]
+    )
+    assert component.version_configuration(recipe) == {
+        "ModelPackageGroup": GROUP,
+        "ModelPackageArn": arn,
+        "Target": TARGET,
+        "ArtifactSha256": hashlib.sha256(ARCHIVE).hexdigest(),
+    }
+
+
+def test_recipe_depends_on_the_token_exchange_service_for_aws_credentials():
+    """The agent calls SageMaker and S3: credentials come only through this dependency (module comment)."""
+    template = yaml.safe_load(component.RECIPE_TEMPLATE.read_text())
+    assert template["ComponentDependencies"] == {
+        "aws.greengrass.TokenExchangeService": {"VersionRequirement": "^2.0.0", "DependencyType": "HARD"}
+    }
+    assert "Digest" not in json.dumps(template) and "Algorithm" not in json.dumps(template)
+
+
+def test_code_wheel_artifact_and_venv_install(package, greengrass, capsys):
+    arn, _ = package
+    wheel = "robocar_pipeline-0.1.0-py3-none-any.whl"
+    uri = f"s3://{BUCKET}/code/{wheel}"
+    assert run_cli("--model-package-arn", arn, "--dry-run", "--code-uri", uri) == 0
     manifest = json.loads(capsys.readouterr().out)["Manifests"][0]
-    assert manifest["Artifacts"][1]["URI"] == uri
-    assert base64.b64decode(manifest["Artifacts"][1]["Digest"]) == hashlib.sha256(wheel.read_bytes()).digest()
-    assert f"{{artifacts:path}}/{wheel.name}[edge]" in manifest["Lifecycle"]["Install"]["Script"]
+    assert manifest["Artifacts"][1] == {"URI": uri, "Unarchive": "NONE", "Permission": {"Read": "OWNER"}}
+    assert f"{{artifacts:path}}/{wheel}[edge]" in manifest["Lifecycle"]["Install"]["Script"]
     assert '"{work:path}/venv/bin/robocar-edge" run' in manifest["Lifecycle"]["Run"]["Script"]
 
 
@@ -163,6 +180,12 @@ def test_recipe_environment_is_what_the_cli_reads(monkeypatch):
     for value in setenv.values():
         if value.startswith("{configuration:/"):
             assert value.removeprefix("{configuration:/").removesuffix("}") in config
+
+
+def test_code_uri_must_be_a_wheel(package, greengrass, capsys):
+    arn, _ = package
+    assert run_cli("--model-package-arn", arn, "--dry-run", "--code-uri", f"s3://{BUCKET}/code/x.zip") == 2
+    assert "is not a wheel (.whl)" in capsys.readouterr().err
 
 
 def test_digest_is_base64_of_sha256_bytes():

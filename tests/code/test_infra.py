@@ -217,8 +217,15 @@ def test_roles_are_least_privilege() -> None:
     resources = infra.load_template()["Resources"]
     roles = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
     assert set(roles) == {"PipelineExecutionRole", "EventBridgeRole", "RolloutRole"}
-    # the only statements on every resource: APIs without resource-level permissions
-    unscoped_ok = {"sagemaker:ListModelPackages", "ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}
+    # the only statements on every resource: APIs without resource-level permissions (for Greengrass:
+    # https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsiotgreengrassv2.html)
+    unscoped_ok = {
+        "sagemaker:ListModelPackages",
+        "ecr:GetAuthorizationToken",
+        "cloudwatch:PutMetricData",
+        "greengrass:ListDeployments",
+        "greengrass:CreateDeployment",
+    }
     for name, role in roles.items():
         for statement in _statements(role):
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
@@ -237,3 +244,47 @@ def test_roles_are_least_privilege() -> None:
     assert [s["Resource"] for s in s3_objects] == [f"arn:aws:s3:::{BUCKET}/fleet/a/*"]
     (listing,) = [s for s in rendered if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"]["StringLike"]["s3:prefix"] == ["fleet/a/*", "fleet/a"]
+
+
+def test_the_rollout_role_allows_exactly_what_the_rollout_calls() -> None:
+    """Each Greengrass call the function makes is granted, scoped where the API allows it."""
+    role = infra.load_template()["Resources"]["RolloutRole"]
+    context = infra.render_context(infra.load_template(), {})
+    deploying = [s for s in _statements(role) if s["Sid"] != "OwnLogs"]  # its log group has no offline ARN
+    statements = infra.resolve(deploying, context)
+
+    def granted(action: str) -> list[dict[str, Any]]:
+        return [
+            s
+            for s in statements
+            if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+        ]
+
+    greengrass = {
+        action
+        for statement in statements
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+        if action.startswith("greengrass:")
+    }
+    assert greengrass == {
+        "greengrass:CreateComponentVersion",
+        "greengrass:TagResource",  # CreateComponentVersion and CreateDeployment send tags
+        "greengrass:ListDeployments",
+        "greengrass:GetDeployment",
+        "greengrass:CreateDeployment",
+    }
+    (get,) = granted("greengrass:GetDeployment")
+    assert get["Resource"] == f"arn:aws:greengrass:us-east-1:{ACCOUNT}:deployments:*"
+    (create,) = granted("greengrass:CreateDeployment")
+    assert create["Resource"] == "*"
+    assert create["Condition"] == {"Null": {"aws:RequestTag/robocar:model-package": "false"}}
+    from pipelines.infra import load_rollout_handler
+
+    assert load_rollout_handler().MODEL_PACKAGE_TAG == "robocar:model-package"  # the tag the condition needs
+    (component,) = granted("greengrass:CreateComponentVersion")
+    assert component["Resource"] == [
+        f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot",
+        f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot:versions:*",
+    ]
+    (job,) = granted("iot:CreateJob")
+    assert f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/robocar-cars" in job["Resource"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import threading
@@ -9,12 +11,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import greengrass_shapes
 import pytest
-from edge_fixtures import edge_metadata
+from edge_fixtures import edge_metadata, fake_model
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.local.client import LocalPipelineClient
-from pipelines.local.trigger import TriggerConfig, poll_once, rollout_after_registry_change, state_path
+from pipelines.local.trigger import (
+    LocalGreengrassClient,
+    TriggerConfig,
+    poll_once,
+    rollout_after_registry_change,
+    state_path,
+)
 
 BUCKET = "robocar-data-123456789012"
 CONFIG = TriggerConfig(BUCKET, "robocar", "robocar-pipeline", "robocar-pilots")
@@ -118,8 +127,16 @@ def test_a_rewritten_tub_is_new_data(workspace: Path) -> None:
     assert len(report.started) == 1 and len(sagemaker.starts) == 2
 
 
-def register(registry: LocalSageMakerClient, status: str) -> str:
-    digest = "cd" * 32
+def artifact_key(tag: str) -> str:
+    return f"robocar/edge/{tag}/compiled/rasp4b/model.tar.gz"  # under the execution id (contracts §0)
+
+
+def register(registry: LocalSageMakerClient, status: str, *, tag: str = "v1", upload: bool = True) -> str:
+    """What the Register step leaves behind: the compiled artifact in (local) S3 and the package."""
+    archive = fake_model(tag)
+    if upload:
+        LocalS3Client(registry.root).put_object(Bucket=BUCKET, Key=artifact_key(tag), Body=archive)
+    digest = hashlib.sha256(archive).hexdigest()
     return registry.create_model_package(
         ModelPackageGroupName=CONFIG.model_package_group,
         InferenceSpecification={
@@ -127,9 +144,7 @@ def register(registry: LocalSageMakerClient, status: str) -> str:
             "SupportedContentTypes": ["image/jpeg"],
             "SupportedResponseMIMETypes": ["application/json"],
         },
-        CustomerMetadataProperties=edge_metadata(
-            "rasp4b", f"s3://{BUCKET}/robocar/edge/q9x1b2c3d4e5/compiled/rasp4b/model.tar.gz", digest
-        ),
+        CustomerMetadataProperties=edge_metadata("rasp4b", f"s3://{BUCKET}/{artifact_key(tag)}", digest),
         ModelApprovalStatus=status,
     )["ModelPackageArn"]
 
@@ -314,3 +329,187 @@ def test_robocar_registry_approve_locally_rolls_out_once(
     assert (
         poll_once(workspace, s3, registry, CONFIG).rollouts == []
     )  # delivered once, not again by the watcher
+
+
+# ---------------------------------------------------------------- the local Greengrass stand-in
+FLEET = {  # what a person deployed to the cars besides the pilot
+    "aws.greengrass.Nucleus": {
+        "componentVersion": "2.12.6",
+        "configurationUpdate": {"merge": '{"logging":{}}'},
+    },
+    "com.example.Lidar": {"componentVersion": "1.2.0", "runWith": {"posixUser": "lidar"}},
+}
+
+
+def approve(registry: LocalSageMakerClient, workspace: Path, tag: str) -> list[str]:
+    """`robocar registry approve`: a new package approved, delivered at once."""
+    arn = register(registry, "PendingManualApproval", tag=tag)
+    registry.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="Approved")
+    return rollout_after_registry_change(workspace, registry, CONFIG.model_package_group)
+
+
+def valid_responses(greengrass: LocalGreengrassClient) -> None:
+    """The stand-in's answers have the shapes (and patterns) of botocore's greengrassv2 model."""
+    listed = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn, historyFilter="ALL")
+    assert greengrass_shapes.problems("ListDeployments", listed, output=True) == []
+    for summary in listed["deployments"]:
+        described = greengrass.get_deployment(deploymentId=summary["deploymentId"])
+        assert greengrass_shapes.problems("GetDeployment", described, output=True) == []
+
+
+def test_the_stand_in_computes_each_artifact_digest_as_greengrass_does(workspace: Path) -> None:
+    registry = LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    (line,) = approve(registry, workspace, "v1")
+    assert line.endswith(f"deployed to {CONFIG.thing_group_arn}")
+    stored = workspace / "greengrass" / "components" / "com.robocar.Pilot" / "1.0.1.json"
+    (artifact,) = json.loads(stored.read_text())["recipe"]["Manifests"][0]["Artifacts"]
+    archive = LocalS3Client(workspace).uri_to_path(artifact["URI"]).read_bytes()
+    assert artifact["Algorithm"] == "SHA-256"
+    assert artifact["Digest"] == base64.b64encode(hashlib.sha256(archive).digest()).decode()
+    assert archive == fake_model("v1")
+
+
+def test_the_stand_in_refuses_a_recipe_whose_artifact_is_missing_as_aws_does(workspace: Path) -> None:
+    greengrass = LocalGreengrassClient(workspace)
+    uri = f"s3://{BUCKET}/robocar/edge/nowhere/model.tar.gz"
+    recipe = {
+        "ComponentName": "com.example.X",
+        "ComponentVersion": "1.0.0",
+        "Manifests": [{"Artifacts": [{"URI": uri}]}],
+    }
+    with pytest.raises(greengrass.exceptions.ValidationException) as refused:
+        greengrass.create_component_version(inlineRecipe=json.dumps(recipe).encode())
+    assert refused.value.response["Error"]["Message"] == (
+        "Invalid Input: Encountered following errors in Artifacts: "
+        f"{{{uri} = Specified artifact resource cannot be accessed}}"
+    )
+    assert not (workspace / "greengrass" / "components" / "com.example.X").exists()
+    (workspace / "outside").write_bytes(b"not in S3")
+    escaping = {**recipe, "Manifests": [{"Artifacts": [{"URI": f"s3://{BUCKET}/../../outside"}]}]}
+    with pytest.raises(greengrass.exceptions.ValidationException, match="cannot be accessed"):
+        greengrass.create_component_version(inlineRecipe=json.dumps(escaping).encode())
+
+    registry = LocalSageMakerClient(workspace)  # through the rollout: reported, not raised
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    arn = register(registry, "Approved", upload=False)
+    (line,) = rollout_after_registry_change(workspace, registry, CONFIG.model_package_group)
+    assert line.startswith(f"rollout {arn}: failed: Greengrass refused the component version")
+    assert "Specified artifact resource cannot be accessed" in line
+
+
+def test_a_rollout_keeps_the_groups_other_components_and_replaces_only_the_pilot(workspace: Path) -> None:
+    greengrass = LocalGreengrassClient(workspace)
+    by_hand = greengrass.create_deployment(
+        targetArn=CONFIG.thing_group_arn, deploymentName="fleet", components=FLEET, tags={"team": "cars"}
+    )
+    registry = LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    approve(registry, workspace, "v1")
+    second = register(registry, "PendingManualApproval", tag="v2")
+    registry.update_model_package(ModelPackageArn=second, ModelApprovalStatus="Approved")
+    (line,) = rollout_after_registry_change(workspace, registry, CONFIG.model_package_group)
+    assert "component com.robocar.Pilot 1.0.2 deployed" in line
+
+    (latest,) = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn)["deployments"]  # LATEST_ONLY
+    current = greengrass.get_deployment(deploymentId=latest["deploymentId"])
+    assert {name: spec for name, spec in current["components"].items() if name in FLEET} == FLEET
+    pilot = current["components"]["com.robocar.Pilot"]
+    assert pilot["componentVersion"] == "1.0.2"
+    merged = json.loads(pilot["configurationUpdate"]["merge"])
+    assert (merged["ModelPackageArn"], merged["ArtifactSha256"]) == (
+        second,
+        hashlib.sha256(fake_model("v2")).hexdigest(),
+    )
+    assert current["tags"]["team"] == "cars"
+    assert (current["revisionId"], current["deploymentStatus"], current["isLatestForTarget"]) == (
+        "3",
+        "ACTIVE",
+        True,
+    )
+    history = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn, historyFilter="ALL")[
+        "deployments"
+    ]
+    assert [d["deploymentStatus"] for d in history] == ["ACTIVE", "INACTIVE", "INACTIVE"]
+    assert history[-1]["deploymentId"] == by_hand["deploymentId"]
+    group = json.loads((workspace / "greengrass" / "deployments" / "latest-robocar-cars.json").read_text())
+    assert set(group["components"]) == {*FLEET, "com.robocar.Pilot"}
+    valid_responses(greengrass)
+
+
+def test_a_deployment_replaces_the_groups_component_set_as_on_aws(workspace: Path) -> None:
+    """What the rollout must avoid: a deployment that omits a component removes it from the group."""
+    greengrass = LocalGreengrassClient(workspace)
+    greengrass.create_deployment(targetArn=CONFIG.thing_group_arn, components=FLEET)
+    greengrass.create_deployment(
+        targetArn=CONFIG.thing_group_arn, components={"com.robocar.Pilot": {"componentVersion": "1.0.1"}}
+    )
+    group = json.loads((workspace / "greengrass" / "deployments" / "latest-robocar-cars.json").read_text())
+    assert set(group["components"]) == {"com.robocar.Pilot"}
+    valid_responses(greengrass)
+
+
+def test_a_cancelled_group_deployment_is_revised_not_dropped(workspace: Path) -> None:
+    greengrass = LocalGreengrassClient(workspace)
+    registry = LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    greengrass.create_deployment(targetArn=CONFIG.thing_group_arn, components=FLEET)
+    approve(registry, workspace, "v1")
+    (ours,) = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn)["deployments"]
+    greengrass.cancel_deployment(deploymentId=ours["deploymentId"])
+    assert greengrass.get_deployment(deploymentId=ours["deploymentId"])["deploymentStatus"] == "CANCELED"
+
+    approve(registry, workspace, "v2")
+    (latest,) = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn)["deployments"]
+    current = greengrass.get_deployment(deploymentId=latest["deploymentId"])
+    assert set(current["components"]) == {*FLEET, "com.robocar.Pilot"}
+    assert current["components"]["com.robocar.Pilot"]["componentVersion"] == "1.0.2"
+    statuses = [
+        d["deploymentStatus"] for d in greengrass.list_deployments(historyFilter="ALL")["deployments"]
+    ]
+    assert statuses == ["ACTIVE", "CANCELED", "INACTIVE"]
+
+
+def test_a_redelivered_approval_creates_no_second_deployment(workspace: Path) -> None:
+    registry = LocalSageMakerClient(workspace)
+    registry.create_model_package_group(ModelPackageGroupName=CONFIG.model_package_group)
+    approve(registry, workspace, "v1")
+    handler_result = _redeliver(workspace, registry)
+    assert (handler_result["componentCreated"], handler_result["deploymentCreated"]) == (False, False)
+    greengrass = LocalGreengrassClient(workspace)
+    assert len(greengrass.list_deployments(historyFilter="ALL")["deployments"]) == 1
+
+
+def _redeliver(workspace: Path, registry: LocalSageMakerClient) -> dict[str, Any]:
+    """The same approval event again, straight to the function (EventBridge delivers at least once)."""
+    from pipelines import events
+    from pipelines.infra import load_rollout_handler
+
+    handler = load_rollout_handler()
+    (summary,) = registry.list_model_packages(ModelPackageGroupName=CONFIG.model_package_group)[
+        "ModelPackageSummaryList"
+    ]
+    event = events.model_package_state_change_event(
+        model_package_arn=summary["ModelPackageArn"],
+        group=CONFIG.model_package_group,
+        version=1,
+        approval_status="Approved",
+    )
+    config = handler.RolloutConfig(
+        CONFIG.model_package_group, CONFIG.component_name, CONFIG.edge_target, CONFIG.thing_group_arn
+    )
+    return handler.rollout(
+        event, sagemaker=registry, greengrass=LocalGreengrassClient(workspace), config=config
+    )
+
+
+def test_the_same_client_token_answers_the_first_deployment(workspace: Path) -> None:
+    greengrass = LocalGreengrassClient(workspace)
+    request = {"targetArn": CONFIG.thing_group_arn, "components": FLEET, "clientToken": "abc-123"}
+    first, again = greengrass.create_deployment(**request), greengrass.create_deployment(**request)
+    assert first["deploymentId"] == again["deploymentId"]
+    assert greengrass_shapes.problems("CreateDeployment", first, output=True) == []
+    with pytest.raises(greengrass.exceptions.ConflictException):
+        greengrass.create_deployment(**{**request, "deploymentName": "other"})
+    with pytest.raises(greengrass.exceptions.ResourceNotFoundException):
+        greengrass.get_deployment(deploymentId="local-999999")
