@@ -306,8 +306,8 @@ print(f"  sha256   {candidate.sha256}")"""
     ),
     new_markdown_cell(
         "## The Greengrass component the rollout created\n\nThe recipe pins the package and the "
-        "artifact's digest; Greengrass checks the digest before the component runs, the agent checks the "
-        "SHA-256 again against the registry."
+        "artifact's URI; Greengrass computes the artifact's digest when the version is created and checks "
+        "it on the car, and the agent checks the SHA-256 again against the registry."
     ),
     new_code_cell(
         """\
