@@ -37,6 +37,7 @@ from edge.local_aws import (
     resolve_region,
     to_iso,
 )
+from pipelines.aws_rules import validated
 from pipelines.local import runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
@@ -386,8 +387,9 @@ class LocalExecutor:
         self.values = bind_parameters(self.plan.parameters, parameters)
         self.workspace = Path(workspace).resolve()
         self.region = resolve_region(region)
-        self.s3 = LocalS3Client(self.workspace, self.region)
-        self.sagemaker = LocalSageMakerClient(self.workspace, self.region)
+        # Steps call these as AWS would be called: a request AWS refuses fails here too (aws_rules.py).
+        self.s3 = validated(LocalS3Client(self.workspace, self.region), "s3")
+        self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         self.on_event = on_event or (lambda event: None)
         parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
         self.max_parallel = max(1, max_parallel or parallelism or 4)
