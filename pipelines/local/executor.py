@@ -37,7 +37,6 @@ from edge.local_aws import (
     resolve_region,
     to_iso,
 )
-from pipelines.aws_rules import validated
 from pipelines.local import runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
@@ -392,7 +391,10 @@ class LocalExecutor:
         self.values = bind_parameters(self.plan.parameters, parameters)
         self.workspace = Path(workspace).resolve()
         self.region = resolve_region(region)
-        # Steps call these as AWS would be called: a request AWS refuses fails here too (aws_rules.py).
+        # Steps call these as AWS would be called: a request AWS refuses fails here too. Imported here:
+        # aws_rules needs botocore, and `robocar edge` imports this module on a car without it.
+        from pipelines.aws_rules import validated
+
         self.s3 = validated(LocalS3Client(self.workspace, self.region), "s3")
         self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         self.on_event = on_event or (lambda event: None)
