@@ -13,6 +13,7 @@ PIPELINE = [  # control plane: build, upsert, start the pipeline; container scri
     "jsonschema>=4.20",
     "zlib-ng>=0.5",  # CRC-32 of the preprocess shards at 30 GB/s (zlib: 4); optional, same bytes
     "PyYAML>=6",  # renders the Greengrass recipe (robocar edge component)
+    "regex>=2024.4",  # AWS's model patterns use \p{L}-style classes (pipelines/aws_rules.py)
 ]
 TRAIN = [  # training and evaluation containers (TensorFlow script mode) and local compilation
     "tensorflow==2.21.*",

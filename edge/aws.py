@@ -32,19 +32,20 @@ def local_root_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def _local_sagemaker_client(root: Path, region: str | None) -> Any:
-    """The richest local SageMaker client installed: with local pipelines where ``pipelines/`` is present.
+def _local_clients(root: Path, region: str | None) -> tuple[Any, Any]:
+    """The richest local ``s3`` and ``sagemaker`` clients installed.
 
-    ``pipelines.local.client`` adds pipeline executions on top of the registry; on the car (no pipeline
-    dependencies) the registry alone is what is needed.
+    Where ``pipelines/`` is importable its clients add pipeline executions on top of the registry and
+    check every request against botocore's model as AWS does (``pipelines/aws_rules.py``); on the car
+    (no pipeline dependencies, no botocore) the plain folder clients are what is needed.
     """
     try:
-        from pipelines.local.client import LocalPipelineClient
+        from pipelines.local.client import validated_local_clients
     except ImportError:
-        from edge.local_aws import LocalSageMakerClient
+        from edge.local_aws import LocalS3Client, LocalSageMakerClient
 
-        return LocalSageMakerClient(root, region)
-    return LocalPipelineClient(root, region)
+        return LocalS3Client(root, region), LocalSageMakerClient(root, region)
+    return validated_local_clients(root, region)
 
 
 def clients(
@@ -63,11 +64,8 @@ def clients(
             raise ValueError(
                 "endpoint_url and a local root exclude each other: choose AWS (or moto) or local"
             )
-        from edge.local_aws import LocalS3Client
-
-        return AwsClients(
-            s3=LocalS3Client(root, region), sagemaker=_local_sagemaker_client(root, region), local_root=root
-        )
+        s3, sagemaker = _local_clients(root, region)
+        return AwsClients(s3=s3, sagemaker=sagemaker, local_root=root)
 
     import boto3  # imported here: the car may run local-only without boto3
 

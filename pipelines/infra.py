@@ -154,23 +154,46 @@ def render_context(
     *,
     account: str = events.EXAMPLE_ACCOUNT,
     region: str = "us-east-1",
+    stack_name: str = DEFAULT_STACK_NAME,
 ) -> RenderContext:
     """Parameters (defaults + ``overrides``), pseudo parameters, and the named resources' Ref and Arn."""
     context = RenderContext(parameter_values(template, overrides or {}), account, region)
     names = _resource_names(template, context)
-    arns = {
-        logical_id: f"arn:aws:s3:::{name}"
-        for logical_id, name in names.items()
-        if template["Resources"][logical_id]["Type"] == "AWS::S3::Bucket"
-    }
+    resources = template.get("Resources", {})
+    arns = {}
+    for logical_id, resource in resources.items():
+        kind = resource.get("Type")
+        if kind == "AWS::S3::Bucket" and logical_id in names:
+            arns[logical_id] = f"arn:aws:s3:::{names[logical_id]}"
+        elif kind == "AWS::IAM::Role":
+            role = names.get(logical_id) or generated_name(stack_name, logical_id, IAM_ROLE_NAME_MAX)
+            arns[logical_id] = f"arn:aws:iam::{account}:role/{role}"
+        elif kind == "AWS::Lambda::Function" and logical_id in names:
+            arns[logical_id] = f"arn:aws:lambda:{region}:{account}:function:{names[logical_id]}"
     return RenderContext(context.parameters, account, region, names, arns)
 
 
+IAM_ROLE_NAME_MAX = 64  # https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreateRole.html
+RULE_NAME_MAX = 64  # https://docs.aws.amazon.com/eventbridge/latest/APIReference/API_PutRule.html
+_GENERATED_SUFFIX = "Q9X1B2C3D4E5"  # stands for the 12 random characters CloudFormation appends
+
+
+def generated_name(stack_name: str, logical_id: str, max_length: int) -> str:
+    """A name like the one CloudFormation gives an unnamed resource: ``<stack>-<logical id>-<random>``.
+
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-properties-name.html
+    """
+    return f"{stack_name}-{logical_id}"[: max_length - len(_GENERATED_SUFFIX) - 1] + f"-{_GENERATED_SUFFIX}"
+
+
 def _resource_names(template: Mapping[str, Any], context: RenderContext) -> dict[str, str]:
-    """``!Ref`` of the named resources the rules mention (the bucket's Ref is its name)."""
+    """``!Ref`` of the named resources the rules mention (the Ref of each of these types is its name)."""
     name_fields = {
         "AWS::S3::Bucket": "BucketName",
         "AWS::SageMaker::ModelPackageGroup": "ModelPackageGroupName",
+        "AWS::IAM::Role": "RoleName",
+        "AWS::Lambda::Function": "FunctionName",
+        "AWS::Events::Rule": "Name",
     }
     names = {}
     for logical_id, resource in template.get("Resources", {}).items():
@@ -237,6 +260,65 @@ def template_drift(template: Mapping[str, Any], overrides: Mapping[str, str] | N
         for where, (found, wanted) in expected.items()
         if found != wanted
     ]
+
+
+# ---------------------------------------------------------------- the rules as EventBridge receives them
+# CloudFormation's AWS::Events::Rule properties are PutRule's members (EventPattern as a JSON string);
+# its Targets are PutTargets' Target structures, same member names:
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-events-rule.html
+_PUT_RULE_MEMBERS = ("Name", "Description", "State", "ScheduleExpression", "EventBusName", "RoleArn")
+
+
+def rule_requests(
+    template: Mapping[str, Any],
+    overrides: Mapping[str, str] | None = None,
+    *,
+    account: str = events.EXAMPLE_ACCOUNT,
+    region: str = "us-east-1",
+    stack_name: str = DEFAULT_STACK_NAME,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(logical id, operation, request)``: the PutRule and PutTargets calls each rule of the stack makes."""
+    context = render_context(template, overrides, account=account, region=region, stack_name=stack_name)
+    requests = []
+    for logical_id, resource in template.get("Resources", {}).items():
+        if resource.get("Type") != "AWS::Events::Rule":
+            continue
+        properties = resolve(resource.get("Properties", {}), context)
+        name = properties.get("Name") or generated_name(stack_name, logical_id, RULE_NAME_MAX)
+        put_rule = {key: properties[key] for key in _PUT_RULE_MEMBERS if key in properties}
+        put_rule["Name"] = name
+        if "EventPattern" in properties:
+            put_rule["EventPattern"] = json.dumps(properties["EventPattern"])
+        requests.append((logical_id, "PutRule", put_rule))
+        if properties.get("Targets"):
+            put_targets = {"Rule": name, "Targets": properties["Targets"]}
+            if "EventBusName" in properties:
+                put_targets["EventBusName"] = properties["EventBusName"]
+            requests.append((logical_id, "PutTargets", put_targets))
+    return requests
+
+
+def rule_request_problems(
+    template: Mapping[str, Any], overrides: Mapping[str, str] | None = None, **context: str
+) -> list[str]:
+    """What EventBridge would refuse in the stack's rules (``pipelines/aws_rules.py``); empty when none."""
+    from pipelines.aws_rules import request_problems
+
+    return [
+        f"{logical_id} {operation}: {problem}"
+        for logical_id, operation, request in rule_requests(template, overrides, **context)
+        for problem in request_problems("events", operation, request)
+    ]
+
+
+def validate_rule_requests(
+    template: Mapping[str, Any], overrides: Mapping[str, str] | None = None, **context: str
+) -> None:
+    """Raise what EventBridge would answer to the first refused rule request (as boto3 raises it)."""
+    from pipelines.aws_rules import validate_request
+
+    for _, operation, request in rule_requests(template, overrides, **context):
+        validate_request("events", operation, request)
 
 
 # ---------------------------------------------------------------- the rollout function's code
@@ -351,6 +433,11 @@ def deploy(
     drift = template_drift(template, spec.parameters)
     if drift:
         raise InfraError("the template's rules differ from pipelines/events.py:\n  " + "\n  ".join(drift))
+    refused = rule_request_problems(
+        template, spec.parameters, account=account, region=region, stack_name=spec.stack_name
+    )
+    if refused:
+        raise InfraError("EventBridge would refuse the template's rules:\n  " + "\n  ".join(refused))
     parameters = parameter_values(template, spec.parameters)
     project = parameters["ProjectName"]
     bucket = spec.code_bucket or default_code_bucket(project, account, region)

@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check",
         help="check offline that the template's rules equal pipelines/events.py",
-        description="Render the template's EventBridge rules for the given parameters and compare them with "
-        "the one definition in pipelines/events.py (no AWS call).",
+        description="Render the template's EventBridge rules for the given parameters, compare them with "
+        "the one definition in pipelines/events.py and check the PutRule/PutTargets requests they make "
+        "against EventBridge's API model (no AWS call).",
     )
     _template_arguments(check)
     check.set_defaults(handler=_check)
@@ -140,6 +141,10 @@ def _check(args: argparse.Namespace) -> int:
     drift = infra.template_drift(template, overrides)
     if drift:
         print("the template's rules differ from pipelines/events.py:", *drift, sep="\n  ", file=sys.stderr)
+        return 1
+    refused = infra.rule_request_problems(template, overrides)
+    if refused:
+        print("EventBridge would refuse the template's rules:", *refused, sep="\n  ", file=sys.stderr)
         return 1
     rules = infra.render_rules(template, overrides)
     print(f"{infra.TEMPLATE_PATH.name}: rules agree with pipelines/events.py")

@@ -50,9 +50,29 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_rules(settings: settings_mod.Settings, args: argparse.Namespace) -> None:
+    """The rules this watch stands for, as the stack would create them: EventBridge must accept them.
+
+    Raises what EventBridge answers to the first request it would refuse (``pipelines/infra.py``).
+    """
+    from pipelines import infra
+
+    overrides = {
+        "Prefix": settings.prefix.strip("/"),
+        "PipelineName": settings.pipeline_name,
+        "ModelPackageGroupName": settings.model_package_group,
+        "DeviceThingGroupName": args.thing_group,
+        "GreengrassComponentName": args.component_name,
+        "EdgeTarget": args.edge_target,
+    }
+    infra.validate_rule_requests(infra.load_template(), overrides, region=settings.region)
+
+
 def _watch(args: argparse.Namespace) -> int:
     from edge.aws import clients
+    from edge.local_aws import ClientError
     from pipelines.commands.run import Progress
+    from pipelines.infra import InfraError
     from pipelines.local.trigger import TriggerConfig, watch
 
     if args.interval <= 0 or args.settle < 0:
@@ -69,9 +89,12 @@ def _watch(args: argparse.Namespace) -> int:
             edge_target=args.edge_target,
             thing_group=args.thing_group,
         )
+        _check_rules(settings, args)
         aws = clients(local_root=args.workspace, region=settings.region)
-    except (settings_mod.SettingsError, ValueError) as exc:
+    except (settings_mod.SettingsError, ValueError, InfraError) as exc:  # botocore's ParamValidationError too
         return _fail(str(exc))
+    except ClientError as exc:
+        return _fail(f"the stack's rules for these settings: {exc}")
     aws.sagemaker.on_event = Progress()
     try:
         report = watch(

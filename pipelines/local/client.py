@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from edge.local_aws import (
+    LocalS3Client,
     LocalSageMakerClient,
     Paginator,
     ResourceNotFound,
@@ -29,6 +30,7 @@ from edge.local_aws import (
     response_metadata,
     to_iso,
 )
+from pipelines.aws_rules import validated
 from pipelines.local import store
 from pipelines.local.executor import DefinitionError, LocalExecutor, ParameterError, pipeline_arn
 from pipelines.local.store import Execution
@@ -393,3 +395,11 @@ class LocalPipelineClient(LocalSageMakerClient):
         if operation_name in ("list_pipeline_executions", "list_pipeline_execution_steps", "list_pipelines"):
             return Paginator(getattr(self, operation_name), "NextToken", "NextToken")
         return super().get_paginator(operation_name)
+
+
+def validated_local_clients(root: str | os.PathLike[str], region: str | None = None) -> tuple[Any, Any]:
+    """The local ``s3`` and ``sagemaker`` clients, refusing what AWS refuses (``pipelines/aws_rules.py``)."""
+    return (
+        validated(LocalS3Client(root, region), "s3"),
+        validated(LocalPipelineClient(root, region), "sagemaker"),
+    )

@@ -365,6 +365,11 @@ def new_execution_id() -> str:
     return "".join(random.choices(string.ascii_lowercase + string.digits, k=12))
 
 
+def job_name(execution_id: str, step_name: str, suffix: str) -> str:
+    """A step's job name: ``pipelines-<execution id>-<step>-<suffix>``, within SageMaker's 63 characters."""
+    return f"pipelines-{execution_id}-{step_name}"[:56] + f"-{suffix}"
+
+
 def pipeline_arn(region: str, pipeline_name: str) -> str:
     return f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}:pipeline/{pipeline_name.lower()}"
 
@@ -406,8 +411,12 @@ class LocalExecutor:
         self.values = bind_parameters(self.plan.parameters, parameters)
         self.workspace = Path(workspace).resolve()
         self.region = resolve_region(region)
-        self.s3 = LocalS3Client(self.workspace, self.region)
-        self.sagemaker = LocalSageMakerClient(self.workspace, self.region)
+        # Steps call these as AWS would be called: a request AWS refuses fails here too. Imported here:
+        # aws_rules needs botocore, and `robocar edge` imports this module on a car without it.
+        from pipelines.aws_rules import validated
+
+        self.s3 = validated(LocalS3Client(self.workspace, self.region), "s3")
+        self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         self.on_event = on_event or (lambda event: None)
         parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
         self.max_parallel = max(1, max_parallel or parallelism or 4)
@@ -475,7 +484,7 @@ class LocalExecutor:
     # -- steps
     def _job(self, step: PlannedStep) -> runners.StepJob:
         suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=6))
-        job_name = f"pipelines-{self.execution.execution_id}-{step.name}"[:56] + f"-{suffix}"
+        name = job_name(self.execution.execution_id, step.name, suffix)
         env = dict(os.environ)
         # A step that calls AWS (the registry, Neo) talks to this workspace's local clients.
         env.update(
@@ -488,7 +497,7 @@ class LocalExecutor:
         log_path = self.execution.path / "logs" / f"{step.name}.log"
         return runners.StepJob(
             step_name=step.name,
-            job_name=job_name,
+            job_name=name,
             workspace=self.workspace,
             s3=self.s3,
             sagemaker=self.sagemaker,

@@ -524,7 +524,7 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
             if failure.is_file() and failure.read_text().strip():
                 failed.reason = f"{failed.reason}: {failure.read_text().strip()[:500]}"
             raise
-        model_uri = f"{output_path.rstrip('/')}/{job.job_name}/output/model.tar.gz"
+        model_uri = model_artifacts_uri(output_path, job.job_name)
         _upload_tar(job.s3, opt_ml / "model", model_uri)
         if any((opt_ml / "output" / "data").iterdir()):
             _upload_tar(
@@ -545,6 +545,11 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         "FinalMetricDataList": metrics,
     }
     return StepOutcome(properties, {}, seconds)
+
+
+def model_artifacts_uri(output_path: str, job_name: str) -> str:
+    """Where SageMaker puts a training job's ``model.tar.gz`` (``ModelArtifacts.S3ModelArtifacts``)."""
+    return f"{output_path.rstrip('/')}/{job_name}/output/model.tar.gz"
 
 
 def training_metrics(log_path: Path, definitions: list[dict[str, str]]) -> list[dict[str, Any]]:

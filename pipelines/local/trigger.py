@@ -48,6 +48,7 @@ from edge.local_aws import (
     to_iso,
 )
 from pipelines import event_pattern, events
+from pipelines.aws_rules import validated
 
 STATE_FORMAT = "robocar-triggers/1"
 DEFAULT_THING_GROUP = "robocar-cars"
@@ -263,7 +264,7 @@ def run_rollouts(root: Path, sagemaker: Any, config: TriggerConfig, report: Poll
     rollout_config = handler.RolloutConfig(
         config.model_package_group, config.component_name, config.edge_target, config.thing_group_arn
     )
-    greengrass = LocalGreengrassClient(root, config.region, config.account)
+    greengrass = validated(LocalGreengrassClient(root, config.region, config.account), "greengrassv2")
     for event in package_events(sagemaker, config, seen):
         report.package_events += 1
         arn, status = event["detail"]["ModelPackageArn"], event["detail"]["ModelApprovalStatus"]
