@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_definition(definition, parameters)
     for problem in problems:
         print(problem)
+    print(f"{len(problems)} step request(s) AWS would refuse", file=sys.stderr)
     return 1 if problems else 0
 
 

@@ -47,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         targets=True,
     )
     add("summary", _summary, "print the parameters and steps of the definition, readably", targets=True)
-    add("validate", _validate, "check the definition against AWS's published schema outside its known gaps",
-        targets=True)  # fmt: skip
+    add("validate", _validate, "check the definition against AWS's published schema outside its known gaps, "
+        "and each step's request against the API's rules", targets=True)  # fmt: skip
     add("upsert", _upsert, "upload the code, then create or update the pipeline", targets=True, local=True)
     start = add(
         "start", _start, "start an execution (parameters are checked before any AWS call)",
@@ -115,15 +115,24 @@ def _summary(args: argparse.Namespace) -> int:
 @_guarded
 def _validate(args: argparse.Namespace) -> int:
     from pipelines.schema_check import KNOWN_GAPS, schema_errors
+    from pipelines.step_requests import check_definition
 
-    _, text = _definition_text(args, use_examples=True)
-    errors = schema_errors(json.loads(text))
+    settings, text = _definition_text(args, use_examples=True)
+    definition = json.loads(text)
+    errors = schema_errors(definition)
     for error in errors:
         print(error)
     print(f"{len(errors)} schema error(s) outside {len(KNOWN_GAPS)} known gaps:")
     for gap in KNOWN_GAPS:
         print(f"  - {gap.name}: {gap.reason}")
-    return 1 if errors else 0
+    # The schema is not the whole truth: each step becomes an API request that must pass AWS's own rules.
+    problems = check_definition(definition, pipeline_name=settings.pipeline_name, region=settings.region)
+    for problem in problems:
+        print(problem)
+    print(
+        f"{len(problems)} step request(s) AWS would refuse (botocore's model, patterns and lengths included)"
+    )
+    return 1 if errors or problems else 0
 
 
 def _local_root(args: argparse.Namespace) -> Path | None:

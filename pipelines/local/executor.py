@@ -414,7 +414,17 @@ class LocalExecutor:
         # Steps call these as AWS would be called: a request AWS refuses fails here too. Imported here:
         # aws_rules needs botocore, and `robocar edge` imports this module on a car without it.
         from pipelines.aws_rules import validated
+        from pipelines.step_requests import check_definition
 
+        # Each step is a request on AWS (CreateProcessingJob, CreateTrainingJob...): refuse, before anything
+        # runs, an execution whose requests AWS would refuse, though local mode never sends them.
+        refused = check_definition(
+            self.definition, self.values, pipeline_name=pipeline_name, region=self.region
+        )
+        if refused:
+            raise DefinitionError(
+                "AWS would refuse these step requests:\n  - " + "\n  - ".join(str(p) for p in refused)
+            )
         self.s3 = validated(LocalS3Client(self.workspace, self.region), "s3")
         self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         self.on_event = on_event or (lambda event: None)

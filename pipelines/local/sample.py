@@ -184,8 +184,8 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "/opt/ml/processing/input/data",
             "--output",
             "/opt/ml/processing/output",
-            "--sleep",
-            _get("Parameters.PreprocessSeconds"),
+            "--sleep",  # a Float in a string list: Std:Join makes it the string the request needs
+            {"Std:Join": {"On": "", "Values": [_get("Parameters.PreprocessSeconds")]}},
             *(preprocess_extra or []),
         ],
     )
