@@ -18,8 +18,7 @@ PIPELINE = [  # control plane: build, upsert, start the pipeline; container scri
 TRAIN = [  # training and evaluation containers (TensorFlow script mode) and local compilation
     "tensorflow==2.21.*",
     "matplotlib>=3.8",
-    "tf2onnx>=1.17",  # Keras 3 model.export(format="onnx") on the TF backend (local compile)
-    "onnx>=1.17",  # ONNX static int8 quantisation (onnxruntime.quantization) in local compile
+    "onnx>=1.17",  # the Neo input (processing/onnx_export.py) and its int8 quantisation in local compile
 ]
 EDGE = [  # the device: runtimes only
     "ai-edge-litert>=2.0",

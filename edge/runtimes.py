@@ -6,7 +6,7 @@ A compiled package (``processing/compile.py``, docs/contracts.md section 5) is a
     {"file": "pilot_int8.tflite", "runtime": "litert" | "onnxruntime" | "dlr",
      "precision": "int8" | "float32",
      "input": {"name", "shape": [H, W, 3], "dtype": "uint8" | "int8" | "float32", "normalization": "x/255",
-               "quantization": null | {"scale", "zero_point"}},
+               "quantization": null | {"scale", "zero_point"}, "layout": "NCHW" (optional: transposed)},
      "outputs": [{"name": "angle", "tensor": "<the runtime's output name>", "dtype", "quantization"},
                  {"name": "throttle", ...}],
      "sha256", "size_bytes", "accuracy_delta": {...}}
@@ -290,6 +290,8 @@ class DlrPilot(_PilotBase):
             self._positions = [names.index(t) for t in _check_outputs(artifact, names)]
 
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        if self._input_spec.get("layout") == "NCHW":  # Neo compiled the ONNX pilot for [1, 3, H, W]
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
         outputs = self._model.run({self._input_name: batch})
         return [outputs[i] for i in self._positions]
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from edge import runtimes
+from edge.frames import to_model_input
 
 EDGE_DIR = Path(runtimes.__file__).resolve().parent
 SHAPE = [4, 4, 3]
@@ -223,8 +224,8 @@ def test_a_pilot_runs_without_tensorflow_being_loaded(tmp_path):
     assert result.stdout.strip() == "[]"
 
 
-def test_dlr_pilot_disables_phone_home_before_loading_and_maps_outputs_by_position(tmp_path, monkeypatch):
-    """A stand-in ``dlr`` package (the PyPI wheel has no native library): what the pilot asks of it."""
+def install_stand_in_dlr(monkeypatch, model_class: type) -> list[str]:
+    """A stand-in ``dlr`` package (the PyPI wheel has no native library); returns the calls it saw."""
     import importlib.machinery
     import types
 
@@ -235,22 +236,28 @@ def test_dlr_pilot_disables_phone_home_before_loading_and_maps_outputs_by_positi
         def disable_feature() -> None:
             calls.append("phone home disabled")
 
+    modules = {name: types.ModuleType(name) for name in ("dlr", "dlr.counter", "dlr.counter.phone_home")}
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, module)
+    modules["dlr"].DLRModel = lambda path, dev_type, dev_id: model_class(path, dev_type, dev_id, calls)
+    modules["dlr.counter.phone_home"].PhoneHome = PhoneHome
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    return calls
+
+
+def test_dlr_pilot_disables_phone_home_before_loading_and_maps_outputs_by_position(tmp_path, monkeypatch):
+    """What the pilot asks of DLR: phone home off before loading, outputs by the manifest's indices."""
+
     class DLRModel:
-        def __init__(self, path: str, dev_type: str, dev_id: int) -> None:
+        def __init__(self, path: str, dev_type: str, dev_id: int, calls: list[str]) -> None:
             calls.append(f"load {Path(path).name} on {dev_type}")
 
         def run(self, inputs: dict) -> list[np.ndarray]:
             mean = inputs["img_in"].mean(axis=(1, 2, 3)).reshape(-1, 1)
             return [mean / 2, mean * 2 - 1]  # throttle first: the manifest's indices must sort it out
 
-    modules = {name: types.ModuleType(name) for name in ("dlr", "dlr.counter", "dlr.counter.phone_home")}
-    for name, module in modules.items():
-        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
-        monkeypatch.setitem(sys.modules, name, module)
-    modules["dlr"].DLRModel = DLRModel
-    modules["dlr.counter.phone_home"].PhoneHome = PhoneHome
-    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
-
+    calls = install_stand_in_dlr(monkeypatch, DLRModel)
     (tmp_path / "neo").mkdir()
     artifact = {
         "file": "neo",
@@ -263,3 +270,31 @@ def test_dlr_pilot_disables_phone_home_before_loading_and_maps_outputs_by_positi
     assert calls == ["phone home disabled", "load neo on cpu"]
     assert os.environ["TVM_NUM_THREADS"] == "1"
     assert pilot.run(np.full(SHAPE, 255, np.uint8)) == pytest.approx((1.0, 0.5))
+
+
+def test_dlr_pilot_feeds_an_nchw_neo_model_the_frame_transposed(tmp_path, monkeypatch):
+    """Neo compiles the ONNX pilot for [1, 3, H, W] (processing/neo.py): the manifest says NCHW."""
+    seen: list[np.ndarray] = []
+
+    class DLRModel:
+        def __init__(self, path: str, dev_type: str, dev_id: int, calls: list[str]) -> None:
+            pass
+
+        def run(self, inputs: dict) -> list[np.ndarray]:
+            seen.append(inputs["img_in"])
+            return [np.zeros((1, 1), np.float32), np.zeros((1, 1), np.float32)]
+
+    install_stand_in_dlr(monkeypatch, DLRModel)
+    (tmp_path / "neo").mkdir()
+    artifact = {
+        "file": "neo",
+        "runtime": "dlr",
+        "precision": "float32",
+        "input": {"name": "img_in", "shape": SHAPE, "dtype": "float32", "layout": "NCHW"},
+        "outputs": [{"name": "angle", "index": 0}, {"name": "throttle", "index": 1}],
+    }
+    frame = np.random.default_rng(0).integers(0, 256, SHAPE, dtype=np.uint8)
+    runtimes.load_artifact(tmp_path, artifact, {"model_type": "linear"}).run(frame)
+    (fed,) = seen
+    assert fed.shape == (1, 3, *SHAPE[:2]) and fed.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(fed[0], to_model_input(frame).transpose(2, 0, 1))

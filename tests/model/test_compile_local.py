@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-pytest.importorskip("tf2onnx")
+pytest.importorskip("onnx")
 
 from compile_fixtures import SPEC, pilot, write_model_dir, write_splits  # noqa: E402
 
 from edge import runtimes  # noqa: E402
 from edge.frames import to_model_input  # noqa: E402
 from processing import compile as compile_step  # noqa: E402
+from processing import local_compile  # noqa: E402
 
 TARGETS = ("jetson_nano", "rasp4b")
 FILES = ("pilot_int8.tflite", "pilot_float32.tflite", "pilot_int8.onnx", "pilot_float32.onnx")
@@ -44,7 +45,7 @@ def compiled(tmp_path_factory):
     assert compile_step.main(argv) == 0
     heads = model(to_model_input(splits["test"]["images"]), training=False)
     reference = tuple(np.asarray(h).reshape(-1) for h in heads)
-    return {"out": out, "splits": splits, "reference": reference, "model_dir": model_dir}
+    return {"out": out, "splits": splits, "reference": reference, "model_dir": model_dir, "model": model}
 
 
 def extract(package: Path, dest: Path) -> Path:
@@ -66,6 +67,7 @@ def test_compiled_json_lists_every_target_with_the_package_sha256(compiled):
         assert entry["size_bytes"] == package.stat().st_size
         assert entry["runtimes"] == ["litert", "onnxruntime"]
         assert entry["default"] == "pilot_int8.tflite"
+        assert entry["runtime"] == "litert"  # the default artifact's: the Register step reads it
 
 
 def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path):
@@ -96,6 +98,27 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
     assert manifest["sha256"] == int8["sha256"] and manifest["runtime"] == "litert"
 
 
+def test_the_onnx_artifacts_derive_from_the_model_neo_gets(compiled, tmp_path):
+    import onnx
+
+    from processing import onnx_export
+
+    neo_model = onnx_export.export_neo_onnx(compiled["model"], "img_in")
+    listing = json.loads((compiled["out"] / "compiled.json").read_text())
+    assert listing["neo_onnx"]["sha256"] == hashlib.sha256(onnx_export.serialize(neo_model)).hexdigest()
+    assert (listing["neo_onnx"]["opset"], listing["neo_onnx"]["ir_version"]) == (12, 7)
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    car = onnx.load(str(package_dir / "pilot_float32.onnx"))
+    # The Neo graph and its weights, behind one Transpose that takes the car's NHWC frames.
+    assert [n.op_type for n in car.graph.node] == ["Transpose"] + [n.op_type for n in neo_model.graph.node]
+    assert [i.SerializeToString() for i in car.graph.initializer] == [
+        i.SerializeToString() for i in neo_model.graph.initializer
+    ]
+    int8 = onnx.load(str(package_dir / "pilot_int8.onnx"))
+    gemms = [n.name for n in int8.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert gemms == [n.name for n in neo_model.graph.node if n.op_type in ("Conv", "Gemm")]
+
+
 @pytest.mark.parametrize("prefer", FILES)
 def test_every_runtime_gives_the_keras_answers(compiled, tmp_path, prefer):
     package_dir = extract(compiled["out"] / "jetson_nano" / "model.tar.gz", tmp_path)
@@ -118,12 +141,12 @@ def test_every_runtime_gives_the_keras_answers(compiled, tmp_path, prefer):
 
 
 def test_calibration_sample_is_deterministic_and_from_the_train_split():
-    first = compile_step.representative_indices(1000, 200, seed=0)
-    assert np.array_equal(first, compile_step.representative_indices(1000, 200, seed=0))
+    first = local_compile.representative_indices(1000, 200, seed=0)
+    assert np.array_equal(first, local_compile.representative_indices(1000, 200, seed=0))
     assert len(set(first.tolist())) == 200 and first.max() < 1000 and np.all(np.diff(first) > 0)
-    assert len(compile_step.representative_indices(50, 200, seed=0)) == 50
-    with pytest.raises(compile_step.CompileError, match="training split is empty"):
-        compile_step.representative_indices(0, 200, seed=0)
+    assert len(local_compile.representative_indices(50, 200, seed=0)) == 50
+    with pytest.raises(local_compile.CompileError, match="training split is empty"):
+        local_compile.representative_indices(0, 200, seed=0)
 
 
 def test_a_narrow_training_set_still_gives_the_camera_s_full_input_range(tmp_path):
@@ -134,8 +157,8 @@ def test_a_narrow_training_set_still_gives_the_camera_s_full_input_range(tmp_pat
     model = keras.Model(inputs, {"angle": keras.layers.Dense(1)(x), "throttle": keras.layers.Dense(1)(x)})
     dim = np.random.default_rng(0).integers(40, 200, (8, 8, 8, 3), dtype=np.uint8)  # no 0, no 255
     path = tmp_path / "int8.tflite"
-    path.write_bytes(compile_step.convert_litert(model, compile_step.with_full_input_range(dim)))
-    input_spec, _ = compile_step.litert_io(path, {"input": {"shape": [8, 8, 3]}})
+    path.write_bytes(local_compile.convert_litert(model, local_compile.with_full_input_range(dim)))
+    input_spec, _ = local_compile.litert_io(path, {"input": {"shape": [8, 8, 3]}})
     assert input_spec["dtype"] == "int8"
     assert input_spec["quantization"]["zero_point"] == -128
     assert input_spec["quantization"]["scale"] == pytest.approx(1 / 255)
@@ -147,8 +170,8 @@ def test_artifacts_beyond_the_angle_tolerance_are_not_driven_with():
         {"file": "pilot_int8.tflite", "accuracy_delta": {"angle_mae": 0.05}},
         {"file": "pilot_float32.tflite", "accuracy_delta": {"angle_mae": 0.0}},
     ]
-    assert compile_step.choose_default(artifacts, 0.03) == "pilot_float32.tflite"
+    assert local_compile.choose_default(artifacts, 0.03) == "pilot_float32.tflite"
     assert [a["within_tolerance"] for a in artifacts] == [False, True]
-    assert compile_step.choose_default(artifacts, 0.06) == "pilot_int8.tflite"
-    with pytest.raises(compile_step.CompileError, match="within angle MAE 1e-06"):
-        compile_step.choose_default(artifacts[:1], 1e-6)
+    assert local_compile.choose_default(artifacts, 0.06) == "pilot_int8.tflite"
+    with pytest.raises(local_compile.CompileError, match="within angle MAE 1e-06"):
+        local_compile.choose_default(artifacts[:1], 1e-6)
