@@ -24,6 +24,7 @@ from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines import aws_rules, infra
 from pipelines.aws_rules import compiled_pattern, matches_pattern, validate_request, validated
 from pipelines.local import run_local
+from pipelines.local.executor import DefinitionError
 from pipelines.local.trigger import LocalGreengrassClient
 
 BUCKET = "robocar-data-123456789012"
@@ -424,7 +425,7 @@ def test_without_botocore_the_car_gets_the_plain_clients(tmp_path: Path) -> None
     assert result.stdout.split() == ["True", "True"]
 
 
-def test_local_register_step_fails_with_awss_message(tmp_path: Path) -> None:
+def test_local_register_step_fails_with_awss_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     definition = {
         "Version": "2020-12-01",
         "Parameters": [{"Name": "EdgeTargets", "Type": "String", "DefaultValue": "jetson_nano,rasp4b"}],
@@ -440,6 +441,11 @@ def test_local_register_step_fails_with_awss_message(tmp_path: Path) -> None:
             }
         ],
     }
+    with pytest.raises(DefinitionError, match="AWS would refuse these step requests") as refused:
+        run_local(definition, tmp_path, pipeline_name="robocar-pipeline")  # refused before anything runs
+    assert f"step Register (CreateModelPackage): {COMMA_IN_METADATA}" in str(refused.value)
+    # A value known only at run time (a property file's) passes that check; the registry call refuses it.
+    monkeypatch.setattr("pipelines.step_requests.check_definition", lambda *args, **kwargs: [])
     execution = run_local(definition, tmp_path, pipeline_name="robocar-pipeline")
     assert execution.status == "Failed"
     assert execution.steps["Register"].failure_reason == (
