@@ -443,7 +443,8 @@ def test_local_register_step_fails_with_awss_message(tmp_path: Path, monkeypatch
     }
     with pytest.raises(DefinitionError, match="AWS would refuse these step requests") as refused:
         run_local(definition, tmp_path, pipeline_name="robocar-pipeline")  # refused before anything runs
-    assert f"step Register (CreateModelPackage): {COMMA_IN_METADATA}" in str(refused.value)
+    violation = COMMA_IN_METADATA.removeprefix("1 validation error detected: ")
+    assert f"step Register (CreateModelPackage): {violation}" in str(refused.value)
     # A value known only at run time (a property file's) passes that check; the registry call refuses it.
     monkeypatch.setattr("pipelines.step_requests.check_definition", lambda *args, **kwargs: [])
     execution = run_local(definition, tmp_path, pipeline_name="robocar-pipeline")
