@@ -92,6 +92,13 @@ class RenderContext:
     region: str = "us-east-1"
     resource_names: Mapping[str, str] = field(default_factory=dict)
     resource_arns: Mapping[str, str] = field(default_factory=dict)
+    mappings: Mapping[str, Any] = field(default_factory=dict)  # the template's Mappings section
+
+    def find_in_map(self, map_name: str, top_key: str, second_key: str) -> str:
+        try:
+            return str(self.mappings[map_name][top_key][second_key])
+        except KeyError as exc:
+            raise InfraError(f"Fn::FindInMap: mapping {map_name} has no {top_key}.{second_key}") from exc
 
     def attribute(self, logical_id: str, name: str) -> str:
         if name == "Arn" and logical_id in self.resource_arns:
@@ -118,7 +125,7 @@ def parameter_values(template: Mapping[str, Any], overrides: Mapping[str, str]) 
 
 
 def resolve(node: Any, context: RenderContext) -> Any:
-    """Resolve ``Ref`` and ``Fn::Sub`` (all the rule sections use) in a loaded template fragment."""
+    """Resolve ``Ref``, ``Fn::Sub``, ``Fn::GetAtt`` (Arn) and ``Fn::FindInMap`` in a template fragment."""
     if isinstance(node, list):
         return [resolve(item, context) for item in node]
     if not isinstance(node, dict):
@@ -129,6 +136,8 @@ def resolve(node: Any, context: RenderContext) -> Any:
         return _substitute(node["Fn::Sub"], context)
     if set(node) == {"Fn::GetAtt"}:
         return context.attribute(*node["Fn::GetAtt"])
+    if set(node) == {"Fn::FindInMap"}:
+        return context.find_in_map(*(str(resolve(key, context)) for key in node["Fn::FindInMap"]))
     if len(node) == 1 and next(iter(node)).startswith("Fn::"):
         raise InfraError(f"cannot resolve {next(iter(node))} offline")
     return {key: resolve(value, context) for key, value in node.items()}
@@ -157,7 +166,8 @@ def render_context(
     stack_name: str = DEFAULT_STACK_NAME,
 ) -> RenderContext:
     """Parameters (defaults + ``overrides``), pseudo parameters, and the named resources' Ref and Arn."""
-    context = RenderContext(parameter_values(template, overrides or {}), account, region)
+    mappings = template.get("Mappings", {})
+    context = RenderContext(parameter_values(template, overrides or {}), account, region, mappings=mappings)
     names = _resource_names(template, context)
     resources = template.get("Resources", {})
     arns = {}
@@ -170,7 +180,7 @@ def render_context(
             arns[logical_id] = f"arn:aws:iam::{account}:role/{role}"
         elif kind == "AWS::Lambda::Function" and logical_id in names:
             arns[logical_id] = f"arn:aws:lambda:{region}:{account}:function:{names[logical_id]}"
-    return RenderContext(context.parameters, account, region, names, arns)
+    return RenderContext(context.parameters, account, region, names, arns, mappings)
 
 
 IAM_ROLE_NAME_MAX = 64  # https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreateRole.html

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,15 @@ import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
+from edge.local_aws import split_s3_uri
 from pipelines import event_pattern, events, infra
 from pipelines.commands import infra as infra_command
+from pipelines.control import build_definition
+from pipelines.local.executor import pipeline_arn
+from pipelines.local.runners import model_artifacts_uri
+from pipelines.settings import Settings
+from pipelines.step_requests import StepRequest, step_requests
+from processing.neo import NEO_INPUT_NAME, NeoInput, neo_input_s3_uri, requests_for_targets
 
 # moto models no AWS::S3::BucketPolicy / AWS::SageMaker::ModelPackageGroup in CloudFormation and says so
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse .* not supported by moto")
@@ -119,6 +129,9 @@ def test_deploy_creates_then_updates_the_stack_and_the_rules_it_deploys_are_the_
     )
     assert (created["action"], created["status"]) == ("create", "CREATE_COMPLETE")
     assert created["outputs"]["RawDataUrl"] == f"s3://{BUCKET}/robocar/raw/"
+    uploader = created["outputs"]["RawDataUploaderPolicyArn"]
+    assert uploader == f"arn:aws:iam::{ACCOUNT}:policy/robocar-raw-data-uploader-us-east-1"
+    assert boto3.client("iam").get_policy(PolicyArn=uploader)["Policy"]["AttachmentCount"] == 0
 
     rules = boto3.client("events")
     deployed = json.loads(rules.describe_rule(Name="robocar-new-data")["EventPattern"])
@@ -209,14 +222,25 @@ def test_cli_help_names_the_template_defaults() -> None:
         assert help_text.endswith(f"({declared[name]['Default']})"), name
 
 
-def _statements(role: dict[str, Any]) -> list[dict[str, Any]]:
-    return [s for policy in role["Properties"]["Policies"] for s in policy["PolicyDocument"]["Statement"]]
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statements of an IAM role's inline policies or of a managed policy's document."""
+    properties = resource["Properties"]
+    if resource["Type"] == "AWS::IAM::ManagedPolicy":
+        return list(properties["PolicyDocument"]["Statement"])
+    assert not properties.get("ManagedPolicyArns"), "only inline policies are evaluated"
+    return [s for policy in properties.get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
 
 
 def test_roles_are_least_privilege() -> None:
     resources = infra.load_template()["Resources"]
     roles = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
     assert set(roles) == {"PipelineExecutionRole", "EventBridgeRole", "RolloutRole"}
+    policies = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"}
+    assert set(policies) == {"RawDataUploader"}
     # the only statements on every resource: APIs without resource-level permissions (for Greengrass:
     # https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsiotgreengrassv2.html)
     unscoped_ok = {
@@ -226,9 +250,9 @@ def test_roles_are_least_privilege() -> None:
         "greengrass:ListDeployments",
         "greengrass:CreateDeployment",
     }
-    for name, role in roles.items():
-        for statement in _statements(role):
-            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+    for name, identity in {**roles, **policies}.items():
+        for statement in _statements(identity):
+            actions = _as_list(statement["Action"])
             assert statement["Effect"] == "Allow" and not any("*" in action for action in actions), (
                 name,
                 actions,
@@ -240,8 +264,6 @@ def test_roles_are_least_privilege() -> None:
     assert start["Resource"]["Fn::Sub"].endswith(":pipeline/${PipelineName}")
     context = infra.render_context(infra.load_template(), {"Prefix": "fleet/a"})
     rendered = infra.resolve(_statements(roles["PipelineExecutionRole"]), context)
-    s3_objects = [s for s in rendered if "s3:PutObject" in s["Action"]]
-    assert [s["Resource"] for s in s3_objects] == [f"arn:aws:s3:::{BUCKET}/fleet/a/*"]
     (listing,) = [s for s in rendered if s["Action"] == "s3:ListBucket"]
     assert listing["Condition"]["StringLike"]["s3:prefix"] == ["fleet/a/*", "fleet/a"]
 
@@ -253,17 +275,13 @@ def test_the_rollout_role_allows_exactly_what_the_rollout_calls() -> None:
     deploying = [s for s in _statements(role) if s["Sid"] != "OwnLogs"]  # its log group has no offline ARN
     statements = infra.resolve(deploying, context)
 
-    def granted(action: str) -> list[dict[str, Any]]:
-        return [
-            s
-            for s in statements
-            if action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-        ]
+    def granting(action: str) -> list[dict[str, Any]]:
+        return [s for s in statements if action in _as_list(s["Action"])]
 
     greengrass = {
         action
         for statement in statements
-        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
+        for action in _as_list(statement["Action"])
         if action.startswith("greengrass:")
     }
     assert greengrass == {
@@ -273,18 +291,495 @@ def test_the_rollout_role_allows_exactly_what_the_rollout_calls() -> None:
         "greengrass:GetDeployment",
         "greengrass:CreateDeployment",
     }
-    (get,) = granted("greengrass:GetDeployment")
+    (get,) = granting("greengrass:GetDeployment")
     assert get["Resource"] == f"arn:aws:greengrass:us-east-1:{ACCOUNT}:deployments:*"
-    (create,) = granted("greengrass:CreateDeployment")
+    (create,) = granting("greengrass:CreateDeployment")
     assert create["Resource"] == "*"
     assert create["Condition"] == {"Null": {"aws:RequestTag/robocar:model-package": "false"}}
     from pipelines.infra import load_rollout_handler
 
     assert load_rollout_handler().MODEL_PACKAGE_TAG == "robocar:model-package"  # the tag the condition needs
-    (component,) = granted("greengrass:CreateComponentVersion")
+    (component,) = granting("greengrass:CreateComponentVersion")
     assert component["Resource"] == [
         f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot",
         f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot:versions:*",
     ]
-    (job,) = granted("iot:CreateJob")
+    (job,) = granting("iot:CreateJob")
     assert f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/robocar-cars" in job["Resource"]
+
+
+# ---------------------------------------------------------------- least privilege, measured
+# Each identity policy of the template (every role's inline policies, every managed policy), resolved for
+# sample parameters, becomes the (action, resource) pairs it allows; `allows` evaluates a request against
+# them as IAM matches the Action and Resource elements: `*` any run of characters (`/` and `:` included),
+# `?` one character, actions case-insensitive, ARNs case-sensitive
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_action.html,
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html).
+# Only Allow statements exist (checked: no Deny, NotAction or NotResource). Conditions are ignored, so the
+# evaluator grants at least what IAM grants: a request it refuses, IAM refuses too. The one condition a
+# positive case depends on (s3:ListBucket's s3:prefix) is checked on its own.
+# The positive cases come from the built definition (each step's request as SageMaker sends it:
+# pipelines/step_requests.py), the compile step's Neo requests and the registered package's edge URIs.
+Grant = tuple[str, str]  # (action pattern, resource pattern)
+SAMPLE_NEO_INPUT_SHA256 = "c0ffee" * 10 + "c0de"
+
+
+def _wildcard(pattern: str, *, ignore_case: bool) -> re.Pattern[str]:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.compile(regex, (re.IGNORECASE if ignore_case else 0) | re.DOTALL)
+
+
+def allowed_pairs(statements: list[dict[str, Any]]) -> set[Grant]:
+    pairs = set()
+    for statement in statements:
+        assert statement["Effect"] == "Allow", statement
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), statement
+        actions, resources = _as_list(statement["Action"]), _as_list(statement["Resource"])
+        pairs |= {(action, resource) for action in actions for resource in resources}
+    return pairs
+
+
+def allows(pairs: set[Grant], action: str, resource: str) -> bool:
+    return any(
+        _wildcard(granted_action, ignore_case=True).fullmatch(action)
+        and _wildcard(granted_resource, ignore_case=False).fullmatch(resource)
+        for granted_action, granted_resource in pairs
+    )
+
+
+def refused(pairs: set[Grant], requests: list[Grant]) -> list[Grant]:
+    return [request for request in requests if not allows(pairs, *request)]
+
+
+def granted(pairs: set[Grant], requests: list[Grant]) -> list[Grant]:
+    return [request for request in requests if allows(pairs, *request)]
+
+
+def test_the_evaluator_matches_like_iam() -> None:
+    pairs = {("s3:Get*", "arn:aws:s3:::b/p/*/compiled/*"), ("ecr:GetAuthorizationToken", "*")}
+    assert allows(pairs, "s3:GetObject", "arn:aws:s3:::b/p/e1/compiled/rasp4b/model.tar.gz")
+    assert allows(pairs, "S3:getobject", "arn:aws:s3:::b/p/x/y/compiled/z")  # actions ignore case
+    assert not allows(pairs, "s3:GetObject", "arn:aws:s3:::B/p/e1/compiled/z")  # ARNs do not
+    assert not allows(pairs, "s3:GetObject", "arn:aws:s3:::b/p/e1/neo/input.tar.gz")
+    assert not allows(pairs, "s3:PutObject", "arn:aws:s3:::b/p/e1/compiled/z")
+    assert allows(pairs, "ecr:GetAuthorizationToken", "*")
+    assert allows({("iam:PassRole", "arn:aws:iam::1:role/r-?")}, "iam:PassRole", "arn:aws:iam::1:role/r-a")
+    assert not allows(
+        {("iam:PassRole", "arn:aws:iam::1:role/r-?")}, "iam:PassRole", "arn:aws:iam::1:role/r-ab"
+    )
+    with pytest.raises(AssertionError):
+        allowed_pairs([{"Effect": "Allow", "NotAction": "s3:DeleteObject", "Resource": "*"}])
+
+
+def _log_group_arns(template: dict[str, Any], context: infra.RenderContext) -> dict[str, str]:
+    """A log group's ``Fn::GetAtt`` Arn ends in ``:*`` (every stream of the group):
+    https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-logs-loggroup.html"""
+    return {
+        logical_id: f"arn:aws:logs:{context.region}:{context.account}:log-group:"
+        f"{infra.resolve(resource['Properties']['LogGroupName'], context)}:*"
+        for logical_id, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Logs::LogGroup"
+    }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The stack's identity policies and the pipeline built for the same parameters, region and account."""
+
+    context: infra.RenderContext
+    statements: dict[str, list[dict[str, Any]]]  # role or managed policy -> resolved statements
+    requests: dict[str, StepRequest]  # step name -> the request SageMaker sends for it
+
+    @property
+    def pairs(self) -> dict[str, set[Grant]]:
+        return {name: allowed_pairs(statements) for name, statements in self.statements.items()}
+
+    @property
+    def bucket(self) -> str:
+        return self.context.ref("DataBucket")
+
+    @property
+    def prefix(self) -> str:
+        return self.context.ref("Prefix")
+
+    def object_arn(self, key: str, bucket: str | None = None) -> str:
+        return f"arn:aws:s3:::{bucket or self.bucket}/{self.prefix}/{key}"
+
+    def sagemaker_arn(self, resource: str) -> str:
+        return f"arn:aws:sagemaker:{self.context.region}:{self.context.account}:{resource}"
+
+
+DEPLOYMENTS = {
+    "defaults-us-east-1": ("us-east-1", {}),
+    # a region whose DLC registry is another account, and every name changed
+    "team-af-south-1": (
+        "af-south-1",
+        {
+            "Prefix": "fleet/a",
+            "ProjectName": "teama",
+            "PipelineName": "team-a-pipeline",
+            "ModelPackageGroupName": "team-a-pilots",
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(DEPLOYMENTS))
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    region, overrides = DEPLOYMENTS[request.param]
+    template = infra.load_template()
+    context = infra.render_context(template, overrides, region=region)
+    context = dataclasses.replace(
+        context, resource_arns={**context.resource_arns, **_log_group_arns(template, context)}
+    )
+    statements = {
+        name: infra.resolve(_statements(resource), context)
+        for name, resource in template["Resources"].items()
+        if resource["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
+    }
+    settings = Settings(
+        region=region,
+        role=context.attribute("PipelineExecutionRole", "Arn"),
+        bucket=context.ref("DataBucket"),
+        prefix=context.ref("Prefix"),
+        pipeline_name=context.ref("PipelineName"),
+        model_package_group=context.ref("ModelPackageGroupName"),
+        endpoint_url=None,
+    )
+    definition = json.loads(build_definition(settings))
+    requests = step_requests(definition, pipeline_name=settings.pipeline_name, region=region)
+    return Deployment(context, statements, {r.step: r for r in requests})
+
+
+def _image_repository_arn(image_uri: str) -> str:
+    """``<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>`` -> the repository's ARN."""
+    match = re.fullmatch(
+        r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+)[:@].+", image_uri
+    )
+    assert match, image_uri
+    account, region, repository = match.groups()
+    return f"arn:aws:ecr:{region}:{account}:repository/{repository}"
+
+
+def _images(requests: dict[str, StepRequest]) -> set[str]:
+    images = set()
+    for request in requests.values():
+        body = request.request
+        images.add(body.get("AppSpecification", {}).get("ImageUri"))
+        images.add(body.get("AlgorithmSpecification", {}).get("TrainingImage"))
+        images |= {c.get("Image") for c in body.get("InferenceSpecification", {}).get("Containers", [])}
+    return images - {None}
+
+
+def _s3_object(uri: str, sample_name: str = "part-00000") -> str:
+    """The ARN of an object a job reads or writes at ``uri``: the object itself, or one under the prefix."""
+    bucket, key = split_s3_uri(uri)
+    if not re.search(r"\.[a-z]+$", key.rsplit("/", 1)[-1]):
+        key = f"{key.rstrip('/')}/{sample_name}"
+    return f"arn:aws:s3:::{bucket}/{key}"
+
+
+def _pull(image_uri: str) -> list[Grant]:
+    repository = _image_repository_arn(image_uri)
+    return [
+        ("ecr:GetAuthorizationToken", "*"),
+        ("ecr:BatchGetImage", repository),
+        ("ecr:GetDownloadUrlForLayer", repository),
+    ]
+
+
+def _container_argument(arguments: list[str], flag: str) -> str:
+    return arguments[arguments.index(flag) + 1]
+
+
+def _neo_requests(compile_request: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What processing/compile.py sends Neo from inside the compile step (processing/neo.py)."""
+    arguments = compile_request["AppSpecification"]["ContainerArguments"]
+    neo_input = NeoInput(Path(NEO_INPUT_NAME), "input", (1, 3, 120, 160), SAMPLE_NEO_INPUT_SHA256)
+    output = _container_argument(arguments, "--output-s3-uri")
+    return requests_for_targets(
+        _container_argument(arguments, "--targets").split(","),
+        neo_input,
+        input_s3_uri=neo_input_s3_uri(output, neo_input),
+        output_s3_uri=output,
+        role_arn=_container_argument(arguments, "--role-arn"),
+        timeout_s=900,
+        now=1_768_469_400.0,
+    )
+
+
+def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
+    """What the pipeline role does for one Processing or Training step: create the job, pass itself, pull
+    the image, read the inputs and write the outputs (SageMaker uses the job's role for S3 and ECR)."""
+    body = request.request
+    if request.operation == "CreateProcessingJob":
+        job = ("sagemaker:CreateProcessingJob", f"processing-job/{body['ProcessingJobName'].lower()}")
+        image = body["AppSpecification"]["ImageUri"]
+        reads = [i["S3Input"]["S3Uri"] for i in body.get("ProcessingInputs", [])]
+        writes = [o["S3Output"]["S3Uri"] for o in body["ProcessingOutputConfig"]["Outputs"]]
+    else:
+        job = ("sagemaker:CreateTrainingJob", f"training-job/{body['TrainingJobName'].lower()}")
+        image = body["AlgorithmSpecification"]["TrainingImage"]
+        reads = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in body["InputDataConfig"]]
+        reads.append(json.loads(body["HyperParameters"]["sagemaker_submit_directory"]))
+        writes = [model_artifacts_uri(body["OutputDataConfig"]["S3OutputPath"], body["TrainingJobName"])]
+    describe = job[0].replace("Create", "Describe")
+    return [
+        (job[0], deployment.sagemaker_arn(job[1])),
+        (describe, deployment.sagemaker_arn(job[1])),
+        ("iam:PassRole", body["RoleArn"]),
+        *_pull(image),
+        *[("s3:GetObject", _s3_object(uri)) for uri in reads],
+        *[("s3:PutObject", _s3_object(uri)) for uri in writes],
+    ]
+
+
+def _pipeline_role_needs(deployment: Deployment) -> list[Grant]:
+    needs = []
+    for request in deployment.requests.values():
+        if request.operation in ("CreateProcessingJob", "CreateTrainingJob"):
+            needs += _job_needs(deployment, request)
+    compile_request = deployment.requests["CompileForEdge"].request
+    for neo in _neo_requests(compile_request).values():
+        job = deployment.sagemaker_arn(f"compilation-job/{neo['CompilationJobName'].lower()}")
+        output = neo["OutputConfig"]["S3OutputLocation"]
+        needs += [
+            ("s3:PutObject", _s3_object(neo["InputConfig"]["S3Uri"])),  # compile.py uploads the input
+            ("sagemaker:CreateCompilationJob", job),
+            ("sagemaker:DescribeCompilationJob", job),
+            ("iam:PassRole", neo["RoleArn"]),
+            ("s3:GetObject", _s3_object(neo["InputConfig"]["S3Uri"])),  # Neo, as this role
+            ("s3:PutObject", _s3_object(output, "model-target.tar.gz")),
+            ("s3:GetObject", _s3_object(output, "model-target.tar.gz")),  # compile.py downloads it
+        ]
+    register = deployment.requests["Register"].request
+    group = register["ModelPackageGroupName"].lower()
+    package = deployment.sagemaker_arn(f"model-package/{group}/1")
+    needs += [
+        ("sagemaker:CreateModelPackage", package),
+        ("sagemaker:CreateModelPackage", deployment.sagemaker_arn(f"model-package-group/{group}")),
+        *_pull(register["InferenceSpecification"]["Containers"][0]["Image"]),
+        ("s3:GetObject", _s3_object(register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])),
+        ("s3:GetObject", _s3_object(register["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"])),
+        # evaluate.py's champion: the group's latest approved package, its model from an earlier run
+        ("sagemaker:ListModelPackages", "*"),
+        ("sagemaker:DescribeModelPackage", package),
+    ]
+    return needs
+
+
+def _compiled_artifact_uris(deployment: Deployment) -> dict[str, str]:
+    """``edge:<target>:uri`` of the registered package: what the rollout renders into the recipe."""
+    metadata = deployment.requests["Register"].request["CustomerMetadataProperties"]
+    return {key: uri for key, uri in metadata.items() if key.startswith("edge:") and key.endswith(":uri")}
+
+
+def _other_stacks_keys(deployment: Deployment) -> list[str]:
+    """Objects no role may touch: another bucket, and a sibling prefix that starts with ours."""
+    return [
+        deployment.object_arn("raw/tub/manifest.json", bucket=f"{deployment.bucket}-copy"),
+        deployment.object_arn("preprocess/e/train/shard-00000.npz", bucket="someone-elses-bucket"),
+        f"arn:aws:s3:::{deployment.bucket}/{deployment.prefix}-old/preprocess/e/train/shard-00000.npz",
+    ]
+
+
+def test_the_definition_names_every_s3_uri_under_the_stacks_prefix(deployment: Deployment) -> None:
+    """The positive cases below are only as good as this: every URI the steps use is in the stack's bucket."""
+    uris = re.findall(r"s3://[^\"\\\s]+", json.dumps([r.request for r in deployment.requests.values()]))
+    assert uris
+    assert {split_s3_uri(uri)[0] for uri in uris} == {deployment.bucket}
+    assert all(split_s3_uri(uri)[1].startswith(f"{deployment.prefix}/") for uri in uris)
+
+
+def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deployment) -> None:
+    pairs = deployment.pairs["PipelineExecutionRole"]
+    needs = _pipeline_role_needs(deployment)
+    assert {action.split(":")[0] for action, _ in needs} == {"sagemaker", "iam", "ecr", "s3"}
+    assert refused(pairs, needs) == []
+
+    execution = "q9x1b2c3d4e5"
+    tub_keys = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz"]
+    forbidden = [("s3:PutObject", deployment.object_arn(key)) for key in tub_keys]  # uploaders only
+    code = deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")  # `pipeline upsert` writes it
+    forbidden += [
+        ("s3:PutObject", code),
+        ("s3:DeleteObject", deployment.object_arn(f"preprocess/{execution}/train/shard-00000.npz")),
+        ("s3:PutObjectAcl", deployment.object_arn(f"edge/{execution}/compiled/rasp4b/model.tar.gz")),
+        ("s3:GetObject", deployment.object_arn("notes/secret.txt")),  # not a step folder
+        ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin"),
+        ("sagemaker:CreateProcessingJob", deployment.sagemaker_arn("processing-job/anything-else")),
+        ("sagemaker:CreateModelPackage", deployment.sagemaker_arn("model-package/another-group/1")),
+    ]
+    forbidden += [("s3:GetObject", arn) for arn in _other_stacks_keys(deployment)]
+    forbidden += [("s3:PutObject", arn) for arn in _other_stacks_keys(deployment)]
+    assert granted(pairs, forbidden) == []
+
+
+def test_the_pipeline_role_pulls_only_the_definitions_images(deployment: Deployment) -> None:
+    pairs = deployment.pairs["PipelineExecutionRole"]
+    repositories = {_image_repository_arn(image) for image in _images(deployment.requests)}
+    assert {arn.rsplit("/", 1)[1] for arn in repositories} == {"tensorflow-training", "tensorflow-inference"}
+    for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"):
+        assert {resource for granted_action, resource in pairs if granted_action == action} == repositories
+    assert {resource for action, resource in pairs if action.startswith("ecr:")} - repositories == {"*"}
+    assert {action for action, resource in pairs if resource == "*" and action.startswith("ecr:")} == {
+        "ecr:GetAuthorizationToken"  # the one ECR action without resource-level permissions
+    }
+
+    (training,) = [arn for arn in repositories if arn.endswith("/tensorflow-training")]
+    dlc_account = training.split(":")[4]
+    region = deployment.context.region
+    other_dlc_account = next(
+        row["Account"]
+        for row in infra.load_template()["Mappings"]["DeepLearningContainers"].values()
+        if row["Account"] != dlc_account
+    )
+    elsewhere = [
+        training.replace(f":{dlc_account}:", f":{ACCOUNT}:"),  # our own account's repository of that name
+        training.replace(f":{dlc_account}:", f":{other_dlc_account}:"),  # another region's DLC account
+        training.replace(f":{region}:", ":us-west-2:" if region != "us-west-2" else ":us-east-1:"),
+        training.replace("/tensorflow-training", "/pytorch-training"),  # another DLC repository
+    ]
+    assert granted(pairs, [("ecr:BatchGetImage", arn) for arn in elsewhere]) == []
+
+
+def test_the_dlc_mapping_is_the_sdks_registry_table() -> None:
+    """The template's per-region DLC account is the one ``image_uris`` puts in the definition's images."""
+    from sagemaker.core.image_uris import config_for_framework
+
+    from steps.containers import TF_FRAMEWORK_VERSION
+
+    config = config_for_framework("tensorflow")
+    registries = []
+    for scope in ("training", "inference"):
+        version = config[scope].get("version_aliases", {}).get(TF_FRAMEWORK_VERSION, TF_FRAMEWORK_VERSION)
+        registries.append(config[scope]["versions"][version]["registries"])
+    assert registries[0] == registries[1]
+    mapping = infra.load_template()["Mappings"]["DeepLearningContainers"]
+    assert mapping == {region: {"Account": account} for region, account in registries[0].items()}
+    assert {row["Account"] for row in mapping.values()} > {"763104351884"}  # some regions differ
+    context = infra.render_context(infra.load_template(), {}, region="nowhere-1")
+    with pytest.raises(infra.InfraError, match="has no nowhere-1.Account"):
+        infra.resolve(_statements(infra.load_template()["Resources"]["PipelineExecutionRole"]), context)
+
+
+def test_the_jobs_may_list_exactly_the_prefixes_they_read(deployment: Deployment) -> None:
+    """The one condition a positive case needs: S3Prefix inputs list under the stack's prefix only."""
+    (listing,) = [s for s in deployment.statements["PipelineExecutionRole"] if s["Action"] == "s3:ListBucket"]
+    assert listing["Resource"] == f"arn:aws:s3:::{deployment.bucket}"
+    patterns = _as_list(listing["Condition"]["StringLike"]["s3:prefix"])
+    inputs = [
+        split_s3_uri(uri)[1]
+        for request in deployment.requests.values()
+        for uri in re.findall(r"s3://[^\"\\\s]+", json.dumps(request.request))
+    ]
+    for key in inputs:
+        assert any(_wildcard(p, ignore_case=False).fullmatch(key) for p in patterns), key
+    for key in (f"{deployment.prefix}-old/raw/", "other/", ""):
+        assert not any(_wildcard(p, ignore_case=False).fullmatch(key) for p in patterns), key
+
+
+def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> None:
+    pairs = deployment.pairs["RolloutRole"]
+    artifacts = _compiled_artifact_uris(deployment)
+    assert sorted(artifacts) == ["edge:jetson_nano:uri", "edge:rasp4b:uri"]
+    group = deployment.context.ref("ModelPackageGroupName")
+    needs = [("s3:GetObject", _s3_object(uri)) for uri in artifacts.values()]
+    needs += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{group}/7"))]
+    log_group = deployment.context.attribute("RolloutLogGroup", "Arn")
+    needs += [("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc"))]
+    assert refused(pairs, needs) == []
+
+    register = deployment.requests["Register"].request
+    compile_request = deployment.requests["CompileForEdge"].request
+    neo = next(iter(_neo_requests(compile_request).values()))
+    preprocess = deployment.requests["Preprocess"].request
+    everything_else = [
+        *(i["S3Input"]["S3Uri"] for i in preprocess["ProcessingInputs"]),  # the tubs, the code
+        *(o["S3Output"]["S3Uri"] for o in preprocess["ProcessingOutputConfig"]["Outputs"]),  # shards
+        register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],  # the trained model
+        register["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"],
+        neo["InputConfig"]["S3Uri"],
+        neo["OutputConfig"]["S3OutputLocation"],
+    ]
+    forbidden = [("s3:GetObject", _s3_object(uri)) for uri in everything_else]
+    forbidden += [("s3:GetObject", deployment.object_arn("raw/tub_2026_11_21/manifest.json"))]
+    forbidden += [("s3:PutObject", _s3_object(uri)) for uri in artifacts.values()]
+    forbidden += [("s3:GetObject", arn) for arn in _other_stacks_keys(deployment)]
+    forbidden += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn("model-package/other/1"))]
+    assert granted(pairs, forbidden) == []
+
+
+def test_only_the_uploader_policy_writes_raw_data(deployment: Deployment) -> None:
+    tub = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz", "raw/more/tub_x.zip"]
+    writes = [("s3:PutObject", deployment.object_arn(key)) for key in tub]
+    for name, pairs in deployment.pairs.items():
+        assert granted(pairs, writes) == ([] if name != "RawDataUploader" else writes), name
+
+    uploader = deployment.pairs["RawDataUploader"]
+    assert refused(uploader, [("s3:AbortMultipartUpload", deployment.object_arn("raw/tubs.tar.gz"))]) == []
+    (listing,) = [s for s in deployment.statements["RawDataUploader"] if s["Action"] == "s3:ListBucket"]
+    pattern = _wildcard(listing["Condition"]["StringLike"]["s3:prefix"], ignore_case=False)
+    assert pattern.fullmatch(f"{deployment.prefix}/raw/tub_2026_11_21/")  # `aws s3 sync`'s listing
+    assert not pattern.fullmatch(f"{deployment.prefix}/preprocess/")
+    forbidden = [
+        ("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz")),
+        ("s3:PutObject", deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")),
+        ("s3:PutObject", deployment.object_arn("edge/e/compiled/rasp4b/model.tar.gz")),
+        ("s3:GetObject", deployment.object_arn("edge/e/compiled/rasp4b/model.tar.gz")),
+        ("s3:DeleteObject", deployment.object_arn("raw/tub_2026_11_21/manifest.json")),
+    ]
+    forbidden += [("s3:PutObject", arn) for arn in _other_stacks_keys(deployment)]
+    assert granted(uploader, forbidden) == []
+
+
+def test_eventbridge_starts_only_this_pipeline(deployment: Deployment) -> None:
+    pairs = deployment.pairs["EventBridgeRole"]
+    arn = pipeline_arn(deployment.context.region, deployment.context.ref("PipelineName"))
+    assert refused(pairs, [("sagemaker:StartPipelineExecution", arn)]) == []
+    others = [arn + "-copy", arn.replace(":pipeline/", ":pipeline/other-")]
+    assert granted(pairs, [("sagemaker:StartPipelineExecution", other) for other in others]) == []
+    assert granted(pairs, [("s3:GetObject", deployment.object_arn("raw/t/manifest.json"))]) == []
+
+
+# IAM quotas botocore's model does not carry: "Role policy size cannot exceed 10,240 characters" (all
+# inline policies of a role together) and managed policies 6,144, whitespace not counted
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html).
+ROLE_INLINE_POLICIES_MAX = 10_240
+MANAGED_POLICY_MAX = 6_144
+
+
+def _policy_size(document: dict[str, Any]) -> int:
+    return len(re.sub(r"\s", "", json.dumps(document)))
+
+
+def test_iam_accepts_every_policy_the_stack_creates(deployment: Deployment) -> None:
+    """Each policy as CloudFormation sends it (PutRolePolicy, CreatePolicy), checked against botocore's
+    IAM model (names, lengths, patterns) and the size quotas."""
+    from pipelines.aws_rules import request_problems
+
+    template = infra.load_template()
+    for name, resource in template["Resources"].items():
+        if resource["Type"] not in ("AWS::IAM::ManagedPolicy", "AWS::IAM::Role"):
+            continue
+        properties = infra.resolve(resource["Properties"], deployment.context)
+        if resource["Type"] == "AWS::IAM::ManagedPolicy":
+            document = properties["PolicyDocument"]
+            request = {
+                "PolicyName": properties["ManagedPolicyName"],
+                "PolicyDocument": json.dumps(document),
+                "Description": properties["Description"],
+            }
+            assert request_problems("iam", "CreatePolicy", request) == [], name
+            assert _policy_size(document) <= MANAGED_POLICY_MAX, name
+        else:
+            role = properties.get("RoleName", infra.generated_name("robocar", name, infra.IAM_ROLE_NAME_MAX))
+            for policy in properties["Policies"]:
+                request = {
+                    "RoleName": role,
+                    "PolicyName": policy["PolicyName"],
+                    "PolicyDocument": json.dumps(policy["PolicyDocument"]),
+                }
+                assert request_problems("iam", "PutRolePolicy", request) == [], (name, policy["PolicyName"])
+            total = sum(_policy_size(policy["PolicyDocument"]) for policy in properties["Policies"])
+            assert total <= ROLE_INLINE_POLICIES_MAX, name
