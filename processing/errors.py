@@ -38,7 +38,8 @@ def clip(text: str, limit: int) -> str:
     flat = " ".join(text.split())
     if len(flat) <= limit:
         return flat
-    return flat[: max(limit - 15, 0)] + f"... (+{len(flat) - limit + 15} chars)"
+    marker = f"... ({len(flat):,} chars)"
+    return flat[: max(limit - len(marker), 0)] + marker
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

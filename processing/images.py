@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from edge.frames import FrameError, FrameSpec, decode_image, jpeg_colour_size, prepare_frame
-from processing.limits import DEFAULT_LIMITS, DataLimits, limit_text
+from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, limit_text, read_limited
 from processing.shards import normalise_arrays, write_shard
 
 _reusable: dict[tuple[int, ...], np.ndarray] = {}  # per process: one frame buffer per shape
@@ -75,15 +75,14 @@ def load_frames(
     for path in paths:
         name = os.path.basename(path)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read(limits.image_bytes + 1)
+            data = read_limited(path, limits.image_bytes)
         except FileNotFoundError:
             reasons.append(f"image missing: {name}")
             continue
         except OSError as exc:
             reasons.append(f"image unreadable: {name}: {exc.strerror or exc}")
             continue
-        if len(data) > limits.image_bytes:
+        except FileTooLarge:
             reasons.append(f"image unreadable: {name} is over {limit_text(limits, 'image_bytes')}")
             continue
         size = header_size(data)

@@ -11,6 +11,7 @@ reasoning and the flag that raises each one). What happens when one is exceeded:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class DataLimits:
 
 
 DEFAULT_LIMITS = DataLimits()
+READ_CHUNK = 1 << 20
 
 # The flag of each limit, named in every refusal so the user knows how to raise it.
 FLAGS = {
@@ -92,9 +94,23 @@ class FileTooLarge(ValueError):
 
 
 def read_limited(path: Path | str, max_bytes: int) -> bytes:
-    """The bytes of ``path``, or ``FileTooLarge`` without reading more than ``max_bytes + 1`` of them."""
+    """The bytes of ``path``, or ``FileTooLarge``, holding at most ``max_bytes`` + 1 MiB of them.
+
+    ``read(max_bytes + 1)`` would allocate the whole limit for every small file; the file's size is
+    asked first, and a file without one (a pipe) or that grows is read in chunks up to the limit.
+    """
     with open(path, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLarge(f"{Path(path).name} is larger than {max_bytes:,} bytes")
+        parts = [handle.read(size + 1)] if size else []
+        total = len(parts[0]) if parts else 0
+        while total <= max_bytes:
+            part = handle.read(min(READ_CHUNK, max_bytes + 1 - total))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+    if total > max_bytes:
         raise FileTooLarge(f"{Path(path).name} is larger than {max_bytes:,} bytes")
-    return data
+    return parts[0] if len(parts) == 1 else b"".join(parts)

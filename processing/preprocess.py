@@ -27,8 +27,10 @@ import lzma
 import multiprocessing
 import os
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -226,7 +228,15 @@ TUB_ARCHIVE_LIMITS = ExtractLimits(max_members=2_000_000, max_file_bytes=64 << 2
 # that is both a folder and a file FileExistsError, NotADirectoryError or IsADirectoryError (OSError);
 # an encrypted zip member RuntimeError, an unsupported zip compression NotImplementedError (a
 # RuntimeError); corrupt xz or bz2 data lzma.LZMAError or OSError.
-ARCHIVE_ERRORS = (ArtifactError, OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError)
+ARCHIVE_ERRORS = (
+    ArtifactError,
+    tarfile.TarError,
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    RuntimeError,
+)
 NAME_CLASH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
@@ -242,6 +252,34 @@ def archive_error(exc: BaseException, dest: Path) -> str:
     if isinstance(exc, ArtifactError):
         return str(exc)
     return f"damaged or unsupported archive ({type(exc).__name__}: {exc})"
+
+
+class DamagedArchive(ArtifactError):
+    """A tar archive with bytes after the last member it can parse."""
+
+
+def verify_tar_complete(archive: Path) -> None:
+    """Read a tar archive to its end before anything of it is unpacked.
+
+    ``tarfile`` ends the member list without a word at the first header it cannot parse (a damaged
+    archive would unpack to a partial tub), and a gzip stream's CRC is checked only once it is read to
+    its end. So every header is read (data is skipped, or decompressed and dropped), and what follows
+    the last member must be the zero blocks that end a tar. Zip members carry their own CRC, checked
+    on extraction.
+    """
+    if zipfile.is_zipfile(archive):
+        return
+    with tarfile.open(archive, "r:*") as tar:
+        while tar.next() is not None:
+            pass
+        stream = tar.fileobj
+        stream.seek(tar.offset)
+        while chunk := stream.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                raise DamagedArchive(
+                    f"damaged: the bytes after member {len(tar.members)} (offset {tar.offset:,}) "
+                    "are not a tar header"
+                )
 
 
 def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Source]:
@@ -276,6 +314,7 @@ def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Sourc
             TUB_ARCHIVE_LIMITS, max_total_bytes=TUB_ARCHIVE_LIMITS.max_total_bytes - unpacked
         )
         try:
+            verify_tar_complete(archive)
             written = safe_extract(archive, dest, budget)
         except ARCHIVE_ERRORS as exc:
             raise PreprocessError(f"archive {name}: {archive_error(exc, dest)}") from None
