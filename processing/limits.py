@@ -27,8 +27,9 @@ class DataLimits:
     tub_records: int = 1_000_000
     total_records: int = 10_000_000  # a run: 139 hours of driving at 20 Hz
     sources: int = 10_000  # tubs and manifests in one run
-    # A donkeycar record is ~200 bytes; a Ground Truth input manifest line is at most 100k characters
-    # (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-input-data-input-manifest.html), 400 KB in UTF-8.
+    # A donkeycar record is ~200 bytes, a Ground Truth image-classification line ~400; Ground Truth's input
+    # manifest lines are limited to 100k characters (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-input.html),
+    # at most 400 KB in UTF-8.
     line_bytes: int = 1 << 20
     # manifest.json (with deleted_indexes of a full tub: ~9 bytes each), meta.json, exclude.json,
     # catalog_manifest (line_lengths of a full catalog)
