@@ -64,7 +64,7 @@ def run_main(prog: str, body: Callable[[], int], *, debug: bool = False) -> int:
         if debug:
             traceback.print_exc()
         else:
-            detail = clip(f"{type(exc).__name__}: {exc}", MAX_LINE_CHARS)
+            detail = clip(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, MAX_LINE_CHARS)
             print(
                 f"{prog}: internal error (a bug, not your input): {detail}; --debug prints the traceback",
                 file=sys.stderr,

@@ -253,6 +253,12 @@ def test_a_v1_start_that_is_not_a_unix_time_is_refused(tub_v1, tmp_path, start):
     assert report is None
 
 
+def test_a_meta_json_nested_past_the_recursion_limit_is_refused(tub_v1, tmp_path):
+    (tub_v1 / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    status, err, _ = run(tub_v1, tmp_path / "out")
+    assert_refused(status, err, "meta.json is not valid JSON")
+
+
 @pytest.mark.parametrize("entries", ["[1.7]", '["3"]', "[true]", "[-1]", "[100000000000000000000]", "[NaN]"])
 def test_exclude_json_entries_that_are_not_indexes_are_refused(tub_v1, tmp_path, entries):
     (tub_v1 / "exclude.json").write_text(entries)
