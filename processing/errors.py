@@ -17,13 +17,23 @@ Standard library only: every container imports it.
 from __future__ import annotations
 
 import argparse
+import lzma
 import sys
 import traceback
+import zlib
 from collections.abc import Callable
 
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE; 1 is preprocess's quality gate, 2 bad input
 MAX_LINE_CHARS = 2000  # a message quoting hostile data (a 1 MiB line) must stay one readable line
+
+
+# What unpacking a damaged archive raises besides edge.artifacts.ArtifactError (safe_extract lets these
+# through): a truncated gzip stream EOFError, a corrupt one zlib.error or gzip.BadGzipFile (an OSError);
+# a name that is both a folder and a file FileExistsError, NotADirectoryError or IsADirectoryError
+# (OSError); an encrypted zip member RuntimeError, an unsupported zip compression NotImplementedError (a
+# RuntimeError); corrupt xz or bz2 data lzma.LZMAError or OSError. Caught around unpacking only.
+ARCHIVE_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError)
 
 
 class UserError(Exception):

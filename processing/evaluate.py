@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import ANGLE_BINS, THROTTLE_BINS, decode_outputs, linear_bin, to_model_input
-from processing.errors import UserError, add_debug_flag, run_main
+from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main
 
 MODEL_ARCHIVE = "model.tar.gz"
 PLOTS = ("angle_over_time.png", "angle_scatter.png")
@@ -167,7 +167,7 @@ def extract_model(source: Path, workdir: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="model-", dir=workdir)) / "model"  # safe_extract wants a new folder
     try:
         safe_extract(archive, target)
-    except (ArtifactError, OSError, EOFError) as exc:  # tarfile errors are OSError subclasses or EOFError
+    except (ArtifactError, *ARCHIVE_READ_ERRORS) as exc:  # processing/errors.py says which
         raise EvaluationError(f"cannot extract {archive}: {exc}") from exc
     if not (target / "model.json").is_file():
         raise EvaluationError(f"{archive} holds no model.json: not a model directory of train.py")

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import lzma
 import multiprocessing
 import os
 import sys
@@ -31,7 +30,6 @@ import tarfile
 import tempfile
 import time
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from edge.artifacts import ArtifactError, ExtractLimits, safe_extract  # noqa: E402
 from edge.frames import FrameSpec  # noqa: E402
-from processing.errors import UserError, add_debug_flag, run_main  # noqa: E402
+from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main  # noqa: E402
 from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
 from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers  # noqa: E402
 from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, LimitError, RecordBudget, limit_text  # noqa: E402
@@ -223,20 +221,7 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # what the "new data" ru
 # A tub is thousands of small files; these bound what the uploaded archives of one run may unpack to
 # (max_total_bytes: all of them together).
 TUB_ARCHIVE_LIMITS = ExtractLimits(max_members=2_000_000, max_file_bytes=64 << 20, max_total_bytes=64 << 30)
-# What a damaged archive raises besides ArtifactError (edge/artifacts.py lets these through): a
-# truncated gzip stream EOFError, a corrupt one zlib.error or gzip.BadGzipFile (an OSError); a name
-# that is both a folder and a file FileExistsError, NotADirectoryError or IsADirectoryError (OSError);
-# an encrypted zip member RuntimeError, an unsupported zip compression NotImplementedError (a
-# RuntimeError); corrupt xz or bz2 data lzma.LZMAError or OSError.
-ARCHIVE_ERRORS = (
-    ArtifactError,
-    tarfile.TarError,
-    OSError,
-    EOFError,
-    zlib.error,
-    lzma.LZMAError,
-    RuntimeError,
-)
+ARCHIVE_ERRORS = (ArtifactError, tarfile.TarError, *ARCHIVE_READ_ERRORS)  # processing/errors.py says which
 NAME_CLASH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError)
 
 

@@ -163,3 +163,23 @@ def test_the_container_scripts_share_the_debug_flag():
     assert evaluate_parser().parse_args(["--debug"]).debug
     assert parse_args(["--debug"], environ={}).debug and not parse_args([], environ={}).debug
     assert not parse_args([], environ={"SM_HPS": '{"debug": true}'}).debug  # not a hyperparameter
+
+
+def test_evaluate_refuses_a_truncated_model_archive_as_bad_input(tmp_path):
+    import io
+    import tarfile
+
+    from processing.errors import UserError
+    from processing.evaluate import EvaluationError, extract_model
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = b'{"model_type": "linear"}' * 4000
+        info = tarfile.TarInfo("model.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # EOFError inside gzip
+    with pytest.raises(EvaluationError, match="cannot extract") as caught:
+        extract_model(archive, tmp_path)
+    assert isinstance(caught.value, UserError)
