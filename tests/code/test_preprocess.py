@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -165,21 +166,25 @@ def test_the_container_scripts_share_the_debug_flag():
     assert not parse_args([], environ={"SM_HPS": '{"debug": true}'}).debug  # not a hyperparameter
 
 
-def test_evaluate_refuses_a_truncated_model_archive_as_bad_input(tmp_path):
-    import io
-    import tarfile
-
+@pytest.mark.parametrize(
+    "error",
+    [
+        EOFError("Compressed file ended before the end-of-stream marker was reached"),
+        zlib.error("Error -3 while decompressing data: invalid code lengths set"),
+        RuntimeError("File model.json is encrypted, password required for extraction"),
+        FileExistsError(17, "File exists", "model/x"),
+    ],
+)
+def test_evaluate_refuses_a_damaged_model_archive_as_bad_input(tmp_path, monkeypatch, error):
+    import edge.artifacts
     from processing.errors import UserError
     from processing.evaluate import EvaluationError, extract_model
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        data = b'{"model_type": "linear"}' * 4000
-        info = tarfile.TarInfo("model.json")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # EOFError inside gzip
+    def damaged(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(edge.artifacts, "safe_extract", damaged)  # what a damaged archive raises there
+    (tmp_path / "model.tar.gz").write_bytes(b"...")
     with pytest.raises(EvaluationError, match="cannot extract") as caught:
-        extract_model(archive, tmp_path)
+        extract_model(tmp_path / "model.tar.gz", tmp_path)
     assert isinstance(caught.value, UserError)
