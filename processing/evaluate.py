@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import ANGLE_BINS, THROTTLE_BINS, decode_outputs, linear_bin, to_model_input
+from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main
 
 MODEL_ARCHIVE = "model.tar.gz"
 PLOTS = ("angle_over_time.png", "angle_scatter.png")
@@ -46,7 +47,7 @@ BATCH = 256
 PredictFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """Input that cannot be evaluated (missing model, wrong split, mismatched frames): one clear line."""
 
 
@@ -166,7 +167,7 @@ def extract_model(source: Path, workdir: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="model-", dir=workdir)) / "model"  # safe_extract wants a new folder
     try:
         safe_extract(archive, target)
-    except (ArtifactError, OSError, EOFError) as exc:  # tarfile errors are OSError subclasses or EOFError
+    except (ArtifactError, *ARCHIVE_READ_ERRORS) as exc:  # processing/errors.py says which
         raise EvaluationError(f"cannot extract {archive}: {exc}") from exc
     if not (target / "model.json").is_file():
         raise EvaluationError(f"{archive} holds no model.json: not a model directory of train.py")
@@ -384,25 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-plots", dest="plots", action="store_false", help="skip the PNG plots (plots are on)"
     )
+    add_debug_flag(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_main("evaluate.py", lambda: _evaluate_and_print(args), debug=args.debug)
+
+
+def _evaluate_and_print(args: argparse.Namespace) -> int:
     sagemaker = s3 = None
     if args.model_package_group:
         from edge.aws import clients
 
         aws = clients(local_root=args.local_root, region=args.region, endpoint_url=args.endpoint_url)
         sagemaker, s3 = aws.sagemaker, aws.s3
-    try:
-        evaluation = evaluate(
-            args.model, args.test, args.output, group=args.model_package_group, sagemaker=sagemaker, s3=s3,
-            plots=args.plots,
-        )  # fmt: skip
-    except EvaluationError as exc:
-        print(f"evaluate.py: error: {exc}", file=sys.stderr)
-        return 2
+    evaluation = evaluate(
+        args.model, args.test, args.output, group=args.model_package_group, sagemaker=sagemaker, s3=s3,
+        plots=args.plots,
+    )  # fmt: skip
     metrics = evaluation["regression_metrics"]
     baseline = evaluation["baseline"]["regression_metrics"]
     champion = evaluation["champion"]

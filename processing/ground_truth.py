@@ -17,6 +17,12 @@ manifest's folder. A ref that resolves to nothing is rejected as ``image missing
 Classes. ``classes[id]`` is the ``class-name`` of class id ``id``; ids never seen are named
 ``class_<id>``. A record whose class-name differs from the one first seen for its id is rejected
 (``label conflict``).
+
+Bounds (``processing/limits.py``). The manifest is streamed; a line over ``line_bytes`` is a rejected
+record, and so is a class id of ``classes`` or more (``out of range``: the class list runs 0..max id,
+so one id of 10^20 would otherwise ask for 10^20 names), a class-name over 256 characters, and a
+``source-ref`` longer than a path or an S3 URI can be or with more than 32 path components (each
+suffix of an S3 key costs a file-system lookup).
 """
 
 from __future__ import annotations
@@ -24,10 +30,17 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, RecordBudget
 from processing.records import RecordValidator, Rejection, parse_json_object
-from processing.tubs import Candidate, Source, SourceReport, split_lines
+from processing.tubs import Candidate, Source, SourceError, SourceReport, iter_lines, overlong_line
 
 METADATA_SUFFIX = "-metadata"
+MAX_CLASS_NAME_CHARS = 256  # a label is a word or a short phrase; dataset.json lists every one
+# An S3 object key is at most 1,024 bytes (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html),
+# a bucket name at most 63 characters (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
+MAX_S3_REF_BYTES = len("s3://") + 63 + 1 + 1024
+MAX_PATH_BYTES = 4096  # Linux PATH_MAX
+MAX_REF_PARTS = 32  # path components of a source-ref; real image keys have about 10
 
 
 def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
@@ -41,6 +54,18 @@ def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
         found = "none" if not names else ", ".join(names)
         raise Rejection("schema", f"expected one label attribute K with K-metadata, found {found}")
     return names[0]
+
+
+def check_source_ref(ref: str) -> None:
+    """``Rejection`` for a ``source-ref`` no S3 object or file can have (too long, too deep)."""
+    size = len(ref.encode("utf-8", "surrogatepass"))
+    limit = MAX_S3_REF_BYTES if ref.startswith("s3://") else MAX_PATH_BYTES
+    if size > limit:
+        raise Rejection(
+            "schema", f"source-ref of {size:,} bytes is longer than any S3 URI or path ({limit:,})"
+        )
+    if ref.count("/") > MAX_REF_PARTS + 2:  # + the two of "s3://"
+        raise Rejection("schema", f"source-ref has more than {MAX_REF_PARTS} path components")
 
 
 def resolve_image(ref: str, manifest_dir: Path, input_root: Path) -> Path | None:
@@ -67,41 +92,69 @@ def read_ground_truth(
     input_root: Path,
     classes: dict[int, str],
     attribute: str | None = None,
+    limits: DataLimits = DEFAULT_LIMITS,
+    budget: RecordBudget | None = None,
 ) -> tuple[SourceReport, list[Candidate]]:
     """Read one manifest; ``classes`` (id -> class-name) is shared across manifests and filled in."""
     report = SourceReport(source.name, "ground-truth")
+    budget = budget or RecordBudget(limits)
     try:
-        data = source.path.read_bytes()
+        handle = open(source.path, "rb")  # noqa: SIM115 - closed by the with below; only opening is "unreadable"
     except OSError as exc:
-        raise ValueError(f"{source.path}: cannot read ({exc})") from None
+        raise SourceError(f"{source.path}: cannot read ({exc.strerror})") from None
     candidates: list[Candidate] = []
-    for index, line in enumerate(split_lines(data)):
-        report.read += 1
-        try:
-            record = parse_json_object(line)
-            validator.check(record)
-            name = label_attribute(record, attribute)
-            label, metadata = record[name], record[name + METADATA_SUFFIX]
-            if type(label) is not int or label < 0:
-                raise Rejection("schema", f"{name}: class id must be an integer >= 0, got {label!r}")
-            class_name = metadata.get("class-name") if isinstance(metadata, dict) else None
-            if not isinstance(class_name, str) or not class_name:
-                raise Rejection("schema", f"{name}{METADATA_SUFFIX}: no class-name")
-            known = classes.setdefault(label, class_name)
-            if known != class_name:
-                raise Rejection(
-                    "label conflict", f"class id {label} is {class_name!r} here, {known!r} before"
+    with handle:
+        for index, line in enumerate(iter_lines(handle, limits.line_bytes)):
+            budget.admit(source.name, report.read + 1)
+            report.read += 1
+            try:
+                if type(line) is int:
+                    raise overlong_line(line, limits)
+                label, ref = _check_record(parse_json_object(line), validator, attribute, limits, classes)
+                image = resolve_image(ref, source.path.parent, input_root)
+                if image is None:
+                    raise Rejection("image missing", f"{ref} not found under the input folder")
+            except Rejection as rejection:
+                report.reject(index, rejection.reason)
+                continue
+            candidates.append(
+                Candidate(
+                    index=index, image_path=str(image), session=source.name, timestamp_ms=-1, label=label
                 )
-            image = resolve_image(record["source-ref"], source.path.parent, input_root)
-            if image is None:
-                raise Rejection("image missing", f"{record['source-ref']} not found under the input folder")
-        except Rejection as rejection:
-            report.reject(index, rejection.reason)
-            continue
-        candidates.append(
-            Candidate(index=index, image_path=str(image), session=source.name, timestamp_ms=-1, label=label)
-        )
+            )
     return report, candidates
+
+
+def _check_record(
+    record: dict[str, Any],
+    validator: RecordValidator,
+    attribute: str | None,
+    limits: DataLimits,
+    classes: dict[int, str],
+) -> tuple[int, str]:
+    """(class id, source-ref) of a valid record; registers its class-name; ``Rejection`` otherwise."""
+    validator.check(record)
+    name = label_attribute(record, attribute)
+    label, metadata = record[name], record[name + METADATA_SUFFIX]
+    if type(label) is not int or label < 0:
+        raise Rejection("schema", f"{name}: class id must be an integer >= 0, got {label!r}")
+    if label >= limits.classes:
+        raise Rejection(
+            "out of range", f"{name}: class id {label} is not in 0..{limits.classes - 1} ({FLAGS['classes']})"
+        )
+    class_name = metadata.get("class-name") if isinstance(metadata, dict) else None
+    if not isinstance(class_name, str) or not class_name:
+        raise Rejection("schema", f"{name}{METADATA_SUFFIX}: no class-name")
+    if len(class_name) > MAX_CLASS_NAME_CHARS:
+        raise Rejection(
+            "schema", f"{name}{METADATA_SUFFIX}: class-name longer than {MAX_CLASS_NAME_CHARS} characters"
+        )
+    ref = record["source-ref"]
+    check_source_ref(ref)
+    known = classes.setdefault(label, class_name)
+    if known != class_name:
+        raise Rejection("label conflict", f"class id {label} is {class_name!r} here, {known!r} before")
+    return label, ref
 
 
 def class_list(classes: dict[int, str]) -> list[str]:

@@ -4,18 +4,25 @@ This is the per-frame hot path of preprocessing and what the process pool runs: 
 (``decode_image``), check the camera size, crop/resize (``prepare_frame``), and write the shard. Frames
 go straight into one preallocated array, and a worker writes its shard itself, so the pixels never
 cross a process boundary.
+
+Bounded: a file over ``max_image_bytes`` is rejected after reading that many bytes, and the size in an
+image's header is checked against the camera before it is decoded, so a small file that claims
+65,535 x 65,535 pixels is rejected without allocating them.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from edge.frames import FrameError, FrameSpec, decode_image, prepare_frame
+from edge.frames import FrameError, FrameSpec, decode_image, jpeg_colour_size, prepare_frame
+from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, limit_text, read_limited
 from processing.shards import normalise_arrays, write_shard
 
 _reusable: dict[tuple[int, ...], np.ndarray] = {}  # per process: one frame buffer per shape
@@ -38,8 +45,23 @@ def release_frame_buffers() -> None:
     _reusable.clear()
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image's header, without decoding it; None if the header is unreadable."""
+    size = jpeg_colour_size(data)
+    if size is not None:
+        return size
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            return img.size
+    except Exception:  # Pillow raises several unrelated types; decode_image words the reason
+        return None
+
+
 def load_frames(
-    paths: Sequence[str], spec: FrameSpec, out: np.ndarray | None = None
+    paths: Sequence[str],
+    spec: FrameSpec,
+    out: np.ndarray | None = None,
+    limits: DataLimits = DEFAULT_LIMITS,
 ) -> tuple[np.ndarray, list[str | None]]:
     """(frames uint8 [k, H, W, 3] of the images that passed, reason or None for each path in order).
 
@@ -53,13 +75,22 @@ def load_frames(
     for path in paths:
         name = os.path.basename(path)
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = read_limited(path, limits.image_bytes)
         except FileNotFoundError:
             reasons.append(f"image missing: {name}")
             continue
         except OSError as exc:
             reasons.append(f"image unreadable: {name}: {exc.strerror or exc}")
+            continue
+        except FileTooLarge:
+            reasons.append(f"image unreadable: {name} is over {limit_text(limits, 'image_bytes')}")
+            continue
+        size = header_size(data)
+        if size is not None and size[::-1] != camera:
+            reasons.append(
+                f"image wrong size: {name} is {size[0]}x{size[1]}, "
+                f"expected {spec.camera_width}x{spec.camera_height}"
+            )
             continue
         try:
             image = decode_image(data)
@@ -94,6 +125,7 @@ class ShardTask:
     image_paths: list[str]
     columns: dict[str, np.ndarray]  # the contract's non-image arrays, one row per candidate
     spec: FrameSpec
+    limits: DataLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -109,7 +141,7 @@ def build_shard(task: ShardTask) -> ShardResult:
     Runs in a pool worker or in-process.
     """
     frames, reasons = load_frames(
-        task.image_paths, task.spec, frame_buffer(len(task.image_paths), task.spec.input_shape)
+        task.image_paths, task.spec, frame_buffer(len(task.image_paths), task.spec.input_shape), task.limits
     )
     kept = np.fromiter((reason is None for reason in reasons), dtype=bool, count=len(reasons))
     if not len(frames):

@@ -10,18 +10,26 @@ and ``OUTPUT/report/data_report.json``, which accounts for every record of every
 indexed: ``processing/tubs.py``; Ground Truth image resolution: ``processing/ground_truth.py``; splits:
 ``processing/splits.py``. The output is byte-identical for a given input, options and seed, whatever
 ``--workers``.
+
+Every input is bounded (``processing/limits.py``, the ``--max-*`` flags, docs/data-limits.md): a record
+over a limit is rejected with its reason, an input over a limit is refused. Exit status: 0 ok; 1 the
+quality gate; 2 bad input or options, in one line (``processing/errors.py``); 70 a bug (``--debug``
+prints its traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +39,12 @@ if __package__ in (None, ""):  # run as a script (the container): make `processi
 
 import numpy as np  # noqa: E402
 
-from edge.artifacts import ExtractLimits, IntegrityError, UnsafeArchiveError, safe_extract  # noqa: E402
+from edge.artifacts import ArtifactError, ExtractLimits, safe_extract  # noqa: E402
 from edge.frames import FrameSpec  # noqa: E402
+from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main  # noqa: E402
 from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
 from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers  # noqa: E402
+from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, LimitError, RecordBudget, limit_text  # noqa: E402
 from processing.records import RecordValidator  # noqa: E402
 from processing.shards import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
@@ -50,28 +60,38 @@ from processing.tubs import (  # noqa: E402
     discover_sources,
     read_v1_tub,
     read_v2_tub,
+    walk_input,
 )
 
 DEFAULT_INPUT = "/opt/ml/processing/input/data"
 DEFAULT_OUTPUT = "/opt/ml/processing/output"
 REPORT_FORMAT = "robocar-data-report/1"
 AUTO_SHARDS, MIN_AUTO_SHARD = 16, 256
+# Each worker holds one shard's frames: 2,048 default 160x120 frames are 118 MB; larger frames make
+# smaller shards so that a 4096x4096 camera cannot ask for 100 GB.
+MAX_SHARD_FRAME_BYTES = 512 << 20
+MAX_FRAME_SIDE = 4096  # pixels: a 4K camera is 3840x2160
 
 
-def auto_shard_size(candidates: int) -> int:
-    """Shards small enough that a pool has work to balance, never more than the contract's 2,048 frames.
+def auto_shard_size(candidates: int, frame_bytes: int = 120 * 160 * 3) -> int:
+    """Shards small enough that a pool has work to balance, never more than the contract's 2,048 frames
+    nor ``MAX_SHARD_FRAME_BYTES`` of frames.
 
     A function of the data only (never of --workers), so the output stays the same for any worker count.
     """
-    return min(DEFAULT_SHARD_SIZE, max(MIN_AUTO_SHARD, -(-candidates // AUTO_SHARDS)))
+    by_count = min(DEFAULT_SHARD_SIZE, max(MIN_AUTO_SHARD, -(-candidates // AUTO_SHARDS)))
+    return max(1, min(by_count, MAX_SHARD_FRAME_BYTES // frame_bytes))
 
 
-class PreprocessError(Exception):
+class PreprocessError(UserError):
     """Bad input or options: reported as one line, exit status 2."""
 
 
-class DataQualityError(Exception):
+class DataQualityError(UserError):
     """The data failed the step's quality gate (nothing accepted, too many rejections): exit status 1."""
+
+    exit_status = 1
+    label = "data rejected"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,11 +161,49 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.25,
         help="fail when rejected / (accepted + rejected) exceeds this",
     )
+    add_debug_flag(run)
+    bounds = parser.add_argument_group(
+        "limits (docs/data-limits.md): a record over one is rejected, an input over one refused (exit 2)"
+    )
+    defaults = DataLimits()
+    for field in dataclasses.fields(DataLimits):
+        bounds.add_argument(
+            FLAGS[field.name],
+            dest=f"limit_{field.name}",
+            type=int,
+            default=getattr(defaults, field.name),
+            metavar="N",
+            help=LIMIT_HELP[field.name],
+        )
     return parser
+
+
+LIMIT_HELP = {
+    "tub_records": "records of one tub or Ground Truth manifest, and its largest record index + 1",
+    "total_records": "records of the whole input",
+    "sources": "tubs, manifests and archives in the input",
+    "line_bytes": "bytes of one catalog line, Ground Truth manifest line or v1 record file",
+    "metadata_bytes": "bytes of manifest.json, meta.json, exclude.json or a catalog_manifest",
+    "image_bytes": "bytes of one image file",
+    "classes": "Ground Truth class ids (0..N-1)",
+}
+
+
+def limits_from(args: argparse.Namespace) -> DataLimits:
+    values = {field.name: getattr(args, f"limit_{field.name}") for field in dataclasses.fields(DataLimits)}
+    for name, value in values.items():
+        if value < 1:
+            raise PreprocessError(f"{FLAGS[name]} must be at least 1, got {value}")
+    return DataLimits(**values)
 
 
 def frame_spec_from(args: argparse.Namespace) -> FrameSpec:
     height = args.height if args.height is not None else args.camera_height - args.crop_top - args.crop_bottom
+    sides = {"--camera-height": args.camera_height, "--camera-width": args.camera_width, "--height": height}
+    sides["--width"] = args.width if args.width is not None else args.camera_width
+    for flag, value in sides.items():
+        if value > MAX_FRAME_SIDE:
+            raise PreprocessError(f"bad frame options: {flag} {value} is more than {MAX_FRAME_SIDE} pixels")
     try:
         return FrameSpec(
             camera_height=args.camera_height,
@@ -160,37 +218,99 @@ def frame_spec_from(args: argparse.Namespace) -> FrameSpec:
 
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # what the "new data" rule starts a run for
-# A tub is thousands of small files; these bound what one uploaded archive may unpack to.
+# A tub is thousands of small files; these bound what the uploaded archives of one run may unpack to
+# (max_total_bytes: all of them together).
 TUB_ARCHIVE_LIMITS = ExtractLimits(max_members=2_000_000, max_file_bytes=64 << 20, max_total_bytes=64 << 30)
+ARCHIVE_ERRORS = (ArtifactError, tarfile.TarError, *ARCHIVE_READ_ERRORS)  # processing/errors.py says which
+NAME_CLASH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
-def unpack_archives(root: Path, scratch: Path) -> list[Source]:
+def archive_error(exc: BaseException, dest: Path) -> str:
+    """Why an archive could not be unpacked, naming the member (not the scratch folder) where known."""
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and filename:
+        member = os.path.relpath(filename, dest) if str(filename).startswith(str(dest)) else filename
+        why = exc.strerror or str(exc)
+        if isinstance(exc, NAME_CLASH_ERRORS):
+            why += ": the archive holds a folder and a file of the same name"
+        return f"cannot unpack {member}: {why}"
+    if isinstance(exc, ArtifactError):
+        return str(exc)
+    return f"damaged or unsupported archive ({type(exc).__name__}: {exc})"
+
+
+class DamagedArchive(ArtifactError):
+    """A tar archive with bytes after the last member it can parse."""
+
+
+def verify_tar_complete(archive: Path) -> None:
+    """Read a tar archive to its end before anything of it is unpacked.
+
+    ``tarfile`` ends the member list without a word at the first header it cannot parse (a damaged
+    archive would unpack to a partial tub), and a gzip stream's CRC is checked only once it is read to
+    its end. So every header is read (data is skipped, or decompressed and dropped), and what follows
+    the last member must be the zero blocks that end a tar. Zip members carry their own CRC, checked
+    on extraction.
+    """
+    if zipfile.is_zipfile(archive):
+        return
+    with tarfile.open(archive, "r:*") as tar:
+        while tar.next() is not None:
+            pass
+        stream = tar.fileobj
+        stream.seek(tar.offset)
+        while chunk := stream.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                raise DamagedArchive(
+                    f"damaged: the bytes after member {len(tar.members)} (offset {tar.offset:,}) "
+                    "are not a tar header"
+                )
+
+
+def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Source]:
     """The tubs inside every archive under ``root``, unpacked safely into ``scratch``.
 
     A tub from ``runs/day1.tar.gz`` is named ``runs/day1.tar.gz/<folder in the archive>`` in the report.
-    An archive that is unreadable or unsafe (links, ``..``, absolute paths, over the limits) stops the step.
+    An archive that is unreadable, damaged or unsafe (links, ``..``, absolute paths, a name used twice,
+    over the limits) stops the step, and so does a symbolic link to an archive (never followed).
     """
     archives = sorted(  # names first: a stat per file of a tub's thousands of images costs more than the walk
-        path
-        for folder, _, names in os.walk(root)
+        Path(folder) / name
+        for folder, _, names in walk_input(root)
         for name in names
-        if name.lower().endswith(ARCHIVE_SUFFIXES) and (path := Path(folder) / name).is_file()
+        if name.lower().endswith(ARCHIVE_SUFFIXES)
     )
+    if len(archives) > limits.sources:
+        raise LimitError(
+            f"the input holds {len(archives):,} archives, more than {limit_text(limits, 'sources')}"
+        )
     sources: list[Source] = []
+    unpacked = 0
     for number, archive in enumerate(archives):
         name = archive.relative_to(root).as_posix()
+        if archive.is_symlink():
+            raise PreprocessError(
+                f"archive {name} is a symbolic link ({os.readlink(archive)}); links are not followed"
+            )
+        if not archive.is_file():
+            continue
         dest = scratch / f"archive-{number}"
+        budget = dataclasses.replace(
+            TUB_ARCHIVE_LIMITS, max_total_bytes=TUB_ARCHIVE_LIMITS.max_total_bytes - unpacked
+        )
         try:
-            safe_extract(archive, dest, TUB_ARCHIVE_LIMITS)
-        except (UnsafeArchiveError, IntegrityError) as exc:
-            raise PreprocessError(f"archive {name}: {exc}") from None
+            verify_tar_complete(archive)
+            written = safe_extract(archive, dest, budget)
+        except ARCHIVE_ERRORS as exc:
+            raise PreprocessError(f"archive {name}: {archive_error(exc, dest)}") from None
+        unpacked += sum((dest / member).stat().st_size for member in written)
         for source in discover_sources(dest):
             inner = source.path.relative_to(dest).as_posix()
             sources.append(Source(source.path, source.format, name if inner == "." else f"{name}/{inner}"))
     return sources
 
 
-def select_sources(args: argparse.Namespace, scratch: Path) -> list[Source]:
+def select_sources(args: argparse.Namespace, scratch: Path, limits: DataLimits) -> list[Source]:
     if not args.input.is_dir():
         raise PreprocessError(f"--input {args.input} is not a folder")
     if args.ground_truth is not None:
@@ -199,8 +319,12 @@ def select_sources(args: argparse.Namespace, scratch: Path) -> list[Source]:
             raise PreprocessError(f"--ground-truth {path} does not exist")
         return [Source(path, "ground-truth", path.name)]
     sources = sorted(
-        discover_sources(args.input) + unpack_archives(args.input, scratch), key=lambda s: s.name
+        discover_sources(args.input) + unpack_archives(args.input, scratch, limits), key=lambda s: s.name
     )
+    if len(sources) > limits.sources:
+        raise LimitError(
+            f"the input holds {len(sources):,} tubs and manifests, more than {limit_text(limits, 'sources')}"
+        )
     tubs = [s for s in sources if s.format != "ground-truth"]
     manifests = [s for s in sources if s.format == "ground-truth"]
     if tubs and manifests:
@@ -217,9 +341,10 @@ def select_sources(args: argparse.Namespace, scratch: Path) -> list[Source]:
 
 
 def read_sources(
-    sources: Sequence[Source], args: argparse.Namespace
+    sources: Sequence[Source], args: argparse.Namespace, limits: DataLimits
 ) -> tuple[list[SourceReport], list[Candidate], list[int], dict[int, str]]:
     """Read every source: (reports, candidates, the report number of each candidate, classes)."""
+    budget = RecordBudget(limits)
     validators = {
         "v2": RecordValidator("tub_v2_record"),
         "v1": RecordValidator("tub_v1_record"),
@@ -232,12 +357,18 @@ def read_sources(
     for source in sources:
         try:
             if source.format == "v2":
-                report, found = read_v2_tub(source, validators["v2"])
+                report, found = read_v2_tub(source, validators["v2"], limits, budget)
             elif source.format == "v1":
-                report, found = read_v1_tub(source, validators["v1"])
+                report, found = read_v1_tub(source, validators["v1"], limits, budget)
             else:
                 report, found = read_ground_truth(
-                    source, validators["ground-truth"], args.input, classes, args.label_attribute
+                    source,
+                    validators["ground-truth"],
+                    args.input,
+                    classes,
+                    args.label_attribute,
+                    limits,
+                    budget,
                 )
         except (SourceError, ValueError) as exc:
             raise PreprocessError(f"cannot read {source.format} {source.name}: {exc}") from None
@@ -271,6 +402,7 @@ def shard_tasks(
     spec: FrameSpec,
     shard_size: int,
     classifier: bool,
+    limits: DataLimits = DEFAULT_LIMITS,
 ) -> list[ShardTask]:
     """One task per ``shard_size`` consecutive candidates of a split (written to a temporary name)."""
     tasks = []
@@ -288,7 +420,7 @@ def shard_tasks(
             columns["angle"] = np.array([c.angle for c in chunk], dtype=np.float32)
             columns["throttle"] = np.array([c.throttle for c in chunk], dtype=np.float32)
         path = str(split_dir / f".part-{number:05d}.npz")
-        tasks.append(ShardTask(path, [c.image_path for c in chunk], columns, spec))
+        tasks.append(ShardTask(path, [c.image_path for c in chunk], columns, spec, limits))
     return tasks
 
 
@@ -300,6 +432,7 @@ def write_splits(
     owners: list[int],
     by_split: dict[str, list[int]],
     extra: dict[str, Any],
+    limits: DataLimits = DEFAULT_LIMITS,
 ) -> dict[str, dict[str, Any]]:
     """Build every shard (in a pool of ``--workers`` processes, or here), then name and list them.
 
@@ -307,13 +440,15 @@ def write_splits(
     same whatever the worker count.
     """
     classifier = "classes" in extra
-    shard_size = args.shard_size or auto_shard_size(len(candidates))
+    shard_size = args.shard_size or auto_shard_size(len(candidates), frame_bytes(spec))
     tub_names = [reports[o].tub for o in owners]
     split_dirs = {split: prepare_split_dir(args.output, split) for split in SPLITS}
     jobs: list[tuple[str, list[int], ShardTask]] = []
     for split in SPLITS:
         positions = by_split[split]
-        tasks = shard_tasks(split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier)
+        tasks = shard_tasks(
+            split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier, limits
+        )
         for number, task in enumerate(tasks):
             jobs.append((split, positions[number * shard_size : (number + 1) * shard_size], task))
     workers = min(args.workers, len(jobs))
@@ -381,6 +516,9 @@ def build_report(
     datasets: dict[str, dict[str, Any]],
     split_mode: str,
 ) -> dict[str, Any]:
+    broken = [r.tub for r in reports if r.unaccounted()]
+    if broken:  # every record read is accepted, rejected or deleted; anything else is a bug here
+        raise RuntimeError(f"read != accepted + rejected + deleted for {', '.join(broken)}")
     totals = {
         key: sum(getattr(r, key) for r in reports) for key in ("read", "accepted", "rejected", "deleted")
     }
@@ -426,9 +564,14 @@ def quality_failure(report: dict[str, Any]) -> str | None:
     return None
 
 
+def frame_bytes(spec: FrameSpec) -> int:
+    return spec.height * spec.width * 3
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole step; returns data_report.json's content. Raises PreprocessError / DataQualityError."""
     spec = frame_spec_from(args)
+    limits = limits_from(args)
     try:
         fractions = fractions_from(args.train_fraction, args.validation_fraction)
     except ValueError as exc:
@@ -437,14 +580,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PreprocessError(
             f"--shard-size must be 0 (auto) or 1..{DEFAULT_SHARD_SIZE} (the contract's limit)"
         )
+    if args.shard_size * frame_bytes(spec) > MAX_SHARD_FRAME_BYTES:
+        raise PreprocessError(
+            f"--shard-size {args.shard_size} frames of {spec.width}x{spec.height} are more than "
+            f"{MAX_SHARD_FRAME_BYTES >> 20} MiB per shard; at most "
+            f"{MAX_SHARD_FRAME_BYTES // frame_bytes(spec)}"
+        )
     if not 0.0 <= args.max_reject_fraction <= 1.0:
         raise PreprocessError(f"--max-reject-fraction must be in [0, 1], got {args.max_reject_fraction}")
     if args.workers < 1 or args.block_frames < 1:
         raise PreprocessError("--workers and --block-frames must be at least 1")
+    if args.seed < 0:
+        raise PreprocessError(f"--seed must be >= 0, got {args.seed}")
     with tempfile.TemporaryDirectory(prefix="robocar-archives-") as scratch:
-        sources = select_sources(args, Path(scratch))
-        reports, candidates, owners, classes = read_sources(sources, args)
-        return _split_and_write(args, spec, fractions, sources, reports, candidates, owners, classes)
+        sources = select_sources(args, Path(scratch), limits)
+        reports, candidates, owners, classes = read_sources(sources, args, limits)
+        return _split_and_write(args, spec, fractions, sources, reports, candidates, owners, classes, limits)
 
 
 def _split_and_write(
@@ -456,11 +607,12 @@ def _split_and_write(
     candidates: list[Candidate],
     owners: list[int],
     classes: dict[int, str],
+    limits: DataLimits,
 ) -> dict[str, Any]:
     keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]
     by_split, split_mode = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
     extra = {"classes": class_list(classes)} if sources[0].format == "ground-truth" else {}
-    datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra)
+    datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, limits)
     report = build_report(args, spec, reports, datasets, split_mode)
     report_dir = args.output / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -477,15 +629,12 @@ def _split_and_write(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_main("preprocess", lambda: _run_and_summarise(args), debug=args.debug)
+
+
+def _run_and_summarise(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        report = run(args)
-    except PreprocessError as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    except DataQualityError as exc:
-        print(f"preprocess: data rejected: {exc}", file=sys.stderr)
-        return 1
+    report = run(args)
     total, splits = report["total"], report["splits"]
     seconds = time.perf_counter() - started
     print(

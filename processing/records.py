@@ -68,6 +68,10 @@ def parse_json_object(text: str | bytes) -> dict[str, Any]:
         raise Rejection("malformed record", f"{exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise Rejection("malformed record", "nested too deeply") from None
+    except Rejection:  # NaN/Infinity, refused by _refuse_constant
+        raise
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's int/str conversion cap)
+        raise Rejection("malformed record", str(exc)) from None
     if not isinstance(value, dict):
         raise Rejection("malformed record", f"a JSON {type(value).__name__}, not an object")
     return value
@@ -82,7 +86,7 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 _IGNORED_KEYWORDS = {"$schema", "$id", "title", "description"}
-_PROPERTY_KEYWORDS = {"type", "minimum", "maximum", "pattern", "minLength"}
+_PROPERTY_KEYWORDS = {"type", "minimum", "maximum", "pattern", "minLength", "maxLength"}
 # JSON types as the Python types ``json`` produces; jsonschema's semantics: bool is neither an integer
 # nor a number, and a float with no fraction (1.0) is an integer.
 _PYTHON_TYPES = {"integer": (int, float), "number": (int, float), "string": (str,), "boolean": (bool,)}
@@ -103,6 +107,7 @@ def _compile_property(name: str, spec: dict[str, Any]) -> tuple[Any, ...]:
         spec.get("minimum", -math.inf),
         spec.get("maximum", math.inf),
         spec.get("minLength", 0),
+        spec.get("maxLength", math.inf),
         pattern,
     )
 
@@ -122,7 +127,7 @@ def compile_schema(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
         for name in required:
             if name not in record:
                 return False
-        for name, types, integral, low, high, min_length, pattern in properties:
+        for name, types, integral, low, high, min_length, max_length, pattern in properties:
             value = record.get(name, _MISSING)
             if value is _MISSING:
                 continue
@@ -130,7 +135,7 @@ def compile_schema(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
             if kind not in types:
                 return False
             if kind is str:
-                if len(value) < min_length or (pattern is not None and not pattern(value)):
+                if not min_length <= len(value) <= max_length or (pattern is not None and not pattern(value)):
                     return False
             elif not low <= value <= high or (integral and kind is float and not value.is_integer()):
                 return False

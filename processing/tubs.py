@@ -23,6 +23,19 @@ healthy tub, is exactly donkeycar's ``ManifestIterator`` count). A record whose 
 ``deleted_indexes`` is *deleted* whether or not it would have been valid (donkeycar checks deletion
 before parsing). A parseable record whose ``_index`` differs from its position is accepted with a
 warning; a second line with an index already met is rejected (``duplicate index``).
+
+Bounds (``processing/limits.py``, docs/data-limits.md). Catalogs and manifests are streamed line by
+line; a line longer than ``line_bytes`` is a rejected record (``malformed record``), an ``_index``
+outside ``0..tub_records-1`` is a rejected record at the index its position implies (``out of range``).
+A ``manifest.json`` whose ``current_index`` or ``deleted_indexes`` are not record indexes within the
+limit, or claim more records than its catalogs can hold (``len(paths) * max_len``: donkeycar starts a
+new catalog every ``max_len`` records), refuses the run, as do a v1 ``exclude.json`` entry that is not
+an integer index (``1.7``: it names no record, and guessing one could train on data the driver
+excluded) and a ``meta.json`` ``start`` that is not a Unix time.
+
+Folders. A symbolic link to a folder anywhere under the input folder refuses the run: following it
+could loop or read outside the input folder, and skipping it would lose a tub without a word. So
+does a folder that cannot be listed.
 """
 
 from __future__ import annotations
@@ -30,18 +43,32 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from processing.errors import UserError, clip
+from processing.limits import (
+    DEFAULT_LIMITS,
+    FLAGS,
+    DataLimits,
+    FileTooLarge,
+    RecordBudget,
+    limit_text,
+    read_limited,
+)
 from processing.records import RecordValidator, Rejection, parse_json_object
 
 V2_IMAGE_DIR = "images"
 GROUND_TRUTH_SUFFIX = ".manifest"
-_V1_RECORD = re.compile(r"^record_(\d+)\.json$")
+_V1_RECORD = re.compile(r"^record_([0-9]+)\.json$")  # ASCII digits: \d also matches "٣"
+MAX_WARNINGS = 50  # per tub: one per catalog would grow with a hostile manifest's list of paths
+MAX_REPORT_TEXT = 500  # characters of one rejection reason or warning (they may quote hostile data)
+SKIP_CHUNK = 1 << 16  # bytes read at a time while skipping the rest of an overlong line
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A tub or manifest that cannot be read at all (no manifest, malformed manifest.json)."""
 
 
@@ -70,10 +97,22 @@ class SourceReport:
     deleted: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    warnings_dropped: int = 0
 
     def reject(self, index: int, reason: str) -> None:
         self.rejected += 1
-        self.rejections.append({"index": index, "reason": reason})
+        self.rejections.append({"index": index, "reason": clip(reason, MAX_REPORT_TEXT)})
+
+    def warn(self, text: str) -> None:
+        """Keep the first ``MAX_WARNINGS`` warnings; count the others."""
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(clip(text, MAX_REPORT_TEXT))
+        else:
+            self.warnings_dropped += 1
+
+    def unaccounted(self) -> int:
+        """read - (accepted + rejected + deleted): 0 once every record has been judged."""
+        return self.read - self.accepted - self.rejected - self.deleted
 
     def to_dict(self) -> dict[str, Any]:
         rejections = sorted(self.rejections, key=lambda r: (r["index"], r["reason"]))
@@ -85,7 +124,8 @@ class SourceReport:
             "rejected": self.rejected,
             "deleted": self.deleted,
             "rejections": rejections,
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings)
+            + ([f"... and {self.warnings_dropped} more warnings"] if self.warnings_dropped else []),
         }
 
     def summary_line(self) -> str:
@@ -111,6 +151,26 @@ class Source:
     name: str  # path relative to the input folder, posix; recorded as ``tub`` in shards and report
 
 
+def walk_input(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` top-down with sorted folder names, refusing (``SourceError``) what ``os.walk``
+    would skip without a word: a folder it cannot list, and a symbolic link to a folder."""
+
+    def refuse(error: OSError) -> None:
+        raise SourceError(f"cannot list folder {error.filename}: {error.strerror}")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                raise SourceError(
+                    f"{path} is a symbolic link to a folder ({os.readlink(path)}); links are not followed "
+                    "(they may loop or lead outside the input folder): copy the folder in, or pass it "
+                    "as --input"
+                )
+        dirnames.sort()
+        yield dirpath, dirnames, filenames
+
+
 def discover_sources(root: Path) -> list[Source]:
     """Every tub (v2: manifest.json; v1: meta.json + record_*.json) and ``*.manifest`` under ``root``.
 
@@ -119,7 +179,7 @@ def discover_sources(root: Path) -> list[Source]:
     """
     root = Path(root)
     found: list[Source] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in walk_input(root):
         here = Path(dirpath)
         files = set(filenames)
         name = here.relative_to(root).as_posix()
@@ -136,167 +196,332 @@ def discover_sources(root: Path) -> list[Source]:
             if filename.endswith(GROUND_TRUTH_SUFFIX):
                 path = here / filename
                 found.append(Source(path, "ground-truth", path.relative_to(root).as_posix()))
-        dirnames.sort()
     return sorted(found, key=lambda s: s.name)
 
 
-def _read_json_file(path: Path, what: str) -> Any:
+def iter_lines(handle: BinaryIO, max_bytes: int) -> Iterator[bytes | int]:
+    """The lines of a binary file, streamed: each line without its line break (LF or CRLF), or, for a
+    line longer than ``max_bytes``, its length (an int; its bytes are skipped, never held).
+
+    A final newline ends the last line, it does not start one (as donkeycar counts lines).
+    """
+    while True:
+        line = handle.readline(max_bytes + 2)  # + the CRLF of a line of exactly max_bytes
+        if not line:
+            return
+        if len(line) == max_bytes + 2 and not line.endswith(b"\n"):
+            length = len(line)
+            while not line.endswith(b"\n"):
+                line = handle.readline(SKIP_CHUNK)
+                if not line:
+                    break
+                length += len(line)
+            yield length - (1 if line.endswith(b"\n") else 0)
+            continue
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        yield line if len(line) <= max_bytes else len(line)
+
+
+def overlong_line(length: int, limits: DataLimits) -> Rejection:
+    return Rejection(
+        "malformed record", f"a line of {length:,} bytes, over {limit_text(limits, 'line_bytes')}"
+    )
+
+
+def is_index(value: Any) -> bool:
+    """A record index as JSON gives it: an integer >= 0 (not a bool, not 1.7)."""
+    return type(value) is int and value >= 0
+
+
+def _is_file_name(value: str) -> bool:
+    """A plain file name inside the tub folder: manifest.json's catalog paths must not lead elsewhere."""
+    return 0 < len(value) <= 255 and value not in (".", "..") and not any(c in value for c in "/\\\x00")
+
+
+def _read_json_file(path: Path, what: str, limits: DataLimits) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_limited(path, limits.metadata_bytes))
     except FileNotFoundError:
         raise SourceError(f"{path}: {what} is missing") from None
-    except (ValueError, UnicodeDecodeError) as exc:
+    except FileTooLarge:
+        raise SourceError(f"{path}: over {limit_text(limits, 'metadata_bytes')}") from None
+    except (ValueError, RecursionError) as exc:
         raise SourceError(f"{path}: {what} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read {what} ({exc.strerror})") from None
 
 
-def read_v2_manifest(tub: Path) -> tuple[list[str], set[int], int]:
-    """(catalog paths, deleted indexes, ``current_index`` = records written) from a v2 ``manifest.json``."""
+@dataclass(frozen=True)
+class V2Manifest:
+    """What Preprocess uses of a v2 ``manifest.json``'s catalog line, checked."""
+
+    paths: list[str]  # catalog file names, in order
+    deleted: set[int]
+    current_index: int  # the number of records donkeycar wrote
+
+
+def read_v2_manifest(tub: Path, limits: DataLimits = DEFAULT_LIMITS) -> V2Manifest:
+    """The catalog line (the 5th) of a v2 ``manifest.json``; ``SourceError`` unless every field is sane."""
     path = tub / "manifest.json"
     try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        lines = [
+            line for line in read_limited(path, limits.metadata_bytes).decode().splitlines() if line.strip()
+        ]
+    except FileTooLarge:
+        raise SourceError(f"{path}: over {limit_text(limits, 'metadata_bytes')}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from None
     if len(lines) < 5:
         raise SourceError(f"{path}: expected 5 JSON lines (inputs, types, metadata, sessions, catalogs)")
     try:
         catalogs = json.loads(lines[4])
-        paths = [str(p) for p in catalogs["paths"]]
-        deleted = {int(i) for i in catalogs.get("deleted_indexes", [])}
-        current_index = int(catalogs.get("current_index", 0))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise SourceError(f"{path}: malformed catalog line ({exc})") from None
-    return paths, deleted, current_index
+    if not isinstance(catalogs, dict):
+        raise SourceError(f"{path}: malformed catalog line (a JSON {type(catalogs).__name__}, not an object)")
+    paths = catalogs.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) and _is_file_name(p) for p in paths):
+        raise SourceError(f"{path}: paths must list catalog file names in the tub folder, got {paths!r}")
+    current_index = catalogs.get("current_index", 0)
+    if not is_index(current_index):
+        raise SourceError(f"{path}: current_index {current_index!r} is not a record count (an integer >= 0)")
+    if current_index > limits.tub_records:
+        raise SourceError(
+            f"{path}: current_index {current_index:,} counts more records than "
+            f"{limit_text(limits, 'tub_records')}"
+        )
+    max_len = catalogs.get("max_len")
+    if is_index(max_len) and max_len > 0 and current_index > len(paths) * max_len:
+        raise SourceError(
+            f"{path}: current_index {current_index:,} counts more records than its {len(paths)} catalogs "
+            f"of max_len {max_len:,} can hold"
+        )
+    deleted = catalogs.get("deleted_indexes", [])
+    if not isinstance(deleted, list):
+        raise SourceError(f"{path}: deleted_indexes must be a list of record indexes, got {deleted!r}")
+    for index in deleted:
+        if not is_index(index) or index >= limits.tub_records:
+            raise SourceError(
+                f"{path}: deleted_indexes holds {index!r}, not a record index "
+                f"(an integer 0..{limits.tub_records - 1:,}, {FLAGS['tub_records']})"
+            )
+    return V2Manifest(paths, set(deleted), current_index)
 
 
-def _catalog_start_index(catalog: Path, fallback: int, report: SourceReport, line_count: int) -> int:
+def _catalog_start_index(
+    catalog: Path, fallback: int, report: SourceReport, limits: DataLimits
+) -> tuple[int, int | None]:
+    """(index of the catalog's first line, line count its catalog_manifest lists or None)."""
     meta_path = catalog.with_name(f"{catalog.stem}.catalog_manifest")
     try:
-        meta = json.loads(meta_path.read_text().splitlines()[0])
-        start = int(meta["start_index"])
-        listed = len(meta.get("line_lengths", []))
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        report.warnings.append(f"{meta_path.name} missing or unreadable: indexes counted from line order")
-        return fallback
-    if listed != line_count:
-        report.warnings.append(f"{catalog.name} has {line_count} lines, its catalog_manifest lists {listed}")
-    return start
+        meta = json.loads(read_limited(meta_path, limits.metadata_bytes).split(b"\n", 1)[0])
+        start = meta["start_index"]
+        listed = meta.get("line_lengths", [])
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+        report.warn(f"{meta_path.name} missing or unreadable: indexes counted from line order")
+        return fallback, None
+    if not is_index(start) or start >= limits.tub_records:
+        report.warn(
+            f"{meta_path.name}: start_index {start!r} is not a record index: indexes counted from line order"
+        )
+        return fallback, None
+    return start, len(listed) if isinstance(listed, list) else None
 
 
-def split_lines(data: bytes) -> list[bytes]:
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":  # the final newline ends the last line, it does not start one
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
-
-
-def read_v2_tub(source: Source, validator: RecordValidator) -> tuple[SourceReport, list[Candidate]]:
+def read_v2_tub(
+    source: Source,
+    validator: RecordValidator,
+    limits: DataLimits = DEFAULT_LIMITS,
+    budget: RecordBudget | None = None,
+) -> tuple[SourceReport, list[Candidate]]:
     report = SourceReport(source.name, "v2")
-    paths, deleted, current_index = read_v2_manifest(source.path)
+    budget = budget or RecordBudget(limits)
+    manifest = read_v2_manifest(source.path, limits)
     candidates: list[Candidate] = []
     images_dir = os.path.join(str(source.path), V2_IMAGE_DIR, "")  # string joins: ~10x cheaper than Path
     seen: set[int] = set()  # every index met on a line: accepted, rejected or deleted
     expected = 0  # the index the next line implies: the previous line's + 1
     mismatched = 0
-    for catalog_name in paths:
+    for catalog_name in manifest.paths:
         catalog = source.path / catalog_name
         try:
-            data = catalog.read_bytes()
+            handle = open(catalog, "rb")  # noqa: SIM115 - closed by the with below; only opening is "unreadable"
         except OSError as exc:
-            report.warnings.append(f"catalog {catalog_name} listed in manifest.json cannot be read ({exc})")
+            report.warn(f"catalog {catalog_name} listed in manifest.json cannot be read ({exc.strerror})")
             continue
-        lines = split_lines(data)
-        expected = _catalog_start_index(catalog, expected, report, len(lines))
-        for line in lines:
-            report.read += 1
-            record: dict[str, Any] | None = None
-            parse_error: Rejection | None = None
-            try:
-                record = parse_json_object(line)
-            except Rejection as rejection:
-                parse_error = rejection
-            carried = record.get("_index") if record is not None else None
-            index = carried if type(carried) is int else expected
-            if record is not None and index != expected:
-                mismatched += 1
-            expected = index + 1
-            duplicate = index in seen
-            seen.add(index)
-            if index in deleted:
-                report.deleted += 1
-                continue
-            try:
-                if parse_error is not None or record is None:
-                    raise parse_error or Rejection("malformed record", "unparseable")
-                validator.check(record)
-                if duplicate:
-                    raise Rejection("duplicate index", f"_index {index} was already read from this tub")
-            except Rejection as rejection:
-                report.reject(index, rejection.reason)
-                continue
-            candidates.append(
-                Candidate(
-                    index=index,
-                    image_path=images_dir + record["cam/image_array"],
-                    session=str(record.get("_session_id", source.name)),
-                    timestamp_ms=int(record.get("_timestamp_ms", -1)),
-                    angle=float(record["user/angle"]),
-                    throttle=float(record["user/throttle"]),
+        with handle:
+            expected, listed = _catalog_start_index(catalog, expected, report, limits)
+            lines = 0
+            for line in iter_lines(handle, limits.line_bytes):
+                lines += 1
+                budget.admit(source.name, report.read + 1)
+                report.read += 1
+                record: dict[str, Any] | None = None
+                problem: Rejection | None = None
+                try:
+                    if type(line) is int:
+                        raise overlong_line(line, limits)
+                    record = parse_json_object(line)
+                except Rejection as rejection:
+                    problem = rejection
+                carried = record.get("_index") if record is not None else None
+                if type(carried) is int and 0 <= carried < limits.tub_records:
+                    index = carried
+                else:  # unparseable, no integer _index, or one no tub can hold: the position decides
+                    index = expected
+                    if type(carried) is int:
+                        problem = Rejection(
+                            "out of range",
+                            f"_index {carried} is not a record index 0..{limits.tub_records - 1:,} "
+                            f"({FLAGS['tub_records']})",
+                        )
+                if record is not None and index != expected:
+                    mismatched += 1
+                expected = index + 1
+                duplicate = index in seen
+                seen.add(index)
+                if index in manifest.deleted:
+                    report.deleted += 1
+                    continue
+                try:
+                    if problem is not None or record is None:
+                        raise problem or Rejection("malformed record", "unparseable")
+                    validator.check(record)
+                    if duplicate:
+                        raise Rejection("duplicate index", f"_index {index} was already read from this tub")
+                except Rejection as rejection:
+                    report.reject(index, rejection.reason)
+                    continue
+                candidates.append(
+                    Candidate(
+                        index=index,
+                        image_path=images_dir + record["cam/image_array"],
+                        session=str(record.get("_session_id", source.name)),
+                        timestamp_ms=int(record.get("_timestamp_ms", -1)),
+                        angle=float(record["user/angle"]),
+                        throttle=float(record["user/throttle"]),
+                    )
                 )
-            )
+        if listed is not None and listed != lines:
+            report.warn(f"{catalog_name} has {lines} lines, its catalog_manifest lists {listed}")
     # Records manifest.json counts (current_index) that no catalog line holds: lost, and said so.
-    for index in range(current_index):
+    for index in range(manifest.current_index):
         if index not in seen:
+            budget.admit(source.name, report.read + 1)
             report.read += 1
-            if index in deleted:
+            if index in manifest.deleted:
                 report.deleted += 1
             else:
-                report.reject(index, f"record missing: no catalog line, manifest.json counts {current_index}")
+                report.reject(
+                    index, f"record missing: no catalog line, manifest.json counts {manifest.current_index}"
+                )
     if mismatched:
-        report.warnings.append(f"{mismatched} records carry an _index that differs from their line position")
-    unlisted = sorted({p.name for p in source.path.glob("catalog_*.catalog")} - set(paths))
+        report.warn(f"{mismatched} records carry an _index that differs from their line position")
+    unlisted = sorted({p.name for p in source.path.glob("catalog_*.catalog")} - set(manifest.paths))
     if unlisted:  # donkeycar reads only the catalogs manifest.json lists; so do we, but say so
-        report.warnings.append(f"catalogs not listed in manifest.json, not read: {', '.join(unlisted)}")
+        report.warn(f"catalogs not listed in manifest.json, not read: {', '.join(unlisted)}")
     return report, candidates
 
 
-def read_v1_tub(source: Source, validator: RecordValidator) -> tuple[SourceReport, list[Candidate]]:
+# A Unix time in seconds between 1970 and the year 10000: what donkeycar's time.time() writes, and
+# small enough that start * 1000 + milliseconds stays an int64.
+MAX_UNIX_SECONDS = 253_402_300_800
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _v1_start_ms(meta: Any, path: Path) -> int:
+    """``meta.json``'s ``start`` (Unix seconds) in milliseconds; 0 when absent."""
+    start = meta.get("start", 0) if isinstance(meta, dict) else 0
+    if type(start) not in (int, float) or not 0 <= start < MAX_UNIX_SECONDS:  # NaN fails the comparison
+        raise SourceError(f"{path}: start {start!r} is not a Unix time in seconds (0..{MAX_UNIX_SECONDS})")
+    return int(start * 1000)
+
+
+def _v1_excluded(path: Path, limits: DataLimits) -> set[int]:
+    """The indexes a v1 ``exclude.json`` lists (counted as deleted); none without the file."""
+    if not path.exists():
+        return set()
+    value = _read_json_file(path, "exclude.json", limits)
+    if not isinstance(value, list):
+        raise SourceError(f"{path}: expected a JSON list of indexes")
+    for entry in value:
+        if not is_index(entry) or entry >= limits.tub_records:
+            raise SourceError(
+                f"{path}: entry {entry!r} is not a record index (an integer 0..{limits.tub_records - 1:,}); "
+                "fix exclude.json: a guessed index could train on a record the driver excluded"
+            )
+    return set(value)
+
+
+def _v1_record_files(tub: Path, limits: DataLimits) -> list[tuple[int, Path]]:
+    """(index, path) of every ``record_<N>.json``, by index; ``SourceError`` for an N no tub can hold."""
+    records = []
+    for name in os.listdir(tub):
+        match = _V1_RECORD.match(name)
+        if match is None:
+            continue
+        digits = match.group(1).lstrip("0") or "0"
+        if len(digits) > len(str(limits.tub_records)) or int(digits) >= limits.tub_records:  # int() of
+            # a 5,000-digit name would raise: Python caps int/str conversion at 4,300 digits
+            raise SourceError(
+                f"{tub / clip(name, 60)}: index {clip(digits, 30)} is not a record index "
+                f"0..{limits.tub_records - 1:,} ({FLAGS['tub_records']})"
+            )
+        records.append((int(digits), tub / name))
+    return sorted(records)
+
+
+def read_v1_tub(
+    source: Source,
+    validator: RecordValidator,
+    limits: DataLimits = DEFAULT_LIMITS,
+    budget: RecordBudget | None = None,
+) -> tuple[SourceReport, list[Candidate]]:
     report = SourceReport(source.name, "v1")
-    meta = _read_json_file(source.path / "meta.json", "meta.json")
-    start_ms = int(float(meta.get("start", 0)) * 1000) if isinstance(meta, dict) else 0
-    exclude_path = source.path / "exclude.json"
-    excluded: set[int] = set()
-    if exclude_path.exists():
-        value = _read_json_file(exclude_path, "exclude.json")
-        if not isinstance(value, list):
-            raise SourceError(f"{exclude_path}: expected a JSON list of indexes")
-        excluded = {int(i) for i in value}
-    records = sorted(
-        (int(m.group(1)), source.path / name)
-        for name in os.listdir(source.path)
-        if (m := _V1_RECORD.match(name))
+    budget = budget or RecordBudget(limits)
+    start_ms = _v1_start_ms(
+        _read_json_file(source.path / "meta.json", "meta.json", limits), source.path / "meta.json"
     )
+    excluded = _v1_excluded(source.path / "exclude.json", limits)
     candidates: list[Candidate] = []
-    for index, path in records:
+    seen: set[int] = set()
+    for index, path in _v1_record_files(source.path, limits):
+        budget.admit(source.name, report.read + 1)
         report.read += 1
+        duplicate = index in seen  # record_7.json and record_07.json
+        seen.add(index)
         if index in excluded:
             report.deleted += 1
             continue
         try:
-            record = parse_json_object(path.read_bytes())
+            record = parse_json_object(read_limited(path, limits.line_bytes))
             validator.check(record)
+            if duplicate:
+                raise Rejection(
+                    "duplicate index", f"{path.name}: index {index} was already read from this tub"
+                )
+            millis = record.get("milliseconds")
+            timestamp_ms = start_ms + millis if type(millis) is int else -1
+            if not INT64[0] <= timestamp_ms <= INT64[1]:
+                raise Rejection("out of range", f"milliseconds={millis} puts the timestamp outside int64")
         except Rejection as rejection:
             report.reject(index, rejection.reason)
+            continue
+        except FileTooLarge:
+            report.reject(index, f"malformed record: {path.name} is over {limit_text(limits, 'line_bytes')}")
             continue
         except OSError as exc:
             report.reject(index, f"malformed record: cannot read {path.name} ({exc.strerror})")
             continue
-        millis = record.get("milliseconds")
         candidates.append(
             Candidate(
                 index=index,
                 image_path=os.path.join(str(source.path), record["cam/image_array"]),
                 session=source.name,  # a v1 tub is one driving session
-                timestamp_ms=start_ms + int(millis) if type(millis) is int else -1,
+                timestamp_ms=timestamp_ms,
                 angle=float(record["user/angle"]),
                 throttle=float(record["user/throttle"]),
             )

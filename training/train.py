@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, THROTTLE_BINS, linear_bin
+from processing.errors import UserError, add_debug_flag, run_main
 from training.metrics import METRIC_DEFINITIONS, epoch_line
 from training.spec import MODEL_TYPES
 
@@ -54,7 +55,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "auto")
 CONTAINER_ARGS = {"model_dir"}
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """Bad input from the user (a flag, a folder): reported as one line, no traceback."""
 
 
@@ -73,6 +74,7 @@ class TrainConfig:
     deterministic: bool = True
     threads: int = 0
     precision: str = "auto"
+    debug: bool = False  # an internal error prints its traceback (processing/errors.py)
 
 
 # --- hyperparameters ---------------------------------------------------------------------------------
@@ -208,6 +210,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="compute precision while training; the exported model is float32 either way. auto: "
         "mixed_bfloat16 on CPUs with native bfloat16 (AVX512-BF16/AMX), else float32",
     )
+    add_debug_flag(parser)
     return parser
 
 
@@ -226,7 +229,7 @@ def _hyperparameters_from_env(parser: argparse.ArgumentParser, environ: Mapping[
     for key, value in hps.items():
         dest = key.replace("-", "_")
         action = actions.get(dest)
-        if action is None or dest == "help":
+        if action is None or dest in ("help", "debug"):  # not hyperparameters
             continue
         try:
             converted = (
@@ -278,6 +281,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         deterministic=args.deterministic,
         threads=args.threads,
         precision=args.precision,
+        debug=args.debug,
     )
 
 
@@ -492,11 +496,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        train(config)
-    except UsageError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_main("train.py", lambda: _train_exit_status(config), debug=config.debug)
+
+
+def _train_exit_status(config: TrainConfig) -> int:
+    train(config)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""processing/preprocess.py as a command: output independent of --workers, crop options, --help."""
+"""processing/preprocess.py as a command: output independent of --workers, crop options, --help, and how
+the container scripts end (processing/errors.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,83 @@ def test_pool_forks_unless_a_threaded_framework_is_loaded(monkeypatch):
     assert pool_context().get_start_method() == "fork"
     monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
     assert pool_context().get_start_method() == "forkserver"
+
+
+def test_a_bug_is_one_line_with_exit_70_and_debug_prints_the_traceback(
+    synth_tub, tmp_path, capsys, monkeypatch
+):
+    import processing.preprocess as preprocess
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(preprocess, "split_frames", broken)
+    args = ["--input", str(synth_tub), "--output", str(tmp_path), "--workers", "1"]
+    assert main(args) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "preprocess: internal error (a bug, not your input): KeyError: 'a bug'; --debug" in err
+    assert main([*args, "--debug"]) == 70
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_run_main_words_every_exception_in_one_line(capsys):
+    from processing.errors import UserError, run_main
+
+    def raising(exc: BaseException):
+        def body() -> int:
+            raise exc
+
+        return body
+
+    assert run_main("p", raising(UserError("bad\ninput " + "x" * 10_000))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("p: error: bad input xxx") and err.count("\n") == 1 and len(err) < 2100
+    assert run_main("p", raising(PermissionError(13, "Permission denied", "/out"))) == 2
+    assert capsys.readouterr().err == "p: error: [Errno 13] Permission denied: '/out'\n"
+    assert run_main("p", lambda: 0) == 0
+
+
+def test_every_limit_has_a_flag_and_refusals_name_it(tmp_path):
+    import dataclasses
+
+    from processing.limits import FLAGS, DataLimits, limit_text
+    from processing.preprocess import build_parser
+
+    assert set(FLAGS) == {field.name for field in dataclasses.fields(DataLimits)}
+    text = build_parser().format_help()
+    assert all(flag in text for flag in FLAGS.values())
+    assert limit_text(DataLimits(), "line_bytes") == "the limit of 1,048,576 bytes (--max-line-bytes)"
+
+
+def test_the_container_scripts_share_the_debug_flag():
+    from processing.evaluate import build_parser as evaluate_parser
+    from training.train import parse_args
+
+    assert evaluate_parser().parse_args(["--debug"]).debug
+    assert parse_args(["--debug"], environ={}).debug and not parse_args([], environ={}).debug
+    assert not parse_args([], environ={"SM_HPS": '{"debug": true}'}).debug  # not a hyperparameter
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EOFError("Compressed file ended before the end-of-stream marker was reached"),
+        zlib.error("Error -3 while decompressing data: invalid code lengths set"),
+        RuntimeError("File model.json is encrypted, password required for extraction"),
+        FileExistsError(17, "File exists", "model/x"),
+    ],
+)
+def test_evaluate_refuses_a_damaged_model_archive_as_bad_input(tmp_path, monkeypatch, error):
+    import edge.artifacts
+    from processing.errors import UserError
+    from processing.evaluate import EvaluationError, extract_model
+
+    def damaged(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(edge.artifacts, "safe_extract", damaged)  # what a damaged archive raises there
+    (tmp_path / "model.tar.gz").write_bytes(b"...")
+    with pytest.raises(EvaluationError, match="cannot extract") as caught:
+        extract_model(tmp_path / "model.tar.gz", tmp_path)
+    assert isinstance(caught.value, UserError)
