@@ -48,9 +48,11 @@ from processing.edge_package import (  # noqa: E402
     COMPILED_NAME,
     PACKAGE_NAME,
     CompileError,
+    CompileFailed,
     json_bytes,
     log,
 )
+from processing.errors import add_debug_flag, run_main  # noqa: E402
 from processing.local_compile import DEFAULT_MAX_ANGLE_DELTA  # noqa: E402
 from processing.neo import (  # noqa: E402
     NEO_INPUT_NAME,
@@ -62,7 +64,7 @@ from processing.neo import (  # noqa: E402
     write_neo_input,
 )
 
-__all__ = ["CompileError", "main", "parse_targets", "run", "target_devices"]
+__all__ = ["CompileError", "CompileFailed", "main", "parse_targets", "run", "target_devices"]
 
 PROCESSING = "/opt/ml/processing"
 DEFAULT_TARGETS = "jetson_nano,rasp4b"
@@ -318,16 +320,18 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 compiled, 1 compiling failed (Neo, accuracy tolerance), 2 bad input, 70 a bug."""
     parser = build_parser()
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.timeout_s <= 0 or args.calibration_frames <= 0:
         parser.error("--timeout-s and --calibration-frames must be positive")
-    try:
+
+    def body() -> int:
         run(args, os.environ)
-    except CompileError as exc:
-        print(f"compile: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_main("compile", body, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 from edge.artifacts import sha256_file
 from edge.frames import FrameSpec
+from processing.errors import UserError
 
 PACKAGE_NAME = "model.tar.gz"
 MANIFEST_NAME = "manifest.json"
@@ -24,8 +25,16 @@ MANIFEST_FORMAT = "robocar-edge/1"
 COMPILED_FORMAT = "robocar-compiled/1"
 
 
-class CompileError(RuntimeError):
-    """A problem the step reports in one line (bad input, failed Neo job) instead of a traceback."""
+class CompileError(UserError):
+    """Bad input to the step (model, splits, targets, options): one line, exit status 2."""
+
+
+class CompileFailed(CompileError):
+    """The input was fine but compiling failed (a Neo job failed or timed out, no artifact within the
+    accuracy tolerance): one line, exit status 1, as preprocess's quality gate."""
+
+    exit_status = 1
+    label = "failed"
 
 
 def log(message: str) -> None:

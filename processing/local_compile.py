@@ -34,6 +34,7 @@ from edge.frames import FrameSpec, decode_outputs, to_model_input
 from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,
+    CompileFailed,
     base_manifest,
     compiled_entry,
     finish_manifest,
@@ -297,7 +298,7 @@ def choose_default(artifacts: list[dict[str, Any]], max_angle_delta: float) -> s
         artifact["within_tolerance"] = artifact["accuracy_delta"]["angle_mae"] <= max_angle_delta
     usable = [a["file"] for a in artifacts if a["within_tolerance"]]
     if not usable:
-        raise CompileError(f"no compiled artifact is within angle MAE {max_angle_delta} of the float model")
+        raise CompileFailed(f"no compiled artifact is within angle MAE {max_angle_delta} of the float model")
     return usable[0]
 
 

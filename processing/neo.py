@@ -36,6 +36,7 @@ from edge.local_aws import split_s3_uri
 from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,
+    CompileFailed,
     base_manifest,
     compiled_entry,
     finish_manifest,
@@ -223,7 +224,7 @@ def wait_for_compilation(
             status = job["CompilationJobStatus"]
             if status in NEO_FAILED:
                 reason = job.get("FailureReason") or "no FailureReason given"
-                raise CompileError(f"Neo compilation job {name} {status}: {reason}")
+                raise CompileFailed(f"Neo compilation job {name} {status}: {reason}")
             if status in NEO_DONE:
                 done[name] = job
                 pending.remove(name)
@@ -237,7 +238,7 @@ def wait_for_compilation(
                     sagemaker.stop_compilation_job(CompilationJobName=name)
                 except Exception as exc:  # stopping is a courtesy; the timeout is the error to report
                     log(f"could not stop {name}: {exc}")
-            raise CompileError(
+            raise CompileFailed(
                 f"Neo compilation timed out after {timeout_s:.0f} s: {', '.join(pending)} unfinished"
             )
         log(f"waiting for {', '.join(pending)} ({remaining:.0f} s left)")

@@ -224,9 +224,11 @@ def test_a_failed_compilation_job_fails_the_step_with_neo_s_reason(neo, monkeypa
         return response
 
     monkeypatch.setattr(BaseClient, "_make_api_call", describe_says_failed)
-    assert compile_step.main(neo["argv"]) == 1
+    assert compile_step.main(neo["argv"]) == 1  # the input was fine: compiling failed
     err = capsys.readouterr().err
-    assert "FAILED" in err and reason in err and "Traceback" not in err
+    assert (
+        err.startswith("compile: failed: ") and "FAILED" in err and reason in err and "Traceback" not in err
+    )
     assert not (neo["out"] / "compiled.json").exists()
 
 
@@ -284,7 +286,9 @@ def test_vendored_target_list_agrees_with_botocore():
     [("jetson_nan", "did you mean jetson_nano"), ("", "--targets is empty"), ("rasp4b,toaster", "'toaster'")],
 )
 def test_unknown_or_missing_targets_are_refused_with_a_clear_message(text, message, tmp_path, capsys):
-    assert compile_step.main(["--targets", text, "--model", str(tmp_path), "--output", str(tmp_path)]) == 1
+    assert (
+        compile_step.main(["--targets", text, "--model", str(tmp_path), "--output", str(tmp_path)]) == 2
+    )  # bad input (1 is a failed compilation)
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -323,13 +327,17 @@ def test_neo_mode_without_a_role_says_what_is_missing(tmp_path, capsys):
     model.mkdir()
     (model / "model.tar.gz").write_bytes(tar_gz({"model.json": json.dumps(MODEL_JSON).encode()}))
     argv = ["--model", str(model), "--output", str(tmp_path / "out"), "--mode", "neo"]
-    assert compile_step.main([*argv, "--model-s3-uri", "s3://b/model.tar.gz"]) == 1
+    assert (
+        compile_step.main([*argv, "--model-s3-uri", "s3://b/model.tar.gz"]) == 2
+    )  # bad input (1 is a failed compilation)
     assert "Neo mode needs --output-s3-uri, --role-arn" in capsys.readouterr().err
 
 
 def test_a_model_archive_without_model_json_is_refused(tmp_path, capsys):
     (tmp_path / "model.tar.gz").write_bytes(tar_gz({"weights.bin": b"x"}))
-    assert compile_step.main(["--model", str(tmp_path), "--output", str(tmp_path / "out")]) == 1
+    assert (
+        compile_step.main(["--model", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    )  # bad input (1 is a failed compilation)
     assert "has no model.json" in capsys.readouterr().err
 
 
@@ -412,3 +420,18 @@ def test_help_names_every_flag(capsys):
     for flag in ("--model", "--train", "--test", "--output", "--targets", "--mode", "--model-s3-uri"):
         assert flag in out
     assert Path(compile_step.__file__).name == "compile.py"
+
+
+def test_a_bug_is_one_line_unless_debug(tmp_path, monkeypatch, capsys):
+    (tmp_path / "model.tar.gz").write_bytes(tar_gz({"model.json": json.dumps(MODEL_JSON).encode()}))
+
+    def broken(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(compile_step, "run", broken)
+    argv = ["--model", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert compile_step.main(argv) == 70
+    err = capsys.readouterr().err
+    assert "internal error (a bug, not your input): KeyError" in err and "Traceback" not in err
+    assert compile_step.main([*argv, "--debug"]) == 70
+    assert "Traceback" in capsys.readouterr().err
