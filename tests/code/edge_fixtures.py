@@ -75,8 +75,14 @@ def registry(sagemaker: Any, s3: Any) -> None:
 
 
 def fake_model(tag: str) -> bytes:
-    """A model archive for tests that replace the smoke test: what matters is the bytes and the tag."""
-    return tar_bytes({"manifest.json": json.dumps({"tag": tag}).encode(), "model.bin": tag.encode() * 16})
+    """A model archive for tests that replace the smoke test: what matters is the bytes and the tag.
+
+    Its manifest lists ``model.bin`` with its SHA-256, as compile does, so the agent's file check passes.
+    """
+    model = tag.encode() * 16
+    artifact = {"file": "model.bin", "runtime": "litert", "sha256": sha256(model), "size_bytes": len(model)}
+    manifest = {"tag": tag, "artifacts": [artifact]}
+    return tar_bytes({"manifest.json": json.dumps(manifest).encode(), "model.bin": model})
 
 
 def onnx_pilot_package(tag: str, *, angle_bias: float = 0.0, throttle: float = 0.3) -> bytes:
