@@ -265,12 +265,17 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
         "throttle": _check_output("throttle", float(throttle)),
         "latency_ms": round(latency_ms, 3),
     }
-    for (extreme_angle, extreme_throttle), extreme_heads in extreme_runs:
-        if extreme_heads is not None:
-            check_heads(extreme_heads, infer.model_type, check_range=False)
-        for name, value in (("angle", extreme_angle), ("throttle", extreme_throttle)):
-            if not math.isfinite(value):
-                raise SmokeTestError(f"{name} is not finite ({value}) on a black or white frame")
+    for label, ((extreme_angle, extreme_throttle), extreme_heads) in zip(
+        ("black", "white"), extreme_runs, strict=True
+    ):
+        try:
+            if extreme_heads is not None:
+                check_heads(extreme_heads, infer.model_type, check_range=False)
+            for name, value in (("angle", extreme_angle), ("throttle", extreme_throttle)):
+                if not math.isfinite(value):
+                    raise SmokeTestError(f"{name} is not finite ({value})")
+        except SmokeTestError as exc:
+            raise SmokeTestError(f"on a {label} frame: {exc}") from None
     return result
 
 
@@ -582,7 +587,8 @@ class Agent:
         if failure is None:
             return self._save(state, "installed", self._installed(current, []))
         rejected = [candidate.model_package_arn] if failure.reject else []
-        return self._save(state, failure.outcome, self._keeping(state["current"], [failure.reason]), rejected)
+        refusal = f"{candidate.model_package_arn}: {failure.reason}"
+        return self._save(state, failure.outcome, self._keeping(state["current"], [refusal]), rejected)
 
     def _attempt(
         self,

@@ -387,11 +387,13 @@ def _check_zip_directory(archive: Path, limits: ExtractLimits) -> None:
         end = zipfile._EndRecData(f)  # the record zipfile itself will use (zip64 included)
     if not end:
         raise UnsafeArchiveError(f"{archive.name} has no zip end-of-directory record")
+    if end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_members:
+        raise UnsafeArchiveError(f"archive has more than {limits.max_members} members")
     bound = limits.max_members * (_ZIP_DIRECTORY_ENTRY_BYTES + limits.max_name_bytes)
-    if end[zipfile._ECD_SIZE] > bound or end[zipfile._ECD_ENTRIES_TOTAL] > limits.max_members:
+    if end[zipfile._ECD_SIZE] > bound:
         raise UnsafeArchiveError(
-            f"archive's directory lists {end[zipfile._ECD_ENTRIES_TOTAL]} members in "
-            f"{end[zipfile._ECD_SIZE]} bytes, over the {limits.max_members}-member limit"
+            f"archive's directory is {end[zipfile._ECD_SIZE]} bytes, "
+            f"more than {limits.max_members} members can take"
         )
 
 
