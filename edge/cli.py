@@ -250,10 +250,12 @@ def _component_errors() -> tuple[type[Exception], ...]:
 
 def _setup_logging(quiet: bool, debug: bool = False) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if debug:  # ours only: botocore's debug log prints every request, signed headers included
+        logging.getLogger("robocar").setLevel(logging.DEBUG)
 
 
 def registry_location(args: argparse.Namespace) -> Path | None:
