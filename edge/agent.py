@@ -682,6 +682,11 @@ class Agent:
         return "; ".join([now, *refusals])
 
     @_exclusive
+    def note(self, outcome: str, detail: str) -> CheckResult:
+        """Record a check that could not run (it raised) as the last check, so ``status`` says why."""
+        return self._save(self.load_state(), outcome, detail)
+
+    @_exclusive
     def rollback(self, reason: str = "requested by hand") -> CheckResult:
         """Point ``current`` back at the previous model and reject the one that was running."""
         state = self.load_state()

@@ -460,7 +460,11 @@ def _update_before_driving(args: argparse.Namespace) -> tuple[Any, dict[str, str
         return car, {"outcome": result.outcome, "detail": result.detail}
     except Exception as exc:
         logging.getLogger("robocar.edge").debug("traceback of the failed update check", exc_info=exc)
-        return car, {"outcome": "check-failed", "detail": f"{type(exc).__name__}: {exc}"}
+        failed = {"outcome": "check-failed", "detail": f"{type(exc).__name__}: {exc}"}
+        if car is not None:
+            with contextlib.suppress(Exception):  # a corrupt state.json cannot take it: the summary says it
+                car.note(failed["outcome"], failed["detail"])
+        return car, failed
 
 
 def _status_line(record: Any) -> str:

@@ -456,6 +456,9 @@ def test_run_drives_with_the_last_good_model_whatever_the_update_check_raises(
     update = json.loads(summary.read_text())["update"]
     assert update == {"outcome": "check-failed", "detail": f"{type(failure).__name__}: {failure}"}
     assert f"update check: check-failed: {type(failure).__name__}" in out
+    assert state(tmp_path)["last_check"]["outcome"] == "check-failed", "status says why too"
+    assert edge_main(["status", "--root", str(tmp_path / "car")]) == 0
+    assert f"check-failed: {type(failure).__name__}: {failure}" in capsys.readouterr().out
 
 
 def test_run_with_a_hostile_package_approved_still_drives(workspace, capsys):
