@@ -142,6 +142,9 @@ HOSTILE_ARCHIVES: dict[str, Callable[[], bytes]] = {
     "a pax-described sparse member": lambda: tar_of(
         [entry("manifest.json", data=b"{}"), entry("s", **{"GNU.sparse.major": "1", "GNU.sparse.minor": "0"})]
     ),
+    "a pax header saying a member is 1 TiB": lambda: tar_of(
+        [entry("manifest.json", data=b"{}"), entry("model.bin", size=str(1 << 40))]
+    ),
     "a bzip2-compressed tar": lambda: bz2.compress(model_members_tar(onnx_pilot_package("bz"))),
     "a symlink out": lambda: tar_of([entry("manifest.json", data=b"{}"), link("pilot.onnx", "/etc/passwd")]),
     "an absolute member path": lambda: tar_bytes({"manifest.json": b"{}", "/tmp/evil": b"x"}),
@@ -284,6 +287,9 @@ def test_refusal_reasons_name_what_is_wrong(tmp_path):
         "a zip with an unknown compression method": "compression method 99",
         "a GNU long-name header of 3 GB": "extension header declares 3221225472 bytes",
         "a sparse member": "sparse",
+        "a pax header saying a member is 1 TiB": lambda: tar_of(
+            [entry("manifest.json", data=b"{}"), entry("model.bin", size=str(1 << 40))]
+        ),
         "a bzip2-compressed tar": "bzip2-compressed",
     }
     reasons = {}
