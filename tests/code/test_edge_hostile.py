@@ -287,9 +287,7 @@ def test_refusal_reasons_name_what_is_wrong(tmp_path):
         "a zip with an unknown compression method": "compression method 99",
         "a GNU long-name header of 3 GB": "extension header declares 3221225472 bytes",
         "a sparse member": "sparse",
-        "a pax header saying a member is 1 TiB": lambda: tar_of(
-            [entry("manifest.json", data=b"{}"), entry("model.bin", size=str(1 << 40))]
-        ),
+        "a pax header saying a member is 1 TiB": "is 1099511627776 bytes, over the",
         "a bzip2-compressed tar": "bzip2-compressed",
     }
     reasons = {}
