@@ -17,8 +17,14 @@ The ``current`` link is the truth for which model runs (a crash between the swap
 cannot make the car drive something the state does not describe: the install record travels with the
 model folder). The previous model is kept so a failure after the swap rolls back without a download.
 
-A package whose artifact fails the smoke test or is an unsafe archive is remembered as rejected and not
-tried again; a SHA-256 mismatch is not remembered (the object may be repaired), it is refused each time.
+What a failure means (docs/edge-safety.md, "What the car refuses"): a package that fails because of what
+it *is* (an unsafe or unreadable archive, a manifest file that is missing, outside the package or not
+the bytes it claims, a model that does not load or answers NaN or out of range, or anything unexpected
+on its way in) is **rejected**: remembered in ``state.json``, reported once, never tried again, and the
+check goes on to the next older approved package (so a new car still gets the newest good one). A
+failure that is not the package's fault is **retried** at the next check and rejects nothing: the
+network or the registry (``offline``, ``registry-error``), a SHA-256 mismatch (the object may be
+repaired; ``refused``), the car's own disk full or read-only (``storage-error``).
 
 Standard library only at import time: the rollout Lambda (infra/rollout) imports this module to read
 packages; numpy and the runtimes are imported by the smoke test when it runs.
@@ -26,6 +32,7 @@ packages; numpy and the runtimes are imported by the smoke test when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import json
@@ -34,8 +41,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,9 @@ INSTALL_RECORD = ".robocar-install.json"
 SMOKE_FRAME = ("edge.assets", "smoke_frame.jpg")  # a 160x120 donkeycar camera frame, shipped in the wheel
 MAX_EVENTS = 50
 DEFAULT_LIMITS = artifacts.ExtractLimits()
+# Packages one check may try (each a download, an unpack and a smoke test): a rejected package is
+# remembered, so the next check carries on below it; three keep one check to seconds on a car's link.
+MAX_TRIES_PER_CHECK = 3
 
 
 class AgentError(Exception):
@@ -145,8 +155,13 @@ def approved_packages(sagemaker: Any, group: str) -> Iterator[str]:
         kwargs["NextToken"] = token
 
 
-def find_newest(sagemaker: Any, group: str, target: str, skip: set[str] = frozenset()) -> Candidate | None:
-    """The newest Approved package with an artifact for ``target`` whose key is not in ``skip``."""
+def iter_candidates(
+    sagemaker: Any, group: str, target: str, skip: set[str] = frozenset()
+) -> Iterator[Candidate]:
+    """Approved packages with an artifact for ``target`` whose key is not in ``skip``, newest first.
+
+    A package whose metadata for the target is unusable (no digest, not a SHA-256) is logged and skipped.
+    """
     for arn in approved_packages(sagemaker, group):
         description = sagemaker.describe_model_package(ModelPackageName=arn)
         try:
@@ -155,11 +170,19 @@ def find_newest(sagemaker: Any, group: str, target: str, skip: set[str] = frozen
             log.warning("skipping %s", exc)
             continue
         if candidate is not None and candidate.key not in skip:
-            return candidate
-    return None
+            yield candidate
+
+
+def find_newest(sagemaker: Any, group: str, target: str, skip: set[str] = frozenset()) -> Candidate | None:
+    """The newest Approved package with an artifact for ``target`` whose key is not in ``skip``."""
+    return next(iter_candidates(sagemaker, group, target, skip), None)
 
 
 RAW_LINEAR_LIMIT = 2.0  # a linear head far outside [-1, 1] means broken weights or quantisation
+# A softmax head sums to 1; int8 quantisation (scale 1/256) of 20 bins moves the sum by at most
+# 20 x 1/512 = 0.04, so 0.1 is loose for a real head and tight enough to refuse one that is all zeros.
+PROBABILITY_SUM_TOLERANCE = 0.1
+CATEGORICAL_WIDTHS = {"angle": 15, "throttle": 20}  # edge.frames.ANGLE_BINS, THROTTLE_BINS
 
 
 def _check_output(name: str, value: float) -> float:
@@ -170,22 +193,42 @@ def _check_output(name: str, value: float) -> float:
     return value
 
 
-def check_heads(heads: list[Any], model_type: str) -> None:
-    """Raw outputs: finite; linear heads within +-RAW_LINEAR_LIMIT; categorical heads probabilities.
+def check_heads(heads: list[Any], model_type: str, *, check_range: bool = True) -> None:
+    """Raw outputs (angle's first): finite; a linear head one value within +-RAW_LINEAR_LIMIT; a
+    categorical head a probability distribution of its width.
 
-    The decoder clips linear outputs to [-1, 1] (as donkeycar does), so only the raw heads can show a
-    model whose answers are far off; a little overshoot is normal for an unbounded linear head.
+    The decoder clips linear outputs to [-1, 1] (as donkeycar does) and takes the argmax of categorical
+    ones, so only the raw heads show a model whose answers are far off (a throttle head saying 50 would
+    drive at full throttle); a little overshoot is normal for an unbounded linear head.
+    ``check_range=False`` checks finiteness only (for frames unlike any the model learned from).
     """
     import numpy as np  # here, not at the top: the rollout Lambda imports this module without numpy
 
-    for index, head in enumerate(heads):
+    if len(heads) != 2:
+        raise SmokeTestError(f"the model has {len(heads)} outputs, expected 2 (angle, throttle)")
+    for name, head in zip(("angle", "throttle"), heads, strict=True):
         values = np.asarray(head, dtype=np.float64)
-        if not np.all(np.isfinite(values)):
-            raise SmokeTestError(f"output {index} has non-finite values")
-        if model_type == "linear" and np.any(np.abs(values) > RAW_LINEAR_LIMIT):
-            raise SmokeTestError(f"output {index} = {values.ravel()[:4]} is far outside [-1, 1]")
-        if model_type == "categorical" and (np.any(values < -1e-3) or np.any(values > 1 + 1e-3)):
-            raise SmokeTestError(f"output {index} is not a probability distribution")
+        if values.size == 0 or not np.all(np.isfinite(values)):
+            raise SmokeTestError(f"raw {name} output is not finite ({values.ravel()[:4]})")
+        if not check_range:
+            continue
+        if model_type == "linear":
+            if values.size != 1:
+                raise SmokeTestError(f"raw {name} output has {values.size} values; a linear head has 1")
+            if np.any(np.abs(values) > RAW_LINEAR_LIMIT):
+                raise SmokeTestError(f"raw {name} output {values.ravel()[0]:.4g} is far outside [-1, 1]")
+        elif model_type == "categorical":
+            if values.shape[-1] != CATEGORICAL_WIDTHS[name]:
+                raise SmokeTestError(
+                    f"raw {name} output has width {values.shape[-1]}, expected {CATEGORICAL_WIDTHS[name]}"
+                )
+            total = values.sum(axis=-1)
+            if (
+                np.any(values < -1e-3)
+                or np.any(values > 1 + 1e-3)
+                or np.any(np.abs(total - 1.0) > PROBABILITY_SUM_TOLERANCE)
+            ):
+                raise SmokeTestError(f"raw {name} output is not a probability distribution")
 
 
 def smoke_frame_bytes() -> bytes:
@@ -194,11 +237,14 @@ def smoke_frame_bytes() -> bytes:
 
 
 def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float]:
-    """Load the package as the drive loop will and run the bundled frame; SmokeTestError if it misbehaves.
+    """Load the package as the drive loop will and run it; SmokeTestError if it misbehaves.
 
-    The commands must be finite and within [-1, 1], and so must the raw outputs (``check_heads``) when
-    the runtime exposes them.
+    On the bundled camera frame the commands must be finite and within [-1, 1], and so must the raw
+    heads (``check_heads``). A black and a white frame (a covered lens, the sun) must give finite heads
+    and commands: a model that answers NaN in the dark would otherwise be found only while driving.
     """
+    import numpy as np
+
     from edge import drive, frames
 
     try:
@@ -208,15 +254,39 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
         angle, throttle = infer(image)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heads = infer.heads(image)
+        extremes = [np.zeros_like(image), np.full_like(image, 255)]
+        extreme_runs = [(infer(frame), infer.heads(frame)) for frame in extremes]
     except Exception as exc:  # any failure to load or run is a failed smoke test, named in the log
         raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
     if heads is not None:
         check_heads(heads, infer.model_type)
-    return {
+    result = {
         "angle": _check_output("angle", float(angle)),
         "throttle": _check_output("throttle", float(throttle)),
         "latency_ms": round(latency_ms, 3),
     }
+    for label, ((extreme_angle, extreme_throttle), extreme_heads) in zip(
+        ("black", "white"), extreme_runs, strict=True
+    ):
+        try:
+            if extreme_heads is not None:
+                check_heads(extreme_heads, infer.model_type, check_range=False)
+            for name, value in (("angle", extreme_angle), ("throttle", extreme_throttle)):
+                if not math.isfinite(value):
+                    raise SmokeTestError(f"{name} is not finite ({value})")
+        except SmokeTestError as exc:
+            raise SmokeTestError(f"on a {label} frame: {exc}") from None
+    return result
+
+
+def verify_package(model_dir: Path) -> list[str]:
+    """The manifest's files are inside the package and are the bytes it records (``sha256``)."""
+    from edge import runtimes  # numpy: not for the rollout Lambda
+
+    try:
+        return runtimes.verify_package_files(model_dir, runtimes.read_manifest(model_dir))
+    except runtimes.PilotError as exc:
+        raise artifacts.ArtifactError(str(exc)) from exc
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -246,14 +316,58 @@ def _registry_failure(exc: Exception, keeping: str) -> tuple[str, str]:
     return "offline", f"registry unreachable ({type(exc).__name__}: {exc}); {keeping}"
 
 
+# The stages a package goes through on its way in; a failure names the stage it happened in.
+DOWNLOAD, UNPACK, VERIFY, SMOKE, INSTALL = "download", "unpack", "file check", "smoke test", "install"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a package did not install. ``reject``: remembered in state.json and never tried again;
+    otherwise the failure is not the package's fault and the next check tries it again."""
+
+    outcome: str
+    reason: str
+    reject: bool
+
+
+def classify_failure(stage: str, exc: Exception) -> Failure:
+    """What a failure in ``stage`` says about the package (docs/edge-safety.md has the table).
+
+    Retried: a SHA-256 mismatch (the object may be repaired), the car's disk (full, read-only: no fault
+    of the package), the network or registry during the download, our own file operations at install.
+    Rejected: everything else, i.e. the package's bytes, manifest or model; an exception none of our
+    checks names is a bug somewhere or a new way to be bad, so it is rejected too, with its type logged
+    (the traceback at debug level: ``--debug``).
+    """
+    if isinstance(exc, artifacts.IntegrityError):
+        return Failure("refused", f"{exc} (not remembered: tried again at the next check)", reject=False)
+    if artifacts.is_storage_error(exc) or (stage == INSTALL and isinstance(exc, OSError)):
+        return Failure("storage-error", f"the car's disk failed during the {stage}: {exc}", reject=False)
+    if stage == DOWNLOAD and not isinstance(exc, artifacts.ArtifactError):
+        outcome, detail = _registry_failure(exc, "download failed")
+        return Failure(outcome, detail, reject=False)
+    if isinstance(exc, artifacts.ArtifactError):
+        return Failure("refused", f"{stage}: {exc}", reject=True)
+    log.warning("unexpected %s in the %s: %s", type(exc).__name__, stage, exc)
+    log.debug("traceback of the unexpected %s", type(exc).__name__, exc_info=exc)
+    return Failure("refused", f"{stage}: unexpected {type(exc).__name__}: {exc}", reject=True)
+
+
 def _exclusive(method: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
-    """Hold ``root/.lock`` for the call: a ``pull`` by hand and the poller of ``run`` never interleave."""
+    """Hold ``root/.lock`` for the call: a ``pull`` by hand and the poller of ``run`` never interleave.
+    A lock that cannot be taken (a read-only disk) is a ``storage-error`` result, not an exception."""
 
     @functools.wraps(method)
     def locked(self: Agent, *args: Any, **kwargs: Any) -> CheckResult:
         from edge.local_aws import file_lock  # here: the rollout Lambda bundles this module without it
 
-        with file_lock(self.root / ".lock"):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(self.root / ".lock"))
+            except OSError as exc:
+                detail = f"cannot lock {self.root} ({exc}); keeping the installed model"
+                log.warning("storage-error: %s", detail)
+                return CheckResult("storage-error", detail, self.current_name())
             return method(self, *args, **kwargs)
 
     return locked
@@ -264,15 +378,46 @@ class CheckResult:
     """What one check did.
 
     ``outcome``: ``installed``, ``up-to-date``, ``none-approved``, ``offline``, ``registry-error``,
-    ``refused`` or ``rolled-back``; ``model``: the folder the car drives with afterwards (None: none).
+    ``refused``, ``storage-error`` or ``rolled-back``; ``model``: the folder the car drives with
+    afterwards (None: none); ``rejected``: the packages this check rejected (each reported once).
     """
 
     outcome: str
     detail: str
     model: str | None
+    rejected: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _state_problem(state: Any) -> str | None:
+    """What makes a parsed state.json unusable, or None."""
+    if not isinstance(state, dict):
+        return "is not a JSON object"
+    expected = {"rejected": dict, "events": list, "previous": (str, type(None))}
+    for key, kind in expected.items():
+        if key in state and not isinstance(state[key], kind):
+            return f"has a {key!r} of the wrong type"
+    return None
+
+
+def read_state_file(path: Path) -> dict[str, Any] | None:
+    """A car's state.json (None when there is none); AgentError, one line, when it is unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError) as exc:
+        raise AgentError(f"cannot read {path}: {exc}") from exc
+    try:
+        state = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise AgentError(f"{path} is not valid JSON ({exc}); move it aside to reset") from exc
+    problem = _state_problem(state)
+    if problem:
+        raise AgentError(f"{path} {problem}: not a robocar state file; move it aside to reset")
+    return state
 
 
 class Agent:
@@ -301,20 +446,10 @@ class Agent:
         self.downloads = self.root / "downloads"
         self.current_link = self.root / "current"
         self.state_path = self.root / "state.json"
-        self.models.mkdir(parents=True, exist_ok=True)
-        self.downloads.mkdir(parents=True, exist_ok=True)
 
     # ---- state -------------------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:
-        if self.state_path.exists():
-            try:
-                state = json.loads(self.state_path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise AgentError(
-                    f"{self.state_path} is not valid JSON ({exc}); move it aside to reset"
-                ) from exc
-        else:
-            state = {}
+        state = read_state_file(self.state_path) or {}
         state.setdefault("format", STATE_FORMAT)
         state.setdefault("rejected", {})
         state.setdefault("events", [])
@@ -323,20 +458,30 @@ class Agent:
         state["current"] = self.current_record()
         return state
 
-    def _save(self, state: dict[str, Any], outcome: str, detail: str) -> CheckResult:
+    def _save(
+        self, state: dict[str, Any], outcome: str, detail: str, rejected: Sequence[str] = ()
+    ) -> CheckResult:
+        """Record the check in state.json; a disk that cannot take it is said in the result, not raised."""
         state["current"] = self.current_record()
         state["last_check"] = {"at": utc_now(), "outcome": outcome, "detail": detail}
         state["events"] = (state["events"] + [state["last_check"]])[-MAX_EVENTS:]
-        _write_json_atomic(self.state_path, state)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(self.state_path, state)
+        except OSError as exc:
+            detail = f"{detail} (state.json not saved: {exc})"
         level = logging.INFO if outcome in ("installed", "up-to-date", "none-approved") else logging.WARNING
         log.log(level, "%s: %s", outcome, detail)
-        return CheckResult(outcome, detail, self.current_name())
+        return CheckResult(outcome, detail, self.current_name(), list(rejected))
 
     def current_name(self) -> str | None:
         """The folder name ``current`` points to, or None when no model is installed."""
         try:
             return Path(os.readlink(self.current_link)).name
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:  # EINVAL: ``current`` is not a link (made by hand); nothing we installed
+            log.warning("%s is not the agent's link (%s)", self.current_link, exc)
             return None
 
     def current_dir(self) -> Path | None:
@@ -344,40 +489,76 @@ class Agent:
         return self.models / name if name else None
 
     def current_record(self) -> dict[str, Any] | None:
+        """The install record of the current model; None (logged) when missing or unreadable."""
         folder = self.current_dir()
         if folder is None or not (folder / INSTALL_RECORD).exists():
             return None
-        return json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
+        try:
+            record = json.loads((folder / INSTALL_RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            log.warning("the install record of %s is unreadable (%s)", folder.name, exc)
+            return None
+        required = ("model_package_arn", "sha256", "target", "folder", "installed_at")
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in required):
+            log.warning("the install record of %s lacks %s", folder.name, ", ".join(required))
+            return None
+        return record
+
+    @staticmethod
+    def _key_of(record: dict[str, Any] | None) -> str | None:
+        return f"{record['model_package_arn']}#{record['sha256']}" if record else None
 
     # ---- the check ---------------------------------------------------------------------------------
     @_exclusive
     def check(self) -> CheckResult:
-        """One pass: find, fetch, verify, unpack, smoke-test, swap. Registry/network errors do not raise."""
+        """One pass: find, fetch, verify, unpack, check files, smoke-test, swap; never raises for what
+        the registry, the network or a package does (a corrupt state.json is an AgentError).
+
+        Approved packages are tried newest first, down to the one installed: a rejected package sends
+        the check on to the next older one (so a new car installs the newest *good* model), a
+        transient failure ends the check (the next one tries again).
+        """
         state = self.load_state()
         current = state["current"]
-        try:
-            candidate = find_newest(self.sagemaker, self.group, self.target, skip=set(state["rejected"]))
-        except Exception as exc:  # whatever the client raises, the car keeps its model
-            return self._save(state, *_registry_failure(exc, f"keeping {self._describe(current)}"))
-        if candidate is None:
-            return self._save(
+        refusals: list[str] = []
+        rejected: list[str] = []
+        last_refusal = "refused"
+        candidates = iter_candidates(self.sagemaker, self.group, self.target, skip=set(state["rejected"]))
+        for _ in range(MAX_TRIES_PER_CHECK):
+            keeping = self._keeping(current, refusals)
+            try:
+                candidate = next(candidates, None)
+            except Exception as exc:  # whatever the client raises, the car keeps its model
+                return self._save(state, *_registry_failure(exc, keeping), rejected)
+            if candidate is None and not refusals:
+                return self._save(
+                    state,
+                    "none-approved",
+                    f"no Approved package in {self.group!r} has an artifact for {self.target!r}; {keeping}",
+                )
+            if candidate is None or candidate.key == self._key_of(current):
+                if refusals:
+                    return self._save(state, last_refusal, keeping, rejected)
+                return self._save(state, "up-to-date", f"driving with {self._describe(current)}")
+            archive = self.downloads / f"{candidate.sha256}.tar.gz"
+            failure = self._attempt(
                 state,
-                "none-approved",
-                f"no Approved package in {self.group!r} has an artifact for {self.target!r}; "
-                f"keeping {self._describe(current)}",
+                candidate,
+                DOWNLOAD,
+                lambda c=candidate, a=archive: artifacts.fetch_verified(self.s3, c.artifact_uri, a, c.sha256),
+                archive,
             )
-        if current and f"{current['model_package_arn']}#{current['sha256']}" == candidate.key:
-            return self._save(state, "up-to-date", f"driving with {self._describe(current)}")
-        archive = self.downloads / f"{candidate.sha256}.tar.gz"
-        try:
-            artifacts.fetch_verified(self.s3, candidate.artifact_uri, archive, candidate.sha256)
-        except artifacts.IntegrityError as exc:
-            return self._save(state, "refused", f"{exc}; keeping {self._describe(current)}")
-        except Exception as exc:
-            return self._save(
-                state, *_registry_failure(exc, f"download failed, keeping {self._describe(current)}")
-            )
-        return self._install(state, candidate, archive)
+            if failure is None:
+                return self._save(state, "installed", self._installed(current, refusals), rejected)
+            if failure.outcome not in ("refused", "rolled-back"):
+                return self._save(state, failure.outcome, f"{failure.reason}; {keeping}", rejected)
+            refusals.append(f"{candidate.model_package_arn}: {failure.reason}")
+            last_refusal = failure.outcome
+            if failure.reject:
+                rejected.append(candidate.model_package_arn)
+            current = state["current"]
+        more = f"; {MAX_TRIES_PER_CHECK} packages tried, the next check goes on"
+        return self._save(state, last_refusal, self._keeping(current, refusals) + more, rejected)
 
     @_exclusive
     def install_archive(self, archive: Path, candidate: Candidate) -> CheckResult:
@@ -388,57 +569,122 @@ class Agent:
         """
         state = self.load_state()
         current = state["current"]
-        if current and f"{current['model_package_arn']}#{current['sha256']}" == candidate.key:
+        if candidate.key == self._key_of(current):
             return self._save(state, "up-to-date", f"driving with {self._describe(current)}")
         if candidate.key in state["rejected"]:
-            reason = state["rejected"][candidate.key]["reason"]
+            entry = state["rejected"][candidate.key]
+            reason = entry.get("reason") if isinstance(entry, dict) else entry
             detail = f"{candidate.model_package_arn} was rejected before ({reason})"
             return self._save(state, "refused", f"{detail}; keeping {self._describe(current)}")
-        try:
-            artifacts.verify_file(archive, candidate.sha256)
-        except artifacts.IntegrityError as exc:
-            return self._save(state, "refused", f"{exc}; keeping {self._describe(state['current'])}")
         local_copy = self.downloads / f"{candidate.sha256}.tar.gz"
-        shutil.copyfile(archive, local_copy)
-        return self._install(state, candidate, local_copy)
 
-    def _install(self, state: dict[str, Any], candidate: Candidate, archive: Path) -> CheckResult:
-        current = state["current"]
-        keep = self._describe(current)
-        staging = self.models / f".staging-{candidate.folder_name}"
-        shutil.rmtree(staging, ignore_errors=True)
+        def copy_verified() -> None:
+            artifacts.verify_file(archive, candidate.sha256)
+            self.downloads.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(archive, local_copy)
+
+        failure = self._attempt(state, candidate, INSTALL, copy_verified, local_copy)
+        if failure is None:
+            return self._save(state, "installed", self._installed(current, []))
+        rejected = [candidate.model_package_arn] if failure.reject else []
+        refusal = f"{candidate.model_package_arn}: {failure.reason}"
+        return self._save(state, failure.outcome, self._keeping(state["current"], [refusal]), rejected)
+
+    def _attempt(
+        self,
+        state: dict[str, Any],
+        candidate: Candidate,
+        fetch_stage: str,
+        fetch: Callable[[], Any],
+        archive: Path,
+    ) -> Failure | None:
+        """Fetch ``candidate``'s archive to ``archive`` and install it; None when it is installed.
+
+        A failure is classified (``classify_failure``); a rejected package is recorded in ``state``.
+        Nothing of a failed attempt stays on disk but the rejection.
+        """
         try:
-            files = artifacts.safe_extract(archive, staging, self.limits)
-            smoke = self.smoke(staging)
-        except artifacts.ArtifactError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            state["rejected"][candidate.key] = {"at": utc_now(), "reason": str(exc)}
-            return self._save(state, "refused", f"{candidate.model_package_arn}: {exc}; keeping {keep}")
+            fetch()
+        except Exception as exc:  # every failure is classified: a package never ends the check
+            failure: Failure | None = classify_failure(fetch_stage, exc)
+        else:
+            try:
+                failure = self._install(state, candidate, archive)
+            except Exception as exc:  # e.g. the disk failing while rolling back: still a result
+                failure = classify_failure(INSTALL, exc)
         finally:
-            archive.unlink(missing_ok=True)
-        record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
-        record.update(installed_at=utc_now(), smoke_test=smoke)
-        _write_json_atomic(staging / INSTALL_RECORD, record)
-        final = self.models / candidate.folder_name
-        shutil.rmtree(final, ignore_errors=True)  # a leftover of an interrupted install of the same package
-        os.replace(staging, final)
+            with contextlib.suppress(OSError):
+                archive.unlink(missing_ok=True)
+                archive.with_name(archive.name + ".part").unlink(missing_ok=True)
+        if failure is not None and failure.reject:
+            state["rejected"][candidate.key] = {"at": utc_now(), "reason": failure.reason}
+        return failure
+
+    def _install(self, state: dict[str, Any], candidate: Candidate, archive: Path) -> Failure | None:
+        """Unpack, check the files, smoke-test, swap; a stage's exception becomes its Failure."""
+        staging = self.models / f".staging-{candidate.folder_name}"
+        stage = UNPACK
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.models.mkdir(parents=True, exist_ok=True)
+            files = artifacts.safe_extract(archive, staging, self.limits)
+            stage = VERIFY
+            verify_package(staging)
+            stage = SMOKE
+            smoke = self.smoke(staging)
+            stage = INSTALL
+            record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
+            record.update(installed_at=utc_now(), smoke_test=smoke)
+            _write_json_atomic(staging / INSTALL_RECORD, record)
+            final = self.models / candidate.folder_name
+            shutil.rmtree(final, ignore_errors=True)  # a leftover of an interrupted install of this package
+            os.replace(staging, final)
+        except Exception as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            return classify_failure(stage, exc)
+        return self._swap(state, candidate, final)
+
+    def _swap(self, state: dict[str, Any], candidate: Candidate, final: Path) -> Failure | None:
+        """Point ``current`` at the new model and smoke-test it there; roll back if that fails."""
         previous_name = self.current_name()
-        self._point_current(candidate.folder_name)
+        try:
+            self._point_current(candidate.folder_name)
+        except OSError as exc:  # ``current`` is unchanged: os.replace is atomic
+            shutil.rmtree(final, ignore_errors=True)
+            return classify_failure(INSTALL, exc)
         try:
             self.smoke(self.current_link)  # the same checks through the path the drive loop uses
-        except artifacts.ArtifactError as exc:
-            state["rejected"][candidate.key] = {"at": utc_now(), "reason": f"after the swap: {exc}"}
-            if previous_name:
-                self._point_current(previous_name)
-            else:
-                self.current_link.unlink(missing_ok=True)
-            shutil.rmtree(final, ignore_errors=True)
-            return self._save(
-                state, "rolled-back", f"{candidate.model_package_arn} failed after the swap: {exc}"
-            )
-        state["previous"] = previous_name if previous_name != candidate.folder_name else state["previous"]
+        except Exception as exc:
+            failure = classify_failure(SMOKE, exc)
+            reason = f"failed after the swap: {failure.reason}"
+            try:
+                if previous_name:
+                    self._point_current(previous_name)
+                else:
+                    self.current_link.unlink(missing_ok=True)
+                shutil.rmtree(final, ignore_errors=True)
+            except OSError as disk:  # rejected all the same: the next check installs the one before it
+                return Failure("storage-error", f"{reason}; rolling back failed: {disk}", failure.reject)
+            finally:
+                state["current"] = self.current_record()
+            return Failure("rolled-back", reason, failure.reject)
+        if previous_name != candidate.folder_name:
+            state["previous"] = previous_name
+        state["current"] = self.current_record()
         self._prune(keep={candidate.folder_name, state["previous"]})
-        return self._save(state, "installed", f"now driving with {self._describe(record)} (was {keep})")
+        return None
+
+    def _keeping(self, current: dict[str, Any] | None, refusals: list[str]) -> str:
+        return "; ".join([*refusals, f"keeping {self._describe(current)}"])
+
+    def _installed(self, was: dict[str, Any] | None, refusals: list[str]) -> str:
+        now = f"now driving with {self._describe(self.current_record())} (was {self._describe(was)})"
+        return "; ".join([now, *refusals])
+
+    @_exclusive
+    def note(self, outcome: str, detail: str) -> CheckResult:
+        """Record a check that could not run (it raised) as the last check, so ``status`` says why."""
+        return self._save(self.load_state(), outcome, detail)
 
     @_exclusive
     def rollback(self, reason: str = "requested by hand") -> CheckResult:
@@ -449,10 +695,7 @@ class Agent:
             raise AgentError(f"no previous model in {self.models} to roll back to")
         bad = state["current"]
         if bad:
-            state["rejected"][f"{bad['model_package_arn']}#{bad['sha256']}"] = {
-                "at": utc_now(),
-                "reason": reason,
-            }
+            state["rejected"][self._key_of(bad)] = {"at": utc_now(), "reason": reason}
         self._point_current(previous)
         state["previous"] = None
         if bad:
@@ -483,12 +726,17 @@ class Agent:
 
 
 def poll(agent: Agent, interval_s: float, *, stop: Callable[[], bool] = lambda: False) -> None:
-    """Check every ``interval_s`` seconds until ``stop()``; each check's outcome is logged and saved."""
+    """Check every ``interval_s`` seconds until ``stop()``; each check's outcome is logged and saved.
+
+    Nothing a check raises ends the polling (a corrupt state.json, a full disk): it is logged in one
+    line (the traceback at debug level) and the next check tries again.
+    """
     while not stop():
         try:
             agent.check()
-        except Exception:  # a full disk or a corrupt state file must not end the polling for good
-            log.exception("check failed; trying again in %s s", interval_s)
+        except Exception as exc:
+            log.warning("check failed (%s: %s); trying again in %s s", type(exc).__name__, exc, interval_s)
+            log.debug("traceback of the failed check", exc_info=exc)
         deadline = time.monotonic() + interval_s
         while not stop() and time.monotonic() < deadline:
             time.sleep(min(0.5, interval_s))

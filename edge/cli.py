@@ -3,6 +3,11 @@
 Only argparse and the standard library at import time: the agent, the drive loop and the runtimes are
 imported by the command that needs them, so ``--help`` is instant and the car needs no SDK or TensorFlow.
 Settings come from flags, else environment variables (the same ones the rest of the project reads).
+
+Exit status: 0 done; 1 the command ran but did not get there (``pull``: not on the newest model; ``run``:
+no frame driven); 2 bad input, said in one line (a flag, a corrupt ``state.json``, an unreadable folder,
+a package that cannot be driven); 70 (``EX_SOFTWARE``) an exception none of our checks names, i.e. a bug:
+one line with its type. ``--debug`` adds the traceback to either.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,8 @@ DEFAULT_ROOT = ".robocar/car"
 DEFAULT_GROUP = "robocar-pilots"
 DEFAULT_TARGET = "rasp4b"
 DEFAULT_TOPIC = "robocar/drive"
+EXIT_BAD_INPUT = 2
+EXIT_BUG = 70  # sysexits.h EX_SOFTWARE: an internal software error
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -72,6 +80,13 @@ def _add_root(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="log at debug level and print the traceback of an error (default: one line)",
+    )  # fmt: skip
+
+
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prefer", default=_env("ROBOCAR_EDGE_PREFER"),
@@ -102,6 +117,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     local.add_argument("--archive", type=Path, help="model.tar.gz to install instead of downloading")
     local.add_argument("--sha256", help="its SHA-256 as the registry records it (required with --archive)")
     local.add_argument("--model-package-arn", help="the package it belongs to (required with --archive)")
+    _add_debug(pull)
     pull.set_defaults(handler=_guard(_pull))
 
     run = commands.add_parser(
@@ -154,6 +170,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
     mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
     mqtt.add_argument("--mqtt-key", help="client key for TLS")
+    _add_debug(run)
     run.set_defaults(handler=_guard(_run))
 
     status = commands.add_parser(
@@ -161,6 +178,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     _add_root(status)
     status.add_argument("--json", action="store_true", help="print state.json as JSON")
+    _add_debug(status)
     status.set_defaults(handler=_guard(_status))
 
     rollback = commands.add_parser(
@@ -168,6 +186,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     _add_root(rollback)
     rollback.add_argument("--reason", default="rolled back by hand", help="recorded in state.json")
+    _add_debug(rollback)
     rollback.set_defaults(handler=_guard(_rollback))
 
     component = commands.add_parser(
@@ -197,17 +216,30 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """User errors become one line on stderr and exit status 2; bugs keep their traceback."""
+    """Bad input (our errors, and OSError: a folder that cannot be read or written) is one line on
+    stderr and exit 2; any other exception is a bug: one line with its type and exit 70. ``--debug``
+    prints the traceback too."""
 
     def guarded(args: argparse.Namespace) -> int:
-        _setup_logging(getattr(args, "quiet", False))
+        debug = getattr(args, "debug", False)
+        _setup_logging(getattr(args, "quiet", False), debug)
         try:
             return handler(args)
-        except (*_user_errors(), *_component_errors()) as exc:
-            print(f"robocar edge: error: {exc}", file=sys.stderr)
-            return 2
+        except (*_user_errors(), *_component_errors(), OSError) as exc:
+            _report(exc, debug, f"robocar edge: error: {exc}")
+            return EXIT_BAD_INPUT
+        except Exception as exc:
+            hint = "" if debug else " (--debug shows the traceback)"
+            _report(exc, debug, f"robocar edge: unexpected {type(exc).__name__}: {exc}{hint}")
+            return EXIT_BUG
 
     return guarded
+
+
+def _report(exc: BaseException, debug: bool, line: str) -> None:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    print(line, file=sys.stderr)
 
 
 def _component_errors() -> tuple[type[Exception], ...]:
@@ -216,12 +248,14 @@ def _component_errors() -> tuple[type[Exception], ...]:
     return (ComponentError,)
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, debug: bool = False) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if debug:  # ours only: botocore's debug log prints every request, signed headers included
+        logging.getLogger("robocar").setLevel(logging.DEBUG)
 
 
 def registry_location(args: argparse.Namespace) -> Path | None:
@@ -254,6 +288,20 @@ def _clients(args: argparse.Namespace, root: Path | None = None) -> Any:
     return clients(local_root=root, region=args.region, endpoint_url=None if root else args.endpoint_url)
 
 
+class _NoRegistry:
+    """Stands in for registry clients that could not be made: every call fails as an unreachable
+    registry does, so a check reports ``offline`` and the car keeps its model."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def unavailable(**kwargs: Any) -> Any:
+            raise ConnectionError(f"no registry client ({self.reason})")
+
+        return unavailable
+
+
 def _agent(args: argparse.Namespace) -> Any:
     """The agent with registry clients; a registry that cannot even be set up counts as offline."""
     from edge.agent import Agent
@@ -264,7 +312,7 @@ def _agent(args: argparse.Namespace) -> Any:
         sagemaker, s3 = aws.sagemaker, aws.s3
     except Exception as exc:  # e.g. boto3 missing on a local-only car: the car still drives
         logging.getLogger("robocar.edge").warning("no registry client (%s): driving offline", exc)
-        sagemaker = s3 = None
+        sagemaker = s3 = _NoRegistry(f"{type(exc).__name__}: {exc}")
     return Agent(
         args.root, group=args.group, target=args.target, sagemaker=sagemaker, s3=s3, prefer=args.prefer
     )
@@ -277,6 +325,8 @@ def _pull(args: argparse.Namespace) -> int:
     if args.archive:
         if not (args.sha256 and args.model_package_arn):
             raise agent_mod.AgentError("--archive needs --sha256 and --model-package-arn")
+        if not args.archive.is_file():
+            raise agent_mod.AgentError(f"--archive {args.archive} is not a file")
         candidate = agent_mod.Candidate(
             model_package_arn=args.model_package_arn,
             version=agent_mod.version_from_arn(args.model_package_arn),
@@ -330,17 +380,15 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     from edge import drive, sources
 
     log = logging.getLogger("robocar.edge")
+    update: dict[str, str] | None = None
     if args.model:
         model_path = args.model
     else:
-        car = _agent(args)
-        model_path = car.current_link
-        if not args.no_pull:
-            try:
-                car.check()
-            except agent_mod.AgentError as exc:  # e.g. a corrupt state.json: still drive what is installed
-                log.warning("check failed (%s); driving with the installed model", exc)
-        if args.interval > 0:
+        model_path = args.root / "current"  # the agent's link (Agent.current_link)
+        car, update = _update_before_driving(args)
+        if update["outcome"] not in ("installed", "up-to-date", "skipped"):
+            log.warning("update check: %s: %s; driving with the installed model", *update.values())
+        if car is not None and args.interval > 0:
             threading.Thread(
                 target=agent_mod.poll, args=(car, args.interval), kwargs={"stop": stop.is_set}, daemon=True
             ).start()
@@ -389,6 +437,9 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
         source.close()
     print(summary.text())
     report = summary.to_dict()
+    if update is not None:
+        print(f"update check: {update['outcome']}: {update['detail']}")
+        report["update"] = update
     if mqtt is not None:
         print(mqtt.summary())
         report["mqtt"] = {"topic": mqtt.config.topic, "sent": mqtt.sent, "acknowledged": mqtt.acknowledged}
@@ -397,47 +448,72 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     return 0 if summary.frames else 1
 
 
-def _status(args: argparse.Namespace) -> int:
-    from edge.agent import STATE_FORMAT
+def _update_before_driving(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """(the agent or None, what the update check said). Never raises: whatever the check raises (bad
+    settings, a corrupt state.json, a full or read-only disk), the car drives with what is installed."""
+    car = None
+    try:
+        car = _agent(args)
+        if args.no_pull:
+            return car, {"outcome": "skipped", "detail": "--no-pull"}
+        result = car.check()
+        return car, {"outcome": result.outcome, "detail": result.detail}
+    except Exception as exc:
+        logging.getLogger("robocar.edge").debug("traceback of the failed update check", exc_info=exc)
+        failed = {"outcome": "check-failed", "detail": f"{type(exc).__name__}: {exc}"}
+        if car is not None:
+            with contextlib.suppress(Exception):  # a corrupt state.json cannot take it: the summary says it
+                car.note(failed["outcome"], failed["detail"])
+        return car, failed
 
-    path = args.root / "state.json"
-    if not path.exists():
+
+def _status_line(record: Any) -> str:
+    if not isinstance(record, dict):
+        return "none"
+    fields = (record.get(k) for k in ("folder", "model_package_arn", "sha256", "installed_at"))
+    folder, arn, sha256, installed = (str(v) if v is not None else "?" for v in fields)
+    return f"{folder}  {arn}  sha256 {sha256[:16]}  installed {installed}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge.agent import STATE_FORMAT, read_state_file
+
+    state = read_state_file(args.root / "state.json")
+    if state is None:
         print(f"no state in {args.root}: nothing pulled yet (robocar edge pull)")
         return 1
-    state = json.loads(path.read_text())
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
-    current = state.get("current")
-    last = state.get("last_check") or {}
+    last = state.get("last_check") if isinstance(state.get("last_check"), dict) else {}
+    rejected = state.get("rejected") or {}
     lines = [
         f"root      {args.root} ({state.get('format', STATE_FORMAT)})",
         f"group     {state.get('group')}  target {state.get('target')}",
-        "current   "
-        + (
-            f"{current['folder']}  {current['model_package_arn']}  sha256 {current['sha256'][:16]}  "
-            f"installed {current['installed_at']}"
-            if current
-            else "none"
-        ),
+        f"current   {_status_line(state.get('current'))}",
         f"previous  {state.get('previous') or 'none'}",
         f"last      {last.get('at', '-')}  {last.get('outcome', '-')}: {last.get('detail', '')}",
-        f"rejected  {len(state.get('rejected', {}))} package(s)",
+        f"rejected  {len(rejected)} package(s)",
     ]
+    for key, entry in rejected.items():
+        reason = entry.get("reason") if isinstance(entry, dict) else entry
+        lines.append(f"  {key.split('#')[0]}: {str(reason)[:160]}")
     print("\n".join(lines))
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from edge.agent import Agent
+    from edge.agent import Agent, read_state_file
 
-    state = json.loads((args.root / "state.json").read_text()) if (args.root / "state.json").exists() else {}
+    state = read_state_file(args.root / "state.json") or {}
     car = Agent(
-        args.root, group=state.get("group", DEFAULT_GROUP), target=state.get("target", DEFAULT_TARGET)
+        args.root,
+        group=str(state.get("group", DEFAULT_GROUP)),
+        target=str(state.get("target", DEFAULT_TARGET)),
     )
     result = car.rollback(args.reason)
     print(f"{result.outcome}: {result.detail}")
-    return 0
+    return 0 if result.outcome == "rolled-back" else 1
 
 
 def _component(args: argparse.Namespace) -> int:

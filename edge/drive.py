@@ -4,12 +4,17 @@
 model it drives with (``LivePilot``, which follows the agent's ``current`` link so a newly approved model
 takes over between two frames) are passed in. Latency is measured from the camera frame to the command
 (preprocess + inference + decode), per frame; the summary gives fps and latency percentiles.
+
+A frame the pilot cannot answer (a bad frame, an inference error, a NaN or infinite command) never
+reaches an output: it is skipped and counted, and every actuator that moves the car goes to neutral
+(centred steering, motor stopped) until a good command comes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -49,11 +54,23 @@ class Command:
 
 
 class Actuator(Protocol):
-    """Anything that takes the pilot's commands: motors, a log, a message bus."""
+    """Anything that takes the pilot's commands: motors, a log, a message bus.
+
+    One that moves the car also has ``neutral()`` (steering centred, motor stopped), which the drive
+    loop calls for a frame it skips.
+    """
 
     def apply(self, command: Command) -> None: ...
 
     def close(self) -> None: ...
+
+
+def to_neutral(outputs: Iterable[Actuator]) -> None:
+    """Put every output that moves the car in neutral; logs and buses (no ``neutral``) get nothing."""
+    for output in outputs:
+        neutral = getattr(output, "neutral", None)
+        if neutral is not None:
+            neutral()
 
 
 # ---- actuators ---------------------------------------------------------------------------------------
@@ -102,14 +119,24 @@ class PCA9685Actuator:
         return steering, motor
 
     def apply(self, command: Command) -> None:
-        steering, motor = self.pulses_for(command.angle, command.throttle)
+        """Drive the servo and the ESC; a non-finite command stops the car, one outside [-1, 1] is
+        clamped (a pulse beyond the calibration would push the servo against its end stop)."""
+        if not (math.isfinite(command.angle) and math.isfinite(command.throttle)):
+            self.neutral()
+            return
+        angle, throttle = (min(1.0, max(-1.0, v)) for v in (command.angle, command.throttle))
+        steering, motor = self.pulses_for(angle, throttle)
         self._set_pwm(self.calibration.steering_channel, steering)
         self._set_pwm(self.calibration.throttle_channel, motor)
 
-    def close(self) -> None:
+    def neutral(self) -> None:
+        """Motor stopped first, then steering centred."""
         steering, motor = self.pulses_for(0.0, 0.0)
         self._set_pwm(self.calibration.throttle_channel, motor)
         self._set_pwm(self.calibration.steering_channel, steering)
+
+    def close(self) -> None:
+        self.neutral()
 
 
 class JsonLinesWriter:
@@ -349,6 +376,9 @@ class Progress:
 
 @dataclass
 class DriveSummary:
+    """``skipped``: frames that produced no command, of which ``non_finite`` were NaN/infinite answers
+    and ``failed`` inference errors (the rest: frames that could not be prepared)."""
+
     frames: int
     skipped: int
     seconds: float
@@ -357,15 +387,20 @@ class DriveSummary:
     models: list[str]
     artifact: str
     source: str
+    non_finite: int = 0
+    failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def text(self) -> str:
         lat = self.latency_ms
+        skipped = f"{self.skipped} skipped"
+        if self.non_finite or self.failed:
+            skipped += f" ({self.non_finite} non-finite, {self.failed} inference errors)"
         return (
             f"drove {self.frames} frames from {self.source} in {self.seconds:.2f} s ({self.fps:.1f} fps), "
-            f"{self.skipped} skipped; latency ms mean {lat['mean']:.3f} p50 {lat['p50']:.3f} "
+            f"{skipped}; latency ms mean {lat['mean']:.3f} p50 {lat['p50']:.3f} "
             f"p95 {lat['p95']:.3f} max {lat['max']:.3f}; models {', '.join(self.models)} ({self.artifact})"
         )
 
@@ -391,7 +426,7 @@ def drive(
     """Drive until the source ends, ``max_frames`` frames, or ``stop()``; ``rate_hz`` paces a replay."""
     latencies = array("d")
     recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
-    skipped = 0
+    skipped = non_finite = failed = 0
     started = time.perf_counter()
     period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     frames_in = iter(source)
@@ -406,10 +441,20 @@ def drive(
         t0 = time.perf_counter()
         try:
             angle, throttle = pilot.infer(frame.image)
+            problem = None if math.isfinite(angle) and math.isfinite(throttle) else "non-finite"
         except frames.FrameError as exc:
+            problem = f"bad frame: {exc}"
+        except Exception as exc:  # a runtime failing on one frame must not end the drive
+            problem = f"inference failed: {type(exc).__name__}: {exc}"
+            failed += 1
+        if problem is not None:
             skipped += 1
+            if problem == "non-finite":
+                non_finite += 1
+                problem = f"the model answered angle {angle}, throttle {throttle}"
+            to_neutral(outputs)
             if skipped <= 5:
-                log.warning("skipping frame %s: %s", frame.origin, exc)
+                log.warning("skipping frame %s (actuators to neutral): %s", frame.origin, problem)
             continue
         t1 = time.perf_counter()
         latency_ms = (t1 - t0) * 1000.0
@@ -438,6 +483,8 @@ def drive(
     return DriveSummary(
         frames=len(latencies),
         skipped=skipped,
+        non_finite=non_finite,
+        failed=failed,
         seconds=seconds,
         fps=len(latencies) / seconds if seconds > 0 else 0.0,
         latency_ms=latency_stats(latencies),

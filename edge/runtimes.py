@@ -14,6 +14,12 @@ A compiled package (``processing/compile.py``, docs/contracts.md section 5) is a
 and the manifest's top level carries ``model_type`` and ``throttle_range``. Outputs are found by their
 runtime *name* (a linear pilot has two heads of width 1, so shapes cannot tell them apart), and the
 heads go through ``edge.frames.decode_outputs`` in the manifest's order (angle, throttle).
+``run_heads`` gives those raw (dequantised) heads, so the agent's smoke test can see what the decoder's
+clipping would hide (a throttle head saying 50 decodes to full throttle).
+
+What runs is what was verified: a manifest's ``file`` resolves inside the package folder only
+(``package_path``: no absolute path, no ``..``, no symlink out), and ``verify_package_files`` checks each
+listed file against the ``sha256`` and ``size_bytes`` the manifest records (the agent runs it at install).
 
 A ``Pilot`` takes uint8 frames prepared by ``edge.frames.prepare_frame`` and returns the car's
 (angle, throttle). Quantised inputs and outputs are (de)quantised here. Thread counts are always set
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +42,8 @@ import numpy as np
 from edge.frames import decode_outputs, to_model_input
 
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with four artifacts is about 5 KiB
+MODEL_TYPES = ("linear", "categorical")
 RUNTIMES = ("litert", "onnxruntime", "dlr")  # the order a package is driven with when nothing is preferred
 _RUNTIME_MODULES = {"litert": "ai_edge_litert", "onnxruntime": "onnxruntime", "dlr": "dlr"}
 
@@ -58,6 +67,10 @@ class Pilot(Protocol):
         """uint8 frames [N, H, W, 3] -> (angle[N], throttle[N])."""
         ...
 
+    def run_heads(self, frames: np.ndarray) -> list[np.ndarray]:
+        """uint8 frames [N, H, W, 3] -> the network's raw heads (dequantised), angle's first."""
+        ...
+
 
 # ---------------------------------------------------------------- manifest and (de)quantisation (pure)
 
@@ -67,9 +80,13 @@ def read_manifest(package_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PilotError(f"{path} not found: not a compiled pilot package")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PilotError(f"{path} is not valid JSON: {exc}") from exc
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise PilotError(f"{path} is over {MAX_MANIFEST_BYTES} bytes: not a compiled pilot manifest")
+        manifest = json.loads(data)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
+        raise PilotError(f"{path} is not valid JSON: {type(exc).__name__}: {exc}") from exc
     if (
         not isinstance(manifest, dict)
         or not isinstance(manifest.get("artifacts"), list)
@@ -77,6 +94,55 @@ def read_manifest(package_dir: str | Path) -> dict[str, Any]:
     ):
         raise PilotError(f"{path} lists no artifacts")
     return manifest
+
+
+def package_path(package_dir: str | Path, name: Any) -> Path:
+    """A file the manifest names -> its real path inside the package folder.
+
+    An absolute path, ``..``, or a symlink leading out is a PilotError: the car runs only bytes that
+    came out of the verified archive. ``package_dir`` itself may be a link (the agent's ``current``).
+    """
+    if not isinstance(name, str) or not name.strip() or "\x00" in name or "\\" in name:
+        raise PilotError(f"the manifest names an invalid file {name!r}")
+    if name.startswith("/") or ".." in name.split("/"):
+        raise PilotError(f"the manifest's file {name!r} points outside the package")
+    root = Path(os.path.realpath(package_dir))
+    path = Path(os.path.realpath(root / name))
+    if root not in path.parents:
+        raise PilotError(f"the manifest's file {name!r} resolves outside the package ({path})")
+    return path
+
+
+def verify_package_files(package_dir: str | Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Check every artifact the manifest lists against its recorded ``sha256`` (and ``size_bytes``);
+    returns the files checked. PilotError names the first that is missing, outside or different.
+
+    A folder artifact (Neo's compiled model) records the digest of Neo's own archive, which is not in
+    the package: its bytes are covered by the package's registry SHA-256 alone.
+    """
+    from edge.artifacts import sha256_file  # standard library only
+
+    checked: list[str] = []
+    for artifact in manifest.get("artifacts") or []:
+        if not isinstance(artifact, dict):
+            raise PilotError(f"the manifest lists an artifact that is not an object: {artifact!r}")
+        name = artifact.get("file")
+        path = package_path(package_dir, name)
+        if path.is_dir():
+            continue
+        if not path.is_file():
+            raise PilotError(f"{name} is listed in the manifest but not in the package")
+        expected = str(artifact.get("sha256") or "").lower()
+        if len(expected) != 64:
+            raise PilotError(f"the manifest lists {name} without a SHA-256")
+        size = artifact.get("size_bytes")
+        if size is not None and size != path.stat().st_size:
+            raise PilotError(f"{name} is {path.stat().st_size} bytes, the manifest says {size}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PilotError(f"{name} has SHA-256 {actual}, the manifest says {expected}")
+        checked.append(str(name))
+    return checked
 
 
 def runtime_available(runtime: str) -> bool:
@@ -188,7 +254,8 @@ class _PilotBase:
     def _infer(self, batch: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - each runtime overrides
         raise NotImplementedError
 
-    def run_batch(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run_heads(self, frames: np.ndarray) -> list[np.ndarray]:
+        """uint8 frames [N, H, W, 3] -> the raw heads (dequantised), in the manifest's order."""
         frames = np.asarray(frames)
         if frames.ndim == 3:
             frames = frames[None]
@@ -198,8 +265,17 @@ class _PilotBase:
                 f"expected frames [N, {', '.join(map(str, expected))}], got {list(frames.shape)}"
             )
         raw = self._infer(quantize_frames(frames, self._input_spec))
-        heads = [dequantize(value, spec) for value, spec in zip(raw, self._output_specs, strict=True)]
-        return decode_outputs(heads, self.model_type, self.throttle_range)
+        return [dequantize(value, spec) for value, spec in zip(raw, self._output_specs, strict=True)]
+
+    def run_batch(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        heads = self.run_heads(frames)
+        angle, throttle = decode_outputs(heads, self.model_type, self.throttle_range)
+        if self.model_type == "categorical":
+            # argmax reads a NaN as the largest bin: mark those frames NaN so the drive loop skips them.
+            broken = ~(np.isfinite(heads[0]).all(axis=-1) & np.isfinite(heads[1]).all(axis=-1))
+            if broken.any():
+                angle, throttle = np.where(broken, np.nan, angle), np.where(broken, np.nan, throttle)
+        return angle, throttle
 
     def run(self, frame: np.ndarray) -> tuple[float, float]:
         angle, throttle = self.run_batch(frame[None] if np.ndim(frame) == 3 else frame)
@@ -312,17 +388,32 @@ def load_artifact(
         raise PilotError(
             f"runtime {runtime!r} is not installed here (python module {_RUNTIME_MODULES[runtime]!r})"
         )
-    path = Path(package_dir) / str(artifact.get("file"))
+    path = package_path(package_dir, artifact.get("file"))
     if not path.exists():
         raise PilotError(f"{path} is listed in the manifest but missing")
-    model_type = str(manifest.get("model_type", "linear"))
-    throttle_range = float(manifest.get("throttle_range", 0.5))
+    model_type, throttle_range = model_settings(manifest)
     try:
         return _PILOTS[runtime](path, artifact, model_type, throttle_range, threads)
     except PilotError:
         raise
     except Exception as exc:  # runtimes raise their own types for corrupt or incompatible models
         raise PilotError(f"{runtime} cannot load {path.name}: {exc}") from exc
+
+
+def model_settings(manifest: Mapping[str, Any]) -> tuple[str, float]:
+    """(model_type, throttle_range) of a manifest, refused unless the decoder can use them."""
+    model_type = manifest.get("model_type", "linear")
+    if model_type not in MODEL_TYPES:
+        raise PilotError(f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+    throttle_range = manifest.get("throttle_range", 0.5)
+    if (
+        isinstance(throttle_range, bool)
+        or not isinstance(throttle_range, int | float)
+        or not math.isfinite(throttle_range)
+        or not 0 < throttle_range <= 1
+    ):
+        raise PilotError(f"throttle_range {throttle_range!r} is not a number in (0, 1]")
+    return str(model_type), float(throttle_range)
 
 
 def load_pilot(package_dir: str | Path, prefer: str | None = None, threads: int = 1) -> Pilot:

@@ -186,7 +186,7 @@ class HeadsPilot:
     ("heads", "model_type", "message"),
     [
         ([[[7.5]], [[0.2]]], "linear", "far outside"),
-        ([[[np.inf]], [[0.2]]], "linear", "non-finite"),
+        ([[[np.inf]], [[0.2]]], "linear", "not finite"),
         ([np.full((1, 15), 2.0), np.full((1, 20), 0.05)], "categorical", "probability"),
     ],
 )
