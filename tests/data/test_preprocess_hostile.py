@@ -375,7 +375,7 @@ def encrypted_zip() -> bytes:
         ("day1.zip", corrupt_zip, "day1.zip"),
         ("day1.zip", encrypted_zip, "encrypted"),
         ("day1.tar", tar_with_a_garbage_header, "are not a tar header"),
-        ("day1.tar", lambda: tar_bytes([("tub/x", b"a"), ("tub/x/y", b"b")], "w"), "a folder and a file"),
+        ("day1.tar", lambda: tar_bytes([("tub/x", b"a"), ("tub/x/y", b"b")], "w"), "as a folder, but it is a file"),
         ("day1.tar", lambda: tar_bytes([("tub/x", None), ("tub/x", b"b")], "w"), "a folder and a file"),
         ("day1.tar.gz", lambda: b"", "day1.tar.gz"),
     ],
@@ -398,7 +398,7 @@ def test_a_zip_with_a_file_and_a_folder_of_the_same_name_is_refused(tmp_path):
         bundle.writestr("tub/x", b"a")
         bundle.writestr("tub/x/y", b"b")
     status, err, _ = run(inbox, tmp_path / "out")
-    assert_refused(status, err, "archive up.zip", "a folder and a file")
+    assert_refused(status, err, "archive up.zip", "needs 'tub/x' as a folder, but it is a file")
 
 
 # --- folders -------------------------------------------------------------------------------------------
