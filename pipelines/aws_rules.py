@@ -353,6 +353,21 @@ def request_problems(service: str, operation: str, params: Mapping[str, Any]) ->
     return problems + [violation.message() for violation in request_violations(service, operation, params)]
 
 
+def response_problems(service: str, operation: str, response: Mapping[str, Any]) -> list[str]:
+    """Every way a response (a local stand-in's) breaks the operation's output shape, one line each.
+
+    The same checks as a request's, on the output shape: a local client whose answers pass here answers
+    as AWS documents. ``ResponseMetadata`` is boto3's own addition, not part of the model.
+    """
+    shape = operation_model(service, operation).output_shape
+    body = {key: value for key, value in response.items() if key != "ResponseMetadata"}
+    if shape is None:
+        return [f"{operation} returns no members, got {sorted(body)}"] if body else []
+    report = ParamValidator().validate(body, shape)
+    problems = report.generate_report().splitlines() if report.has_errors() else []
+    return problems + [violation.message() for violation in server_side_violations(shape, body)]
+
+
 def validate_request(
     service: str, operation: str, params: Mapping[str, Any], *, exceptions: Any = None
 ) -> None:

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import greengrass_shapes
 import pytest
 from edge_fixtures import edge_metadata, fake_model
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
+from pipelines import aws_rules
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.trigger import (
     LocalGreengrassClient,
@@ -351,10 +351,10 @@ def approve(registry: LocalSageMakerClient, workspace: Path, tag: str) -> list[s
 def valid_responses(greengrass: LocalGreengrassClient) -> None:
     """The stand-in's answers have the shapes (and patterns) of botocore's greengrassv2 model."""
     listed = greengrass.list_deployments(targetArn=CONFIG.thing_group_arn, historyFilter="ALL")
-    assert greengrass_shapes.problems("ListDeployments", listed, output=True) == []
+    assert aws_rules.response_problems("greengrassv2", "ListDeployments", listed) == []
     for summary in listed["deployments"]:
         described = greengrass.get_deployment(deploymentId=summary["deploymentId"])
-        assert greengrass_shapes.problems("GetDeployment", described, output=True) == []
+        assert aws_rules.response_problems("greengrassv2", "GetDeployment", described) == []
 
 
 def test_the_stand_in_computes_each_artifact_digest_as_greengrass_does(workspace: Path) -> None:
@@ -508,7 +508,7 @@ def test_the_same_client_token_answers_the_first_deployment(workspace: Path) -> 
     request = {"targetArn": CONFIG.thing_group_arn, "components": FLEET, "clientToken": "abc-123"}
     first, again = greengrass.create_deployment(**request), greengrass.create_deployment(**request)
     assert first["deploymentId"] == again["deploymentId"]
-    assert greengrass_shapes.problems("CreateDeployment", first, output=True) == []
+    assert aws_rules.response_problems("greengrassv2", "CreateDeployment", first) == []
     with pytest.raises(greengrass.exceptions.ConflictException):
         greengrass.create_deployment(**{**request, "deploymentName": "other"})
     with pytest.raises(greengrass.exceptions.ResourceNotFoundException):

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import greengrass_shapes
 import pytest
 from botocore.stub import ANY, Stubber
 from edge_fixtures import edge_metadata
 from moto import mock_aws
 
-from pipelines import event_pattern, events, infra
+from pipelines import aws_rules, event_pattern, events, infra
 
 rollout_handler = infra.load_rollout_handler()
 RolloutConfig, RolloutError = rollout_handler.RolloutConfig, rollout_handler.RolloutError
@@ -173,7 +172,7 @@ def assert_valid_for_aws(recorded: Recorded) -> None:
     """Patterns, lengths and enums of every request: what the Stubber does not check."""
     assert recorded.requests
     for operation, params in recorded.requests:
-        assert greengrass_shapes.problems(operation, params) == [], operation
+        assert aws_rules.request_problems("greengrassv2", operation, params) == [], operation
 
 
 def test_approved_package_becomes_a_component_version_and_the_groups_first_deployment(sagemaker: Any) -> None:
@@ -324,7 +323,7 @@ def test_racing_deliveries_send_the_same_client_token_and_a_new_revision_another
         {**current, "deploymentId": "d-2"}, CONFIG, "1.0.1", values, "arn:p/1"
     )
     assert first["clientToken"] == again["clientToken"] != later["clientToken"]
-    assert greengrass_shapes.problems("CreateDeployment", first) == []
+    assert aws_rules.request_problems("greengrassv2", "CreateDeployment", first) == []
 
 
 def test_the_shape_check_catches_what_aws_would_refuse() -> None:
@@ -336,9 +335,9 @@ def test_the_shape_check_catches_what_aws_would_refuse() -> None:
         "tags": {"k": "v" * 257},
         "clientToken": "not_a_token!",
     }
-    found = greengrass_shapes.problems("CreateDeployment", bad)
+    found = aws_rules.request_problems("greengrassv2", "CreateDeployment", bad)
     assert len(found) == 5, found
-    assert greengrass_shapes.problems("ListDeployments", {"historyFilter": "NEWEST"})
+    assert aws_rules.request_problems("greengrassv2", "ListDeployments", {"historyFilter": "NEWEST"})
 
 
 def test_revoked_approval_is_skipped(sagemaker: Any) -> None:

@@ -375,7 +375,7 @@ def encrypted_zip() -> bytes:
         ("day1.zip", corrupt_zip, "day1.zip"),
         ("day1.zip", encrypted_zip, "encrypted"),
         ("day1.tar", tar_with_a_garbage_header, "are not a tar header"),
-        ("day1.tar", lambda: tar_bytes([("tub/x", b"a"), ("tub/x/y", b"b")], "w"), "as a folder, but it is a file"),
+        ("day1.tar", lambda: tar_bytes([("tub/x", b"a"), ("tub/x/y", b"b")], "w"), "but it is a file"),
         ("day1.tar", lambda: tar_bytes([("tub/x", None), ("tub/x", b"b")], "w"), "a folder and a file"),
         ("day1.tar.gz", lambda: b"", "day1.tar.gz"),
     ],
