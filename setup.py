@@ -47,7 +47,7 @@ setup(
         include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]
     ),
     include_package_data=True,
-    package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"]},
+    package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"], "pipelines.local": ["requirements/*.txt"]},
     install_requires=["numpy>=1.26", "Pillow>=10"],
     extras_require={
         "pipeline": PIPELINE,

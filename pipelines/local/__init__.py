@@ -2,7 +2,8 @@
 
 ``run_local(definition, workspace, parameters) -> Execution`` is the Python API (``make demo`` uses it);
 ``LocalPipelineClient`` speaks boto3's SageMaker method names for ``robocar pipeline``/``registry``.
-Nothing here imports the sagemaker SDK.
+Nothing here imports the sagemaker SDK (but ``environments.py`` asks it for a built-in algorithm's
+registry account, when a definition names such an image).
 """
 
 from pipelines.local.executor import DefinitionError, ParameterError, run_local

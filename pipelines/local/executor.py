@@ -5,7 +5,7 @@ and runs it: parameters bound and type-checked, the step graph from data depende
 (plus each Condition branch's owner), steps run as local processes (``runners.py``) in dependency order,
 independent ones in parallel, with ``CacheConfig`` and ``RetryPolicies`` honoured. Everything that can
 be checked is checked before the first step starts: unknown step types, dangling references, cycles,
-bad parameters.
+bad parameters, images no local environment stands in for (``environments.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from edge.local_aws import (
     resolve_region,
     to_iso,
 )
-from pipelines.local import runners, store
+from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
     ExpressionError,
@@ -465,6 +465,12 @@ class LocalExecutor:
             },
             read_s3_json=lambda uri: json.loads(self.s3.uri_to_path(uri).read_text()),
         )
+        # Every image a step runs must have a local environment standing in for it (environments.py).
+        unmapped = environments.unmapped_images(self.plan.steps.values(), self.scope)
+        if unmapped:
+            raise DefinitionError(
+                "the definition names images local mode has no environment for: " + ", ".join(unmapped)
+            )
 
     # -- bookkeeping
     def _save(self) -> None:

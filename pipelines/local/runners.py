@@ -36,6 +36,7 @@ from edge.local_aws import (
     LocalSageMakerClient,
     split_s3_uri,
 )
+from pipelines.local import environments
 from pipelines.local.expressions import to_string
 
 OPT_ML = "/opt/ml"
@@ -101,8 +102,10 @@ def map_container_path(value: str, opt_ml: Path) -> str:
     return re.sub(r"(^|=|:)/opt/ml(?=/|$)", lambda m: m.group(1) + str(opt_ml), value)
 
 
-def command_line(entrypoint: list[str], arguments: list[Any], opt_ml: Path) -> list[str]:
-    """The container command with this venv's interpreter for ``python``/``python3``."""
+def command_line(
+    entrypoint: list[str], arguments: list[Any], opt_ml: Path, python: str = sys.executable
+) -> list[str]:
+    """The container command with ``python`` (the image's local environment) for ``python``/``python3``."""
     command = [to_string(part) for part in [*entrypoint, *arguments]]
     if (
         command
@@ -110,8 +113,32 @@ def command_line(entrypoint: list[str], arguments: list[Any], opt_ml: Path) -> l
         or command
         and re.fullmatch(r".*/python3?(\.\d+)?", command[0])
     ):
-        command[0] = sys.executable
+        command[0] = python
     return [map_container_path(part, opt_ml) for part in command]
+
+
+def step_python(job: StepJob, image_uri: str) -> str:
+    """The interpreter of the local environment standing in for the step's image (built on first use)."""
+
+    def note(message: str) -> None:
+        job.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.log_path, "a") as log:
+            log.write(f"[local executor] {message}\n")
+        environments.print_note(message)
+
+    try:
+        return environments.interpreter(
+            image_uri, job.workspace, note=note,
+            run=lambda command: run_process(job, command, dict(job.base_env), job.workspace, None),
+        )  # fmt: skip
+    except environments.EnvironmentUnavailable as unavailable:
+        raise StepFailed(str(unavailable), INTERNAL_ERROR) from None
+    except StepFailed as failed:
+        failed.kind = INTERNAL_ERROR
+        failed.reason = f"building the local environment for {image_uri} failed ({failed.reason}): " + (
+            environments.pip_errors(failed.log_tail)
+        )
+        raise
 
 
 def container_env(environment: dict[str, Any], base: dict[str, str], opt_ml: Path) -> dict[str, str]:
@@ -353,14 +380,17 @@ def run_processing(
         _write_json(
             opt_ml / "config" / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"]}
         )
+        python = step_python(job, app.get("ImageUri", ""))
         command = command_line(
-            app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], opt_ml
+            app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], opt_ml, python
         )
         if not command:
             raise StepFailed(
                 "AppSpecification has no ContainerEntrypoint: nothing to run locally", INTERNAL_ERROR
             )
-        env = container_env(arguments.get("Environment", {}), job.base_env, opt_ml)
+        env = environments.on_path(
+            container_env(arguments.get("Environment", {}), job.base_env, opt_ml), python
+        )
         max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         seconds = run_process(job, command, env, opt_ml.parent.parent, max_runtime)
 
@@ -515,7 +545,10 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         env.update(training_env(job, opt_ml, hyperparameters, user_hps, channels, program))
         # The toolkit puts the code directory first on the module path, ahead of the job's own entries.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH", "")) if p)
-        command = [sys.executable, str(code_dir / program), *to_cmd_args(user_hps)]
+        # The framework container runs the program with its own Python: here, the image's environment's.
+        python = step_python(job, arguments.get("AlgorithmSpecification", {}).get("TrainingImage", ""))
+        env = environments.on_path(env, python)
+        command = [python, str(code_dir / program), *to_cmd_args(user_hps)]
         max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
         try:
             seconds = run_process(job, command, env, code_dir, max_runtime)
