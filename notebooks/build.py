@@ -97,8 +97,9 @@ for parameter in definition["Parameters"]:
 print("steps:", *step_lines(definition["Steps"]), sep="\\n")"""
     ),
     new_markdown_cell(
-        "## Upsert\n\nUploads the code bundle (named by its content, so unchanged code is not uploaded "
-        "again), then creates the pipeline or updates it; an unchanged pipeline is left alone."
+        "## Upsert\n\nUploads each step's code bundle the definition names (named by its content, so "
+        "unchanged code is not uploaded again), then creates the pipeline or updates it; an unchanged "
+        "pipeline is left alone."
     ),
     new_code_cell(
         """\
