@@ -51,8 +51,9 @@ TRAINING_REQUIREMENTS = "training/requirements.txt"
 SOURCEDIR_NAME = "sourcedir.tar.gz"
 # Data only: caches, editor files and test leftovers beside the modules must not change a bundle's hash.
 DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".jpg", ".png"})
-# HeadObject of a missing key: 404 (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html);
-# "NoSuchKey" is GetObject's code, which some emulators also answer HeadObject with.
+# HeadObject of a missing key: 404 with s3:ListBucket on the bucket, else 403, which ``upload`` raises
+# rather than guess (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html). "NoSuchKey" is
+# GetObject's code, which some emulators also answer HeadObject with.
 MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
