@@ -79,8 +79,10 @@ RUN_PIPELINE = [
     new_code_cell(
         """\
 from pipelines import control
+from pipelines.code_bundle import CodeBundle
 
-definition_text = control.build_definition(settings)
+code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)  # read now: upsert uploads what this names
+definition_text = control.build_definition(settings, code=code)
 definition = json.loads(definition_text)
 
 
@@ -97,14 +99,12 @@ for parameter in definition["Parameters"]:
 print("steps:", *step_lines(definition["Steps"]), sep="\\n")"""
     ),
     new_markdown_cell(
-        "## Upsert\n\nUploads the code bundle (named by its content, so unchanged code is not uploaded "
-        "again), then creates the pipeline or updates it; an unchanged pipeline is left alone."
+        "## Upsert\n\nUploads each step's code bundle the definition names (named by its content, so "
+        "unchanged code is not uploaded again), then creates the pipeline or updates it; an unchanged "
+        "pipeline is left alone."
     ),
     new_code_cell(
         """\
-from pipelines.code_bundle import CodeBundle
-
-code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
 result = control.upsert(aws.sagemaker, aws.s3, definition=definition_text, settings=settings, code=code)
 print(f"{result.action}: {result.pipeline_arn} ({result.code_objects_uploaded} code object(s) uploaded)")"""
     ),

@@ -1,8 +1,23 @@
-"""The container code, uploaded explicitly and addressed by content.
+"""The container code: one bundle per step, each uploaded explicitly and addressed by its own content.
 
-The definition refers to ``s3://{bucket}/{prefix}/code/{sha256}/...``: the same code gives the same
-URIs (so the definition is byte-identical between builds and SageMaker's step cache holds), changed
-code gives new ones. Building only hashes local files; ``upload`` is the one place that writes to S3.
+SageMaker's step cache keys on the code a step names (``ProcessingInputs``; ``HyperParameters`` for
+training, whose ``sagemaker_submit_directory`` is the code: "Default cache key attributes",
+https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html). So each step names a bundle
+holding only what its entry script runs: an edit reruns the steps that run the edited code and no other.
+
+A step's bundle is
+- its entry script and every project module the script may import (``pipelines.import_graph``: imports
+  at module level, inside functions and inside ``try/except ImportError``, and strings naming a module);
+- the data files beside those modules: each file directly in an imported module's folder whose suffix is
+  in ``DATA_SUFFIXES`` (``processing/*.schema.json``, ``processing/neo_targets.json``;
+  ``edge/assets/smoke_frame.jpg`` once ``edge.assets`` is named). Sub-folders come only as imported packages;
+- its container's contract files: for Processing ``processing/bootstrap.py`` (the entrypoint every
+  Processing step runs, ``steps.containers.script_command``) with what it imports, and
+  ``processing/requirements.txt``; for Training ``requirements.txt`` at the root of ``sourcedir.tar.gz``.
+
+It lives at ``s3://{bucket}/{prefix}/code/{sha256 of the bundle}/``: the files themselves (a Processing
+input) or ``sourcedir.tar.gz`` (the training job's ``sagemaker_submit_directory``). Building only reads and
+hashes local files, each once; ``upload`` is the one place that writes to S3.
 """
 
 from __future__ import annotations
@@ -11,29 +26,54 @@ import gzip
 import hashlib
 import io
 import tarfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pipelines.import_graph import project_modules
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# What the containers import: the scripts' own packages and the leaf library they share.
+# The packages the containers get code from: the scripts' own packages and the leaf library they share.
 CONTAINER_PACKAGES = ("processing", "training", "inference", "edge")
-SOURCEDIR_NAME = "sourcedir.tar.gz"
+Layout = Literal["processing", "training"]
+# The scripts the steps run (steps/*.py), each with the way its container receives code.
+ENTRY_SCRIPTS: Mapping[str, Layout] = {
+    "processing/preprocess.py": "processing",
+    "processing/evaluate.py": "processing",
+    "processing/compile.py": "processing",
+    "training/train.py": "training",
+}
+PROCESSING_ENTRYPOINT = "processing/bootstrap.py"
+PROCESSING_REQUIREMENTS = "processing/requirements.txt"
 TRAINING_REQUIREMENTS = "training/requirements.txt"
-# Source only: caches, editor files and test leftovers must not change the bundle's hash.
-BUNDLED_SUFFIXES = frozenset({".py", ".json", ".yaml", ".yml", ".txt", ".jpg", ".png"})
+SOURCEDIR_NAME = "sourcedir.tar.gz"
+# Data only: caches, editor files and test leftovers beside the modules must not change a bundle's hash.
+DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml", ".txt", ".jpg", ".png"})
+# HeadObject of a missing key: 404 with s3:ListBucket on the bucket, else 403, which ``upload`` raises
+# rather than guess (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html). "NoSuchKey" is
+# GetObject's code, which some emulators also answer HeadObject with.
+MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
-def _container_files(root: Path) -> list[Path]:
-    files: list[Path] = []
-    for package in CONTAINER_PACKAGES:
-        for path in sorted((root / package).rglob("*")):
-            hidden = any(part.startswith((".", "__pycache__")) for part in path.relative_to(root).parts)
-            if path.is_file() and not hidden and path.suffix in BUNDLED_SUFFIXES:
-                files.append(path)
-    return files
+def data_files(module: Path) -> list[Path]:
+    """The data files shipped beside a module: files directly in its folder with a suffix in DATA_SUFFIXES."""
+    return sorted(
+        path
+        for path in module.parent.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.suffix in DATA_SUFFIXES
+    )
+
+
+def bundle_paths(script: str, layout: Layout, root: Path = REPO_ROOT) -> list[str]:
+    """Root-relative POSIX paths of the files a step running ``script`` gets (``sourcedir`` adds one)."""
+    root = root.resolve()
+    entries = [script, PROCESSING_ENTRYPOINT] if layout == "processing" else [script]
+    modules = {m for entry in entries for m in project_modules(root / entry, root, CONTAINER_PACKAGES)}
+    files = modules | {data for module in modules for data in data_files(module)}
+    contract = PROCESSING_REQUIREMENTS if layout == "processing" else TRAINING_REQUIREMENTS
+    return sorted({path.relative_to(root).as_posix() for path in files} | {contract})
 
 
 def deterministic_targz(files: Iterable[tuple[str, bytes]]) -> bytes:
@@ -50,22 +90,23 @@ def deterministic_targz(files: Iterable[tuple[str, bytes]]) -> bytes:
     return out.getvalue()
 
 
+def _is_missing_key(exc: Exception) -> bool:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code") in MISSING_KEY_CODES
+
+
 @dataclass(frozen=True)
-class CodeBundle:
-    """The container code under ``root`` and where it lives in S3."""
+class StepBundle:
+    """One step's code: ``files`` is what its container sees in its code folder, named by its content."""
 
     bucket: str
     prefix: str
-    root: Path = REPO_ROOT
-
-    @cached_property
-    def files(self) -> dict[str, bytes]:
-        """Relative POSIX path -> content, for every file the containers need."""
-        return {p.relative_to(self.root).as_posix(): p.read_bytes() for p in _container_files(self.root)}
+    script: str
+    layout: Layout
+    files: Mapping[str, bytes]  # root-relative POSIX path -> content
 
     @cached_property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(self.layout.encode() + b"\0")  # the same files in the other layout differ
         for name in sorted(self.files):
             digest.update(name.encode() + b"\0" + hashlib.sha256(self.files[name]).digest())
         return digest.hexdigest()
@@ -75,47 +116,87 @@ class CodeBundle:
         return f"{self.prefix.strip('/')}/code/{self.sha256}"
 
     @property
-    def uri(self) -> str:
-        """The folder holding every container file (a Processing input)."""
+    def folder_uri(self) -> str:
         return f"s3://{self.bucket}/{self.key_prefix}/"
 
-    def script_uri(self, relative_path: str) -> str:
-        if relative_path not in self.files:
-            raise FileNotFoundError(f"{relative_path} is not part of the container code under {self.root}")
-        return f"s3://{self.bucket}/{self.key_prefix}/{relative_path}"
-
     @property
-    def sourcedir_uri(self) -> str:
-        """The training code as the framework containers expect it (``sagemaker_submit_directory``)."""
-        return f"s3://{self.bucket}/{self.key_prefix}/{SOURCEDIR_NAME}"
+    def uri(self) -> str:
+        """What the step names: the folder (a Processing input) or the ``sourcedir.tar.gz`` (Training)."""
+        return self.folder_uri if self.layout == "processing" else f"{self.folder_uri}{SOURCEDIR_NAME}"
 
     @cached_property
     def sourcedir(self) -> bytes:
-        """Every container file, plus ``requirements.txt`` at the root: the framework container installs it
-        before the training script runs (its script-mode contract reads that one name at that place)."""
+        """The code as the framework containers take it, plus ``requirements.txt`` at the root: the
+        container installs it before the script runs (its script-mode contract reads that one name there)."""
+        if self.layout != "training":
+            raise ValueError(f"{self.script} runs in a Processing container: it takes no source directory")
         requirements = self.files[TRAINING_REQUIREMENTS]
         return deterministic_targz([*self.files.items(), ("requirements.txt", requirements)])
 
     def objects(self) -> dict[str, bytes]:
         """S3 key -> bytes for everything ``upload`` writes."""
-        objects = {f"{self.key_prefix}/{name}": data for name, data in self.files.items()}
-        objects[f"{self.key_prefix}/{SOURCEDIR_NAME}"] = self.sourcedir
-        return objects
+        if self.layout == "training":
+            return {f"{self.key_prefix}/{SOURCEDIR_NAME}": self.sourcedir}
+        return {f"{self.key_prefix}/{name}": data for name, data in self.files.items()}
+
+    @property
+    def marker_key(self) -> str:
+        """Written last: its presence means the whole bundle is there (the step's entrypoint)."""
+        last = SOURCEDIR_NAME if self.layout == "training" else PROCESSING_ENTRYPOINT
+        return f"{self.key_prefix}/{last}"
 
     def upload(self, s3_client: Any) -> int:
-        """Put the bundle into S3, skipping it when it is already there (its key names its content).
-
-        Returns the number of objects written.
-        """
-        marker = f"{self.key_prefix}/{SOURCEDIR_NAME}"
+        """Put the bundle into S3 unless it is there already (its key names its content); objects written."""
         try:
-            s3_client.head_object(Bucket=self.bucket, Key=marker)
+            s3_client.head_object(Bucket=self.bucket, Key=self.marker_key)
             return 0
-        except Exception as exc:  # botocore ClientError 404/NoSuchKey, or the local client's equivalent
-            if "404" not in str(exc) and "NoSuchKey" not in str(exc) and "Not Found" not in str(exc):
+        except Exception as exc:  # botocore's ClientError, or the local client's
+            if not _is_missing_key(exc):
                 raise
         objects = self.objects()
-        # The marker goes last: its presence means the whole bundle is there.
-        for key in sorted(objects, key=lambda k: k == marker):
+        for key in sorted(objects, key=lambda k: k == self.marker_key):
             s3_client.put_object(Bucket=self.bucket, Key=key, Body=objects[key])
         return len(objects)
+
+
+@dataclass(frozen=True)
+class CodeBundle:
+    """The container code under ``root`` cut into one bundle per entry script, and where each lives in S3."""
+
+    bucket: str
+    prefix: str
+    root: Path = REPO_ROOT
+
+    _built: dict[str, StepBundle] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def step(self, script: str) -> StepBundle:
+        """The bundle of the step running ``script``, its files read once: the hash a definition names is
+        the hash of what ``upload`` puts, even if a file changes in between."""
+        if script not in ENTRY_SCRIPTS:
+            raise ValueError(f"{script} is not a step's entry script ({', '.join(ENTRY_SCRIPTS)})")
+        if script not in self._built:
+            layout = ENTRY_SCRIPTS[script]
+            files = {
+                name: (self.root / name).read_bytes() for name in bundle_paths(script, layout, self.root)
+            }
+            self._built[script] = StepBundle(self.bucket, self.prefix, script, layout, files)
+        return self._built[script]
+
+    @property
+    def steps(self) -> dict[str, StepBundle]:
+        """Entry script -> its bundle, for every step."""
+        return {script: self.step(script) for script in ENTRY_SCRIPTS}
+
+    @property
+    def folder_uri(self) -> str:
+        """The folder holding every bundle, each under its own hash."""
+        return f"s3://{self.bucket}/{self.prefix.strip('/')}/code/"
+
+    def named_in(self, definition_text: str) -> list[StepBundle]:
+        """The bundles a pipeline definition names (one per URI: steps may share a bundle)."""
+        named = {bundle.uri: bundle for bundle in self.steps.values() if bundle.uri in definition_text}
+        return [named[uri] for uri in sorted(named)]
+
+    def upload(self, s3_client: Any, definition_text: str) -> int:
+        """Upload every bundle the definition names, each skipped when already there; objects written."""
+        return sum(bundle.upload(s3_client) for bundle in self.named_in(definition_text))

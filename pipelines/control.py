@@ -49,8 +49,8 @@ def build_definition(
 ) -> str:
     """The pipeline definition JSON (offline, deterministic), as upsert sends it.
 
-    Pass the ``code`` bundle that will be uploaded: its contents are read once, so the hash the definition
-    names is the hash of what goes to S3 even if a file changes in between.
+    Pass the ``code`` that will be uploaded: its contents are read once, so the hashes the definition
+    names are the hashes of what goes to S3 even if a file changes in between.
     """
     from pipelines.robocar.pipeline import DEFAULT_EDGE_TARGETS, get_pipeline
 
@@ -173,8 +173,9 @@ def _is_missing(exc: Exception) -> bool:
 def upsert(
     sagemaker: Any, s3: Any, *, definition: str, settings: Settings, code: CodeBundle, description: str = ""
 ) -> UpsertResult:
-    """Upload the code bundle, then create the pipeline or update it; an unchanged pipeline is left alone."""
-    uploaded = code.upload(s3)
+    """Upload the code bundles the definition names, then create the pipeline or update it; an unchanged
+    pipeline is left alone."""
+    uploaded = code.upload(s3, definition)
     try:
         current = sagemaker.describe_pipeline(PipelineName=settings.pipeline_name)
     except Exception as exc:

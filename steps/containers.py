@@ -6,7 +6,7 @@ from sagemaker.core.workflow.execution_variables import ExecutionVariables
 from sagemaker.core.workflow.functions import Join
 
 PROCESSING = "/opt/ml/processing"
-CODE_DIR = f"{PROCESSING}/input/code"  # the code bundle (pipelines.code_bundle) lands here
+CODE_DIR = f"{PROCESSING}/input/code"  # the step's code bundle (pipelines.code_bundle) lands here
 CODE_ENV = {"PYTHONPATH": CODE_DIR, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
 TF_FRAMEWORK_VERSION = "2.19"  # newest TensorFlow with SageMaker CPU training and inference images
 TF_PY_VERSION = "py312"

@@ -11,6 +11,7 @@ code/inference.py  the TF Serving handler, with code/edge/ (frames.py) so the co
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections.abc import Mapping
@@ -22,18 +23,32 @@ import tensorflow as tf
 
 from training.spec import ARCHITECTURES, HEADS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SAVED_MODEL_VERSION = "1"  # TF Serving loads the highest numbered folder
 SIGNATURE = "serving_default"
 INPUT_NAME = "img_in"
 NORMALIZATION = "x/255"
-# What the TF Serving container imports: the handler and the one frame implementation.
-CODE_FILES = {
-    "inference.py": REPO_ROOT / "inference" / "inference.py",
-    "requirements.txt": REPO_ROOT / "inference" / "requirements.txt",
-    "edge/__init__.py": REPO_ROOT / "edge" / "__init__.py",
-    "edge/frames.py": REPO_ROOT / "edge" / "frames.py",
+# What the TF Serving container imports: the handler and the one frame implementation. Named as modules,
+# not paths: the training code bundle holds what train.py's import walk reaches, and that walk counts a
+# string naming a module as a reference (pipelines/import_graph.py); requirements.txt sits beside the handler.
+SERVING_MODULES = {
+    "inference.py": "inference.inference",
+    "edge/__init__.py": "edge",
+    "edge/frames.py": "edge.frames",
 }
+
+
+def module_path(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"{name} is not importable: the serving code cannot be copied")
+    return Path(spec.origin)
+
+
+def code_files() -> dict[str, Path]:
+    """``code/`` of the model directory: relative path -> the file copied there."""
+    files = {relative: module_path(name) for relative, name in SERVING_MODULES.items()}
+    files["requirements.txt"] = files["inference.py"].with_name("requirements.txt")
+    return files
 
 
 def output_ranges(model_type: str, throttle_range: float) -> list[dict[str, Any]]:
@@ -111,7 +126,7 @@ def export_saved_model(model: keras.Model, path: Path, model_type: str) -> None:
 
 
 def copy_inference_code(model_dir: Path) -> None:
-    for relative, source in CODE_FILES.items():
+    for relative, source in code_files().items():
         target = model_dir / "code" / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

@@ -163,7 +163,7 @@ def _upsert(args: argparse.Namespace) -> int:
         s3.create_bucket(Bucket=settings.bucket)
     result = upsert(sagemaker, s3, definition=text, settings=settings, code=code)
     print(f"{result.action}: {result.pipeline_arn}")
-    print(f"code: {code.uri} ({result.code_objects_uploaded} object(s) uploaded)")
+    print(f"code: {code.folder_uri} ({result.code_objects_uploaded} object(s) uploaded)")
     return 0
 
 

@@ -155,10 +155,10 @@ def prepare_workspace(
     data: Path | None = None,
     code: Any = None,
 ) -> Any:
-    """Local S3 ready for the run: the bucket, the code bundle the definition names, the input data.
+    """Local S3 ready for the run: the bucket, the code bundles the definition names, the input data.
 
-    ``code`` is the bundle the definition was built with (its contents were read once); without it, the
-    current tree's bundle is uploaded when the definition names it.
+    ``code`` is the code the definition was built with (its contents were read once); without it, the
+    current tree's step bundles are uploaded where the definition names them.
 
     Returns the local clients (``edge.aws.AwsClients``). ValueError names anything missing.
     """
@@ -169,10 +169,9 @@ def prepare_workspace(
     aws = clients(local_root=workspace, region=settings.region)
     aws.s3.create_bucket(Bucket=settings.bucket)
     code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
-    if code.uri in definition_text:
-        uploaded = code.upload(aws.s3)
-        if uploaded:
-            print(f"code bundle: {uploaded} object(s) put into local S3 ({code.uri})", flush=True)
+    uploaded = code.upload(aws.s3, definition_text)  # the bundles the definition names, if any
+    if uploaded:
+        print(f"code bundles: {uploaded} object(s) put into local S3 ({code.folder_uri})", flush=True)
     data_url = _input_data_url(definition, parameters)
     if data is not None:
         if not data.is_dir():

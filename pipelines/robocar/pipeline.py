@@ -78,22 +78,25 @@ def get_pipeline(
     jobs = dict(role=role, image_uri=training_image, instance_type=processing_instance_type)
 
     preprocess = preprocess_step(
-        session, **jobs, input_data_url=input_data_url, code_uri=code.uri,
+        session, **jobs, input_data_url=input_data_url,
+        code_uri=code.step("processing/preprocess.py").uri,
         output_uri=s3_join(prefix, "preprocess"), cache=cache,
     )  # fmt: skip
     train = train_step(
         session, role=role, image_uri=training_image, instance_type=training_instance_type,
-        sourcedir_uri=code.sourcedir_uri, train_uri=split_uri(preprocess, "train"),
+        sourcedir_uri=code.step("training/train.py").uri, train_uri=split_uri(preprocess, "train"),
         validation_uri=split_uri(preprocess, "validation"), output_uri=s3_join(prefix, "models"),
         model_type=model_type, epochs=epochs, cache=cache,
     )  # fmt: skip
     evaluate, report = evaluate_step(
-        session, **jobs, code_uri=code.uri, model_uri=model_artifacts_uri(train),
+        session, **jobs, code_uri=code.step("processing/evaluate.py").uri,
+        model_uri=model_artifacts_uri(train),
         test_uri=split_uri(preprocess, "test"), output_uri=s3_join(prefix, "evaluate"),
         model_package_group_name=model_package_group_name, region=region, cache=cache,
     )  # fmt: skip
     compile_, compiled = compile_step(
-        session, **jobs, code_uri=code.uri, model_uri=model_artifacts_uri(train),
+        session, **jobs, code_uri=code.step("processing/compile.py").uri,
+        model_uri=model_artifacts_uri(train),
         train_uri=split_uri(preprocess, "train"), test_uri=split_uri(preprocess, "test"),
         output_uri=s3_join(prefix, "edge"), edge_targets=edge_targets_param, region=region, cache=cache,
     )  # fmt: skip

@@ -13,78 +13,38 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from pipelines.code_bundle import CONTAINER_PACKAGES, CodeBundle
+from pipelines.code_bundle import (
+    CONTAINER_PACKAGES,
+    ENTRY_SCRIPTS,
+    PROCESSING_REQUIREMENTS,
+    TRAINING_REQUIREMENTS,
+    CodeBundle,
+)
+from pipelines.import_graph import imported_names, project_modules
 from processing import bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMEWORK = "tensorflow"  # every step's image is a TensorFlow training image (docs/containers.md)
+REQUIREMENTS = {"processing": PROCESSING_REQUIREMENTS, "training": TRAINING_REQUIREMENTS}
 STEP_SCRIPTS = {
-    "processing/requirements.txt": [
-        "processing/preprocess.py",
-        "processing/evaluate.py",
-        "processing/compile.py",
-    ],
-    "training/requirements.txt": ["training/train.py"],
+    requirements: [script for script, layout in ENTRY_SCRIPTS.items() if REQUIREMENTS[layout] == requirements]
+    for requirements in REQUIREMENTS.values()
 }
-IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError"}
 # Imported inside a function that no container calls: Neo's runtime runs Neo artifacts on the car only.
 NEVER_IN_A_CONTAINER = {"dlr"}
 
 
-def _optional(node: ast.Try) -> bool:
-    """A try whose handler catches ImportError: the import is optional (the code has a fallback)."""
-    names = {getattr(h.type, "id", None) for h in node.handlers} | {
-        getattr(e, "id", None) for h in node.handlers if isinstance(h.type, ast.Tuple) for e in h.type.elts
-    }
-    return bool(names & IMPORT_ERRORS)
-
-
 def required_imports(path: Path) -> set[str]:
     """Dotted names a module imports outside ``try: ... except ImportError`` blocks."""
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.Try) and _optional(node):
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
-    return found
-
-
-def _module_file(name: str) -> Path | None:
-    parts = name.split(".")
-    for end in range(len(parts), 0, -1):
-        base = REPO.joinpath(*parts[:end])
-        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if candidate.is_file():
-                return candidate
-    return None
+    return imported_names(path, REPO, optional=False)
 
 
 def third_party_imports(script: str) -> set[str]:
-    """Top-level third-party modules the script needs, following the bundled project modules it imports."""
-    seen: set[Path] = set()
-    todo, third = [REPO / script], set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in required_imports(path):
-            top = name.split(".")[0]
-            if top in CONTAINER_PACKAGES:
-                module = _module_file(name)
-                todo += [module] if module else []
-            elif top not in sys.stdlib_module_names:
-                third.add(top)
-    return third
+    """Top-level third-party modules the script needs, following the bundled project modules it imports
+    (the walk that decides what a step's code bundle holds, without the optional imports)."""
+    modules = project_modules(REPO / script, REPO, CONTAINER_PACKAGES, optional=False)
+    tops = {name.split(".")[0] for path in modules for name in required_imports(path)}
+    return {top for top in tops if top not in CONTAINER_PACKAGES and top not in sys.stdlib_module_names}
 
 
 def framework_closure(name: str = FRAMEWORK) -> set[str]:
@@ -132,11 +92,13 @@ def test_a_requirement_not_pinned_exactly_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_training_requirements_sit_at_the_source_directory_root() -> None:
-    bundle = CodeBundle("robocar-data-123456789012", "robocar")
-    with tarfile.open(fileobj=io.BytesIO(bundle.sourcedir)) as tar:
+    code = CodeBundle("robocar-data-123456789012", "robocar")
+    with tarfile.open(fileobj=io.BytesIO(code.step("training/train.py").sourcedir)) as tar:
         root_file = tar.extractfile("requirements.txt").read()
     assert root_file == (REPO / "training" / "requirements.txt").read_bytes()
-    assert "processing/bootstrap.py" in bundle.files and "processing/requirements.txt" in bundle.files
+    for script in STEP_SCRIPTS["processing/requirements.txt"]:
+        files = code.step(script).files
+        assert "processing/bootstrap.py" in files and "processing/requirements.txt" in files
 
 
 def test_the_bootstrap_installs_only_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

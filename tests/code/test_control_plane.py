@@ -43,12 +43,13 @@ def test_upsert_uploads_code_then_creates_then_leaves_unchanged(aws, definition_
     sagemaker, s3 = aws
     code = CodeBundle(SETTINGS.bucket, SETTINGS.prefix)
     first = upsert(sagemaker, s3, definition=definition_text, settings=SETTINGS, code=code)
-    assert first.action == "created" and first.code_objects_uploaded == len(code.files) + 1
+    objects = {key: data for bundle in code.steps.values() for key, data in bundle.objects().items()}
+    assert first.action == "created" and first.code_objects_uploaded == len(objects)
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=SETTINGS.bucket)["Contents"]}
-    assert f"{code.key_prefix}/processing/preprocess.py" in keys
-    assert f"{code.key_prefix}/sourcedir.tar.gz" in keys
-    body = s3.get_object(Bucket=SETTINGS.bucket, Key=f"{code.key_prefix}/sourcedir.tar.gz")["Body"].read()
-    assert body == code.sourcedir
+    assert keys == set(objects)  # every step's bundle, each under its own hash
+    train = code.step("training/train.py")
+    body = s3.get_object(Bucket=SETTINGS.bucket, Key=f"{train.key_prefix}/sourcedir.tar.gz")["Body"].read()
+    assert body == train.sourcedir
     deployed = sagemaker.describe_pipeline(PipelineName=SETTINGS.pipeline_name)
     assert json.loads(deployed["PipelineDefinition"]) == json.loads(definition_text)
 
@@ -215,8 +216,10 @@ def test_cli_upsert_and_status_against_the_local_workspace(tmp_path) -> None:
     code, out, err = run_cli("pipeline", "upsert", *workspace)
     assert code == 0, err
     assert out.startswith("created: arn:aws:sagemaker:us-east-1:123456789012:pipeline/robocar-pipeline")
-    bundle = next((tmp_path / "ws" / "s3" / SETTINGS.bucket / "robocar" / "code").iterdir())
-    assert (bundle / "sourcedir.tar.gz").is_file() and (bundle / "processing" / "preprocess.py").is_file()
+    bundles = list((tmp_path / "ws" / "s3" / SETTINGS.bucket / "robocar" / "code").iterdir())
+    assert len(bundles) == 4  # one per step: Preprocess, Train, Evaluate, CompileForEdge
+    assert sum((bundle / "sourcedir.tar.gz").is_file() for bundle in bundles) == 1
+    assert sum((bundle / "processing" / "preprocess.py").is_file() for bundle in bundles) == 1
     code, out, _ = run_cli("pipeline", "upsert", *workspace)
     assert code == 0 and out.startswith("unchanged:")
     code, out, _ = run_cli("pipeline", "status", *workspace)

@@ -121,8 +121,7 @@ def test_train_reads_preprocess_outputs_and_parameters(definition: dict[str, Any
     assert hps["model-type"] == {"Get": "Parameters.ModelType"}
     assert hps["epochs"] == {"Get": "Parameters.Epochs"}
     assert json.loads(hps["sagemaker_program"]) == "training/train.py"
-    code_uri = inputs(all_steps(definition["Steps"])["Preprocess"])["code"]
-    assert json.loads(hps["sagemaker_submit_directory"]) == code_uri + "sourcedir.tar.gz"
+    assert re.fullmatch(CODE_URI + "sourcedir.tar.gz", json.loads(hps["sagemaker_submit_directory"]))
     assert args["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
     names = {m["Name"] for m in args["AlgorithmSpecification"]["MetricDefinitions"]}
     assert {"train:loss", "validation:loss"} <= names
@@ -195,19 +194,33 @@ def test_edge_targets_choose_the_register_slots() -> None:
 
 
 def test_code_is_content_addressed(definition: dict[str, Any], tmp_path: Path) -> None:
-    bundle = CodeBundle("robocar-data-123456789012", "robocar")
-    assert re.fullmatch(CODE_URI, bundle.uri)
-    assert "processing/preprocess.py" in bundle.files and "edge/frames.py" in bundle.files
-    # Another tree with one byte changed gets another address.
-    for name, data in bundle.files.items():
+    """Each step names its own bundle (its entry script's), addressed by that bundle's content."""
+    code = CodeBundle("robocar-data-123456789012", "robocar")
+    steps = all_steps(definition["Steps"])
+    named = {}
+    for name, step in steps.items():
+        if step["Type"] == "Processing":
+            script = step["Arguments"]["AppSpecification"]["ContainerEntrypoint"][-1]
+            named[name] = (code.step(script).uri, inputs(step)["code"])
+        elif step["Type"] == "Training":
+            hps = step["Arguments"]["HyperParameters"]
+            script = json.loads(hps["sagemaker_program"])
+            named[name] = (code.step(script).uri, json.loads(hps["sagemaker_submit_directory"]))
+    assert sorted(named) == ["CompileForEdge", "Evaluate", "Preprocess", "Train"]
+    for name, (expected, found) in named.items():
+        assert found == expected and re.match(CODE_URI, found), name
+    assert len({found for _, found in named.values()}) == 4
+    # Another tree with one byte changed gets other addresses; the same tree the same ones.
+    for name, data in code.step("processing/preprocess.py").files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
-    assert CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path).sha256 == bundle.sha256
-    (tmp_path / "edge" / "frames.py").write_bytes(bundle.files["edge/frames.py"] + b"\n")
-    assert CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path).sha256 != bundle.sha256
-    assert (
-        bundle.sourcedir == CodeBundle("robocar-data-123456789012", "robocar").sourcedir
-    )  # tarball is stable
+    copy = CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path)
+    assert copy.step("processing/preprocess.py").uri == code.step("processing/preprocess.py").uri
+    (tmp_path / "edge" / "frames.py").write_bytes(
+        code.step("processing/preprocess.py").files["edge/frames.py"] + b"\n"
+    )
+    copy = CodeBundle("robocar-data-123456789012", "robocar", root=tmp_path)
+    assert copy.step("processing/preprocess.py").uri != code.step("processing/preprocess.py").uri
 
 
 def normalised_for_golden(text: str) -> str:
