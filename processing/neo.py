@@ -179,9 +179,13 @@ def requests_for_targets(
 ) -> dict[str, dict[str, Any]]:
     """One request per target, all compiling the same input; job names carry the input's digest."""
     inputs = input_config(input_s3_uri, neo_input)
+    # Neo's output goes under the input's digest, not under the execution: the step's arguments then
+    # stay the same for the same model, so SageMaker's cache (AppSpecification is part of its key) can
+    # serve the step, and two executions compiling different models never share a folder.
+    output_base = f"{output_s3_uri.rstrip('/')}/{neo_input.sha256[:16]}"
     return {
         target: compilation_job_request(
-            neo_job_name(target, neo_input.sha256, now), target, inputs, output_s3_uri, role_arn, timeout_s
+            neo_job_name(target, neo_input.sha256, now), target, inputs, output_base, role_arn, timeout_s
         )
         for target in targets
     }

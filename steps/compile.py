@@ -11,7 +11,7 @@ from typing import Any
 from sagemaker.core.workflow.properties import PropertyFile
 from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
 
-from steps.containers import CODE_DIR, PROCESSING, execution_uri
+from steps.containers import CODE_DIR, PROCESSING, execution_uri, s3_join
 from steps.preprocess import processor, s3_input, s3_output
 
 MODEL_DIR = f"{PROCESSING}/model"
@@ -63,7 +63,7 @@ def compile_step(
             "--model-s3-uri",
             model_uri,
             "--output-s3-uri",
-            execution_uri(output_uri, "neo"),
+            s3_join(output_uri, "neo"),  # Neo's files go under its input's digest (processing/neo.py)
             "--role-arn",
             role,
             "--region",

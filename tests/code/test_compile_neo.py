@@ -75,10 +75,22 @@ def neo(monkeypatch, tmp_path, keras_file):
         (tmp_path / "model").mkdir()
         (tmp_path / "model" / "model.tar.gz").write_bytes(model)
         s3.put_object(Bucket=BUCKET, Key="model/model.tar.gz", Body=model)
-        # moto completes jobs at once but writes no output: put Neo's archive where Neo puts it.
+        # moto completes jobs at once but writes no output: put Neo's archive where the job says Neo puts it.
         compiled = {t: tar_gz({"compiled.so": t.encode() * 8, "compiled.params": b"params"}) for t in TARGETS}
-        for target, data in compiled.items():
-            s3.put_object(Bucket=BUCKET, Key=f"neo/{target}/model-{target}.tar.gz", Body=data)
+        create_job = BaseClient._make_api_call
+
+        def neo_writes_its_output(self, operation, params):
+            response = create_job(self, operation, params)
+            if operation == "CreateCompilationJob":
+                output, target = (
+                    params["OutputConfig"]["S3OutputLocation"],
+                    params["OutputConfig"]["TargetDevice"],
+                )
+                key = f"{output.removeprefix(f's3://{BUCKET}/')}model-{target}.tar.gz"
+                s3.put_object(Bucket=BUCKET, Key=key, Body=compiled[target])
+            return response
+
+        monkeypatch.setattr(BaseClient, "_make_api_call", neo_writes_its_output)
         argv = [
             "--model", str(tmp_path / "model"), "--output", str(tmp_path / "out"),
             "--targets", ",".join(TARGETS), "--model-s3-uri", f"s3://{BUCKET}/model/model.tar.gz",
@@ -163,7 +175,8 @@ def test_one_onnx_compilation_job_per_target_as_neo_documents_it(neo, monkeypatc
         height, width, channels = SHAPE
         nchw = [1, channels, height, width]
         assert json.loads(request["InputConfig"]["DataInputConfig"]) == {"img_in": nchw}
-        assert request["OutputConfig"]["S3OutputLocation"] == f"s3://{BUCKET}/neo/{target}/"
+        digest = request["InputConfig"]["S3Uri"].split("/input/")[1].split("/")[0]  # the Neo input's
+        assert request["OutputConfig"]["S3OutputLocation"] == f"s3://{BUCKET}/neo/{digest}/{target}/"
         assert request["StoppingCondition"]["MaxRuntimeInSeconds"] == 1800
         options = request["OutputConfig"].get("CompilerOptions")
         if target == "jetson_nano":
