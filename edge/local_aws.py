@@ -82,7 +82,18 @@ def _param_validation_error(report: str) -> Exception:
     return ParamValidationError(report=report)
 
 
+def _s3_path_error_class() -> type[Exception]:
+    try:
+        from botocore.exceptions import ParamValidationError
+    except ImportError:
+        return LocalParamValidationError
+    # Both: callers of S3 catch botocore's ParamValidationError (not a ValueError in botocore), local-mode
+    # code and the CLI treat a ValueError as bad input.
+    return type("S3PathError", (ParamValidationError, ValueError), {"__module__": __name__})
+
+
 ClientError = _client_error_base()
+S3PathError = _s3_path_error_class()  # a bucket or key local S3 cannot hold: see local_key_problem
 # Modelled exceptions are subclasses of ClientError, exactly as boto3's ``client.exceptions.X``.
 NoSuchKey = type("NoSuchKey", (ClientError,), {})
 NoSuchBucket = type("NoSuchBucket", (ClientError,), {})
@@ -241,9 +252,9 @@ def local_key_problem(key: object, *, prefix: bool = False) -> str | None:
 
 
 def _key_refused(key: object, problem: str) -> Exception:
-    return _param_validation_error(
-        f"Key {key!r} cannot be kept in local S3: {problem}. S3 stores such a key as it is ({S3_KEYS_DOC}); "
-        "a folder cannot, so local mode refuses it"
+    return S3PathError(
+        report=f"Key {key!r} cannot be kept in local S3: {problem}. S3 stores such a key as it is "
+        f"({S3_KEYS_DOC}); a folder cannot, so local mode refuses it"
     )
 
 
@@ -338,7 +349,7 @@ class LocalS3Client:
     # -- paths
     def _bucket_dir(self, bucket: str, operation: str, *, must_exist: bool = True) -> Path:
         if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
-            raise _param_validation_error(f'Invalid bucket name "{bucket}"')
+            raise S3PathError(report=f'Invalid bucket name "{bucket}"')
         directory = self.base / bucket
         if must_exist and not directory.is_dir():
             raise client_error(

@@ -726,6 +726,8 @@ def _stringify_maps(request: dict[str, Any]) -> dict[str, Any]:
 
 def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
     """CreateModelPackage in the local registry; the group is created if missing, as the step does on AWS."""
+    from botocore.exceptions import ParamValidationError  # the local clients are botocore-validated here
+
     request = _stringify_maps(arguments)
     group = request.get("ModelPackageGroupName")
     if not group:
@@ -738,8 +740,8 @@ def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         arn = job.sagemaker.create_model_package(**request)["ModelPackageArn"]
     except job.sagemaker.exceptions.ClientError as exc:
         raise StepFailed(f"CreateModelPackage: {exc}") from None
-    except ValueError as exc:  # botocore's ParamValidationError is a ValueError
-        raise StepFailed(f"CreateModelPackage: {exc}") from None
+    except (ValueError, ParamValidationError) as exc:  # botocore's is no ValueError; the stand-in's is
+        raise StepFailed(f"CreateModelPackage: {' '.join(str(exc).split())}") from None
     described = job.sagemaker.describe_model_package(ModelPackageName=arn)
     described.pop("ResponseMetadata", None)
     properties = json.loads(json.dumps(described, default=lambda v: v.isoformat()))
