@@ -146,19 +146,19 @@ class FolderError(ValueError):
 def folder_files(root: Path, *, skip_in_progress: bool = True) -> list[tuple[str, Path]]:
     """Every file under ``root`` as ``(relative posix path, path)``, sorted by relative path.
 
-    The rule Preprocess's tub discovery follows too: a symbolic link (to a folder or a file) is followed
-    when its target stays inside ``root``; a link that leads outside, that dangles, or that reaches a folder
-    already walked (a loop, or a second path to the same folder) raises FolderError naming it, as do a
-    folder that cannot be listed and anything that is neither a file nor a folder (a FIFO would block a
-    reader forever). Never silently skipped. Each real folder is walked once, so the cost is bounded by
-    the tree itself. ``skip_in_progress`` leaves out files being written (``.tmp-*``, never objects).
+    The rule Preprocess's tub discovery follows too: a symbolic link is followed once, when its target
+    stays inside ``root``; its files appear under the link's name. Refused with a FolderError that names
+    the path, never skipped without a word: a link that leads outside ``root`` or dangles, a link back
+    to a folder it sits in (a loop), a link to a folder met inside a folder reached through a link
+    (followed once: no chains), a folder that cannot be listed, anything that is neither a file nor a
+    folder (a FIFO would block its reader forever). So the walk costs at most (links + 1) x the tree.
+    ``skip_in_progress`` leaves out files being written (``.tmp-*``: never objects).
     """
     root_real = Path(os.path.realpath(root))
-    walked: dict[Path, str] = {root_real: "."}
     found: list[tuple[str, Path]] = []
-    pending: list[tuple[Path, str]] = [(Path(root), "")]
+    pending: list[tuple[Path, str, Path | None]] = [(Path(root), "", None)]  # (folder, name, via link)
     while pending:
-        folder, relative = pending.pop()
+        folder, relative, via = pending.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -168,24 +168,24 @@ def folder_files(root: Path, *, skip_in_progress: bool = True) -> list[tuple[str
                 continue
             name = f"{relative}/{entry.name}" if relative else entry.name
             path = Path(entry.path)
-            target = Path(os.path.realpath(path)) if entry.is_symlink() else path
-            if entry.is_symlink():
-                if not target.exists():
-                    raise FolderError(f"{path} is a broken symbolic link (to {os.readlink(path)})")
-                if not target.is_relative_to(root_real):
-                    raise FolderError(
-                        f"{path} is a symbolic link to {target}, outside {root}: links are followed only "
-                        "within the folder (copy the data in instead)"
-                    )
+            link = entry.is_symlink()
+            target = Path(os.path.realpath(path)) if link else path
+            if link and not target.exists():
+                raise FolderError(f"{path} is a broken symbolic link (to {os.readlink(path)})")
+            if link and not target.is_relative_to(root_real):
+                raise FolderError(
+                    f"{path} is a symbolic link to {target}, outside {root}: links are followed only "
+                    "within the folder (copy the data in instead)"
+                )
             if target.is_dir():
-                real = Path(os.path.realpath(path))
-                if real in walked:
+                if link and Path(os.path.realpath(folder)).is_relative_to(target):
+                    raise FolderError(f"{path} is a symbolic link to {target}, a folder it is in: a loop")
+                if link and via is not None:
                     raise FolderError(
-                        f"{path} leads to the folder {walked[real]!r} again (a symbolic link loop, or a "
-                        "second link to one folder): each folder is read once"
+                        f"{path} is a symbolic link to a folder, met inside {via}, itself a link: links "
+                        "are followed once, not in chains"
                     )
-                walked[real] = name
-                pending.append((path, name))
+                pending.append((path, name, path if link else via))
             elif target.is_file():
                 found.append((name, path))
             else:

@@ -62,8 +62,16 @@ def _leave_to_the_step(signum: int, frame: object) -> None:
     """The whole group got this signal; the step decides what it means, and this process waits."""
 
 
+def lead_own_group() -> None:
+    """Make this process the leader of its own group (the executor starts it in a new session), so the
+    group it signals is never its starter's."""
+    if os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)
+
+
 def main(argv: list[str]) -> int:
     executor_pid, command = int(argv[0]), argv[1:]
+    lead_own_group()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _leave_to_the_step)  # a handler, not SIG_IGN: the step starts with the default
     die_with(executor_pid)
