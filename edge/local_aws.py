@@ -221,9 +221,11 @@ S3_KEYS_DOC = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys
 NAME_MAX_BYTES = 255  # the longest file name ext4, XFS, tmpfs and APFS store (NAME_MAX)
 
 
-def local_key_problem(key: object, *, prefix: bool = False) -> str | None:
-    """Why ``key`` cannot name a file under a local bucket folder, or None when it can.
+def key_path_problem(key: object, *, prefix: bool = False) -> str | None:
+    """Why ``key`` cannot be read as a path (segments joined by '/'), or None when it can.
 
+    The part of the rule that holds on AWS too, where keys double as paths (the pipeline's prefix, a
+    car's download folder): no empty, '.' or '..' segment, no leading '/', no NUL, UTF-8 text.
     ``prefix`` accepts what names a folder too: the empty key (the bucket) and one trailing slash.
     """
     if not isinstance(key, str):
@@ -244,6 +246,16 @@ def local_key_problem(key: object, *, prefix: bool = False) -> str | None:
             return "it has an empty segment (a leading '/' or '//')"
         if segment in (".", ".."):
             return f"it has a {segment!r} segment, which a folder would read as a path, not a name"
+    return None
+
+
+def local_key_problem(key: object, *, prefix: bool = False) -> str | None:
+    """Why ``key`` cannot name a file under a local bucket folder, or None when it can:
+    ``key_path_problem``, plus what only a folder limits (a file name's length, local S3's own names)."""
+    problem = key_path_problem(key, prefix=prefix)
+    if problem or not isinstance(key, str):
+        return problem
+    for segment in key.split("/"):
         if len(segment.encode()) > NAME_MAX_BYTES:
             return f"a segment is longer than {NAME_MAX_BYTES} bytes, the longest file name a folder holds"
         if segment.startswith(IN_PROGRESS_PREFIX):

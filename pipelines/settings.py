@@ -188,11 +188,12 @@ def prefix_problem(prefix: str) -> str | None:
     """Why ``prefix`` is not a key prefix for this pipeline's objects (``<prefix>/code/...``), or None.
 
     No leading slash, no empty, ``.`` or ``..`` segment: S3 would keep such keys as they are, local S3
-    cannot (``edge.local_aws.local_key_problem``, docs/local-mode-safety.md).
+    cannot (``edge.local_aws.key_path_problem``, docs/local-mode-safety.md). What only a local folder
+    limits (a segment's length) is refused where local S3 stores a key, not here: AWS allows it.
     """
-    from edge.local_aws import local_key_problem
+    from edge.local_aws import key_path_problem
 
-    problem = local_key_problem(prefix)
+    problem = key_path_problem(prefix)
     return f"not an S3 key prefix: {problem}" if problem else None
 
 
