@@ -262,7 +262,8 @@ def upload_folder(s3: LocalS3Client, folder: Path, uri: str, *, move: bool = Fal
     files, never a truncated one. Objects already under the prefix are overwritten, not deleted, as an
     upload to S3 does. ``move`` moves the files instead of copying them (the job's temporary tree sits
     on the workspace's filesystem and is deleted afterwards anyway), falling back to a copy; a file
-    reached through a symbolic link is copied (moving would move the link).
+    reached through a symbolic link is copied (moving would move the link, or take the file from the
+    folder the link leads to before that folder's turn).
     """
     bucket, key = split_s3_uri(uri)
     local_s3_path(s3, uri, "output")  # refuses a prefix local S3 cannot hold before anything is written
@@ -275,7 +276,8 @@ def upload_folder(s3: LocalS3Client, folder: Path, uri: str, *, move: bool = Fal
         for relative, file in files:
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            _move_or_copy(file, target) if move and not file.is_symlink() else shutil.copyfile(file, target)
+            direct = Path(os.path.realpath(file)) == file.absolute()  # not reached through a link
+            _move_or_copy(file, target) if move and direct else shutil.copyfile(file, target)
             staged.append((target, f"{key.rstrip('/')}/{relative}" if key else relative))
         for target, object_key in staged:
             try:

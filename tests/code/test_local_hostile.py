@@ -308,6 +308,18 @@ def test_a_step_output_linking_outside_fails_the_step_and_copies_nothing(
     assert (outside / "secret.txt").read_text() == "not an S3 object"
 
 
+def test_a_step_output_linking_inside_itself_is_uploaded_under_both_names(tmp_path: Path) -> None:
+    s3 = LocalS3Client(tmp_path / "ws")
+    s3.create_bucket(Bucket=BUCKET)
+    output = tmp_path / "output"
+    (output / "plots").mkdir(parents=True)
+    (output / "plots" / "loss.png").write_bytes(b"png")
+    (output / "latest").symlink_to(output / "plots", target_is_directory=True)
+    assert runners.upload_folder(s3, output, f"s3://{BUCKET}/out/", move=True) == 2
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="out/")["Contents"]
+    assert [o["Key"] for o in listed] == ["out/latest/loss.png", "out/plots/loss.png"]
+
+
 # ---------------------------------------------------------------- 2. a killed run kills its steps
 def _processes(*markers: str) -> set[int]:
     """Live processes (not zombies) whose command line holds every marker."""
