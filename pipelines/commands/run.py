@@ -182,17 +182,16 @@ def check_workspace(workspace: Path) -> None:
 
 
 def check_data_folder(data: Path, workspace: Path) -> None:
-    """``--data`` is a folder outside the workspace (one that holds it, ``--data .``, would copy local S3
-    into itself)."""
+    """``--data`` is a folder that neither holds the workspace (``--data .`` would copy local S3 into
+    itself) nor lies in its local S3 (which the upload writes to). A folder of tubs elsewhere in the
+    workspace is fine (``robocar demo`` keeps its tubs there)."""
     if not data.is_dir():
-        raise ValueError(
-            f"--data {data}: not a folder" if data.exists() else f"--data {data}: no such folder"
-        )
+        raise ValueError(f"--data {data}: {'not a folder' if data.exists() else 'no such folder'}")
     folder, inside = data.resolve(), workspace.resolve()
-    if inside.is_relative_to(folder) or folder.is_relative_to(inside):
+    if inside.is_relative_to(folder) or folder.is_relative_to(inside / "s3"):
         raise ValueError(
-            f"--data {data} and the workspace {workspace} overlap: the upload would copy the workspace "
-            "into itself; pass a folder of tubs outside it"
+            f"--data {data} overlaps the workspace's local S3 ({workspace / 's3'}): the upload would copy "
+            "it into itself; pass a folder of tubs outside it"
         )
 
 

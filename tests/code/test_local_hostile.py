@@ -594,10 +594,14 @@ def test_a_missing_or_wrong_data_folder_is_one_line(
     a_file.write_text("x")
     for data, expected in (
         (tmp_path / "none", "no such folder"), (a_file, "not a folder"),
-        (workspace, "overlap"), (tmp_path, "overlap"),
+        (workspace, "overlaps"), (tmp_path, "overlaps"), (workspace / "s3" / BUCKET, "overlaps"),
     ):  # fmt: skip
         code, err = robocar(capsys, *run_args(workspace, definition_file, "--data", data))
         assert_one_line_refusal(code, err, f"--data {data}", expected)
+    tubs = workspace / "tubs" / "tub_1"  # tubs kept in the workspace (as robocar demo does) are fine
+    tubs.mkdir(parents=True)
+    (tubs / "catalog_0.catalog").write_text("{}\n")
+    assert main(run_args(workspace, definition_file, "--data", str(tubs.parent))) == 0
 
 
 def test_every_command_refuses_bad_settings_in_one_line(tmp_path: Path, capsys) -> None:
