@@ -83,13 +83,16 @@ def _param_validation_error(report: str) -> Exception:
 
 
 def _s3_path_error_class() -> type[Exception]:
+    """A bucket or key local S3 cannot hold is refused with botocore's ParamValidationError (what callers
+    of S3 catch; not a ValueError in botocore) that is also a ValueError (what local-mode code and the
+    CLI treat as bad input), reading as its one-line report."""
     try:
         from botocore.exceptions import ParamValidationError
     except ImportError:
-        return LocalParamValidationError
-    # Both: callers of S3 catch botocore's ParamValidationError (not a ValueError in botocore), local-mode
-    # code and the CLI treat a ValueError as bad input.
-    return type("S3PathError", (ParamValidationError, ValueError), {"__module__": __name__})
+        bases: tuple[type, ...] = (LocalParamValidationError,)
+    else:
+        bases = (ParamValidationError, ValueError)
+    return type("S3PathError", bases, {"__module__": __name__, "__str__": lambda self: self.kwargs["report"]})
 
 
 ClientError = _client_error_base()

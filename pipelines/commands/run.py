@@ -227,18 +227,18 @@ def prepare_workspace(
     definition = json.loads(definition_text)
     check_workspace(workspace)
     aws = clients(local_root=workspace, region=settings.region)
+    data_url = _input_data_url(definition, parameters)
+    if data_url is not None:  # before anything is written: an InputDataUrl local S3 cannot hold
+        try:
+            aws.s3.uri_to_path(data_url)
+        except ValueError as exc:
+            raise ValueError(f"InputDataUrl {data_url}: {exc}") from None
     aws.s3.create_bucket(Bucket=settings.bucket)
     code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     if code.uri in definition_text:
         uploaded = code.upload(aws.s3)
         if uploaded:
             print(f"code bundle: {uploaded} object(s) put into local S3 ({code.uri})", flush=True)
-    data_url = _input_data_url(definition, parameters)
-    if data_url is not None:
-        try:
-            aws.s3.uri_to_path(data_url)  # an InputDataUrl local S3 cannot hold (s3://b/../x) is refused
-        except ValueError as exc:
-            raise ValueError(f"InputDataUrl {data_url}: {' '.join(str(exc).split())}") from None
     if data is not None:
         check_data_folder(data, workspace)
         if data_url is None:

@@ -93,7 +93,7 @@ class LocalPipelineClient(LocalSageMakerClient):
             try:
                 path = LocalS3Client(self.root, self.region).uri_to_path(uri)  # never outside a bucket
             except ValueError as exc:
-                raise client_error("ValidationException", " ".join(str(exc).split()), operation) from None
+                raise client_error("ValidationException", str(exc), operation) from None
             if not path.is_file():
                 raise client_error(
                     "ValidationException",

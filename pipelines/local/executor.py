@@ -275,7 +275,7 @@ def check_s3_parameters(values: Mapping[str, Any], s3: LocalS3Client) -> None:
             try:
                 s3.uri_to_path(value)
             except ValueError as exc:
-                raise ParameterError(f"parameter {name}: {' '.join(str(exc).split())}") from None
+                raise ParameterError(f"parameter {name}: {exc}") from None
 
 
 # ---------------------------------------------------------------- cache
@@ -484,7 +484,7 @@ class LocalExecutor:
         try:
             return json.loads(self.s3.uri_to_path(uri).read_text())
         except (OSError, ValueError) as exc:  # a key local S3 refuses, a missing object, not JSON
-            raise ExpressionError(f"Std:JsonGet: cannot read {uri}: {' '.join(str(exc).split())}") from None
+            raise ExpressionError(f"Std:JsonGet: cannot read {uri}: {exc}") from None
 
     # -- bookkeeping
     def _save(self) -> None:

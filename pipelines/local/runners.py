@@ -207,11 +207,7 @@ def local_s3_path(s3: LocalS3Client, uri: str, role: str) -> Path:
     try:
         return s3.uri_to_path(uri)
     except ValueError as exc:
-        raise StepFailed(f"{role} {uri}: {_one_line(exc)}", REQUEST_REFUSED) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+        raise StepFailed(f"{role} {uri}: {exc}", REQUEST_REFUSED) from None
 
 
 def s3_source(s3: LocalS3Client, uri: str) -> tuple[Path, bool]:
@@ -283,7 +279,7 @@ def upload_folder(s3: LocalS3Client, folder: Path, uri: str, *, move: bool = Fal
             try:
                 destination = s3.writable_path(bucket, object_key, "PutObject")
             except ValueError as exc:
-                raise StepFailed(f"output {uri}: {_one_line(exc)}", REQUEST_REFUSED) from None
+                raise StepFailed(f"output {uri}: {exc}", REQUEST_REFUSED) from None
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(target, destination)
     finally:
@@ -743,7 +739,7 @@ def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
     except job.sagemaker.exceptions.ClientError as exc:
         raise StepFailed(f"CreateModelPackage: {exc}") from None
     except (ValueError, ParamValidationError) as exc:  # botocore's is no ValueError; the stand-in's is
-        raise StepFailed(f"CreateModelPackage: {' '.join(str(exc).split())}") from None
+        raise StepFailed(f"CreateModelPackage: {exc}") from None
     described = job.sagemaker.describe_model_package(ModelPackageName=arn)
     described.pop("ResponseMetadata", None)
     properties = json.loads(json.dumps(described, default=lambda v: v.isoformat()))

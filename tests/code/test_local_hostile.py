@@ -358,15 +358,17 @@ def test_kill_9_of_robocar_run_kills_its_step_and_the_next_run_cleans_up(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        step = _wait_for(
-            lambda: _processes("sample_steps.py", "preprocess", str(workspace)), 60, "the step to start"
+        step = _wait_for(  # supervise.py and the step's script: both name the script and the workspace
+            lambda: len(found := _processes("sample_steps.py", "preprocess", str(workspace))) == 2 and found,
+            60,
+            "the step to start",
         )
-        assert len(step) == 2  # supervise.py and the step's script
         os.kill(cli_process.pid, signal.SIGKILL)
         cli_process.wait(timeout=10)
         _wait_for(
             lambda: not _processes("sample_steps.py", str(workspace)), 5, "the step to die with the executor"
         )
+        assert all(not Path(f"/proc/{pid}").exists() or pid not in _processes() for pid in step)
     finally:
         cli_process.kill()
         for pid in _processes("sample_steps.py", str(workspace)):
