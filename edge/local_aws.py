@@ -82,7 +82,21 @@ def _param_validation_error(report: str) -> Exception:
     return ParamValidationError(report=report)
 
 
+def _s3_path_error_class() -> type[Exception]:
+    """A bucket or key local S3 cannot hold is refused with botocore's ParamValidationError (what callers
+    of S3 catch; not a ValueError in botocore) that is also a ValueError (what local-mode code and the
+    CLI treat as bad input), reading as its one-line report."""
+    try:
+        from botocore.exceptions import ParamValidationError
+    except ImportError:
+        bases: tuple[type, ...] = (LocalParamValidationError,)
+    else:
+        bases = (ParamValidationError, ValueError)
+    return type("S3PathError", bases, {"__module__": __name__, "__str__": lambda self: self.kwargs["report"]})
+
+
 ClientError = _client_error_base()
+S3PathError = _s3_path_error_class()  # a bucket or key local S3 cannot hold: see local_key_problem
 # Modelled exceptions are subclasses of ClientError, exactly as boto3's ``client.exceptions.X``.
 NoSuchKey = type("NoSuchKey", (ClientError,), {})
 NoSuchBucket = type("NoSuchBucket", (ClientError,), {})
@@ -122,12 +136,21 @@ def check_params(
 
 
 # ---------------------------------------------------------------- atomic files and locks
+IN_PROGRESS_PREFIX = ".tmp-"  # files being written: never listed as objects, never a key segment
+
+
+def in_progress_prefix() -> str:
+    """``.tmp-<pid>-``: the name of a file being written tells whose it is, so a later run can remove
+    what a killed writer left (``pipelines/local/executor.py``) and keep what a live one is writing."""
+    return f"{IN_PROGRESS_PREFIX}{os.getpid()}-"
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     directory = tmp_dir or path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=in_progress_prefix(), suffix=".part")
     os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make local S3 objects private to this user
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -144,7 +167,7 @@ def atomic_copy_file(source: Path, destination: Path, *, tmp_dir: Path | None = 
     destination.parent.mkdir(parents=True, exist_ok=True)
     directory = tmp_dir or destination.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=in_progress_prefix(), suffix=".part")
     os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
@@ -191,6 +214,65 @@ def from_iso(value: str) -> datetime:
 
 
 # ---------------------------------------------------------------- S3
+# S3 keys are flat strings: S3 keeps "a/../b", "./a", "a//b" and "/a" as keys of their own, unrelated to
+# "b", "a" or "a/b" ("The Amazon S3 data model is a flat structure",
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html). A folder cannot hold them as
+# they are: "." and empty segments would alias other keys, ".." would name a parent folder, up and out of
+# the bucket. The local client refuses such keys (docs/local-mode-safety.md) rather than renaming them,
+# so a key never means two things; NUL (no file name can hold it) and over-long segments likewise.
+S3_KEYS_DOC = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html"
+NAME_MAX_BYTES = 255  # the longest file name ext4, XFS, tmpfs and APFS store (NAME_MAX)
+
+
+def key_path_problem(key: object, *, prefix: bool = False) -> str | None:
+    """Why ``key`` cannot be read as a path (segments joined by '/'), or None when it can.
+
+    The part of the rule that holds on AWS too, where keys double as paths (the pipeline's prefix, a
+    car's download folder): no empty, '.' or '..' segment, no leading '/', no NUL, UTF-8 text.
+    ``prefix`` accepts what names a folder too: the empty key (the bucket) and one trailing slash.
+    """
+    if not isinstance(key, str):
+        return f"it is a {type(key).__name__}, not a string"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not UTF-8 text (S3 keys are UTF-8)"
+    if "\x00" in key:
+        return "it contains a NUL character, which no file name can hold"
+    body = key[:-1] if prefix and key.endswith("/") else key
+    if not body:
+        return None if prefix else "it is empty"
+    if body.endswith("/"):
+        return "it ends with '/' (a folder marker): a local folder cannot also be a file"
+    for segment in body.split("/"):
+        if segment == "":
+            return "it has an empty segment (a leading '/' or '//')"
+        if segment in (".", ".."):
+            return f"it has a {segment!r} segment, which a folder would read as a path, not a name"
+    return None
+
+
+def local_key_problem(key: object, *, prefix: bool = False) -> str | None:
+    """Why ``key`` cannot name a file under a local bucket folder, or None when it can:
+    ``key_path_problem``, plus what only a folder limits (a file name's length, local S3's own names)."""
+    problem = key_path_problem(key, prefix=prefix)
+    if problem or not isinstance(key, str):
+        return problem
+    for segment in key.split("/"):
+        if len(segment.encode()) > NAME_MAX_BYTES:
+            return f"a segment is longer than {NAME_MAX_BYTES} bytes, the longest file name a folder holds"
+        if segment.startswith(IN_PROGRESS_PREFIX):
+            return f"a segment starts with {IN_PROGRESS_PREFIX!r}, kept for files being written locally"
+    return None
+
+
+def _key_refused(key: object, problem: str) -> Exception:
+    return S3PathError(
+        report=f"Key {key!r} cannot be kept in local S3: {problem}. S3 stores such a key as it is "
+        f"({S3_KEYS_DOC}); a folder cannot, so local mode refuses it"
+    )
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``(bucket, key)``; a clear ValueError for anything else."""
     if not isinstance(uri, str) or not uri.startswith("s3://"):
@@ -259,6 +341,14 @@ def _etag(path: Path) -> str:
     return _ETAGS[key]
 
 
+def _inside(directory: Path, path: Path, key: str) -> Path:
+    """``path`` if it stays inside ``directory`` once symbolic links are followed (a link planted in a
+    bucket's folder must not lead an S3 key outside it); else the refusal."""
+    if path.resolve().is_relative_to(directory.resolve()):
+        return path
+    raise _key_refused(key, f"its local path {path} leads outside the bucket's folder (a symbolic link)")
+
+
 class LocalS3Client:
     """boto3's ``s3`` client over a folder: ``s3://bucket/key`` is ``ROOT/s3/bucket/key``."""
 
@@ -274,7 +364,7 @@ class LocalS3Client:
     # -- paths
     def _bucket_dir(self, bucket: str, operation: str, *, must_exist: bool = True) -> Path:
         if not isinstance(bucket, str) or not _BUCKET_RE.match(bucket) or ".." in bucket:
-            raise _param_validation_error(f'Invalid bucket name "{bucket}"')
+            raise S3PathError(report=f'Invalid bucket name "{bucket}"')
         directory = self.base / bucket
         if must_exist and not directory.is_dir():
             raise client_error(
@@ -286,18 +376,31 @@ class LocalS3Client:
             )
         return directory
 
-    def _object_path(self, bucket: str, key: str, operation: str) -> Path:
+    def object_path(self, bucket: str, key: str, operation: str) -> Path:
+        """The file that holds ``s3://bucket/key`` (the bucket must exist); refuses a key a folder cannot
+        keep (``local_key_problem``) and a path that leaves the bucket's folder through a symbolic link."""
         directory = self._bucket_dir(bucket, operation)
-        parts = key.split("/") if isinstance(key, str) else []
-        if not key or key.endswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise _param_validation_error(
-                f'Key "{key}" cannot be stored in a local S3 folder (empty, "." or ".." segments, or a '
-                "trailing slash)"
-            )
-        return directory.joinpath(*parts)
+        problem = local_key_problem(key)
+        if problem:
+            raise _key_refused(key, problem)
+        return _inside(directory, directory.joinpath(*key.split("/")), key)
+
+    def writable_path(self, bucket: str, key: str, operation: str) -> Path:
+        """``object_path`` for a write: S3 may hold both ``a`` and ``a/b``; a folder cannot."""
+        path = self.object_path(bucket, key, operation)
+        if path.is_dir():
+            raise _key_refused(key, f"local S3 keeps keys under {key + '/'!r} in a folder of that name")
+        bucket_dir = self.base / bucket
+        for parent in path.parents:
+            if parent == bucket_dir:
+                break
+            if parent.is_file():
+                taken = parent.relative_to(bucket_dir).as_posix()
+                raise _key_refused(key, f"the key {taken!r} is a file where this key needs a folder")
+        return path
 
     def _existing(self, bucket: str, key: str, operation: str, *, head: bool = False) -> Path:
-        path = self._object_path(bucket, key, operation)
+        path = self.object_path(bucket, key, operation)
         if not path.is_file():
             if head:  # HEAD has no body, so S3 answers with the bare status code
                 raise client_error("404", "Not Found", operation)
@@ -317,9 +420,18 @@ class LocalS3Client:
         }
 
     def uri_to_path(self, uri: str) -> Path:
-        """Where an ``s3://`` URI lives on disk (for code that wants to read local objects directly)."""
+        """Where an ``s3://`` URI (an object, or a prefix: ``s3://bucket/``, ``s3://bucket/a/``) lives on
+        disk, for code that reads local objects directly; never a path outside the bucket's folder.
+
+        Raises ``ParamValidationError`` (a ValueError) for a bucket name or key local S3 cannot hold.
+        """
         bucket, key = split_s3_uri(uri)
-        return self.base / bucket / key
+        directory = self._bucket_dir(bucket, "uri_to_path", must_exist=False)
+        problem = local_key_problem(key, prefix=True)
+        if problem:
+            raise _key_refused(key, problem)
+        parts = [part for part in key.removesuffix("/").split("/") if part]
+        return _inside(directory, directory.joinpath(*parts), key)
 
     # -- buckets
     def create_bucket(self, *, Bucket: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803 (boto3 names)
@@ -352,7 +464,7 @@ class LocalS3Client:
     # -- objects
     def put_object(self, *, Bucket: str, Key: str, Body: Any = b"", **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         check_params(kwargs, allowed=("ContentType", "Metadata", "ContentMD5", "ServerSideEncryption", "ACL"))
-        path = self._object_path(Bucket, Key, "PutObject")
+        path = self.writable_path(Bucket, Key, "PutObject")
         if isinstance(Body, str):
             data = Body.encode()
         elif isinstance(Body, bytes | bytearray | memoryview):
@@ -398,7 +510,7 @@ class LocalS3Client:
 
     def delete_object(self, *, Bucket: str, Key: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         check_params(kwargs, allowed=("VersionId",))
-        path = self._object_path(Bucket, Key, "DeleteObject")
+        path = self.object_path(Bucket, Key, "DeleteObject")
         with contextlib.suppress(FileNotFoundError):  # S3 deletes of missing keys succeed
             path.unlink()
         self._prune_empty_dirs(path.parent, self.base / Bucket)
@@ -411,7 +523,7 @@ class LocalS3Client:
         else:
             src_bucket, src_key = CopySource["Bucket"], CopySource["Key"]
         source = self._existing(src_bucket, src_key, "CopyObject")
-        destination = self._object_path(Bucket, Key, "CopyObject")
+        destination = self.writable_path(Bucket, Key, "CopyObject")
         atomic_copy_file(source, destination, tmp_dir=self._tmp())
         described = self._describe(destination)
         return {
@@ -431,7 +543,7 @@ class LocalS3Client:
         source = Path(Filename)
         if not source.is_file():
             raise FileNotFoundError(f"upload_file: no such file {source}")
-        destination = self._object_path(Bucket, Key, "PutObject")
+        destination = self.writable_path(Bucket, Key, "PutObject")
         atomic_copy_file(source, destination, tmp_dir=self._tmp())
         if Callback is not None:
             Callback(source.stat().st_size)
@@ -517,17 +629,27 @@ class LocalS3Client:
     # -- helpers
     @staticmethod
     def _walk(bucket_dir: Path, prefix: str) -> Iterator[tuple[str, Path]]:
-        """Each (key, file) in the bucket under ``prefix``, walking only the prefix's folder."""
+        """Each (key, file) in the bucket under ``prefix``, walking only the prefix's folder.
+
+        A prefix is a filter, not a key: S3 lists nothing for ``a/../`` unless keys start with it, and
+        local S3 holds no such key (``local_key_problem``), so such a prefix lists nothing here either,
+        never the parent folder. Files reached through a symbolic link out of the bucket are no objects.
+        """
         folder = prefix.rpartition("/")[0]
-        start = bucket_dir.joinpath(*folder.split("/")) if folder else bucket_dir
-        if not start.is_dir():
+        if folder and local_key_problem(folder):
             return
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".tmp-")]
+        start = bucket_dir.joinpath(*folder.split("/")) if folder else bucket_dir
+        inside = bucket_dir.resolve()
+        if not start.is_dir() or not start.resolve().is_relative_to(inside):
+            return
+        for dirpath, dirnames, filenames in os.walk(start):  # does not follow links to folders
+            dirnames[:] = [d for d in dirnames if not d.startswith(IN_PROGRESS_PREFIX)]
             for name in filenames:
-                if name.startswith(".tmp-"):
+                if name.startswith(IN_PROGRESS_PREFIX):
                     continue
                 path = Path(dirpath, name)
+                if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                    continue
                 key = path.relative_to(bucket_dir).as_posix()
                 if key.startswith(prefix):
                     yield key, path

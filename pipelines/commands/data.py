@@ -32,8 +32,7 @@ def _synth(args: argparse.Namespace) -> int:
     from pipelines.synth import write_tub
 
     if args.frames < 1 or args.sessions < 1 or args.sessions > args.frames:
-        print("robocar: error: need --frames >= --sessions >= 1", file=sys.stderr)
-        return 2
+        raise ValueError("need --frames >= --sessions >= 1")
     started = time.perf_counter()
     last = [started]
 
@@ -42,11 +41,7 @@ def _synth(args: argparse.Namespace) -> int:
             print(f"  {done}/{total} frames", file=sys.stderr, flush=True)
             last[0] = time.perf_counter()
 
-    try:
-        summary = write_tub(args.out, args.frames, args.sessions, args.seed, progress=progress)
-    except (FileExistsError, ValueError) as exc:
-        print(f"robocar: error: {exc}", file=sys.stderr)
-        return 2
+    summary = write_tub(args.out, args.frames, args.sessions, args.seed, progress=progress)
     seconds = time.perf_counter() - started
     print(
         f"wrote tub {args.out}: {summary['frames']} frames in {len(summary['sessions'])} sessions "

@@ -100,29 +100,6 @@ def template_overrides(args: argparse.Namespace) -> dict[str, str]:
     return overrides
 
 
-def _fail(message: str) -> int:
-    print(f"robocar: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _guarded(fn: Any) -> Any:
-    """User errors (template, stack, AWS) become one clear line and exit code 2."""
-
-    def wrapper(args: argparse.Namespace) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from pipelines.infra import InfraError
-
-        try:
-            return fn(args)
-        except (InfraError, ValueError) as exc:
-            return _fail(str(exc))
-        except (BotoCoreError, ClientError) as exc:
-            return _fail(f"AWS: {exc}")
-
-    return wrapper
-
-
 def _session(args: argparse.Namespace) -> tuple[Any, str]:
     import boto3
 
@@ -132,7 +109,6 @@ def _session(args: argparse.Namespace) -> tuple[Any, str]:
     return session, session.region_name
 
 
-@_guarded
 def _check(args: argparse.Namespace) -> int:
     from pipelines import infra
 
@@ -153,7 +129,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def _deploy(args: argparse.Namespace) -> int:
     from pipelines import infra
 
@@ -170,7 +145,6 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def _show(args: argparse.Namespace) -> int:
     from pipelines import infra
 

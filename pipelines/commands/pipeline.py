@@ -64,11 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _fail(message: str) -> int:
-    print(f"robocar: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _definition_text(
     args: argparse.Namespace, *, use_examples: bool, code: CodeBundle | None = None
 ) -> tuple[settings_mod.Settings, str]:
@@ -78,32 +73,12 @@ def _definition_text(
     return settings, build_definition(settings, getattr(args, "edge_targets", None), code)
 
 
-def _guarded(fn: Any) -> Any:
-    """User errors (settings, parameters, targets) become one clear line and exit code 2."""
-
-    def wrapper(args: argparse.Namespace) -> int:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from pipelines.control import ParameterError
-
-        try:
-            return fn(args)
-        except (settings_mod.SettingsError, ParameterError, ValueError) as exc:
-            return _fail(str(exc))
-        except (BotoCoreError, ClientError) as exc:
-            return _fail(f"AWS: {exc}")
-
-    return wrapper
-
-
-@_guarded
 def _definition(args: argparse.Namespace) -> int:
     _, text = _definition_text(args, use_examples=True)
     sys.stdout.write(text)
     return 0
 
 
-@_guarded
 def _summary(args: argparse.Namespace) -> int:
     from pipelines.summary import summarise
 
@@ -112,7 +87,6 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def _validate(args: argparse.Namespace) -> int:
     from pipelines.schema_check import KNOWN_GAPS, schema_errors
     from pipelines.step_requests import check_definition
@@ -151,7 +125,6 @@ def clients(settings: settings_mod.Settings, local_root: Path | None = None) -> 
     return aws.sagemaker, aws.s3
 
 
-@_guarded
 def _upsert(args: argparse.Namespace) -> int:
     from pipelines.control import upsert
 
@@ -167,7 +140,6 @@ def _upsert(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def _start(args: argparse.Namespace) -> int:
     from pipelines.control import parse_parameters, start
 
@@ -182,7 +154,6 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def _status(args: argparse.Namespace) -> int:
     from pipelines.control import recent_executions
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--status", choices=STATUSES, default=None, help="only packages with this status")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
     _add_common(listing)
-    listing.set_defaults(handler=_guarded(_list))
+    listing.set_defaults(handler=_with_client(_list))
 
     describe = commands.add_parser("describe", help="one model package version, in full")
     describe.add_argument("package", help="model package ARN, or 'latest' (newest in --group)")
@@ -60,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--group", default=os.environ.get(GROUP_ENV) or _default_group(), help="for 'latest'"
     )
     _add_common(describe)
-    describe.set_defaults(handler=_guarded(_describe))
+    describe.set_defaults(handler=_with_client(_describe))
 
     for action, status in (("approve", "Approved"), ("reject", "Rejected")):
         sub_parser = commands.add_parser(action, help=f"set a model package's status to {status}")
@@ -72,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         sub_parser.add_argument("--description", default=None, help="ApprovalDescription (why)")
         _add_common(sub_parser)
-        sub_parser.set_defaults(handler=_guarded(_set_status), status=status)
+        sub_parser.set_defaults(handler=_with_client(_set_status), status=status)
 
 
 def _local_root(args: argparse.Namespace) -> Path | None:
@@ -86,28 +85,13 @@ def _client(args: argparse.Namespace) -> Any:
     return clients(local_root=_local_root(args), region=args.region, endpoint_url=args.endpoint_url).sagemaker
 
 
-def _guarded(handler: Any) -> Any:
-    """AWS errors and missing credentials become one clear line (exit 2), not a traceback."""
+def _with_client(handler: Any) -> Any:
+    """The handler, given the registry's client (AWS, a moto server or local) as a second argument."""
 
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return handler(args, _client(args))
-        except ValueError as exc:
-            return _fail(str(exc))
-        except Exception as exc:
-            response = getattr(exc, "response", None)
-            if isinstance(response, dict) and "Error" in response:
-                return _fail(f"{response['Error'].get('Code')}: {response['Error'].get('Message')}")
-            if type(exc).__module__.startswith("botocore"):  # no credentials, no endpoint, ...
-                return _fail(f"{exc} (use --local for the local registry, or --endpoint-url for moto)")
-            raise
+    def call(args: argparse.Namespace) -> int:
+        return handler(args, _client(args))
 
-    return wrapper
-
-
-def _fail(message: str) -> int:
-    print(f"robocar registry: error: {message}", file=sys.stderr)
-    return 2
+    return call
 
 
 def _print_json(document: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=main_from_args)
 
 
-def _fail(message: str) -> int:
-    print(f"robocar run: error: {message}", file=sys.stderr)
-    return 2
-
-
 class Progress:
     """One line per step start and end; a failing step's log tail, indented."""
 
@@ -103,11 +99,42 @@ class Progress:
         self.stream.flush()
 
 
+def read_definition(path: Path) -> str:
+    """A definition file's text: a regular file, no larger than CreatePipeline's PipelineDefinition
+    (botocore's model: 1,048,576 characters, so at most 4 bytes each), UTF-8 JSON of an object.
+
+    Raises ValueError naming the file and what is wrong with it.
+    """
+    from pipelines.aws_rules import operation_model
+
+    limit = operation_model("sagemaker", "CreatePipeline").input_shape.members["PipelineDefinition"]
+    max_chars = int(limit.metadata["max"])
+    if not path.is_file():
+        raise ValueError(
+            f"--definition {path}: no such file"
+            if not path.exists()
+            else f"--definition {path}: not a regular file"
+        )
+    with open(path, "rb") as handle:
+        data = handle.read(4 * max_chars + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--definition {path}: not UTF-8 text, so not a definition (JSON)") from None
+    if len(text) > max_chars:
+        raise ValueError(f"--definition {path}: longer than {max_chars} characters, AWS's limit")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--definition {path} is not JSON: {exc}") from None
+    if not isinstance(document, dict) or "Steps" not in document:
+        raise ValueError(f"--definition {path} is not a pipeline definition (no 'Steps')")
+    return text
+
+
 def _definition(args: argparse.Namespace, settings: settings_mod.Settings, code: Any) -> str:
     if args.definition is not None:
-        if not args.definition.is_file():
-            raise ValueError(f"--definition {args.definition}: no such file")
-        return args.definition.read_text()
+        return read_definition(args.definition)
     from pipelines.control import build_definition
 
     print("building the pipeline definition (sagemaker SDK, offline) ...", flush=True)
@@ -123,17 +150,49 @@ def _input_data_url(definition: dict[str, Any], parameters: list[dict[str, str]]
 
 
 def _upload_folder(s3: Any, folder: Path, uri: str) -> int:
+    """Put every file under ``folder`` below the S3 prefix ``uri``; returns how many.
+
+    The files are listed first (``runners.folder_files``: symbolic links followed within the folder,
+    loops and links out of it refused with a message, the rule Preprocess's tub discovery follows), so
+    nothing is uploaded from a folder that holds something refused.
+    """
     from edge.local_aws import split_s3_uri
+    from pipelines.local.runners import folder_files
 
     bucket, prefix = split_s3_uri(uri)
+    files = folder_files(folder, skip_in_progress=False)
     s3.create_bucket(Bucket=bucket)
-    count = 0
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            key = f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}".lstrip("/")
-            s3.upload_file(str(path), bucket, key)
-            count += 1
-    return count
+    for relative, path in files:
+        key = f"{prefix.rstrip('/')}/{relative}".lstrip("/")
+        s3.upload_file(str(path), bucket, key)
+    return len(files)
+
+
+def check_workspace(workspace: Path) -> None:
+    """The workspace is a folder this process can write to (created if missing); else a ValueError
+    that names it, before anything is built or copied."""
+    if workspace.exists() and not workspace.is_dir():
+        raise ValueError(f"--workspace {workspace}: not a folder")
+    try:
+        workspace.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workspace):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--workspace {workspace}: cannot write there ({exc.strerror})") from None
+
+
+def check_data_folder(data: Path, workspace: Path) -> None:
+    """``--data`` is a folder that neither holds the workspace (``--data .`` would copy local S3 into
+    itself) nor lies in its local S3 (which the upload writes to). A folder of tubs elsewhere in the
+    workspace is fine (``robocar demo`` keeps its tubs there)."""
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: {'not a folder' if data.exists() else 'no such folder'}")
+    folder, inside = data.resolve(), workspace.resolve()
+    if inside.is_relative_to(folder) or folder.is_relative_to(inside / "s3"):
+        raise ValueError(
+            f"--data {data} overlaps the workspace's local S3 ({workspace / 's3'}): the upload would copy "
+            "it into itself; pass a folder of tubs outside it"
+        )
 
 
 def _has_objects(s3: Any, uri: str) -> bool:
@@ -166,16 +225,21 @@ def prepare_workspace(
     from pipelines.code_bundle import CodeBundle
 
     definition = json.loads(definition_text)
+    check_workspace(workspace)
     aws = clients(local_root=workspace, region=settings.region)
+    data_url = _input_data_url(definition, parameters)
+    if data_url is not None:  # before anything is written: an InputDataUrl local S3 cannot hold
+        try:
+            aws.s3.uri_to_path(data_url)
+        except ValueError as exc:
+            raise ValueError(f"InputDataUrl {data_url}: {exc}") from None
     aws.s3.create_bucket(Bucket=settings.bucket)
     code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     uploaded = code.upload(aws.s3, definition_text)  # the bundles the definition names, if any
     if uploaded:
         print(f"code bundles: {uploaded} object(s) put into local S3 ({code.folder_uri})", flush=True)
-    data_url = _input_data_url(definition, parameters)
     if data is not None:
-        if not data.is_dir():
-            raise ValueError(f"--data {data}: not a folder")
+        check_data_folder(data, workspace)
         if data_url is None:
             raise ValueError("--data: the definition has no InputDataUrl parameter to put the data under")
         print(f"data: {_upload_folder(aws.s3, data, data_url)} file(s) from {data} -> {data_url}", flush=True)
@@ -222,33 +286,24 @@ def run_locally(
 
 def main_from_args(args: argparse.Namespace) -> int:
     from pipelines.code_bundle import CodeBundle
-    from pipelines.control import ParameterError, parse_parameters
+    from pipelines.control import parse_parameters
 
     if not args.local:
-        return _fail(
+        raise ValueError(
             "`robocar run` runs locally: add --local. "
             "On AWS use `robocar pipeline upsert`, then `robocar pipeline start`."
         )
-    try:
-        settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
-        code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
-        text = _definition(args, settings, code)
-        try:
-            definition = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the definition is not JSON: {exc}") from None
-        parameters = parse_parameters(definition, args.param)
-        execution = run_locally(
-            args.workspace, settings, text, parameters, data=args.data, code=code, on_event=Progress(),
-            display_name=args.display_name,
-        )  # fmt: skip
-    except (settings_mod.SettingsError, ParameterError, ValueError) as exc:
-        return _fail(str(exc))
-    except Exception as exc:  # the local client's ClientError: a definition that cannot run here
-        response = getattr(exc, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            return _fail(response["Error"]["Message"])
-        raise
+    settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
+    check_workspace(args.workspace)
+    if args.data is not None:
+        check_data_folder(args.data, args.workspace)
+    code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
+    text = _definition(args, settings, code)
+    parameters = parse_parameters(json.loads(text), args.param)
+    execution = run_locally(
+        args.workspace, settings, text, parameters, data=args.data, code=code, on_event=Progress(),
+        display_name=args.display_name,
+    )  # fmt: skip
     print(f"{execution.status}: {execution.arn}")
     if execution.failure_reason:
         print(f"reason: {execution.failure_reason}")
@@ -262,14 +317,3 @@ def main_from_args(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(execution.to_dict(), indent=2, default=str))
     return {"Succeeded": 0, "Stopped": 130}.get(execution.status, 1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robocar")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["run", *(argv if argv is not None else sys.argv[1:])])
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

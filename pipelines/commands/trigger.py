@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from pipelines import settings as settings_mod
@@ -45,11 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     watch.set_defaults(handler=_watch)
 
 
-def _fail(message: str) -> int:
-    print(f"robocar: error: {message}", file=sys.stderr)
-    return 2
-
-
 def _check_rules(settings: settings_mod.Settings, args: argparse.Namespace) -> None:
     """The rules this watch stands for, as the stack would create them: EventBridge must accept them.
 
@@ -72,40 +66,35 @@ def _watch(args: argparse.Namespace) -> int:
     from edge.aws import clients
     from edge.local_aws import ClientError
     from pipelines.commands.run import Progress
-    from pipelines.infra import InfraError
     from pipelines.local.trigger import TriggerConfig, watch
 
     if args.interval <= 0 or args.settle < 0:
-        return _fail("--interval must be positive and --settle not negative (seconds)")
+        raise ValueError("--interval must be positive and --settle not negative (seconds)")
+    settings = settings_mod.resolve(args, use_examples=True)  # local: no real role or bucket needed
+    config = TriggerConfig(
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+        pipeline_name=settings.pipeline_name,
+        model_package_group=settings.model_package_group,
+        region=settings.region,
+        component_name=args.component_name,
+        edge_target=args.edge_target,
+        thing_group=args.thing_group,
+    )
     try:
-        settings = settings_mod.resolve(args, use_examples=True)  # local: no real role or bucket needed
-        config = TriggerConfig(
-            bucket=settings.bucket,
-            prefix=settings.prefix,
-            pipeline_name=settings.pipeline_name,
-            model_package_group=settings.model_package_group,
-            region=settings.region,
-            component_name=args.component_name,
-            edge_target=args.edge_target,
-            thing_group=args.thing_group,
-        )
         _check_rules(settings, args)
-        aws = clients(local_root=args.workspace, region=settings.region)
-    except (settings_mod.SettingsError, ValueError, InfraError) as exc:  # botocore's ParamValidationError too
-        return _fail(str(exc))
     except ClientError as exc:
-        return _fail(f"the stack's rules for these settings: {exc}")
+        raise ValueError(f"the stack's rules for these settings: {exc}") from None
+    aws = clients(local_root=args.workspace, region=settings.region)
     aws.sagemaker.on_event = Progress()
     try:
         report = watch(
             args.workspace, aws.s3, aws.sagemaker, config,
             interval_s=args.interval, once=args.once, settle_s=args.settle,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        return 130
     except aws.sagemaker.exceptions.ClientError as exc:
         hint = " (upsert it locally first: `robocar run --local`)" if "does not exist" in str(exc) else ""
-        return _fail(exc.response["Error"]["Message"] + hint)
+        raise ValueError(exc.response["Error"]["Message"] + hint) from None
     if args.once:
         print(
             f"{len(report.started)} execution(s) started, {report.duplicates} already-delivered event(s), "

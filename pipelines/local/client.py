@@ -89,7 +89,11 @@ class LocalPipelineClient(LocalSageMakerClient):
         text = kwargs.get("PipelineDefinition")
         if kwargs.get("PipelineDefinitionS3Location"):
             location = kwargs["PipelineDefinitionS3Location"]
-            path = self.root / "s3" / location["Bucket"] / location["ObjectKey"]
+            uri = f"s3://{location['Bucket']}/{location['ObjectKey']}"
+            try:
+                path = LocalS3Client(self.root, self.region).uri_to_path(uri)  # never outside a bucket
+            except ValueError as exc:
+                raise client_error("ValidationException", str(exc), operation) from None
             if not path.is_file():
                 raise client_error(
                     "ValidationException",

@@ -31,6 +31,7 @@ from typing import Any
 
 from edge.local_aws import (
     ACCOUNT_ID,
+    IN_PROGRESS_PREFIX,
     LocalS3Client,
     LocalSageMakerClient,
     atomic_write_json,
@@ -266,6 +267,17 @@ def bind_parameters(
     return values
 
 
+def check_s3_parameters(values: Mapping[str, Any], s3: LocalS3Client) -> None:
+    """Refuse, before any step runs, a parameter that names an S3 location local S3 cannot hold
+    (``InputDataUrl=s3://bucket/../../x``): its steps would otherwise fail one by one, or worse."""
+    for name, value in values.items():
+        if isinstance(value, str) and value.startswith("s3://"):
+            try:
+                s3.uri_to_path(value)
+            except ValueError as exc:
+                raise ParameterError(f"parameter {name}: {exc}") from None
+
+
 # ---------------------------------------------------------------- cache
 def parse_duration(text: str) -> timedelta:
     """ISO 8601 durations as CacheConfig uses them (P30D, PT1H, P1Y2M...; a month is 30 days)."""
@@ -427,6 +439,7 @@ class LocalExecutor:
             )
         self.s3 = validated(LocalS3Client(self.workspace, self.region), "s3")
         self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
+        check_s3_parameters(self.values, self.s3)
         self.on_event = on_event or (lambda event: None)
         parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
         self.max_parallel = max(1, max_parallel or parallelism or 4)
@@ -463,7 +476,7 @@ class LocalExecutor:
                 "StartDateTime": now,
                 "CurrentDateTime": now,
             },
-            read_s3_json=lambda uri: json.loads(self.s3.uri_to_path(uri).read_text()),
+            read_s3_json=self._read_s3_json,
         )
         # Every image a step runs must have a local environment standing in for it (environments.py).
         unmapped = environments.unmapped_images(self.plan.steps.values(), self.scope)
@@ -471,6 +484,13 @@ class LocalExecutor:
             raise DefinitionError(
                 "the definition names images local mode has no environment for: " + ", ".join(unmapped)
             )
+
+    def _read_s3_json(self, uri: str) -> Any:
+        """``Std:JsonGet`` with an ``S3Uri``: the object's JSON, read through local S3's checked paths."""
+        try:
+            return json.loads(self.s3.uri_to_path(uri).read_text())
+        except (OSError, ValueError) as exc:  # a key local S3 refuses, a missing object, not JSON
+            raise ExpressionError(f"Std:JsonGet: cannot read {uri}: {exc}") from None
 
     # -- bookkeeping
     def _save(self) -> None:
@@ -629,7 +649,7 @@ class LocalExecutor:
         return "run"
 
     def run(self) -> Execution:
-        _prune_old_temp_trees(self.workspace / "tmp")
+        clean_abandoned(self.workspace)
         self.execution.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.execution.path / "definition.json", self.definition)
         store.touch_heartbeat(self.execution)
@@ -711,15 +731,46 @@ class LocalExecutor:
         self._emit({"event": "execution-finished", "execution": self.execution})
 
 
-def _prune_old_temp_trees(folder: Path, max_age_s: float = TEMP_TREE_MAX_AGE_S) -> None:
-    """Failed steps keep their /opt/ml tree for a look inside; after a day it goes."""
-    if not folder.is_dir():
-        return
+def clean_abandoned(workspace: Path, max_age_s: float = TEMP_TREE_MAX_AGE_S) -> None:
+    """What killed runs left in the workspace, cleaned before a run starts.
+
+    - executions left ``Executing`` by an executor that is gone: recorded ``Failed`` on disk
+      (``store.settle_abandoned``);
+    - temporary ``/opt/ml`` trees (``tmp/``) of a dead executor; a failed step's tree, kept on purpose
+      for a look inside, and a tree that names no owner go after ``max_age_s`` (a day);
+    - local S3's in-progress files (``s3/.tmp/.tmp-<pid>-*``: staged outputs, half-written models) of a
+      dead process; any after ``max_age_s``.
+    What a live executor (this host, its pid running) still uses is left alone.
+    """
+    store.settle_abandoned(workspace)
     cutoff = datetime.now(UTC).timestamp() - max_age_s
-    for tree in folder.iterdir():
+    trees = workspace / "tmp"
+    for tree in sorted(trees.iterdir()) if trees.is_dir() else []:
         with contextlib.suppress(OSError):
-            if tree.is_dir() and tree.stat().st_mtime < cutoff:
+            if tree.is_dir() and (tree.stat().st_mtime < cutoff or _tree_abandoned(tree)):
                 shutil.rmtree(tree, ignore_errors=True)
+    staging = workspace / "s3" / ".tmp"
+    for entry in sorted(staging.iterdir()) if staging.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if entry.lstat().st_mtime < cutoff or not store.process_alive(_writer_pid(entry.name)):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _tree_abandoned(tree: Path) -> bool:
+    """A temporary tree whose owner (``runners.TREE_OWNER``) is gone and that was not kept on purpose."""
+    if (tree / runners.TREE_KEPT).exists():
+        return False
+    try:
+        owner = json.loads((tree / runners.TREE_OWNER).read_text())
+    except (OSError, ValueError):
+        return False  # no owner named (yet): the age rule decides
+    return owner.get("host") == socket.gethostname() and not store.process_alive(int(owner.get("pid", 0)))
+
+
+def _writer_pid(name: str) -> int:
+    """The pid in an in-progress name (``.tmp-<pid>-...``, ``edge.local_aws.in_progress_prefix``)."""
+    match = re.match(re.escape(IN_PROGRESS_PREFIX) + r"(\d+)-", name)
+    return int(match.group(1)) if match else os.getpid()  # unnamed: treated as live (the age rule applies)
 
 
 def _metadata(step_type: str, properties: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import atomic_write_bytes
+from edge.local_aws import LocalS3Client, atomic_write_bytes
 from pipelines.local.expressions import referenced_steps
 from pipelines.local.store import Execution, StepRecord
 
@@ -178,7 +178,10 @@ def _output_folders(execution: Execution, s3_root: Path, marker: str) -> list[Pa
         for output in outputs:
             uri = output.get("S3Output", {}).get("S3Uri", "")
             if isinstance(uri, str) and uri.startswith("s3://"):
-                folder = s3_root / uri[len("s3://") :].rstrip("/")
+                try:  # local S3's own mapping: never a folder outside a bucket
+                    folder = LocalS3Client(s3_root.parent).uri_to_path(uri)
+                except ValueError:
+                    continue
                 if (folder / marker).is_file():
                     folders.append(folder)
     return folders

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -32,8 +33,10 @@ from typing import Any
 from edge.local_aws import (
     ACCOUNT_ID,
     FILE_MODE,
+    IN_PROGRESS_PREFIX,
     LocalS3Client,
     LocalSageMakerClient,
+    in_progress_prefix,
     split_s3_uri,
 )
 from pipelines.local import environments
@@ -57,6 +60,9 @@ ALGORITHM_ERROR = "AlgorithmError"
 CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # the process was killed from outside (e.g. out of memory)
 INTERNAL_ERROR = "SageMaker.JOB_INTERNAL_ERROR"
 SERVICE_FAULT = "Step.SERVICE_FAULT"
+# A request AWS or local S3 refuses (a key a folder cannot hold, a link out of a folder): no retry
+# policy names it, so it is never retried.
+REQUEST_REFUSED = "ValidationException"
 
 
 class StepFailed(Exception):
@@ -160,18 +166,88 @@ def local_path(container_path: str, opt_ml: Path, *, under: str) -> Path:
 
 
 # ---------------------------------------------------------------- local S3 <-> folders
-def _files_under(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".tmp-") for part in p.parts)
-    )
+class FolderError(ValueError):
+    """A folder holds what cannot be copied safely: a link out of it, a loop, a special file."""
+
+
+def folder_files(root: Path, *, skip_in_progress: bool = True) -> list[tuple[str, Path]]:
+    """Every file under ``root`` as ``(relative posix path, path)``, sorted by relative path.
+
+    The rule Preprocess's tub discovery follows too: a symbolic link is followed once, when its target
+    stays inside ``root``; its files appear under the link's name. Refused with a FolderError that names
+    the path, never skipped without a word: a link that leads outside ``root`` or dangles, a link back
+    to a folder it sits in (a loop), a link to a folder met inside a folder reached through a link
+    (followed once: no chains), a folder that cannot be listed, anything that is neither a file nor a
+    folder (a FIFO would block its reader forever). So the walk costs at most (links + 1) x the tree.
+    ``skip_in_progress`` leaves out files being written (``.tmp-*``: never objects).
+    """
+    root_real = Path(os.path.realpath(root))
+    found: list[tuple[str, Path]] = []
+    pending: list[tuple[Path, str, Path | None]] = [(Path(root), "", None)]  # (folder, name, via link)
+    while pending:
+        folder, relative, via = pending.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            raise FolderError(f"cannot list folder {folder}: {exc.strerror}") from None
+        for entry in entries:
+            if skip_in_progress and entry.name.startswith(IN_PROGRESS_PREFIX):
+                continue
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            path = Path(entry.path)
+            link = entry.is_symlink()
+            target = Path(os.path.realpath(path)) if link else path
+            if link and not target.exists():
+                raise FolderError(f"{path} is a broken symbolic link (to {os.readlink(path)})")
+            if link and not target.is_relative_to(root_real):
+                raise FolderError(
+                    f"{path} is a symbolic link to {target}, outside {root}: links are followed only "
+                    "within the folder (copy the data in instead)"
+                )
+            if target.is_dir():
+                if link and Path(os.path.realpath(folder)).is_relative_to(target):
+                    raise FolderError(f"{path} is a symbolic link to {target}, a folder it is in: a loop")
+                if link and via is not None:
+                    raise FolderError(
+                        f"{path} is a symbolic link to a folder, met inside {via}, itself a link: links "
+                        "are followed once, not in chains"
+                    )
+                pending.append((path, name, path if link else via))
+            elif target.is_file():
+                found.append((name, path))
+            else:
+                raise FolderError(f"{path} is neither a file nor a folder")
+    return sorted(found)
+
+
+def _folder_files(root: Path) -> list[tuple[str, Path]]:
+    """``folder_files`` for a step: what it refuses fails the step (never retried)."""
+    try:
+        return folder_files(root)
+    except FolderError as exc:
+        raise StepFailed(str(exc), REQUEST_REFUSED) from None
+
+
+def local_s3_path(s3: LocalS3Client, uri: str, role: str) -> Path:
+    """The local path of an S3 URI a step names (``role``: "input", "output"...), or the step fails with
+    the reason local S3 cannot hold it (``LocalS3Client.uri_to_path``): never a path outside a bucket."""
+    try:
+        return s3.uri_to_path(uri)
+    except ValueError as exc:
+        raise StepFailed(f"{role} {uri}: {exc}", REQUEST_REFUSED) from None
 
 
 def s3_source(s3: LocalS3Client, uri: str) -> tuple[Path, bool]:
     """Where an S3 URI's objects are on disk and whether it names a single object (else a prefix)."""
-    path = s3.uri_to_path(uri)
+    path = local_s3_path(s3, uri, "S3 URI")
     if path.is_file() and not uri.endswith("/"):
         return path, True
     return path, False
+
+
+def _bucket_folder(s3: LocalS3Client, uri: str, role: str) -> Path:
+    bucket, _ = split_s3_uri(uri)
+    return local_s3_path(s3, f"s3://{bucket}/", role)
 
 
 def download_s3(s3: LocalS3Client, uri: str, destination: Path) -> int:
@@ -179,22 +255,23 @@ def download_s3(s3: LocalS3Client, uri: str, destination: Path) -> int:
 
     An object lands as ``destination/<basename>``; a prefix's objects keep their paths below it.
     """
-    bucket, _ = split_s3_uri(uri)
-    if not (s3.base / bucket).is_dir():
+    bucket_folder = _bucket_folder(s3, uri, "input")
+    if not bucket_folder.is_dir():
         raise StepFailed(
-            f"input {uri}: the bucket {bucket} does not exist in local S3 ({s3.base})", SERVICE_FAULT
+            f"input {uri}: the bucket {bucket_folder.name} does not exist in local S3 ({s3.base})",
+            SERVICE_FAULT,
         )
     source, single = s3_source(s3, uri)
     destination.mkdir(parents=True, exist_ok=True)
     if single:
         shutil.copyfile(source, destination / source.name)
         return source.stat().st_size
-    files = _files_under(source) if source.is_dir() else []
+    files = _folder_files(source) if source.is_dir() else []
     if not files:
         raise StepFailed(f"no objects found under {uri} (local S3 folder {source})", ALGORITHM_ERROR)
     total = 0
-    for file in files:
-        target = destination / file.relative_to(source)
+    for relative, file in files:
+        target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, target)
         total += file.stat().st_size
@@ -207,22 +284,29 @@ def upload_folder(s3: LocalS3Client, folder: Path, uri: str, *, move: bool = Fal
     Staging (the slow part) happens away from the destination, so a kill leaves at worst a few renamed
     files, never a truncated one. Objects already under the prefix are overwritten, not deleted, as an
     upload to S3 does. ``move`` moves the files instead of copying them (the job's temporary tree sits
-    on the workspace's filesystem and is deleted afterwards anyway), falling back to a copy.
+    on the workspace's filesystem and is deleted afterwards anyway), falling back to a copy; a file
+    reached through a symbolic link is copied (moving would move the link, or take the file from the
+    folder the link leads to before that folder's turn).
     """
     bucket, key = split_s3_uri(uri)
-    (s3.base / bucket).mkdir(parents=True, exist_ok=True)  # SageMaker's bucket exists; a local one may not
-    files = _files_under(folder)
-    staging = s3.base / ".tmp" / f"stage-{uuid.uuid4().hex}"
+    local_s3_path(s3, uri, "output")  # refuses a prefix local S3 cannot hold before anything is written
+    bucket_folder = _bucket_folder(s3, uri, "output")
+    bucket_folder.mkdir(parents=True, exist_ok=True)  # SageMaker's bucket exists; a local one may not
+    files = _folder_files(folder)
+    staging = s3.base / ".tmp" / f"{in_progress_prefix()}stage-{uuid.uuid4().hex}"
     try:
         staged = []
-        for file in files:
-            relative = file.relative_to(folder).as_posix()
+        for relative, file in files:
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            _move_or_copy(file, target) if move else shutil.copyfile(file, target)
+            direct = Path(os.path.realpath(file)) == file.absolute()  # not reached through a link
+            _move_or_copy(file, target) if move and direct else shutil.copyfile(file, target)
             staged.append((target, f"{key.rstrip('/')}/{relative}" if key else relative))
         for target, object_key in staged:
-            destination = s3._object_path(bucket, object_key, "PutObject")
+            try:
+                destination = s3.writable_path(bucket, object_key, "PutObject")
+            except ValueError as exc:
+                raise StepFailed(f"output {uri}: {exc}", REQUEST_REFUSED) from None
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(target, destination)
     finally:
@@ -241,9 +325,9 @@ def fingerprint_s3(s3: LocalS3Client, uri: str) -> str:
     """SHA-256 over the names and contents of an S3 object or prefix (the cache's view of an input)."""
     digest = hashlib.sha256()
     source, single = s3_source(s3, uri)
-    files = [source] if single else (_files_under(source) if source.is_dir() else [])
-    for file in files:
-        digest.update(file.relative_to(source.parent if single else source).as_posix().encode() + b"\0")
+    files = [(source.name, source)] if single else (_folder_files(source) if source.is_dir() else [])
+    for relative, file in files:
+        digest.update(relative.encode() + b"\0")
         digest.update(_file_digest(file))
     return digest.hexdigest()
 
@@ -265,7 +349,7 @@ def _file_digest(path: Path) -> bytes:
 
 def s3_exists(s3: LocalS3Client, uri: str) -> bool:
     source, single = s3_source(s3, uri)
-    return single or (source.is_dir() and bool(_files_under(source)))
+    return single or (source.is_dir() and bool(_folder_files(source)))
 
 
 # ---------------------------------------------------------------- processes
@@ -277,6 +361,15 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
         handle.seek(max(0, handle.tell() - 64 * 1024))
         text = handle.read().decode(errors="replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+SUPERVISOR = Path(__file__).with_name("supervise.py")
+
+
+def supervised(command: list[str]) -> list[str]:
+    """``command`` under ``supervise.py``: it and everything it starts die with this process (``kill -9``
+    included), in their own process group."""
+    return [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()), *command]
 
 
 def run_process(
@@ -292,7 +385,8 @@ def run_process(
             if job.stop.is_set():
                 raise StepStopped()
             process = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                supervised(command), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: stopping the step stops its children too
             )  # fmt: skip
             job.processes.add(process)
@@ -334,12 +428,21 @@ def terminate(process: subprocess.Popen) -> None:
             continue
 
 
+TREE_OWNER = ".owner.json"  # {"pid", "host"} of the executor using a temporary tree
+TREE_KEPT = ".kept"  # a failed step's tree, kept on purpose for a look inside
+
+
 @contextlib.contextmanager
 def job_tree(job: StepJob):
-    """A temporary ``/opt/ml`` root in the workspace (kept after a failure, for a look inside)."""
+    """A temporary ``/opt/ml`` root in the workspace (kept after a failure, for a look inside).
+
+    The tree names its owner (``TREE_OWNER``), so the next run removes a tree whose executor was killed
+    and leaves alone one a live executor still uses (``executor.clean_abandoned``).
+    """
     tmp_root = job.workspace / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix=f"{job.step_name}-", dir=tmp_root))
+    (directory / TREE_OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     failed = False
     try:
         yield directory / "opt" / "ml"
@@ -347,7 +450,10 @@ def job_tree(job: StepJob):
         failed = True
         raise
     finally:
-        if not (failed and job.keep_temp_on_failure):
+        if failed and job.keep_temp_on_failure:
+            with contextlib.suppress(OSError):
+                (directory / TREE_KEPT).touch()
+        else:
             shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -515,7 +621,7 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         raise StepFailed("OutputDataConfig.S3OutputPath is missing", INTERNAL_ERROR)
     with job_tree(job) as opt_ml:
         code_dir = opt_ml / "code"
-        archive = job.s3.uri_to_path(submit)
+        archive = local_s3_path(job.s3, submit, "sagemaker_submit_directory")
         if not archive.is_file():
             raise StepFailed(f"sagemaker_submit_directory {submit} does not exist in local S3 ({archive})")
         code_dir.mkdir(parents=True)
@@ -604,11 +710,13 @@ def training_metrics(log_path: Path, definitions: list[dict[str, str]]) -> list[
 
 def _upload_tar(s3: LocalS3Client, folder: Path, uri: str) -> None:
     """``folder`` as a tar.gz at ``uri``, written to a temporary name and renamed (never half a model)."""
-    bucket, _ = split_s3_uri(uri)
-    (s3.base / bucket).mkdir(parents=True, exist_ok=True)
+    destination = local_s3_path(s3, uri, "model artifacts")
+    if destination.is_dir() or not destination.name or uri.endswith("/"):
+        raise StepFailed(f"model artifacts {uri}: not an object key", REQUEST_REFUSED)
+    _bucket_folder(s3, uri, "model artifacts").mkdir(parents=True, exist_ok=True)
     staging = s3.base / ".tmp"
     staging.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=staging, prefix=".tmp-", suffix=".tar.gz")
+    fd, tmp = tempfile.mkstemp(dir=staging, prefix=in_progress_prefix(), suffix=".tar.gz")
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
@@ -616,7 +724,6 @@ def _upload_tar(s3: LocalS3Client, folder: Path, uri: str) -> None:
         with tarfile.open(tmp, "w:gz", compresslevel=MODEL_TAR_COMPRESSLEVEL) as tar:
             for path in sorted(folder.rglob("*")):
                 tar.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
-        destination = s3.uri_to_path(uri)
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, destination)  # staging and the bucket share the workspace's filesystem
     finally:
@@ -650,6 +757,8 @@ def _stringify_maps(request: dict[str, Any]) -> dict[str, Any]:
 
 def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
     """CreateModelPackage in the local registry; the group is created if missing, as the step does on AWS."""
+    from botocore.exceptions import ParamValidationError  # the local clients are botocore-validated here
+
     request = _stringify_maps(arguments)
     group = request.get("ModelPackageGroupName")
     if not group:
@@ -662,7 +771,7 @@ def run_register(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         arn = job.sagemaker.create_model_package(**request)["ModelPackageArn"]
     except job.sagemaker.exceptions.ClientError as exc:
         raise StepFailed(f"CreateModelPackage: {exc}") from None
-    except ValueError as exc:  # botocore's ParamValidationError is a ValueError
+    except (ValueError, ParamValidationError) as exc:  # botocore's is no ValueError; the stand-in's is
         raise StepFailed(f"CreateModelPackage: {exc}") from None
     described = job.sagemaker.describe_model_package(ModelPackageName=arn)
     described.pop("ResponseMetadata", None)

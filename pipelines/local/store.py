@@ -118,7 +118,8 @@ def touch_heartbeat(execution: Execution) -> None:
     heartbeat.touch()
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (another user's counts)."""
     if pid <= 0:
         return False
     try:
@@ -134,7 +135,7 @@ def abandoned_reason(execution: Execution, now: float | None = None) -> str | No
     """Why an ``Executing`` record is not really running any more, or None if it may well be."""
     if execution.status in TERMINAL:
         return None
-    if execution.host == socket.gethostname() and not _process_alive(execution.pid):
+    if execution.host == socket.gethostname() and not process_alive(execution.pid):
         return f"the executor process (pid {execution.pid}) is gone: it was killed or crashed"
     heartbeat = execution.path / "heartbeat"
     with contextlib.suppress(FileNotFoundError):
@@ -156,6 +157,22 @@ def load(directory: Path) -> Execution:
                 step.status = "Failed"
                 step.failure_reason = reason
     return execution
+
+
+def settle_abandoned(workspace: Path) -> list[Execution]:
+    """Record as ``Failed`` on disk every execution an executor left ``Executing`` and no longer runs
+    (``abandoned_reason``), so its record stops depending on who reads it and when; returns them."""
+    settled = []
+    for record in sorted(workspace.glob("executions/*/*/execution.json")):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            on_disk = json.loads(record.read_text())
+            if on_disk.get("status") in TERMINAL:
+                continue
+            execution = load(record.parent)
+            if execution.status == "Failed":
+                atomic_write_json(record, execution.to_dict())  # where it was read: the folder may have moved
+                settled.append(execution)
+    return settled
 
 
 def list_executions(workspace: Path, pipeline_name: str) -> list[Execution]:

@@ -142,7 +142,7 @@ def test_cli_refuses_a_bad_parameter_before_any_aws_call(monkeypatch) -> None:
         "--region",
         "us-east-1",
         "--bucket",
-        "b",
+        "robocar-bucket",
         "--role",
         role,
         "--param",

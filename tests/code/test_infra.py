@@ -174,10 +174,9 @@ def moto_endpoint() -> Iterator[str]:
 
 
 def _cli(*argv: str) -> int:
-    parser = __import__("argparse").ArgumentParser(prog="robocar")
-    infra_command.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.handler(args)
+    from pipelines.cli import main
+
+    return main(list(argv))
 
 
 def test_cli_deploys_and_shows_through_an_endpoint(

@@ -90,7 +90,7 @@ def test_a_killed_executor_reads_as_failed(tmp_path: Path) -> None:
     client = LocalPipelineClient(tmp_path)
     described = client.describe_pipeline_execution(PipelineExecutionArn=execution.arn)
     assert described["PipelineExecutionStatus"] == "Failed"
-    time.sleep(2.0)  # the orphaned step script finishes by itself; its outputs never reach local S3
+    time.sleep(2.0)  # the step died with its executor (supervise.py); its outputs never reach local S3
     assert not (tmp_path / "s3" / sample.BUCKET / "sample" / "preprocess").exists()
     assert (
         json.loads((execution_dir / "execution.json").read_text())["status"] == "Executing"
