@@ -288,10 +288,6 @@ def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Sourc
     unpacked = 0
     for number, archive in enumerate(archives):
         name = archive.relative_to(root).as_posix()
-        if archive.is_symlink():
-            raise PreprocessError(
-                f"archive {name} is a symbolic link ({os.readlink(archive)}); links are not followed"
-            )
         if not archive.is_file():
             continue
         dest = scratch / f"archive-{number}"

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from edge.folders import FolderError, walk
 from processing.errors import UserError, clip
 from processing.limits import (
     DEFAULT_LIMITS,
@@ -152,23 +153,14 @@ class Source:
 
 
 def walk_input(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk(root)`` top-down with sorted folder names, refusing (``SourceError``) what ``os.walk``
-    would skip without a word: a folder it cannot list, and a symbolic link to a folder."""
-
-    def refuse(error: OSError) -> None:
-        raise SourceError(f"cannot list folder {error.filename}: {error.strerror}")
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=refuse):
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                raise SourceError(
-                    f"{path} is a symbolic link to a folder ({os.readlink(path)}); links are not followed "
-                    "(they may loop or lead outside the input folder): copy the folder in, or pass it "
-                    "as --input"
-                )
-        dirnames.sort()
-        yield dirpath, dirnames, filenames
+    """``os.walk(root)`` top-down with sorted names, the way every unit walks a folder (``edge.folders``:
+    a symbolic link followed once when it stays inside ``root``; a loop, a link out, a folder that cannot
+    be listed refused with a ``SourceError``, never skipped without a word)."""
+    try:
+        for folder, _, folders, files in walk(root):
+            yield str(folder), folders, files
+    except FolderError as exc:
+        raise SourceError(str(exc)) from None
 
 
 def discover_sources(root: Path) -> list[Source]:

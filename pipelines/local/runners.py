@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.folders import FolderError, files_under
 from edge.local_aws import (
     ACCOUNT_ID,
     FILE_MODE,
@@ -166,58 +167,11 @@ def local_path(container_path: str, opt_ml: Path, *, under: str) -> Path:
 
 
 # ---------------------------------------------------------------- local S3 <-> folders
-class FolderError(ValueError):
-    """A folder holds what cannot be copied safely: a link out of it, a loop, a special file."""
-
-
 def folder_files(root: Path, *, skip_in_progress: bool = True) -> list[tuple[str, Path]]:
-    """Every file under ``root`` as ``(relative posix path, path)``, sorted by relative path.
-
-    The rule Preprocess's tub discovery follows too: a symbolic link is followed once, when its target
-    stays inside ``root``; its files appear under the link's name. Refused with a FolderError that names
-    the path, never skipped without a word: a link that leads outside ``root`` or dangles, a link back
-    to a folder it sits in (a loop), a link to a folder met inside a folder reached through a link
-    (followed once: no chains), a folder that cannot be listed, anything that is neither a file nor a
-    folder (a FIFO would block its reader forever). So the walk costs at most (links + 1) x the tree.
-    ``skip_in_progress`` leaves out files being written (``.tmp-*``: never objects).
-    """
-    root_real = Path(os.path.realpath(root))
-    found: list[tuple[str, Path]] = []
-    pending: list[tuple[Path, str, Path | None]] = [(Path(root), "", None)]  # (folder, name, via link)
-    while pending:
-        folder, relative, via = pending.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            raise FolderError(f"cannot list folder {folder}: {exc.strerror}") from None
-        for entry in entries:
-            if skip_in_progress and entry.name.startswith(IN_PROGRESS_PREFIX):
-                continue
-            name = f"{relative}/{entry.name}" if relative else entry.name
-            path = Path(entry.path)
-            link = entry.is_symlink()
-            target = Path(os.path.realpath(path)) if link else path
-            if link and not target.exists():
-                raise FolderError(f"{path} is a broken symbolic link (to {os.readlink(path)})")
-            if link and not target.is_relative_to(root_real):
-                raise FolderError(
-                    f"{path} is a symbolic link to {target}, outside {root}: links are followed only "
-                    "within the folder (copy the data in instead)"
-                )
-            if target.is_dir():
-                if link and Path(os.path.realpath(folder)).is_relative_to(target):
-                    raise FolderError(f"{path} is a symbolic link to {target}, a folder it is in: a loop")
-                if link and via is not None:
-                    raise FolderError(
-                        f"{path} is a symbolic link to a folder, met inside {via}, itself a link: links "
-                        "are followed once, not in chains"
-                    )
-                pending.append((path, name, path if link else via))
-            elif target.is_file():
-                found.append((name, path))
-            else:
-                raise FolderError(f"{path} is neither a file nor a folder")
-    return sorted(found)
+    """Every file under ``root`` (``edge.folders``: links followed once within the folder, loops and links
+    out refused); ``skip_in_progress`` leaves out files being written (``.tmp-*``: never objects)."""
+    skip = (lambda name: name.startswith(IN_PROGRESS_PREFIX)) if skip_in_progress else None
+    return files_under(root, skip=skip)
 
 
 def _folder_files(root: Path) -> list[tuple[str, Path]]:

@@ -404,24 +404,33 @@ def test_a_zip_with_a_file_and_a_folder_of_the_same_name_is_refused(tmp_path):
 # --- folders -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["inside", "outside", "loop"])
-def test_a_symlinked_folder_is_refused_never_skipped(tmp_path, target):
+@pytest.mark.parametrize(("target", "needle"), [("outside", "outside"), ("loop", "a loop")])
+def test_a_symlinked_folder_leading_out_or_looping_is_refused_never_skipped(tmp_path, target, needle):
     inbox = tmp_path / "in"
     copy_sample("tub_v1", inbox / "real")
     outside = copy_sample("tub_v2", tmp_path / "elsewhere")
-    link_to = {"inside": inbox / "real", "outside": outside, "loop": inbox}[target]
-    (inbox / "link").symlink_to(link_to, target_is_directory=True)
+    (inbox / "link").symlink_to({"outside": outside, "loop": inbox}[target], target_is_directory=True)
     status, err, _ = run(inbox, tmp_path / "out")
-    assert_refused(status, err, "link is a symbolic link to a folder", "not followed")
+    assert_refused(status, err, "link is a symbolic link to", needle)
 
 
-def test_a_symlinked_archive_is_refused(tmp_path):
+def test_a_symlinked_folder_inside_the_input_is_followed_once(tmp_path):
+    """The rule of every folder walk (edge.folders), the --data upload's too: read under the link's name."""
+    inbox = tmp_path / "in"
+    copy_sample("tub_v2", inbox / "real")
+    (inbox / "link").symlink_to(inbox / "real", target_is_directory=True)
+    status, _, report = run(inbox, tmp_path / "out")
+    assert status == 0
+    assert sorted((t["tub"], t["accepted"]) for t in report["tubs"]) == [("link", 48), ("real", 48)]
+
+
+def test_a_symlinked_archive_from_outside_is_refused(tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     (tmp_path / "day1.tar.gz").write_bytes(sample_tar())
     (inbox / "day1.tar.gz").symlink_to(tmp_path / "day1.tar.gz")
     status, err, _ = run(inbox, tmp_path / "out")
-    assert_refused(status, err, "archive day1.tar.gz is a symbolic link")
+    assert_refused(status, err, "day1.tar.gz is a symbolic link to", "outside")
 
 
 def test_the_input_folder_itself_may_be_a_link(tmp_path):
