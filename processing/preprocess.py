@@ -725,7 +725,7 @@ def report_name(host: str | None = None) -> str:
     return f"data_report{host_suffix(host)}.json"
 
 
-AGREEING_FIELDS = ("format", "input", "max_reject_fraction", "seed", "frame_spec")
+AGREEING_FIELDS = ("format", "max_reject_fraction", "seed", "frame_spec")
 
 
 def merge_reports(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -763,6 +763,7 @@ def merge_reports(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     modes = {mode for part in by_host for mode in part["split_by"].split("+") if mode != "none"}
     merged = {
         **{field: first[field] for field in AGREEING_FIELDS},
+        "input": first["input"],  # the same container path on every instance
         "instance": {"host": None, "hosts": list(hosts)},
         "tubs": tubs,
         **accounting(tubs),
