@@ -381,6 +381,8 @@ def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Sourc
 def select_sources(
     args: argparse.Namespace, scratch: Path, limits: DataLimits, instance: Instance = ONLY_INSTANCE
 ) -> list[Source]:
+    if instance.part is not None and not args.input.exists():
+        return []  # an instance given no object (fewer objects than instances) may get no folder either
     if not args.input.is_dir():
         raise PreprocessError(f"--input {args.input} is not a folder")
     if instance.part is not None:
@@ -701,10 +703,11 @@ def build_report(
 
 def quality_failure(report: dict[str, Any]) -> str | None:
     """Why the data fails the step, or None. One of several instances judges its own tubs; one given no
-    tub (fewer input objects than instances) passes."""
-    total, hosts = report["total"], report["instance"]["hosts"]
-    if not report["tubs"] and len(hosts) > 1:
+    tub (fewer input objects than instances) passes. A merged report (no host) judges all tubs."""
+    total, host, hosts = report["total"], report["instance"]["host"], report["instance"]["hosts"]
+    if len(hosts) > 1 and host is not None and not report["tubs"]:
         return None
+    where = REPORT_JSON if len(hosts) == 1 else report_name(host) if host else "data_report-*.json"
     if total["accepted"] == 0:
         return (
             f"no record was accepted (read {total['read']}, rejected {total['rejected']}, "
@@ -715,7 +718,7 @@ def quality_failure(report: dict[str, Any]) -> str | None:
             f"{total['rejected']} of {total['accepted'] + total['rejected']} records rejected "
             f"({report['rejected_fraction']:.1%} > --max-reject-fraction "
             f"{report['max_reject_fraction']:.1%}); "
-            f"see report/{report_name(report['instance']['host'] if len(hosts) > 1 else None)}"
+            f"see report/{where}"
         )
     return None
 
@@ -760,6 +763,8 @@ def merge_reports(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for split, entry in splits.items():
         entry["sessions"] = sorted({s for part in by_host for s in part["splits"][split]["sessions"]})
         entry["parts"] = {part["instance"]["host"]: part["splits"][split]["fingerprint"] for part in by_host}
+    # tubs in name order, as on one instance
+    by_tub = sorted((item for part in by_host for item in part["split_units"].items()), key=lambda i: i[0])
     modes = {mode for part in by_host for mode in part["split_by"].split("+") if mode != "none"}
     merged = {
         **{field: first[field] for field in AGREEING_FIELDS},
@@ -769,7 +774,7 @@ def merge_reports(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **accounting(tubs),
         "splits": splits,
         "split_by": "+".join(sorted(modes)) or "none",
-        "split_units": {tub: units for part in by_host for tub, units in part["split_units"].items()},
+        "split_units": dict(by_tub),
         "warnings": empty_split_warnings(splits),
     }
     failures = [f"{part['instance']['host']}: {part['failure']}" for part in by_host if part.get("failure")]

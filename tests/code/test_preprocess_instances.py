@@ -222,17 +222,19 @@ def test_a_loose_tub_is_refused_on_several_instances(archives, tmp_path, capsys)
     assert "loose/manifest.json is not a tub archive: on 2 instances" in err and err.count("\n") == 1
 
 
-def test_an_instance_given_no_object_writes_empty_parts(tmp_path):
-    (tmp_path / "raw").mkdir()
+@pytest.mark.parametrize("folder", ["empty", "absent"])
+def test_an_instance_given_no_object_writes_empty_parts(tmp_path, folder):
+    if folder == "empty":
+        (tmp_path / "raw").mkdir()
     config = resource_config(tmp_path, "algo-3", ["algo-1", "algo-2", "algo-3"])
     out = tmp_path / "out"
-    assert (
-        main(["--input", str(tmp_path / "raw"), "--output", str(out), "--resource-config", str(config)]) == 0
-    )
+    args = ["--input", str(tmp_path / "raw"), "--output", str(out), "--resource-config", str(config)]
+    assert main(args) == 0
     report = json.loads((out / "report" / "data_report-algo-3.json").read_text())
     assert report["status"] == "ok" and report["tubs"] == [] and report["total"]["read"] == 0
     arrays, dataset = load_split(out / "train")
     assert dataset["frames"] == 0 and len(arrays["images"]) == 0
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["dataset-algo-3.json"]
 
 
 @pytest.mark.parametrize(
