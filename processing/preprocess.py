@@ -440,6 +440,8 @@ def instance_sources(
                     "archive, or run on one instance"
                 )
     sources = sorted(unpack_archives(args.input, scratch, limits), key=lambda s: s.name)
+    if len(sources) > limits.sources:
+        raise LimitError(f"the input holds {len(sources):,} tubs, more than {limit_text(limits, 'sources')}")
     manifests = [s.name for s in sources if s.format == "ground-truth"]
     if manifests:
         raise PreprocessError(
