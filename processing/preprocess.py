@@ -6,7 +6,9 @@ Runs in a SageMaker Processing container and, unchanged, as a local process::
 
 Output (docs/contracts.md section 2): ``OUTPUT/{train,validation,test}/shard-*.npz`` + ``dataset.json``
 and ``OUTPUT/report/data_report.json``, which accounts for every record of every tub
-(read = accepted + rejected + deleted) with the reason of each rejection. How records are counted and
+(read = accepted + rejected + deleted) with the reason of each rejection. On one of several instances
+(``/opt/ml/config/resourceconfig.json``) the names carry the instance's host (``dataset-algo-2.json``,
+``data_report-algo-2.json``); ``read_data_report`` merges the instances' reports. How records are counted and
 indexed: ``processing/tubs.py``; Ground Truth image resolution: ``processing/ground_truth.py``; splits:
 ``processing/splits.py``. The output is byte-identical for a given input, options and seed, whatever
 ``--workers``.
@@ -25,6 +27,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tarfile
 import tempfile
@@ -48,10 +51,21 @@ from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, LimitError, Rec
 from processing.records import RecordValidator  # noqa: E402
 from processing.shards import (  # noqa: E402
     DEFAULT_SHARD_SIZE,
+    host_suffix,
+    natural_order,
     prepare_split_dir,
+    shard_name,
     write_dataset_json,
 )
-from processing.splits import SPLITS, FrameKey, fractions_from, split_frames  # noqa: E402
+from processing.splits import (  # noqa: E402
+    SPLIT_MODES,
+    SPLITS,
+    FrameKey,
+    TubUnits,
+    describe_modes,
+    fractions_from,
+    split_frames,
+)
 from processing.tubs import (  # noqa: E402
     Candidate,
     Source,
@@ -65,7 +79,14 @@ from processing.tubs import (  # noqa: E402
 
 DEFAULT_INPUT = "/opt/ml/processing/input/data"
 DEFAULT_OUTPUT = "/opt/ml/processing/output"
+# Where SageMaker Processing names the job's instances: {"current_host": "algo-1", "hosts": [...]}
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/build-your-own-processing-container.html).
+RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
+MAX_RESOURCE_CONFIG_BYTES = 1 << 20  # SageMaker's is ~100 bytes per host, at most 100 hosts
+MAX_INSTANCES = 100  # ProcessingClusterConfig.InstanceCount's maximum (botocore's service model)
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # a DNS label, e.g. algo-2
 REPORT_FORMAT = "robocar-data-report/1"
+REPORT_JSON = "data_report.json"
 AUTO_SHARDS, MIN_AUTO_SHARD = 16, 256
 # Each worker holds one shard's frames: 2,048 default 160x120 frames are 118 MB; larger frames make
 # smaller shards so that a 4096x4096 camera cannot ask for 100 GB.
@@ -92,6 +113,44 @@ class DataQualityError(UserError):
 
     exit_status = 1
     label = "data rejected"
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    """This Processing instance among the job's (``resourceconfig.json``)."""
+
+    host: str
+    hosts: tuple[str, ...]
+
+    @property
+    def part(self) -> str | None:
+        """The host that names this instance's files, or None when it is the job's only instance."""
+        return self.host if len(self.hosts) > 1 else None
+
+
+ONLY_INSTANCE = Instance("algo-1", ("algo-1",))
+
+
+def read_instance(path: Path) -> Instance:
+    """The instance ``resourceconfig.json`` describes; no file (outside SageMaker): the only instance."""
+    if not path.is_file():
+        return ONLY_INSTANCE
+    if path.stat().st_size > MAX_RESOURCE_CONFIG_BYTES:
+        raise PreprocessError(f"{path}: more than {MAX_RESOURCE_CONFIG_BYTES:,} bytes")
+    try:
+        config = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PreprocessError(f"{path}: not JSON ({exc})") from None
+    host = config.get("current_host") if isinstance(config, dict) else None
+    hosts = config.get("hosts") if isinstance(config, dict) else None
+    names = hosts if isinstance(hosts, list) else []
+    valid = all(isinstance(name, str) and HOST_NAME.fullmatch(name) for name in [host, *names])
+    if not valid or not 0 < len(names) <= MAX_INSTANCES or len(set(names)) != len(names) or host not in names:
+        raise PreprocessError(
+            f'{path}: expected {{"current_host": HOST, "hosts": [HOST, ...]}} with current_host among '
+            f"at most {MAX_INSTANCES} distinct host names (letters, digits, '-')"
+        )
+    return Instance(host, tuple(names))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,19 +191,28 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--validation-fraction", type=float, default=0.15, help="test gets the remainder")
     split.add_argument(
         "--split-by",
-        choices=("auto", "session", "block"),
+        choices=SPLIT_MODES,
         default="auto",
-        help="unit of assignment: whole sessions, or contiguous blocks of a session; auto = session "
-        "when there are at least 10 sessions",
+        help="unit of assignment: whole sessions, or contiguous blocks of a session; auto, tub by tub: "
+        "session when the tub has at least 10 sessions, else blocks",
     )
     split.add_argument(
         "--block-frames",
         type=int,
         default=200,
-        help="frames per block (10 s at 20 Hz); smaller when the data would make fewer than 20 blocks",
+        help="record indexes per block (10 s at 20 Hz); in auto mode smaller when a tub would make "
+        "fewer than 20 blocks",
     )
     split.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     run = parser.add_argument_group("run")
+    run.add_argument(
+        "--resource-config",
+        type=Path,
+        default=Path(RESOURCE_CONFIG),
+        help="SageMaker's description of the job's instances (current_host, hosts); without the file "
+        "this is the only instance. On one of several, every input must be a tub archive, and the "
+        "output names carry the host",
+    )
     run.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes decoding images")
     run.add_argument(
         "--shard-size",
@@ -306,9 +374,15 @@ def unpack_archives(root: Path, scratch: Path, limits: DataLimits) -> list[Sourc
     return sources
 
 
-def select_sources(args: argparse.Namespace, scratch: Path, limits: DataLimits) -> list[Source]:
+def select_sources(
+    args: argparse.Namespace, scratch: Path, limits: DataLimits, instance: Instance = ONLY_INSTANCE
+) -> list[Source]:
+    if instance.part is not None and not args.input.exists():
+        return []  # an instance given no object (fewer objects than instances) may get no folder either
     if not args.input.is_dir():
         raise PreprocessError(f"--input {args.input} is not a folder")
+    if instance.part is not None:
+        return instance_sources(args, scratch, limits, instance)
     if args.ground_truth is not None:
         path = args.ground_truth if args.ground_truth.is_absolute() else args.input / args.ground_truth
         if not path.is_file():
@@ -334,6 +408,42 @@ def select_sources(args: argparse.Namespace, scratch: Path, limits: DataLimits) 
             f"{args.input}"
         )
     return tubs or manifests
+
+
+def instance_sources(
+    args: argparse.Namespace, scratch: Path, limits: DataLimits, instance: Instance
+) -> list[Source]:
+    """The tubs of one of several instances, each of which is given a share of the input's objects
+    (ShardedByS3Key, https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html).
+
+    A tub is read whole only when it is one object: a tub uploaded as loose files would be split
+    between instances (each would read a part, or miss its manifest.json and skip it without a word),
+    so any file that is not a tub archive refuses the run, naming it. An instance given no object
+    reads nothing and writes empty outputs (fewer objects than instances). Ground Truth manifests are
+    refused: class ids and images are resolved over the whole manifest.
+    """
+    hosts = len(instance.hosts)
+    if args.ground_truth is not None:
+        raise PreprocessError(f"--ground-truth needs a single instance; this job has {hosts}")
+    for folder, _, names in walk_input(args.input):
+        for name in sorted(names):
+            if not name.lower().endswith(ARCHIVE_SUFFIXES):
+                loose = (Path(folder) / name).relative_to(args.input).as_posix()
+                raise PreprocessError(
+                    f"{loose} is not a tub archive: on {hosts} instances every input object must be one "
+                    f"({', '.join(ARCHIVE_SUFFIXES)}), because each instance is given a share of the objects "
+                    "and a tub's loose files would be split between instances; upload each tub as an "
+                    "archive, or run on one instance"
+                )
+    sources = sorted(unpack_archives(args.input, scratch, limits), key=lambda s: s.name)
+    if len(sources) > limits.sources:
+        raise LimitError(f"the input holds {len(sources):,} tubs, more than {limit_text(limits, 'sources')}")
+    manifests = [s.name for s in sources if s.format == "ground-truth"]
+    if manifests:
+        raise PreprocessError(
+            f"Ground Truth manifests ({', '.join(manifests)}) need a single instance; this job has {hosts}"
+        )
+    return sources
 
 
 def read_sources(
@@ -399,6 +509,7 @@ def shard_tasks(
     shard_size: int,
     classifier: bool,
     limits: DataLimits = DEFAULT_LIMITS,
+    host: str | None = None,
 ) -> list[ShardTask]:
     """One task per ``shard_size`` consecutive candidates of a split (written to a temporary name)."""
     tasks = []
@@ -415,7 +526,7 @@ def shard_tasks(
         else:
             columns["angle"] = np.array([c.angle for c in chunk], dtype=np.float32)
             columns["throttle"] = np.array([c.throttle for c in chunk], dtype=np.float32)
-        path = str(split_dir / f".part-{number:05d}.npz")
+        path = str(split_dir / f".part{host_suffix(host)}-{number:05d}.npz")
         tasks.append(ShardTask(path, [c.image_path for c in chunk], columns, spec, limits))
     return tasks
 
@@ -429,21 +540,22 @@ def write_splits(
     by_split: dict[str, list[int]],
     extra: dict[str, Any],
     limits: DataLimits = DEFAULT_LIMITS,
+    host: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build every shard (in a pool of ``--workers`` processes, or here), then name and list them.
 
     Shards come back in order, so the shard names, and each split's fingerprint over them, are the
-    same whatever the worker count.
+    same whatever the worker count. ``host``: this instance's, when it is one of several.
     """
     classifier = "classes" in extra
     shard_size = args.shard_size or auto_shard_size(len(candidates), frame_bytes(spec))
     tub_names = [reports[o].tub for o in owners]
-    split_dirs = {split: prepare_split_dir(args.output, split) for split in SPLITS}
+    split_dirs = {split: prepare_split_dir(args.output, split, host) for split in SPLITS}
     jobs: list[tuple[str, list[int], ShardTask]] = []
     for split in SPLITS:
         positions = by_split[split]
         tasks = shard_tasks(
-            split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier, limits
+            split_dirs[split], positions, candidates, tub_names, spec, shard_size, classifier, limits, host
         )
         for number, task in enumerate(tasks):
             jobs.append((split, positions[number * shard_size : (number + 1) * shard_size], task))
@@ -456,7 +568,7 @@ def write_splits(
             pool = None
             results = (build_shard(task) for _, _, task in jobs)
         try:
-            return _collect(jobs, results, split_dirs, reports, candidates, owners, spec, extra)
+            return _collect(jobs, results, split_dirs, reports, candidates, owners, spec, extra, host)
         finally:
             release_frame_buffers()
 
@@ -470,6 +582,7 @@ def _collect(
     owners: list[int],
     spec: FrameSpec,
     extra: dict[str, Any],
+    host: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Account for each shard's candidates and give its file its final name, in order."""
     shards: dict[str, list[str]] = {split: [] for split in SPLITS}
@@ -483,7 +596,7 @@ def _collect(
             else:
                 reports[owners[position]].reject(candidates[position].index, reason)
         if result.frames:
-            name = f"shard-{len(shards[split]):05d}.npz"
+            name = shard_name(len(shards[split]), host)
             final = split_dirs[split] / name
             os.replace(task.path, final)
             shards[split].append(name)
@@ -500,9 +613,57 @@ def _collect(
             sessions[split],
             spec,
             extra,
+            host,
         )
         for split in SPLITS
     }
+
+
+COUNTS = ("read", "accepted", "rejected", "deleted")
+
+
+class ReportError(ValueError):
+    """Instance reports that do not make one accounting (missing, repeated or disagreeing)."""
+
+
+def accounting(tubs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``total`` and ``rejected_fraction`` over its tubs' entries."""
+    totals = {key: sum(tub[key] for tub in tubs) for key in COUNTS}
+    judged = totals["accepted"] + totals["rejected"]
+    return {
+        "total": {
+            "tub": "total",
+            "format": "+".join(sorted({tub["format"] for tub in tubs})),
+            **totals,
+            "rejections": [{"tub": tub["tub"], **entry} for tub in tubs for entry in tub["rejections"]],
+        },
+        "rejected_fraction": totals["rejected"] / judged if judged else 0.0,
+    }
+
+
+def split_shares(frames: dict[str, int], fractions: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Each split's frames, the fraction of all frames that is (the units' hashes make it approximate)
+    and the fraction asked for."""
+    total = sum(frames.values())
+    return {
+        split: {
+            "frames": frames[split],
+            "fraction": round(frames[split] / total, 4) if total else 0.0,
+            "target_fraction": round(share, 4),
+        }
+        for split, share in zip(SPLITS, fractions, strict=True)
+    }
+
+
+def empty_split_warnings(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """A warning for each split asked for (target above 0) that holds no frame."""
+    total = sum(entry["frames"] for entry in splits.values())
+    return [
+        f"the {split} split is empty (target {entry['target_fraction']:.0%} of {total} frames): every "
+        "session or block fell in another split; add sessions or tubs, lower --block-frames, or change --seed"
+        for split, entry in splits.items()
+        if total and entry["target_fraction"] > 0 and entry["frames"] == 0
+    ]
 
 
 def build_report(
@@ -510,41 +671,41 @@ def build_report(
     spec: FrameSpec,
     reports: list[SourceReport],
     datasets: dict[str, dict[str, Any]],
-    split_mode: str,
+    plans: dict[str, TubUnits],
+    fractions: Sequence[float],
+    instance: Instance = ONLY_INSTANCE,
 ) -> dict[str, Any]:
+    """This instance's data_report.json (without status), empty-split warnings when it is the only one."""
     broken = [r.tub for r in reports if r.unaccounted()]
     if broken:  # every record read is accepted, rejected or deleted; anything else is a bug here
         raise RuntimeError(f"read != accepted + rejected + deleted for {', '.join(broken)}")
-    totals = {
-        key: sum(getattr(r, key) for r in reports) for key in ("read", "accepted", "rejected", "deleted")
-    }
-    judged = totals["accepted"] + totals["rejected"]
-    all_rejections = [{"tub": r.tub, **rejection} for r in reports for rejection in r.to_dict()["rejections"]]
+    tubs = [r.to_dict() for r in reports]
+    splits = split_shares({name: d["frames"] for name, d in datasets.items()}, fractions)
+    for name, entry in splits.items():
+        entry.update(sessions=datasets[name]["sessions"], fingerprint=datasets[name]["fingerprint"])
     return {
         "format": REPORT_FORMAT,
         "input": str(args.input),
-        "tubs": [r.to_dict() for r in reports],
-        "total": {
-            "tub": "total",
-            "format": "+".join(sorted({r.format for r in reports})),
-            **totals,
-            "rejections": all_rejections,
-        },
-        "rejected_fraction": totals["rejected"] / judged if judged else 0.0,
+        "instance": {"host": instance.host, "hosts": list(instance.hosts)},
+        "tubs": tubs,
+        **accounting(tubs),
         "max_reject_fraction": args.max_reject_fraction,
-        "splits": {
-            name: {"frames": d["frames"], "sessions": d["sessions"], "fingerprint": d["fingerprint"]}
-            for name, d in datasets.items()
-        },
-        "split_by": split_mode,
+        "splits": splits,
+        "split_by": describe_modes(list(plans.values())),
+        "split_units": {tub: plan.to_dict() for tub, plan in plans.items()},
         "seed": args.seed,
         "frame_spec": spec.to_dict(),
+        "warnings": empty_split_warnings(splits) if instance.part is None else [],
     }
 
 
 def quality_failure(report: dict[str, Any]) -> str | None:
-    """Why the data fails the step, or None."""
-    total = report["total"]
+    """Why the data fails the step, or None. One of several instances judges its own tubs; one given no
+    tub (fewer input objects than instances) passes. A merged report (no host) judges all tubs."""
+    total, host, hosts = report["total"], report["instance"]["host"], report["instance"]["hosts"]
+    if len(hosts) > 1 and host is not None and not report["tubs"]:
+        return None
+    where = REPORT_JSON if len(hosts) == 1 else report_name(host) if host else "data_report-*.json"
     if total["accepted"] == 0:
         return (
             f"no record was accepted (read {total['read']}, rejected {total['rejected']}, "
@@ -555,9 +716,81 @@ def quality_failure(report: dict[str, Any]) -> str | None:
             f"{total['rejected']} of {total['accepted'] + total['rejected']} records rejected "
             f"({report['rejected_fraction']:.1%} > --max-reject-fraction "
             f"{report['max_reject_fraction']:.1%}); "
-            "see report/data_report.json"
+            f"see report/{where}"
         )
     return None
+
+
+def report_name(host: str | None = None) -> str:
+    """``data_report.json``, or ``data_report-<host>.json`` for one of several instances."""
+    return f"data_report{host_suffix(host)}.json"
+
+
+AGREEING_FIELDS = ("format", "max_reject_fraction", "seed", "frame_spec")
+
+
+def merge_reports(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One accounting from every instance's report: tubs in name order, totals, split shares and
+    warnings over all of them; failed when any instance failed or the whole fails the gate.
+
+    Refuses (ReportError) a set that is not every instance's report exactly once, reports that
+    disagree on the run's settings, or a tub in two reports.
+    """
+    if len(parts) == 1:
+        return dict(parts[0])
+    hosts = parts[0]["instance"]["hosts"]
+    found = [part["instance"]["host"] for part in parts]
+    if sorted(found) != sorted(hosts) or any(part["instance"]["hosts"] != hosts for part in parts):
+        raise ReportError(f"reports of instances {found}, the job's instances are {hosts}")
+    by_host = sorted(parts, key=lambda part: hosts.index(part["instance"]["host"]))
+    first = by_host[0]
+    for part in by_host[1:]:
+        for field in AGREEING_FIELDS:
+            if part[field] != first[field]:
+                raise ReportError(f"instance reports disagree on {field}: {part[field]!r}, {first[field]!r}")
+    tubs = sorted((tub for part in by_host for tub in part["tubs"]), key=lambda tub: tub["tub"])
+    names = [tub["tub"] for tub in tubs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ReportError(f"tubs read by more than one instance: {', '.join(repeated)}")
+    broken = [tub["tub"] for tub in tubs if tub["read"] != tub["accepted"] + tub["rejected"] + tub["deleted"]]
+    if broken:
+        raise ReportError(f"read != accepted + rejected + deleted for {', '.join(broken)}")
+    frames = {split: sum(part["splits"][split]["frames"] for part in by_host) for split in SPLITS}
+    splits = split_shares(frames, [first["splits"][split]["target_fraction"] for split in SPLITS])
+    for split, entry in splits.items():
+        entry["sessions"] = sorted({s for part in by_host for s in part["splits"][split]["sessions"]})
+        entry["parts"] = {part["instance"]["host"]: part["splits"][split]["fingerprint"] for part in by_host}
+    # tubs in name order, as on one instance
+    by_tub = sorted((item for part in by_host for item in part["split_units"].items()), key=lambda i: i[0])
+    modes = {mode for part in by_host for mode in part["split_by"].split("+") if mode != "none"}
+    merged = {
+        **{field: first[field] for field in AGREEING_FIELDS},
+        "input": first["input"],  # the same container path on every instance
+        "instance": {"host": None, "hosts": list(hosts)},
+        "tubs": tubs,
+        **accounting(tubs),
+        "splits": splits,
+        "split_by": "+".join(sorted(modes)) or "none",
+        "split_units": dict(by_tub),
+        "warnings": empty_split_warnings(splits),
+    }
+    failures = [f"{part['instance']['host']}: {part['failure']}" for part in by_host if part.get("failure")]
+    whole = quality_failure(merged)
+    failures += [whole] if whole else []
+    merged["status"] = "failed" if failures else "ok"
+    merged["failure"] = "; ".join(failures) or None
+    return merged
+
+
+def read_data_report(report_dir: Path) -> dict[str, Any]:
+    """The ``report`` output's accounting: its data_report.json, or every instance's merged."""
+    single = report_dir / REPORT_JSON
+    parts = sorted(report_dir.glob("data_report-*.json"), key=lambda path: natural_order(path.name))
+    if single.is_file() == bool(parts):
+        found = "both data_report.json and data_report-<host>.json" if parts else "no data_report.json"
+        raise ReportError(f"{report_dir} holds {found}")
+    return merge_reports([json.loads(path.read_text()) for path in parts or [single]])
 
 
 def frame_bytes(spec: FrameSpec) -> int:
@@ -588,36 +821,53 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise PreprocessError("--workers and --block-frames must be at least 1")
     if args.seed < 0:
         raise PreprocessError(f"--seed must be >= 0, got {args.seed}")
+    instance = read_instance(args.resource_config)
     with tempfile.TemporaryDirectory(prefix="robocar-archives-") as scratch:
-        sources = select_sources(args, Path(scratch), limits)
+        sources = select_sources(args, Path(scratch), limits, instance)
         reports, candidates, owners, classes = read_sources(sources, args, limits)
-        return _split_and_write(args, spec, fractions, sources, reports, candidates, owners, classes, limits)
+        found = Found(sources, reports, candidates, owners, classes)
+        return _split_and_write(args, spec, fractions, found, limits, instance)
+
+
+@dataclasses.dataclass
+class Found:
+    """What reading the input found: its sources, their reports, the candidates and their owners."""
+
+    sources: list[Source]
+    reports: list[SourceReport]
+    candidates: list[Candidate]
+    owners: list[int]
+    classes: dict[int, str]
 
 
 def _split_and_write(
     args: argparse.Namespace,
     spec: FrameSpec,
-    fractions: Any,
-    sources: Sequence[Source],
-    reports: list[SourceReport],
-    candidates: list[Candidate],
-    owners: list[int],
-    classes: dict[int, str],
+    fractions: tuple[float, float, float],
+    found: Found,
     limits: DataLimits,
+    instance: Instance = ONLY_INSTANCE,
 ) -> dict[str, Any]:
+    reports, candidates, owners = found.reports, found.candidates, found.owners
     keys = [FrameKey(reports[o].tub, c.session, c.index) for c, o in zip(candidates, owners, strict=True)]
-    by_split, split_mode = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
-    extra = {"classes": class_list(classes)} if sources[0].format == "ground-truth" else {}
-    datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, limits)
-    report = build_report(args, spec, reports, datasets, split_mode)
-    report_dir = args.output / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
+    by_split, plans = split_frames(keys, fractions, args.seed, args.split_by, args.block_frames)
+    classifier = bool(found.sources) and found.sources[0].format == "ground-truth"
+    extra = {"classes": class_list(found.classes)} if classifier else {}
+    datasets = write_splits(args, spec, reports, candidates, owners, by_split, extra, limits, instance.part)
+    report = build_report(args, spec, reports, datasets, plans, fractions, instance)
     failure = quality_failure(report)
     report["status"] = "failed" if failure else "ok"
     report["failure"] = failure
-    (report_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report_dir = args.output / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    if instance.part is None:  # the only instance owns the folder: no other run's parts stay beside it
+        for stale in report_dir.glob("data_report-*.json"):
+            stale.unlink()
+    (report_dir / report_name(instance.part)).write_text(json.dumps(report, indent=2) + "\n")
     for tub in reports:
         print(tub.summary_line(), flush=True)
+    for warning in report["warnings"]:
+        print(f"preprocess: warning: {warning}", file=sys.stderr, flush=True)
     if failure:
         raise DataQualityError(failure)
     return report

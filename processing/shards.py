@@ -1,9 +1,12 @@
 """Preprocess output shards (docs/contracts.md section 2): write and read one split.
 
 A split folder holds ``shard-00000.npz`` ... (each an uncompressed ``.npz`` of at most ``shard_size``
-frames; ``np.load`` reads it) and ``dataset.json``. The shards are written byte-for-byte
-deterministically (fixed zip timestamps, members in name order), so the same frames always give the
-same ``fingerprint`` and the output does not depend on the worker count or the time of day.
+frames; ``np.load`` reads it) and ``dataset.json``. When Preprocess runs on several instances, each
+writes its own part into the same folder under names that carry its host (``shard-algo-2-00000.npz``,
+``dataset-algo-2.json``), and ``load_split`` reads the parts as one split. The shards are written
+byte-for-byte deterministically (fixed zip timestamps, members in name order), so the same frames
+always give the same ``fingerprint`` and the output does not depend on the worker count or the time
+of day.
 
 The fingerprint of a split is the SHA-256 of its shards' zip central directories in name order: each
 holds every member's name, size and CRC-32, so any change to any byte changes it (but for a 2**-32
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +39,7 @@ except ImportError:  # a container without zlib-ng: the same CRC, 7x slower
     from zlib import crc32
 
 FORMAT = "robocar-shards/1"
+DATASET_JSON = "dataset.json"
 DEFAULT_SHARD_SIZE = 2048
 SPLITS = ("train", "validation", "test")
 # Arrays every shard carries, with the dtype the contract fixes; str arrays are numpy unicode (no pickle).
@@ -176,12 +181,38 @@ def write_shard(path: Path, arrays: Mapping[str, np.ndarray | Sequence[np.ndarra
         emit(central + end)
 
 
-def prepare_split_dir(out_dir: str | Path, split: str) -> Path:
-    """``out_dir/split``, created, with no shards left from an earlier run."""
+def host_suffix(host: str | None) -> str:
+    """What an instance adds to its file names: nothing for a run on one instance, else ``-<host>``."""
+    return "" if host is None else f"-{host}"
+
+
+def shard_name(number: int, host: str | None = None) -> str:
+    return f"shard{host_suffix(host)}-{number:05d}.npz"
+
+
+def dataset_json_name(host: str | None = None) -> str:
+    return f"dataset{host_suffix(host)}.json"
+
+
+def _own_files(host: str | None) -> re.Pattern[str]:
+    """The names a run writes into a split folder: all of them on one instance, else its host's.
+
+    ``.part-*``: the shards of an interrupted preprocess run.
+    """
+    if host is None:
+        return re.compile(r"(shard-.*|\.part-.*)\.npz|dataset(-.*)?\.json")
+    name = re.escape(host)
+    return re.compile(rf"(shard-{name}|\.part-{name})-\d+\.npz|dataset-{name}\.json")
+
+
+def prepare_split_dir(out_dir: str | Path, split: str, host: str | None = None) -> Path:
+    """``out_dir/split``, created, with nothing left that an earlier run of this instance wrote there
+    (a run on one instance owns the whole folder; one of several, only the names with its host)."""
     split_dir = Path(out_dir) / split
     split_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in ("shard-*.npz", ".part-*.npz"):  # .part-*: shards of an interrupted preprocess run
-        for stale in split_dir.glob(pattern):
+    own = _own_files(host)
+    for stale in split_dir.iterdir():
+        if own.fullmatch(stale.name) and stale.is_file():
             stale.unlink()
     return split_dir
 
@@ -217,8 +248,10 @@ def write_dataset_json(
     sessions: set[str],
     frame_spec: Any,
     extra: Mapping[str, Any] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``split_dir/dataset.json`` (contract section 2, fingerprint included); return its content."""
+    """Write ``split_dir/dataset.json`` (``dataset-<host>.json`` for one of several instances; contract
+    section 2, fingerprint included); return its content."""
     dataset: dict[str, Any] = {
         "format": FORMAT,
         "split": split,
@@ -229,7 +262,8 @@ def write_dataset_json(
         "fingerprint": split_fingerprint(split_dir, shards),
     }
     dataset.update(extra or {})
-    (split_dir / "dataset.json").write_text(json.dumps(dataset, indent=2, sort_keys=True) + "\n")
+    text = json.dumps(dataset, indent=2, sort_keys=True) + "\n"
+    (split_dir / dataset_json_name(host)).write_text(text)
     return dataset
 
 
@@ -244,11 +278,13 @@ class SplitWriter:
         frame_spec: Any,
         shard_size: int = DEFAULT_SHARD_SIZE,
         extra: Mapping[str, Any] | None = None,
+        host: str | None = None,
     ) -> None:
         if shard_size <= 0:
             raise ShardError("shard_size must be positive")
         self.split = split
-        self.split_dir = prepare_split_dir(out_dir, split)
+        self.host = host
+        self.split_dir = prepare_split_dir(out_dir, split, host)
         self.frame_spec = frame_spec
         self.frame_shape = _frame_shape(frame_spec)
         self.shard_size = shard_size
@@ -281,7 +317,7 @@ class SplitWriter:
             key: np.concatenate(parts) for key, parts in self._columns.items() if key != "images"
         }
         shard["images"] = self._columns["images"]  # written chunk by chunk: never concatenated
-        name = f"shard-{len(self._names):05d}.npz"
+        name = shard_name(len(self._names), self.host)
         write_shard(self.split_dir / name, shard)
         self._names.append(name)
         self._frames += self._filled
@@ -301,6 +337,7 @@ class SplitWriter:
             self._sessions,
             self.frame_spec,
             self.extra,
+            self.host,
         )
 
 
@@ -311,26 +348,81 @@ def write_split(
     frame_spec: Any,
     shard_size: int = DEFAULT_SHARD_SIZE,
     extra: Mapping[str, Any] | None = None,
+    host: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/split/shard-*.npz`` and ``dataset.json``; return the dataset.json content.
 
     ``arrays`` are the contract's arrays in the order the frames should be stored; ``frame_spec`` is an
-    ``edge.frames.FrameSpec`` (or its dict); ``extra`` is merged into dataset.json (e.g. ``classes``).
+    ``edge.frames.FrameSpec`` (or its dict); ``extra`` is merged into dataset.json (e.g. ``classes``);
+    ``host`` names the part of one of several instances (``shard-<host>-*.npz``, ``dataset-<host>.json``).
     """
-    writer = SplitWriter(out_dir, split, frame_spec, shard_size=shard_size, extra=extra)
+    writer = SplitWriter(out_dir, split, frame_spec, shard_size=shard_size, extra=extra, host=host)
     writer.add(arrays)
     return writer.close()
 
 
-def load_split(split_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a split folder back: (arrays concatenated over its shards in order, dataset.json)."""
+def natural_order(name: str) -> list[str | int]:
+    """Sort key: ``dataset-algo-2.json`` before ``dataset-algo-10.json``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def split_manifests(split_dir: Path) -> list[Path]:
+    """The split's ``dataset.json``, or every instance's ``dataset-<host>.json`` (in host order)."""
+    single = split_dir / DATASET_JSON
+    parts = sorted(
+        (p for p in split_dir.glob("dataset-*.json") if p.is_file()), key=lambda p: natural_order(p.name)
+    )
+    if single.is_file() and parts:
+        raise ShardError(
+            f"{split_dir} holds both {DATASET_JSON} and {parts[0].name}: the outputs of two preprocess "
+            "runs (one on a single instance, one on several); write each run to a fresh folder"
+        )
+    if not single.is_file() and not parts:
+        raise ShardError(f"{split_dir} has no {DATASET_JSON}: not a preprocess output split")
+    return parts or [single]
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    dataset = json.loads(path.read_text())
+    if not isinstance(dataset, dict) or dataset.get("format") != FORMAT:
+        found = dataset.get("format") if isinstance(dataset, dict) else type(dataset).__name__
+        raise ShardError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    return dataset
+
+
+def read_split_dataset(split_dir: str | Path) -> dict[str, Any]:
+    """The split's dataset.json, or one merged from every instance's part: ``frames`` and
+    ``sessions`` over all parts, ``shards`` every part's shards in host order, ``fingerprint`` the
+    contract's over all of those shards, and ``parts`` the manifests read (one part: its own content)."""
     split_dir = Path(split_dir)
-    meta_path = split_dir / "dataset.json"
-    if not meta_path.is_file():
-        raise ShardError(f"{split_dir} has no dataset.json: not a preprocess output split")
-    dataset = json.loads(meta_path.read_text())
-    if dataset.get("format") != FORMAT:
-        raise ShardError(f"{meta_path}: format {dataset.get('format')!r}, expected {FORMAT!r}")
+    paths = split_manifests(split_dir)
+    parts = [_read_manifest(path) for path in paths]
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        for field in ("split", "frame_spec", "classes"):
+            if part.get(field) != first.get(field):
+                raise ShardError(
+                    f"{path} and {paths[0].name} differ in {field!r}: {part.get(field)!r} vs "
+                    f"{first.get(field)!r} (parts of one split must agree)"
+                )
+    if len(parts) == 1:
+        return first
+    shards = [name for part in parts for name in part["shards"]]
+    return {
+        **first,
+        "frames": sum(int(part["frames"]) for part in parts),
+        "shards": shards,
+        "sessions": sorted({session for part in parts for session in part["sessions"]}),
+        "fingerprint": split_fingerprint(split_dir, shards),
+        "parts": [path.name for path in paths],
+    }
+
+
+def load_split(split_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a split folder back: (arrays concatenated over its shards in order, its dataset.json, merged
+    over the instances' parts when several instances wrote it: ``read_split_dataset``)."""
+    split_dir = Path(split_dir)
+    dataset = read_split_dataset(split_dir)
     parts: dict[str, list[np.ndarray]] = {}
     for name in dataset["shards"]:
         with np.load(split_dir / name, allow_pickle=False) as shard:

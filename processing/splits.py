@@ -1,22 +1,35 @@
 """Train/validation/test assignment by session or by contiguous time blocks, never frame by frame.
 
 Neighbouring frames are near duplicates, so a frame-level split would put the same picture in train
-and test. The unit of assignment is either a whole session (``(tub, session)``) or a block of at most
-``block_frames`` consecutive frames of one session, in index (= time) order. Units are shuffled with
-``numpy.random.default_rng(seed)`` and each goes to the split furthest below its target share of
-frames, so the result depends only on the units and the seed, never on worker count or file order.
+and test. The unit of assignment is either a whole session (``(tub, session)``) or a block of a session:
+its frames whose record index falls in ``[k * size, (k + 1) * size)`` (index = time order).
+
+A unit's split is decided by the unit alone: a stable hash (SHA-256 of the seed, tub, session and
+block) read as a number in [0, 1) and placed against the cumulative fractions. So Preprocess instances
+that each hold some of the tubs agree on every frame's split without talking to each other, the result
+never depends on the worker or instance count or on file order, and a frame keeps its split when other
+tubs are added or removed. The price: the shares are approximate (each unit falls in a split with the
+split's probability), so the report states the fractions achieved.
+
+What decides the units must then also be known from one tub alone: in "auto" mode each tub is split by
+session when it has at least ``AUTO_SESSION_MIN`` sessions, else by blocks of at most
+``--block-frames`` frames that shrink so that the tub makes at least ``MIN_BLOCKS`` of them. A tub is
+never split between instances (docs/contracts.md section 2), so every instance decides the same.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from itertools import accumulate
 
 SPLITS = ("train", "validation", "test")
-AUTO_SESSION_MIN = 10  # "auto" splits by session when there are at least this many sessions
-MIN_BLOCKS = 20  # blocks shrink below block_frames until the data makes at least this many
+SPLIT_MODES = ("auto", "session", "block")
+AUTO_SESSION_MIN = 10  # "auto" splits a tub by session when it has at least this many sessions
+MIN_BLOCKS = 20  # "auto" shrinks a tub's blocks below block_frames until the tub makes at least this many
+_HASH_SCALE = float(1 << 64)  # the first 8 bytes of the digest, as a fraction of 2**64
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,17 @@ class FrameKey:
     tub: str
     session: str
     index: int
+
+
+@dataclass(frozen=True)
+class TubUnits:
+    """How one tub is cut into units: ``by`` session or block, and the block size in record indexes."""
+
+    by: str
+    block_frames: int
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"by": self.by, "block_frames": self.block_frames} if self.by == "block" else {"by": self.by}
 
 
 def fractions_from(train: float, validation: float) -> tuple[float, float, float]:
@@ -39,47 +63,49 @@ def fractions_from(train: float, validation: float) -> tuple[float, float, float
     return (train, validation, max(test, 0.0))
 
 
-def group_sessions(keys: Sequence[FrameKey]) -> dict[tuple[str, str], list[int]]:
-    """(tub, session) -> positions into ``keys``, each list in index (time) order."""
-    groups: dict[tuple[str, str], list[int]] = {}
-    for position, key in enumerate(keys):
-        groups.setdefault((key.tub, key.session), []).append(position)
-    for positions in groups.values():
-        positions.sort(key=lambda p: keys[p].index)
-    return dict(sorted(groups.items()))
-
-
-def make_units(keys: Sequence[FrameKey], split_by: str, block_frames: int) -> tuple[list[list[int]], str]:
-    """Units of assignment (lists of positions into ``keys``) and the mode used (session|block)."""
-    sessions = group_sessions(keys)
-    if split_by == "auto":
-        split_by = "session" if len(sessions) >= AUTO_SESSION_MIN else "block"
-    if split_by == "session":
-        return list(sessions.values()), "session"
-    if split_by != "block":
+def tub_units(split_by: str, block_frames: int, sessions: int, frames: int) -> TubUnits:
+    """The units of a tub of ``frames`` frames in ``sessions`` sessions (both counted in this tub only)."""
+    if split_by not in SPLIT_MODES:
         raise ValueError(f"unknown split mode {split_by!r} (session, block or auto)")
     if block_frames <= 0:
         raise ValueError("--block-frames must be positive")
-    size = max(1, min(block_frames, len(keys) // MIN_BLOCKS))
-    units = [
-        positions[i : i + size] for positions in sessions.values() for i in range(0, len(positions), size)
-    ]
-    return units, "block"
+    if split_by == "session" or (split_by == "auto" and sessions >= AUTO_SESSION_MIN):
+        return TubUnits("session", 0)
+    if split_by == "block":
+        return TubUnits("block", block_frames)
+    return TubUnits("block", max(1, min(block_frames, frames // MIN_BLOCKS)))
 
 
-def assign_units(sizes: Sequence[int], fractions: Sequence[float], seed: int) -> list[int]:
-    """Split number (0 train, 1 validation, 2 test) of each unit: shuffled, then greedy to the targets."""
-    total = float(sum(sizes))
-    targets = np.asarray(fractions, dtype=np.float64) * total
-    closed = targets <= 0  # a split asked to be empty stays empty
-    filled = np.zeros(len(fractions))
-    assignment = [0] * len(sizes)
-    for unit in np.random.default_rng(seed).permutation(len(sizes)):
-        # the split furthest below its share; ties -> the first
-        split = int(np.argmax(np.where(closed, -np.inf, targets - filled)))
-        assignment[int(unit)] = split
-        filled[split] += sizes[int(unit)]
-    return assignment
+def unit_point(seed: int, tub: str, session: str, block: int | None) -> float:
+    """Where a unit falls in [0, 1): SHA-256 of the seed and the unit's names (JSON-encoded, ASCII: no
+    two different names give the same bytes), its first 8 bytes as a fraction of 2**64."""
+    name = json.dumps([seed, tub, session, block], separators=(",", ":"))
+    digest = hashlib.sha256(name.encode("ascii")).digest()
+    return int.from_bytes(digest[:8], "big") / _HASH_SCALE
+
+
+def split_at(point: float, fractions: Sequence[float]) -> int:
+    """The split (0 train, 1 validation, 2 test) whose cumulative interval holds ``point``.
+
+    A split with a zero fraction has an empty interval, so it never gets a unit; a point beyond the
+    last bound (the fractions' sum rounded below 1) goes to the last split with a positive share.
+    """
+    for split, bound in enumerate(accumulate(fractions)):
+        if point < bound:
+            return split
+    return max(split for split, share in enumerate(fractions) if share > 0)
+
+
+def plan_tubs(keys: Sequence[FrameKey], split_by: str, block_frames: int) -> dict[str, TubUnits]:
+    """Each tub's units, from that tub's own frames."""
+    sessions: dict[str, set[str]] = {}
+    frames: dict[str, int] = {}
+    for key in keys:
+        sessions.setdefault(key.tub, set()).add(key.session)
+        frames[key.tub] = frames.get(key.tub, 0) + 1
+    return {
+        tub: tub_units(split_by, block_frames, len(sessions[tub]), frames[tub]) for tub in sorted(sessions)
+    }
 
 
 def split_frames(
@@ -88,13 +114,25 @@ def split_frames(
     seed: int,
     split_by: str = "auto",
     block_frames: int = 200,
-) -> tuple[dict[str, list[int]], str]:
-    """Positions of ``keys`` per split (each sorted by tub, index) and the mode used."""
-    units, mode = make_units(keys, split_by, block_frames)
-    assignment = assign_units([len(u) for u in units], fractions, seed)
+) -> tuple[dict[str, list[int]], dict[str, TubUnits]]:
+    """Positions of ``keys`` per split (each sorted by tub, index) and each tub's units."""
+    if not any(share > 0 for share in fractions):
+        raise ValueError("every split fraction is 0")
+    plans = plan_tubs(keys, split_by, block_frames)
+    decided: dict[tuple[str, str, int | None], int] = {}  # one hash per unit, not per frame
     result: dict[str, list[int]] = {name: [] for name in SPLITS}
-    for unit, split in zip(units, assignment, strict=True):
-        result[SPLITS[split]].extend(unit)
+    for position, key in enumerate(keys):
+        units = plans[key.tub]
+        block = key.index // units.block_frames if units.by == "block" else None
+        unit = (key.tub, key.session, block)
+        if unit not in decided:
+            decided[unit] = split_at(unit_point(seed, *unit), fractions)
+        result[SPLITS[decided[unit]]].append(position)
     for positions in result.values():
         positions.sort(key=lambda p: (keys[p].tub, keys[p].index))
-    return result, mode
+    return result, plans
+
+
+def describe_modes(plans: Sequence[TubUnits]) -> str:
+    """The report's ``split_by``: the units used, e.g. ``block``, ``session`` or ``block+session``."""
+    return "+".join(sorted({plan.by for plan in plans})) or "none"

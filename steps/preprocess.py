@@ -13,15 +13,19 @@ from steps.containers import CODE_DIR, CODE_ENV, PROCESSING, execution_uri, scri
 SPLITS = ("train", "validation", "test")
 INPUT_DIR = f"{PROCESSING}/input/data"
 OUTPUT_DIR = f"{PROCESSING}/output"
+# Where SageMaker tells each instance its host and the job's hosts; passed explicitly (it is the
+# script's default) so that local mode maps it into each instance's own /opt/ml tree.
+RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
 
 
-def s3_input(name: str, uri: Any, local_path: str) -> ProcessingInput:
+def s3_input(name: str, uri: Any, local_path: str, distribution: str = "FullyReplicated") -> ProcessingInput:
     return ProcessingInput(
         input_name=name,
         s3_input=ProcessingS3Input(
-            s3_uri=uri, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"
+            s3_uri=uri, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_data_distribution_type=distribution,
         ),
-    )
+    )  # fmt: skip
 
 
 def s3_output(name: str, local_path: str, uri: Any) -> ProcessingOutput:
@@ -31,12 +35,14 @@ def s3_output(name: str, local_path: str, uri: Any) -> ProcessingOutput:
     )
 
 
-def processor(session: Any, *, role: str, image_uri: str, instance_type: Any, script: str) -> Processor:
+def processor(
+    session: Any, *, role: str, image_uri: str, instance_type: Any, script: str, instance_count: Any = 1
+) -> Processor:
     return Processor(
         role=role,
         image_uri=image_uri,
         entrypoint=script_command(script),
-        instance_count=1,
+        instance_count=instance_count,
         instance_type=instance_type,
         sagemaker_session=session,
         env=dict(CODE_ENV),
@@ -53,22 +59,34 @@ def preprocess_step(
     code_uri: str,
     output_uri: str,
     cache: CacheConfig,
+    instance_count: Any = 1,
 ) -> ProcessingStep:
-    """``input_data_url`` is the tubs' S3 prefix (a pipeline parameter); outputs go under ``output_uri``."""
+    """``input_data_url`` is the tubs' S3 prefix (a pipeline parameter); outputs go under ``output_uri``.
+
+    On ``instance_count`` instances (a pipeline parameter) each is given a share of the tubs' objects:
+    ``ShardedByS3Key`` (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html;
+    on one instance the same as ``FullyReplicated``). Preprocess then needs every tub to be one object
+    (an archive) and refuses a loose file; each instance writes its own shards and report under names
+    carrying its host, into the same output prefixes (docs/contracts.md section 2).
+    """
     proc = processor(
         session,
         role=role,
         image_uri=image_uri,
         instance_type=instance_type,
         script="processing/preprocess.py",
+        instance_count=instance_count,
     )
     step_args = proc.run(
-        inputs=[s3_input("code", code_uri, CODE_DIR), s3_input("tubs", input_data_url, INPUT_DIR)],
+        inputs=[
+            s3_input("code", code_uri, CODE_DIR),
+            s3_input("tubs", input_data_url, INPUT_DIR, distribution="ShardedByS3Key"),
+        ],
         outputs=[
             s3_output(name, f"{OUTPUT_DIR}/{name}", execution_uri(output_uri, name))
             for name in (*SPLITS, "report")
         ],
-        arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR],
+        arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR, "--resource-config", RESOURCE_CONFIG],
     )
     return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=cache)
 

@@ -1,7 +1,9 @@
 """How each step type runs on this machine, honouring the SageMaker container contracts.
 
 Processing: inputs copied from local S3 into a temporary ``/opt/ml``-like tree, the container's entrypoint
-run with this interpreter, outputs copied back to local S3 after success. Training: the TensorFlow
+run with this interpreter, outputs copied back to local S3 after success; ``InstanceCount: N`` runs N
+processes, each in its own tree with its own ``resourceconfig.json`` and its share of a
+``ShardedByS3Key`` input, and their outputs land under the same prefixes. Training: the TensorFlow
 script-mode contract (``sagemaker_submit_directory`` extracted to ``/opt/ml/code``, ``sagemaker_program``
 run with the other hyperparameters as ``--key value``, ``SM_*`` variables, ``model.tar.gz``).
 RegisterModel / Model: the local registry. Each runner takes the step's *resolved* arguments and returns
@@ -204,10 +206,12 @@ def _bucket_folder(s3: LocalS3Client, uri: str, role: str) -> Path:
     return local_s3_path(s3, f"s3://{bucket}/", role)
 
 
-def download_s3(s3: LocalS3Client, uri: str, destination: Path) -> int:
+def download_s3(s3: LocalS3Client, uri: str, destination: Path, shard: tuple[int, int] = (0, 1)) -> int:
     """Copy an S3 object or prefix into ``destination`` as SageMaker File mode does; returns bytes copied.
 
     An object lands as ``destination/<basename>``; a prefix's objects keep their paths below it.
+    ``shard`` = (instance number, instances): the objects that instance gets (every instance-th in key
+    order: ShardedByS3Key gives each about 1/n of the objects; which ones AWS does not document).
     """
     bucket_folder = _bucket_folder(s3, uri, "input")
     if not bucket_folder.is_dir():
@@ -217,14 +221,16 @@ def download_s3(s3: LocalS3Client, uri: str, destination: Path) -> int:
         )
     source, single = s3_source(s3, uri)
     destination.mkdir(parents=True, exist_ok=True)
+    number, instances = shard
     if single:
-        shutil.copyfile(source, destination / source.name)
-        return source.stat().st_size
+        if number == 0:
+            shutil.copyfile(source, destination / source.name)
+        return source.stat().st_size if number == 0 else 0
     files = _folder_files(source) if source.is_dir() else []
     if not files:
         raise StepFailed(f"no objects found under {uri} (local S3 folder {source})", ALGORITHM_ERROR)
     total = 0
-    for relative, file in files:
+    for relative, file in files[number::instances]:
         target = destination / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, target)
@@ -416,49 +422,39 @@ def _arn(region: str, resource: str) -> str:
 
 
 # ---------------------------------------------------------------- Processing
+def instance_hosts(arguments: dict[str, Any]) -> list[str]:
+    """The hosts of a Processing job's instances, as SageMaker names them in ``resourceconfig.json``
+    (https://docs.aws.amazon.com/sagemaker/latest/dg/build-your-own-processing-container.html)."""
+    count = int(arguments.get("ProcessingResources", {}).get("ClusterConfig", {}).get("InstanceCount", 1))
+    return [f"algo-{number}" for number in range(1, count + 1)]
+
+
 def run_processing(
     job: StepJob, arguments: dict[str, Any], property_files: list[dict[str, Any]]
 ) -> StepOutcome:
-    app = arguments.get("AppSpecification", {})
+    """Each instance in turn (on AWS they run at once), then, once all have succeeded, every instance's
+    outputs under the outputs' prefixes: SageMaker uploads EndOfJob outputs when the job completes,
+    and the job completes only when every instance exits 0."""
     outputs = arguments.get("ProcessingOutputConfig", {}).get("Outputs", [])
-    with job_tree(job) as opt_ml:
-        for spec in arguments.get("ProcessingInputs", []):
-            s3_input = spec["S3Input"]
-            download_s3(
-                job.s3,
-                s3_input["S3Uri"],
-                local_path(s3_input["LocalPath"], opt_ml, under="/opt/ml/processing"),
-            )
-        output_dirs = {}
-        for spec in outputs:
-            folder = local_path(spec["S3Output"]["LocalPath"], opt_ml, under="/opt/ml/processing")
-            folder.mkdir(parents=True, exist_ok=True)
-            output_dirs[spec["OutputName"]] = folder
-        _write_json(
-            opt_ml / "config" / "processingjobconfig.json", {**arguments, "ProcessingJobName": job.job_name}
-        )
-        _write_json(
-            opt_ml / "config" / "resourceconfig.json", {"current_host": "algo-1", "hosts": ["algo-1"]}
-        )
-        python = step_python(job, app.get("ImageUri", ""))
-        command = command_line(
-            app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], opt_ml, python
-        )
-        if not command:
-            raise StepFailed(
-                "AppSpecification has no ContainerEntrypoint: nothing to run locally", INTERNAL_ERROR
-            )
-        env = environments.on_path(
-            container_env(arguments.get("Environment", {}), job.base_env, opt_ml), python
-        )
-        max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
-        seconds = run_process(job, command, env, opt_ml.parent.parent, max_runtime)
-
+    hosts = instance_hosts(arguments)
+    seconds = 0.0
+    with contextlib.ExitStack() as trees:
+        instances: list[dict[str, Path]] = []  # each instance's output folders, by output name
+        for number in range(len(hosts)):
+            opt_ml = trees.enter_context(job_tree(job))
+            output_dirs, instance_seconds = _run_instance(job, arguments, opt_ml, (number, hosts))
+            instances.append(output_dirs)
+            seconds += instance_seconds
+        _refuse_colliding_outputs(job, instances, hosts)
         files = {}
         for spec in property_files:
-            folder = output_dirs.get(spec["OutputName"])
-            path = folder / spec["FilePath"] if folder else None
-            if path is None or not path.is_file():
+            found = [
+                dirs[spec["OutputName"]] / spec["FilePath"]
+                for dirs in instances
+                if spec["OutputName"] in dirs
+            ]
+            path = next((p for p in found if p.is_file()), None)
+            if path is None:
                 raise StepFailed(
                     f"property file {spec['PropertyFileName']}: {spec['FilePath']} was not written to output "
                     f"{spec['OutputName']}",
@@ -471,14 +467,15 @@ def run_processing(
                 raise StepFailed(
                     f"property file {spec['FilePath']} is not JSON: {exc}", ALGORITHM_ERROR
                 ) from None
-        for spec in outputs:  # after success only, as SageMaker uploads EndOfJob outputs
-            folder = output_dirs[spec["OutputName"]]
-            # Moving is safe unless another output's folder overlaps this one (it must see the files too).
-            alone = not any(
-                o != folder and (o.is_relative_to(folder) or folder.is_relative_to(o))
-                for o in output_dirs.values()
-            )
-            upload_folder(job.s3, folder, spec["S3Output"]["S3Uri"], move=alone)
+        for output_dirs in instances:  # after success only, as SageMaker uploads EndOfJob outputs
+            for spec in outputs:
+                folder = output_dirs[spec["OutputName"]]
+                # Moving is safe unless another output's folder overlaps this one (it must see the files too).
+                alone = not any(
+                    o != folder and (o.is_relative_to(folder) or folder.is_relative_to(o))
+                    for o in output_dirs.values()
+                )
+                upload_folder(job.s3, folder, spec["S3Output"]["S3Uri"], move=alone)
     properties = {
         **arguments,
         "ProcessingJobName": job.job_name,
@@ -487,6 +484,63 @@ def run_processing(
         "ExitMessage": "",
     }
     return StepOutcome(properties, files, seconds)
+
+
+def _run_instance(
+    job: StepJob, arguments: dict[str, Any], opt_ml: Path, instance: tuple[int, list[str]]
+) -> tuple[dict[str, Path], float]:
+    """One instance in its own tree: its inputs (its share of a ShardedByS3Key one), its config files,
+    its process. Returns its output folders and the process's wall time."""
+    number, hosts = instance
+    app = arguments.get("AppSpecification", {})
+    for spec in arguments.get("ProcessingInputs", []):
+        s3_input = spec["S3Input"]
+        sharded = s3_input.get("S3DataDistributionType") == "ShardedByS3Key"
+        download_s3(
+            job.s3,
+            s3_input["S3Uri"],
+            local_path(s3_input["LocalPath"], opt_ml, under="/opt/ml/processing"),
+            shard=(number, len(hosts)) if sharded else (0, 1),
+        )
+    output_dirs = {}
+    for spec in arguments.get("ProcessingOutputConfig", {}).get("Outputs", []):
+        folder = local_path(spec["S3Output"]["LocalPath"], opt_ml, under="/opt/ml/processing")
+        folder.mkdir(parents=True, exist_ok=True)
+        output_dirs[spec["OutputName"]] = folder
+    _write_json(
+        opt_ml / "config" / "processingjobconfig.json", {**arguments, "ProcessingJobName": job.job_name}
+    )
+    _write_json(opt_ml / "config" / "resourceconfig.json", {"current_host": hosts[number], "hosts": hosts})
+    python = step_python(job, app.get("ImageUri", ""))
+    command = command_line(
+        app.get("ContainerEntrypoint") or [], app.get("ContainerArguments") or [], opt_ml, python
+    )
+    if not command:
+        raise StepFailed(
+            "AppSpecification has no ContainerEntrypoint: nothing to run locally", INTERNAL_ERROR
+        )
+    env = environments.on_path(container_env(arguments.get("Environment", {}), job.base_env, opt_ml), python)
+    max_runtime = arguments.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+    return output_dirs, run_process(job, command, env, opt_ml.parent.parent, max_runtime)
+
+
+def _refuse_colliding_outputs(job: StepJob, instances: list[dict[str, Path]], hosts: list[str]) -> None:
+    """Two instances' files of the same name in one output: on AWS one upload would silently replace
+    the other under the shared prefix, so the step fails here instead, naming the file."""
+    for name in instances[0] if len(instances) > 1 else ():
+        writers: dict[str, str] = {}
+        for host, output_dirs in zip(hosts, instances, strict=True):
+            folder = output_dirs[name]
+            for relative, _ in _folder_files(folder):
+                if relative in writers:
+                    raise StepFailed(
+                        f"output {name}: instances {writers[relative]} and {host} both wrote {relative}; "
+                        "under one S3 prefix one would replace the other (name each instance's files "
+                        "after its host in /opt/ml/config/resourceconfig.json)",
+                        ALGORITHM_ERROR,
+                        log_tail(job.log_path),
+                    )
+                writers[relative] = host
 
 
 # ---------------------------------------------------------------- Training (TensorFlow script mode)

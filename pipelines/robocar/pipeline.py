@@ -38,7 +38,7 @@ def get_pipeline(
     """
     prepare_environment(region)
     from sagemaker.core import image_uris
-    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.mlops.workflow.steps import CacheConfig
 
@@ -58,6 +58,8 @@ def get_pipeline(
 
     input_data_url = ParameterString(name="InputDataUrl", default_value=s3_join(prefix, "raw"))
     processing_instance_type = ParameterString(name="ProcessingInstanceType", default_value="ml.m5.xlarge")
+    # Preprocess only: each instance takes a share of the tub archives (steps/preprocess.py).
+    processing_instance_count = ParameterInteger(name="ProcessingInstanceCount", default_value=1)
     training_instance_type = ParameterString(name="TrainingInstanceType", default_value="ml.m5.2xlarge")
     model_type = ParameterString(name="ModelType", default_value="linear", enum_values=list(MODEL_TYPES))
     epochs = ParameterString(name="Epochs", default_value="20")  # hyperparameters are a string map
@@ -80,7 +82,7 @@ def get_pipeline(
     preprocess = preprocess_step(
         session, **jobs, input_data_url=input_data_url,
         code_uri=code.step("processing/preprocess.py").uri,
-        output_uri=s3_join(prefix, "preprocess"), cache=cache,
+        output_uri=s3_join(prefix, "preprocess"), cache=cache, instance_count=processing_instance_count,
     )  # fmt: skip
     train = train_step(
         session, role=role, image_uri=training_image, instance_type=training_instance_type,
@@ -115,6 +117,7 @@ def get_pipeline(
         parameters=[
             input_data_url,
             processing_instance_type,
+            processing_instance_count,
             training_instance_type,
             model_type,
             epochs,

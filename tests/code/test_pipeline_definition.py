@@ -82,6 +82,7 @@ def test_parameters_and_defaults(definition: dict[str, Any]) -> None:
     assert {n: p["Type"] for n, p in params.items()} == {
         "InputDataUrl": "String",
         "ProcessingInstanceType": "String",
+        "ProcessingInstanceCount": "Integer",
         "TrainingInstanceType": "String",
         "ModelType": "String",
         "Epochs": "String",

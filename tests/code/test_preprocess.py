@@ -188,3 +188,21 @@ def test_evaluate_refuses_a_damaged_model_archive_as_bad_input(tmp_path, monkeyp
     with pytest.raises(EvaluationError, match="cannot extract") as caught:
         extract_model(tmp_path / "model.tar.gz", tmp_path)
     assert isinstance(caught.value, UserError)
+
+
+def test_the_report_states_the_fractions_achieved_and_warns_of_an_empty_split(synth_tub, tmp_path, capsys):
+    args = ["--input", str(synth_tub), "--output", str(tmp_path), "--workers", "1"]
+    assert main([*args, "--split-by", "session", "--block-frames", "50"]) == 0  # 3 sessions: 3 units
+    report = json.loads((tmp_path / "report" / "data_report.json").read_text())
+    splits = report["splits"]
+    assert sum(entry["frames"] for entry in splits.values()) == 300
+    for name, target in (("train", 0.7), ("validation", 0.15), ("test", 0.15)):
+        assert splits[name]["target_fraction"] == target
+        assert splits[name]["fraction"] == round(splits[name]["frames"] / 300, 4)
+    empty = [name for name, entry in splits.items() if entry["frames"] == 0]
+    assert empty  # three sessions cannot fill three splits at 70/15/15 here
+    assert report["warnings"] == [w for w in report["warnings"] if "split is empty" in w]
+    assert [w.split(" split")[0].removeprefix("the ") for w in report["warnings"]] == empty
+    err = capsys.readouterr().err
+    assert all(f"preprocess: warning: {w}" in err for w in report["warnings"])
+    assert report["split_by"] == "session" and report["split_units"] == {"tub": {"by": "session"}}

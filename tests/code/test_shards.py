@@ -138,3 +138,68 @@ def test_shards_are_valid_zip_files_that_numpy_reads(tmp_path):
     with np.load(tmp_path / "train" / "shard-00001.npz", allow_pickle=False) as shard:
         np.testing.assert_array_equal(shard["images"], arrays["images"][3:])
         assert shard["session"].tolist() == arrays["session"][3:].tolist()
+
+
+def take(arrays: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {key: value[start:stop] for key, value in arrays.items()}
+
+
+def test_the_parts_of_several_instances_read_as_one_split(tmp_path):
+    """Each instance writes shard-<host>-*.npz and dataset-<host>.json into the same folder."""
+    from processing.shards import split_fingerprint
+
+    arrays = driving_arrays(9)
+    for host, (start, stop) in (("algo-10", (7, 9)), ("algo-2", (3, 7)), ("algo-1", (0, 3))):
+        write_split(tmp_path, "train", take(arrays, start, stop), SPEC, shard_size=2, host=host)
+    write_split(tmp_path, "train", take(arrays, 0, 0), SPEC, host="algo-3")  # an instance with no frames
+    names = sorted(p.name for p in (tmp_path / "train").iterdir())
+    assert (
+        "dataset-algo-2.json" in names and "shard-algo-2-00001.npz" in names and "dataset.json" not in names
+    )
+
+    loaded, dataset = load_split(tmp_path / "train")
+    for key, value in arrays.items():  # every shard, the parts in host order (algo-2 before algo-10)
+        np.testing.assert_array_equal(loaded[key], value.astype(loaded[key].dtype))
+    assert dataset["parts"] == [
+        "dataset-algo-1.json",
+        "dataset-algo-2.json",
+        "dataset-algo-3.json",
+        "dataset-algo-10.json",
+    ]
+    assert dataset["frames"] == 9 and dataset["sessions"] == ["s0", "s1", "s2"]
+    assert dataset["fingerprint"] == split_fingerprint(tmp_path / "train", dataset["shards"])
+    assert len(dataset["shards"]) == 2 + 2 + 0 + 1
+
+
+def test_parts_that_do_not_belong_together_are_refused(tmp_path):
+    arrays = driving_arrays(4)
+    write_split(tmp_path / "a", "train", take(arrays, 2, 4), SPEC)
+    write_split(
+        tmp_path / "a", "train", take(arrays, 0, 2), SPEC, host="algo-1"
+    )  # another run's part beside it
+    with pytest.raises(ShardError, match="two preprocess runs"):
+        load_split(tmp_path / "a" / "train")
+    write_split(tmp_path / "b", "train", take(arrays, 0, 2), SPEC, host="algo-1")
+    other = {**take(arrays, 2, 4), "images": np.zeros((2, 66, 200, 3), np.uint8)}
+    write_split(tmp_path / "b", "train", other, FrameSpec(crop_top=40, height=66, width=200), host="algo-2")
+    with pytest.raises(ShardError, match="differ in 'frame_spec'"):
+        load_split(tmp_path / "b" / "train")
+
+
+def test_a_rerun_replaces_only_what_the_same_instance_wrote(tmp_path):
+    arrays = driving_arrays(6)
+    write_split(tmp_path, "train", arrays, SPEC, shard_size=2, host="algo-1")
+    write_split(tmp_path, "train", arrays, SPEC, shard_size=2, host="algo-11")
+    write_split(tmp_path, "train", take(arrays, 0, 2), SPEC, shard_size=2, host="algo-1")  # fewer shards now
+    names = sorted(p.name for p in (tmp_path / "train").iterdir())
+    assert [n for n in names if "algo-1-" in n or n.endswith("algo-1.json")] == [
+        "dataset-algo-1.json",
+        "shard-algo-1-00000.npz",
+    ]
+    assert len([n for n in names if "algo-11" in n]) == 4  # algo-11's part is not algo-1's
+    write_split(tmp_path, "train", arrays, SPEC, shard_size=3)  # a single instance owns the folder
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == [
+        "dataset.json",
+        "shard-00000.npz",
+        "shard-00001.npz",
+    ]
