@@ -15,11 +15,12 @@ INPUT_DIR = f"{PROCESSING}/input/data"
 OUTPUT_DIR = f"{PROCESSING}/output"
 
 
-def s3_input(name: str, uri: Any, local_path: str) -> ProcessingInput:
+def s3_input(name: str, uri: Any, local_path: str, data_type: str = "S3Prefix") -> ProcessingInput:
+    """``data_type``: ``S3Prefix`` (every object under ``uri``) or ``ManifestFile`` (those it lists)."""
     return ProcessingInput(
         input_name=name,
         s3_input=ProcessingS3Input(
-            s3_uri=uri, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File"
+            s3_uri=uri, local_path=local_path, s3_data_type=data_type, s3_input_mode="File"
         ),
     )
 
@@ -54,7 +55,9 @@ def preprocess_step(
     output_uri: str,
     cache: CacheConfig,
 ) -> ProcessingStep:
-    """``input_data_url`` is the tubs' S3 prefix (a pipeline parameter); outputs go under ``output_uri``."""
+    """``input_data_url`` is a dataset manifest (a pipeline parameter, ``pipelines/datasets.py``): the
+    tubs are named by content, so SageMaker's cache, which keys on S3 paths, reruns Preprocess exactly
+    when the data changed. Outputs go under ``output_uri``."""
     proc = processor(
         session,
         role=role,
@@ -63,7 +66,10 @@ def preprocess_step(
         script="processing/preprocess.py",
     )
     step_args = proc.run(
-        inputs=[s3_input("code", code_uri, CODE_DIR), s3_input("tubs", input_data_url, INPUT_DIR)],
+        inputs=[
+            s3_input("code", code_uri, CODE_DIR),
+            s3_input("tubs", input_data_url, INPUT_DIR, "ManifestFile"),
+        ],
         outputs=[
             s3_output(name, f"{OUTPUT_DIR}/{name}", execution_uri(output_uri, name))
             for name in (*SPLITS, "report")
