@@ -231,11 +231,16 @@ def find_champion(sagemaker: Any, group: str | None) -> dict[str, str] | None:
     return {"model_package_arn": arn, "model_data_url": url}
 
 
-def is_registered(sagemaker: Any, group: str | None, model_data_url: str | None) -> bool:
-    """Whether a package of ``group`` serves ``model_data_url``: ListModelPackages has no model URL, so
-    each package is described, newest first (a cached Train's model is a recent one), until one does."""
+def registered_package(
+    sagemaker: Any, group: str | None, model_data_url: str | None
+) -> dict[str, Any] | None:
+    """The package of ``group`` that serves ``model_data_url`` (DescribeModelPackage's answer), or None.
+
+    ListModelPackages has no model URL, so each package is described, newest first (a cached Train's
+    model is a recent one), until one serves it.
+    """
     if not group or not model_data_url:
-        return False
+        return None
     try:
         pages = sagemaker.get_paginator("list_model_packages").paginate(
             ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending"
@@ -245,13 +250,18 @@ def is_registered(sagemaker: Any, group: str | None, model_data_url: str | None)
                 described = sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
                 containers = described.get("InferenceSpecification", {}).get("Containers", [])
                 if any(c.get("ModelDataUrl") == model_data_url for c in containers):
-                    return True
+                    return described
     except Exception as exc:  # as in find_champion: a missing group holds no package
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("ResourceNotFound", "ValidationException"):
-            return False
+            return None
         raise
-    return False
+    return None
+
+
+def is_registered(sagemaker: Any, group: str | None, model_data_url: str | None) -> bool:
+    """Whether a package of ``group`` (any approval status) already serves this model."""
+    return registered_package(sagemaker, group, model_data_url) is not None
 
 
 def download(s3: Any, url: str, target: Path) -> Path:
