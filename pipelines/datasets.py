@@ -147,8 +147,9 @@ def read_manifest(document: bytes | str) -> tuple[str, list[str]]:
 
 
 def _exists(s3: Any, uri: str) -> bool:
-    """Whether the object exists, by listing its exact key: a HEAD of a missing key answers 403, not
-    404, to a caller without s3:ListBucket, and the snapshot function may list the datasets folder only."""
+    """Whether the object exists, by listing its exact key: a HEAD of a missing key answers 403, not 404,
+    to a caller without s3:ListBucket (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html),
+    and the snapshot function may list, not read, the datasets folder."""
     bucket, key = split_s3_uri(uri)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
     return any(item["Key"] == key for item in listed)

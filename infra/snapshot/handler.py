@@ -87,7 +87,8 @@ def snapshot_and_start(
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Lambda entry point. An error propagates: Lambda retries an asynchronous invocation twice."""
+    """Lambda entry point. An error propagates: Lambda retries an asynchronous invocation (EventBridge's)
+    twice (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html), each with the same token."""
     import boto3  # the Lambda runtime's; not needed to import this module
 
     config = SnapshotConfig.from_env(os.environ)
