@@ -297,3 +297,15 @@ def test_a_prefix_too_long_for_the_registry_metadata_is_refused_when_building() 
     check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 100 + "/edge", ["jetson_nano"])  # 221 characters fit
     with pytest.raises(ValueError, match=r"\(257 characters\) exceed the model registry's 256-character"):
         check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 141 + "/edge", ["rasp4b"])
+
+
+def test_the_summary_shows_the_anded_conditions_and_the_empty_branches(definition: dict[str, Any]) -> None:
+    from pipelines.summary import summarise
+
+    lines = summarise(definition, "robocar-pipeline").splitlines()
+    start = lines.index("  ShouldRegister   Condition")
+    assert lines[start + 1].startswith(
+        "    if EvaluationReport:regression_metrics.angle_mae.value LessThanOrEqualTo"
+    )
+    assert lines[start + 2] == "    and EvaluationReport:already_registered Equals False:"
+    assert lines[-2:] == ["    else:", "      (nothing)"]  # already registered: nothing to do
