@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
+from pipelines import datasets
 from pipelines.cli import main
+from pipelines.code_bundle import CodeBundle
 from pipelines.control import build_definition
-from pipelines.local import sample
+from pipelines.local import run_local, sample
 from pipelines.local.store import list_executions
 from pipelines.settings import EXAMPLE_VALUES, Settings
 
@@ -26,8 +28,12 @@ FLAGS = ["--bucket", sample.BUCKET, "--prefix", "sample", "--pipeline-name", "sa
 
 
 @pytest.fixture(scope="module")
-def pilot_tubs_input() -> dict[str, Any]:
-    pilot = json.loads(build_definition(SETTINGS))
+def pilot() -> dict[str, Any]:
+    return json.loads(build_definition(SETTINGS))
+
+
+@pytest.fixture(scope="module")
+def pilot_tubs_input(pilot: dict[str, Any]) -> dict[str, Any]:
     (preprocess,) = [step for step in pilot["Steps"] if step["Name"] == "Preprocess"]
     (tubs,) = [i for i in preprocess["Arguments"]["ProcessingInputs"] if i["InputName"] == "tubs"]
     assert tubs["S3Input"]["S3DataType"] == "ManifestFile"
@@ -100,3 +106,33 @@ def test_a_rerun_registers_nothing_and_a_new_tub_is_trained_on_and_registered(
 
     assert main(watch) == 0  # seen again: nothing new
     assert "0 execution(s) started" in capsys.readouterr().out and len(packages(workspace)) == 2
+
+
+def test_the_pilots_own_preprocess_reads_the_tubs_a_snapshot_lists(
+    tmp_path: Path, pilot: dict[str, Any]
+) -> None:
+    """processing/preprocess.py, run by the executor as the pilot's Preprocess step, finds every tub."""
+    assert (
+        main(["data", "synth", "--out", str(tmp_path / "tubs" / "synth"), "--frames", "60", "--seed", "3"])
+        == 0
+    )
+    workspace = tmp_path / "ws"
+    s3 = LocalS3Client(workspace)
+    s3.create_bucket(Bucket=SETTINGS.bucket)
+    CodeBundle(SETTINGS.bucket, SETTINGS.prefix).upload(s3)  # the bundle the definition names
+    for path in sorted((tmp_path / "tubs").rglob("*")):
+        if path.is_file():
+            key = f"robocar/raw/{path.relative_to(tmp_path / 'tubs').as_posix()}"
+            s3.upload_file(str(path), SETTINGS.bucket, key)
+    dataset = datasets.snapshot(
+        s3, datasets.raw_uri(SETTINGS.bucket, "robocar"), datasets.datasets_uri(SETTINGS.bucket, "robocar")
+    )
+    preprocess_only = {**pilot, "Steps": [step for step in pilot["Steps"] if step["Name"] == "Preprocess"]}
+    execution = run_local(
+        preprocess_only, workspace, {"InputDataUrl": dataset.manifest_uri}, pipeline_name="robocar-pipeline"
+    )
+    assert execution.status == "Succeeded", execution.failure_reason
+    outputs = execution.steps["Preprocess"].properties["ProcessingOutputConfig"]["Outputs"]
+    (report,) = [o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "report"]
+    total = json.loads((s3.uri_to_path(report) / "data_report.json").read_text())["total"]
+    assert (total["read"], total["accepted"]) == (60, 60)
