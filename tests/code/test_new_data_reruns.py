@@ -2,7 +2,8 @@
 `robocar trigger watch` turns into an execution that preprocesses, trains and registers anew.
 
 The sample pipeline (trivial scripts, seconds) with the pilot's own Preprocess input: the ``tubs``
-ManifestFile input the real definition builds, transplanted as it is.
+ManifestFile input the real definition builds, transplanted as it is; and the pilot's own Preprocess
+step on a snapshot of synthetic tubs.
 """
 
 from __future__ import annotations
