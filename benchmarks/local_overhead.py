@@ -1,7 +1,7 @@
 """Local executor overhead: whole-pipeline wall time minus the steps' own script times (goal: <= 2 s).
 
 What is measured, all in the same run, on the sample pipeline (``pipelines/local/sample.py``: the robocar
-pipeline's shape, Preprocess -> Train -> Evaluate -> CheckQuality -> CompileForEdge -> Register, with
+pipeline's shape, Preprocess -> Train -> Evaluate -> ShouldRegister -> CompileForEdge -> Register, with
 trivial scripts that take milliseconds, so the executor's own cost is what shows):
 
 * **direct** (the baseline): the same six scripts run one after another as plain subprocesses, each
@@ -10,7 +10,8 @@ trivial scripts that take milliseconds, so the executor's own cost is what shows
   from local S3 into ``/opt/ml`` trees, launching, copying outputs back, packaging ``model.tar.gz``,
   registering, execution records, the HTML report). Overhead = its wall time minus the sum of its
   steps' own process times (``StepRecord.script_seconds``).
-* **executor, cached**: the same run again, every cacheable step a cache hit.
+* **executor, cached**: the same run again: Preprocess and Train cache hits, Evaluate (never cached: it
+  reads the registry) runs, and the same model is not registered again.
 
 Rounds interleave direct and executor runs so both see the same machine load; each figure is the best
 of ``--repeats`` rounds (the machine is shared: the best round is the least disturbed). Ratios are

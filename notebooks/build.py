@@ -110,13 +110,21 @@ print(f"{result.action}: {result.pipeline_arn} ({result.code_objects_uploaded} c
     ),
     new_markdown_cell(
         "## Start\n\nParameters are `NAME=VALUE`, as for `robocar pipeline start --param`, and are checked "
-        "against the definition before anything is sent. New tubs under `<prefix>/raw/` start the pipeline "
-        "by themselves (the stack's EventBridge rule); this is the manual way."
+        "against the definition before anything is sent. Preprocess reads a dataset named by its content: "
+        "the tubs under `<prefix>/raw/` are snapshotted into `<prefix>/datasets/<sha256>.manifest` first, as "
+        "`robocar pipeline start` does (docs/datasets.md). New tubs start the pipeline by themselves (the "
+        "stack's snapshot function); this is the manual way."
     ),
     new_code_cell(
         """\
+from pipelines import datasets
+
 PARAMETERS = ["Epochs=10"]
 parameters = control.parse_parameters(definition, PARAMETERS)
+parameters, snapshot = datasets.start_parameters(
+    aws.s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
+)
+print(snapshot.line() if snapshot else "the given dataset")
 execution_arn = control.start(aws.sagemaker, pipeline_name=settings.pipeline_name, parameters=parameters)
 print(execution_arn)"""
     ),

@@ -113,6 +113,23 @@ def output_uri(execution: Any, step: str, output: str) -> str:
     return next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output).rstrip("/")
 
 
+def this_models_package(sagemaker: Any, execution: Any) -> dict[str, Any] | None:
+    """The package holding the model this execution trained (or took from the cache), else the newest."""
+    from processing.evaluate import registered_package
+
+    model = execution.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
+    return registered_package(sagemaker, GROUP, model) or newest_package(sagemaker)
+
+
+def compiled_report_uri(execution: Any, package: dict[str, Any] | None) -> str:
+    """compiled.json of this execution's model: its own CompileForEdge's or, when an identical rerun
+    compiled and registered nothing (ShouldRegister -> False), the one beside the package's artifact."""
+    if "CompileForEdge" in execution.steps or package is None:
+        return f"{output_uri(execution, 'CompileForEdge', 'compiled')}/compiled.json"
+    artifact = package["CustomerMetadataProperties"][f"edge:{EDGE_TARGET}:uri"]  # .../compiled/<target>/...
+    return f"{artifact.rsplit('/', 2)[0]}/compiled.json"
+
+
 def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s."""
     from edge.aws import clients
@@ -121,8 +138,8 @@ def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> 
     execution = newest_execution(workspace)
     data = _s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data_report.json")
     evaluation = _s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json")
-    compiled = _s3_json(aws.s3, f"{output_uri(execution, 'CompileForEdge', 'compiled')}/compiled.json")
-    package = newest_package(aws.sagemaker)
+    package = this_models_package(aws.sagemaker, execution)
+    compiled = _s3_json(aws.s3, compiled_report_uri(execution, package))
     total = data["total"]
     lines = ["", "=" * 78, "robocar demo: summary", "=" * 78]
     lines.append(

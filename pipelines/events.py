@@ -7,7 +7,9 @@ local trigger (``pipelines/local/trigger.py``) matches its synthesized events ag
 Rule "new data": one tub starts one execution. A v2 tub is a folder whose ``manifest.json`` is uploaded
 last by ``aws s3 sync``/``cp --recursive`` (keys go in lexical order: ``catalog_*``, ``images/``, then
 ``manifest.json``); any other tub (v1, or many files at once) is uploaded as one ``.tar.gz``/``.zip``
-archive. Rule "approved": a model package of our group reaches ``ModelApprovalStatus: Approved``.
+archive. Its target is the snapshot function (``infra/snapshot/handler.py``), which names the raw prefix's
+contents by a manifest and starts the pipeline on it. Rule "approved": a model package of our group
+reaches ``ModelApprovalStatus: Approved``.
 """
 
 from __future__ import annotations
@@ -63,38 +65,6 @@ def approved_pattern(group: str) -> dict[str, Any]:
         "detail-type": [MODEL_PACKAGE_STATE_CHANGE],
         "detail": {"ModelPackageGroupName": [group], "ModelApprovalStatus": ["Approved"]},
     }
-
-
-def new_data_pipeline_parameters(bucket: str, prefix: str) -> list[dict[str, str]]:
-    """The rule target's ``SageMakerPipelineParameters.PipelineParameterList``.
-
-    ``InputDataUrl`` is the whole raw-data prefix: a new tub retrains on every tub collected so far,
-    the new one included (donkeycar's own workflow). It is static because EventBridge's dynamic values
-    are whole JSON paths (``$.detail.object.key``) and cannot be composed into an ``s3://`` URL or cut
-    to a tub's folder; the key that triggered the run is therefore not a parameter.
-    """
-    return [{"Name": "InputDataUrl", "Value": f"s3://{bucket}/{normalize_prefix(prefix)}"}]
-
-
-def resolve_pipeline_parameters(
-    parameter_list: list[Mapping[str, str]], event: Mapping[str, Any]
-) -> dict[str, str]:
-    """Do what EventBridge does with a parameter list: a ``$.a.b`` value is replaced by the event's field."""
-    resolved = {}
-    for parameter in parameter_list:
-        value = parameter["Value"]
-        resolved[parameter["Name"]] = str(json_path(event, value)) if value.startswith("$.") else value
-    return resolved
-
-
-def json_path(event: Mapping[str, Any], path: str) -> Any:
-    """The dotted JSON path subset EventBridge supports in target parameters (``$.detail.object.key``)."""
-    node: Any = event
-    for part in path.removeprefix("$.").split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(f"event has no field {path!r}")
-        node = node[part]
-    return node
 
 
 def s3_object_created_event(

@@ -30,6 +30,7 @@ from pipelines import events
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = REPO_ROOT / "infra" / "template.yaml"
 ROLLOUT_DIR = REPO_ROOT / "infra" / "rollout"
+SNAPSHOT_DIR = REPO_ROOT / "infra" / "snapshot"
 DEFAULT_STACK_NAME = "robocar"
 # What goes into the rollout function's zip, relative to the repository root (the zip's root): the
 # handler renders the recipe with the device package's own builder (standard library only at import).
@@ -40,6 +41,15 @@ ROLLOUT_SOURCES = (
     "edge/artifacts.py",
     "edge/greengrass/__init__.py",
     "edge/greengrass/component.py",
+)
+# The snapshot function's zip: its handler and pipelines/datasets.py with what that imports (stdlib only).
+SNAPSHOT_SOURCES = (
+    "infra/snapshot/handler.py",
+    "pipelines/__init__.py",
+    "pipelines/datasets.py",
+    "pipelines/events.py",
+    "edge/__init__.py",
+    "edge/local_aws.py",
 )
 RECIPE_TEMPLATE = REPO_ROOT / "edge" / "greengrass" / "recipe.yaml"
 BUNDLED_TEMPLATE_NAME = "recipe_template.json"  # Lambda's Python has no PyYAML: the template goes as JSON
@@ -219,7 +229,6 @@ class RenderedRules:
     raw_prefix: str
     group: str
     new_data_pattern: dict[str, Any]
-    new_data_parameters: list[dict[str, str]]
     approved_pattern: dict[str, Any]
 
 
@@ -243,9 +252,6 @@ def render_rules(
         raw_prefix=f"{context.ref('Prefix')}/raw/",
         group=context.ref("ModelPackageGroupName"),
         new_data_pattern=resolve(new_data["EventPattern"], context),
-        new_data_parameters=resolve(
-            new_data["Targets"][0]["SageMakerPipelineParameters"]["PipelineParameterList"], context
-        ),
         approved_pattern=resolve(approved["EventPattern"], context),
     )
 
@@ -257,10 +263,6 @@ def template_drift(template: Mapping[str, Any], overrides: Mapping[str, str] | N
         "NewDataRule.EventPattern": (
             rules.new_data_pattern,
             events.new_data_pattern(rules.bucket, rules.raw_prefix),
-        ),
-        "NewDataRule.Targets[0].SageMakerPipelineParameters": (
-            rules.new_data_parameters,
-            events.new_data_pipeline_parameters(rules.bucket, rules.raw_prefix),
         ),
         "ApprovedRule.EventPattern": (rules.approved_pattern, events.approved_pattern(rules.group)),
     }
@@ -332,8 +334,8 @@ def validate_rule_requests(
 
 
 # ---------------------------------------------------------------- the rollout function's code
-def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES) -> bytes:
-    """A deterministic zip: ``handler.py`` and the recipe template (JSON) at the root, plus ``edge/...``."""
+def _function_files(root: Path, sources: Iterable[str], function: str) -> dict[str, bytes]:
+    """Zip name -> bytes: ``infra/<function>/*`` at the zip's root, every other source at its own path."""
     files: dict[str, bytes] = {}
     for source in sources:
         path = root / source
@@ -342,11 +344,27 @@ def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES
                 if file.is_file() and "__pycache__" not in file.parts:
                     files[file.relative_to(root).as_posix()] = file.read_bytes()
         elif path.is_file():
-            files[path.name if source.startswith("infra/rollout/") else source] = path.read_bytes()
+            files[path.name if source.startswith(f"infra/{function}/") else source] = path.read_bytes()
         else:
-            raise InfraError(f"the rollout function needs {source}, which is missing from {root}")
+            raise InfraError(f"the {function} function needs {source}, which is missing from {root}")
+    return files
+
+
+def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES) -> bytes:
+    """A deterministic zip: ``handler.py`` and the recipe template (JSON) at the root, plus ``edge/...``."""
+    files = _function_files(root, sources, "rollout")
     template = yaml.safe_load((root / RECIPE_TEMPLATE.relative_to(REPO_ROOT)).read_text())
     files[BUNDLED_TEMPLATE_NAME] = json.dumps(template, indent=1, sort_keys=True).encode()
+    return _deterministic_zip(files)
+
+
+def snapshot_zip(root: Path = REPO_ROOT, sources: Iterable[str] = SNAPSHOT_SOURCES) -> bytes:
+    """A deterministic zip: ``handler.py`` at the root, plus ``pipelines/datasets.py`` and its imports."""
+    return _deterministic_zip(_function_files(root, sources, "snapshot"))
+
+
+def _deterministic_zip(files: dict[str, bytes]) -> bytes:
+    """Fixed names, order, times and modes: the same sources give the same bytes (and the same S3 key)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(files):
@@ -358,13 +376,21 @@ def rollout_zip(root: Path = REPO_ROOT, sources: Iterable[str] = ROLLOUT_SOURCES
 
 
 def load_rollout_handler() -> ModuleType:
-    """``infra/`` is not an installed package: load the handler from the checkout, once."""
-    name = "robocar_rollout_handler"
+    return _load_handler(ROLLOUT_DIR, "rollout")
+
+
+def load_snapshot_handler() -> ModuleType:
+    return _load_handler(SNAPSHOT_DIR, "snapshot")
+
+
+def _load_handler(directory: Path, function: str) -> ModuleType:
+    """``infra/`` is not an installed package: load a function's handler from the checkout, once."""
+    name = f"robocar_{function}_handler"
     if name not in sys.modules:
-        path = ROLLOUT_DIR / "handler.py"
+        path = directory / "handler.py"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None or not path.is_file():
-            raise InfraError(f"no rollout handler at {path} (run from a checkout of robocar-pipeline)")
+            raise InfraError(f"no {function} handler at {path} (run from a checkout of robocar-pipeline)")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -406,9 +432,9 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     )
 
 
-def upload_rollout_code(s3: Any, bucket: str, project: str, code: bytes) -> str:
-    """Upload the zip under a content-addressed key (a changed handler changes the key: an update)."""
-    key = f"{project}/rollout/rollout-{hashlib.sha256(code).hexdigest()[:16]}.zip"
+def upload_function_code(s3: Any, bucket: str, project: str, code: bytes, function: str = "rollout") -> str:
+    """Upload a function's zip under a content-addressed key (changed code, a changed key: an update)."""
+    key = f"{project}/{function}/{function}-{hashlib.sha256(code).hexdigest()[:16]}.zip"
     s3.put_object(Bucket=bucket, Key=key, Body=code, ServerSideEncryption="AES256")
     return key
 
@@ -433,6 +459,7 @@ def deploy(
     region: str,
     template_path: Path = TEMPLATE_PATH,
     code: bytes | None = None,
+    snapshot_code: bytes | None = None,
     wait: bool = True,
     poll_s: float = 5.0,
     timeout_s: float = 1800.0,
@@ -452,9 +479,12 @@ def deploy(
     project = parameters["ProjectName"]
     bucket = spec.code_bucket or default_code_bucket(project, account, region)
     ensure_bucket(s3, bucket, region)
-    key = upload_rollout_code(s3, bucket, project, code if code is not None else rollout_zip())
+    key = upload_function_code(s3, bucket, project, code if code is not None else rollout_zip())
     progress(f"rollout code: s3://{bucket}/{key}")
-    parameters.update(RolloutCodeBucket=bucket, RolloutCodeKey=key)
+    snapshot = snapshot_code if snapshot_code is not None else snapshot_zip()
+    snapshot_key = upload_function_code(s3, bucket, project, snapshot, "snapshot")
+    progress(f"snapshot code: s3://{bucket}/{snapshot_key}")
+    parameters.update(RolloutCodeBucket=bucket, RolloutCodeKey=key, SnapshotCodeKey=snapshot_key)
     request = {
         "StackName": spec.stack_name,
         "TemplateBody": template_path.read_text(),

@@ -46,13 +46,15 @@ def _step_lines(steps: list[dict[str, Any]], indent: str) -> list[str]:
         if inputs:
             lines.append(f"{indent}{'':<16} {'':<14} inputs: {', '.join(inputs(step['Arguments']))}")
         if step["Type"] == "Condition":
-            for cond in step["Arguments"]["Conditions"]:
-                lines.append(
-                    f"{indent}  if {_expr(cond['LeftValue'])} {cond['Type']} {_expr(cond['RightValue'])}:"
-                )
-            lines += _step_lines(step["Arguments"]["IfSteps"], indent + "    ")
-            lines.append(f"{indent}  else:")
-            lines += _step_lines(step["Arguments"]["ElseSteps"], indent + "    ")
+            conditions = step["Arguments"]["Conditions"]
+            for index, cond in enumerate(conditions):  # SageMaker ANDs a step's conditions
+                word, end = ("if" if index == 0 else "and"), (":" if index == len(conditions) - 1 else "")
+                comparison = f"{_expr(cond['LeftValue'])} {cond['Type']} {_expr(cond['RightValue'])}"
+                lines.append(f"{indent}  {word} {comparison}{end}")
+            for branch in ("IfSteps", "ElseSteps"):
+                if branch == "ElseSteps":
+                    lines.append(f"{indent}  else:")
+                lines += _step_lines(step["Arguments"][branch], indent + "    ") or [f"{indent}    (nothing)"]
     return lines
 
 

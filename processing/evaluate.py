@@ -11,6 +11,9 @@ Writes ``evaluation.json`` (docs/contracts.md section 4; the pipeline's Conditio
   split, so the baseline is the strongest constant there is: a model that beats it has learnt something).
 - ``champion``: the newest Approved package of ``--model-package-group``, its ``ModelDataUrl``
   downloaded and evaluated on the same frames; null without a group or without an Approved package.
+- ``already_registered``: whether a package of the group (any approval status) already carries this
+  model, i.e. its ``ModelDataUrl`` is ``--model-s3-uri`` (the training job's ``S3ModelArtifacts``): an
+  identical rerun takes Train from the cache, and the pipeline then registers nothing new.
 
 The model is evaluated through its SavedModel ``serving_default`` signature, i.e. exactly what the TF
 Serving endpoint runs, and its outputs are decoded by ``edge.frames.decode_outputs`` like on the car.
@@ -228,6 +231,39 @@ def find_champion(sagemaker: Any, group: str | None) -> dict[str, str] | None:
     return {"model_package_arn": arn, "model_data_url": url}
 
 
+def registered_package(
+    sagemaker: Any, group: str | None, model_data_url: str | None
+) -> dict[str, Any] | None:
+    """The package of ``group`` that serves ``model_data_url`` (DescribeModelPackage's answer), or None.
+
+    ListModelPackages has no model URL, so each package is described, newest first (a cached Train's
+    model is a recent one), until one serves it.
+    """
+    if not group or not model_data_url:
+        return None
+    try:
+        pages = sagemaker.get_paginator("list_model_packages").paginate(
+            ModelPackageGroupName=group, SortBy="CreationTime", SortOrder="Descending"
+        )
+        for page in pages:
+            for summary in page.get("ModelPackageSummaryList", []):
+                described = sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+                containers = described.get("InferenceSpecification", {}).get("Containers", [])
+                if any(c.get("ModelDataUrl") == model_data_url for c in containers):
+                    return described
+    except Exception as exc:  # as in find_champion: a missing group holds no package
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("ResourceNotFound", "ValidationException"):
+            return None
+        raise
+    return None
+
+
+def is_registered(sagemaker: Any, group: str | None, model_data_url: str | None) -> bool:
+    """Whether a package of ``group`` (any approval status) already serves this model."""
+    return registered_package(sagemaker, group, model_data_url) is not None
+
+
 def download(s3: Any, url: str, target: Path) -> Path:
     from edge.artifacts import parse_s3_uri
 
@@ -322,6 +358,7 @@ def evaluate(
     s3: Any = None,
     loader: Callable[[Path], LoadedModel] = load_serving_model,
     plots: bool = True,
+    model_s3_uri: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/evaluation.json`` (+ plots) and return it. Clients are needed only with ``group``."""
     arrays, dataset = load_test_split(test_dir)
@@ -339,6 +376,7 @@ def evaluate(
         **report,
         "baseline": baseline_report(angle, throttle),
         "champion": champion,
+        "already_registered": is_registered(sagemaker, group, model_s3_uri),
         "test_frames": int(len(images)),
         "test_fingerprint": dataset.get("fingerprint"),
         "model": {
@@ -379,6 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="registry group whose newest Approved package is the champion",
     )
+    parser.add_argument(
+        "--model-s3-uri",
+        default=None,
+        help="the model's S3 URI (S3ModelArtifacts): already_registered says whether the group holds it",
+    )
     parser.add_argument("--region", default=None, help="AWS region (default: the environment's)")
     parser.add_argument("--endpoint-url", default=None, help="AWS endpoint (a moto server in tests)")
     parser.add_argument("--local-root", default=None, help="local S3/registry folder instead of AWS")
@@ -403,7 +446,7 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
         sagemaker, s3 = aws.sagemaker, aws.s3
     evaluation = evaluate(
         args.model, args.test, args.output, group=args.model_package_group, sagemaker=sagemaker, s3=s3,
-        plots=args.plots,
+        plots=args.plots, model_s3_uri=args.model_s3_uri,
     )  # fmt: skip
     metrics = evaluation["regression_metrics"]
     baseline = evaluation["baseline"]["regression_metrics"]
@@ -415,6 +458,8 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
     )
     if champion and champion.get("regression_metrics"):
         line += f" champion_angle_mae={champion['regression_metrics']['angle_mae']['value']:.6g}"
+    if evaluation["already_registered"]:
+        line += " already_registered=true"
     print(line, flush=True)
     print(f"wrote {args.output / 'evaluation.json'}", flush=True)
     return 0

@@ -1,11 +1,17 @@
-"""Evaluate: the trained pilot (and the current champion) on the test split -> evaluation.json."""
+"""Evaluate: the trained pilot (and the current champion) on the test split -> evaluation.json.
+
+Never cached. Its result depends on the registry, which changes between executions: the champion it
+compares against, and whether this very model is registered already (``already_registered``, which
+stops an identical rerun from registering the same model again: a RegisterModel step is never cached).
+A cached Evaluate would answer with the registry as an earlier execution saw it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sagemaker.core.workflow.properties import PropertyFile
-from sagemaker.mlops.workflow.steps import CacheConfig, ProcessingStep
+from sagemaker.mlops.workflow.steps import ProcessingStep
 
 from steps.containers import CODE_DIR, PROCESSING, execution_uri
 from steps.preprocess import processor, s3_input, s3_output
@@ -15,6 +21,7 @@ TEST_DIR = f"{PROCESSING}/test"
 EVALUATION_DIR = f"{PROCESSING}/evaluation"
 REPORT_NAME = "EvaluationReport"
 ANGLE_MAE_PATH = "regression_metrics.angle_mae.value"  # what the quality gate reads (docs/contracts.md §4)
+ALREADY_REGISTERED_PATH = "already_registered"  # true when the group holds this model (contracts §4)
 
 
 def evaluate_step(
@@ -29,7 +36,6 @@ def evaluate_step(
     output_uri: str,
     model_package_group_name: str,
     region: str,
-    cache: CacheConfig,
 ) -> tuple[ProcessingStep, PropertyFile]:
     report = PropertyFile(name=REPORT_NAME, output_name="evaluation", path="evaluation.json")
     proc = processor(
@@ -51,11 +57,13 @@ def evaluate_step(
             EVALUATION_DIR,
             "--model-package-group",
             model_package_group_name,
+            "--model-s3-uri",
+            model_uri,
             "--region",
             region,
         ],  # fmt: skip
     )
-    step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report], cache_config=cache)
+    step = ProcessingStep(name="Evaluate", step_args=step_args, property_files=[report])  # uncached
     return step, report
 
 

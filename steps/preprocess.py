@@ -18,11 +18,15 @@ OUTPUT_DIR = f"{PROCESSING}/output"
 RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
 
 
-def s3_input(name: str, uri: Any, local_path: str, distribution: str = "FullyReplicated") -> ProcessingInput:
+def s3_input(
+    name: str, uri: Any, local_path: str, data_type: str = "S3Prefix", distribution: str = "FullyReplicated"
+) -> ProcessingInput:
+    """``data_type``: ``S3Prefix`` (every object under ``uri``) or ``ManifestFile`` (those it lists);
+    ``distribution``: ``FullyReplicated`` (every instance gets all) or ``ShardedByS3Key`` (a share each)."""
     return ProcessingInput(
         input_name=name,
         s3_input=ProcessingS3Input(
-            s3_uri=uri, local_path=local_path, s3_data_type="S3Prefix", s3_input_mode="File",
+            s3_uri=uri, local_path=local_path, s3_data_type=data_type, s3_input_mode="File",
             s3_data_distribution_type=distribution,
         ),
     )  # fmt: skip
@@ -61,12 +65,15 @@ def preprocess_step(
     cache: CacheConfig,
     instance_count: Any = 1,
 ) -> ProcessingStep:
-    """``input_data_url`` is the tubs' S3 prefix (a pipeline parameter); outputs go under ``output_uri``.
+    """``input_data_url`` is a dataset manifest (a pipeline parameter, ``pipelines/datasets.py``): the
+    tubs are named by content, so SageMaker's cache, which keys on S3 paths, reruns Preprocess exactly
+    when the data changed. Outputs go under ``output_uri``.
 
-    On ``instance_count`` instances (a pipeline parameter) each is given a share of the tubs' objects:
-    ``ShardedByS3Key`` (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html;
-    on one instance the same as ``FullyReplicated``). Preprocess then needs every tub to be one object
-    (an archive) and refuses a loose file; each instance writes its own shards and report under names
+    On ``instance_count`` instances (a pipeline parameter) each is given a share of the objects the
+    manifest lists: ``ShardedByS3Key``
+    (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html; on one
+    instance the same as ``FullyReplicated``). Preprocess then needs every tub to be one object (an
+    archive) and refuses a loose file; each instance writes its own shards and report under names
     carrying its host, into the same output prefixes (docs/contracts.md section 2).
     """
     proc = processor(
@@ -80,7 +87,7 @@ def preprocess_step(
     step_args = proc.run(
         inputs=[
             s3_input("code", code_uri, CODE_DIR),
-            s3_input("tubs", input_data_url, INPUT_DIR, distribution="ShardedByS3Key"),
+            s3_input("tubs", input_data_url, INPUT_DIR, "ManifestFile", distribution="ShardedByS3Key"),
         ],
         outputs=[
             s3_output(name, f"{OUTPUT_DIR}/{name}", execution_uri(output_uri, name))

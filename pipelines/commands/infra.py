@@ -43,14 +43,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     deploy = commands.add_parser(
         "deploy",
-        help="create or update the stack (uploads the rollout function's code first)",
-        description="Create or update the CloudFormation stack from infra/template.yaml. The rollout "
-        "function's zip is uploaded to --code-bucket (default <project>-infra-<account>-<region>, created "
-        "if missing). Prints the robocar.toml lines for the stack when done.",
+        help="create or update the stack (uploads the snapshot and rollout functions' code first)",
+        description="Create or update the CloudFormation stack from infra/template.yaml. The snapshot "
+        "and rollout functions' zips are uploaded to --code-bucket (default <project>-infra-<account>-"
+        "<region>, created if missing). Prints the robocar.toml lines for the stack when done.",
     )
     _template_arguments(deploy)
     _aws_arguments(deploy)
-    deploy.add_argument("--code-bucket", default=None, help="bucket for the rollout function's zip")
+    deploy.add_argument("--code-bucket", default=None, help="bucket for the functions' zips")
     deploy.add_argument("--no-wait", action="store_true", help="return once the change has started")
     deploy.set_defaults(handler=_deploy)
 

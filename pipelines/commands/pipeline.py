@@ -10,6 +10,7 @@ from typing import Any
 
 from edge.aws import clients as aws_clients
 from edge.aws import local_root_from_env
+from pipelines import datasets
 from pipelines import settings as settings_mod
 from pipelines.code_bundle import CodeBundle
 from pipelines.local.executor import DEFAULT_WORKSPACE
@@ -51,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and each step's request against the API's rules", targets=True)  # fmt: skip
     add("upsert", _upsert, "upload the code, then create or update the pipeline", targets=True, local=True)
     start = add(
-        "start", _start, "start an execution (parameters are checked before any AWS call)",
+        "start", _start, "start an execution (parameters are checked before any AWS call; InputDataUrl is "
+        "a snapshot of <prefix>/raw/ unless --param InputDataUrl names a manifest or another prefix)",
         targets=True, local=True,
     )  # fmt: skip
     start.add_argument(
@@ -145,8 +147,15 @@ def _start(args: argparse.Namespace) -> int:
 
     # Checked against the definition upsert deploys, built offline: a bad parameter never reaches AWS.
     settings, text = _definition_text(args, use_examples=_is_local(args))
-    parameters = parse_parameters(json.loads(text), args.param)
-    sagemaker, _ = clients(settings, _local_root(args))
+    definition = json.loads(text)
+    parameters = parse_parameters(definition, args.param)
+    sagemaker, s3 = clients(settings, _local_root(args))
+    # Preprocess reads a dataset named by its content: snapshot the raw prefix (or the given one) first.
+    parameters, taken = datasets.start_parameters(
+        s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
+    )
+    if taken is not None:
+        print(taken.line(), file=sys.stderr)
     arn = start(
         sagemaker, pipeline_name=settings.pipeline_name, parameters=parameters, display_name=args.display_name
     )

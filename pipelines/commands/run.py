@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--data", type=Path, default=None, metavar="DIR",
-        help="copy this folder of tubs to the InputDataUrl prefix in local S3 before running",
+        help="copy this folder of tubs under <prefix>/raw/ in local S3 first (the run snapshots that prefix)",
     )  # fmt: skip
     parser.add_argument(
         "--definition", type=Path, default=None, metavar="FILE",
@@ -141,12 +141,18 @@ def _definition(args: argparse.Namespace, settings: settings_mod.Settings, code:
     return build_definition(settings, args.edge_targets, code)
 
 
-def _input_data_url(definition: dict[str, Any], parameters: list[dict[str, str]]) -> str | None:
-    given = {p["Name"]: p["Value"] for p in parameters}
-    declared = {p["Name"]: p.get("DefaultValue") for p in definition.get("Parameters", [])}
-    if "InputDataUrl" not in declared:
+def _raw_data_url(
+    definition: dict[str, Any], parameters: list[dict[str, str]], settings: settings_mod.Settings
+) -> str | None:
+    """Where ``--data`` goes: a given InputDataUrl prefix, else <prefix>/raw/; None without the parameter."""
+    from pipelines import datasets
+
+    if not datasets.declares_input_data_url(definition):
         return None
-    return given.get("InputDataUrl", declared["InputDataUrl"])
+    given = datasets.given_input_data_url(parameters)
+    if given and not datasets.is_manifest_uri(given):
+        return given
+    return datasets.raw_uri(settings.bucket, settings.prefix)
 
 
 def _upload_folder(s3: Any, folder: Path, uri: str) -> int:
@@ -195,16 +201,6 @@ def check_data_folder(data: Path, workspace: Path) -> None:
         )
 
 
-def _has_objects(s3: Any, uri: str) -> bool:
-    from edge.local_aws import split_s3_uri
-
-    bucket, prefix = split_s3_uri(uri)
-    try:
-        return bool(s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1).get("Contents"))
-    except Exception:  # no such bucket
-        return False
-
-
 def prepare_workspace(
     workspace: Path,
     settings: settings_mod.Settings,
@@ -217,22 +213,25 @@ def prepare_workspace(
     """Local S3 ready for the run: the bucket, the code bundles the definition names, the input data.
 
     ``code`` is the code the definition was built with (its contents were read once); without it, the
-    current tree's step bundles are uploaded where the definition names them.
+    current tree's step bundles are uploaded where the definition names them. ``data`` goes under the
+    raw-data prefix (``_raw_data_url``), which ``run_locally`` then snapshots.
 
     Returns the local clients (``edge.aws.AwsClients``). ValueError names anything missing.
     """
     from edge.aws import clients
+    from pipelines import datasets
     from pipelines.code_bundle import CodeBundle
 
     definition = json.loads(definition_text)
     check_workspace(workspace)
     aws = clients(local_root=workspace, region=settings.region)
-    data_url = _input_data_url(definition, parameters)
-    if data_url is not None:  # before anything is written: an InputDataUrl local S3 cannot hold
+    data_url = _raw_data_url(definition, parameters, settings)
+    given = datasets.given_input_data_url(parameters)
+    for url in dict.fromkeys(u for u in (given, data_url) if u):  # before anything is written
         try:
-            aws.s3.uri_to_path(data_url)
+            aws.s3.uri_to_path(url)
         except ValueError as exc:
-            raise ValueError(f"InputDataUrl {data_url}: {exc}") from None
+            raise ValueError(f"InputDataUrl {url}: {exc}") from None
     aws.s3.create_bucket(Bucket=settings.bucket)
     code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     uploaded = code.upload(aws.s3, definition_text)  # the bundles the definition names, if any
@@ -243,12 +242,24 @@ def prepare_workspace(
         if data_url is None:
             raise ValueError("--data: the definition has no InputDataUrl parameter to put the data under")
         print(f"data: {_upload_folder(aws.s3, data, data_url)} file(s) from {data} -> {data_url}", flush=True)
-    if data_url and not _has_objects(aws.s3, data_url):
-        raise ValueError(
-            f"no input data at {data_url} (local folder {aws.s3.uri_to_path(data_url)}): "
-            "pass --data DIR with your tubs, or --param InputDataUrl=s3://..."
-        )
     return aws
+
+
+def snapshot_parameters(
+    s3: Any, settings: settings_mod.Settings, definition: dict[str, Any], parameters: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """``parameters`` whose InputDataUrl names a snapshot of the tubs (pipelines/datasets.py)."""
+    from pipelines import datasets
+
+    try:
+        parameters, taken = datasets.start_parameters(
+            s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
+        )
+    except datasets.DatasetError as exc:
+        raise datasets.DatasetError(f"{exc} (local S3: {s3.base}); pass --data DIR with your tubs") from None
+    if taken is not None:
+        print(taken.line(), flush=True)
+    return parameters
 
 
 def run_locally(
@@ -273,6 +284,7 @@ def run_locally(
 
     code = code or CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     aws = prepare_workspace(workspace, settings, definition_text, parameters, data=data, code=code)
+    parameters = snapshot_parameters(aws.s3, settings, json.loads(definition_text), parameters)
     sagemaker = aws.sagemaker
     sagemaker.on_event = on_event
     # The same upsert as on AWS (the bundle is already in local S3, so it uploads nothing here).

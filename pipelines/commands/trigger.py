@@ -19,8 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "watch",
         help="poll the local raw-data prefix and the local registry, as the stack's two rules do on AWS",
         description="Poll the workspace's local S3 folder under <prefix>/raw/: an uploaded tub (its "
-        "manifest.json) or tub archive (.tar.gz/.zip) starts one local pipeline execution, however often "
-        "it is seen. Poll the local model registry: a package that becomes Approved is rolled out "
+        "manifest.json) or tub archive (.tar.gz/.zip) runs the snapshot function, which names the raw "
+        "prefix's contents by a manifest under <prefix>/datasets/ and starts one local pipeline execution "
+        "on it, however often it is seen (one dataset, one execution). Poll the local model registry: a "
+        "package that becomes Approved is rolled out "
         "(Greengrass component version and deployment, recorded under <workspace>/greengrass/). "
         "The rules are those of infra/template.yaml (pipelines/events.py). The pipeline must have been "
         "upserted locally once (`robocar run --local`).",

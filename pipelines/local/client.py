@@ -14,6 +14,7 @@ import signal
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from edge.local_aws import (
@@ -244,7 +245,8 @@ class LocalPipelineClient(LocalSageMakerClient):
 
     # -- executions
     def start_pipeline_execution(self, *, PipelineName: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
-        """Runs the execution to the end, then returns its ARN (describe it for the outcome)."""
+        """Runs the execution to the end, then returns its ARN (describe it for the outcome). A
+        ``ClientRequestToken`` used before answers the execution it started, which is not run again."""
         operation = "StartPipelineExecution"
         check_params(
             kwargs,
@@ -262,16 +264,33 @@ class LocalPipelineClient(LocalSageMakerClient):
             raise client_error(
                 "ValidationException", "the local executor runs whole pipelines only", operation
             )
-        record = self._pipeline(PipelineName, operation)
-        definition = json.loads(record["PipelineDefinition"])
+        token = kwargs.get("ClientRequestToken")
+        with file_lock(self.root / "pipelines" / ".lock"):
+            record = self._pipeline(PipelineName, operation)
+            started = self._started_by_token(PipelineName).get(token) if token else None
+            if started is not None:  # idempotent: the execution this token started, not a second one
+                self.last_execution = store.find_execution(self.root, started)
+                return {"PipelineExecutionArn": started, "ResponseMetadata": response_metadata()}
+            executor = self._executor(record, PipelineName, kwargs, operation)
+            if token:
+                tokens = {**self._started_by_token(PipelineName), token: executor.execution.arn}
+                atomic_write_json(self._token_file(PipelineName), tokens)
+            record["LastRunTime"] = executor.execution.start_time
+            atomic_write_json(store.pipeline_file(self.root, PipelineName), record)
+        self.last_execution = executor.run()
+        return {"PipelineExecutionArn": self.last_execution.arn, "ResponseMetadata": response_metadata()}
+
+    def _executor(
+        self, record: dict[str, Any], name: str, kwargs: dict[str, Any], operation: str
+    ) -> LocalExecutor:
         parallelism = (
             kwargs.get("ParallelismConfiguration") or record.get("ParallelismConfiguration") or {}
         ).get("MaxParallelExecutionSteps")
         try:
-            executor = LocalExecutor(
-                definition,
+            return LocalExecutor(
+                json.loads(record["PipelineDefinition"]),
                 self.root,
-                pipeline_name=PipelineName,
+                pipeline_name=name,
                 parameters=kwargs.get("PipelineParameters") or [],
                 region=self.region,
                 on_event=self.on_event,
@@ -281,12 +300,15 @@ class LocalPipelineClient(LocalSageMakerClient):
             )
         except (DefinitionError, ParameterError) as exc:
             raise client_error("ValidationException", str(exc), operation) from None
-        with file_lock(self.root / "pipelines" / ".lock"):
-            record = self._pipeline(PipelineName, operation)
-            record["LastRunTime"] = executor.execution.start_time
-            atomic_write_json(store.pipeline_file(self.root, PipelineName), record)
-        self.last_execution = executor.run()
-        return {"PipelineExecutionArn": self.last_execution.arn, "ResponseMetadata": response_metadata()}
+
+    def _token_file(self, name: str) -> Path:
+        """Which execution each ClientRequestToken started: "An idempotent operation completes no more
+        than once" (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_StartPipelineExecution.html)."""
+        return self.root / "pipelines" / "tokens" / f"{name}.json"
+
+    def _started_by_token(self, name: str) -> dict[str, str]:
+        path = self._token_file(name)
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def _execution(self, arn: str, operation: str) -> Execution:
         execution = store.find_execution(self.root, arn or "")

@@ -166,11 +166,12 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
             if s3_input is None:
                 problems.append(f"step {step.name!r}: input {spec.get('InputName')!r} is not an S3Input")
             elif (
-                s3_input.get("S3DataType", "S3Prefix") != "S3Prefix"
+                s3_input.get("S3DataType", "S3Prefix") not in runners.PROCESSING_DATA_TYPES
                 or s3_input.get("S3CompressionType", "None") != "None"
             ):
                 problems.append(
-                    f"step {step.name!r}: input {spec.get('InputName')!r} must be an uncompressed S3Prefix"
+                    f"step {step.name!r}: input {spec.get('InputName')!r} must be an uncompressed "
+                    + " or ".join(runners.PROCESSING_DATA_TYPES)
                 )
         for spec in arguments.get("ProcessingOutputConfig", {}).get("Outputs", []):
             if "S3Output" not in spec:
@@ -290,16 +291,6 @@ def parse_duration(text: str) -> timedelta:
     )
 
 
-def _input_uris(step_type: str, arguments: dict[str, Any]) -> list[str]:
-    if step_type == "Processing":
-        return [i["S3Input"]["S3Uri"] for i in arguments.get("ProcessingInputs", [])]
-    uris = [c["DataSource"]["S3DataSource"]["S3Uri"] for c in arguments.get("InputDataConfig", [])]
-    submit = runners.decode_hyperparameters(arguments.get("HyperParameters") or {}).get(
-        "sagemaker_submit_directory"
-    )
-    return [*uris, *([submit] if isinstance(submit, str) else [])]
-
-
 def _output_uris(step_type: str, properties: dict[str, Any]) -> list[str]:
     if step_type == "Processing":
         return [
@@ -310,7 +301,8 @@ def _output_uris(step_type: str, properties: dict[str, Any]) -> list[str]:
 
 # What SageMaker keys a cached step on, per step type ("Default cache key attributes by pipeline step
 # type", https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-default-keys.html): never the outputs,
-# so execution-scoped output URIs (steps.containers.execution_uri) still hit the cache.
+# so execution-scoped output URIs (steps.containers.execution_uri) still hit the cache, and never what
+# lies under an S3 path, so new objects under an unchanged prefix hit it too.
 CACHE_KEY_ATTRIBUTES = {
     "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
     "Training": (
@@ -325,17 +317,16 @@ CACHE_KEY_ATTRIBUTES = {
 }
 
 
-def cache_key(step: PlannedStep, arguments: dict[str, Any], s3: LocalS3Client) -> str:
-    """AWS's key attributes of the resolved arguments, plus the content of every S3 input the step reads.
+def cache_key(step: PlannedStep, arguments: dict[str, Any]) -> str:
+    """AWS's key: the step type's key attributes of the resolved arguments, and nothing else.
 
-    The content is a local addition (AWS keys on the S3 paths only) until the data is addressed by content.
+    S3 paths, not contents, as on AWS: the data is a manifest named by its content (pipelines/datasets.py),
+    the code lives under ``code/<sha256>/`` and step outputs under the execution id, so a changed input
+    is a changed path.
     """
-    inputs = {uri: runners.fingerprint_s3(s3, uri) for uri in _input_uris(step.type, arguments)}
     document = {
         "type": step.type,
         "arguments": {name: arguments.get(name) for name in CACHE_KEY_ATTRIBUTES[step.type]},
-        "property_files": step.spec.get("PropertyFiles"),
-        "inputs": inputs,
     }
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -357,7 +348,13 @@ class StepCache:
             return None
         if not all(runners.s3_exists(self.s3, uri) for uri in _output_uris(step.type, entry["properties"])):
             return None  # its outputs were deleted since: run again
-        return entry
+        # PropertyFiles are not in the key: read them, as the definition names them now, from the outputs.
+        files = runners.output_property_files(
+            self.s3, entry["properties"], step.spec.get("PropertyFiles", [])
+        )
+        if files is None:
+            return None
+        return {**entry, "property_files": files}
 
     def store(self, step: PlannedStep, key: str, outcome: runners.StepOutcome, execution_arn: str) -> None:
         atomic_write_json(
@@ -366,7 +363,6 @@ class StepCache:
                 "created": to_iso(datetime.now(UTC)),
                 "execution_arn": execution_arn,
                 "properties": outcome.properties,
-                "property_files": outcome.property_files,
                 "script_seconds": outcome.script_seconds,
             },
         )
@@ -570,7 +566,7 @@ class LocalExecutor:
                 return
             key = None
             if step.type in CACHEABLE_TYPES and step.spec.get("CacheConfig", {}).get("Enabled"):
-                key = cache_key(step, arguments, self.s3)
+                key = cache_key(step, arguments)
                 hit = self.cache.lookup(step, key)
                 if hit is not None:
                     record.cache_hit_from = hit["execution_arn"]

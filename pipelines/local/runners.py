@@ -13,7 +13,6 @@ its properties (what ``Steps.<name>....`` refers to) and property files.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -42,6 +41,7 @@ from edge.local_aws import (
     in_progress_prefix,
     split_s3_uri,
 )
+from pipelines.datasets import DatasetError, read_manifest
 from pipelines.local import environments
 from pipelines.local.expressions import to_string
 
@@ -66,6 +66,12 @@ SERVICE_FAULT = "Step.SERVICE_FAULT"
 # A request AWS or local S3 refuses (a key a folder cannot hold, a link out of a folder): no retry
 # policy names it, so it is never retried.
 REQUEST_REFUSED = "ValidationException"
+# How SageMaker's FailureReason starts when a job's inputs cannot be read (a manifest or an object it lists
+# is missing): the request's fault, named by no retry policy, so never retried.
+CLIENT_ERROR = "ClientError"
+# ProcessingS3Input.S3DataType: every object under S3Uri, or those the manifest at S3Uri lists
+# (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html).
+PROCESSING_DATA_TYPES = ("S3Prefix", "ManifestFile")
 
 
 class StepFailed(Exception):
@@ -281,30 +287,56 @@ def _move_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def fingerprint_s3(s3: LocalS3Client, uri: str) -> str:
-    """SHA-256 over the names and contents of an S3 object or prefix (the cache's view of an input)."""
-    digest = hashlib.sha256()
-    source, single = s3_source(s3, uri)
-    files = [(source.name, source)] if single else (_folder_files(source) if source.is_dir() else [])
-    for relative, file in files:
-        digest.update(relative.encode() + b"\0")
-        digest.update(_file_digest(file))
-    return digest.hexdigest()
+def download_manifest(s3: LocalS3Client, uri: str, destination: Path, shard: tuple[int, int] = (0, 1)) -> int:
+    """A ``ManifestFile`` input as SageMaker downloads it: each listed object (the manifest's prefix plus
+    the listed key) to ``destination/<listed key>``; returns bytes copied. A missing manifest or object
+    fails the step naming it, before the script starts. ``shard`` as for ``download_s3``: with
+    ShardedByS3Key each instance gets every instance-th listed object."""
+    number, instances = shard
+    manifest = local_s3_path(s3, uri, "input")
+    if not manifest.is_file():
+        raise StepFailed(f"input {uri}: no such manifest file in local S3 ({manifest})", CLIENT_ERROR)
+    try:
+        prefix, keys = read_manifest(manifest.read_bytes())
+    except DatasetError as exc:
+        raise StepFailed(f"input {uri}: {exc}", CLIENT_ERROR) from None
+    total = 0
+    for key in keys[number::instances]:
+        parts = key.split("/")
+        if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise StepFailed(
+                f"input {uri}: the key {key!r} has no place under the input folder", CLIENT_ERROR
+            )
+        source = local_s3_path(s3, prefix + key, "input")
+        if not source.is_file():
+            raise StepFailed(
+                f"input {uri} lists {prefix}{key}, which does not exist (local S3: {source})", CLIENT_ERROR
+            )
+        target = destination.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        total += source.stat().st_size
+    return total
 
 
-_DIGESTS: dict[tuple[str, int, int], bytes] = {}
-
-
-def _file_digest(path: Path) -> bytes:
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        _DIGESTS[key] = digest.digest()
-    return _DIGESTS[key]
+def output_property_files(
+    s3: LocalS3Client, properties: dict[str, Any], specs: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """A finished Processing step's property files, read from its uploaded outputs; None if one is gone."""
+    outputs = {
+        o["OutputName"]: o["S3Output"]["S3Uri"]
+        for o in properties.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    }
+    files = {}
+    for spec in specs:
+        if spec["OutputName"] not in outputs:
+            return None
+        path = s3.uri_to_path(f"{outputs[spec['OutputName']].rstrip('/')}/{spec['FilePath']}")
+        try:
+            files[spec["PropertyFileName"]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return files
 
 
 def s3_exists(s3: LocalS3Client, uri: str) -> bool:
@@ -496,7 +528,8 @@ def _run_instance(
     for spec in arguments.get("ProcessingInputs", []):
         s3_input = spec["S3Input"]
         sharded = s3_input.get("S3DataDistributionType") == "ShardedByS3Key"
-        download_s3(
+        download = download_manifest if s3_input.get("S3DataType") == "ManifestFile" else download_s3
+        download(
             job.s3,
             s3_input["S3Uri"],
             local_path(s3_input["LocalPath"], opt_ml, under="/opt/ml/processing"),

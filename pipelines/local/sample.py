@@ -1,10 +1,12 @@
 """A small pipeline of trivial scripts shaped like the robocar pipeline, for the tests and the benchmark.
 
-Preprocess (Processing) -> Train (Training, script mode) -> Evaluate (Processing, property file) ->
-CheckQuality (Condition) -> [CompileForEdge (Processing) -> Register (RegisterModel)] | QualityTooLow
-(Fail). The definition is written
-in the published format exactly as sagemaker v3 emits it, so the executor's tests and its overhead
-benchmark need neither the SDK nor TensorFlow, and each script takes milliseconds.
+Preprocess (Processing, a dataset manifest) -> Train (Training, script mode) -> Evaluate (Processing,
+uncached, property file) -> CheckQuality (Condition: else QualityTooLow, Fail) and ShouldRegister
+(Condition: quality and a model the group does not hold yet -> CompileForEdge (Processing) -> Register
+(RegisterModel)). The definition is written in the published format exactly as sagemaker v3 emits it,
+so the executor's tests and its overhead benchmark need neither the SDK nor TensorFlow, and each script
+takes milliseconds. ``upload_sample`` puts a few records under ``sample/raw/`` and a manifest listing
+them at the ``InputDataUrl`` default; ``pipelines.datasets.snapshot`` names later datasets by content.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 BUCKET = "sample-bucket"
 CODE_PREFIX = "sample/code"
 GROUP = "sample-pilots"
+RAW_URI = f"s3://{BUCKET}/sample/raw/"
+MANIFEST_URI = f"s3://{BUCKET}/sample/datasets/sample.manifest"  # what upload_sample writes
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"  # AWS's deep learning containers (never pulled locally)
 PROCESSING_IMAGE = f"{ECR}/tensorflow-training:2.19-cpu-py312"
 TRAINING_IMAGE = f"{ECR}/tensorflow-training:2.19-cpu-py312"
@@ -32,6 +36,8 @@ parser.add_argument("--output", required=True)
 parser.add_argument("--mae", type=float, default=0.1)
 parser.add_argument("--sleep", type=float, default=0.0)
 parser.add_argument("--fail", default="")
+parser.add_argument("--model-s3-uri", default="")
+parser.add_argument("--group", default="")
 args = parser.parse_args()
 print(f"{args.task}: input {args.input}", flush=True)
 if args.fail == "exit":
@@ -59,10 +65,15 @@ elif args.task == "compile":
     (out / "compiled.json").write_text(json.dumps(compiled))
 else:
     model = sorted(os.listdir(args.input))
+    registered = False
+    if args.group and args.model_s3_uri:  # the registry lookup of processing/evaluate.py, locally
+        from edge.aws import clients
+        from processing.evaluate import is_registered
+        registered = is_registered(clients().sagemaker, args.group, args.model_s3_uri)
     (out / "evaluation.json").write_text(json.dumps({
         "regression_metrics": {"angle_mae": {"value": args.mae, "standard_deviation": 0.01}},
         "baseline": {"regression_metrics": {"angle_mae": {"value": 0.4}}}, "champion": None,
-        "test_frames": 2, "model_files": model,
+        "already_registered": registered, "test_frames": 2, "model_files": model,
     }))
 print(f"{args.task}: done", flush=True)
 """
@@ -98,7 +109,9 @@ def _targz(files: dict[str, str]) -> bytes:
 
 
 def upload_sample(s3: Any, *, bucket: str = BUCKET, records: int = 3) -> None:
-    """Put the sample's code and a few input records into (local or moto) S3."""
+    """Put the sample's code, a few input records and the manifest listing them into (local or moto) S3."""
+    from pipelines.datasets import manifest_document
+
     try:
         s3.head_bucket(Bucket=bucket)
     except Exception:  # a missing bucket is a ClientError 404 on every client
@@ -107,8 +120,11 @@ def upload_sample(s3: Any, *, bucket: str = BUCKET, records: int = 3) -> None:
     s3.put_object(
         Bucket=bucket, Key=f"{CODE_PREFIX}/sourcedir.tar.gz", Body=_targz({"train.py": TRAINING_SCRIPT})
     )
-    for index in range(records):
-        s3.put_object(Bucket=bucket, Key=f"sample/raw/tub/record_{index}.json", Body=json.dumps({"i": index}))
+    keys = [f"tub/record_{index}.json" for index in range(records)]
+    for index, key in enumerate(keys):
+        s3.put_object(Bucket=bucket, Key=f"sample/raw/{key}", Body=json.dumps({"i": index}))
+    manifest = manifest_document(RAW_URI.replace(BUCKET, bucket, 1), keys)
+    s3.put_object(Bucket=bucket, Key=MANIFEST_URI.split("/", 3)[3], Body=manifest)
 
 
 def _get(reference: str) -> dict[str, str]:
@@ -122,14 +138,14 @@ def _scoped(*parts: str) -> dict[str, Any]:
     return {"Std:Join": {"On": "/", "Values": values}}
 
 
-def _processing_input(name: str, uri: Any, path: str) -> dict[str, Any]:
+def _processing_input(name: str, uri: Any, path: str, data_type: str = "S3Prefix") -> dict[str, Any]:
     return {
         "InputName": name,
         "AppManaged": False,
         "S3Input": {
             "S3Uri": uri,
             "LocalPath": path,
-            "S3DataType": "S3Prefix",
+            "S3DataType": data_type,
             "S3InputMode": "File",
             "S3DataDistributionType": "FullyReplicated",
             "S3CompressionType": "None",
@@ -170,11 +186,14 @@ def _processing(
 
 def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False) -> dict[str, Any]:
     """The sample definition; ``preprocess_extra`` adds Preprocess arguments (e.g. ``--fail exit``)."""
-    prefix = f"s3://{BUCKET}/sample"
     preprocess = _processing(
         "Preprocess",
         "preprocess",
-        [_processing_input("data", _get("Parameters.InputDataUrl"), "/opt/ml/processing/input/data")],
+        [
+            _processing_input(
+                "data", _get("Parameters.InputDataUrl"), "/opt/ml/processing/input/data", "ManifestFile"
+            )
+        ],
         [
             _processing_output("train", "/opt/ml/processing/output/train", _scoped("preprocess", "train")),
             _processing_output("test", "/opt/ml/processing/output/test", _scoped("preprocess", "test")),
@@ -251,8 +270,13 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "/opt/ml/processing/evaluation",
             "--mae",
             {"Std:Join": {"On": "", "Values": [_get("Parameters.SimulatedMae")]}},
+            "--model-s3-uri",
+            _get("Steps.Train.ModelArtifacts.S3ModelArtifacts"),
+            "--group",
+            GROUP,
         ],
     )
+    del evaluate["CacheConfig"]  # it reads the registry, which changes between executions
     evaluate["PropertyFiles"] = [
         {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
     ]
@@ -336,22 +360,39 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             }
         },
     }
-    gate = {
+    good_enough = {
+        "Type": "LessThanOrEqualTo",
+        "LeftValue": mae,
+        "RightValue": _get("Parameters.MaeThreshold"),
+    }
+    already_registered = {
+        "Std:JsonGet": {
+            "PropertyFile": _get("Steps.Evaluate.PropertyFiles.EvaluationReport"),
+            "Path": "already_registered",
+        }
+    }
+    check_quality = {
         "Name": "CheckQuality",
+        "Type": "Condition",
+        "Arguments": {"Conditions": [good_enough], "IfSteps": [], "ElseSteps": [fail]},
+    }
+    should_register = {
+        "Name": "ShouldRegister",
         "Type": "Condition",
         "Arguments": {
             "Conditions": [
-                {"Type": "LessThanOrEqualTo", "LeftValue": mae, "RightValue": _get("Parameters.MaeThreshold")}
+                good_enough,
+                {"Type": "Equals", "LeftValue": already_registered, "RightValue": False},
             ],
             "IfSteps": [compile_, register],
-            "ElseSteps": [fail],
+            "ElseSteps": [],
         },
     }
     return {
         "Version": "2020-12-01",
         "Metadata": {},
         "Parameters": [
-            {"Name": "InputDataUrl", "Type": "String", "DefaultValue": f"{prefix}/raw"},
+            {"Name": "InputDataUrl", "Type": "String", "DefaultValue": MANIFEST_URI},
             {"Name": "Epochs", "Type": "String", "DefaultValue": "2"},
             {
                 "Name": "ModelType",
@@ -374,5 +415,5 @@ def definition(*, preprocess_extra: list[Any] | None = None, retry: bool = False
             "TrialName": _get("Execution.PipelineExecutionId"),
         },
         "MlflowConfig": None,
-        "Steps": [preprocess, train, evaluate, gate],
+        "Steps": [preprocess, train, evaluate, check_quality, should_register],
     }

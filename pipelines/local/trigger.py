@@ -5,7 +5,9 @@ Each poll (``poll_once``):
 1. lists the raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/raw/``), turns every
    object into the event S3 would send (``pipelines.events.s3_object_created_event``), matches it
    against the "new data" rule (``pipelines.events.new_data_pattern`` through ``pipelines.event_pattern``)
-   and starts one pipeline execution per matching event, with the parameters the rule's target passes;
+   and, for each matching event, runs the rule's target, the snapshot function
+   (``infra/snapshot/handler.py``): the raw prefix is snapshotted into a dataset manifest and the pipeline
+   started on it with the dataset's ``ClientRequestToken``, so events for one dataset start one execution;
 2. lists the model packages of the group, turns every approval-status change since the last poll into
    the ``SageMaker Model Package State Change`` event, matches it against the "approved" rule and runs
    the rollout function (``infra/rollout/handler.py``) with local clients: Greengrass has no local
@@ -86,6 +88,7 @@ class PollReport:
     package_events: int = 0
     deferred: int = 0  # matching objects still being written (see ``settle_s``)
     already_processed: int = 0  # first poll: tubs the pipeline's last execution already trained on
+    same_dataset: list[dict[str, str]] = field(default_factory=list)  # started by an earlier event
 
     def lines(self) -> Iterator[str]:
         if self.already_processed:
@@ -95,7 +98,13 @@ class PollReport:
             )
         for run in self.started:
             uri = f"s3://{run['bucket']}/{run['key']}"
-            yield f"new data {uri} -> execution {run['execution_arn']} ({run['status']})"
+            yield f"new data {uri} -> {run['dataset']} -> execution {run['execution_arn']} ({run['status']})"
+        for run in self.same_dataset:
+            uri = f"s3://{run['bucket']}/{run['key']}"
+            yield (
+                f"new data {uri} -> {run['dataset']}: an unchanged dataset, already started as execution "
+                f"{run['execution_arn']}"
+            )
         for rollout in self.rollouts:
             if rollout.get("status") == "deployed":
                 yield (
@@ -183,9 +192,16 @@ def _object_event(config: TriggerConfig, key: str, size: int, mtime_ns: int, *, 
 
 
 def start_for_new_data(
-    event: dict[str, Any], root: Path, sagemaker: Any, config: TriggerConfig, report: PollReport
+    event: dict[str, Any], root: Path, s3: Any, sagemaker: Any, config: TriggerConfig, report: PollReport
 ) -> None:
-    """Start the execution for one matching event, unless this delivery has started one already."""
+    """Run the snapshot function for one matching event, unless this delivery has been handled already.
+
+    Another event of the same dataset (two tubs in one poll) gets the execution the first one started:
+    the function's ClientRequestToken is the dataset's digest.
+    """
+    from pipelines.datasets import DatasetError
+    from pipelines.infra import load_snapshot_handler
+
     key = delivery_key(event)
 
     def claim(state: dict[str, Any]) -> bool:
@@ -197,29 +213,28 @@ def start_for_new_data(
     if not _update_state(root, claim):
         report.duplicates += 1
         return
-    parameters = events.resolve_pipeline_parameters(
-        events.new_data_pipeline_parameters(config.bucket, config.raw_prefix), event
-    )
+    handler = load_snapshot_handler()
+    function_config = handler.SnapshotConfig(config.bucket, config.prefix, config.pipeline_name)
     obj_key = event["detail"]["object"]["key"]
     try:
-        response = sagemaker.start_pipeline_execution(
-            PipelineName=config.pipeline_name,
-            PipelineParameters=[{"Name": name, "Value": value} for name, value in parameters.items()],
-            PipelineExecutionDescription=f"new data: s3://{config.bucket}/{obj_key}"[:3072],
-            ClientRequestToken=event["id"],  # EventBridge's retries are idempotent on AWS the same way
-        )
-    except sagemaker.exceptions.ClientError:
-        # not started (no such pipeline yet, a bad parameter): release the claim so a later poll retries
+        result = handler.snapshot_and_start(event, s3=s3, sagemaker=sagemaker, config=function_config)
+    except (sagemaker.exceptions.ClientError, DatasetError):
+        # not started (no such pipeline yet, the data gone again): release the claim so a later poll retries
         _update_state(root, lambda state: state["objects"].pop(key, None))
         raise
-    arn = response["PipelineExecutionArn"]
+    arn = result["pipelineExecutionArn"]
     status = _execution_status(sagemaker, arn)
 
-    def record(state: dict[str, Any]) -> None:
-        state["objects"][key].update(execution_arn=arn, started=_now(), status=status)
+    def record(state: dict[str, Any]) -> bool:
+        earlier = any(entry.get("execution_arn") == arn for entry in state["objects"].values())
+        state["objects"][key].update(
+            execution_arn=arn, dataset=result["datasetUri"], started=_now(), status=status
+        )
+        return earlier
 
-    _update_state(root, record)
-    report.started.append({"bucket": config.bucket, "key": obj_key, "execution_arn": arn, "status": status})
+    run = {"bucket": config.bucket, "key": obj_key, "dataset": result["datasetUri"], "execution_arn": arn}
+    same_dataset = _update_state(root, record)
+    (report.same_dataset if same_dataset else report.started).append({**run, "status": status})
 
 
 def _execution_status(sagemaker: Any, arn: str) -> str:
@@ -346,7 +361,7 @@ def poll_once(
                 report.already_processed += 1
                 _mark_processed(root, event)
             else:
-                start_for_new_data(event, root, sagemaker, config, report)
+                start_for_new_data(event, root, s3, sagemaker, config, report)
         else:
             report.not_matched += 1
         if unchanged is not None:
@@ -415,6 +430,7 @@ def watch(
         for line in report.lines():
             emit(line)
         total.started += report.started
+        total.same_dataset += report.same_dataset
         total.rollouts += report.rollouts
         total.duplicates += report.duplicates
         total.not_matched += report.not_matched

@@ -1,4 +1,4 @@
-"""The robocar pipeline: DonkeyCar tubs -> preprocess -> train -> evaluate -> (compile -> register) | fail.
+"""The robocar pipeline: a dataset snapshot -> preprocess -> train -> evaluate -> (compile -> register).
 
 ``get_pipeline(**kwargs)`` is the module contract (the SageMaker Projects "modelbuild" template's):
 it builds the definition offline, with no network and no credentials, byte-identical between builds.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipelines.code_bundle import CodeBundle
+from pipelines.datasets import no_snapshot_uri
 from pipelines.offline import pipeline_session, prepare_environment
 from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS, parse_edge_targets
 
@@ -46,7 +47,7 @@ def get_pipeline(
     from steps.containers import TF_FRAMEWORK_VERSION, TF_PY_VERSION, s3_join
     from steps.evaluate import evaluate_step, evaluation_uri
     from steps.preprocess import preprocess_step, split_uri
-    from steps.quality_gate import quality_gate_step
+    from steps.quality_gate import quality_gate_steps
     from steps.register import check_edge_uris_fit, register_step
     from steps.train import model_artifacts_uri, train_step
 
@@ -56,7 +57,10 @@ def get_pipeline(
     prefix = s3_join(f"s3://{default_bucket}", base_prefix)
     check_edge_uris_fit(s3_join(prefix, "edge"), targets)
 
-    input_data_url = ParameterString(name="InputDataUrl", default_value=s3_join(prefix, "raw"))
+    # Each execution names its dataset snapshot (pipelines/datasets.py); the default names none.
+    input_data_url = ParameterString(
+        name="InputDataUrl", default_value=no_snapshot_uri(default_bucket, base_prefix)
+    )
     processing_instance_type = ParameterString(name="ProcessingInstanceType", default_value="ml.m5.xlarge")
     # Preprocess only: each instance takes a share of the tub archives (steps/preprocess.py).
     processing_instance_count = ParameterInteger(name="ProcessingInstanceCount", default_value=1)
@@ -94,7 +98,7 @@ def get_pipeline(
         session, **jobs, code_uri=code.step("processing/evaluate.py").uri,
         model_uri=model_artifacts_uri(train),
         test_uri=split_uri(preprocess, "test"), output_uri=s3_join(prefix, "evaluate"),
-        model_package_group_name=model_package_group_name, region=region, cache=cache,
+        model_package_group_name=model_package_group_name, region=region,
     )  # fmt: skip
     compile_, compiled = compile_step(
         session, **jobs, code_uri=code.step("processing/compile.py").uri,
@@ -109,9 +113,10 @@ def get_pipeline(
         approval_status=approval_status, edge_targets=targets, compile_step=compile_,
         compiled=compiled, compiled_uri=compiled_uri(compile_),
     )  # fmt: skip
-    gate = quality_gate_step(
-        evaluate_step=evaluate, report=report, threshold=angle_mae_threshold, if_steps=[compile_, register]
-    )
+    gate = quality_gate_steps(
+        evaluate_step=evaluate, report=report, threshold=angle_mae_threshold,
+        register_steps=[compile_, register],
+    )  # fmt: skip
     return Pipeline(
         name=pipeline_name,
         parameters=[
@@ -125,6 +130,6 @@ def get_pipeline(
             approval_status,
             edge_targets_param,
         ],  # fmt: skip
-        steps=[preprocess, train, evaluate, gate],
+        steps=[preprocess, train, evaluate, *gate],
         sagemaker_session=session,
     )

@@ -471,9 +471,9 @@ def test_the_stacks_rule_requests_are_valid_and_a_too_long_prefix_is_refused() -
     long_prefix = {"Prefix": "fleet/" + "p" * 1000}
     problems = infra.rule_request_problems(template, long_prefix)
     assert any(
-        p.startswith("NewDataRule PutTargets: Value 's3://")
-        and "at 'targets.1.member.sageMakerPipelineParameters.pipelineParameterList.1.member.value'" in p
-        and p.endswith("Member must have length less than or equal to 1024")
+        p.startswith("NewDataRule PutRule: Value '{")
+        and "at 'eventPattern'" in p
+        and p.endswith("Member must have length less than or equal to 4096")
         for p in problems
     ), problems
     with pytest.raises(ClientError, match="ValidationException"):

@@ -201,10 +201,20 @@ def test_cli_upsert_start_status_against_a_moto_server(moto_server: str) -> None
     assert out.startswith("created: arn:aws:sagemaker:us-east-1:123456789012:pipeline/robocar-pipeline")
     code, out, _ = run_cli("pipeline", "upsert", *flags)
     assert code == 0 and out.startswith("unchanged:") and "(0 object(s) uploaded)" in out
+    code, _, err = run_cli("pipeline", "start", *flags, "--param", "Epochs=2")
+    assert code == 2 and f"no input data at s3://{SETTINGS.bucket}/robocar/raw/" in err  # nothing to train on
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_server)
+    s3.put_object(Bucket=SETTINGS.bucket, Key="robocar/raw/tub_1/manifest.json", Body=b"{}")
     code, out, err = run_cli("pipeline", "start", *flags, "--param", "Epochs=2", "--display-name", "smoke")
     assert code == 0, err
     arn = out.strip()
     assert "/execution/" in arn
+    (manifest,) = s3.list_objects_v2(Bucket=SETTINGS.bucket, Prefix="robocar/datasets/")["Contents"]
+    dataset = f"s3://{SETTINGS.bucket}/{manifest['Key']}"
+    assert f"dataset {dataset}: 1 object(s) under s3://{SETTINGS.bucket}/robocar/raw/ (new)" in err
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1", endpoint_url=moto_server)
+    started = sagemaker.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+    assert {"Name": "InputDataUrl", "Value": dataset} in started
     code, out, _ = run_cli("pipeline", "status", *flags)
     assert code == 0 and arn in out and "Succeeded" in out
     code, out, _ = run_cli("pipeline", "status", *flags, "--json")

@@ -91,25 +91,46 @@ def test_one_tub_starts_one_execution() -> None:
     assert not event_pattern.matches(pattern, other_bucket)
 
 
-def test_parameters_resolve_like_eventbridge() -> None:
-    event = events.s3_object_created_event(BUCKET, "robocar/raw/t/manifest.json")
-    parameters = events.new_data_pipeline_parameters(BUCKET, "robocar/raw")
-    parameters.append({"Name": "TriggerKey", "Value": "$.detail.object.key"})
-    assert events.resolve_pipeline_parameters(parameters, event) == {
-        "InputDataUrl": f"s3://{BUCKET}/robocar/raw/",
-        "TriggerKey": "robocar/raw/t/manifest.json",
+def test_new_data_invokes_the_snapshot_function_which_alone_starts_the_pipeline() -> None:
+    """EventBridge can pass whole event fields only, never a manifest it computed: the rule's one target
+    is the snapshot function, allowed to be invoked by this rule alone."""
+    template = infra.load_template()
+    context = infra.render_context(template, {})
+    resources = template["Resources"]
+    (target,) = infra.resolve(resources["NewDataRule"]["Properties"]["Targets"], context)
+    assert target["Arn"] == f"arn:aws:lambda:us-east-1:{ACCOUNT}:function:robocar-snapshot"
+    assert not {"RoleArn", "SageMakerPipelineParameters", "Input", "InputPath"} & set(target)
+    permission = resources["NewDataRuleInvokesSnapshot"]["Properties"]
+    assert (permission["FunctionName"], permission["Principal"]) == (
+        {"Ref": "SnapshotFunction"},
+        "events.amazonaws.com",
+    )
+    assert permission["SourceArn"] == {"Fn::GetAtt": ["NewDataRule", "Arn"]}
+    function = {
+        name: infra.resolve(resources["SnapshotFunction"]["Properties"][name], context)
+        for name in ("Environment", "Role")
     }
+    assert function["Environment"]["Variables"] == {
+        "DATA_BUCKET": BUCKET,
+        "PREFIX": "robocar",
+        "PIPELINE_NAME": "robocar-pipeline",
+    }
+    assert function["Role"] == context.attribute("SnapshotRole", "Arn")
 
 
-def test_rollout_zip_is_deterministic_and_has_the_handler_at_its_root() -> None:
+@pytest.mark.parametrize(
+    ("zipped", "kept"), [("rollout_zip", "edge/agent.py"), ("snapshot_zip", "pipelines/datasets.py")]
+)
+def test_function_zips_are_deterministic_and_have_the_handler_at_their_root(zipped: str, kept: str) -> None:
     import io
     import zipfile
 
-    first, second = infra.rollout_zip(), infra.rollout_zip()
+    first, second = getattr(infra, zipped)(), getattr(infra, zipped)()
     assert first == second
     names = zipfile.ZipFile(io.BytesIO(first)).namelist()
-    assert "handler.py" in names and "edge/agent.py" in names
-    assert not any(name.startswith(("pipelines/", "infra/")) for name in names)
+    assert "handler.py" in names and kept in names
+    assert not any(name.startswith("infra/") for name in names)
+    assert not any(name.startswith("pipelines/") for name in names) or zipped == "snapshot_zip"
 
 
 @pytest.fixture()
@@ -139,9 +160,9 @@ def test_deploy_creates_then_updates_the_stack_and_the_rules_it_deploys_are_the_
     approved = json.loads(rules.describe_rule(Name="robocar-model-approved")["EventPattern"])
     assert approved == events.approved_pattern("robocar-pilots")
     (target,) = rules.list_targets_by_rule(Rule="robocar-new-data")["Targets"]
-    assert target["SageMakerPipelineParameters"][
-        "PipelineParameterList"
-    ] == events.new_data_pipeline_parameters(BUCKET, "robocar/raw")
+    assert target["Arn"].endswith(":function:robocar-snapshot")  # the function, not the pipeline
+    code = boto3.client("s3").list_objects_v2(Bucket=f"robocar-infra-{ACCOUNT}-us-east-1")["Contents"]
+    assert {item["Key"].split("/")[1] for item in code} == {"rollout", "snapshot"}
     boto3.client("s3").head_bucket(Bucket=BUCKET)  # moto applies no bucket settings from CloudFormation
 
     same = infra.deploy(
@@ -156,6 +177,7 @@ def test_deploy_creates_then_updates_the_stack_and_the_rules_it_deploys_are_the_
     described = infra.describe(cloudformation, "robocar")
     assert described["parameters"]["EdgeTarget"] == "jetson_nano"
     assert described["resources"]["RolloutFunction"]["type"] == "AWS::Lambda::Function"
+    assert described["resources"]["SnapshotFunction"]["type"] == "AWS::Lambda::Function"
 
 
 def test_show_of_a_missing_stack_says_how_to_create_it(aws: tuple[Any, Any]) -> None:
@@ -237,7 +259,7 @@ def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
 def test_roles_are_least_privilege() -> None:
     resources = infra.load_template()["Resources"]
     roles = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
-    assert set(roles) == {"PipelineExecutionRole", "EventBridgeRole", "RolloutRole"}
+    assert set(roles) == {"PipelineExecutionRole", "SnapshotRole", "RolloutRole"}
     policies = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"}
     assert set(policies) == {"RawDataUploader"}
     # the only statements on every resource: APIs without resource-level permissions (for Greengrass:
@@ -258,8 +280,9 @@ def test_roles_are_least_privilege() -> None:
             )
             if statement["Resource"] == "*":
                 assert set(actions) <= unscoped_ok, (name, actions)
-    (start,) = _statements(roles["EventBridgeRole"])
-    assert start["Action"] == "sagemaker:StartPipelineExecution"
+    (start,) = [
+        s for s in _statements(roles["SnapshotRole"]) if s["Action"] == "sagemaker:StartPipelineExecution"
+    ]
     assert start["Resource"]["Fn::Sub"].endswith(":pipeline/${PipelineName}")
     context = infra.render_context(infra.load_template(), {"Prefix": "fleet/a"})
     rendered = infra.resolve(_statements(roles["PipelineExecutionRole"]), context)
@@ -516,6 +539,10 @@ def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
         image = body["AppSpecification"]["ImageUri"]
         reads = [i["S3Input"]["S3Uri"] for i in body.get("ProcessingInputs", [])]
         writes = [o["S3Output"]["S3Uri"] for o in body["ProcessingOutputConfig"]["Outputs"]]
+        for spec in body.get("ProcessingInputs", []):
+            if spec["S3Input"]["S3DataType"] == "ManifestFile":  # the manifest, then what it lists: the tubs
+                assert split_s3_uri(spec["S3Input"]["S3Uri"])[1].startswith(f"{deployment.prefix}/datasets/")
+                reads += [f"s3://{deployment.bucket}/{deployment.prefix}/{key}" for key in SNAPSHOT_KEYS]
     else:
         job = ("sagemaker:CreateTrainingJob", f"training-job/{body['TrainingJobName'].lower()}")
         image = body["AlgorithmSpecification"]["TrainingImage"]
@@ -531,6 +558,9 @@ def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
         *[("s3:GetObject", _s3_object(uri)) for uri in reads],
         *[("s3:PutObject", _s3_object(uri)) for uri in writes],
     ]
+
+
+SNAPSHOT_KEYS = [*_object_keys_of_a_v2_tub("raw/tub_2026_11_21/"), "raw/tubs.tar.gz"]  # a manifest lists
 
 
 def _pipeline_role_needs(deployment: Deployment) -> list[Grant]:
@@ -602,6 +632,7 @@ def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deplo
     code = deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")  # `pipeline upsert` writes it
     forbidden += [
         ("s3:PutObject", code),
+        ("s3:PutObject", deployment.object_arn(f"datasets/{'b' * 64}.manifest")),  # the snapshot function's
         ("s3:DeleteObject", deployment.object_arn(f"preprocess/{execution}/train/shard-00000.npz")),
         ("s3:PutObjectAcl", deployment.object_arn(f"edge/{execution}/compiled/rasp4b/model.tar.gz")),
         ("s3:GetObject", deployment.object_arn("notes/secret.txt")),  # not a step folder
@@ -732,13 +763,41 @@ def test_only_the_uploader_policy_writes_raw_data(deployment: Deployment) -> Non
     assert granted(uploader, forbidden) == []
 
 
-def test_eventbridge_starts_only_this_pipeline(deployment: Deployment) -> None:
-    pairs = deployment.pairs["EventBridgeRole"]
+def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_pipeline(
+    deployment: Deployment,
+) -> None:
+    pairs = deployment.pairs["SnapshotRole"]
     arn = pipeline_arn(deployment.context.region, deployment.context.ref("PipelineName"))
-    assert refused(pairs, [("sagemaker:StartPipelineExecution", arn)]) == []
+    manifest = deployment.object_arn(f"datasets/{'c' * 64}.manifest")
+    log_group = deployment.context.attribute("SnapshotLogGroup", "Arn")
+    needs = [
+        ("sagemaker:StartPipelineExecution", arn),
+        ("s3:ListBucket", f"arn:aws:s3:::{deployment.bucket}"),
+        ("s3:PutObject", manifest),
+        ("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc")),
+    ]
+    assert refused(pairs, needs) == []
+    (listing,) = [s for s in deployment.statements["SnapshotRole"] if s["Action"] == "s3:ListBucket"]
+    patterns = [_wildcard(p, ignore_case=False) for p in listing["Condition"]["StringLike"]["s3:prefix"]]
+    listed = [f"{deployment.prefix}/raw/", manifest.split(f"{deployment.bucket}/", 1)[1]]  # what it lists
+    assert all(any(p.fullmatch(prefix) for p in patterns) for prefix in listed)
+    for other in (
+        f"{deployment.prefix}/preprocess/",
+        f"{deployment.prefix}/",
+        f"{deployment.prefix}-old/raw/",
+    ):
+        assert not any(p.fullmatch(other) for p in patterns), other
+
     others = [arn + "-copy", arn.replace(":pipeline/", ":pipeline/other-")]
-    assert granted(pairs, [("sagemaker:StartPipelineExecution", other) for other in others]) == []
-    assert granted(pairs, [("s3:GetObject", deployment.object_arn("raw/t/manifest.json"))]) == []
+    forbidden = [("sagemaker:StartPipelineExecution", other) for other in others]
+    forbidden += [("s3:PutObject", deployment.object_arn(key)) for key in SNAPSHOT_KEYS]  # never the tubs
+    forbidden += [
+        ("s3:GetObject", deployment.object_arn(key)) for key in SNAPSHOT_KEYS
+    ]  # the listing is enough
+    forbidden += [("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz"))]
+    forbidden += [("s3:PutObject", arn) for arn in _other_stacks_keys(deployment)]
+    forbidden += [("sagemaker:CreatePipeline", arn), ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin")]
+    assert granted(pairs, forbidden) == []
 
 
 # IAM quotas botocore's model does not carry: "Role policy size cannot exceed 10,240 characters" (all

@@ -28,7 +28,7 @@ def definition_file(tmp_path: Path) -> Path:
 def run_cli(workspace: Path, definition_file: Path, *extra: str) -> int:
     return main(
         ["run", "--local", "--workspace", str(workspace), "--definition", str(definition_file)]
-        + ["--bucket", sample.BUCKET, "--pipeline-name", "sample", *extra]
+        + ["--bucket", sample.BUCKET, "--prefix", "sample", "--pipeline-name", "sample", *extra]
     )
 
 
@@ -40,18 +40,20 @@ def test_run_local_prints_progress_and_registers(tmp_path: Path, definition_file
     for step in ("Preprocess", "Train", "Evaluate", "CompileForEdge", "Register"):
         assert f"{step:<18} Succeeded" in out
     assert "CheckQuality       Succeeded  0.0 s -> True" in out
+    assert "ShouldRegister     Succeeded  0.0 s -> True" in out
     assert "registered: arn:aws:sagemaker:us-east-1:123456789012:model-package/sample-pilots/1" in out
     assert "report: " in out
+    assert f"object(s) under {sample.RAW_URI} (new)" in out  # the run snapshots the raw prefix
 
     assert run_cli(workspace, definition_file, "--param", "Epochs=1") == 0  # the second run reuses the cache
-    assert out.count("(cached)") == 0 and capsys.readouterr().out.count("(cached)") == 4
+    again = capsys.readouterr().out
+    assert out.count("(cached)") == 0 and again.count("(cached)") == 2  # Preprocess and Train
+    assert "(unchanged since an earlier snapshot)" in again
+    assert "ShouldRegister     Succeeded  0.0 s -> False" in again and "registered:" not in again
 
     assert main(["registry", "list", "--workspace", str(workspace), "--group", sample.GROUP]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in listed] == [
-        ["2", "PendingManualApproval"],
-        ["1", "PendingManualApproval"],
-    ]
+    assert [line.split()[:2] for line in listed] == [["1", "PendingManualApproval"]]
     assert (
         main(
             [
@@ -85,7 +87,7 @@ def test_run_local_prints_progress_and_registers(tmp_path: Path, definition_file
         )
         == 0
     )
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["2"]
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["1"]
     arn = LocalSageMakerClient(workspace).list_model_packages(ModelPackageGroupName=sample.GROUP)[
         "ModelPackageSummaryList"
     ][0]["ModelPackageArn"]
@@ -113,7 +115,7 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, definition_file: P
     assert run_cli(workspace, definition_file, "--param", "Epoch=3") == 2
     assert "unknown parameter 'Epoch'" in capsys.readouterr().err
     assert run_cli(tmp_path / "empty", definition_file) == 2  # no input data in a fresh workspace
-    assert "no input data at s3://sample-bucket/sample/raw" in capsys.readouterr().err
+    assert "no input data at s3://sample-bucket/sample/raw/" in capsys.readouterr().err
     assert main(["run", "--definition", str(definition_file)]) == 2
     assert "add --local" in capsys.readouterr().err
     unknown = json.loads(definition_file.read_text())
@@ -160,6 +162,7 @@ def test_report_shows_the_graph_metrics_and_plots(tmp_path: Path) -> None:
         "Train",
         "Evaluate",
         "CheckQuality",
+        "ShouldRegister",
         "CompileForEdge",
         "Register",
         "QualityTooLow",
@@ -170,5 +173,6 @@ def test_report_shows_the_graph_metrics_and_plots(tmp_path: Path) -> None:
     assert "data:image/png;base64," in html
     assert "<tr><td>tub_v2</td><td>v2</td><td>50</td><td>48</td><td>0</td><td>2</td></tr>" in html
     names, edges = graph_edges(sample.definition())
-    assert ("CheckQuality", "Register") in edges and ("CompileForEdge", "Register") in edges
-    assert ("Train", "Evaluate") in edges and len(names) == 7
+    assert ("ShouldRegister", "Register") in edges and ("CompileForEdge", "Register") in edges
+    assert ("CheckQuality", "QualityTooLow") in edges
+    assert ("Train", "Evaluate") in edges and len(names) == 8

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
+from pipelines.datasets import manifest_document, snapshot
 from pipelines.local import DefinitionError, ParameterError, run_local, runners, sample
 from pipelines.local.executor import bind_parameters, parse_duration, plan
 from pipelines.local.store import load
@@ -48,10 +49,12 @@ def test_whole_pipeline_runs_and_registers(workspace: Path) -> None:
         "Train",
         "Evaluate",
         "CheckQuality",
+        "ShouldRegister",
         "CompileForEdge",
         "Register",
     ]
     assert execution.steps["CheckQuality"].outcome == "True"
+    assert execution.steps["ShouldRegister"].outcome == "True"  # a model the group does not hold yet
     assert "QualityTooLow" not in execution.steps  # the branch not taken does not run
 
     scoped = f"s3/sample-bucket/sample/{{}}/{execution.execution_id}"  # every output under the execution's id
@@ -108,6 +111,7 @@ def test_else_branch_fails_the_execution_with_the_resolved_message(workspace: Pa
     assert execution.steps["QualityTooLow"].failure_reason == "angle MAE 0.9 is above 0.2"
     assert "angle MAE 0.9 is above 0.2" in execution.failure_reason
     assert "Register" not in execution.steps
+    assert execution.steps["ShouldRegister"].outcome == "False"  # the same bar: never registered meanwhile
     assert LocalSageMakerClient(workspace).list_model_package_groups()["ModelPackageGroupSummaryList"] == []
 
 
@@ -123,23 +127,37 @@ def test_a_failing_step_stops_the_run_shows_its_log_and_uploads_nothing(workspac
     assert any((workspace / "tmp").iterdir())  # kept for a look inside after a failure
 
 
-def test_unchanged_steps_come_from_the_cache_and_changed_inputs_rerun(workspace: Path) -> None:
+def test_unchanged_steps_come_from_the_cache_and_a_new_dataset_reruns(workspace: Path) -> None:
     first, _ = run(workspace)
     second, _ = run(workspace)
     assert second.status == "Succeeded"
-    for name in ("Preprocess", "Train", "Evaluate"):
+    for name in ("Preprocess", "Train"):
         assert second.steps[name].cache_hit_from == first.arn, name
         assert second.steps[name].properties == first.steps[name].properties
-    assert second.steps["Register"].properties["ModelPackageVersion"] == 2  # registration is never cached
+    assert second.steps["Evaluate"].cache_hit_from is None  # uncached: it reads the registry
+    assert second.steps["ShouldRegister"].outcome == "False"  # the same model: registered once
+    assert "Register" not in second.steps and "CompileForEdge" not in second.steps
+    registry = LocalSageMakerClient(workspace)
+    assert (
+        len(registry.list_model_packages(ModelPackageGroupName=sample.GROUP)["ModelPackageSummaryList"]) == 1
+    )
 
-    LocalS3Client(workspace).put_object(Bucket=sample.BUCKET, Key="sample/raw/tub/record_9.json", Body=b"{}")
-    third, _ = run(workspace)
-    assert third.steps["Preprocess"].cache_hit_from is None
-    assert third.steps["Train"].cache_hit_from is None  # its input content changed
+    s3 = LocalS3Client(workspace)
+    s3.put_object(Bucket=sample.BUCKET, Key="sample/raw/tub/record_9.json", Body=b"{}")
+    third, _ = run(workspace)  # the same manifest: AWS keys on the path, never on what lies under it
+    assert third.steps["Preprocess"].cache_hit_from == first.arn
 
-    fourth, _ = run(workspace, {"Epochs": "4"})
-    assert fourth.steps["Preprocess"].cache_hit_from == third.arn
-    assert fourth.steps["Train"].cache_hit_from is None  # a changed argument
+    dataset = snapshot(s3, sample.RAW_URI, f"s3://{sample.BUCKET}/sample/datasets/")
+    fourth, _ = run(workspace, {"InputDataUrl": dataset.manifest_uri})
+    assert fourth.steps["Preprocess"].cache_hit_from is None
+    assert fourth.steps["Train"].cache_hit_from is None  # its input path (the new execution's) changed
+    assert fourth.steps["Register"].properties["ModelPackageVersion"] == 2
+    frames = workspace / f"s3/sample-bucket/sample/preprocess/{fourth.execution_id}/train/frames.json"
+    assert json.loads(frames.read_text())["records"][-1] == "tub/record_9.json"  # the new object is in
+
+    fifth, _ = run(workspace, {"InputDataUrl": dataset.manifest_uri, "Epochs": "4"})
+    assert fifth.steps["Preprocess"].cache_hit_from == fourth.arn
+    assert fifth.steps["Train"].cache_hit_from is None  # a changed argument
 
 
 def test_retry_policy_reruns_a_killed_step_but_never_a_script_error(workspace: Path, monkeypatch) -> None:
@@ -206,14 +224,13 @@ def test_independent_steps_run_in_parallel(workspace: Path) -> None:
 
 def test_an_expired_cache_entry_is_not_used(workspace: Path) -> None:
     first, _ = run(workspace)
-    for entry in (workspace / "cache" / "sample" / "Evaluate").glob("*.json"):
+    for entry in (workspace / "cache" / "sample" / "Train").glob("*.json"):
         document = json.loads(entry.read_text())
         document["created"] = "2020-01-01T00:00:00+00:00"  # older than ExpireAfter P30D
         entry.write_text(json.dumps(document))
     second, _ = run(workspace)
-    assert second.steps["Evaluate"].cache_hit_from is None
-    assert second.steps["Train"].cache_hit_from == first.arn  # same inputs, same arguments, still fresh
-    assert second.steps["Preprocess"].cache_hit_from == first.arn
+    assert second.steps["Train"].cache_hit_from is None
+    assert second.steps["Preprocess"].cache_hit_from == first.arn  # same arguments, still fresh
 
 
 def test_a_step_that_ran_again_makes_its_consumers_run_again(workspace: Path) -> None:
@@ -323,3 +340,28 @@ def test_a_registered_package_stays_valid_after_later_executions(workspace: Path
         assert s3_path(workspace, later_uri).read_bytes() != original
     assert artifact.read_bytes() == original
     assert hashlib.sha256(artifact.read_bytes()).hexdigest() == metadata["edge:rasp4b:sha256"]
+
+
+def test_a_manifest_input_lands_under_its_keys_and_a_missing_object_fails_the_step(workspace: Path) -> None:
+    s3 = LocalS3Client(workspace)
+    manifest = f"s3://{sample.BUCKET}/sample/datasets/hand-made.manifest"
+    keys = ["tub/record_2.json", "tub/record_0.json"]  # a subset of the prefix, in any order
+    s3.put_object(
+        Bucket=sample.BUCKET,
+        Key="sample/datasets/hand-made.manifest",
+        Body=manifest_document(sample.RAW_URI, keys),
+    )
+    execution, _ = run(workspace, {"InputDataUrl": manifest})
+    scoped = workspace / f"s3/sample-bucket/sample/preprocess/{execution.execution_id}/train/frames.json"
+    assert json.loads(scoped.read_text())["records"] == sorted(keys)  # LocalPath/<key relative to prefix>
+
+    missing = manifest_document(sample.RAW_URI, [*keys, "tub/record_8.json"])
+    s3.put_object(Bucket=sample.BUCKET, Key="sample/datasets/missing.manifest", Body=missing)
+    failed, _ = run(workspace, {"InputDataUrl": manifest.replace("hand-made", "missing")})
+    assert failed.status == "Failed" and list(failed.steps) == ["Preprocess"]
+    reason = failed.steps["Preprocess"].failure_reason
+    assert reason.startswith(f"input {manifest.replace('hand-made', 'missing')} lists ")
+    assert f"{sample.RAW_URI}tub/record_8.json, which does not exist" in reason
+
+    nowhere, _ = run(workspace, {"InputDataUrl": manifest.replace("hand-made", "nowhere")})
+    assert "no such manifest file" in nowhere.steps["Preprocess"].failure_reason

@@ -351,7 +351,12 @@ def _wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untype
 def test_kill_9_of_robocar_run_kills_its_step_and_the_next_run_cleans_up(
     workspace: Path, definition_file: Path
 ) -> None:
-    command = [sys.executable, "-m", "pipelines.cli", *run_args(workspace, definition_file)]
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        *run_args(workspace, definition_file, "--prefix", "sample"),
+    ]
     cli_process = subprocess.Popen(
         [*command, "--param", "PreprocessSeconds=60"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -663,7 +668,7 @@ def test_data_links_within_the_folder_are_followed_once(
     sample.upload_sample(LocalS3Client(workspace), records=0)
     (tubs / "session_2").symlink_to(tubs / "tub_1", target_is_directory=True)
     (tubs / "tub_1" / "alias.catalog").symlink_to(tubs / "tub_1" / "catalog_0.catalog")
-    code, err = robocar(capsys, *run_args(workspace, definition_file, "--data", tubs))
+    code, err = robocar(capsys, *run_args(workspace, definition_file, "--prefix", "sample", "--data", tubs))
     assert code == 0, err
     assert _uploaded(workspace) == [
         "session_2/alias.catalog", "session_2/catalog_0.catalog",
@@ -701,7 +706,7 @@ def test_data_links_out_loops_and_special_files_are_refused_with_a_message(
         culprit.symlink_to(outside / "secret.txt")
     else:
         os.mkfifo(culprit)  # a reader would block forever: refused without opening it
-    code, err = robocar(capsys, *run_args(workspace, definition_file, "--data", tubs))
+    code, err = robocar(capsys, *run_args(workspace, definition_file, "--prefix", "sample", "--data", tubs))
     assert_one_line_refusal(code, err, str(culprit), expected)
     assert _uploaded(workspace) == []  # nothing uploaded: the listing is refused before the first copy
     assert not (workspace / "executions").exists()

@@ -16,6 +16,7 @@ from edge_fixtures import edge_metadata, fake_model
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines import aws_rules
+from pipelines.datasets import read_manifest
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.trigger import (
     LocalGreengrassClient,
@@ -100,7 +101,13 @@ def test_a_tub_starts_one_execution_however_often_it_is_seen(workspace: Path) ->
     assert (second.started, second.duplicates) == ([], 1)
     (start,) = sagemaker.starts
     assert start["PipelineName"] == "robocar-pipeline"
-    assert start["PipelineParameters"] == [{"Name": "InputDataUrl", "Value": f"s3://{BUCKET}/{RAW}"}]
+    ((parameter, dataset),) = [(p["Name"], p["Value"]) for p in start["PipelineParameters"]]
+    assert parameter == "InputDataUrl" and dataset.startswith(f"s3://{BUCKET}/robocar/datasets/")
+    assert read_manifest(s3.uri_to_path(dataset).read_bytes()) == (
+        f"s3://{BUCKET}/{RAW}",
+        [f"tub_1/{file}" for file in sorted(TUB_FILES)],  # the tub, not the step output beside raw/
+    )
+    assert start["ClientRequestToken"] == dataset.rsplit("/", 1)[1].removesuffix(".manifest")
     recorded = json.loads(state_path(workspace).read_text())["objects"]
     assert [entry["execution_arn"] for entry in recorded.values()] == ["arn:local:execution/1"]
 
@@ -116,7 +123,7 @@ def test_two_watchers_at_once_start_one_execution(workspace: Path) -> None:
     assert len(sagemaker.starts) == 1
 
 
-def test_a_rewritten_tub_is_new_data(workspace: Path) -> None:
+def test_a_rewritten_tub_is_a_new_event_but_new_data_only_when_its_bytes_changed(workspace: Path) -> None:
     s3, sagemaker = LocalS3Client(workspace), RecordingSageMaker(LocalSageMakerClient(workspace))
     upload_tub(s3, "tub_3")
     poll_once(workspace, s3, sagemaker, CONFIG)
@@ -125,6 +132,12 @@ def test_a_rewritten_tub_is_new_data(workspace: Path) -> None:
     os.utime(manifest, (rewritten, rewritten))  # uploaded again: S3 sends a new event with a new sequencer
     report = poll_once(workspace, s3, sagemaker, CONFIG)
     assert len(report.started) == 1 and len(sagemaker.starts) == 2
+    first, again = sagemaker.starts
+    assert again == first  # the same bytes, the same dataset: the same request and token (AWS starts one)
+    manifest.write_bytes(b'{"paths": ["catalog_0.catalog"]}')
+    os.utime(manifest, (rewritten - 10, rewritten - 10))
+    poll_once(workspace, s3, sagemaker, CONFIG)
+    assert sagemaker.starts[2]["ClientRequestToken"] != first["ClientRequestToken"]  # changed bytes: new data
 
 
 def artifact_key(tag: str) -> str:
@@ -191,6 +204,22 @@ def test_new_tub_to_execution_to_approval_to_rollout_with_the_local_control_plan
     report = poll_once(workspace, s3, sagemaker, CONFIG)
     assert report.started == []
     assert [r["status"] for r in report.rollouts] == ["deployed"]
+
+
+def test_two_tubs_of_one_dataset_start_one_execution_with_the_local_control_plane(workspace: Path) -> None:
+    s3, sagemaker = LocalS3Client(workspace), LocalPipelineClient(workspace)
+    sagemaker.create_pipeline(
+        PipelineName=CONFIG.pipeline_name, PipelineDefinition=json.dumps(DEFINITION),
+        RoleArn="arn:aws:iam::123456789012:role/robocar-pipeline-execution",
+    )  # fmt: skip
+    upload_tub(s3, "tub_a")
+    upload_tub(s3, "tub_b")  # both in place before the poll: two events, one dataset
+    report = poll_once(workspace, s3, sagemaker, CONFIG)
+    assert len(report.started) == 1 and len(report.same_dataset) == 1
+    assert report.same_dataset[0]["execution_arn"] == report.started[0]["execution_arn"]
+    assert "an unchanged dataset, already started as execution" in "\n".join(report.lines())
+    executions = sagemaker.list_pipeline_executions(PipelineName=CONFIG.pipeline_name)
+    assert len(executions["PipelineExecutionSummaries"]) == 1  # the token started it once
 
 
 def test_a_pipeline_that_does_not_exist_leaves_the_tub_for_a_later_poll(workspace: Path) -> None:

@@ -132,6 +132,7 @@ def _moto_server() -> Iterator[tuple[str, Any, str]]:
     sagemaker = boto3.client("sagemaker", endpoint_url=endpoint, region_name="us-east-1")
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     s3.create_bucket(Bucket=BUCKET)  # what `robocar infra deploy` creates
+    s3.put_object(Bucket=BUCKET, Key="robocar/raw/tub_1/manifest.json", Body=b"{}")  # uploaded tubs
     sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
     register(sagemaker, s3, 1, angle_mae=0.10, champion=None, status="Approved")
     candidate = register(sagemaker, s3, 2, angle_mae=0.07, champion=0.09, status="PendingManualApproval")
@@ -168,6 +169,7 @@ def test_notebooks_run_top_to_bottom(moto_aws: tuple[str, Any, str], tmp_path: P
     first = run("01_run_pipeline.ipynb", endpoint, tmp_path)
     assert "created: arn:aws:sagemaker:us-east-1:123456789012:pipeline/robocar-pipeline" in first
     assert "Succeeded" in first
+    assert f"dataset s3://{BUCKET}/robocar/datasets/" in first and "1 object(s) under" in first
     assert "angle_mae" in first and "0.07" in first  # the candidate's metrics, next to baseline and champion
 
     second = run("02_approve_model.ipynb", endpoint, tmp_path)

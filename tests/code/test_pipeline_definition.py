@@ -1,4 +1,4 @@
-"""The definition: seven steps wired by data, content-addressed code, offline and deterministic."""
+"""The definition: eight steps wired by data, content-addressed code and data, offline and deterministic."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def test_steps_and_types(definition: dict[str, Any]) -> None:
         "Train": "Training",
         "Evaluate": "Processing",
         "CheckQuality": "Condition",
+        "ShouldRegister": "Condition",
         "CompileForEdge": "Processing",
         "Register": "RegisterModel",
         "AngleMaeTooHigh": "Fail",
@@ -93,6 +94,9 @@ def test_parameters_and_defaults(definition: dict[str, Any]) -> None:
     assert params["ModelType"]["EnumValues"] == ["linear", "categorical"]
     assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
     assert params["EdgeTargets"]["DefaultValue"] == "jetson_nano,rasp4b"
+    # no dataset by default: every start names a snapshot (pipelines/datasets.py)
+    no_snapshot = "s3://robocar-data-123456789012/robocar/datasets/snapshot-required.manifest"
+    assert params["InputDataUrl"]["DefaultValue"] == no_snapshot
 
 
 def test_preprocess_reads_the_input_parameter_and_code(definition: dict[str, Any]) -> None:
@@ -100,6 +104,9 @@ def test_preprocess_reads_the_input_parameter_and_code(definition: dict[str, Any
     found = inputs(step)
     assert re.fullmatch(CODE_URI, found.pop("code"))
     assert found == {"tubs": {"Get": "Parameters.InputDataUrl"}}
+    types = {i["InputName"]: i["S3Input"]["S3DataType"] for i in step["Arguments"]["ProcessingInputs"]}
+    assert types == {"code": "S3Prefix", "tubs": "ManifestFile"}  # the data is a dataset manifest
+    assert step["CacheConfig"] == {"Enabled": True, "ExpireAfter": "P30D"}
     app = step["Arguments"]["AppSpecification"]
     assert app["ContainerEntrypoint"] == [
         "python3",
@@ -133,22 +140,37 @@ def test_evaluate_reads_the_model_and_test_split(definition: dict[str, Any]) -> 
     found = inputs(step)
     assert found["model"] == TRAINED_MODEL
     assert found["test"] == output_get("Preprocess", "test")
+    arguments = step["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--model-s3-uri") + 1] == TRAINED_MODEL  # already registered?
+    assert "CacheConfig" not in step  # the registry it reads changes between executions
     assert step["PropertyFiles"] == [
         {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
     ]
 
 
-def test_gate_compares_angle_mae_with_the_threshold(definition: dict[str, Any]) -> None:
-    gate = all_steps(definition["Steps"])["CheckQuality"]["Arguments"]
-    assert gate["Conditions"] == [
-        {
-            "Type": "LessThanOrEqualTo",
-            "LeftValue": json_get("Evaluate", "EvaluationReport", "regression_metrics.angle_mae.value"),
-            "RightValue": {"Get": "Parameters.AngleMaeThreshold"},
-        }
-    ]
-    assert [s["Name"] for s in gate["IfSteps"]] == ["CompileForEdge", "Register"]
+def test_gate_compares_angle_mae_with_the_threshold_and_registers_a_model_once(
+    definition: dict[str, Any],
+) -> None:
+    good_enough = {
+        "Type": "LessThanOrEqualTo",
+        "LeftValue": json_get("Evaluate", "EvaluationReport", "regression_metrics.angle_mae.value"),
+        "RightValue": {"Get": "Parameters.AngleMaeThreshold"},
+    }
+    steps = all_steps(definition["Steps"])
+    gate = steps["CheckQuality"]["Arguments"]
+    assert gate["Conditions"] == [good_enough]
+    assert gate["IfSteps"] == []
     assert [s["Name"] for s in gate["ElseSteps"]] == ["AngleMaeTooHigh"]
+    should_register = steps["ShouldRegister"]["Arguments"]
+    not_registered = {
+        "Type": "Equals",
+        "LeftValue": json_get("Evaluate", "EvaluationReport", "already_registered"),
+        "RightValue": False,
+    }
+    assert should_register["Conditions"] == [good_enough, not_registered]
+    assert [s["Name"] for s in should_register["IfSteps"]] == ["CompileForEdge", "Register"]
+    assert should_register["ElseSteps"] == []  # already registered: nothing to do
+    assert [s["Name"] for s in definition["Steps"]][-2:] == ["CheckQuality", "ShouldRegister"]  # not nested
     message = gate["ElseSteps"][0]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
     assert json_get("Evaluate", "EvaluationReport", "regression_metrics.angle_mae.value") in message
     assert {"Get": "Parameters.AngleMaeThreshold"} in message
@@ -292,3 +314,15 @@ def test_a_prefix_too_long_for_the_registry_metadata_is_refused_when_building() 
     check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 100 + "/edge", ["jetson_nano"])  # 221 characters fit
     with pytest.raises(ValueError, match=r"\(257 characters\) exceed the model registry's 256-character"):
         check_edge_uris_fit("s3://" + "b" * 63 + "/" + "p" * 141 + "/edge", ["rasp4b"])
+
+
+def test_the_summary_shows_the_anded_conditions_and_the_empty_branches(definition: dict[str, Any]) -> None:
+    from pipelines.summary import summarise
+
+    lines = summarise(definition, "robocar-pipeline").splitlines()
+    start = lines.index("  ShouldRegister   Condition")
+    assert lines[start + 1].startswith(
+        "    if EvaluationReport:regression_metrics.angle_mae.value LessThanOrEqualTo"
+    )
+    assert lines[start + 2] == "    and EvaluationReport:already_registered Equals False:"
+    assert lines[-2:] == ["    else:", "      (nothing)"]  # already registered: nothing to do

@@ -181,6 +181,21 @@ def test_champion_is_the_newest_approved_package_evaluated_on_the_same_frames(
     assert result["regression_metrics"]["angle_mae"]["value"] == 0.375  # the new model, unchanged
 
 
+def test_evaluation_says_whether_this_exact_model_is_registered_already(
+    registry, archives, test_split, tmp_path
+):
+    sagemaker, s3 = registry
+    model_uri = "s3://models/q9x1b2c3d4e5/train/output/model.tar.gz"
+    arguments = dict(group=GROUP, sagemaker=sagemaker, s3=s3, plots=False, model_s3_uri=model_uri)
+    assert (
+        evaluate.evaluate(archives["new"], test_split, tmp_path, **arguments)["already_registered"] is False
+    )
+    register(sagemaker, model_uri, "PendingManualApproval")  # what the Register step of a first run does
+    written = evaluate.evaluate(archives["new"], test_split, tmp_path, **arguments)
+    assert written["already_registered"] is True
+    assert json.loads((tmp_path / "evaluation.json").read_text())["already_registered"] is True
+
+
 def test_no_approved_package_means_no_champion(registry, archives, test_split, tmp_path):
     sagemaker, s3 = registry
     register(sagemaker, "s3://models/pending/model.tar.gz", "PendingManualApproval")
@@ -209,7 +224,8 @@ def test_cli_writes_evaluation_json(archives, test_split, tmp_path, capsys):
     )
     assert code == 0
     assert "angle_mae=0.375 baseline_angle_mae=0.375" in capsys.readouterr().out
-    assert json.loads((out / "evaluation.json").read_text())["champion"] is None
+    written = json.loads((out / "evaluation.json").read_text())
+    assert written["champion"] is None and written["already_registered"] is False  # no group, no lookup
 
 
 def test_tar_with_an_escaping_member_is_refused(test_split, tmp_path):
