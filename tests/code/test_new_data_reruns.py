@@ -120,7 +120,7 @@ def test_the_pilots_own_preprocess_reads_the_tubs_a_snapshot_lists(
     workspace = tmp_path / "ws"
     s3 = LocalS3Client(workspace)
     s3.create_bucket(Bucket=SETTINGS.bucket)
-    CodeBundle(SETTINGS.bucket, SETTINGS.prefix).upload(s3)  # the bundle the definition names
+    CodeBundle(SETTINGS.bucket, SETTINGS.prefix).upload(s3, json.dumps(pilot))  # the bundles it names
     for path in sorted((tmp_path / "tubs").rglob("*")):
         if path.is_file():
             key = f"robocar/raw/{path.relative_to(tmp_path / 'tubs').as_posix()}"

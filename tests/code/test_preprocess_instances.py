@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edge.aws import clients
+from pipelines import datasets
 from pipelines.local import run_local
 from pipelines.synth import write_tub
 from processing.preprocess import ReportError, main, merge_reports, read_data_report
@@ -56,6 +57,13 @@ def definition() -> dict[str, Any]:
     return {**whole, "Steps": preprocess, "_code": code}
 
 
+def snapshot_raw(s3: Any) -> datasets.Snapshot:
+    """The dataset Preprocess reads: the archives under raw/, named by content (pipelines/datasets.py)."""
+    return datasets.snapshot(
+        s3, datasets.raw_uri(BUCKET, "robocar"), datasets.datasets_uri(BUCKET, "robocar")
+    )
+
+
 def run_preprocess(definition: dict[str, Any], archives: Path, workspace: Path, instances: int) -> Path:
     """Run the step in a fresh workspace; returns its output folder (train/, validation/, ...)."""
     aws = clients(local_root=str(workspace))
@@ -64,9 +72,9 @@ def run_preprocess(definition: dict[str, Any], archives: Path, workspace: Path, 
     definition.pop("_code").upload(aws.s3, json.dumps(definition))
     for archive in sorted(archives.iterdir()):
         aws.s3.upload_file(str(archive), BUCKET, f"robocar/raw/{archive.name}")
-    execution = run_local(
-        definition, workspace, {"ProcessingInstanceCount": instances}, pipeline_name="robocar-pipeline"
-    )
+    dataset = snapshot_raw(aws.s3)
+    parameters = {"ProcessingInstanceCount": instances, "InputDataUrl": dataset.manifest_uri}
+    execution = run_local(definition, workspace, parameters, pipeline_name="robocar-pipeline")
     assert execution.status == "Succeeded", (execution.failure_reason, execution.steps["Preprocess"].log_path)
     return workspace / "s3" / BUCKET / "robocar" / "preprocess" / execution.execution_id
 
@@ -193,7 +201,9 @@ def test_instances_writing_the_same_name_fail_the_step_locally(definition, archi
     definition["_code"].upload(aws.s3, json.dumps(blind))
     for archive in sorted(archives.iterdir()):
         aws.s3.upload_file(str(archive), BUCKET, f"robocar/raw/{archive.name}")
-    execution = run_local(blind, tmp_path, {"ProcessingInstanceCount": 2}, pipeline_name="robocar-pipeline")
+    dataset = snapshot_raw(aws.s3)
+    parameters = {"ProcessingInstanceCount": 2, "InputDataUrl": dataset.manifest_uri}
+    execution = run_local(blind, tmp_path, parameters, pipeline_name="robocar-pipeline")
     assert execution.status == "Failed"
     reason = execution.steps["Preprocess"].failure_reason
     assert "instances algo-1 and algo-2 both wrote" in reason and "dataset.json" in reason
