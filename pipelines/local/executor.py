@@ -63,8 +63,15 @@ EXECUTION_VARIABLES = (
     "StartDateTime",
     "CurrentDateTime",
 )
+# CacheConfig.ExpireAfter: an ISO 8601 duration of years, months, weeks, days, hours or minutes, each a
+# number and its unit's letter; "Turn on step caching"
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-caching-enabling.html) shows "30d", "5y",
+# "T16m" and "30dT5h" (no P, lower case) and the SDK's CacheConfig "p30d", "P4DT12H", "T12H": so the P
+# is optional and the letters are either case. Seconds, ISO 8601's last unit, are accepted too; a T must
+# be followed by a time part.
 _DURATION = re.compile(
-    r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$"
+    r"^P?(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$",
+    re.IGNORECASE,
 )
 
 Event = dict[str, Any]  # {"event": "step-started"|"step-finished"|"execution-finished", ...}
@@ -185,8 +192,11 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
                 if kind not in CONDITION_TYPES:
                     problems.append(f"step {step.name!r}: unsupported condition type {kind!r}")
     expire = step.spec.get("CacheConfig", {}).get("ExpireAfter")
-    if step.spec.get("CacheConfig", {}).get("Enabled") and expire and not _DURATION.match(expire):
-        problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter {expire!r} is not an ISO 8601 duration")
+    if step.spec.get("CacheConfig", {}).get("Enabled") and expire:
+        try:
+            parse_duration(expire)
+        except DefinitionError as exc:
+            problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter: {exc}")
     return problems
 
 
@@ -280,14 +290,21 @@ def check_s3_parameters(values: Mapping[str, Any], s3: LocalS3Client) -> None:
 
 # ---------------------------------------------------------------- cache
 def parse_duration(text: str) -> timedelta:
-    """ISO 8601 durations as CacheConfig uses them (P30D, PT1H, P1Y2M...; a month is 30 days)."""
-    match = _DURATION.match(text or "")
+    """CacheConfig.ExpireAfter as SageMaker's docs write it (``30d``, ``T16m``, ``30dT5h``, ``5y``, ``P30D``,
+    ``PT1H``: ``_DURATION``); a year is 365 days and a month 30 (AWS does not say what it counts)."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
     if not match or not any(match.groups()):
-        raise DefinitionError(f"not an ISO 8601 duration: {text!r}")
+        raise DefinitionError(
+            f"{text!r} is not a duration like 30d, T16m, 30dT5h, 5y or PT1H (ISO 8601: years, months, "
+            "weeks, days, then T and hours, minutes, seconds)"
+        )
     years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(
-        days=365 * years + 30 * months + 7 * weeks + days, hours=hours, minutes=minutes, seconds=seconds
-    )
+    try:
+        return timedelta(
+            days=365 * years + 30 * months + 7 * weeks + days, hours=hours, minutes=minutes, seconds=seconds
+        )
+    except OverflowError:
+        raise DefinitionError(f"{text!r} is longer than any date can reach") from None
 
 
 def _input_uris(step_type: str, arguments: dict[str, Any]) -> list[str]:
