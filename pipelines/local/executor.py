@@ -41,6 +41,8 @@ from edge.local_aws import (
 from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
+    EXECUTION_VARIABLES,
+    JOB_NAME_VARIABLES,
     ExpressionError,
     Scope,
     condition_types,
@@ -48,6 +50,7 @@ from pipelines.local.expressions import (
     referenced_steps,
     references,
     resolve,
+    step_scope,
 )
 from pipelines.local.store import Execution, StepRecord
 
@@ -55,14 +58,6 @@ DEFAULT_WORKSPACE = Path(".robocar")
 RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
 CACHEABLE_TYPES = ("Processing", "Training")
 TEMP_TREE_MAX_AGE_S = 24 * 3600
-EXECUTION_VARIABLES = (
-    "PipelineExecutionId",
-    "PipelineExecutionArn",
-    "PipelineName",
-    "PipelineArn",
-    "StartDateTime",
-    "CurrentDateTime",
-)
 # CacheConfig.ExpireAfter: an ISO 8601 duration of years, months, weeks, days, hours or minutes, each a
 # number and its unit's letter; "Turn on step caching"
 # (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-caching-enabling.html) shows "30d", "5y",
@@ -167,6 +162,12 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
             )
         elif kind == "Execution" and rest not in EXECUTION_VARIABLES:
             problems.append(f"step {step.name!r} uses unknown execution variable {rest!r}")
+        elif kind == "Execution" and rest in _foreign_job_names(step.type):
+            owner = next(t for t, v in JOB_NAME_VARIABLES.items() if v == rest)
+            problems.append(
+                f"step {step.name!r} ({step.type}) uses Execution.{rest}, the name of the job a "
+                f"{owner} step starts: only a {owner} step's arguments have it"
+            )
     if step.type == "Processing":
         for spec in arguments.get("ProcessingInputs", []):
             s3_input = spec.get("S3Input")
@@ -198,6 +199,11 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
         except DefinitionError as exc:
             problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter: {exc}")
     return problems
+
+
+def _foreign_job_names(step_type: str) -> set[str]:
+    """The job-name execution variables a step of this type has no value for (another type's job)."""
+    return {v for t, v in JOB_NAME_VARIABLES.items() if t != step_type}
 
 
 def _topological_order(steps: dict[str, PlannedStep]) -> list[str]:
@@ -579,7 +585,10 @@ class LocalExecutor:
                 record.outcome = str(outcome)
                 self._finish(step, runners.StepOutcome({"Outcome": str(outcome)}), "Succeeded")
                 return
-            arguments = resolve(step.spec.get("Arguments", {}), self.scope)
+            job = self._job(step)  # named first: Execution.ProcessingJobName/TrainingJobName is its name
+            arguments = resolve(
+                step.spec.get("Arguments", {}), step_scope(self.scope, step.type, job.job_name)
+            )
             if step.type == "Fail":
                 message = runners.to_string(arguments.get("ErrorMessage", ""))
                 record.failure_reason = message
@@ -594,7 +603,6 @@ class LocalExecutor:
                     outcome = runners.StepOutcome(hit["properties"], hit["property_files"], 0.0)
                     self._finish(step, outcome, "Succeeded")
                     return
-            job = self._job(step)
             record.log_path = str(job.log_path)
             self.jobs[step.name] = job
             policies = step.spec.get("RetryPolicies", [])

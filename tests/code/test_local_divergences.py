@@ -15,6 +15,8 @@ import pytest
 from edge.local_aws import LocalS3Client
 from pipelines.local import DefinitionError, run_local, sample
 from pipelines.local.executor import parse_duration
+from pipelines.local.expressions import EXECUTION_VARIABLES
+from pipelines.step_requests import step_requests
 
 
 @pytest.fixture
@@ -74,4 +76,40 @@ def test_a_docs_form_expire_after_runs_and_caches(workspace: Path) -> None:
     with pytest.raises(
         DefinitionError, match="'Train': CacheConfig.ExpireAfter: '30 days' is not a duration"
     ):
+        run(workspace, definition)
+
+
+# ---------------------------------------------------------------- execution variables
+def test_every_execution_variable_the_sdk_defines_is_known() -> None:
+    from sagemaker.core.workflow.execution_variables import ExecutionVariable, ExecutionVariables
+
+    defined = {v.name for v in vars(ExecutionVariables).values() if isinstance(v, ExecutionVariable)}
+    assert defined == set(EXECUTION_VARIABLES)
+
+
+def test_job_name_variables_are_the_name_of_the_job_their_step_starts(workspace: Path) -> None:
+    definition = sample.definition()
+    preprocess, train = definition["Steps"][0], definition["Steps"][1]
+    preprocess["Arguments"]["Environment"]["JOB"] = {"Get": "Execution.ProcessingJobName"}
+    train["Arguments"]["Environment"]["JOB"] = {"Get": "Execution.TrainingJobName"}
+    execution = run(workspace, definition)
+    assert execution.status == "Succeeded", execution.failure_reason
+
+    processing = execution.steps["Preprocess"].properties
+    assert processing["Environment"]["JOB"] == processing["ProcessingJobName"]
+    assert processing["ProcessingJobName"].startswith(f"pipelines-{execution.execution_id}-Preprocess-")
+    training = execution.steps["Train"].properties
+    assert training["Environment"]["JOB"] == training["TrainingJobName"]
+    assert training["TrainingJobName"].startswith(f"pipelines-{execution.execution_id}-Train-")
+    assert processing["ProcessingJobName"] != training["TrainingJobName"]
+
+    requests = {r.step: r.request for r in step_requests(definition, pipeline_name="sample")}
+    assert requests["Preprocess"]["Environment"]["JOB"] == requests["Preprocess"]["ProcessingJobName"]
+    assert requests["Train"]["Environment"]["JOB"] == requests["Train"]["TrainingJobName"]
+
+
+def test_a_job_name_variable_outside_its_own_step_type_is_refused(workspace: Path) -> None:
+    definition = sample.definition()
+    definition["Steps"][0]["Arguments"]["Environment"]["JOB"] = {"Get": "Execution.TrainingJobName"}
+    with pytest.raises(DefinitionError, match=r"'Preprocess' \(Processing\) uses Execution.TrainingJobName"):
         run(workspace, definition)
