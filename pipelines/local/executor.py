@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -21,6 +22,7 @@ import signal
 import socket
 import string
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -68,6 +70,21 @@ _DURATION = re.compile(
     r"^P?(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$",
     re.IGNORECASE,
 )
+# "Retry Policy for Pipeline Steps" (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html):
+# the exception types a policy may name, its fields and their limits.
+RETRY_EXCEPTION_TYPES = (
+    "Step.SERVICE_FAULT",
+    "Step.THROTTLING",
+    "SageMaker.JOB_INTERNAL_ERROR",
+    "SageMaker.CAPACITY_ERROR",
+    "SageMaker.RESOURCE_LIMIT",
+)
+RETRY_POLICY_FIELDS = ("ExceptionType", "IntervalSeconds", "BackoffRate", "MaxAttempts", "ExpireAfterMin")
+RETRYABLE_TYPES = ("Processing", "Training", "RegisterModel", "Model")  # of RUNNABLE_TYPES, per that page
+MAX_RETRY_INTERVAL_S = 43_200  # IntervalSeconds: at most 12 hours
+MAX_RETRY_ATTEMPTS = 20  # MaxAttempts: at most 20 retries
+MAX_RETRY_EXPIRE_MIN = 14_400  # ExpireAfterMin: at most 10 days
+DEFAULT_RETRY_ATTEMPTS = 5  # MaxAttempts when neither it nor ExpireAfterMin is given
 
 Event = dict[str, Any]  # {"event": "step-started"|"step-finished"|"execution-finished", ...}
 
@@ -198,6 +215,23 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
             parse_duration(expire)
         except DefinitionError as exc:
             problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter: {exc}")
+    return problems + _retry_problems(step)
+
+
+def _retry_problems(step: PlannedStep) -> list[str]:
+    specs = step.spec.get("RetryPolicies")
+    if specs is None:
+        return []
+    if step.type not in RETRYABLE_TYPES:
+        return [f"step {step.name!r}: a {step.type} step takes no RetryPolicies"]
+    if not isinstance(specs, list):
+        return [f"step {step.name!r}: RetryPolicies must be a list"]
+    problems = []
+    for number, spec in enumerate(specs, 1):
+        try:
+            parse_retry_policy(spec)
+        except DefinitionError as exc:
+            problems.append(f"step {step.name!r}: retry policy {number}: {exc}")
     return problems
 
 
@@ -409,14 +443,91 @@ def pipeline_arn(region: str, pipeline_name: str) -> str:
     return f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}:pipeline/{pipeline_name.lower()}"
 
 
-def _retry_delay(policies: list[dict[str, Any]], kind: str, attempt: int) -> float | None:
-    """Seconds to wait before retry ``attempt`` (1-based), or None when no policy covers this failure."""
-    for policy in policies:
-        kinds = policy.get("ExceptionType", []) + policy.get("FailureReasonType", [])
-        if kind in kinds and attempt < int(policy.get("MaxAttempts", 1)):
-            return float(policy.get("IntervalSeconds", 1)) * float(policy.get("BackoffRate", 2.0)) ** (
-                attempt - 1
-            )
+# ---------------------------------------------------------------- retries
+@dataclass(frozen=True)
+class RetryPolicy:
+    """One of a step's ``RetryPolicies``, as "Retry Policy for Pipeline Steps" defines it
+    (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html)."""
+
+    exception_types: tuple[str, ...]
+    interval_seconds: int = 1  # before the first retry
+    backoff_rate: float = 2.0  # the interval's multiplier at each further retry
+    max_attempts: int | None = DEFAULT_RETRY_ATTEMPTS  # retries, not attempts: 0 never retries
+    expire_after_min: int | None = None  # minutes from the step's start after which no retry starts
+
+    def allows(self, retries_done: int, elapsed_s: float) -> bool:
+        """Whether the failure that just recurred is retried: "If the error recurs more times than
+        MaxAttempts specifies" or "after ExpireAfterMin minutes counting from the step gets executed,
+        retries cease"."""
+        if self.expire_after_min is not None:
+            return elapsed_s < self.expire_after_min * 60
+        return retries_done < (self.max_attempts or 0)
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based): IntervalSeconds, times BackoffRate per retry."""
+        try:
+            seconds = self.interval_seconds * self.backoff_rate ** (retry - 1)
+        except OverflowError:
+            seconds = math.inf
+        return min(seconds, threading.TIMEOUT_MAX)  # what Event.wait accepts
+
+
+def _whole_number(spec: Mapping[str, Any], name: str, maximum: int) -> int | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise DefinitionError(f"{name} must be a whole number from 0 to {maximum}; got {value!r}")
+    return value
+
+
+def parse_retry_policy(spec: Any) -> RetryPolicy:
+    """A ``RetryPolicies`` entry checked against the page's limits; DefinitionError says what is wrong."""
+    if not isinstance(spec, Mapping):
+        raise DefinitionError(f"not an object: {spec!r}")
+    unknown = sorted(set(spec) - set(RETRY_POLICY_FIELDS))
+    if unknown:
+        raise DefinitionError(
+            f"unknown field(s) {', '.join(unknown)} (known: {', '.join(RETRY_POLICY_FIELDS)})"
+        )
+    types = spec.get("ExceptionType")
+    if not isinstance(types, list) or not types or any(t not in RETRY_EXCEPTION_TYPES for t in types):
+        raise DefinitionError(
+            f"ExceptionType must be a non-empty list of {', '.join(RETRY_EXCEPTION_TYPES)}; got {types!r}"
+        )
+    rate = spec.get("BackoffRate", 2.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+        raise DefinitionError(f"BackoffRate must be a number of at least 0; got {rate!r}")
+    interval = _whole_number(spec, "IntervalSeconds", MAX_RETRY_INTERVAL_S)
+    attempts = _whole_number(spec, "MaxAttempts", MAX_RETRY_ATTEMPTS)
+    expire = _whole_number(spec, "ExpireAfterMin", MAX_RETRY_EXPIRE_MIN)
+    if attempts is not None and expire is not None:
+        raise DefinitionError("only one of MaxAttempts or ExpireAfterMin can be given, not both")
+    return RetryPolicy(
+        exception_types=tuple(types),
+        interval_seconds=1 if interval is None else interval,
+        backoff_rate=float(rate),
+        max_attempts=DEFAULT_RETRY_ATTEMPTS if attempts is None and expire is None else attempts,
+        expire_after_min=expire,
+    )
+
+
+def retry_delay(
+    policies: list[RetryPolicy], kind: str, retries: dict[int, int], elapsed_s: float
+) -> float | None:
+    """Seconds before the step's next attempt after a failure of ``kind``, or None: not retried.
+
+    The first policy naming ``kind`` decides, counting its own retries in ``retries`` (policy index ->
+    retries started) against MaxAttempts, or the seconds since the step started against ExpireAfterMin.
+    A failure no policy names (an AlgorithmError: the script failed) is never retried.
+    """
+    for index, policy in enumerate(policies):
+        if kind in policy.exception_types:
+            done = retries.get(index, 0)
+            if not policy.allows(done, elapsed_s):
+                return None
+            retries[index] = done + 1
+            return policy.delay(done + 1)
     return None
 
 
@@ -605,7 +716,9 @@ class LocalExecutor:
                     return
             record.log_path = str(job.log_path)
             self.jobs[step.name] = job
-            policies = step.spec.get("RetryPolicies", [])
+            policies = [parse_retry_policy(spec) for spec in step.spec.get("RetryPolicies", [])]
+            retries: dict[int, int] = {}
+            started = time.monotonic()
             while True:
                 record.attempts += 1
                 self._save()
@@ -613,10 +726,11 @@ class LocalExecutor:
                     outcome = self._run_once(step, arguments, job)
                     break
                 except runners.StepFailed as failed:
-                    delay = _retry_delay(policies, failed.kind, record.attempts)
+                    delay = retry_delay(policies, failed.kind, retries, time.monotonic() - started)
                     if delay is None or self.stop.is_set():
                         raise
                     note = f"attempt {record.attempts} failed ({failed.kind}: {failed.reason})"
+                    job.log_path.parent.mkdir(parents=True, exist_ok=True)  # it may fail before its process
                     with open(job.log_path, "a") as log:
                         log.write(f"\n[local executor] {note}; retrying in {delay:g} s\n")
                     if self.stop.wait(delay):

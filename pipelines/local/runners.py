@@ -58,9 +58,12 @@ SAGEMAKER_HYPERPARAMETERS = (  # read by the framework container itself, not pas
     "sagemaker_enable_cloudwatch_metrics",
 )
 # Failure kinds, named as SageMaker retry policies name them; an AlgorithmError (the script failed) is
-# never retried by SageMaker, and so not here either.
+# never retried by SageMaker, and so not here either. A step process that dies by a signal (killed for
+# memory, a crash) or overruns MaxRuntimeInSeconds is one too: on AWS the container's death fails the
+# job as "AlgorithmError: Exit Code: 139" (https://github.com/aws/sagemaker-python-sdk/issues/134), no
+# InsufficientCapacityError, which is all SageMaker.CAPACITY_ERROR retries.
 ALGORITHM_ERROR = "AlgorithmError"
-CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # the process was killed from outside (e.g. out of memory)
+CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # EC2 had no instance to give: never the case locally
 INTERNAL_ERROR = "SageMaker.JOB_INTERNAL_ERROR"
 SERVICE_FAULT = "Step.SERVICE_FAULT"
 # A request AWS or local S3 refuses (a key a folder cannot hold, a link out of a folder): no retry
@@ -357,7 +360,7 @@ def run_process(
                 terminate(process)
                 raise StepFailed(
                     f"stopped after MaxRuntimeInSeconds={max_runtime_s:.0f}",
-                    CAPACITY_ERROR,
+                    ALGORITHM_ERROR,
                     log_tail(job.log_path),
                 ) from None
         finally:
@@ -368,7 +371,7 @@ def run_process(
         raise StepStopped()
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        raise StepFailed(f"the process was killed by {name}", CAPACITY_ERROR, log_tail(job.log_path))
+        raise StepFailed(f"the process was killed by {name}", ALGORITHM_ERROR, log_tail(job.log_path))
     if returncode != 0:
         raise StepFailed(
             f"the process exited with status {returncode}", ALGORITHM_ERROR, log_tail(job.log_path)

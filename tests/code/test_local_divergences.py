@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from edge.local_aws import LocalS3Client
-from pipelines.local import DefinitionError, run_local, sample
-from pipelines.local.executor import parse_duration
+from pipelines.local import DefinitionError, run_local, runners, sample
+from pipelines.local.executor import RetryPolicy, parse_duration, parse_retry_policy, retry_delay
 from pipelines.local.expressions import EXECUTION_VARIABLES
 from pipelines.step_requests import step_requests
 
@@ -112,4 +112,192 @@ def test_a_job_name_variable_outside_its_own_step_type_is_refused(workspace: Pat
     definition = sample.definition()
     definition["Steps"][0]["Arguments"]["Environment"]["JOB"] = {"Get": "Execution.TrainingJobName"}
     with pytest.raises(DefinitionError, match=r"'Preprocess' \(Processing\) uses Execution.TrainingJobName"):
+        run(workspace, definition)
+
+
+# ---------------------------------------------------------------- retry policies
+RETRY_PAGE_TYPES = [
+    "Step.SERVICE_FAULT",
+    "Step.THROTTLING",
+    "SageMaker.JOB_INTERNAL_ERROR",
+    "SageMaker.CAPACITY_ERROR",
+    "SageMaker.RESOURCE_LIMIT",
+]
+
+
+def preprocess_only(**step: Any) -> dict[str, Any]:
+    """The sample with its first step only (uncached, so every run runs it), ``step`` merged into it."""
+    definition = sample.definition()
+    preprocess = definition["Steps"][0]
+    preprocess["CacheConfig"] = {"Enabled": False}
+    preprocess.update(step)
+    definition["Steps"] = [preprocess]
+    return definition
+
+
+@pytest.fixture
+def failing_preprocess(monkeypatch):
+    """``fail(kind, times)``: Preprocess's next ``times`` attempts fail with ``kind``, later ones run."""
+    calls = {"n": 0}
+    real = runners.run_processing
+
+    def arm(kind: str, times: int) -> dict[str, int]:
+        def flaky(job, arguments, property_files):
+            calls["n"] += 1
+            if calls["n"] <= times:
+                raise runners.StepFailed(f"injected failure {calls['n']}", kind)
+            return real(job, arguments, property_files)
+
+        monkeypatch.setattr(runners, "run_processing", flaky)
+        return calls
+
+    return arm
+
+
+# "Retry Policy for Pipeline Steps", https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html
+
+
+def test_max_attempts_counts_retries_so_a_step_runs_once_more_than_it(workspace, failing_preprocess) -> None:
+    # "MaxAttempts: ... the maximum number of retry attempts. If the error recurs more times than
+    # MaxAttempts specifies, retries cease": MaxAttempts 2 is the first run and 2 retries.
+    policy = {"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"], "IntervalSeconds": 0, "MaxAttempts": 2}
+    failing_preprocess(runners.INTERNAL_ERROR, times=2)
+    recovered = run(workspace, preprocess_only(RetryPolicies=[policy]))
+    assert recovered.status == "Succeeded", recovered.failure_reason
+    assert recovered.steps["Preprocess"].attempts == 3
+
+    failing_preprocess(runners.INTERNAL_ERROR, times=99)
+    exhausted = run(workspace, preprocess_only(RetryPolicies=[policy]))
+    assert exhausted.status == "Failed"
+    assert exhausted.steps["Preprocess"].attempts == 3
+    assert exhausted.steps["Preprocess"].failure_reason.startswith("injected failure")
+
+
+def test_max_attempts_defaults_to_five_retries_and_zero_never_retries(workspace, failing_preprocess) -> None:
+    # "(5 by default)"; "if both are not specified, MaxAttempts becomes the default"; "A value of 0
+    # specifies that errors are never retried".
+    failing_preprocess(runners.SERVICE_FAULT, times=99)
+    default = run(
+        workspace,
+        preprocess_only(RetryPolicies=[{"ExceptionType": ["Step.SERVICE_FAULT"], "IntervalSeconds": 0}]),
+    )
+    assert default.steps["Preprocess"].attempts == 6
+
+    failing_preprocess(runners.SERVICE_FAULT, times=99)
+    zero = {"ExceptionType": ["Step.SERVICE_FAULT"], "IntervalSeconds": 0, "MaxAttempts": 0}
+    assert run(workspace, preprocess_only(RetryPolicies=[zero])).steps["Preprocess"].attempts == 1
+
+
+def test_expire_after_min_alone_retries_until_the_expiry(workspace, failing_preprocess) -> None:
+    # "ExpireAfterMin: ... the maximum timespan of retry. If the error recurs after ExpireAfterMin minutes
+    # counting from the step gets executed, retries cease ... A value of 0 specifies that errors are
+    # never retried." Given alone, it is the policy's only bound: no MaxAttempts default applies.
+    policy = {"ExceptionType": ["SageMaker.RESOURCE_LIMIT"], "IntervalSeconds": 0, "ExpireAfterMin": 5}
+    failing_preprocess("SageMaker.RESOURCE_LIMIT", times=7)  # more than the default MaxAttempts of 5
+    recovered = run(workspace, preprocess_only(RetryPolicies=[policy]))
+    assert recovered.status == "Succeeded", recovered.failure_reason
+    assert recovered.steps["Preprocess"].attempts == 8
+
+    failing_preprocess("SageMaker.RESOURCE_LIMIT", times=1)
+    never = {**policy, "ExpireAfterMin": 0}
+    assert run(workspace, preprocess_only(RetryPolicies=[never])).steps["Preprocess"].attempts == 1
+
+    expiring = parse_retry_policy(policy)
+    assert expiring.max_attempts is None and expiring.expire_after_min == 5
+    assert expiring.allows(retries_done=100, elapsed_s=5 * 60 - 1)
+    assert not expiring.allows(retries_done=0, elapsed_s=5 * 60)
+
+
+def test_interval_and_backoff_space_the_retries(workspace, failing_preprocess) -> None:
+    # "IntervalSeconds: The number of seconds before the first retry attempt (1 by default)";
+    # "BackoffRate: The multiplier by which the retry interval increases during each attempt (2.0 by
+    # default)".
+    policy = parse_retry_policy({"ExceptionType": ["Step.THROTTLING"], "IntervalSeconds": 3})
+    assert [policy.delay(retry) for retry in (1, 2, 3)] == [3, 6, 12]
+    defaults = parse_retry_policy({"ExceptionType": ["Step.THROTTLING"]})
+    assert (defaults.interval_seconds, defaults.backoff_rate, defaults.max_attempts) == (1, 2.0, 5)
+
+    failing_preprocess("Step.THROTTLING", times=2)
+    halving = {"ExceptionType": ["Step.THROTTLING"], "IntervalSeconds": 1, "BackoffRate": 0.5}
+    execution = run(workspace, preprocess_only(RetryPolicies=[halving]))
+    assert execution.status == "Succeeded"
+    log = Path(execution.steps["Preprocess"].log_path).read_text()
+    assert "attempt 1 failed (Step.THROTTLING: injected failure 1); retrying in 1 s" in log
+    assert "attempt 2 failed (Step.THROTTLING: injected failure 2); retrying in 0.5 s" in log
+
+
+def test_only_the_named_exception_types_are_retried(workspace, failing_preprocess) -> None:
+    failing_preprocess(runners.SERVICE_FAULT, times=1)
+    other = {"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"], "IntervalSeconds": 0}
+    execution = run(workspace, preprocess_only(RetryPolicies=[other]))
+    assert execution.status == "Failed" and execution.steps["Preprocess"].attempts == 1
+
+    # The first policy naming the type decides, with its own count.
+    policies = [parse_retry_policy(other), RetryPolicy(("Step.SERVICE_FAULT",), 7, 1.0, 1)]
+    retries: dict[int, int] = {}
+    assert retry_delay(policies, runners.SERVICE_FAULT, retries, 0.0) == 7
+    assert retry_delay(policies, runners.SERVICE_FAULT, retries, 0.0) is None
+    assert retry_delay(policies, runners.ALGORITHM_ERROR, {}, 0.0) is None
+
+
+def test_a_killed_step_process_is_an_algorithm_error_no_policy_retries(workspace, monkeypatch) -> None:
+    # The page's exception types are SageMaker's own faults (InternalServerError, EC2
+    # InsufficientCapacityErrors, quotas, throttling); a container that dies fails its job as an
+    # AlgorithmError ("AlgorithmError: Exit Code: 139", https://github.com/aws/sagemaker-python-sdk/issues/134),
+    # which no policy names. So a killed local step process is never retried.
+    monkeypatch.setenv("SAMPLE_KILL_ONCE_MARKER", str(workspace / "killed-once"))
+    every_type = {"ExceptionType": RETRY_PAGE_TYPES, "IntervalSeconds": 0, "MaxAttempts": 20}
+    definition = sample.definition(preprocess_extra=["--fail", "kill-once"])
+    definition["Steps"][0]["RetryPolicies"] = [every_type]
+    execution = run(workspace, definition)
+    assert execution.status == "Failed"
+    step = execution.steps["Preprocess"]
+    assert step.attempts == 1 and step.failure_reason == "the process was killed by SIGKILL"
+    assert (workspace / "killed-once").is_file()  # it was the kill, not something before it
+
+
+@pytest.mark.parametrize(
+    ("policy", "refusal"),
+    [
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "MaxAttempts": 3, "ExpireAfterMin": 10}, "only one of"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "MaxAttempts": 21}, "MaxAttempts must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "MaxAttempts": -1}, "MaxAttempts must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "ExpireAfterMin": 14_401}, "ExpireAfterMin must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "IntervalSeconds": 43_201}, "IntervalSeconds must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "IntervalSeconds": 1.5}, "IntervalSeconds must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "BackoffRate": -1}, "BackoffRate must be"),
+        ({"ExceptionType": ["Step.TIMEOUT"]}, "ExceptionType must be"),
+        ({"ExceptionType": []}, "ExceptionType must be"),
+        ({"IntervalSeconds": 1}, "ExceptionType must be"),
+        ({"ExceptionType": ["Step.SERVICE_FAULT"], "FailureReasonType": ["x"]}, "unknown field"),
+    ],
+)
+def test_retry_policies_outside_the_pages_limits_are_refused_before_anything_runs(
+    workspace: Path, policy: dict, refusal: str
+) -> None:
+    # IntervalSeconds at most 43200, MaxAttempts at most 20, ExpireAfterMin at most 14,400; "If both
+    # properties are identified within one policy, then the retry policy will generate a validation
+    # error"; ExceptionType one of the five types the page lists.
+    with pytest.raises(DefinitionError, match=refusal):
+        run(workspace, preprocess_only(RetryPolicies=[policy]))
+    assert not (workspace / "executions").exists()
+
+
+def test_retry_policies_at_the_pages_limits_are_accepted() -> None:
+    limits = parse_retry_policy(
+        {"ExceptionType": RETRY_PAGE_TYPES, "IntervalSeconds": 43_200, "BackoffRate": 0, "MaxAttempts": 20}
+    )
+    assert limits.max_attempts == 20 and limits.interval_seconds == 43_200
+    assert (
+        parse_retry_policy({"ExceptionType": ["Step.THROTTLING"], "ExpireAfterMin": 14_400}).expire_after_min
+        == 14_400
+    )
+
+
+def test_retry_policies_on_a_step_type_the_page_does_not_list_are_refused(workspace: Path) -> None:
+    # "The retry policy only supports the following pipeline steps": Processing, Training, Tuning, AutoML,
+    # CreateModel, RegisterModel, Transform, Notebook job; not Condition or Fail.
+    definition = sample.definition()
+    definition["Steps"][3]["RetryPolicies"] = [{"ExceptionType": ["Step.SERVICE_FAULT"]}]
+    with pytest.raises(DefinitionError, match="a Condition step takes no RetryPolicies"):
         run(workspace, definition)
