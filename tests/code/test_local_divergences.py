@@ -6,6 +6,7 @@ variables, retry policies, S3Prefix inputs as key prefixes, how many steps run a
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,92 @@ def test_retry_policies_on_a_step_type_the_page_does_not_list_are_refused(worksp
     definition["Steps"][3]["RetryPolicies"] = [{"ExceptionType": ["Step.SERVICE_FAULT"]}]
     with pytest.raises(DefinitionError, match="a Condition step takes no RetryPolicies"):
         run(workspace, definition)
+
+
+# ---------------------------------------------------------------- S3Prefix inputs are key prefixes
+# ProcessingS3Input (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html)
+# and S3DataSource (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_S3DataSource.html): "If
+# you choose S3Prefix, S3Uri identifies a key name prefix. SageMaker uses all objects with the specified
+# key name prefix". Where they land below LocalPath the pages do not say; AWS keeps a key the prefix cuts into
+# whole ("train-data.csv" for s3://b/data/train, https://github.com/aws/sagemaker-python-sdk/issues/3612)
+# and a folder's objects below it.
+PREFIX_KEYS = [
+    "data/part-0.csv",
+    "data/part-0.csv.bak",
+    "data/part-1.csv",
+    "data/part/x",
+    "data/part/sub/y",
+    "data/partial/z",
+    "data/other.csv",
+    "data/pa",
+]
+
+
+@pytest.fixture
+def prefix_bucket(tmp_path: Path) -> LocalS3Client:
+    s3 = LocalS3Client(tmp_path)
+    s3.create_bucket(Bucket="prefix-bucket")
+    for key in PREFIX_KEYS:
+        s3.put_object(Bucket="prefix-bucket", Key=key, Body=key.encode())
+    return s3
+
+
+def landed(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_s3_prefix_matches_keys_not_folders(prefix_bucket: LocalS3Client, tmp_path: Path) -> None:
+    runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part", tmp_path / "in")
+    assert landed(tmp_path / "in") == {
+        "part-0.csv": "data/part-0.csv",  # the prefix cuts into the name: the whole name
+        "part-0.csv.bak": "data/part-0.csv.bak",
+        "part-1.csv": "data/part-1.csv",
+        "x": "data/part/x",  # below the prefix as a folder: the path below it
+        "sub/y": "data/part/sub/y",
+        "partial/z": "data/partial/z",
+    }
+    runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part/", tmp_path / "folder")
+    assert landed(tmp_path / "folder") == {"x": "data/part/x", "sub/y": "data/part/sub/y"}
+    runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part-0.csv", tmp_path / "object")
+    assert landed(tmp_path / "object") == {
+        "part-0.csv": "data/part-0.csv",  # an exact key keeps its basename ...
+        "part-0.csv.bak": "data/part-0.csv.bak",  # ... and is a prefix too
+    }
+    with pytest.raises(runners.StepFailed, match="no objects found"):
+        runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/nothing", tmp_path / "none")
+
+
+def test_sharded_instances_split_the_matched_objects_in_key_order(
+    prefix_bucket: LocalS3Client, tmp_path: Path
+) -> None:
+    # Key order (UTF-8): part-0.csv, part-0.csv.bak, part-1.csv, part/sub/y, part/x, partial/z.
+    runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part", tmp_path / "algo-1", shard=(0, 2))
+    runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part", tmp_path / "algo-2", shard=(1, 2))
+    assert set(landed(tmp_path / "algo-1")) == {"part-0.csv", "part-1.csv", "x"}
+    assert set(landed(tmp_path / "algo-2")) == {"part-0.csv.bak", "sub/y", "partial/z"}
+
+
+def test_two_matched_objects_landing_on_one_path_fail_the_step(
+    prefix_bucket: LocalS3Client, tmp_path: Path
+) -> None:
+    prefix_bucket.put_object(Bucket="prefix-bucket", Key="data/part/part-1.csv", Body=b"inner")
+    with pytest.raises(runners.StepFailed, match="data/part-1.csv and data/part/part-1.csv would both land"):
+        runners.download_s3(prefix_bucket, "s3://prefix-bucket/data/part", tmp_path / "in")
+
+
+def test_a_pipeline_input_prefix_that_cuts_into_a_name_runs_and_its_matches_key_the_cache(
+    workspace: Path,
+) -> None:
+    partial = f"s3://{sample.BUCKET}/sample/raw/tu"  # the sample's records are under sample/raw/tub/
+    first = run(workspace, sample.definition(), {"InputDataUrl": partial})
+    assert first.status == "Succeeded", first.failure_reason
+    out = workspace / "s3" / sample.BUCKET / "sample" / "preprocess" / first.execution_id / "train"
+    assert json.loads((out / "frames.json").read_text())["records"] == [
+        f"tub/record_{i}.json" for i in range(3)
+    ]
+    # An object the prefix matches, outside the tub/ folder, is an input change: Preprocess reruns.
+    LocalS3Client(workspace).put_object(Bucket=sample.BUCKET, Key="sample/raw/tux.json", Body=b"{}")
+    second = run(workspace, sample.definition(), {"InputDataUrl": partial})
+    assert second.steps["Preprocess"].cache_hit_from is None
+    out = workspace / "s3" / sample.BUCKET / "sample" / "preprocess" / second.execution_id / "train"
+    assert "tux.json" in json.loads((out / "frames.json").read_text())["records"]
