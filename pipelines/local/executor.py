@@ -531,6 +531,20 @@ def retry_delay(
     return None
 
 
+def _max_parallel(given: int | None, definition: Mapping[str, Any]) -> int | None:
+    """How many steps may run at once: ``ParallelismConfiguration.MaxParallelExecutionSteps`` ("The max
+    number of steps that can be executed in parallel", at least 1:
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ParallelismConfiguration.html), or
+    None when none is given: then, as on AWS, every step whose dependencies are done starts."""
+    configured = (definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
+    value = given if given is not None else configured
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DefinitionError(
+            f"MaxParallelExecutionSteps must be a whole number of at least 1; got {value!r}"
+        )
+    return value
+
+
 class _Stopped(Exception):
     pass
 
@@ -575,8 +589,7 @@ class LocalExecutor:
         self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         check_s3_parameters(self.values, self.s3)
         self.on_event = on_event or (lambda event: None)
-        parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
-        self.max_parallel = max(1, max_parallel or parallelism or 4)
+        self.max_parallel = _max_parallel(max_parallel, self.definition)
         self.stop = threading.Event()
         self.stop_reason = ""
         self.lock = threading.Lock()
@@ -809,7 +822,8 @@ class LocalExecutor:
         finished: dict[str, str] = {}  # name -> terminal status, or "Skipped"
         running: dict[Future, str] = {}
         pending = list(self.plan.order)
-        self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step")
+        workers = self.max_parallel or max(1, len(self.plan.steps))  # unbounded: at most every step at once
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         try:
             while pending or running:
                 failed = any(s in ("Failed", "Stopped") for s in finished.values())
@@ -820,7 +834,7 @@ class LocalExecutor:
                     if verdict == "skip":
                         pending.remove(name)
                         finished[name] = "Skipped"
-                    elif verdict == "run" and len(running) < self.max_parallel:
+                    elif verdict == "run" and (self.max_parallel is None or len(running) < self.max_parallel):
                         pending.remove(name)
                         step = self.plan.steps[name]
                         record = StepRecord(

@@ -391,3 +391,43 @@ def test_a_pipeline_input_prefix_that_cuts_into_a_name_runs_and_its_matches_key_
     assert second.steps["Preprocess"].cache_hit_from is None
     out = workspace / "s3" / sample.BUCKET / "sample" / "preprocess" / second.execution_id / "train"
     assert "tux.json" in json.loads((out / "frames.json").read_text())["records"]
+
+
+# ---------------------------------------------------------------- parallelism
+def twins(count: int) -> dict[str, Any]:
+    """``count`` independent copies of Preprocess, each writing under its own prefix."""
+    definition = sample.definition()
+    first = definition["Steps"][0]
+    first["CacheConfig"] = {"Enabled": False}
+    steps = [first]
+    for number in range(1, count):
+        twin = json.loads(json.dumps(first))
+        twin["Name"] = f"Preprocess{number}"
+        for output in twin["Arguments"]["ProcessingOutputConfig"]["Outputs"]:
+            output["S3Output"]["S3Uri"]["Std:Join"]["Values"][0] = f"s3://{sample.BUCKET}/sample/twin{number}"
+        steps.append(twin)
+    definition["Steps"] = steps
+    return definition
+
+
+def test_every_ready_step_starts_when_no_parallelism_is_configured(workspace: Path) -> None:
+    # AWS runs every step whose dependencies are done unless ParallelismConfiguration says otherwise
+    # (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ParallelismConfiguration.html).
+    # Five is one more than the old local cap of four.
+    execution = run(workspace, twins(5), {"PreprocessSeconds": 0.5})
+    assert execution.status == "Succeeded", execution.failure_reason
+    steps = execution.steps.values()
+    assert max(s.start_time for s in steps) < min(s.end_time for s in steps)  # all five ran at once
+
+
+def test_max_parallel_execution_steps_is_honoured(workspace: Path) -> None:
+    # "MaxParallelExecutionSteps: The max number of steps that can be executed in parallel ... Minimum
+    # value of 1."
+    execution = run(workspace, twins(2), {"PreprocessSeconds": 0.2}, max_parallel=1)
+    first, second = sorted(execution.steps.values(), key=lambda s: s.start_time)
+    assert execution.status == "Succeeded" and second.start_time >= first.end_time
+
+    configured = twins(2)
+    configured["ParallelismConfiguration"] = {"MaxParallelExecutionSteps": 0}
+    with pytest.raises(DefinitionError, match="at least 1"):
+        run(workspace, configured)
