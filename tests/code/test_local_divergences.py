@@ -15,6 +15,7 @@ import pytest
 
 from edge.local_aws import LocalS3Client
 from pipelines.local import DefinitionError, run_local, runners, sample
+from pipelines.local.client import LocalPipelineClient
 from pipelines.local.executor import RetryPolicy, parse_duration, parse_retry_policy, retry_delay
 from pipelines.local.expressions import EXECUTION_VARIABLES
 from pipelines.step_requests import step_requests
@@ -431,3 +432,19 @@ def test_max_parallel_execution_steps_is_honoured(workspace: Path) -> None:
     configured["ParallelismConfiguration"] = {"MaxParallelExecutionSteps": 0}
     with pytest.raises(DefinitionError, match="at least 1"):
         run(workspace, configured)
+
+
+def test_the_local_client_honours_the_pipelines_parallelism_configuration(workspace: Path) -> None:
+    client = LocalPipelineClient(workspace)
+    client.create_pipeline(
+        PipelineName="sample",
+        PipelineDefinition=json.dumps(twins(2)),
+        RoleArn="arn:aws:iam::123456789012:role/sample",
+        ParallelismConfiguration={"MaxParallelExecutionSteps": 1},
+    )
+    client.start_pipeline_execution(
+        PipelineName="sample", PipelineParameters=[{"Name": "PreprocessSeconds", "Value": "0.2"}]
+    )
+    execution = client.last_execution
+    first, second = sorted(execution.steps.values(), key=lambda s: s.start_time)
+    assert execution.status == "Succeeded" and second.start_time >= first.end_time
