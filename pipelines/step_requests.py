@@ -33,7 +33,7 @@ from typing import Any
 from pipelines.aws_rules import request_problems
 from pipelines.local import runners
 from pipelines.local.executor import bind_parameters, job_name, pipeline_arn, plan
-from pipelines.local.expressions import ExpressionError, Scope, parse_path, resolve
+from pipelines.local.expressions import ExpressionError, Scope, parse_path, resolve, step_scope
 
 SAMPLE_EXECUTION_ID = "q9x1b2c3d4e5"  # SageMaker's execution ids: 12 lowercase letters and digits
 SAMPLE_JOB_SUFFIX = "k7m2p9"
@@ -213,15 +213,16 @@ def _resolved_requests(
         if not operation:
             scope.steps[name] = predicted_properties(step.type, {}, region)
             continue
+        sample_job = job_name(SAMPLE_EXECUTION_ID, name, SAMPLE_JOB_SUFFIX)
         try:
-            request = resolve(step.spec.get("Arguments", {}), scope)
+            request = resolve(step.spec.get("Arguments", {}), step_scope(scope, step.type, sample_job))
         except ExpressionError as exc:
             yield StepProblem(name, operation, f"cannot resolve its arguments: {exc}")
             continue
         if step.type == "RegisterModel":
             request = runners._stringify_maps(request)  # what the local Register step sends, too
         if name_member:
-            request[name_member] = job_name(SAMPLE_EXECUTION_ID, name, SAMPLE_JOB_SUFFIX)
+            request[name_member] = sample_job
         scope.steps[name] = predicted_properties(step.type, request, region)
         yield StepRequest(name, step.type, operation, request)
 

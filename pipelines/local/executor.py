@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -21,6 +22,7 @@ import signal
 import socket
 import string
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,6 +43,8 @@ from edge.local_aws import (
 from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
+    EXECUTION_VARIABLES,
+    JOB_NAME_VARIABLES,
     ExpressionError,
     Scope,
     condition_types,
@@ -48,6 +52,7 @@ from pipelines.local.expressions import (
     referenced_steps,
     references,
     resolve,
+    step_scope,
 )
 from pipelines.local.store import Execution, StepRecord
 
@@ -55,17 +60,31 @@ DEFAULT_WORKSPACE = Path(".robocar")
 RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
 CACHEABLE_TYPES = ("Processing", "Training")
 TEMP_TREE_MAX_AGE_S = 24 * 3600
-EXECUTION_VARIABLES = (
-    "PipelineExecutionId",
-    "PipelineExecutionArn",
-    "PipelineName",
-    "PipelineArn",
-    "StartDateTime",
-    "CurrentDateTime",
-)
+# CacheConfig.ExpireAfter: an ISO 8601 duration of years, months, weeks, days, hours or minutes, each a
+# number and its unit's letter; "Turn on step caching"
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-caching-enabling.html) shows "30d", "5y",
+# "T16m" and "30dT5h" (no P, lower case) and the SDK's CacheConfig "p30d", "P4DT12H", "T12H": so the P
+# is optional and the letters are either case. Seconds, ISO 8601's last unit, are accepted too; a T must
+# be followed by a time part.
 _DURATION = re.compile(
-    r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$"
+    r"^P?(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$",
+    re.IGNORECASE,
 )
+# "Retry Policy for Pipeline Steps" (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html):
+# the exception types a policy may name, its fields and their limits.
+RETRY_EXCEPTION_TYPES = (
+    "Step.SERVICE_FAULT",
+    "Step.THROTTLING",
+    "SageMaker.JOB_INTERNAL_ERROR",
+    "SageMaker.CAPACITY_ERROR",
+    "SageMaker.RESOURCE_LIMIT",
+)
+RETRY_POLICY_FIELDS = ("ExceptionType", "IntervalSeconds", "BackoffRate", "MaxAttempts", "ExpireAfterMin")
+RETRYABLE_TYPES = ("Processing", "Training", "RegisterModel", "Model")  # of RUNNABLE_TYPES, per that page
+MAX_RETRY_INTERVAL_S = 43_200  # IntervalSeconds: at most 12 hours
+MAX_RETRY_ATTEMPTS = 20  # MaxAttempts: at most 20 retries
+MAX_RETRY_EXPIRE_MIN = 14_400  # ExpireAfterMin: at most 10 days
+DEFAULT_RETRY_ATTEMPTS = 5  # MaxAttempts when neither it nor ExpireAfterMin is given
 
 Event = dict[str, Any]  # {"event": "step-started"|"step-finished"|"execution-finished", ...}
 
@@ -160,6 +179,12 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
             )
         elif kind == "Execution" and rest not in EXECUTION_VARIABLES:
             problems.append(f"step {step.name!r} uses unknown execution variable {rest!r}")
+        elif kind == "Execution" and rest in _foreign_job_names(step.type):
+            owner = next(t for t, v in JOB_NAME_VARIABLES.items() if v == rest)
+            problems.append(
+                f"step {step.name!r} ({step.type}) uses Execution.{rest}, the name of the job a "
+                f"{owner} step starts: only a {owner} step's arguments have it"
+            )
     if step.type == "Processing":
         for spec in arguments.get("ProcessingInputs", []):
             s3_input = spec.get("S3Input")
@@ -186,9 +211,34 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
                 if kind not in CONDITION_TYPES:
                     problems.append(f"step {step.name!r}: unsupported condition type {kind!r}")
     expire = step.spec.get("CacheConfig", {}).get("ExpireAfter")
-    if step.spec.get("CacheConfig", {}).get("Enabled") and expire and not _DURATION.match(expire):
-        problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter {expire!r} is not an ISO 8601 duration")
+    if step.spec.get("CacheConfig", {}).get("Enabled") and expire:
+        try:
+            parse_duration(expire)
+        except DefinitionError as exc:
+            problems.append(f"step {step.name!r}: CacheConfig.ExpireAfter: {exc}")
+    return problems + _retry_problems(step)
+
+
+def _retry_problems(step: PlannedStep) -> list[str]:
+    specs = step.spec.get("RetryPolicies")
+    if specs is None:
+        return []
+    if step.type not in RETRYABLE_TYPES:
+        return [f"step {step.name!r}: a {step.type} step takes no RetryPolicies"]
+    if not isinstance(specs, list):
+        return [f"step {step.name!r}: RetryPolicies must be a list"]
+    problems = []
+    for number, spec in enumerate(specs, 1):
+        try:
+            parse_retry_policy(spec)
+        except DefinitionError as exc:
+            problems.append(f"step {step.name!r}: retry policy {number}: {exc}")
     return problems
+
+
+def _foreign_job_names(step_type: str) -> set[str]:
+    """The job-name execution variables a step of this type has no value for (another type's job)."""
+    return {v for t, v in JOB_NAME_VARIABLES.items() if t != step_type}
 
 
 def _topological_order(steps: dict[str, PlannedStep]) -> list[str]:
@@ -281,14 +331,21 @@ def check_s3_parameters(values: Mapping[str, Any], s3: LocalS3Client) -> None:
 
 # ---------------------------------------------------------------- cache
 def parse_duration(text: str) -> timedelta:
-    """ISO 8601 durations as CacheConfig uses them (P30D, PT1H, P1Y2M...; a month is 30 days)."""
-    match = _DURATION.match(text or "")
+    """CacheConfig.ExpireAfter as SageMaker's docs write it (``30d``, ``T16m``, ``30dT5h``, ``5y``, ``P30D``,
+    ``PT1H``: ``_DURATION``); a year is 365 days and a month 30 (AWS does not say what it counts)."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
     if not match or not any(match.groups()):
-        raise DefinitionError(f"not an ISO 8601 duration: {text!r}")
+        raise DefinitionError(
+            f"{text!r} is not a duration like 30d, T16m, 30dT5h, 5y or PT1H (ISO 8601: years, months, "
+            "weeks, days, then T and hours, minutes, seconds)"
+        )
     years, months, weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(
-        days=365 * years + 30 * months + 7 * weeks + days, hours=hours, minutes=minutes, seconds=seconds
-    )
+    try:
+        return timedelta(
+            days=365 * years + 30 * months + 7 * weeks + days, hours=hours, minutes=minutes, seconds=seconds
+        )
+    except OverflowError:
+        raise DefinitionError(f"{text!r} is longer than any date can reach") from None
 
 
 def _output_uris(step_type: str, properties: dict[str, Any]) -> list[str]:
@@ -382,15 +439,106 @@ def pipeline_arn(region: str, pipeline_name: str) -> str:
     return f"arn:aws:sagemaker:{region}:{ACCOUNT_ID}:pipeline/{pipeline_name.lower()}"
 
 
-def _retry_delay(policies: list[dict[str, Any]], kind: str, attempt: int) -> float | None:
-    """Seconds to wait before retry ``attempt`` (1-based), or None when no policy covers this failure."""
-    for policy in policies:
-        kinds = policy.get("ExceptionType", []) + policy.get("FailureReasonType", [])
-        if kind in kinds and attempt < int(policy.get("MaxAttempts", 1)):
-            return float(policy.get("IntervalSeconds", 1)) * float(policy.get("BackoffRate", 2.0)) ** (
-                attempt - 1
-            )
+# ---------------------------------------------------------------- retries
+@dataclass(frozen=True)
+class RetryPolicy:
+    """One of a step's ``RetryPolicies``, as "Retry Policy for Pipeline Steps" defines it
+    (https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-retry-policy.html)."""
+
+    exception_types: tuple[str, ...]
+    interval_seconds: int = 1  # before the first retry
+    backoff_rate: float = 2.0  # the interval's multiplier at each further retry
+    max_attempts: int | None = DEFAULT_RETRY_ATTEMPTS  # retries, not attempts: 0 never retries
+    expire_after_min: int | None = None  # minutes from the step's start after which no retry starts
+
+    def allows(self, retries_done: int, elapsed_s: float) -> bool:
+        """Whether the failure that just recurred is retried: "If the error recurs more times than
+        MaxAttempts specifies" or "after ExpireAfterMin minutes counting from the step gets executed,
+        retries cease"."""
+        if self.expire_after_min is not None:
+            return elapsed_s < self.expire_after_min * 60
+        return retries_done < (self.max_attempts or 0)
+
+    def delay(self, retry: int) -> float:
+        """Seconds before retry number ``retry`` (1-based): IntervalSeconds, times BackoffRate per retry."""
+        try:
+            seconds = self.interval_seconds * self.backoff_rate ** (retry - 1)
+        except OverflowError:
+            seconds = math.inf
+        return min(seconds, threading.TIMEOUT_MAX)  # what Event.wait accepts
+
+
+def _whole_number(spec: Mapping[str, Any], name: str, maximum: int) -> int | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise DefinitionError(f"{name} must be a whole number from 0 to {maximum}; got {value!r}")
+    return value
+
+
+def parse_retry_policy(spec: Any) -> RetryPolicy:
+    """A ``RetryPolicies`` entry checked against the page's limits; DefinitionError says what is wrong."""
+    if not isinstance(spec, Mapping):
+        raise DefinitionError(f"not an object: {spec!r}")
+    unknown = sorted(set(spec) - set(RETRY_POLICY_FIELDS))
+    if unknown:
+        raise DefinitionError(
+            f"unknown field(s) {', '.join(unknown)} (known: {', '.join(RETRY_POLICY_FIELDS)})"
+        )
+    types = spec.get("ExceptionType")
+    if not isinstance(types, list) or not types or any(t not in RETRY_EXCEPTION_TYPES for t in types):
+        raise DefinitionError(
+            f"ExceptionType must be a non-empty list of {', '.join(RETRY_EXCEPTION_TYPES)}; got {types!r}"
+        )
+    rate = spec.get("BackoffRate", 2.0)
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < math.inf:
+        raise DefinitionError(f"BackoffRate must be a number of at least 0; got {rate!r}")
+    interval = _whole_number(spec, "IntervalSeconds", MAX_RETRY_INTERVAL_S)
+    attempts = _whole_number(spec, "MaxAttempts", MAX_RETRY_ATTEMPTS)
+    expire = _whole_number(spec, "ExpireAfterMin", MAX_RETRY_EXPIRE_MIN)
+    if attempts is not None and expire is not None:
+        raise DefinitionError("only one of MaxAttempts or ExpireAfterMin can be given, not both")
+    return RetryPolicy(
+        exception_types=tuple(types),
+        interval_seconds=1 if interval is None else interval,
+        backoff_rate=float(rate),
+        max_attempts=DEFAULT_RETRY_ATTEMPTS if attempts is None and expire is None else attempts,
+        expire_after_min=expire,
+    )
+
+
+def retry_delay(
+    policies: list[RetryPolicy], kind: str, retries: dict[int, int], elapsed_s: float
+) -> float | None:
+    """Seconds before the step's next attempt after a failure of ``kind``, or None: not retried.
+
+    The first policy naming ``kind`` decides, counting its own retries in ``retries`` (policy index ->
+    retries started) against MaxAttempts, or the seconds since the step started against ExpireAfterMin.
+    A failure no policy names (an AlgorithmError: the script failed) is never retried.
+    """
+    for index, policy in enumerate(policies):
+        if kind in policy.exception_types:
+            done = retries.get(index, 0)
+            if not policy.allows(done, elapsed_s):
+                return None
+            retries[index] = done + 1
+            return policy.delay(done + 1)
     return None
+
+
+def _max_parallel(given: int | None, definition: Mapping[str, Any]) -> int | None:
+    """How many steps may run at once: ``ParallelismConfiguration.MaxParallelExecutionSteps`` ("The max
+    number of steps that can be executed in parallel", at least 1:
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ParallelismConfiguration.html), or
+    None when none is given: then, as on AWS, every step whose dependencies are done starts."""
+    configured = (definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
+    value = given if given is not None else configured
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DefinitionError(
+            f"MaxParallelExecutionSteps must be a whole number of at least 1; got {value!r}"
+        )
+    return value
 
 
 class _Stopped(Exception):
@@ -437,8 +585,7 @@ class LocalExecutor:
         self.sagemaker = validated(LocalSageMakerClient(self.workspace, self.region), "sagemaker")
         check_s3_parameters(self.values, self.s3)
         self.on_event = on_event or (lambda event: None)
-        parallelism = (self.definition.get("ParallelismConfiguration") or {}).get("MaxParallelExecutionSteps")
-        self.max_parallel = max(1, max_parallel or parallelism or 4)
+        self.max_parallel = _max_parallel(max_parallel, self.definition)
         self.stop = threading.Event()
         self.stop_reason = ""
         self.lock = threading.Lock()
@@ -558,7 +705,10 @@ class LocalExecutor:
                 record.outcome = str(outcome)
                 self._finish(step, runners.StepOutcome({"Outcome": str(outcome)}), "Succeeded")
                 return
-            arguments = resolve(step.spec.get("Arguments", {}), self.scope)
+            job = self._job(step)  # named first: Execution.ProcessingJobName/TrainingJobName is its name
+            arguments = resolve(
+                step.spec.get("Arguments", {}), step_scope(self.scope, step.type, job.job_name)
+            )
             if step.type == "Fail":
                 message = runners.to_string(arguments.get("ErrorMessage", ""))
                 record.failure_reason = message
@@ -573,10 +723,11 @@ class LocalExecutor:
                     outcome = runners.StepOutcome(hit["properties"], hit["property_files"], 0.0)
                     self._finish(step, outcome, "Succeeded")
                     return
-            job = self._job(step)
             record.log_path = str(job.log_path)
             self.jobs[step.name] = job
-            policies = step.spec.get("RetryPolicies", [])
+            policies = [parse_retry_policy(spec) for spec in step.spec.get("RetryPolicies", [])]
+            retries: dict[int, int] = {}
+            started = time.monotonic()
             while True:
                 record.attempts += 1
                 self._save()
@@ -584,10 +735,11 @@ class LocalExecutor:
                     outcome = self._run_once(step, arguments, job)
                     break
                 except runners.StepFailed as failed:
-                    delay = _retry_delay(policies, failed.kind, record.attempts)
+                    delay = retry_delay(policies, failed.kind, retries, time.monotonic() - started)
                     if delay is None or self.stop.is_set():
                         raise
                     note = f"attempt {record.attempts} failed ({failed.kind}: {failed.reason})"
+                    job.log_path.parent.mkdir(parents=True, exist_ok=True)  # it may fail before its process
                     with open(job.log_path, "a") as log:
                         log.write(f"\n[local executor] {note}; retrying in {delay:g} s\n")
                     if self.stop.wait(delay):
@@ -666,7 +818,8 @@ class LocalExecutor:
         finished: dict[str, str] = {}  # name -> terminal status, or "Skipped"
         running: dict[Future, str] = {}
         pending = list(self.plan.order)
-        self._pool = ThreadPoolExecutor(max_workers=self.max_parallel, thread_name_prefix="step")
+        workers = self.max_parallel or max(1, len(self.plan.steps))  # unbounded: at most every step at once
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         try:
             while pending or running:
                 failed = any(s in ("Failed", "Stopped") for s in finished.values())
@@ -677,7 +830,7 @@ class LocalExecutor:
                     if verdict == "skip":
                         pending.remove(name)
                         finished[name] = "Skipped"
-                    elif verdict == "run" and len(running) < self.max_parallel:
+                    elif verdict == "run" and (self.max_parallel is None or len(running) < self.max_parallel):
                         pending.remove(name)
                         step = self.plan.steps[name]
                         record = StepRecord(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 CONDITION_TYPES = (
@@ -24,6 +24,20 @@ CONDITION_TYPES = (
     "Not",
     "Or",
 )
+# What ``Get: Execution.<name>`` may name: the variables of the SDK's ``ExecutionVariables``
+# (sagemaker.core.workflow.execution_variables, SDK v3.27 defines these eight).
+EXECUTION_VARIABLES = (
+    "PipelineExecutionId",
+    "PipelineExecutionArn",
+    "PipelineName",
+    "PipelineArn",
+    "StartDateTime",
+    "CurrentDateTime",
+    "ProcessingJobName",
+    "TrainingJobName",
+)
+# A job-name variable is the name of the job its own step starts, so only a step of that type has one.
+JOB_NAME_VARIABLES = {"Processing": "ProcessingJobName", "Training": "TrainingJobName"}
 _PATH_TOKEN = re.compile(r"""\.?([A-Za-z0-9_:\-]+)|\[(\d+)\]|\['([^']*)'\]|\["([^"]*)"\]""")
 # SageMaker lists addressed by a string index are looked up by their name field, e.g.
 # ``Outputs['train']`` is the output whose OutputName is "train".
@@ -43,6 +57,15 @@ class Scope:
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)  # step name -> its properties
     property_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> file name -> JSON
     read_s3_json: Callable[[str], Any] | None = None  # for Std:JsonGet with an S3Uri
+
+
+def step_scope(scope: Scope, step_type: str, job_name: str) -> Scope:
+    """``scope`` as one step's arguments see it: ``Execution.ProcessingJobName`` (a Processing step) or
+    ``Execution.TrainingJobName`` (a Training step) is the name of the job that step starts."""
+    variable = JOB_NAME_VARIABLES.get(step_type)
+    if variable is None:
+        return scope
+    return replace(scope, execution={**scope.execution, variable: job_name})
 
 
 def parse_path(path: str) -> list[str | int]:

@@ -58,9 +58,12 @@ SAGEMAKER_HYPERPARAMETERS = (  # read by the framework container itself, not pas
     "sagemaker_enable_cloudwatch_metrics",
 )
 # Failure kinds, named as SageMaker retry policies name them; an AlgorithmError (the script failed) is
-# never retried by SageMaker, and so not here either.
+# never retried by SageMaker, and so not here either. A step process that dies by a signal (killed for
+# memory, a crash) or overruns MaxRuntimeInSeconds is one too: on AWS the container's death fails the
+# job as "AlgorithmError: Exit Code: 139" (https://github.com/aws/sagemaker-python-sdk/issues/134), no
+# InsufficientCapacityError, which is all SageMaker.CAPACITY_ERROR retries.
 ALGORITHM_ERROR = "AlgorithmError"
-CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # the process was killed from outside (e.g. out of memory)
+CAPACITY_ERROR = "SageMaker.CAPACITY_ERROR"  # EC2 had no instance to give: never the case locally
 INTERNAL_ERROR = "SageMaker.JOB_INTERNAL_ERROR"
 SERVICE_FAULT = "Step.SERVICE_FAULT"
 # A request AWS or local S3 refuses (a key a folder cannot hold, a link out of a folder): no retry
@@ -212,10 +215,61 @@ def _bucket_folder(s3: LocalS3Client, uri: str, role: str) -> Path:
     return local_s3_path(s3, f"s3://{bucket}/", role)
 
 
-def download_s3(s3: LocalS3Client, uri: str, destination: Path, shard: tuple[int, int] = (0, 1)) -> int:
-    """Copy an S3 object or prefix into ``destination`` as SageMaker File mode does; returns bytes copied.
+def prefix_files(s3: LocalS3Client, uri: str) -> list[tuple[str, Path]]:
+    """Every object an ``S3Prefix`` URI names, in key order, as (where it lands below LocalPath, file).
 
-    An object lands as ``destination/<basename>``; a prefix's objects keep their paths below it.
+    On AWS the URI is a key name prefix, not a folder: "SageMaker uses all objects with the specified key
+    name prefix" (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ProcessingS3Input.html,
+    https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_S3DataSource.html), so
+    ``s3://b/data/part`` names ``data/part-0.csv`` and ``data/part/x`` alike. Where each lands those pages
+    do not say; what AWS does (https://github.com/aws/sagemaker-python-sdk/issues/3612): an object below
+    the prefix taken as a folder keeps its path below it (``x``), one whose name the prefix cuts into
+    keeps its whole name (``part-0.csv``), as an exact key keeps its basename. Two objects landing on
+    one path fail the step, naming both (AWS does not say which would win).
+    """
+    bucket, key = split_s3_uri(uri)
+    source = local_s3_path(s3, uri, "input")
+    if not key or key.endswith("/"):
+        return _folder_files(source) if source.is_dir() else []
+    folder_key, _, stem = key.rpartition("/")
+    try:
+        names = sorted(p.name for p in source.parent.iterdir()) if source.parent.is_dir() else []
+    except OSError as exc:
+        raise StepFailed(
+            f"input {uri}: cannot list {source.parent}: {exc.strerror}", REQUEST_REFUSED
+        ) from None
+    folder = f"{folder_key}/" if folder_key else ""
+    found: list[tuple[str, str, Path]] = []  # (key, where it lands, file)
+    for name in names:
+        if not name.startswith(stem) or name.startswith(IN_PROGRESS_PREFIX):
+            continue
+        path = local_s3_path(s3, f"s3://{bucket}/{folder}{name}", "input")
+        if path.is_file():
+            found.append((folder + name, name, path))
+        elif path.is_dir():
+            below = name == stem  # the prefix names this folder: its objects keep their paths below it
+            found += [
+                (f"{folder}{name}/{rel}", rel if below else f"{name}/{rel}", file)
+                for rel, file in _folder_files(path)
+            ]
+        else:  # a dangling link, a FIFO: refused, as every folder walk refuses it (edge.folders)
+            raise StepFailed(f"input {uri}: {path} is neither a file nor a folder", REQUEST_REFUSED)
+    landed: dict[str, str] = {}
+    for object_key, landing, _ in sorted(found):
+        if landing in landed:
+            raise StepFailed(
+                f"input {uri}: the objects {landed[landing]} and {object_key} would both land at {landing} "
+                "below LocalPath (a key prefix matches them both); name one of them exactly",
+                ALGORITHM_ERROR,
+            )
+        landed[landing] = object_key
+    return [(landing, file) for _, landing, file in sorted(found)]
+
+
+def download_s3(s3: LocalS3Client, uri: str, destination: Path, shard: tuple[int, int] = (0, 1)) -> int:
+    """Copy the objects an S3 URI names (``prefix_files``: a key prefix) into ``destination`` as SageMaker
+    File mode does; returns bytes copied.
+
     ``shard`` = (instance number, instances): the objects that instance gets (every instance-th in key
     order: ShardedByS3Key gives each about 1/n of the objects; which ones AWS does not document).
     """
@@ -225,16 +279,11 @@ def download_s3(s3: LocalS3Client, uri: str, destination: Path, shard: tuple[int
             f"input {uri}: the bucket {bucket_folder.name} does not exist in local S3 ({s3.base})",
             SERVICE_FAULT,
         )
-    source, single = s3_source(s3, uri)
+    files = prefix_files(s3, uri)
+    if not files:
+        raise StepFailed(f"no objects found under {uri} (local S3 folder {bucket_folder})", ALGORITHM_ERROR)
     destination.mkdir(parents=True, exist_ok=True)
     number, instances = shard
-    if single:
-        if number == 0:
-            shutil.copyfile(source, destination / source.name)
-        return source.stat().st_size if number == 0 else 0
-    files = _folder_files(source) if source.is_dir() else []
-    if not files:
-        raise StepFailed(f"no objects found under {uri} (local S3 folder {source})", ALGORITHM_ERROR)
     total = 0
     for relative, file in files[number::instances]:
         target = destination / relative
@@ -389,7 +438,7 @@ def run_process(
                 terminate(process)
                 raise StepFailed(
                     f"stopped after MaxRuntimeInSeconds={max_runtime_s:.0f}",
-                    CAPACITY_ERROR,
+                    ALGORITHM_ERROR,
                     log_tail(job.log_path),
                 ) from None
         finally:
@@ -400,7 +449,7 @@ def run_process(
         raise StepStopped()
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
-        raise StepFailed(f"the process was killed by {name}", CAPACITY_ERROR, log_tail(job.log_path))
+        raise StepFailed(f"the process was killed by {name}", ALGORITHM_ERROR, log_tail(job.log_path))
     if returncode != 0:
         raise StepFailed(
             f"the process exited with status {returncode}", ALGORITHM_ERROR, log_tail(job.log_path)
