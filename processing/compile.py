@@ -39,11 +39,8 @@ from typing import Any
 
 # ONNX, TensorFlow and boto3 are imported where they are used: the control plane imports parse_targets
 # from here (pipelines/robocar/targets.py) with none of them installed.
-if __package__ in (None, ""):  # run as a script (the container): make `processing`/`edge` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge.artifacts import sha256_file  # noqa: E402
-from processing.edge_package import (  # noqa: E402
+from edge.artifacts import sha256_file
+from processing.edge_package import (
     COMPILED_FORMAT,
     COMPILED_NAME,
     PACKAGE_NAME,
@@ -52,9 +49,9 @@ from processing.edge_package import (  # noqa: E402
     json_bytes,
     log,
 )
-from processing.errors import add_debug_flag, run_main  # noqa: E402
-from processing.local_compile import DEFAULT_MAX_ANGLE_DELTA  # noqa: E402
-from processing.neo import (  # noqa: E402
+from processing.errors import add_debug_flag, run_main
+from processing.local_compile import DEFAULT_MAX_ANGLE_DELTA
+from processing.neo import (
     NEO_INPUT_NAME,
     NeoInput,
     parse_targets,

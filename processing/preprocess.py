@@ -37,19 +37,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script (the container): make `processing`/`edge` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from edge.artifacts import ArtifactError, ExtractLimits, safe_extract  # noqa: E402
-from edge.frames import FrameSpec  # noqa: E402
-from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main  # noqa: E402
-from processing.ground_truth import class_list, read_ground_truth  # noqa: E402
-from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers  # noqa: E402
-from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, LimitError, RecordBudget, limit_text  # noqa: E402
-from processing.records import RecordValidator  # noqa: E402
-from processing.shards import (  # noqa: E402
+from edge.artifacts import ArtifactError, ExtractLimits, safe_extract
+from edge.frames import FrameSpec
+from processing.errors import ARCHIVE_READ_ERRORS, UserError, add_debug_flag, run_main
+from processing.ground_truth import class_list, read_ground_truth
+from processing.images import ShardResult, ShardTask, build_shard, release_frame_buffers
+from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, LimitError, RecordBudget, limit_text
+from processing.records import RecordValidator
+from processing.shards import (
     DEFAULT_SHARD_SIZE,
     host_suffix,
     natural_order,
@@ -57,7 +54,7 @@ from processing.shards import (  # noqa: E402
     shard_name,
     write_dataset_json,
 )
-from processing.splits import (  # noqa: E402
+from processing.splits import (
     SPLIT_MODES,
     SPLITS,
     FrameKey,
@@ -66,7 +63,7 @@ from processing.splits import (  # noqa: E402
     fractions_from,
     split_frames,
 )
-from processing.tubs import (  # noqa: E402
+from processing.tubs import (
     Candidate,
     Source,
     SourceError,

@@ -24,20 +24,16 @@ stay on (``--deterministic false`` turns them off).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script (``python training/train.py``): import from the code root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import argparse
 import difflib
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
