@@ -8,7 +8,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export SAGEMAKER_VALIDATE_ROLE := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean system
 
 venv: $(STAMP)
 
@@ -21,7 +21,23 @@ $(STAMP): setup.py pyproject.toml
 demo: $(STAMP)
 	$(BIN)/robocar demo
 
-test: $(STAMP)
+# System packages (system-packages.txt): installed here, where the user sees it, never by a test.
+SYSTEM_PACKAGES := $(shell sed 's/\#.*//' system-packages.txt)
+system:
+	@missing=""; for package in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; }; \
+	else \
+	  echo "missing system packages:$$missing; install them with: sudo apt-get install$$missing" >&2; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

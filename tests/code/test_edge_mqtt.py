@@ -1,7 +1,7 @@
 """MQTT: the drive loop publishes to a REAL Mosquitto on loopback, and a subscriber receives every command.
 
-The broker is installed (``apt-get install -y mosquitto``, CI runs as root with apt) when it is not on
-the machine, started on a free 127.0.0.1 port with a generated config, and stopped after the session.
+The broker (system-packages.txt, installed by ``make system``, which ``make test`` runs) is started on a
+free 127.0.0.1 port with a generated config, and stopped after the session.
 """
 
 from __future__ import annotations
@@ -27,17 +27,8 @@ TUB_V2 = SAMPLE_TUBS / "tub_v2"
 
 def _mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
-    if found:
-        return found
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "mosquitto"]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=300)
-    if result.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=300)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=300)
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if not found:
-        pytest.fail(f"mosquitto is not installed and apt-get could not install it:\n{result.stderr[-2000:]}")
+        pytest.fail("mosquitto is not installed: run `make system` (system-packages.txt lists it)")
     return found
 
 
