@@ -1,6 +1,6 @@
 """robocar-pipeline: a SageMaker Pipeline that turns DonkeyCar tubs into a model that drives the car.
 
-Dependencies are split by deployment unit (DESIGN.md "Layout") so that the car installs only
+Dependencies are split by deployment unit (docs/design.md "Layout") so that the car installs only
 what it runs: ``pip install .[edge]`` brings no TensorFlow and no sagemaker SDK.
 """
 

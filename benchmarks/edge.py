@@ -47,9 +47,8 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_TUBS = Path(os.environ.get("ROBOCAR_SAMPLE_TUBS", "/work/shared/samples/tubs"))
-DONKEYCAR_MACS = (
-    47_800_000  # donkeycar's linear pilot at 120x160 (DESIGN.md), used when no ONNX graph is at hand
-)
+# donkeycar's linear pilot at 120x160 (docs/design.md "Measured device facts"); used without an ONNX graph
+DONKEYCAR_MACS = 47_800_000
 # M = K = N of the peak matmuls: compute bound, operands in L2/L3, and short enough (< 10 ms) that the
 # best of PEAK_REPEATS runs escapes the other processes on this shared machine. The best size is kept.
 PEAK_SIZES = (512, 768)

@@ -259,7 +259,7 @@ def _setup_logging(quiet: bool, debug: bool = False) -> None:
 
 
 def registry_location(args: argparse.Namespace) -> Path | None:
-    """The local workspace to use, or None for AWS. Local is the project's default (DESIGN.md).
+    """The local workspace to use, or None for AWS. Local is the project's default (docs/design.md).
 
     Order: --local-root; --aws or --endpoint-url; $ROBOCAR_LOCAL_ROOT; $ROBOCAR_EDGE_REGISTRY=aws;
     else ./.robocar, the workspace the local pipeline writes.

@@ -336,7 +336,7 @@ class OnnxPilot(_PilotBase):
 
 
 def disable_dlr_phone_home() -> None:
-    """DLR reports usage to AWS unless told not to (sdk-notes.md "Neo and DLR")."""
+    """DLR reports usage to AWS unless told not to (docs/design.md "Neo and DLR")."""
     from dlr.counter.phone_home import PhoneHome
 
     PhoneHome.disable_feature()

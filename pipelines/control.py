@@ -111,7 +111,7 @@ def _positive_int(value: str) -> bool:
     return value.isdigit() and int(value) > 0
 
 
-# String parameters whose strings have a shape (hyperparameters travel as strings, sdk-notes.md).
+# String parameters whose strings have a shape (hyperparameters travel as strings: docs/design.md).
 STRING_SHAPES = {
     "Epochs": (_positive_int, "a positive integer"),
     "InputDataUrl": (lambda v: v.startswith("s3://") and len(v) > 5, "an s3:// URI"),
@@ -218,7 +218,7 @@ def recent_executions(sagemaker: Any, pipeline_name: str, limit: int = 10) -> li
             steps = sagemaker.list_pipeline_execution_steps(
                 PipelineExecutionArn=summary["PipelineExecutionArn"], SortOrder="Ascending"
             )["PipelineExecutionSteps"]
-        except NotImplementedError:  # moto in-process lacks list_pipeline_execution_steps (sdk-notes.md)
+        except NotImplementedError:  # moto in-process lacks list_pipeline_execution_steps (docs/design.md)
             steps = None
         except Exception as exc:  # the same gap through a moto server arrives as an HTTP 500
             if getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode") != 500:

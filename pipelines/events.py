@@ -24,7 +24,8 @@ S3_SOURCE = "aws.s3"
 S3_OBJECT_CREATED = "Object Created"
 SAGEMAKER_SOURCE = "aws.sagemaker"
 MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
-TUB_MARKER = "manifest.json"  # the file that completes a donkeycar v2 tub (DESIGN.md "Data")
+# The file that completes a donkeycar v2 tub (docs/design.md, "The data as donkeycar writes it").
+TUB_MARKER = "manifest.json"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 EXAMPLE_ACCOUNT = "123456789012"  # never a real account (house rule)
 _EVENT_NAMESPACE = uuid.UUID("0c6a3bb5-93f5-4c33-a1b7-7b8f0e5b6d1e")  # event ids derive from content

@@ -1,6 +1,6 @@
 """A sagemaker PipelineSession that builds definitions with no network and no credentials.
 
-Each setting below was needed (sdk-notes.md "Building the definition offline"); without any one of them
+Each setting below was needed (docs/design.md "Building the definition offline"); without any one of them
 the SDK calls STS, IAM, S3 or its telemetry endpoint while merely *building* a definition.
 """
 

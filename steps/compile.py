@@ -1,6 +1,6 @@
 """CompileForEdge: the trained pilot compiled per edge target (Neo on AWS, LiteRT/ONNX locally).
 
-No SDK has a compilation step (sdk-notes.md "Neo and DLR"), so this is a Processing step running
+No SDK has a compilation step (docs/design.md "Neo and DLR"), so this is a Processing step running
 ``processing/compile.py``; its ``compiled.json`` is a property file the Register step reads.
 """
 

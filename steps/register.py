@@ -82,7 +82,7 @@ def register_step(
         role_arn=role,
         sagemaker_session=session,
     )
-    builder.bucket = bucket  # else register() lists S3 buckets (sdk-notes.md)
+    builder.bucket = bucket  # else register() lists S3 buckets (docs/design.md)
     metrics = ModelMetrics(
         model_quality=ModelQuality(
             statistics=MetricsSource(

@@ -21,7 +21,7 @@ def script_mode_hyperparameters(program: str, sourcedir_uri: str, **hyperparamet
     """Hyperparameters as the framework containers read them: ``sagemaker_*`` values JSON-quoted.
 
     ModelTrainer's own ``SourceCode`` would upload a driver folder under a timestamped key on every
-    build (sdk-notes.md), so the script-mode contract is written out here instead.
+    build (docs/design.md), so the script-mode contract is written out here instead.
     """
     return {
         "sagemaker_program": json.dumps(program),

@@ -701,7 +701,7 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
     if not program or not submit:
         raise StepFailed(
             "local training runs script mode only: HyperParameters need sagemaker_program and "
-            "sagemaker_submit_directory (JSON-quoted, see sdk-notes.md)",
+            "sagemaker_submit_directory (JSON-quoted, see docs/design.md)",
             INTERNAL_ERROR,
         )
     user_hps = {k: v for k, v in hyperparameters.items() if k not in SAGEMAKER_HYPERPARAMETERS}

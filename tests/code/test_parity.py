@@ -1,6 +1,7 @@
 """Parity: one scenario suite against moto (in process) and the local clients; they must agree.
 
-Where moto 5.2.5 is not faithful to AWS (sdk-notes.md) the scenario avoids the difference and names it:
+Where moto 5.2.5 is not faithful to AWS (docs/design.md "moto 5.2.5") the scenario avoids the difference
+and names it:
 - moto gives no ModelApprovalStatus when none is set (AWS: PendingManualApproval): statuses are explicit;
 - moto's UpdateModelPackage replaces CustomerMetadataProperties (AWS merges): updates pass the full map;
 - moto lower-cases names in model package ARNs only (AWS: in every SageMaker ARN): names are lower case;
