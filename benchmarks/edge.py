@@ -46,7 +46,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLE_TUBS = Path(os.environ.get("ROBOCAR_SAMPLE_TUBS", "/work/shared/samples/tubs"))
+SAMPLE_TUBS = Path(os.environ.get("ROBOCAR_SAMPLE_TUBS", REPO / "tests" / "data" / "samples" / "tubs"))
 # donkeycar's linear pilot at 120x160 (docs/design.md "Measured device facts"); used without an ONNX graph
 DONKEYCAR_MACS = 47_800_000
 # M = K = N of the peak matmuls: compute bound, operands in L2/L3, and short enough (< 10 ms) that the
