@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import artifacts
+from edge import artifacts, registry
 
 log = logging.getLogger("robocar.edge.agent")
 
@@ -137,38 +137,16 @@ def candidate_from_package(description: dict[str, Any], target: str) -> Candidat
     return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(sha256), runtime)
 
 
-def approved_packages(sagemaker: Any, group: str) -> Iterator[str]:
-    """ARNs of the group's Approved packages, newest first (the registry sorts; we page)."""
-    kwargs: dict[str, Any] = {
-        "ModelPackageGroupName": group,
-        "ModelApprovalStatus": "Approved",
-        "SortBy": "CreationTime",
-        "SortOrder": "Descending",
-    }
-    while True:
-        page = sagemaker.list_model_packages(**kwargs)
-        for summary in page.get("ModelPackageSummaryList", []):
-            yield summary["ModelPackageArn"]
-        token = page.get("NextToken")
-        if not token:
-            return
-        kwargs["NextToken"] = token
-
-
 def iter_candidates(
     sagemaker: Any, group: str, target: str, skip: set[str] = frozenset()
 ) -> Iterator[Candidate]:
-    """Approved packages with an artifact for ``target`` whose key is not in ``skip``, newest first.
+    """Approved packages with a usable artifact for ``target`` whose key is not in ``skip``, newest first.
 
-    A package whose metadata for the target is unusable (no digest, not a SHA-256) is logged and skipped.
+    The listing and the target filter are ``edge.registry``'s (one meaning of "newest approved for a
+    target"); a package whose metadata for the target is unusable is logged and skipped there.
     """
-    for arn in approved_packages(sagemaker, group):
-        description = sagemaker.describe_model_package(ModelPackageName=arn)
-        try:
-            candidate = candidate_from_package(description, target)
-        except artifacts.ArtifactError as exc:
-            log.warning("skipping %s", exc)
-            continue
+    for description in registry.packages_newest_first(sagemaker, group, registry.APPROVED, target):
+        candidate = candidate_from_package(description, target)
         if candidate is not None and candidate.key not in skip:
             yield candidate
 

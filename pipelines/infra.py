@@ -39,6 +39,7 @@ ROLLOUT_SOURCES = (
     "edge/__init__.py",
     "edge/agent.py",
     "edge/artifacts.py",
+    "edge/registry.py",
     "edge/greengrass/__init__.py",
     "edge/greengrass/component.py",
 )
