@@ -9,8 +9,10 @@ Writes ``evaluation.json`` (docs/contracts.md section 4; the pipeline's Conditio
 - ``baseline``: the same metrics for a constant prediction, the **median of the test split** (the
   train-set mean is not an input of this step; the median is the constant with the lowest MAE on this
   split, so the baseline is the strongest constant there is: a model that beats it has learnt something).
-- ``champion``: the newest Approved package of ``--model-package-group``, its ``ModelDataUrl``
-  downloaded and evaluated on the same frames; null without a group or without an Approved package.
+- ``champion``: the package a car with the first of ``--edge-targets`` installs, i.e. the newest
+  Approved package of ``--model-package-group`` with an artifact for that target (``edge.registry``;
+  without ``--edge-targets``: the newest Approved package), its ``ModelDataUrl`` downloaded and
+  evaluated on the same frames; null without a group or without such a package.
 - ``already_registered``: whether a package of the group (any approval status) already carries this
   model, i.e. its ``ModelDataUrl`` is ``--model-s3-uri`` (the training job's ``S3ModelArtifacts``): an
   identical rerun takes Train from the cache, and the pipeline then registers nothing new.
@@ -197,29 +199,35 @@ def load_serving_model(model_dir: Path) -> LoadedModel:
 # --- the champion ------------------------------------------------------------------------------------
 
 
-def find_champion(sagemaker: Any, group: str | None) -> dict[str, str] | None:
-    """The newest Approved package of ``group``: {"model_package_arn", "model_data_url"}, or None."""
+def champion_target(edge_targets: str | None) -> str | None:
+    """The target the champion is chosen for: the first of the pipeline's ``EdgeTargets``
+    (``"jetson_nano,rasp4b"`` -> ``jetson_nano``); None without targets."""
+    first = (edge_targets or "").split(",")[0].strip()
+    return first or None
+
+
+def find_champion(sagemaker: Any, group: str | None, target: str | None = None) -> dict[str, str] | None:
+    """The champion: {"model_package_arn", "model_data_url"}, or None (docs/contracts.md section 4).
+
+    With ``target``: the newest Approved package of ``group`` with a usable artifact for it, i.e. the
+    package a car with that target installs (``edge.registry``, the car's own reader); without: the
+    newest Approved package.
+    """
     if not group:
         return None
+    from edge import registry
+
     try:
-        listing = sagemaker.list_model_packages(
-            ModelPackageGroupName=group,
-            ModelApprovalStatus="Approved",
-            SortBy="CreationTime",
-            SortOrder="Descending",
-            MaxResults=1,
-        )
+        described = registry.newest(sagemaker, group, registry.APPROVED, target)
     except Exception as exc:  # botocore ClientError, or the local client's; a missing group means no champion
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("ResourceNotFound", "ValidationException"):
             print(f"no champion: model package group {group!r} not found ({code})", flush=True)
             return None
         raise
-    packages = listing.get("ModelPackageSummaryList", [])
-    if not packages:
+    if described is None:
         return None
-    arn = packages[0]["ModelPackageArn"]
-    described = sagemaker.describe_model_package(ModelPackageName=arn)
+    arn = described["ModelPackageArn"]
     containers = described.get("InferenceSpecification", {}).get("Containers", [])
     url = next((c["ModelDataUrl"] for c in containers if c.get("ModelDataUrl")), None)
     if url is None:
@@ -355,6 +363,7 @@ def evaluate(
     loader: Callable[[Path], LoadedModel] = load_serving_model,
     plots: bool = True,
     model_s3_uri: str | None = None,
+    edge_targets: str | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/evaluation.json`` (+ plots) and return it. Clients are needed only with ``group``."""
     arrays, dataset = load_test_split(test_dir)
@@ -366,7 +375,13 @@ def evaluate(
         report = model_report(loaded, images, angle, throttle)
         predictions = report.pop("_predictions")
         champion = champion_report(
-            find_champion(sagemaker, group), s3, workdir, images, angle, throttle, loader
+            find_champion(sagemaker, group, champion_target(edge_targets)),
+            s3,
+            workdir,
+            images,
+            angle,
+            throttle,
+            loader,
         )
     evaluation: dict[str, Any] = {
         **report,
@@ -411,7 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-package-group",
         default=None,
-        help="registry group whose newest Approved package is the champion",
+        help="registry group whose newest Approved package (for the first --edge-targets) is the champion",
+    )
+    parser.add_argument(
+        "--edge-targets",
+        default=None,
+        help="the pipeline's EdgeTargets, comma-separated: the champion is the package the car with the "
+        "first one installs",
     )
     parser.add_argument(
         "--model-s3-uri",
@@ -442,7 +463,7 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
         sagemaker, s3 = aws.sagemaker, aws.s3
     evaluation = evaluate(
         args.model, args.test, args.output, group=args.model_package_group, sagemaker=sagemaker, s3=s3,
-        plots=args.plots, model_s3_uri=args.model_s3_uri,
+        plots=args.plots, model_s3_uri=args.model_s3_uri, edge_targets=args.edge_targets,
     )  # fmt: skip
     metrics = evaluation["regression_metrics"]
     baseline = evaluation["baseline"]["regression_metrics"]

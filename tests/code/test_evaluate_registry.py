@@ -1,4 +1,5 @@
-"""processing/evaluate.py's registry lookup: is this exact model (its S3ModelArtifacts) in the group?"""
+"""processing/evaluate.py's registry lookups: is this exact model (its S3ModelArtifacts) in the group,
+and which package is the champion (the one the car installs)?"""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from edge.agent import edge_metadata, find_newest
 from edge.local_aws import LocalSageMakerClient
-from processing.evaluate import is_registered
+from processing.evaluate import champion_target, find_champion, is_registered
 
 GROUP = "robocar-pilots"
 MODEL = "s3://robocar-data-123456789012/robocar/models/q9x1b2c3d4e5/pipelines-q9x1-Train-k7m2p9/output/model.tar.gz"
@@ -26,10 +28,16 @@ def sagemaker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield boto3.client("sagemaker", region_name="us-east-1")
 
 
-def register(sagemaker: Any, url: str, status: str = "PendingManualApproval") -> str:
+def register(
+    sagemaker: Any, url: str, status: str = "PendingManualApproval", targets: tuple[str, ...] = ()
+) -> str:
+    metadata: dict[str, Any] = {}
+    for target in targets:  # what the Register step records for each compiled target
+        metadata |= edge_metadata(target, uri=f"{url}.{target}", sha256="ab" * 32, runtime="dlr")
     return sagemaker.create_model_package(
         ModelPackageGroupName=GROUP,
         ModelApprovalStatus=status,
+        **({"CustomerMetadataProperties": metadata} if metadata else {}),
         InferenceSpecification={
             "Containers": [
                 {"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/tf:2", "ModelDataUrl": url}
@@ -60,3 +68,24 @@ def test_every_page_of_the_group_is_searched(tmp_path: Path) -> None:
         register(sagemaker, MODEL.replace("q9x1b2c3d4e5", f"{index:012d}"))
     assert is_registered(sagemaker, GROUP, MODEL)
     assert not is_registered(sagemaker, GROUP, MODEL.replace("model.tar.gz", "other.tar.gz"))
+
+
+def test_the_champion_is_the_package_the_car_installs(sagemaker: Any) -> None:
+    sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+    car_target = champion_target("jetson_nano,rasp4b")
+    assert car_target == "jetson_nano"
+    drives = register(sagemaker, "s3://models/v1/model.tar.gz", "Approved", ("jetson_nano", "rasp4b"))
+    # newer and approved, but without an artifact for the car's target: the car skips it
+    register(sagemaker, "s3://models/v2/model.tar.gz", "Approved", ("rasp4b",))
+    register(sagemaker, "s3://models/v3/model.tar.gz", "PendingManualApproval", ("jetson_nano",))
+
+    installed = find_newest(sagemaker, GROUP, car_target)
+    champion = find_champion(sagemaker, GROUP, car_target)
+    assert installed is not None and installed.model_package_arn == drives
+    assert champion == {"model_package_arn": drives, "model_data_url": "s3://models/v1/model.tar.gz"}
+    # without targets (a direct run of evaluate.py) the newest Approved package is the champion
+    assert find_champion(sagemaker, GROUP)["model_data_url"] == "s3://models/v2/model.tar.gz"
+
+
+def test_no_targets_no_champion_target() -> None:
+    assert champion_target(None) is None and champion_target("") is None

@@ -15,6 +15,7 @@ keras = pytest.importorskip("keras")
 boto3 = pytest.importorskip("boto3")
 moto = pytest.importorskip("moto")
 
+from edge.agent import edge_metadata  # noqa: E402
 from edge.frames import FrameSpec  # noqa: E402
 from processing import evaluate  # noqa: E402
 from processing.shards import write_split  # noqa: E402
@@ -147,10 +148,11 @@ def registry(monkeypatch):
         yield sagemaker, s3
 
 
-def register(sagemaker, url: str, status: str) -> str:
+def register(sagemaker, url: str, status: str, metadata: dict[str, str] | None = None) -> str:
     return sagemaker.create_model_package(
         ModelPackageGroupName=GROUP,
         ModelApprovalStatus=status,
+        **({"CustomerMetadataProperties": metadata} if metadata else {}),
         InferenceSpecification={
             "Containers": [
                 {"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/tf:2", "ModelDataUrl": url}
@@ -179,6 +181,24 @@ def test_champion_is_the_newest_approved_package_evaluated_on_the_same_frames(
     # champion predicts -0.5: angle errors 0 0.5 0.75 1.25
     assert champion["regression_metrics"]["angle_mae"]["value"] == 0.625
     assert result["regression_metrics"]["angle_mae"]["value"] == 0.375  # the new model, unchanged
+
+
+def test_champion_is_what_the_car_with_the_first_edge_target_installs(
+    registry, archives, test_split, tmp_path
+):
+    sagemaker, s3 = registry
+    s3.put_object(Bucket="models", Key="champion/model.tar.gz", Body=archives["champion"].read_bytes())
+    nano = edge_metadata("jetson_nano", uri="s3://models/nano.tar.gz", sha256="ab" * 32, runtime="dlr")
+    champion_arn = register(sagemaker, "s3://models/champion/model.tar.gz", "Approved", nano)
+    pi = edge_metadata("rasp4b", uri="s3://models/pi.tar.gz", sha256="ab" * 32, runtime="dlr")
+    register(sagemaker, "s3://models/pi-only/model.tar.gz", "Approved", pi)  # newer: no jetson_nano artifact
+
+    result = evaluate.evaluate(
+        archives["new"], test_split, tmp_path, group=GROUP, sagemaker=sagemaker, s3=s3, plots=False,
+        edge_targets="jetson_nano,rasp4b",
+    )  # fmt: skip
+    assert result["champion"]["model_package_arn"] == champion_arn
+    assert result["champion"]["regression_metrics"]["angle_mae"]["value"] == 0.625
 
 
 def test_evaluation_says_whether_this_exact_model_is_registered_already(
