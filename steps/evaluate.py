@@ -35,6 +35,7 @@ def evaluate_step(
     test_uri: Any,
     output_uri: str,
     model_package_group_name: str,
+    edge_targets: Any,
     region: str,
 ) -> tuple[ProcessingStep, PropertyFile]:
     report = PropertyFile(name=REPORT_NAME, output_name="evaluation", path="evaluation.json")
@@ -59,6 +60,8 @@ def evaluate_step(
             model_package_group_name,
             "--model-s3-uri",
             model_uri,
+            "--edge-targets",
+            edge_targets,  # the champion is what the car with the first target installs (contracts §4)
             "--region",
             region,
         ],  # fmt: skip

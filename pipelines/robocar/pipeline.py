@@ -98,7 +98,7 @@ def get_pipeline(
         session, **jobs, code_uri=code.step("processing/evaluate.py").uri,
         model_uri=model_artifacts_uri(train),
         test_uri=split_uri(preprocess, "test"), output_uri=s3_join(prefix, "evaluate"),
-        model_package_group_name=model_package_group_name, region=region,
+        model_package_group_name=model_package_group_name, edge_targets=edge_targets_param, region=region,
     )  # fmt: skip
     compile_, compiled = compile_step(
         session, **jobs, code_uri=code.step("processing/compile.py").uri,
