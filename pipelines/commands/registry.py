@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge import registry as package_registry
 from pipelines.commands.run import DEFAULT_WORKSPACE
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
@@ -98,23 +99,10 @@ def _print_json(document: Any) -> None:
     print(json.dumps({k: v for k, v in document.items() if k != "ResponseMetadata"}, indent=2, default=str))
 
 
-def newest(sagemaker: Any, group: str, status: str | None = None) -> dict[str, Any] | None:
-    kwargs: dict[str, Any] = {
-        "ModelPackageGroupName": group,
-        "SortBy": "CreationTime",
-        "SortOrder": "Descending",
-        "MaxResults": 1,
-    }
-    if status:
-        kwargs["ModelApprovalStatus"] = status
-    found = sagemaker.list_model_packages(**kwargs)["ModelPackageSummaryList"]
-    return found[0] if found else None
-
-
 def _resolve(args: argparse.Namespace, sagemaker: Any, status: str | None) -> str:
     if args.package != "latest":
         return args.package
-    package = newest(sagemaker, args.group, status)
+    package = package_registry.newest(sagemaker, args.group, status)
     if package is None:
         qualifier = f" with status {status}" if status else ""
         raise ValueError(f"no model package{qualifier} in group {args.group}")
