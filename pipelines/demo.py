@@ -79,22 +79,6 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def newest_package(sagemaker: Any, status: str | None = None) -> dict[str, Any] | None:
-    kwargs: dict[str, Any] = {
-        "ModelPackageGroupName": GROUP,
-        "SortBy": "CreationTime",
-        "SortOrder": "Descending",
-    }
-    if status:
-        kwargs["ModelApprovalStatus"] = status
-    summaries = sagemaker.list_model_packages(**kwargs)["ModelPackageSummaryList"]
-    return (
-        sagemaker.describe_model_package(ModelPackageName=summaries[0]["ModelPackageArn"])
-        if summaries
-        else None
-    )
-
-
 def newest_execution(workspace: Path) -> Any:
     """The demo's newest local execution record (every output lives under its execution's id)."""
     from pipelines.local.store import load
@@ -114,11 +98,15 @@ def output_uri(execution: Any, step: str, output: str) -> str:
 
 
 def this_models_package(sagemaker: Any, execution: Any) -> dict[str, Any] | None:
-    """The package holding the model this execution trained (or took from the cache), else the newest."""
+    """The package holding the model this execution trained (or took from the cache), else the newest
+    package with an artifact for the demo's car (``compiled_report_uri`` reads that artifact's URI)."""
+    from edge import registry
     from processing.evaluate import registered_package
 
     model = execution.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
-    return registered_package(sagemaker, GROUP, model) or newest_package(sagemaker)
+    return registered_package(sagemaker, GROUP, model) or registry.newest(
+        sagemaker, GROUP, target=EDGE_TARGET
+    )
 
 
 def compiled_report_uri(execution: Any, package: dict[str, Any] | None) -> str:
