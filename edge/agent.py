@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import artifacts, registry
+from edge.registry import EDGE_METADATA_FIELDS, edge_metadata_key
 
 log = logging.getLogger("robocar.edge.agent")
 
@@ -69,17 +70,8 @@ class SmokeTestError(artifacts.ArtifactError):
     """The model loads badly or its outputs on the bundled frame are not finite or out of range."""
 
 
-# A package carries each edge target's artifact in CustomerMetadataProperties, one key per fact:
-# ``edge:<target>:uri``, ``edge:<target>:sha256``, ``edge:<target>:runtime`` (docs/registry.md says why
-# not AdditionalInferenceSpecifications). AWS allows [\p{L}\p{Z}\p{N}_.:/=+-@] in keys (1-128) and
-# values (1-256), so an S3 URI, a hex digest and a runtime name fit as they are.
-EDGE_METADATA_FIELDS = ("uri", "sha256", "runtime")
-
-
-def edge_metadata_key(target: str, field: str) -> str:
-    return f"edge:{target}:{field}"
-
-
+# The metadata keys (edge:<target>:uri|sha256|runtime) are edge.registry's, the reader of "the newest
+# approved package for a target"; this module writes and parses them through it.
 def edge_metadata(target: str, *, uri: Any, sha256: Any, runtime: Any) -> dict[str, Any]:
     """The CustomerMetadataProperties entries one target's artifact is registered with."""
     values = {"uri": uri, "sha256": sha256, "runtime": runtime}
@@ -124,17 +116,12 @@ def version_from_arn(arn: str) -> int:
 
 def candidate_from_package(description: dict[str, Any], target: str) -> Candidate | None:
     """A ``describe_model_package`` response -> its Candidate for ``target``, or None if it has none."""
-    arn = description["ModelPackageArn"]
-    metadata = description.get("CustomerMetadataProperties") or {}
-    uri = metadata.get(edge_metadata_key(target, "uri"))
-    if uri is None:
+    artifact = registry.target_artifact(description, target)
+    if artifact is None:
         return None
-    sha256 = metadata.get(edge_metadata_key(target, "sha256"))
-    if not uri or not sha256:
-        raise artifacts.ArtifactError(f"{arn}: target {target!r} has no artifact URI or no SHA-256")
+    arn = description["ModelPackageArn"]
     version = description.get("ModelPackageVersion") or version_from_arn(arn)
-    runtime = metadata.get(edge_metadata_key(target, "runtime"), "")
-    return Candidate(arn, int(version), target, uri, artifacts.normalize_sha256(sha256), runtime)
+    return Candidate(arn, int(version), target, artifact.uri, artifact.sha256, artifact.runtime)
 
 
 def iter_candidates(

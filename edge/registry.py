@@ -2,7 +2,7 @@
 
 "The newest approved package for a target" has one meaning across the project: the newest package
 of the group with ``ModelApprovalStatus`` Approved whose CustomerMetadataProperties carry a usable
-artifact for that target (``edge:<target>:uri|sha256``, read by ``edge.agent.candidate_from_package``).
+artifact for that target (``edge:<target>:uri|sha256``, read by ``target_artifact``).
 It is what a car with that target installs, and so what the Evaluate step compares a new model against.
 
 ListModelPackages sorts by CreationTime and pages with NextToken (at most 100 summaries a page):
@@ -15,13 +15,52 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+from edge import artifacts
 
 log = logging.getLogger(__name__)
 
 APPROVED = "Approved"
 # ListModelPackages' MaxResults is 1-100 (the API reference above): the largest page needs the fewest calls.
 PAGE_SIZE = 100
+
+# A package carries each edge target's artifact in CustomerMetadataProperties, one key per fact:
+# ``edge:<target>:uri``, ``edge:<target>:sha256``, ``edge:<target>:runtime`` (docs/registry.md says why
+# not AdditionalInferenceSpecifications). AWS allows [\p{L}\p{Z}\p{N}_.:/=+-@] in keys (1-128) and
+# values (1-256), so an S3 URI, a hex digest and a runtime name fit as they are.
+EDGE_METADATA_FIELDS = ("uri", "sha256", "runtime")
+
+
+def edge_metadata_key(target: str, field: str) -> str:
+    return f"edge:{target}:{field}"
+
+
+@dataclass(frozen=True)
+class TargetArtifact:
+    """One target's artifact as a package's metadata records it."""
+
+    uri: str
+    sha256: str  # normalised: 64 lowercase hex digits
+    runtime: str = ""  # what the pipeline compiled it for (dlr, litert, onnxruntime); informative only
+
+
+def target_artifact(description: dict[str, Any], target: str) -> TargetArtifact | None:
+    """A ``describe_model_package`` response's artifact for ``target``, or None if it names none.
+
+    Raises artifacts.ArtifactError when the metadata names the target but has no URI or no SHA-256.
+    """
+    metadata = description.get("CustomerMetadataProperties") or {}
+    uri = metadata.get(edge_metadata_key(target, "uri"))
+    if uri is None:
+        return None
+    sha256 = metadata.get(edge_metadata_key(target, "sha256"))
+    if not uri or not sha256:
+        arn = description["ModelPackageArn"]
+        raise artifacts.ArtifactError(f"{arn}: target {target!r} has no artifact URI or no SHA-256")
+    runtime = metadata.get(edge_metadata_key(target, "runtime"), "")
+    return TargetArtifact(uri, artifacts.normalize_sha256(sha256), runtime)
 
 
 def package_arns_newest_first(sagemaker: Any, group: str, status: str | None = None) -> Iterator[str]:
@@ -53,10 +92,8 @@ def carries_artifact_for(description: dict[str, Any], target: str) -> bool:
     Metadata that names the target but is unusable (no digest, not a SHA-256) is logged: the car
     skips such a package, so every reader does.
     """
-    from edge import agent, artifacts  # here: edge.agent imports this module for its listing
-
     try:
-        return agent.candidate_from_package(description, target) is not None
+        return target_artifact(description, target) is not None
     except artifacts.ArtifactError as exc:
         log.warning("skipping %s", exc)
         return False
