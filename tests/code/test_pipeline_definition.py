@@ -142,6 +142,8 @@ def test_evaluate_reads_the_model_and_test_split(definition: dict[str, Any]) -> 
     assert found["test"] == output_get("Preprocess", "test")
     arguments = step["Arguments"]["AppSpecification"]["ContainerArguments"]
     assert arguments[arguments.index("--model-s3-uri") + 1] == TRAINED_MODEL  # already registered?
+    # the champion is what the car with the first EdgeTargets target installs (contracts section 4)
+    assert arguments[arguments.index("--edge-targets") + 1] == {"Get": "Parameters.EdgeTargets"}
     assert "CacheConfig" not in step  # the registry it reads changes between executions
     assert step["PropertyFiles"] == [
         {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation", "FilePath": "evaluation.json"}
