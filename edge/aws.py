@@ -6,12 +6,14 @@ once (docs/contracts.md section 6).
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 LOCAL_ROOT_ENV = "ROBOCAR_LOCAL_ROOT"
+LOCAL_CLIENTS_ENV = "ROBOCAR_LOCAL_CLIENTS"
 
 
 @dataclass(frozen=True)
@@ -33,19 +35,21 @@ def local_root_from_env() -> Path | None:
 
 
 def _local_clients(root: Path, region: str | None) -> tuple[Any, Any]:
-    """The richest local ``s3`` and ``sagemaker`` clients installed.
+    """The local ``s3`` and ``sagemaker`` clients: the plain folder clients, or the ones the control plane
+    names in ``$ROBOCAR_LOCAL_CLIENTS`` (``module:function(root, region) -> (s3, sagemaker)``).
 
-    Where ``pipelines/`` is importable its clients add pipeline executions on top of the registry and
-    check every request against botocore's model as AWS does (``pipelines/aws_rules.py``); on the car
-    (no pipeline dependencies, no botocore) the plain folder clients are what is needed.
+    The car imports nothing above ``edge/``: importing ``pipelines`` sets the variable to its clients,
+    which add pipeline executions and check every request against botocore's model as AWS does
+    (``pipelines/aws_rules.py``); local steps inherit it. On the car (no pipelines, no botocore) it is
+    unset and the plain clients are what is needed.
     """
-    try:
-        from pipelines.local.client import validated_local_clients
-    except ImportError:
-        from edge.local_aws import LocalS3Client, LocalSageMakerClient
+    factory = os.environ.get(LOCAL_CLIENTS_ENV)
+    if factory:
+        module, _, function = factory.partition(":")
+        return getattr(importlib.import_module(module), function)(root, region)
+    from edge.local_aws import LocalS3Client, LocalSageMakerClient
 
-        return LocalS3Client(root, region), LocalSageMakerClient(root, region)
-    return validated_local_clients(root, region)
+    return LocalS3Client(root, region), LocalSageMakerClient(root, region)
 
 
 def clients(

@@ -9,6 +9,7 @@ newer botocore with a reworded pattern does not break the table, but a missing c
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -419,9 +420,11 @@ def test_without_botocore_the_car_gets_the_plain_clients(tmp_path: Path) -> None
         "print(type(aws.s3) is LocalS3Client, type(aws.sagemaker) is LocalSageMakerClient)\n"
     )
     repo = Path(__file__).resolve().parents[2]
+    car_env = {k: v for k, v in os.environ.items() if k != "ROBOCAR_LOCAL_CLIENTS"}  # no pipelines there
     result = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, check=True
-    )
+        [sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, check=True,
+        env=car_env,
+    )  # fmt: skip
     assert result.stdout.split() == ["True", "True"]
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata as metadata
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -107,8 +108,14 @@ def run_on_the_car(module: str, *args: str) -> subprocess.CompletedProcess:
             print("HEAVY-MODULES=" + ",".join(loaded), file=sys.stderr)
         """
     )
+    car_env = {k: v for k, v in os.environ.items() if k != "ROBOCAR_LOCAL_CLIENTS"}  # set by pipelines
     return subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=car_env,
     )
 
 
