@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client
-from pipelines.local import run_local, sample
+from pipelines.local import run_local
 from pipelines.local.executor import CACHE_KEY_ATTRIBUTES, PlannedStep, cache_key
 from pipelines.local.expressions import Scope, resolve
 

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.cli import main
-from pipelines.local import run_local, sample
+from pipelines.local import run_local
 from pipelines.local.report import graph_edges, write_report
 
 PNG = base64.b64decode(

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client
-from pipelines.local import DefinitionError, run_local, runners, sample
+from pipelines.local import DefinitionError, run_local, runners
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.executor import RetryPolicy, parse_duration, parse_retry_policy, retry_delay
 from pipelines.local.expressions import EXECUTION_VARIABLES

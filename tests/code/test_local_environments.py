@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 from sagemaker.core import image_uris
 
 from edge.local_aws import LocalS3Client
-from pipelines.local import DefinitionError, environments, run_local, sample
+from pipelines.local import DefinitionError, environments, run_local
 from pipelines.local.environments import MXNET, VENV, EnvironmentUnavailable, image_family
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-east-1", "cn-north-1", "us-gov-west-1")

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.datasets import manifest_document, snapshot
-from pipelines.local import DefinitionError, ParameterError, run_local, runners, sample
+from pipelines.local import DefinitionError, ParameterError, run_local, runners
 from pipelines.local.executor import bind_parameters, parse_duration, plan
 from pipelines.local.store import load
 

@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 from botocore.exceptions import ParamValidationError
 
 from edge.aws import clients
 from edge.local_aws import LocalS3Client, LocalSageMakerClient, local_key_problem
 from pipelines import cli
 from pipelines.cli import main
-from pipelines.local import ParameterError, run_local, runners, sample
+from pipelines.local import ParameterError, run_local, runners
 from pipelines.local.executor import clean_abandoned
 from pipelines.local.store import list_executions
 

@@ -11,15 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client
-from pipelines.local import sample
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.store import list_executions
 
 RUNNER = """
 import sys
-from pipelines.local import run_local, sample
+sys.path.insert(0, sys.argv[3])  # tests/code: the sample pipeline is a test fixture
+from pipelines.local import run_local
+import sample_pipeline as sample
 seconds = {"PreprocessSeconds": float(sys.argv[2])}
 execution = run_local(sample.definition(), sys.argv[1], seconds, pipeline_name="sample")
 print(execution.status)
@@ -30,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 def start_executor(workspace: Path, step_seconds: float) -> subprocess.Popen:
     sample.upload_sample(LocalS3Client(workspace))
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, str(workspace), str(step_seconds)],
+        [sys.executable, "-c", RUNNER, str(workspace), str(step_seconds), str(Path(__file__).parent)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+import sample_pipeline as sample
 
 from edge.local_aws import LocalS3Client, LocalSageMakerClient
-from pipelines.local import run_local, sample
+from pipelines.local import run_local
 from pipelines.offline import pipeline_session
 
 pytestmark = pytest.mark.filterwarnings("ignore:Running within a PipelineSession")

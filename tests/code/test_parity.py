@@ -20,11 +20,11 @@ from typing import Any
 
 import boto3
 import pytest
+import sample_pipeline as sample
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from edge.aws import clients
-from pipelines.local import sample
 
 GROUP = "parity-pilots"
 CONTAINERS = {
