@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SAMPLE_TUBS = Path(__file__).resolve().parents[1] / "data" / "samples" / "tubs"  # real donkeycar 5.3.0 tubs
 GROUP = "robocar-pilot"
 TARGET = "rasp4b"
@@ -285,3 +287,24 @@ def litert_pilot_package(
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return pilot_package(tag, "pilot.tflite", bytes(builder.Output()), "litert", model_type=model_type)
+
+
+# ---- a car on the local registry (the CLI and hostile-input tests share it) ----------------------------
+@pytest.fixture
+def car_workspace(tmp_path: Path) -> tuple[Path, Any]:
+    """A local registry with the group, under ``tmp_path/workspace``; returns (tmp_path, clients)."""
+    from edge.aws import clients
+
+    aws = clients(local_root=tmp_path / "workspace")
+    registry(aws.sagemaker, aws.s3)
+    return tmp_path, aws
+
+
+def pull(tmp_path: Path, *extra: str) -> int:
+    """``robocar-edge pull`` of the car under ``tmp_path/car`` from the workspace's registry."""
+    from edge.cli import main as edge_main
+
+    return edge_main(
+        ["pull", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
+         "--group", GROUP, "--target", TARGET, *extra]
+    )  # fmt: skip

@@ -8,36 +8,21 @@ import socket
 from pathlib import Path
 
 import pytest
-from edge_fixtures import GROUP, SAMPLE_TUBS, TARGET, onnx_pilot_package, register, registry
+from edge_fixtures import GROUP, SAMPLE_TUBS, TARGET, onnx_pilot_package, pull, register
 
 from edge import artifacts
-from edge.aws import clients
 from edge.cli import main as edge_main
 from pipelines.cli import main as robocar_main
 
 TUB_V2 = SAMPLE_TUBS / "tub_v2"
 
 
-@pytest.fixture
-def workspace(tmp_path):
-    aws = clients(local_root=tmp_path / "workspace")
-    registry(aws.sagemaker, aws.s3)
-    return tmp_path, aws
-
-
-def pull(tmp_path: Path, *extra: str) -> int:
-    return edge_main(
-        ["pull", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
-         "--group", GROUP, "--target", TARGET, *extra]
-    )  # fmt: skip
-
-
 def state(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "car" / "state.json").read_text())
 
 
-def test_pull_run_status_and_refusals(workspace, capsys):
-    tmp_path, aws = workspace
+def test_pull_run_status_and_refusals(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     first = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     assert capsys.readouterr().out.startswith("installed: now driving with " + first)
@@ -78,8 +63,8 @@ def test_pull_run_status_and_refusals(workspace, capsys):
     assert first in status and "rejected  1 package(s)" in status
 
 
-def test_rollback_through_robocar_entry_point(workspace, capsys):
-    tmp_path, aws = workspace
+def test_rollback_through_robocar_entry_point(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     first = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     pull(tmp_path)
     assert robocar_main(["edge", "rollback", "--root", str(tmp_path / "car")]) == 2
@@ -119,8 +104,8 @@ def test_install_archive_delivered_by_greengrass(tmp_path, capsys):
     assert state(tmp_path)["current"]["version"] == 3
 
 
-def test_no_network_keeps_driving(workspace, monkeypatch, capsys):
-    tmp_path, aws = workspace
+def test_no_network_keeps_driving(car_workspace, monkeypatch, capsys):
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     pull(tmp_path)
     capsys.readouterr()
@@ -181,8 +166,8 @@ def test_registry_choice_defaults_to_the_local_workspace(monkeypatch, capsys):
     assert "must be 'local' or 'aws'" in capsys.readouterr().err
 
 
-def test_corrupt_state_does_not_stop_the_car(workspace, capsys):
-    tmp_path, aws = workspace
+def test_corrupt_state_does_not_stop_the_car(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     (tmp_path / "car" / "state.json").write_text("{not json")
@@ -196,10 +181,10 @@ def test_corrupt_state_does_not_stop_the_car(workspace, capsys):
     assert "drove 2 frames" in capsys.readouterr().out
 
 
-def test_new_car_waits_for_its_first_model_while_polling(workspace, capsys, caplog):
+def test_new_car_waits_for_its_first_model_while_polling(car_workspace, capsys, caplog):
     import threading
 
-    tmp_path, aws = workspace
+    tmp_path, aws = car_workspace
     approve_later = threading.Timer(
         0.5, lambda: register(aws.sagemaker, aws.s3, onnx_pilot_package("first"), key="m/1/model.tar.gz")
     )

@@ -31,8 +31,8 @@ from edge_fixtures import (
     fake_model,
     litert_pilot_package,
     onnx_pilot_package,
+    pull,
     register,
-    registry,
     sha256,
     tar_bytes,
 )
@@ -40,7 +40,6 @@ from edge_fixtures import (
 from edge import agent as agent_mod
 from edge import artifacts, drive, sources
 from edge.artifacts import ExtractLimits, UnsafeArchiveError, safe_extract
-from edge.aws import clients
 from edge.cli import main as edge_main
 
 TUB_V2 = SAMPLE_TUBS / "tub_v2"
@@ -208,20 +207,6 @@ HOSTILE_PACKAGES: dict[str, Callable[[Path], bytes]] = {
 
 
 # ---- a car on the local registry ----------------------------------------------------------------------
-@pytest.fixture
-def workspace(tmp_path):
-    aws = clients(local_root=tmp_path / "workspace")
-    registry(aws.sagemaker, aws.s3)
-    return tmp_path, aws
-
-
-def pull(tmp_path: Path, *extra: str) -> int:
-    return edge_main(
-        ["pull", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
-         "--group", GROUP, "--target", TARGET, *extra]
-    )  # fmt: skip
-
-
 def run_car(tmp_path: Path, *extra: str) -> int:
     return edge_main(
         ["run", "--root", str(tmp_path / "car"), "--local-root", str(tmp_path / "workspace"),
@@ -246,8 +231,8 @@ def assert_refused_in_one_line(capsys) -> str:
 
 
 @pytest.mark.parametrize("make", HOSTILE_ARCHIVES.values(), ids=HOSTILE_ARCHIVES.keys())
-def test_a_hostile_archive_is_rejected_once_and_the_car_keeps_its_model(workspace, capsys, make):
-    tmp_path, aws = workspace
+def test_a_hostile_archive_is_rejected_once_and_the_car_keeps_its_model(car_workspace, capsys, make):
+    tmp_path, aws = car_workspace
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     capsys.readouterr()
@@ -263,8 +248,8 @@ def test_a_hostile_archive_is_rejected_once_and_the_car_keeps_its_model(workspac
 
 
 @pytest.mark.parametrize("make", HOSTILE_PACKAGES.values(), ids=HOSTILE_PACKAGES.keys())
-def test_a_package_that_would_drive_unverified_or_wild_is_rejected(workspace, capsys, make):
-    tmp_path, aws = workspace
+def test_a_package_that_would_drive_unverified_or_wild_is_rejected(car_workspace, capsys, make):
+    tmp_path, aws = car_workspace
     outside = tmp_path / "outside.onnx"  # a working model the registry never vouched for
     outside.write_bytes(ONNX_BYTES)
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
@@ -303,8 +288,8 @@ def test_refusal_reasons_name_what_is_wrong(tmp_path):
     )
 
 
-def test_a_new_car_installs_the_newest_good_package_below_bad_ones(workspace, capsys):
-    tmp_path, aws = workspace
+def test_a_new_car_installs_the_newest_good_package_below_bad_ones(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("good"), key="m/1/model.tar.gz")
     bad = [
         register(
@@ -322,8 +307,8 @@ def test_a_new_car_installs_the_newest_good_package_below_bad_ones(workspace, ca
     assert sorted(key.split("#")[0] for key in state(tmp_path)["rejected"]) == sorted(bad)
 
 
-def test_a_check_tries_a_bounded_number_of_packages_and_the_next_goes_on(workspace, capsys):
-    tmp_path, aws = workspace
+def test_a_check_tries_a_bounded_number_of_packages_and_the_next_goes_on(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("good"), key="m/0/model.tar.gz")
     for number in range(1, agent_mod.MAX_TRIES_PER_CHECK + 1):
         register(aws.sagemaker, aws.s3, folder_then_file(), key=f"m/{number}/model.tar.gz")
@@ -352,8 +337,8 @@ def agent_for(tmp_path: Path, aws, s3=None, **kwargs) -> agent_mod.Agent:
     )
 
 
-def test_a_rejected_package_is_never_downloaded_again(workspace):
-    tmp_path, aws = workspace
+def test_a_rejected_package_is_never_downloaded_again(car_workspace):
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     register(aws.sagemaker, aws.s3, truncated(onnx_pilot_package("cut")), key="m/2/model.tar.gz")
     s3 = CountingS3(aws.s3)
@@ -364,8 +349,8 @@ def test_a_rejected_package_is_never_downloaded_again(workspace):
     assert s3.downloads == ["m/2/model.tar.gz", "m/1/model.tar.gz"]
 
 
-def test_a_sha_mismatch_is_retried_not_rejected_and_installs_once_repaired(workspace, capsys):
-    tmp_path, aws = workspace
+def test_a_sha_mismatch_is_retried_not_rejected_and_installs_once_repaired(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     genuine = onnx_pilot_package("v2")
     newer = register(aws.sagemaker, aws.s3, genuine, key="m/2/model.tar.gz")
@@ -384,8 +369,8 @@ def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_full_disk_is_retried_not_a_rejection(workspace, monkeypatch, capsys):
-    tmp_path, aws = workspace
+def test_a_full_disk_is_retried_not_a_rejection(car_workspace, monkeypatch, capsys):
+    tmp_path, aws = car_workspace
     good = register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     newer = register(aws.sagemaker, aws.s3, onnx_pilot_package("v2"), key="m/2/model.tar.gz")
@@ -412,10 +397,10 @@ def assert_storage_error(capsys) -> str:
     return out
 
 
-def test_a_read_only_disk_neither_stops_pull_nor_run(workspace, monkeypatch, capsys):
+def test_a_read_only_disk_neither_stops_pull_nor_run(car_workspace, monkeypatch, capsys):
     from edge import local_aws
 
-    tmp_path, aws = workspace
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v2"), key="m/2/model.tar.gz")
@@ -442,9 +427,9 @@ def test_a_read_only_disk_neither_stops_pull_nor_run(workspace, monkeypatch, cap
     ],
 )
 def test_run_drives_with_the_last_good_model_whatever_the_update_check_raises(
-    workspace, monkeypatch, capsys, failure
+    car_workspace, monkeypatch, capsys, failure
 ):
-    tmp_path, aws = workspace
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     capsys.readouterr()
@@ -465,8 +450,8 @@ def test_run_drives_with_the_last_good_model_whatever_the_update_check_raises(
     assert f"check-failed: {type(failure).__name__}: {failure}" in capsys.readouterr().out
 
 
-def test_run_with_a_hostile_package_approved_still_drives(workspace, capsys):
-    tmp_path, aws = workspace
+def test_run_with_a_hostile_package_approved_still_drives(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     assert pull(tmp_path) == 0
     bad = register(aws.sagemaker, aws.s3, zip_of({"manifest.json": b"{}"}, flag=1), key="m/2/model.tar.gz")
@@ -491,8 +476,8 @@ def test_a_hostile_archive_delivered_by_greengrass_is_rejected_once(tmp_path, ca
     assert "is not a file" in capsys.readouterr().err
 
 
-def test_an_unexpected_exception_rejects_the_package_with_its_type_logged(workspace, caplog):
-    tmp_path, aws = workspace
+def test_an_unexpected_exception_rejects_the_package_with_its_type_logged(car_workspace, caplog):
+    tmp_path, aws = car_workspace
     arn = register(aws.sagemaker, aws.s3, fake_model("v1"), key="m/1/model.tar.gz")
 
     def buggy_smoke(model_dir: Path) -> dict:
@@ -748,8 +733,8 @@ def test_an_unreadable_state_path_is_one_line(tmp_path, capsys):
     assert "cannot read" in err and "Traceback" not in err
 
 
-def test_a_bug_is_one_line_with_its_type_and_exit_70(workspace, monkeypatch, capsys):
-    tmp_path, _ = workspace
+def test_a_bug_is_one_line_with_its_type_and_exit_70(car_workspace, monkeypatch, capsys):
+    tmp_path, _ = car_workspace
 
     def buggy(self):
         return {}["missing"]
@@ -762,8 +747,8 @@ def test_a_bug_is_one_line_with_its_type_and_exit_70(workspace, monkeypatch, cap
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_status_lists_rejected_packages_with_their_reasons(workspace, capsys):
-    tmp_path, aws = workspace
+def test_status_lists_rejected_packages_with_their_reasons(car_workspace, capsys):
+    tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
     bad = register(aws.sagemaker, aws.s3, onnx_pilot_package("t50", throttle=50.0), key="m/2/model.tar.gz")
     pull(tmp_path)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_pipeline_definition import SETTINGS  # the pilot as the definition tests build it
 
 from pipelines.control import build_definition
-from pipelines.settings import EXAMPLE_VALUES, Settings
 from pipelines.step_requests import (
     SAMPLE_EXECUTION_ID,
     StepProblem,
@@ -23,15 +23,6 @@ from pipelines.step_requests import (
     step_requests,
 )
 
-SETTINGS = Settings(
-    region=EXAMPLE_VALUES["region"],
-    role=EXAMPLE_VALUES["role"],
-    bucket=EXAMPLE_VALUES["bucket"],
-    prefix="robocar",
-    pipeline_name="robocar-pipeline",
-    model_package_group="robocar-pilots",
-    endpoint_url=None,
-)
 PILOT_REQUEST_STEPS = ["Preprocess", "Train", "Evaluate", "CompileForEdge", "Register"]
 BUCKET = "robocar-data-123456789012"
 ROLE = "arn:aws:iam::123456789012:role/robocar-pipeline-execution"
