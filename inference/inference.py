@@ -22,18 +22,18 @@ container has no way for a handler to choose its status); ``predict_payload`` ca
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_HERE = Path(__file__).resolve().parent
-if (_HERE / "edge").is_dir() and str(_HERE) not in sys.path:  # inside model.tar.gz: code/edge/ beside us
-    sys.path.insert(0, str(_HERE))
+# code/edge/ sits beside this file: the TF Serving container starts its Python service with
+# ``gunicorn --pythonpath /opt/ml/model/code`` (serve.py of aws/sagemaker-tensorflow-serving-container,
+# ``_setup_gunicorn``), so ``edge`` imports as a package with no path change of ours.
+from edge.frames import FrameError, FrameSpec, decode_image, decode_outputs, prepare_frame, to_model_input
 
-from edge.frames import FrameError, FrameSpec, decode_image, decode_outputs, prepare_frame, to_model_input  # noqa: E402
+_HERE = Path(__file__).resolve().parent  # <model>/code: model.json is one level up
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
 JSON_TYPE = "application/json"

@@ -121,14 +121,16 @@ def test_wrong_sized_image_is_a_client_error():
 
 
 @pytest.fixture
-def container_handler(tmp_path):
-    """inference.py as the TF Serving container loads it: <model>/code/inference.py beside code/edge/."""
+def container_handler(tmp_path, monkeypatch):
+    """inference.py as the TF Serving container loads it: <model>/code/inference.py beside code/edge/,
+    with code/ on the path (its gunicorn runs with ``--pythonpath /opt/ml/model/code``)."""
     code = tmp_path / "model" / "code"
     (code / "edge").mkdir(parents=True)
     shutil.copyfile(REPO / "inference/inference.py", code / "inference.py")
     shutil.copyfile(REPO / "edge/__init__.py", code / "edge/__init__.py")
     shutil.copyfile(REPO / "edge/frames.py", code / "edge/frames.py")
     (tmp_path / "model" / "model.json").write_text(json.dumps(LINEAR_JSON))
+    monkeypatch.syspath_prepend(str(code))
     spec = importlib.util.spec_from_file_location("inference", code / "inference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
