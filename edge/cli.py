@@ -441,10 +441,10 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
         for output in outputs:
             output.close()
         source.close()
+        recording = None if recorder is None else recorder.close()  # what is queued reaches the disk
     print(summary.text())
     report = summary.to_dict()
-    if recorder is not None:
-        recording = recorder.close()
+    if recording is not None:
         print(recording.text(args.record))
         report["recording"] = recording.to_dict()
     if update is not None:
@@ -532,6 +532,9 @@ def _record(args: argparse.Namespace) -> int:
         raise record.RecordError(f"--controls must be 'recorded' or jsonl:PATH, got {args.controls!r}")
     stop = threading.Event()
     source = sources.open_source(args.source, frames.FrameSpec())
+    if args.controls == "recorded" and not isinstance(source, sources.TubSource):
+        source.close()
+        raise record.RecordError(f"{source.description} holds no controls: give --controls jsonl:PATH")
     outputs: list[Any] = [drive.PCA9685Actuator()] if args.actuator == "pca9685-stub" else []
     recorder = _recorder(args, args.record)
     with contextlib.ExitStack() as stack:

@@ -200,6 +200,9 @@ def test_record_command_with_json_lines_controls(tmp_path, capsys):
         edge_main(["record", "--tub", str(tmp_path / "t2"), "--source", str(SAMPLE), "--controls", "joy"])
         == 2
     )
+    images = SAMPLE / "images"
+    assert edge_main(["record", "--tub", str(tmp_path / "t3"), "--source", f"folder:{images}"]) == 2
+    assert "holds no controls" in capsys.readouterr().err
 
 
 def test_run_record_puts_the_pilots_outputs_next_to_the_persons(tmp_path, capsys):

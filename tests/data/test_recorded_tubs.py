@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,3 +110,29 @@ def test_preprocess_accounts_for_every_recorded_record(tmp_path, capsys):
         "format": "v2", "read": 40, "accepted": 40, "rejected": 0, "deleted": 0,
     }  # fmt: skip
     assert "recorded (v2): read 40, accepted 40, rejected 0, deleted 0" in capsys.readouterr().out
+
+
+def test_a_power_cut_at_any_byte_of_the_last_line_is_repaired_on_open(tmp_path):
+    """What a kill cannot do but a power cut can: the last line cut short anywhere, its image lost."""
+    whole = tmp_path / "whole"
+    writer = record.TubWriter(whole, sync_interval_s=None)
+    for k in range(4):
+        writer.write(record.record_values(_image() + k, record.Controls(0.1 * k, 0.2), "user"))
+    writer.close()
+    lines = (whole / "catalog_0.catalog").read_bytes().splitlines(keepends=True)
+    for cut in [*range(0, len(lines[-1]), 13), len(lines[-1]) - 1]:  # every 13th byte and the last
+        tub = tmp_path / f"cut{cut}"
+        shutil.copytree(whole, tub)
+        (tub / "catalog_0.catalog").write_bytes(b"".join(lines[:-1]) + lines[-1][:cut])
+        (tub / "images" / "3_cam_image_array_.jpg").unlink()
+
+        repaired = record.TubWriter(tub, sync_interval_s=None)
+        assert (repaired.repair.torn_bytes, repaired.repair.index_after) == (cut, 3), cut
+        repaired.close()
+        report, candidates = read_v2_tub(Source(tub, "v2", "tub"), RecordValidator("tub_v2_record"))
+        assert (report.read, report.rejected, [c.index for c in candidates]) == (3, 0, [0, 1, 2])
+    # the whole line kept but its image lost (written after the line reached the disk): dropped, counted
+    tub = tmp_path / "image-lost"
+    shutil.copytree(whole, tub)
+    (tub / "images" / "3_cam_image_array_.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+    assert record.TubWriter(tub, sync_interval_s=None).repair.dropped_records == 1
