@@ -234,3 +234,14 @@ def test_the_drive_loop_hook_sees_every_driven_frame(tmp_path):
         record=lambda frame, command: seen.append((frame.origin, command)),
     )  # fmt: skip
     assert summary.frames == 4 and [c.frame for _, c in seen] == [0, 1, 2, 3]
+
+
+def test_record_runs_on_the_cars_install_without_tensorflow_sdk_or_boto3(tmp_path):
+    from test_edge_lean import run_on_the_car
+
+    recorded = run_on_the_car(
+        "edge.cli", "record", "--tub", str(tmp_path / "tub"), "--source", f"tub:{SAMPLE}", "--max-frames", "3"
+    )
+    assert recorded.returncode == 0, recorded.stderr
+    assert "recorded 3 records" in recorded.stdout
+    assert "HEAVY-MODULES=\n" in recorded.stderr + "\n"
