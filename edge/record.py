@@ -23,10 +23,11 @@ descriptor, then both manifests are replaced by rename (never half written). A `
 thus leaves whole records only, at most one more than ``current_index`` counts (donkeycar's ``Tub`` reads
 every line either way). A power cut can still lose what the kernel had not written out: the writer
 ``fsync``s every ``sync_interval_s`` (1 s: at most 20 records at donkeycar's 20 Hz loop), and opening a
-tub repairs what is left (``repair_tub``): a torn last line and records at the tail whose image is
-missing or cut short are truncated and counted, ``current_index`` and the catalog manifest are set from
-the lines kept, leftover temporary images removed. donkeycar also only lists a session in
-``sessions.all_full_ids`` when its tub is closed; here it is listed with the session's first record.
+tub repairs what is left (``repair_tub``): a torn last line, and the first record whose image is
+missing or cut short with all after it, are truncated and counted, ``current_index`` and the
+catalog manifest are set from the lines kept, leftover temporary images removed. donkeycar also only
+lists a session in ``sessions.all_full_ids`` when its tub is closed; here it is listed with the
+session's first record.
 
 Sessions rotate (a new ``_session_id`` in the same tub) after ``Rotation`` records, bytes or seconds, so
 a long drive splits into units Preprocess can put in different splits.
@@ -170,6 +171,14 @@ def replace_file(path: Path, data: bytes, *, sync: bool = False) -> None:
     os.replace(part, path)
 
 
+def _sync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _sync_folder(folder: Path) -> None:
     """fsync a folder, so the renames into it survive a power cut (POSIX: a rename is durable once the
     directory is synced)."""
@@ -244,12 +253,12 @@ def repair_tub(tub: Path, manifest: TubManifest) -> Repair:
     image_keys = [
         key for key, kind in zip(manifest.inputs, manifest.types, strict=False) if kind == "image_array"
     ]
-    while lines:  # records at the tail whose image a power cut lost
-        record = json.loads(lines[-1])
-        if all(_image_whole(tub / IMAGES / str(record.get(key))) for key in image_keys if key in record):
+    for position, line in enumerate(lines):  # the first record whose image a power cut lost, and after
+        record = json.loads(line)
+        if not all(_image_whole(tub / IMAGES / str(record[key])) for key in image_keys if key in record):
+            repair.dropped_records = len(lines) - position
+            del lines[position:]
             break
-        lines.pop()
-        repair.dropped_records += 1
     keep = b"".join(lines)
     if len(keep) != len(data) or not last.exists():
         with open(last, "ab") as handle:
@@ -344,6 +353,7 @@ class TubWriter:
             self.repair = Repair()
         self.input_types = dict(zip(names, kinds, strict=True))
         self._catalog_fd: int | None = None
+        self._unsynced: list[Path] = []  # images written since the last fsync
         self._catalog_meta: dict[str, Any] = {}
         if self.manifest.paths:
             self._open_catalog(self.manifest.paths[-1])
@@ -391,13 +401,17 @@ class TubWriter:
 
     def _add_catalog(self) -> None:
         """donkeycar Manifest._add_catalog; the empty catalog and its manifest exist before it is listed."""
+        if self._catalog_fd is not None:  # the full catalog is durable before the next is listed
+            self._save_manifests(sync=True)
         name = f"catalog_{len(self.manifest.paths)}.catalog"
         (self.path / name).write_bytes(b"")
         replace_file(self.path / f"catalog_{len(self.manifest.paths)}.catalog_manifest",
-                     catalog_manifest_line(name, self.clock(), self.manifest.current_index, []))  # fmt: skip
+                     catalog_manifest_line(name, self.clock(), self.manifest.current_index, []),
+                     sync=True)  # fmt: skip
         self._open_catalog(name)
         self.manifest.paths.append(name)
-        replace_file(self.path / MANIFEST, self.manifest.to_bytes())
+        replace_file(self.path / MANIFEST, self.manifest.to_bytes(), sync=True)
+        _sync_folder(self.path)
 
     # -- records
     def contents(self, values: Mapping[str, Any], index: int) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -443,6 +457,7 @@ class TubWriter:
         line = catalog_line(record)
         for name, data in images.items():  # images first: a record never names a missing image
             replace_file(self.path / IMAGES / name, data)
+            self._unsynced.append(self.path / IMAGES / name)
         written = os.write(self._catalog_fd, line)  # one write of the whole line: never half a record
         if written != len(line):  # a full disk: cut the partial line back off
             os.ftruncate(self._catalog_fd, os.lseek(self._catalog_fd, 0, os.SEEK_END) - written)
@@ -465,9 +480,12 @@ class TubWriter:
 
     def _save_manifests(self, *, sync: bool = False) -> None:
         meta = self._catalog_meta
-        if sync:  # the lines and images before the manifests that count them
-            os.fsync(self._catalog_fd)
+        if sync:  # the images and lines before the manifests that count them
+            for image in self._unsynced:
+                _sync_file(image)
+            self._unsynced.clear()
             _sync_folder(self.path / IMAGES)
+            os.fsync(self._catalog_fd)
         replace_file(
             self.path / f"{Path(meta['name']).stem}.catalog_manifest",
             catalog_manifest_line(

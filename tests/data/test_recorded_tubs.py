@@ -136,3 +136,9 @@ def test_a_power_cut_at_any_byte_of_the_last_line_is_repaired_on_open(tmp_path):
     shutil.copytree(whole, tub)
     (tub / "images" / "3_cam_image_array_.jpg").write_bytes(b"\xff\xd8\xff\xe0")
     assert record.TubWriter(tub, sync_interval_s=None).repair.dropped_records == 1
+    # an image lost in the middle (not yet synced): that record and the ones after it go, none names it
+    tub = tmp_path / "middle-image-lost"
+    shutil.copytree(whole, tub)
+    (tub / "images" / "1_cam_image_array_.jpg").unlink()
+    repaired = record.TubWriter(tub, sync_interval_s=None)
+    assert (repaired.repair.dropped_records, repaired.repair.index_after) == (3, 1)
