@@ -47,6 +47,7 @@ import math
 import os
 import queue
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -294,6 +295,28 @@ def _catalog_start(tub: Path, catalog: str, previous_lines: int) -> int:
     return start if isinstance(start, int) and start >= 0 else previous_lines
 
 
+def create_tub(path: Path, manifest: TubManifest, created_at: float) -> None:
+    """A new tub with its first (empty) catalog, made in ``.<name>.part`` beside ``path`` and renamed
+    into place, so a crash while creating it leaves no tub rather than one without a manifest. An
+    existing ``path`` must be an empty folder (rename(2) replaces only an empty directory)."""
+    if (path.is_dir() and any(path.iterdir())) or (path.exists() and not path.is_dir()):
+        raise RecordError(f"{path} is neither a donkeycar tub v2 (no {MANIFEST}) nor an empty folder")
+    staging = path.with_name(f".{path.name}{PART_SUFFIX}")
+    if staging.exists():  # what a crash while creating this tub left: ours, and never listed anywhere
+        shutil.rmtree(staging)
+    (staging / IMAGES).mkdir(parents=True)
+    name = "catalog_0.catalog"
+    (staging / name).write_bytes(b"")
+    replace_file(
+        staging / "catalog_0.catalog_manifest", catalog_manifest_line(name, created_at, 0, []), sync=True
+    )
+    manifest.paths = [name]
+    replace_file(staging / MANIFEST, manifest.to_bytes(), sync=True)
+    _sync_folder(staging)
+    os.replace(staging, path)
+    _sync_folder(path.parent)
+
+
 # ---- the synchronous writer -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rotation:
@@ -334,31 +357,22 @@ class TubWriter:
         self.sync_interval_s = sync_interval_s
         self.clock = clock
         names, kinds = [k for k, _ in inputs], [t for _, t in inputs]
-        (self.path / IMAGES).mkdir(parents=True, exist_ok=True)
-        if (self.path / MANIFEST).exists():
-            self.manifest = TubManifest.read(self.path)
-            if (self.manifest.inputs, self.manifest.types) != (names, kinds):
-                raise RecordError(
-                    f"{self.path} records {self.manifest.inputs} ({self.manifest.types}), "
-                    f"not {names} ({kinds})"
-                )
-            self.repair = repair_tub(self.path, self.manifest)
-            if self.repair.changed():
-                log.warning("repaired %s after a crash: %s", self.path, self.repair)
-        else:
-            now = clock()
-            self.manifest = TubManifest(
-                names, kinds, dict(metadata or {}), {"created_at": now}, [], 0, max_len
+        if not (self.path / MANIFEST).exists():
+            empty = TubManifest(names, kinds, dict(metadata or {}), {"created_at": clock()}, [], 0, max_len)
+            create_tub(self.path, empty, clock())
+        self.manifest = TubManifest.read(self.path)
+        if (self.manifest.inputs, self.manifest.types) != (names, kinds):
+            raise RecordError(
+                f"{self.path} records {self.manifest.inputs} ({self.manifest.types}), not {names} ({kinds})"
             )
-            self.repair = Repair()
+        self.repair = repair_tub(self.path, self.manifest)
+        if self.repair.changed():
+            log.warning("repaired %s after a crash: %s", self.path, self.repair)
         self.input_types = dict(zip(names, kinds, strict=True))
         self._catalog_fd: int | None = None
         self._unsynced: list[Path] = []  # images written since the last fsync
         self._catalog_meta: dict[str, Any] = {}
-        if self.manifest.paths:
-            self._open_catalog(self.manifest.paths[-1])
-        else:
-            self._add_catalog()
+        self._open_catalog(self.manifest.paths[-1])
         self.session = self._next_session()
         self.records_written = 0
         self._last_sync = time.monotonic()
@@ -401,8 +415,7 @@ class TubWriter:
 
     def _add_catalog(self) -> None:
         """donkeycar Manifest._add_catalog; the empty catalog and its manifest exist before it is listed."""
-        if self._catalog_fd is not None:  # the full catalog is durable before the next is listed
-            self._save_manifests(sync=True)
+        self._save_manifests(sync=True)  # the full catalog is durable before the next is listed
         name = f"catalog_{len(self.manifest.paths)}.catalog"
         (self.path / name).write_bytes(b"")
         replace_file(self.path / f"catalog_{len(self.manifest.paths)}.catalog_manifest",

@@ -245,3 +245,20 @@ def test_record_runs_on_the_cars_install_without_tensorflow_sdk_or_boto3(tmp_pat
     assert recorded.returncode == 0, recorded.stderr
     assert "recorded 3 records" in recorded.stdout
     assert "HEAVY-MODULES=\n" in recorded.stderr + "\n"
+
+
+def test_a_new_tub_appears_whole_or_not_at_all(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "meta.json").write_text("{}")
+    with pytest.raises(record.RecordError, match="nor an empty folder"):
+        record.TubWriter(tmp_path / "v1")
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["meta.json"], "nothing written into it"
+    staging = tmp_path / ".new.part"  # a crash while creating tmp_path/new left this
+    (staging / "images").mkdir(parents=True)
+    (tmp_path / "new").mkdir()  # an empty folder is fine
+    writer = record.TubWriter(tmp_path / "new", sync_interval_s=None)
+    writer.close()
+    assert not staging.exists()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
+        "catalog_0.catalog", "catalog_0.catalog_manifest", "images", "manifest.json",
+    ]  # fmt: skip
