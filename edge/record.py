@@ -172,18 +172,10 @@ def replace_file(path: Path, data: bytes, *, sync: bool = False) -> None:
     os.replace(part, path)
 
 
-def _sync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a folder so the renames into it survive a power cut (POSIX: a rename is durable
+    once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder, so the renames into it survive a power cut (POSIX: a rename is durable once the
-    directory is synced)."""
-    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -312,9 +304,9 @@ def create_tub(path: Path, manifest: TubManifest, created_at: float) -> None:
     )
     manifest.paths = [name]
     replace_file(staging / MANIFEST, manifest.to_bytes(), sync=True)
-    _sync_folder(staging)
+    fsync_path(staging)
     os.replace(staging, path)
-    _sync_folder(path.parent)
+    fsync_path(path.parent)
 
 
 # ---- the synchronous writer -----------------------------------------------------------------------------
@@ -424,7 +416,7 @@ class TubWriter:
         self._open_catalog(name)
         self.manifest.paths.append(name)
         replace_file(self.path / MANIFEST, self.manifest.to_bytes(), sync=True)
-        _sync_folder(self.path)
+        fsync_path(self.path)
 
     # -- records
     def contents(self, values: Mapping[str, Any], index: int) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -495,9 +487,9 @@ class TubWriter:
         meta = self._catalog_meta
         if sync:  # the images and lines before the manifests that count them
             for image in self._unsynced:
-                _sync_file(image)
+                fsync_path(image)
             self._unsynced.clear()
-            _sync_folder(self.path / IMAGES)
+            fsync_path(self.path / IMAGES)
             os.fsync(self._catalog_fd)
         replace_file(
             self.path / f"{Path(meta['name']).stem}.catalog_manifest",
@@ -508,7 +500,7 @@ class TubWriter:
         )
         replace_file(self.path / MANIFEST, self.manifest.to_bytes(), sync=sync)
         if sync:
-            _sync_folder(self.path)
+            fsync_path(self.path)
 
     def close(self) -> None:
         if self._catalog_fd is None:
