@@ -8,7 +8,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export SAGEMAKER_VALIDATE_ROLE := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint venv clean system
+.PHONY: demo test lint venv clean system recording-check
 
 venv: $(STAMP)
 
@@ -46,3 +46,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .robocar build *.egg-info
+
+# donkeycar 5.3.0's own Tub reads a tub recorded by `robocar-edge record` (makes .bench/ on first use).
+recording-check: $(STAMP)
+	$(BIN)/python benchmarks/record.py --donkeycar-only

@@ -156,6 +156,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     run.add_argument("--summary-json", type=Path, help="also write the final summary as JSON here")
     run.add_argument("--quiet", action="store_true", help="no live line, warnings only")
+    _add_recording(run.add_argument_group("recording (docs/recording.md)"), "--record")
     mqtt = run.add_argument_group("MQTT (published when a broker is given)")
     mqtt.add_argument(
         "--mqtt-host", default=_env("ROBOCAR_MQTT_HOST"), help="broker host; env ROBOCAR_MQTT_HOST"
@@ -172,6 +173,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-key", help="client key for TLS")
     _add_debug(run)
     run.set_defaults(handler=_guard(_run))
+
+    _add_record_command(commands)
 
     status = commands.add_parser(
         "status", help="show the installed model, the previous one and the last check"
@@ -203,7 +206,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 # ---- plumbing -----------------------------------------------------------------------------------------
 def _user_errors() -> tuple[type[Exception], ...]:
-    from edge import agent, artifacts, drive, frames, runtimes, sources
+    from edge import agent, artifacts, drive, frames, record, runtimes, sources
 
     return (
         agent.AgentError,
@@ -212,6 +215,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         frames.FrameError,
         sources.SourceError,
         runtimes.PilotError,
+        record.RecordError,
     )
 
 
@@ -404,7 +408,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
     source = sources.open_source(args.source, pilot.infer.spec)
     outputs: list[Any] = []
-    mqtt = None
+    mqtt = recorder = None
     try:
         if args.jsonl:
             outputs.append(drive.JsonLinesWriter(args.jsonl))
@@ -421,6 +425,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
             )  # fmt: skip
             outputs.append(mqtt)
         progress = None if args.quiet else drive.Progress(sys.stderr)
+        recorder = _recorder(args, args.record) if args.record else None
         summary = drive.drive(
             source,
             pilot,
@@ -429,14 +434,19 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
             rate_hz=args.rate,
             progress=progress,
             stop=stop.is_set,
+            record=None if recorder is None else _pilot_recording(recorder),
         )
     finally:
         stop.set()
         for output in outputs:
             output.close()
         source.close()
+        recording = None if recorder is None else recorder.close()  # what is queued reaches the disk
     print(summary.text())
     report = summary.to_dict()
+    if recording is not None:
+        print(recording.text(args.record))
+        report["recording"] = recording.to_dict()
     if update is not None:
         print(f"update check: {update['outcome']}: {update['detail']}")
         report["update"] = update
@@ -446,6 +456,107 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if summary.frames else 1
+
+
+# ---- recording: `robocar-edge record` and `run --record` (edge/record.py, docs/recording.md) -------------
+def _add_recording(group: Any, tub_flag: str) -> None:
+    """The tub to record into and when its sessions rotate (shared by ``record`` and ``run --record``)."""
+    group.add_argument(
+        tub_flag, dest="record", type=Path, required=tub_flag == "--tub",
+        help="the donkeycar tub v2 folder to record into (created, or appended to as a new session)",
+    )  # fmt: skip
+    group.add_argument("--rotate-records", type=int, help="start a new session after N records")
+    group.add_argument("--rotate-seconds", type=float, help="start a new session after S seconds")
+    group.add_argument("--rotate-mb", type=float, help="start a new session after M MB written")
+    group.add_argument(
+        "--record-queue", type=int, default=64,
+        help="records waiting for the disk before one is dropped (default: 64, 3.2 s at 20 Hz)",
+    )  # fmt: skip
+    group.add_argument(
+        "--meta", action="append", default=[], metavar="KEY:VALUE",
+        help="user metadata of a new tub (manifest.json line 3), as donkeycar's --meta",
+    )  # fmt: skip
+
+
+def _add_record_command(commands: Any) -> None:
+    record = commands.add_parser(
+        "record", help="record a donkeycar tub v2 while a person drives (a replayed tub or JSON lines)",
+        description="The person drives: the actuators follow their controls and every frame is recorded "
+        "(user/mode 'user'). Controls: 'recorded' (a replayed tub's own user/angle and user/throttle) or "
+        "jsonl:PATH ('jsonl:-': standard input), one {\"angle\": a, \"throttle\": t} line per frame.",
+    )  # fmt: skip
+    _add_recording(record, "--tub")
+    record.add_argument("--source", default=_env("ROBOCAR_EDGE_SOURCE", "camera"), help="frame source")
+    record.add_argument("--controls", default="recorded", help="recorded | jsonl:PATH | jsonl:-")
+    record.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    record.add_argument("--rate", type=float, default=0.0, help="pace a replay at N frames/s")
+    record.add_argument("--actuator", choices=("none", "pca9685-stub"), default="none")
+    record.add_argument("--summary-json", type=Path, help="also write the recording's counts as JSON here")
+    _add_debug(record)
+    record.set_defaults(handler=_guard(_record), quiet=False)
+
+
+def _recorder(args: argparse.Namespace, tub: Path) -> Any:
+    from edge import record
+
+    metadata = dict(item.split(":", 1) for item in args.meta if ":" in item)
+    if len(metadata) != len(args.meta):
+        raise record.RecordError(f"--meta takes KEY:VALUE, got {args.meta}")
+    rotation = record.Rotation(
+        records=args.rotate_records,
+        seconds=args.rotate_seconds,
+        bytes=None if args.rotate_mb is None else int(args.rotate_mb * 1e6),
+    )
+    writer = record.TubWriter(tub, metadata=metadata, rotation=rotation)
+    return record.Recorder(writer, queue_size=args.record_queue)
+
+
+def _pilot_recording(recorder: Any) -> Callable[[Any, Any], bool]:
+    """``run --record``: the pilot drives (mode ``local``); the person's controls are the replayed tub's
+    when there is one, else idle sticks, as donkeycar records its untouched joystick."""
+    from edge import record
+
+    def hook(frame: Any, command: Any) -> bool:
+        person = record.recorded_controls(frame.recorded)
+        values = record.record_values(frame.image, person, "local", (command.angle, command.throttle))
+        return bool(recorder.submit(values, command.time))
+
+    return hook
+
+
+def _record(args: argparse.Namespace) -> int:
+    from edge import drive, frames, record, sources
+
+    kind, _, where = args.controls.partition(":")
+    if args.controls != "recorded" and not (kind == "jsonl" and where):
+        raise record.RecordError(f"--controls must be 'recorded' or jsonl:PATH, got {args.controls!r}")
+    stop = threading.Event()
+    source = sources.open_source(args.source, frames.FrameSpec())
+    if args.controls == "recorded" and not isinstance(source, sources.TubSource):
+        source.close()
+        raise record.RecordError(f"{source.description} holds no controls: give --controls jsonl:PATH")
+    outputs: list[Any] = [drive.PCA9685Actuator()] if args.actuator == "pca9685-stub" else []
+    recorder = _recorder(args, args.record)
+    with contextlib.ExitStack() as stack:
+        controls = None
+        if kind == "jsonl":
+            stream = sys.stdin if where == "-" else stack.enter_context(open(where, encoding="utf-8"))
+            controls = record.json_lines_controls(iter(stream))
+        try:
+            with _stop_on_signals(stop):
+                driven = record.drive_by_person(
+                    source, recorder, outputs, controls=controls,
+                    max_frames=args.max_frames, rate_hz=args.rate, stop=stop.is_set,
+                )  # fmt: skip
+        finally:
+            for output in outputs:
+                output.close()
+            source.close()
+            stats = recorder.close()
+    print(f"drove {driven} frames from {source.description}; " + stats.text(args.record))
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps({"frames": driven, **stats.to_dict()}, indent=2) + "\n")
+    return 0 if stats.written else 1
 
 
 def _update_before_driving(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:

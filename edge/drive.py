@@ -28,7 +28,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from edge import frames
-from edge.sources import FrameSource
+from edge.sources import Frame, FrameSource
 
 log = logging.getLogger("robocar.edge.drive")
 
@@ -422,8 +422,12 @@ def drive(
     rate_hz: float = 0.0,
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
+    record: Callable[[Frame, Command], Any] | None = None,
 ) -> DriveSummary:
-    """Drive until the source ends, ``max_frames`` frames, or ``stop()``; ``rate_hz`` paces a replay."""
+    """Drive until the source ends, ``max_frames`` frames, or ``stop()``; ``rate_hz`` paces a replay.
+
+    ``record(frame, command)`` is called for each driven frame after the actuators (``--record``:
+    ``edge.record.Recorder.submit``, which only queues, so the disk never slows the loop)."""
     latencies = array("d")
     recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
     skipped = non_finite = failed = 0
@@ -463,6 +467,8 @@ def drive(
         )
         for output in outputs:
             output.apply(command)
+        if record is not None:
+            record(frame, command)
         latencies.append(latency_ms)
         recent.append(t1)
         if progress is not None:

@@ -12,16 +12,14 @@ each image row below the horizon sees the ground at one forward distance, where 
 lateral position and direction come from the track geometry ahead of the car. Sessions differ in
 start position, driving direction (mirrored track), lighting, colours and noise.
 
-The tub layout is byte-for-byte what donkeycar 5.3.0 writes (``donkeycar/parts/datastore_v2.py``):
-``manifest.json`` (5 lines), ``catalog_N.catalog`` (``json.dumps(record, allow_nan=False,
-sort_keys=True)`` per line, ``max_len`` 1000), ``catalog_N.catalog_manifest``,
-``images/<index>_cam_image_array_.jpg`` (160x120 JPEG). Everything is a function of the seed.
+The tub layout is byte-for-byte what donkeycar 5.3.0 writes, through the car's own recorder's layout
+(``edge/record.py``: ``manifest.json``, ``catalog_N.catalog`` with ``max_len`` 1000,
+``catalog_N.catalog_manifest``, ``images/<index>_cam_image_array_.jpg``, 160x120 JPEG); written in one go
+here, not record by record. Everything is a function of the seed.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import time
 from collections.abc import Callable
@@ -29,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from edge import record as tub_layout
 
 IMAGE_H, IMAGE_W = 120, 160
 FPS = 20  # donkeycar DRIVE_LOOP_HZ
-CATALOG_MAX_LEN = 1000  # donkeycar Tub(max_catalog_len=1000)
-INPUTS = ["cam/image_array", "user/angle", "user/throttle", "user/mode"]
-TYPES = ["image_array", "float", "float", "str"]
+CATALOG_MAX_LEN = tub_layout.CATALOG_MAX_LEN
 BASE_TIME_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z: timestamps depend on the seed only, never the clock
 
 TRACK_LENGTH_M = 30.0  # a DonkeyCar track: ~5 m across
@@ -280,20 +277,9 @@ def render_frames(
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
-def encode_jpeg(frame: np.ndarray) -> bytes:
-    """What donkeycar's tub writer does: ``Image.fromarray(img).save(path)`` (Pillow JPEG, quality 75)."""
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def session_sizes(frames: int, sessions: int) -> list[int]:
     base, extra = divmod(frames, sessions)
     return [base + (1 if k < extra else 0) for k in range(sessions)]
-
-
-def _dumps_line(value: object) -> str:
-    return json.dumps(value) + "\n"
 
 
 def write_tub(
@@ -314,7 +300,7 @@ def write_tub(
     camera = make_camera()
     day = time.strftime("%y-%m-%d", time.gmtime(BASE_TIME_S + seed * 86_400))
     session_ids = [f"{day}_{k}" for k in range(sessions)]
-    catalogs: dict[int, list[str]] = {}
+    catalogs: dict[int, list[bytes]] = {}
     index = 0
     angles: list[float] = []
     for number, size in enumerate(session_sizes(frames, sessions)):
@@ -327,8 +313,8 @@ def write_tub(
             images = render_frames(track, drive, slice(first, min(size, first + batch)), camera, look, rng)
             for k, image in enumerate(images):
                 i = first + k
-                name = f"{index}_cam_image_array_.jpg"
-                (out_dir / "images" / name).write_bytes(encode_jpeg(image))
+                name = tub_layout.image_name(index)
+                (out_dir / "images" / name).write_bytes(tub_layout.encode_jpeg(image))
                 record = {
                     "_index": index,
                     "_session_id": session_ids[number],
@@ -338,9 +324,7 @@ def write_tub(
                     "user/mode": "user",
                     "user/throttle": float(drive.throttle[i]),
                 }
-                catalogs.setdefault(index // CATALOG_MAX_LEN, []).append(
-                    json.dumps(record, allow_nan=False, sort_keys=True) + "\n"
-                )
+                catalogs.setdefault(index // CATALOG_MAX_LEN, []).append(tub_layout.catalog_line(record))
                 angles.append(float(drive.angle[i]))
                 index += 1
             if progress is not None:
@@ -350,31 +334,23 @@ def write_tub(
     for number, lines in sorted(catalogs.items()):
         catalog = f"catalog_{number}.catalog"
         paths.append(catalog)
-        (out_dir / catalog).write_text("".join(lines))
-        meta = {
-            "created_at": created + number,
-            "line_lengths": [len(line) for line in lines],
-            "path": f"catalog_{number}.catalog_manifest",
-            "start_index": number * CATALOG_MAX_LEN,
-        }
-        (out_dir / f"catalog_{number}.catalog_manifest").write_text(
-            json.dumps(meta, allow_nan=False, sort_keys=True) + "\n"
+        (out_dir / catalog).write_bytes(b"".join(lines))
+        (out_dir / f"catalog_{number}.catalog_manifest").write_bytes(
+            tub_layout.catalog_manifest_line(
+                catalog, created + number, number * CATALOG_MAX_LEN, [len(line) for line in lines]
+            )
         )
-    manifest = [
-        INPUTS,
-        TYPES,
-        {},
-        {
-            "created_at": created,
-            "sessions": {
-                "all_full_ids": session_ids,
-                "last_id": sessions - 1,
-                "last_full_id": session_ids[-1],
-            },
-        },
-        {"paths": paths, "current_index": index, "max_len": CATALOG_MAX_LEN, "deleted_indexes": []},
-    ]
-    (out_dir / "manifest.json").write_text("".join(_dumps_line(line) for line in manifest))
+    sessions_meta = {"all_full_ids": session_ids, "last_id": sessions - 1, "last_full_id": session_ids[-1]}
+    manifest = tub_layout.TubManifest(
+        inputs=[key for key, _ in tub_layout.PERSON_INPUTS],
+        types=[kind for _, kind in tub_layout.PERSON_INPUTS],
+        metadata={},
+        manifest_metadata={"created_at": created, "sessions": sessions_meta},
+        paths=paths,
+        current_index=index,
+        max_len=CATALOG_MAX_LEN,
+    )
+    (out_dir / "manifest.json").write_bytes(manifest.to_bytes())
     angle_array = np.asarray(angles)
     return {
         "tub": str(out_dir),
