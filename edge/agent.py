@@ -245,13 +245,17 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
 
 
 def verify_package(model_dir: Path) -> list[str]:
-    """The manifest's files are inside the package and are the bytes it records (``sha256``)."""
-    from edge import runtimes  # numpy: not for the rollout Lambda
+    """The manifest's files are inside the package and are the bytes it records (``sha256``), and its
+    preprocessing is this car's (``drive.frame_spec_of``: the frame_spec's digest is the one recorded)."""
+    from edge import drive, runtimes  # numpy: not for the rollout Lambda
 
     try:
-        return runtimes.verify_package_files(model_dir, runtimes.read_manifest(model_dir))
-    except runtimes.PilotError as exc:
+        manifest = runtimes.read_manifest(model_dir)
+        checked = runtimes.verify_package_files(model_dir, manifest)
+        drive.frame_spec_of(manifest)
+    except (runtimes.PilotError, drive.DriveError) as exc:
         raise artifacts.ArtifactError(str(exc)) from exc
+    return checked
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
