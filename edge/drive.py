@@ -37,6 +37,10 @@ class DriveError(Exception):
     """A drive that cannot start (no model, broker unreachable); printed without a traceback."""
 
 
+class ForeignPreprocessing(DriveError):
+    """A package whose preprocessing this car's edge/frames.py does not reproduce: update the car."""
+
+
 @dataclass(frozen=True)
 class Command:
     """What the pilot decided for one frame."""
@@ -259,7 +263,7 @@ def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any] | None = No
     try:
         spec = frames.spec_of(manifest, "the package's model")
     except frames.PreprocessingError as exc:
-        raise DriveError(str(exc)) from exc
+        raise ForeignPreprocessing(str(exc)) from exc
     shape = (artifact or {}).get("input", {}).get("shape")
     if shape is not None and tuple(shape) != spec.input_shape:
         raise DriveError(
