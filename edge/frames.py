@@ -67,10 +67,8 @@ class InputScaling:
         return {"scale": self.scale, "zero_point": shift - round(self.offset / self.scale)}
 
 
-# donkeycar normalises camera images as ``img / 255.0`` (donkeycar.utils.normalize_image): [0, 1].
+# donkeycar.utils.normalize_image: ``img * ONE_BYTE_SCALE`` with ONE_BYTE_SCALE = 1.0 / 255.0, into [0, 1].
 INPUT_SCALING = InputScaling(scale=1.0 / 255.0, offset=0.0)
-_INPUT_SCALE32 = np.float32(INPUT_SCALING.scale)
-_INPUT_OFFSET32 = np.float32(INPUT_SCALING.offset)
 
 
 @dataclass(frozen=True)
@@ -185,8 +183,8 @@ def prepare_frame(image: np.ndarray, spec: FrameSpec) -> np.ndarray:
 
 def to_model_input(frames: np.ndarray) -> np.ndarray:
     """uint8 frame(s) -> float32 model input through ``INPUT_SCALING`` (donkeycar's ``img / 255``)."""
-    scaled = np.asarray(frames, dtype=np.float32) * _INPUT_SCALE32
-    return scaled + _INPUT_OFFSET32 if INPUT_SCALING.offset else scaled
+    scaled = np.asarray(frames, dtype=np.float32) * np.float32(INPUT_SCALING.scale)
+    return scaled + np.float32(INPUT_SCALING.offset) if INPUT_SCALING.offset else scaled
 
 
 def preprocessing_document(spec: FrameSpec) -> dict[str, Any]:
