@@ -23,6 +23,7 @@ from edge_fixtures import (
     onnx_pilot_package,
     pull,
     register,
+    sha256,
     tar_bytes,
 )
 
@@ -166,3 +167,22 @@ def test_open_pilot_prepares_frames_with_the_package_s_spec(car_workspace):
     camera = np.zeros((120, 160, 3), np.uint8)
     camera[40:] = 255  # the rows the crop keeps are white: a mean of 1.0 gives angle 0.5
     assert pilot(camera)[0] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_an_archive_delivered_by_greengrass_is_checked_the_same_way(tmp_path, capsys):
+    """``pull --archive`` (the Greengrass component's install) refuses a foreign digest and installs ours."""
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/robocar-pilot/"
+    foreign = {"version": frames.PREPROCESSING_VERSION, "digest": "e" * 64}
+    for version, package in ((1, with_manifest(onnx_pilot_package("v1"), preprocessing=foreign)),
+                             (2, onnx_pilot_package("v2"))):  # fmt: skip
+        archive = tmp_path / f"v{version}.tar.gz"
+        archive.write_bytes(package)
+        flags = ["pull", "--root", str(tmp_path / "car"), "--archive", str(archive)]
+        flags += ["--model-package-arn", f"{arn}{version}", "--sha256", sha256(package)]
+        code = edge_main(flags)
+        out = capsys.readouterr().out
+        if version == 1:
+            assert code == 1 and out.startswith(f"refused: {arn}1: file check: ")
+            assert f"trained with preprocessing {'e' * 64}" in out and CAR_DIGEST in out
+        else:
+            assert code == 0 and out.startswith("installed") and current_arn(tmp_path) == f"{arn}2"
