@@ -12,6 +12,7 @@ tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 from edge.frames import PREPROCESSING_VERSION, FrameSpec, preprocessing_digest, to_model_input  # noqa: E402
+from processing import compile as compile_step  # noqa: E402
 from processing.shards import write_split  # noqa: E402
 from training import train  # noqa: E402
 from training.metrics import parse_epoch_line  # noqa: E402
@@ -92,6 +93,8 @@ def test_model_json_describes_model_input_outputs_and_training(linear_model_dir)
     assert len(model_json["history"]["loss"]) == len(model_json["history"]["val_loss"]) == 1
     assert model_json["seed"] == 42
     assert model_json["framework"]["tensorflow"] == tf.__version__
+    # What training writes is what compile requires (no default frame spec, this code's digest).
+    assert compile_step.read_model_json(linear_model_dir) == model_json
 
 
 def test_keras_model_and_saved_model_agree(linear_model_dir):
