@@ -260,7 +260,7 @@ def verify_package(model_dir: Path) -> list[str]:
         manifest = runtimes.read_manifest(model_dir)
         checked = runtimes.verify_package_files(model_dir, manifest)
         drive.frame_spec_of(manifest)
-    except drive.ForeignPreprocessing as exc:
+    except drive.PreprocessingMismatch as exc:
         raise ForeignPreprocessingError(str(exc)) from exc
     except (runtimes.PilotError, drive.DriveError) as exc:
         raise artifacts.ArtifactError(str(exc)) from exc

@@ -37,7 +37,7 @@ class DriveError(Exception):
     """A drive that cannot start (no model, broker unreachable); printed without a traceback."""
 
 
-class ForeignPreprocessing(DriveError):
+class PreprocessingMismatch(DriveError):
     """A package whose preprocessing this car's edge/frames.py does not reproduce: update the car."""
 
 
@@ -263,11 +263,11 @@ def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any] | None = No
     try:
         spec = frames.spec_of(manifest, "the package's model")
     except frames.PreprocessingError as exc:
-        raise ForeignPreprocessing(str(exc)) from exc
-    shape = (artifact or {}).get("input", {}).get("shape")
-    if shape is not None and tuple(shape) != spec.input_shape:
+        raise PreprocessingMismatch(str(exc)) from exc
+    shape = ((artifact or {}).get("input") or {}).get("shape")
+    if shape is not None and shape != list(spec.input_shape):
         raise DriveError(
-            f"{artifact.get('file') if artifact else 'the artifact'} takes {list(shape)}, "
+            f"{artifact.get('file') if artifact else 'the artifact'} takes {shape}, "
             f"but the package's frame_spec gives {list(spec.input_shape)}"
         )
     return spec
