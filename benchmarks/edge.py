@@ -296,11 +296,12 @@ def synthetic_pilot(images: np.ndarray) -> Any:
     """
     import keras
 
+    from edge.frames import to_model_input
     from training.model import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("linear", images.shape[1:])
-    outputs = [np.asarray(o).reshape(-1) for o in model(images.astype(np.float32) / 255.0, training=False)]
+    outputs = [np.asarray(o).reshape(-1) for o in model(to_model_input(images), training=False)]
     for layer, out, spread in zip(("n_outputs0", "n_outputs1"), outputs, (0.5, 0.2), strict=True):
         kernel, bias = model.get_layer(layer).get_weights()
         scale = spread / max(float(out.std()), 1e-6)
@@ -311,7 +312,7 @@ def synthetic_pilot(images: np.ndarray) -> Any:
 def build_package(work: Path, model_dir: Path | None) -> Path:
     """Compile (local mode) a trained model folder, or a synthetic donkeycar pilot, into ``work``."""
     sys.path.insert(0, str(REPO))
-    from edge.frames import FrameSpec
+    from edge.frames import INPUT_SCALING, FrameSpec, preprocessing_record, spec_of
     from processing import compile as compile_step
     from processing.shards import write_split
 
@@ -324,14 +325,15 @@ def build_package(work: Path, model_dir: Path | None) -> Path:
         meta = {
             "model_type": "linear",
             "input": {"name": "img_in", "shape": list(spec.input_shape), "dtype": "float32",
-                      "normalization": "x/255", "frame_spec": spec.to_dict()},
+                      "normalization": INPUT_SCALING.normalization, "frame_spec": spec.to_dict(),
+                      "preprocessing": preprocessing_record(spec)},
             "outputs": [{"name": "angle"}, {"name": "throttle"}],
             "throttle_range": 0.5,
         }  # fmt: skip
         (model_dir / "model.json").write_text(json.dumps(meta))
     else:
         meta = json.loads((model_dir / "model.json").read_text())
-        spec = FrameSpec.from_dict(meta["input"].get("frame_spec") or {})
+        spec = spec_of(meta["input"], str(model_dir / "model.json"))
         calibration, measured = sample_frames(spec)
     for split, images in (("train", calibration), ("test", measured)):
         n = len(images)
@@ -365,8 +367,7 @@ def extract(archive: Path, dest: Path) -> Path:
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
-    from edge import runtimes
-    from edge.frames import FrameSpec
+    from edge import drive, runtimes
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -378,7 +379,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             print("compiling the pilot (local mode) ...", flush=True)
             package = build_package(work, args.model)
         manifest = runtimes.read_manifest(package)
-        spec = FrameSpec.from_dict(manifest.get("frame_spec") or {})
+        spec = drive.frame_spec_of(manifest)  # as the car reads it: refused unless its digest is ours
         _, frames = sample_frames(spec)
         onnx_fp32 = package / "pilot_float32.onnx"
         macs = count_macs(onnx_fp32) if onnx_fp32.is_file() else DONKEYCAR_MACS

@@ -24,7 +24,9 @@ on its way in) is **rejected**: remembered in ``state.json``, reported once, nev
 check goes on to the next older approved package (so a new car still gets the newest good one). A
 failure that is not the package's fault is **retried** at the next check and rejects nothing: the
 network or the registry (``offline``, ``registry-error``), a SHA-256 mismatch (the object may be
-repaired; ``refused``), the car's own disk full or read-only (``storage-error``).
+repaired; ``refused``), the car's own disk full or read-only (``storage-error``). A package whose
+preprocessing digest the car's edge/frames.py does not compute is rejected until the car's frames code
+changes (an update), then tried again (docs/contracts.md section 1).
 
 Standard library only at import time: the rollout Lambda (infra/rollout) imports this module to read
 packages; numpy and the runtimes are imported by the smoke test when it runs.
@@ -68,6 +70,11 @@ class AgentError(Exception):
 
 class SmokeTestError(artifacts.ArtifactError):
     """The model loads badly or its outputs on the bundled frame are not finite or out of range."""
+
+
+class ForeignPreprocessingError(artifacts.ArtifactError):
+    """The package's preprocessing digest is not this car's: rejected while the car's frames code is the
+    one that refused it; a car update (another ``PREPROCESSING_VERSION``) tries it again."""
 
 
 # The metadata keys (edge:<target>:uri|sha256|runtime) are edge.registry's, the reader of "the newest
@@ -245,13 +252,31 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
 
 
 def verify_package(model_dir: Path) -> list[str]:
-    """The manifest's files are inside the package and are the bytes it records (``sha256``)."""
-    from edge import runtimes  # numpy: not for the rollout Lambda
+    """The manifest's files are inside the package and are the bytes it records (``sha256``), and its
+    preprocessing is this car's (``drive.frame_spec_of``: the frame_spec's digest is the one recorded)."""
+    from edge import drive, runtimes  # numpy: not for the rollout Lambda
 
     try:
-        return runtimes.verify_package_files(model_dir, runtimes.read_manifest(model_dir))
-    except runtimes.PilotError as exc:
+        manifest = runtimes.read_manifest(model_dir)
+        checked = runtimes.verify_package_files(model_dir, manifest)
+        drive.frame_spec_of(manifest)
+    except drive.PreprocessingMismatch as exc:
+        raise ForeignPreprocessingError(str(exc)) from exc
+    except (runtimes.PilotError, drive.DriveError) as exc:
         raise artifacts.ArtifactError(str(exc)) from exc
+    return checked
+
+
+def car_preprocessing_version() -> int:
+    from edge import frames  # numpy and Pillow: not for the rollout Lambda
+
+    return frames.PREPROCESSING_VERSION
+
+
+def refused_by_other_frames_code(entry: Any) -> bool:
+    """A rejection for preprocessing made by a car whose frames code has since changed (updated)."""
+    version = entry.get("preprocessing_version") if isinstance(entry, dict) else None
+    return version is not None and version != car_preprocessing_version()
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -293,6 +318,7 @@ class Failure:
     outcome: str
     reason: str
     reject: bool
+    foreign_preprocessing: bool = False
 
 
 def classify_failure(stage: str, exc: Exception) -> Failure:
@@ -311,6 +337,8 @@ def classify_failure(stage: str, exc: Exception) -> Failure:
     if stage == DOWNLOAD and not isinstance(exc, artifacts.ArtifactError):
         outcome, detail = _registry_failure(exc, "download failed")
         return Failure(outcome, detail, reject=False)
+    if isinstance(exc, ForeignPreprocessingError):
+        return Failure("refused", f"{stage}: {exc}", reject=True, foreign_preprocessing=True)
     if isinstance(exc, artifacts.ArtifactError):
         return Failure("refused", f"{stage}: {exc}", reject=True)
     log.warning("unexpected %s in the %s: %s", type(exc).__name__, stage, exc)
@@ -417,6 +445,9 @@ class Agent:
         state = read_state_file(self.state_path) or {}
         state.setdefault("format", STATE_FORMAT)
         state.setdefault("rejected", {})
+        state["rejected"] = {
+            key: entry for key, entry in state["rejected"].items() if not refused_by_other_frames_code(entry)
+        }
         state.setdefault("events", [])
         state.setdefault("previous", None)
         state["group"], state["target"] = self.group, self.target
@@ -582,7 +613,10 @@ class Agent:
                 archive.unlink(missing_ok=True)
                 archive.with_name(archive.name + ".part").unlink(missing_ok=True)
         if failure is not None and failure.reject:
-            state["rejected"][candidate.key] = {"at": utc_now(), "reason": failure.reason}
+            entry = {"at": utc_now(), "reason": failure.reason}
+            if failure.foreign_preprocessing:  # forgotten once the car's frames code changes
+                entry["preprocessing_version"] = car_preprocessing_version()
+            state["rejected"][candidate.key] = entry
         return failure
 
     def _install(self, state: dict[str, Any], candidate: Candidate, archive: Path) -> Failure | None:

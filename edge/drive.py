@@ -37,6 +37,10 @@ class DriveError(Exception):
     """A drive that cannot start (no model, broker unreachable); printed without a traceback."""
 
 
+class PreprocessingMismatch(DriveError):
+    """A package whose preprocessing this car's edge/frames.py does not reproduce: update the car."""
+
+
 @dataclass(frozen=True)
 class Command:
     """What the pilot decided for one frame."""
@@ -250,19 +254,22 @@ class MqttPublisher:
 
 
 # ---- the pilot the car drives with --------------------------------------------------------------------
-def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any]) -> frames.FrameSpec:
-    """The FrameSpec the model was trained with, as the compile step copied it from ``model.json``.
-
-    Without one, the camera default is only accepted when it yields the model's input shape: guessing a
-    crop would feed the network frames unlike those it learned from.
+def frame_spec_of(manifest: dict[str, Any], artifact: dict[str, Any] | None = None) -> frames.FrameSpec:
+    """The FrameSpec the model was trained with: the manifest's top-level ``frame_spec`` (the one place
+    compile writes it, copied from ``model.json``), accepted only when its ``preprocessing`` digest is
+    the one this car's edge/frames.py computes (``frames.spec_of``). No default: guessing a crop would
+    feed the network frames unlike those it learned from. ``artifact``'s input must have its shape.
     """
-    for holder in (artifact.get("input") or {}, manifest.get("input") or {}, manifest):
-        if isinstance(holder.get("frame_spec"), dict):
-            return frames.FrameSpec.from_dict(holder["frame_spec"])
-    spec = frames.FrameSpec()
-    shape = tuple((artifact.get("input") or {}).get("shape") or spec.input_shape)
-    if shape != spec.input_shape:
-        raise DriveError(f"the package has no frame_spec and its input {list(shape)} is not the camera's")
+    try:
+        spec = frames.spec_of(manifest, "the package's model")
+    except frames.PreprocessingError as exc:
+        raise PreprocessingMismatch(str(exc)) from exc
+    shape = ((artifact or {}).get("input") or {}).get("shape")
+    if shape is not None and shape != list(spec.input_shape):
+        raise DriveError(
+            f"{artifact.get('file') if artifact else 'the artifact'} takes {shape}, "
+            f"but the package's frame_spec gives {list(spec.input_shape)}"
+        )
     return spec
 
 

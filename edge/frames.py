@@ -1,13 +1,24 @@
 """The camera-frame contract: one implementation for preprocessing, training, evaluation, inference, the car.
 
 A frame goes camera JPEG -> ``prepare_frame`` (crop, resize; uint8 HxWx3, stored in the shards) ->
-``to_model_input`` (float32 in [0, 1], what the network sees). Model outputs go back to
-``(angle, throttle)`` through ``decode_outputs``. Numpy and Pillow only: this module runs on the device.
+``to_model_input`` (float32 ``x * INPUT_SCALING.scale + INPUT_SCALING.offset``, what the network sees).
+Model outputs go back to ``(angle, throttle)`` through ``decode_outputs``. Numpy and Pillow only: this
+module runs on the device.
+
+``INPUT_SCALING`` is the one definition of the uint8 -> model input map: training's graph, the int8
+artifacts' input quantisation (``InputScaling.quantization``) and the car's runtimes all derive from it.
+``preprocessing_digest`` names what a model was trained with (this code's ``PREPROCESSING_VERSION``, the
+scaling and the model's ``FrameSpec``); training records it in model.json, compile copies it into every
+package, and ``spec_of`` refuses a model whose digest this code does not reproduce (docs/contracts.md
+section 1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,8 +31,44 @@ THROTTLE_BINS = 20  # donkeycar KerasCategorical: linear_bin(throttle, N=20, off
 DEFAULT_THROTTLE_RANGE = 0.5  # donkeycar cfg.MODEL_CATEGORICAL_MAX_THROTTLE_RANGE
 
 
+# Bump when prepare_frame or to_model_input change what the network is fed for the same FrameSpec (crop,
+# resampling, colour order, scaling): models trained before then are refused by cars running the new code.
+# tests/code/test_frames_contract.py pins the prepared pixels of version 1 and fails on a silent change.
+PREPROCESSING_VERSION = 1
+
+
 class FrameError(ValueError):
     """A frame that cannot be turned into model input (undecodable, wrong size or channels)."""
+
+
+class PreprocessingError(ValueError):
+    """A model whose preprocessing this code does not reproduce (no frame_spec, or a digest not ours)."""
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """The affine map uint8 pixel -> model input: ``pixel * scale + offset``, in float32."""
+
+    scale: float
+    offset: float
+
+    @property
+    def normalization(self) -> str:
+        """The map as the manifests write it (``"x/255"``)."""
+        text = f"x/{1.0 / self.scale:g}"
+        return text if self.offset == 0 else f"{text}{self.offset:+g}"
+
+    def quantization(self, dtype: str) -> dict[str, Any]:
+        """Quantisation of an integer input that *is* the frame: ``real = scale * (q - zero_point)`` with
+        ``q = pixel`` (uint8) or ``q = pixel - 128`` (int8), so the car feeds the frame, or it XOR 0x80,
+        without arithmetic."""
+        info = np.iinfo(np.dtype(dtype))
+        shift = int(info.min) - int(np.iinfo(np.uint8).min)  # q = pixel + shift: 0 for uint8, -128 for int8
+        return {"scale": self.scale, "zero_point": shift - round(self.offset / self.scale)}
+
+
+# donkeycar.utils.normalize_image: ``img * ONE_BYTE_SCALE`` with ONE_BYTE_SCALE = 1.0 / 255.0, into [0, 1].
+INPUT_SCALING = InputScaling(scale=1.0 / 255.0, offset=0.0)
 
 
 @dataclass(frozen=True)
@@ -135,8 +182,61 @@ def prepare_frame(image: np.ndarray, spec: FrameSpec) -> np.ndarray:
 
 
 def to_model_input(frames: np.ndarray) -> np.ndarray:
-    """uint8 frame(s) -> float32 in [0, 1], donkeycar's normalisation (``img / 255``)."""
-    return np.asarray(frames, dtype=np.float32) * np.float32(1.0 / 255.0)
+    """uint8 frame(s) -> float32 model input through ``INPUT_SCALING`` (donkeycar's ``img / 255``)."""
+    scaled = np.asarray(frames, dtype=np.float32) * np.float32(INPUT_SCALING.scale)
+    return scaled + np.float32(INPUT_SCALING.offset) if INPUT_SCALING.offset else scaled
+
+
+def preprocessing_document(spec: FrameSpec) -> dict[str, Any]:
+    """Everything that decides what the network sees for a camera frame, as JSON."""
+    return {
+        "version": PREPROCESSING_VERSION,
+        "frame_spec": spec.to_dict(),
+        "scaling": {"scale": INPUT_SCALING.scale, "offset": INPUT_SCALING.offset},
+    }
+
+
+def preprocessing_digest(spec: FrameSpec) -> str:
+    """SHA-256 of ``preprocessing_document`` (canonical JSON: sorted keys, no spaces)."""
+    text = json.dumps(preprocessing_document(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def preprocessing_record(spec: FrameSpec) -> dict[str, Any]:
+    """What model.json's ``input`` and each compiled manifest carry next to ``frame_spec``."""
+    return {"version": PREPROCESSING_VERSION, "digest": preprocessing_digest(spec)}
+
+
+def spec_of(holder: Mapping[str, Any], what: str = "the model") -> FrameSpec:
+    """The FrameSpec a model.json ``input`` or a compiled manifest records, if this code reproduces it.
+
+    PreprocessingError, naming both digests, when ``frame_spec`` is missing or invalid, or when the
+    recorded ``preprocessing`` digest is not the one this code computes for it: the model was trained
+    with other preprocessing (another ``PREPROCESSING_VERSION``) or the record was altered.
+    """
+    raw = holder.get("frame_spec")
+    if not isinstance(raw, dict):
+        raise PreprocessingError(
+            f"{what} records no frame_spec: how its frames were prepared is unknown (a model trained "
+            "before frame specs were recorded must be retrained)"
+        )
+    try:
+        spec = FrameSpec.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise PreprocessingError(f"{what} records an invalid frame_spec {raw}: {exc}") from exc
+    record = holder.get("preprocessing")
+    recorded = record.get("digest") if isinstance(record, dict) else None
+    recorded_version = record.get("version") if isinstance(record, dict) else None
+    ours = preprocessing_digest(spec)
+    if recorded != ours:
+        raise PreprocessingError(
+            f"{what} was trained with preprocessing {recorded or '(none recorded)'} (version "
+            f"{recorded_version if recorded_version is not None else '?'}), but this code "
+            f"(preprocessing version {PREPROCESSING_VERSION}) prepares its frame_spec as {ours}: its frames "
+            "would not be the ones the model learned from. Install the robocar version the model was "
+            "trained with (update the car), or retrain the model with this version"
+        )
+    return spec
 
 
 def linear_bin(value: float, n: int = ANGLE_BINS, offset: float = 1.0, r: float = 2.0) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edge.frames import decode_outputs, to_model_input
+from edge.frames import INPUT_SCALING, decode_outputs, to_model_input
 
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with four artifacts is about 5 KiB
@@ -188,10 +188,10 @@ def _labels(artifact: Mapping[str, Any]) -> set[str]:
 
 
 def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
-    """uint8 frames -> the artifact's input tensor (float32 ``x/255``, or uint8/int8 quantised).
+    """uint8 frames -> the artifact's input tensor (float32 ``to_model_input``, or uint8/int8 quantised).
 
-    With scale 1/255 the quantised input is the frame itself (uint8, zero point 0: passed without a
-    copy) or the frame minus 128 (int8, zero point -128: one XOR), so the int8 pilot never normalises
+    With ``INPUT_SCALING.quantization``'s parameters the quantised input is the frame itself (uint8:
+    passed without a copy) or the frame minus 128 (int8: one XOR), so the int8 pilot never normalises
     in floating point on the car.
     """
     frames = np.asarray(frames)
@@ -204,10 +204,11 @@ def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     scale, zero_point = float(quant.get("scale", 0.0)), int(quant.get("zero_point", 0))
     if scale <= 0:
         raise PilotError(f"input of dtype {dtype} needs quantization parameters, got {quant}")
-    if abs(scale * 255.0 - 1.0) < 1e-6:  # the frame itself, or shifted by 128: no arithmetic needed
-        if dtype == np.uint8 and zero_point == 0:
+    direct = INPUT_SCALING.quantization(dtype.name)  # the frame itself, or shifted by 128: no arithmetic
+    if abs(scale - direct["scale"]) < 1e-6 * direct["scale"] and zero_point == direct["zero_point"]:
+        if dtype == np.uint8:
             return frames
-        if dtype == np.int8 and zero_point == -128:
+        if dtype == np.int8:
             return np.bitwise_xor(frames, np.uint8(0x80)).view(np.int8)  # v ^ 0x80 read as int8 is v - 128
     info = np.iinfo(dtype)
     q = np.rint(to_model_input(frames) / np.float32(scale)) + zero_point

@@ -46,6 +46,7 @@ from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,
     CompileFailed,
+    frame_contract,
     json_bytes,
     log,
 )
@@ -112,6 +113,9 @@ def read_model_json(model_dir: Path) -> dict[str, Any]:
         raise CompileError(
             f"model.json: expected input [H, W, 3] and outputs angle, throttle; got {shape}, {names}"
         )
+    spec_shape = frame_contract(meta)["frame_spec"]  # before loading Keras: a bad record fails in a second
+    if [spec_shape["height"], spec_shape["width"], 3] != shape:
+        raise CompileError(f"model.json: input shape {shape} is not its frame_spec's {spec_shape}")
     return meta
 
 
@@ -309,6 +313,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
         "mode": mode,
         "source_model_sha256": source_sha256,
         "neo_onnx": neo_onnx_summary(proto),
+        "preprocessing": frame_contract(meta)["preprocessing"],
         "targets": entries,
     }
     (args.output / COMPILED_NAME).write_bytes(json_bytes(compiled))

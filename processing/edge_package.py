@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.artifacts import sha256_file
-from edge.frames import FrameSpec
+from edge.frames import PreprocessingError, preprocessing_record, spec_of
 from processing.errors import UserError
 
 PACKAGE_NAME = "model.tar.gz"
@@ -69,13 +69,30 @@ def write_package(files: Mapping[str, Path], manifest: Mapping[str, Any], dest: 
     return package
 
 
+def frame_contract(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """model.json's ``frame_spec`` and ``preprocessing`` record, checked against this code's frames.
+
+    No default: a model.json without a frame_spec, or whose preprocessing digest this code does not
+    compute, is a CompileError (exit status 2). The artifacts are calibrated and measured with this
+    code's ``to_model_input``, so it must be the one the model was trained with.
+    """
+    holder = meta.get("input")
+    try:
+        spec = spec_of(holder if isinstance(holder, dict) else {}, "model.json")
+    except PreprocessingError as exc:
+        raise CompileError(str(exc)) from exc
+    return {"frame_spec": spec.to_dict(), "preprocessing": preprocessing_record(spec)}
+
+
 def base_manifest(target: str, meta: Mapping[str, Any], source_sha256: str | None) -> dict[str, Any]:
+    """The manifest's fields common to every artifact; ``frame_spec`` and ``preprocessing`` here are the
+    one place the car reads how to prepare frames (edge.drive.frame_spec_of)."""
     return {
         "format": MANIFEST_FORMAT,
         "target": target,
         "model_type": meta.get("model_type", "linear"),
         "throttle_range": float(meta.get("throttle_range", 0.5)),
-        "frame_spec": meta["input"].get("frame_spec") or FrameSpec().to_dict(),
+        **frame_contract(meta),
         "source_model": {"sha256": source_sha256, "dataset_fingerprint": meta.get("dataset_fingerprint")},
     }
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge.artifacts import sha256_file
-from edge.frames import FrameSpec, decode_outputs, to_model_input
+from edge.frames import INPUT_SCALING, decode_outputs, to_model_input
 from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,
@@ -169,7 +169,8 @@ def quantize_onnx(float_path: Path, dest: Path, calibration: np.ndarray) -> None
     feed_frames_directly(dest)
 
 
-FRAME_SCALE = 1.0 / 255.0
+# The input quantisation under which the uint8 input is the frame itself (edge.frames.INPUT_SCALING).
+FRAME_QUANTIZATION = INPUT_SCALING.quantization("uint8")
 
 
 def feed_frames_directly(path: Path) -> bool:
@@ -195,9 +196,11 @@ def feed_frames_directly(path: Path) -> bool:
         return False
     quantize = consumers[0]
     scale, zero_point = (constants.get(name) for name in quantize.input[1:3])
-    if scale is None or zero_point is None or zero_point.dtype != np.uint8 or int(zero_point) != 0:
+    if scale is None or zero_point is None or zero_point.dtype != np.uint8:
         return False
-    if abs(float(scale) - FRAME_SCALE) > 1e-6 * FRAME_SCALE:
+    if int(zero_point) != FRAME_QUANTIZATION["zero_point"]:
+        return False
+    if abs(float(scale) - FRAME_QUANTIZATION["scale"]) > 1e-6 * FRAME_QUANTIZATION["scale"]:
         return False
     for node in graph.node:
         node.input[:] = [tensor if name == quantize.output[0] else name for name in node.input]
@@ -246,7 +249,7 @@ def onnx_io(path: Path, meta: Mapping[str, Any]) -> tuple[dict[str, Any], list[d
         {"name": n, "tensor": n, "dtype": "float32", "quantization": None} for n in ("angle", "throttle")
     ]
     if session.get_inputs()[0].type == "tensor(uint8)":  # feed_frames_directly: the frame, scale 1/255
-        return _input_spec(meta, "uint8", {"scale": FRAME_SCALE, "zero_point": 0}), outputs
+        return _input_spec(meta, "uint8", dict(FRAME_QUANTIZATION)), outputs
     return _input_spec(meta, "float32", None), outputs
 
 
@@ -255,9 +258,8 @@ def _input_spec(meta: Mapping[str, Any], dtype: str, quantization: dict[str, flo
         "name": meta["input"].get("name", "img_in"),
         "shape": [int(v) for v in meta["input"]["shape"]],
         "dtype": dtype,
-        "normalization": meta["input"].get("normalization", "x/255"),
+        "normalization": INPUT_SCALING.normalization,
         "quantization": quantization,
-        "frame_spec": meta["input"].get("frame_spec") or FrameSpec().to_dict(),
     }
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.artifacts import sha256_file
+from edge.frames import INPUT_SCALING
 from edge.local_aws import split_s3_uri
 from processing.edge_package import (
     PACKAGE_NAME,
@@ -284,7 +285,7 @@ def neo_artifact(
             "shape": [int(v) for v in meta["input"]["shape"]],  # the frames the car feeds: [H, W, 3]
             "layout": "NCHW",  # Neo compiled the ONNX model for [1, 3, H, W]: edge.runtimes transposes
             "dtype": "float32",
-            "normalization": meta["input"].get("normalization", "x/255"),
+            "normalization": INPUT_SCALING.normalization,
             "quantization": None,
         },
         # The ONNX graph's outputs are angle then throttle (processing/onnx_export.py); Neo keeps them.

@@ -21,12 +21,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from edge.frames import INPUT_SCALING, FrameSpec, preprocessing_record
 from training.spec import ARCHITECTURES, HEADS
 
 SAVED_MODEL_VERSION = "1"  # TF Serving loads the highest numbered folder
 SIGNATURE = "serving_default"
 INPUT_NAME = "img_in"
-NORMALIZATION = "x/255"
+NORMALIZATION = INPUT_SCALING.normalization  # "x/255"
 # What the TF Serving container imports: the handler and the one frame implementation. Named as modules,
 # not paths: the training code bundle holds what train.py's import walk reaches, and that walk counts a
 # string naming a module as a reference (pipelines/import_graph.py); requirements.txt sits beside the handler.
@@ -75,7 +76,8 @@ def build_model_json(
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """model.json (contracts section 3)."""
-    shape = [int(frame_spec["height"]), int(frame_spec["width"]), 3]
+    spec = FrameSpec.from_dict(frame_spec)
+    shape = list(spec.input_shape)
     return {
         "model_type": model_type,
         "architecture": ARCHITECTURES[model_type],
@@ -84,7 +86,8 @@ def build_model_json(
             "shape": shape,
             "dtype": "float32",
             "normalization": NORMALIZATION,
-            "frame_spec": dict(frame_spec),
+            "frame_spec": spec.to_dict(),
+            "preprocessing": preprocessing_record(spec),
         },
         "outputs": output_ranges(model_type, throttle_range),
         "throttle_range": float(throttle_range),

@@ -6,9 +6,10 @@ Hyperparameters come as the TensorFlow container passes them: CLI flags (``--epo
 JSON-quoted, ``--epochs '"10"'``) and the ``SM_HPS`` JSON; flags win over ``SM_HPS``, which wins over the
 defaults. Container arguments this script does not use (``--model_dir s3://...``) are ignored.
 
-Input: uint8 frames are cast and scaled in the tf.data graph, ``float32(x) * float32(1/255)``, the same
+Input: uint8 frames are cast and scaled in the tf.data graph by ``edge.frames.INPUT_SCALING``, the same
 float32 operation as ``edge.frames.to_model_input`` (bit-identical; tested), so training sees exactly what
-evaluation, serving and the car feed the network.
+evaluation, serving and the car feed the network. model.json records the frames' preprocessing digest
+(``edge.frames.preprocessing_record``), which compile and the car check.
 
 Each epoch prints one ``epoch=N loss=... val_loss=...`` line that ``METRIC_DEFINITIONS`` scrape.
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, THROTTLE_BINS, linear_bin
+from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, INPUT_SCALING, THROTTLE_BINS, linear_bin
 from processing.errors import UserError, add_debug_flag, run_main
 from training.metrics import METRIC_DEFINITIONS, epoch_line
 from training.spec import MODEL_TYPES
@@ -317,10 +318,12 @@ def make_targets(
 
 
 def normalise(images: Any) -> Any:
-    """uint8 -> float32 x/255 in the TF graph: the same float32 multiply as edge.frames.to_model_input."""
+    """uint8 -> model input in the TF graph through edge.frames.INPUT_SCALING: the same float32 multiply
+    (and add, when the offset is not 0) as edge.frames.to_model_input."""
     import tensorflow as tf
 
-    return tf.cast(images, tf.float32) * tf.constant(1.0 / 255.0, dtype=tf.float32)
+    scaled = tf.cast(images, tf.float32) * tf.constant(INPUT_SCALING.scale, dtype=tf.float32)
+    return scaled + tf.constant(INPUT_SCALING.offset, dtype=tf.float32) if INPUT_SCALING.offset else scaled
 
 
 def make_dataset(

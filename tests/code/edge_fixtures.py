@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from edge.frames import FrameSpec, preprocessing_record
+
 SAMPLE_TUBS = Path(__file__).resolve().parents[1] / "data" / "samples" / "tubs"  # real donkeycar 5.3.0 tubs
 GROUP = "robocar-pilot"
 TARGET = "rasp4b"
@@ -76,14 +78,20 @@ def registry(sagemaker: Any, s3: Any) -> None:
     sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
 
 
+def frame_contract(spec: dict[str, int]) -> dict[str, Any]:
+    """The manifest's ``frame_spec`` and ``preprocessing`` as compile writes them (this code's digest)."""
+    return {"frame_spec": dict(spec), "preprocessing": preprocessing_record(FrameSpec.from_dict(spec))}
+
+
 def fake_model(tag: str) -> bytes:
     """A model archive for tests that replace the smoke test: what matters is the bytes and the tag.
 
-    Its manifest lists ``model.bin`` with its SHA-256, as compile does, so the agent's file check passes.
+    Its manifest lists ``model.bin`` with its SHA-256, as compile does, and the camera's frame spec with
+    this code's preprocessing digest, so the agent's file check passes.
     """
     model = tag.encode() * 16
     artifact = {"file": "model.bin", "runtime": "litert", "sha256": sha256(model), "size_bytes": len(model)}
-    manifest = {"tag": tag, "artifacts": [artifact]}
+    manifest = {"tag": tag, **frame_contract(FrameSpec().to_dict()), "artifacts": [artifact]}
     return tar_bytes({"manifest.json": json.dumps(manifest).encode(), "model.bin": model})
 
 
@@ -101,7 +109,7 @@ def pilot_package(
         "target": TARGET,
         "model_type": model_type,
         "throttle_range": 0.5,
-        "frame_spec": TINY_FRAME_SPEC,
+        **frame_contract(TINY_FRAME_SPEC),
         "default": file,
         "artifacts": [
             {

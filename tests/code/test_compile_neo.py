@@ -20,6 +20,7 @@ from botocore.client import BaseClient
 from botocore.validate import ParamValidator
 from moto import mock_aws
 
+from edge.frames import FrameSpec, preprocessing_record
 from processing import compile as compile_step
 from processing import edge_package
 from processing import neo as neo_step
@@ -28,9 +29,17 @@ BUCKET = "robocar-test"
 ROLE = "arn:aws:iam::123456789012:role/robocar-neo"
 TARGETS = ("jetson_nano", "rasp4b")
 SHAPE = [64, 64, 3]  # the smallest frame donkeycar's five valid convolutions take comfortably
+SPEC = FrameSpec(crop_top=40, crop_bottom=16, height=64, width=64)
 MODEL_JSON = {
     "model_type": "linear",
-    "input": {"name": "img_in", "shape": SHAPE, "dtype": "float32", "normalization": "x/255"},
+    "input": {
+        "name": "img_in",
+        "shape": SHAPE,
+        "dtype": "float32",
+        "normalization": "x/255",
+        "frame_spec": SPEC.to_dict(),
+        "preprocessing": preprocessing_record(SPEC),
+    },
     "outputs": [{"name": "angle"}, {"name": "throttle"}],
     "throttle_range": 0.5,
     "framework": {"tensorflow": "2.21.0"},
@@ -352,6 +361,47 @@ def test_a_model_archive_without_model_json_is_refused(tmp_path, capsys):
         compile_step.main(["--model", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     )  # bad input (1 is a failed compilation)
     assert "has no model.json" in capsys.readouterr().err
+
+
+def input_without(*keys: str) -> dict:
+    return {k: v for k, v in MODEL_JSON["input"].items() if k not in keys}
+
+
+@pytest.mark.parametrize(
+    "model_input, message",
+    [
+        (input_without("frame_spec"), "model.json records no frame_spec"),
+        (input_without("preprocessing"), "trained with preprocessing (none recorded)"),
+        (
+            {**MODEL_JSON["input"], "preprocessing": {"version": 1, "digest": "0" * 64}},
+            f"trained with preprocessing {'0' * 64} (version 1), but this code (preprocessing version 1) "
+            f"prepares its frame_spec as {preprocessing_record(SPEC)['digest']}",
+        ),
+        (
+            {**MODEL_JSON["input"], "frame_spec": {**SPEC.to_dict(), "crop_top": 30}},
+            "trained with preprocessing",  # the crop changed under the recorded digest
+        ),
+    ],
+    ids=["no frame_spec", "no digest", "another digest", "a frame_spec edited after training"],
+)
+def test_a_model_json_without_this_code_s_preprocessing_is_refused(tmp_path, capsys, model_input, message):
+    """No default FrameSpec at compile: the artifacts would be calibrated on frames the model never saw."""
+    meta = {**MODEL_JSON, "input": model_input}
+    (tmp_path / "model.tar.gz").write_bytes(tar_gz({"model.json": json.dumps(meta).encode()}))
+    argv = ["--model", str(tmp_path), "--output", str(tmp_path / "out"), "--mode", "local"]
+    assert compile_step.main(argv) == 2  # bad input, before any model is loaded
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "compiled.json").exists()
+
+
+def test_every_manifest_and_compiled_json_carry_the_model_s_preprocessing(neo):
+    assert compile_step.main(neo["argv"]) == 0
+    record = preprocessing_record(SPEC)
+    assert json.loads((neo["out"] / "compiled.json").read_text())["preprocessing"] == record
+    for target in TARGETS:
+        manifest = json.loads((neo["out"] / target / "manifest.json").read_text())
+        assert (manifest["frame_spec"], manifest["preprocessing"]) == (SPEC.to_dict(), record)
 
 
 def neo_input(tmp_path: Path) -> neo_step.NeoInput:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.frames import FrameSpec
+from edge.frames import FrameSpec, preprocessing_record, to_model_input
 from processing.shards import write_split
 
 # Smallest frame donkeycar's five valid convolutions accept comfortably: keeps conversions to seconds.
@@ -47,7 +47,7 @@ def pilot(images: np.ndarray, seed: int = 0) -> Any:
 
     keras.utils.set_random_seed(seed)
     model = build_model("linear", SPEC.input_shape)
-    outputs = [np.asarray(o).reshape(-1) for o in model(images.astype(np.float32) / 255.0, training=False)]
+    outputs = [np.asarray(o).reshape(-1) for o in model(to_model_input(images), training=False)]
     for layer, out, target_std in zip(("n_outputs0", "n_outputs1"), outputs, (0.5, 0.2), strict=True):
         kernel, bias = model.get_layer(layer).get_weights()
         scale = target_std / max(float(out.std()), 1e-6)
@@ -65,6 +65,7 @@ def model_json(model_type: str = "linear") -> dict[str, Any]:
             "dtype": "float32",
             "normalization": "x/255",
             "frame_spec": SPEC.to_dict(),
+            "preprocessing": preprocessing_record(SPEC),
         },
         "outputs": [{"name": "angle", "range": [-1, 1]}, {"name": "throttle", "range": [-1, 1]}],
         "throttle_range": 0.5,

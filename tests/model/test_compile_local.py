@@ -16,7 +16,7 @@ pytest.importorskip("onnx")
 from compile_fixtures import SPEC, pilot, write_model_dir, write_splits  # noqa: E402
 
 from edge import runtimes  # noqa: E402
-from edge.frames import to_model_input  # noqa: E402
+from edge.frames import INPUT_SCALING, preprocessing_digest, to_model_input  # noqa: E402
 from processing import compile as compile_step  # noqa: E402
 from processing import local_compile  # noqa: E402
 
@@ -76,6 +76,8 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
     assert manifest == json.loads((compiled["out"] / "rasp4b" / "manifest.json").read_text())
     assert manifest["target"] == "rasp4b" and manifest["model_type"] == "linear"
     assert manifest["frame_spec"] == SPEC.to_dict()
+    # The one place the car reads the frame contract: the top level, with the digest model.json records.
+    assert manifest["preprocessing"] == {"version": 1, "digest": preprocessing_digest(SPEC)}
     assert [a["file"] for a in manifest["artifacts"]] == list(FILES)
     for artifact in manifest["artifacts"]:
         path = package_dir / artifact["file"]
@@ -83,13 +85,14 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
         assert artifact["size_bytes"] == path.stat().st_size
         assert artifact["runtime"] == ("litert" if path.suffix == ".tflite" else "onnxruntime")
         assert [o["name"] for o in artifact["outputs"]] == ["angle", "throttle"]
-        assert artifact["input"]["shape"] == list(SPEC.input_shape)
+        assert artifact["input"]["shape"] == list(SPEC.input_shape) and "frame_spec" not in artifact["input"]
         assert artifact["accuracy_delta"]["frames"] == len(compiled["splits"]["test"]["images"])
     int8 = manifest["artifacts"][0]
     # The int8 pilot eats the camera frame shifted by 128: int8 with scale 1/255 and zero point -128.
     assert int8["input"]["dtype"] == "int8"
     assert int8["input"]["quantization"]["zero_point"] == -128
     assert int8["input"]["quantization"]["scale"] == pytest.approx(1 / 255)
+    assert int8["input"]["quantization"] == pytest.approx(INPUT_SCALING.quantization("int8"))
     # The ONNX int8 pilot takes the frame itself (its input QuantizeLinear removed).
     onnx_int8 = manifest["artifacts"][2]
     assert onnx_int8["input"]["dtype"] == "uint8" and onnx_int8["input"]["quantization"]["zero_point"] == 0

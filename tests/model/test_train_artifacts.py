@@ -11,7 +11,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from edge.frames import FrameSpec, to_model_input  # noqa: E402
+from edge.frames import PREPROCESSING_VERSION, FrameSpec, preprocessing_digest, to_model_input  # noqa: E402
+from processing import compile as compile_step  # noqa: E402
 from processing.shards import write_split  # noqa: E402
 from training import train  # noqa: E402
 from training.metrics import parse_epoch_line  # noqa: E402
@@ -83,6 +84,7 @@ def test_model_json_describes_model_input_outputs_and_training(linear_model_dir)
         "dtype": "float32",
         "normalization": "x/255",
         "frame_spec": SPEC.to_dict(),
+        "preprocessing": {"version": PREPROCESSING_VERSION, "digest": preprocessing_digest(SPEC)},
     }
     assert [o["name"] for o in model_json["outputs"]] == ["angle", "throttle"]
     assert model_json["outputs"][0]["range"] == [-1.0, 1.0]
@@ -91,6 +93,8 @@ def test_model_json_describes_model_input_outputs_and_training(linear_model_dir)
     assert len(model_json["history"]["loss"]) == len(model_json["history"]["val_loss"]) == 1
     assert model_json["seed"] == 42
     assert model_json["framework"]["tensorflow"] == tf.__version__
+    # What training writes is what compile requires (no default frame spec, this code's digest).
+    assert compile_step.read_model_json(linear_model_dir) == model_json
 
 
 def test_keras_model_and_saved_model_agree(linear_model_dir):
