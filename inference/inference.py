@@ -31,7 +31,15 @@ import numpy as np
 # code/edge/ sits beside this file: the TF Serving container starts its Python service with
 # ``gunicorn --pythonpath /opt/ml/model/code`` (serve.py of aws/sagemaker-tensorflow-serving-container,
 # ``_setup_gunicorn``), so ``edge`` imports as a package with no path change of ours.
-from edge.frames import FrameError, FrameSpec, decode_image, decode_outputs, prepare_frame, to_model_input
+from edge.frames import (
+    FrameError,
+    FrameSpec,
+    decode_image,
+    decode_outputs,
+    prepare_frame,
+    spec_of,
+    to_model_input,
+)
 
 _HERE = Path(__file__).resolve().parent  # <model>/code: model.json is one level up
 
@@ -121,7 +129,7 @@ def predict_payload(
     payload: bytes, content_type: str | None, predict_fn: PredictFn, model_json: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Request body -> response dict; ``predict_fn`` maps a float32 batch to {"angle", "throttle"}."""
-    spec = FrameSpec.from_dict(model_json["input"]["frame_spec"])
+    spec = spec_of(model_json["input"])
     x, single = payload_to_model_input(payload, content_type, spec)
     return outputs_to_response(predict_fn(x), model_json, single)
 
@@ -150,7 +158,7 @@ def _read(data: Any) -> bytes:
 def input_handler(data: Any, context: Any) -> str:
     """Request -> TF Serving REST body (columnar ``inputs``) for the ``serving_default`` signature."""
     model_json = _model_json()
-    spec = FrameSpec.from_dict(model_json["input"]["frame_spec"])
+    spec = spec_of(model_json["input"])
     x, _ = payload_to_model_input(_read(data), getattr(context, "request_content_type", None), spec)
     return json.dumps({"signature_name": "serving_default", "inputs": x.tolist()})
 

@@ -13,14 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.frames import FrameSpec, decode_image, prepare_frame, to_model_input
+from edge.frames import FrameSpec, decode_image, prepare_frame, preprocessing_record, to_model_input
 from inference.inference import PayloadError, predict_payload
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = FrameSpec(crop_top=40)  # 160x120 camera, 40 rows cropped: the handler must crop like training did
 LINEAR_JSON = {
     "model_type": "linear",
-    "input": {"shape": [80, 160, 3], "frame_spec": SPEC.to_dict()},
+    "input": {
+        "shape": [80, 160, 3],
+        "frame_spec": SPEC.to_dict(),
+        "preprocessing": preprocessing_record(SPEC),
+    },
     "throttle_range": 0.5,
 }
 
@@ -161,3 +165,12 @@ def test_container_protocol_reports_errors_with_their_message(container_handler)
     failed = SimpleNamespace(status_code=400, content=b'{"error": "bad input"}')
     with pytest.raises(ValueError, match="TF Serving returned 400"):
         container_handler.output_handler(failed, context)
+
+
+def test_a_model_with_other_preprocessing_is_refused():
+    other = {
+        **LINEAR_JSON,
+        "input": {**LINEAR_JSON["input"], "preprocessing": {"version": 0, "digest": "0" * 64}},
+    }
+    with pytest.raises(ValueError, match="preprocessing"):
+        predict_payload(encode(camera_frame(), "PNG"), "image/png", RecordingModel(), other)
