@@ -176,6 +176,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
     mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
     mqtt.add_argument("--mqtt-key", help="client key for TLS")
+    mqtt.add_argument(
+        "--telemetry-rate", type=float, default=float(_env("ROBOCAR_TELEMETRY_RATE", "2") or 2),
+        help="telemetry records per second on --telemetry-topic, 0 for none; env ROBOCAR_TELEMETRY_RATE "
+        "(default: 2; docs/telemetry.md)",
+    )  # fmt: skip
+    mqtt.add_argument(
+        "--telemetry-frame", action="store_true", help="add the camera frame (80 px wide JPEG, base64)"
+    )
+    mqtt.add_argument(
+        "--telemetry-topic", help="(default: robocar/telemetry/CAR-ID, what the IoT rule reads)"
+    )
+    mqtt.add_argument("--car-id", default=_env("ROBOCAR_CAR_ID"), help="this car's name (default: host name)")
     _add_debug(run)
     run.set_defaults(handler=_guard(_run))
 
@@ -244,10 +256,11 @@ def _configure_upload(commands: Any) -> None:
 
 # ---- plumbing -----------------------------------------------------------------------------------------
 def _user_errors() -> tuple[type[Exception], ...]:
-    from edge import agent, artifacts, drive, frames, runtimes, sources, upload
+    from edge import agent, artifacts, drive, frames, runtimes, sources, telemetry, upload
 
     return (
         upload.UploadError,
+        telemetry.TelemetryError,
         agent.AgentError,
         artifacts.ArtifactError,
         drive.DriveError,
@@ -446,7 +459,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
     source = sources.open_source(args.source, pilot.infer.spec)
     outputs: list[Any] = []
-    mqtt = None
+    mqtt = telemetry = None
     try:
         if args.jsonl:
             outputs.append(drive.JsonLinesWriter(args.jsonl))
@@ -462,6 +475,10 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
                 )
             )  # fmt: skip
             outputs.append(mqtt)
+            if args.telemetry_rate > 0:
+                telemetry = _telemetry(args, mqtt, source)
+                source = telemetry.tap or source
+                outputs.append(telemetry)
         progress = None if args.quiet else drive.Progress(sys.stderr)
         summary = drive.drive(
             source,
@@ -485,9 +502,28 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if mqtt is not None:
         print(mqtt.summary())
         report["mqtt"] = {"topic": mqtt.config.topic, "sent": mqtt.sent, "acknowledged": mqtt.acknowledged}
+    if telemetry is not None:
+        print(telemetry.summary())
+        report["telemetry"] = {"topic": telemetry.topic, **telemetry.counts.__dict__}
     if args.summary_json:
         args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if summary.frames else 1
+
+
+def _telemetry(args: argparse.Namespace, mqtt: Any, source: Any) -> Any:
+    """Rate-limited records on the MQTT connection (edge/telemetry.py), with the frame when asked."""
+    from edge import telemetry
+    from edge.upload import default_car_id
+
+    car_id = args.car_id or default_car_id()
+
+    def publish(topic: str, payload: bytes) -> bool:
+        return mqtt.publish(topic, payload, telemetry=True)
+
+    return telemetry.TelemetryPublisher(
+        publish, args.telemetry_topic or telemetry.topic_for(car_id), car_id, rate_hz=args.telemetry_rate,
+        tap=telemetry.FrameTap(source) if args.telemetry_frame else None,
+    )  # fmt: skip
 
 
 def _update_before_driving(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
