@@ -318,7 +318,10 @@ def stored_sha256(s3: Any, bucket: str, key: str) -> str | None:
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except s3.exceptions.ClientError as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        # 403: S3 answers a HEAD of a missing key with 403 to a caller without s3:ListBucket on it, as
+        # the uploader policy is (its listing is conditioned on s3:prefix, which a HEAD does not carry):
+        # https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound", "403", "Forbidden"):
             return None
         raise
     recorded = (head.get("Metadata") or {}).get(SHA256_METADATA)
