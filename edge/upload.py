@@ -57,6 +57,11 @@ MAX_PART_SIZE = 5 * 1024 * MIB  # qfacts.html: at most 5 GiB
 MAX_PARTS = 10_000  # qfacts.html: at most 10,000 parts per upload
 DEFAULT_PART_SIZE = 8 * MIB  # what the AWS CLI uses (multipart_chunksize default)
 S3_KEY_MAX_BYTES = 1024  # object-keys.html
+# Every part carries a CRC32 that S3 checks on receipt; an upload created with a checksum algorithm needs
+# each part's checksum in CompleteMultipartUpload:
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html
+CHECKSUM_ALGORITHM = "CRC32"
+CHECKSUM_MEMBER = "ChecksumCRC32"
 SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256; HeadObject returns it in Metadata
 CAR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # object-keys.html's safe characters, no '/'
 ARCHIVE_CONTENT_TYPE = "application/gzip"
@@ -220,7 +225,10 @@ class UploadQueue:
         try:
             written = write_reproducible_tar_gz(members, partial)
             sha256 = written["sha256"]
-            if any(job.sha256 == sha256 for job in known):  # the same bytes from another folder
+            same_bytes = [job for job in known if job.sha256 == sha256]
+            if same_bytes:  # touched, copied or moved, not changed: remember it as archived
+                same_bytes[0].session, same_bytes[0].stamp = str(session), stamp
+                self.save(same_bytes[0])
                 return None
             os.replace(partial, self.archive_path(sha256))
         finally:
@@ -404,6 +412,7 @@ class Uploader:
                 Key=key,
                 ContentType=ARCHIVE_CONTENT_TYPE,
                 Metadata={SHA256_METADATA: job.sha256},
+                ChecksumAlgorithm=CHECKSUM_ALGORITHM,
             )["UploadId"]
             job.parts = []
             self.queue.save(job)
@@ -416,10 +425,12 @@ class Uploader:
                 data = handle.read(job.part_size)
                 if self.bucket_rate is not None:
                     self.bucket_rate.take(len(data))
-                etag = self.s3.upload_part(
-                    Bucket=bucket, Key=key, UploadId=job.upload_id, PartNumber=number, Body=data
-                )["ETag"]
-                job.parts = sorted([*job.parts, {"PartNumber": number, "ETag": etag}], key=_part_number)
+                sent = self.s3.upload_part(
+                    Bucket=bucket, Key=key, UploadId=job.upload_id, PartNumber=number, Body=data,
+                    ChecksumAlgorithm=CHECKSUM_ALGORITHM,
+                )  # fmt: skip
+                part = {"PartNumber": number, "ETag": sent["ETag"], CHECKSUM_MEMBER: sent[CHECKSUM_MEMBER]}
+                job.parts = sorted([*job.parts, part], key=_part_number)
                 self.queue.save(job)  # a restart from here sends only the parts after this one
                 self.emit(
                     f"{uri}: part {number}/{total} "
@@ -442,18 +453,21 @@ class Uploader:
             self.emit(f"s3://{self.destination.bucket}/{key}: the earlier upload is gone, starting over")
             job.upload_id, job.parts = None, []
             return set()
-        job.parts = sorted(listed, key=_part_number)
+        job.parts = sorted(_with_checksums(listed, job.parts), key=_part_number)
         self.queue.save(job)
         if listed:
             self.emit(f"resuming s3://{self.destination.bucket}/{key}: {len(listed)} part(s) already there")
-        return {part["PartNumber"] for part in listed}
+        return {part["PartNumber"] for part in job.parts}
 
     def _listed_parts(self, key: str, upload_id: str) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
         marker: dict[str, int] = {}  # ListParts pages 1,000 parts at a time (PartNumberMarker: an integer)
         while True:
             page = self.s3.list_parts(Bucket=self.destination.bucket, Key=key, UploadId=upload_id, **marker)
-            parts += [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in page.get("Parts", [])]
+            parts += [
+                {name: p[name] for name in ("PartNumber", "ETag", CHECKSUM_MEMBER) if name in p}
+                for p in page.get("Parts", [])
+            ]
             if not page.get("IsTruncated"):
                 return parts
             marker = {"PartNumberMarker": int(page["NextPartNumberMarker"])}
@@ -463,6 +477,19 @@ class Uploader:
         self.queue.save(job)
         with contextlib.suppress(FileNotFoundError):
             self.queue.archive_path(job.sha256).unlink()
+
+
+def _with_checksums(listed: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The parts S3 lists that CompleteMultipartUpload can name: each with its CRC32, from the listing or
+    else from our record of the same part (same ETag). A part known by neither (the car stopped between
+    UploadPart's answer and saving it) is left out, so it is sent again (the same number replaces it)."""
+    noted = {(part["PartNumber"], part["ETag"]): part.get(CHECKSUM_MEMBER) for part in recorded}
+    complete = []
+    for part in listed:
+        checksum = part.get(CHECKSUM_MEMBER) or noted.get((part["PartNumber"], part["ETag"]))
+        if checksum:
+            complete.append({**part, CHECKSUM_MEMBER: checksum})
+    return complete
 
 
 def _part_number(part: dict[str, Any]) -> int:

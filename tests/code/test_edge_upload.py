@@ -137,7 +137,10 @@ def test_the_same_session_gives_the_same_archive_bytes_wherever_and_whenever_it_
     ]
     assert {(m.mtime, m.uid, m.gid, m.mode) for m in members} == {(0, 0, 0, 0o644)}
     assert queue_a.enqueue(first, print) is None  # queued already: not archived again
-    assert len(queue_a.jobs()) == 1
+    os.utime(first / "manifest.json", (5, 5))  # touched, not changed: archived once more, same bytes
+    assert queue_a.enqueue(first, print) is None
+    (job,) = queue_a.jobs()
+    assert job.stamp == upload.session_stamp(upload.session_members(first))  # next time: not archived
 
 
 # ---------------------------------------------------------------- AWS: multipart, resume, no-op
@@ -162,6 +165,10 @@ def test_a_dropped_connection_resumes_with_the_parts_s3_does_not_have(tmp_path: 
     assert (second.queued, second.uploaded, second.failed) == (0, 1, [])
     assert again.parts_sent() == [2, 3]  # part 1 is not sent again
     assert "list_parts" in again.names() and "create_multipart_upload" not in again.names()
+    ((_, request),) = [(n, kw) for n, kw in again.calls if n == "complete_multipart_upload"]
+    assert [sorted(part) for part in request["MultipartUpload"]["Parts"]] == [
+        ["ChecksumCRC32", "ETag", "PartNumber"]
+    ] * 3  # S3 checks every part's CRC32, the one sent before the drop included
     key = f"robocar/raw/car-7/{job.sha256}.tar.gz"
     head = moto_s3.head_object(Bucket=BUCKET, Key=key)
     archive = b"".join(moto_s3.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks())
@@ -172,6 +179,22 @@ def test_a_dropped_connection_resumes_with_the_parts_s3_does_not_have(tmp_path: 
     assert head["ETag"] == f'"{hashlib.md5(part_md5s).hexdigest()}-3"'  # S3's multipart ETag: 3 parts
     (done,) = queue.jobs()
     assert done.state == "uploaded" and not queue.archive_path(job.sha256).exists()  # SD card space back
+
+
+def test_a_part_sent_but_not_noted_before_a_crash_is_sent_again(tmp_path: Path, moto_s3: Any) -> None:
+    write_session(tmp_path / "tubs" / "s1", image_bytes=[3 * MIB, 3 * MIB])
+    queue = upload.UploadQueue(tmp_path / "queue")
+    uploader = make_uploader(Recording(moto_s3, fail_after=1), queue, part_size=5 * MIB)
+    upload.upload_pass(tmp_path / "tubs", queue, uploader)
+    (job,) = queue.jobs()
+    job.parts = []  # the car lost power after UploadPart answered, before the job file was saved
+    queue.save(job)
+
+    again = Recording(moto_s3)
+    report = upload.upload_pass(tmp_path / "tubs", queue, make_uploader(again, queue, part_size=5 * MIB))
+    assert report.uploaded == 1 and again.parts_sent() == [1, 2]  # part 1 again: its CRC32 was unknown
+    head = moto_s3.head_object(Bucket=BUCKET, Key=job.key)
+    assert head["ContentLength"] == job.size and head["Metadata"]["sha256"] == job.sha256
 
 
 def test_uploading_the_same_tub_again_sends_nothing(tmp_path: Path, moto_s3: Any) -> None:
