@@ -327,3 +327,19 @@ def test_locally_an_upload_is_one_put_and_a_second_upload_starts_no_second_execu
     assert key.startswith("robocar/raw/car-7/") and key.endswith(".tar.gz") and size > 1000
     archive = LocalS3Client(workspace).uri_to_path(f"s3://{BUCKET}/{key}").read_bytes()
     assert key == f"robocar/raw/car-7/{hashlib.sha256(archive).hexdigest()}.tar.gz"
+
+
+def test_cli_exit_status_says_whether_the_queue_emptied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_session(tmp_path / "tubs" / "s1", image_bytes=[100])
+    base = ["upload", "--tubs", str(tmp_path / "tubs"), "--local-root", str(tmp_path / "ws"),
+            "--root", str(tmp_path / "car"), "--once"]  # fmt: skip
+    assert edge_main([*base, "--bucket", BUCKET, "--car-id", "car/7"]) == 2  # bad input: one line
+    assert "car id 'car/7'" in capsys.readouterr().err
+    assert edge_main([*base, "--bucket", BUCKET, "--car-id", "car-7"]) == 1  # no such bucket (yet)
+    out = capsys.readouterr().out
+    assert "stays queued" in out and "1 failed (kept in the queue)" in out
+    LocalS3Client(tmp_path / "ws").create_bucket(Bucket=BUCKET)
+    assert edge_main([*base, "--bucket", BUCKET, "--car-id", "car-7"]) == 0  # the next run sends it
+    assert "0 session(s) queued, 1 uploaded" in capsys.readouterr().out
