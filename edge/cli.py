@@ -1,13 +1,14 @@
-"""``robocar edge ...`` (and ``robocar-edge ...`` on the car): pull, run, status, rollback, component.
+"""``robocar edge ...`` (and ``robocar-edge ...`` on the car): pull, run, status, rollback, upload, component.
 
 Only argparse and the standard library at import time: the agent, the drive loop and the runtimes are
 imported by the command that needs them, so ``--help`` is instant and the car needs no SDK or TensorFlow.
 Settings come from flags, else environment variables (the same ones the rest of the project reads).
 
 Exit status: 0 done; 1 the command ran but did not get there (``pull``: not on the newest model; ``run``:
-no frame driven); 2 bad input, said in one line (a flag, a corrupt ``state.json``, an unreadable folder,
-a package that cannot be driven); 70 (``EX_SOFTWARE``) an exception none of our checks names, i.e. a bug:
-one line with its type. ``--debug`` adds the traceback to either.
+no frame driven; ``upload``: an upload stopped, it stays queued); 2 bad input, said in one line (a flag, a
+corrupt ``state.json``, an unreadable folder, a package that cannot be driven); 70 (``EX_SOFTWARE``) an
+exception none of our checks names, i.e. a bug: one line with its type. ``--debug`` adds the traceback to
+either.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def _add_registry(parser: argparse.ArgumentParser) -> None:
         "--target", default=_env("ROBOCAR_EDGE_TARGET", DEFAULT_TARGET),
         help=f"this car's edge target (Neo device name); env ROBOCAR_EDGE_TARGET (default: {DEFAULT_TARGET})",
     )  # fmt: skip
+    _add_storage(group)
+
+
+def _add_storage(group: Any) -> None:
+    """Where the car's AWS calls go: the local workspace (default) or AWS (``registry_location``)."""
     group.add_argument(
         "--local-root", "--workspace", dest="local_root", default=None,
         help=f"the local workspace whose registry and S3 folder to use; env ROBOCAR_LOCAL_ROOT "
@@ -171,6 +177,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
     mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
     mqtt.add_argument("--mqtt-key", help="client key for TLS")
+    mqtt.add_argument(
+        "--telemetry-rate", type=float, default=float(_env("ROBOCAR_TELEMETRY_RATE", "2") or 2),
+        help="telemetry records per second on --telemetry-topic, 0 for none; env ROBOCAR_TELEMETRY_RATE "
+        "(default: 2; docs/telemetry.md)",
+    )  # fmt: skip
+    mqtt.add_argument(
+        "--telemetry-frame", action="store_true", help="add the camera frame (80 px wide JPEG, base64)"
+    )
+    mqtt.add_argument(
+        "--telemetry-topic", help="(default: robocar/telemetry/CAR-ID, what the IoT rule reads)"
+    )
+    mqtt.add_argument("--car-id", default=_env("ROBOCAR_CAR_ID"), help="this car's name (default: host name)")
     _add_debug(run)
     run.set_defaults(handler=_guard(_run))
 
@@ -192,6 +210,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_debug(rollback)
     rollback.set_defaults(handler=_guard(_rollback))
 
+    _configure_upload(commands)
+
     component = commands.add_parser(
         "component", help="create the Greengrass v2 component version of an approved package",
         description="Render edge/greengrass/recipe.yaml for a model package (its artifact URI and digest for "
@@ -204,11 +224,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
     component.set_defaults(handler=_guard(_component))
 
 
+def _configure_upload(commands: Any) -> None:
+    upload = commands.add_parser(
+        "upload", help="send closed tub sessions to the raw-data prefix (resumable, once per content)",
+        description="Archive each closed session under --tubs reproducibly, queue it under <root>/upload "
+        "(survives a reboot) and upload it to s3://BUCKET/PREFIX/raw/CAR-ID/<sha256>.tar.gz: multipart "
+        "and resumable on AWS, one PutObject into the local workspace; an archive already there is not "
+        "sent again. Exit status 0 when the queue is empty, 1 when an upload stopped (it stays queued "
+        "and the next run resumes it). docs/upload.md.",
+    )  # fmt: skip
+    _add_root(upload)
+    upload.add_argument(
+        "--tubs", type=Path, default=Path(_env("ROBOCAR_EDGE_TUBS", "data") or "data"),
+        help="the folder the recorder writes sessions into; env ROBOCAR_EDGE_TUBS (default: data)",
+    )  # fmt: skip
+    where = upload.add_argument_group("where (flag > environment)")
+    where.add_argument("--bucket", default=_env("ROBOCAR_BUCKET"), help="data bucket; env ROBOCAR_BUCKET")
+    where.add_argument(
+        "--prefix", default=_env("ROBOCAR_PREFIX", "robocar"), help="pipeline prefix (default: robocar)"
+    )
+    where.add_argument(
+        "--car-id", default=_env("ROBOCAR_CAR_ID"), help="key segment naming this car (default: host name)"
+    )
+    _add_storage(where)
+    upload.add_argument(
+        "--max-rate", default=_env("ROBOCAR_UPLOAD_MAX_RATE"),
+        help="cap the average upload rate, bytes/s with K/M suffix (e.g. 500K); default: no cap",
+    )  # fmt: skip
+    upload.add_argument("--once", action="store_true", help="one pass, then exit (default: watch)")
+    upload.add_argument("--interval", type=float, default=60.0, help="seconds between passes (default: 60)")
+    _add_debug(upload)
+    upload.set_defaults(handler=_guard(_upload))
+
+
 # ---- plumbing -----------------------------------------------------------------------------------------
 def _user_errors() -> tuple[type[Exception], ...]:
-    from edge import agent, artifacts, drive, frames, record, runtimes, sources
+    from edge import agent, artifacts, drive, frames, record, runtimes, sources, telemetry, upload
 
     return (
+        upload.UploadError,
+        telemetry.TelemetryError,
         agent.AgentError,
         artifacts.ArtifactError,
         drive.DriveError,
@@ -408,7 +463,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
     source = sources.open_source(args.source, pilot.infer.spec)
     outputs: list[Any] = []
-    mqtt = recorder = None
+    mqtt = recorder = telemetry = None
     try:
         if args.jsonl:
             outputs.append(drive.JsonLinesWriter(args.jsonl))
@@ -424,6 +479,10 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
                 )
             )  # fmt: skip
             outputs.append(mqtt)
+            if args.telemetry_rate > 0:
+                telemetry = _telemetry(args, mqtt, source)
+                source = telemetry.tap or source
+                outputs.append(telemetry)
         progress = None if args.quiet else drive.Progress(sys.stderr)
         recorder = _recorder(args, args.record) if args.record else None
         summary = drive.drive(
@@ -453,6 +512,9 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if mqtt is not None:
         print(mqtt.summary())
         report["mqtt"] = {"topic": mqtt.config.topic, "sent": mqtt.sent, "acknowledged": mqtt.acknowledged}
+    if telemetry is not None:
+        print(telemetry.summary())
+        report["telemetry"] = {"topic": telemetry.topic, **telemetry.counts.__dict__}
     if args.summary_json:
         args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if summary.frames else 1
@@ -559,6 +621,22 @@ def _record(args: argparse.Namespace) -> int:
     return 0 if stats.written else 1
 
 
+def _telemetry(args: argparse.Namespace, mqtt: Any, source: Any) -> Any:
+    """Rate-limited records on the MQTT connection (edge/telemetry.py), with the frame when asked."""
+    from edge import telemetry
+    from edge.upload import default_car_id
+
+    car_id = args.car_id or default_car_id()
+
+    def publish(topic: str, payload: bytes) -> bool:
+        return mqtt.publish(topic, payload, telemetry=True)
+
+    return telemetry.TelemetryPublisher(
+        publish, args.telemetry_topic or telemetry.topic_for(car_id), car_id, rate_hz=args.telemetry_rate,
+        tap=telemetry.FrameTap(source) if args.telemetry_frame else None,
+    )  # fmt: skip
+
+
 def _update_before_driving(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     """(the agent or None, what the update check said). Never raises: whatever the check raises (bad
     settings, a corrupt state.json, a full or read-only disk), the car drives with what is installed."""
@@ -625,6 +703,25 @@ def _rollback(args: argparse.Namespace) -> int:
     result = car.rollback(args.reason)
     print(f"{result.outcome}: {result.detail}")
     return 0 if result.outcome == "rolled-back" else 1
+
+
+def _upload(args: argparse.Namespace) -> int:
+    from edge import upload
+
+    if not args.bucket:
+        raise upload.UploadError("--bucket (or ROBOCAR_BUCKET) is required: the data bucket to upload to")
+    destination = upload.Destination(args.bucket, args.prefix, args.car_id or upload.default_car_id())
+    destination.key("0" * 64)  # a car id S3 cannot hold is bad input before anything is archived
+    queue = upload.UploadQueue(args.root / "upload")
+    rate = upload.TokenBucket(upload.parse_rate(args.max_rate)) if args.max_rate else None
+    uploader = upload.Uploader(_clients(args).s3, queue, destination, bucket_rate=rate)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        while True:
+            report = upload.upload_pass(args.tubs, queue, uploader)
+            print(report.line(), flush=True)
+            if args.once or stop.wait(args.interval):
+                return 0 if report.ok else 1
 
 
 def _component(args: argparse.Namespace) -> int:

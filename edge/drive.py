@@ -188,8 +188,11 @@ class MqttPublisher:
 
         self.config = config
         self.sent = 0
-        self.acknowledged = 0
         self.failed = 0
+        self.telemetry_sent = 0  # edge/telemetry.py's records share the connection, counted apart
+        self._acknowledged_total = 0  # every PUBACK, commands and telemetry
+        self._telemetry_in_flight: deque[Any] = deque()  # bounded by paho's max_queued
+        self._telemetry_acknowledged = 0
         self._pending: deque[Any] = deque(maxlen=self.max_queued)
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id or f"robocar-{os.getpid()}"
@@ -223,15 +226,42 @@ class MqttPublisher:
             self._connected = True
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        self.acknowledged += 1
+        self._acknowledged_total += 1
+
+    def _collect_telemetry_acks(self) -> None:
+        """Count the telemetry messages acknowledged so far from their paho message infos, rather than
+        classifying PUBACKs in the callback: that needs a lock held across ``client.publish``, which
+        deadlocks against paho's network thread."""
+        while self._telemetry_in_flight and self._telemetry_in_flight[0].is_published():
+            self._telemetry_in_flight.popleft()
+            self._telemetry_acknowledged += 1
+
+    @property
+    def telemetry_acknowledged(self) -> int:
+        self._collect_telemetry_acks()
+        return self._telemetry_acknowledged
+
+    @property
+    def acknowledged(self) -> int:
+        return self._acknowledged_total - self.telemetry_acknowledged
 
     def apply(self, command: Command) -> None:
-        info = self.client.publish(self.config.topic, command.to_json(), qos=self.config.qos)
-        if info.rc == 0:
-            self.sent += 1
-            self._pending.append(info)
-        else:
+        self.publish(self.config.topic, command.to_json())
+
+    def publish(self, topic: str, payload: str | bytes, *, telemetry: bool = False) -> bool:
+        """Publish one message (QoS ``config.qos``); False when paho refused it (its queue is full)."""
+        info = self.client.publish(topic, payload, qos=self.config.qos)
+        if info.rc != 0:
             self.failed += 1
+            return False
+        if telemetry:
+            self.telemetry_sent += 1
+            self._telemetry_in_flight.append(info)
+            self._collect_telemetry_acks()  # keeps the deque as short as what is in flight
+        else:
+            self.sent += 1
+        self._pending.append(info)
+        return True
 
     def close(self) -> None:
         deadline = time.monotonic() + 5.0
@@ -247,10 +277,13 @@ class MqttPublisher:
         self.client.loop_stop()
 
     def summary(self) -> str:
-        return (
+        line = (
             f"mqtt {self.config.topic}: {self.sent} sent, {self.acknowledged} acknowledged, "
             f"{self.failed} failed"
         )
+        if self.telemetry_sent:
+            line += f"; telemetry {self.telemetry_sent} sent, {self.telemetry_acknowledged} acknowledged"
+        return line
 
 
 # ---- the pilot the car drives with --------------------------------------------------------------------

@@ -6,15 +6,12 @@ TensorFlow, no ONNX, no AWS here.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge.artifacts import sha256_file
+from edge.archives import write_reproducible_tar_gz
 from edge.frames import PreprocessingError, preprocessing_record, spec_of
 from processing.errors import UserError
 
@@ -43,21 +40,6 @@ def log(message: str) -> None:
 
 def json_bytes(document: Any) -> bytes:
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
-
-
-def write_reproducible_tar_gz(members: Mapping[str, bytes], dest: Path) -> dict[str, Any]:
-    """A tar.gz of regular files only, sorted, zero mtimes and modes 0644: same members, same sha256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        dest.open("wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(members[name]), 0o644, 0
-            tar.addfile(info, io.BytesIO(members[name]))
-    return {"sha256": sha256_file(dest), "size_bytes": dest.stat().st_size}
 
 
 def write_package(files: Mapping[str, Path], manifest: Mapping[str, Any], dest: Path) -> dict[str, Any]:

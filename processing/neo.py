@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
 from edge.frames import INPUT_SCALING
 from edge.local_aws import split_s3_uri
@@ -44,7 +45,6 @@ from processing.edge_package import (
     json_bytes,
     log,
     write_package,
-    write_reproducible_tar_gz,
 )
 
 NEO_TARGETS = Path(__file__).with_name("neo_targets.json")

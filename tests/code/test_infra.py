@@ -259,7 +259,7 @@ def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
 def test_roles_are_least_privilege() -> None:
     resources = infra.load_template()["Resources"]
     roles = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
-    assert set(roles) == {"PipelineExecutionRole", "SnapshotRole", "RolloutRole"}
+    assert set(roles) == {"PipelineExecutionRole", "SnapshotRole", "RolloutRole", "TelemetryRuleRole"}
     policies = {name: r for name, r in resources.items() if r["Type"] == "AWS::IAM::ManagedPolicy"}
     assert set(policies) == {"RawDataUploader"}
     # the only statements on every resource: APIs without resource-level permissions (for Greengrass:
