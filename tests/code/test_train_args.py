@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.settings import DEFAULT_EPOCHS
 from training.metrics import METRIC_DEFINITIONS, epoch_line, parse_epoch_line
 from training.train import parse_args
 
@@ -30,7 +31,7 @@ def test_container_environment_gives_paths_and_defaults():
     )
     assert (config.model_type, config.epochs, config.batch_size, config.learning_rate) == (
         "linear",
-        100,
+        DEFAULT_EPOCHS,  # the pipeline's Epochs default too (tests/code/test_settings.py)
         128,
         0.001,
     )
