@@ -199,3 +199,12 @@ def test_the_epochs_default_is_one_value_and_the_demo_names_its_own() -> None:
     container = {"SM_CHANNEL_TRAIN": "t", "SM_CHANNEL_VALIDATION": "v", "SM_MODEL_DIR": "m"}
     assert int(epochs["DefaultValue"]) == parse_args([], container).epochs == settings.DEFAULT_EPOCHS
     assert DemoConfig().epochs == DEMO_EPOCHS
+
+
+def test_the_readme_table_lists_every_setting_as_the_code_defines_it() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| setting | flag | environment |") :].split("\n\n")[0]
+    for item in settings.SETTINGS:
+        (row,) = [line for line in table.splitlines() if f"`{item.key}`" in line]
+        for word in (item.flag, *item.aliases, *item.env, *([item.default] if item.default else [])):
+            assert f"`{word}" in row, (item.key, word)
