@@ -28,10 +28,6 @@ BACKENDS = ("local", "aws")
 LEVELS = ("flag", "environment", "config", "default")  # precedence, first wins
 
 DEFAULT_WORKSPACE = ".robocar"  # ignored by git; the local S3 folder, registry and executions live here
-# The training epochs of a pipeline execution and of train.py run directly (the Epochs parameter's
-# default and --epochs'); EarlyStopping usually ends a run sooner. Not a CLI setting: a pipeline
-# parameter (``--param Epochs=N``) or a train.py flag.
-DEFAULT_EPOCHS = 20
 
 
 class SettingsError(ValueError):

@@ -28,7 +28,7 @@ GROUP = default_of("model_package_group")
 PREFIX = default_of("prefix")
 EDGE_TARGET = default_of("edge_target")
 EDGE_ARTIFACT = "litert-int8"
-# The demo's own choice, deliberately not the pipeline's default (edge.settings.DEFAULT_EPOCHS): fewer
+# The demo's own choice, deliberately not the pipeline's default (training.spec.DEFAULT_EPOCHS): fewer
 # epochs, so that `make demo` on a laptop's CPU ends sooner; passed as --param Epochs.
 DEMO_EPOCHS = 12
 

@@ -39,10 +39,9 @@ from typing import Any
 import numpy as np
 
 from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, THROTTLE_BINS, linear_bin
-from edge.settings import DEFAULT_EPOCHS  # the pipeline's Epochs default too
 from processing.errors import UserError, add_debug_flag, run_main
 from training.metrics import METRIC_DEFINITIONS, epoch_line
-from training.spec import MODEL_TYPES
+from training.spec import DEFAULT_EPOCHS, MODEL_TYPES
 
 __all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.settings import DEFAULT_EPOCHS, default_of
+from edge.settings import default_of
 from pipelines.code_bundle import CodeBundle
 from pipelines.datasets import no_snapshot_uri
 from pipelines.offline import pipeline_session, prepare_environment
 from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS, parse_edge_targets
+from training.spec import DEFAULT_EPOCHS
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_PIPELINE_NAME = default_of("pipeline_name")  # the settings' defaults (edge/settings.py)

@@ -192,12 +192,13 @@ def test_a_second_copy_of_a_default_is_found(tmp_path: Path) -> None:
 
 def test_the_epochs_default_is_one_value_and_the_demo_names_its_own() -> None:
     from pipelines.demo import DEMO_EPOCHS, DemoConfig
+    from training.spec import DEFAULT_EPOCHS
     from training.train import parse_args
 
     golden = json.loads((REPO / "tests" / "golden" / "robocar_definition.json").read_text())
     (epochs,) = [p for p in golden["Parameters"] if p["Name"] == "Epochs"]
     container = {"SM_CHANNEL_TRAIN": "t", "SM_CHANNEL_VALIDATION": "v", "SM_MODEL_DIR": "m"}
-    assert int(epochs["DefaultValue"]) == parse_args([], container).epochs == settings.DEFAULT_EPOCHS
+    assert int(epochs["DefaultValue"]) == parse_args([], container).epochs == DEFAULT_EPOCHS
     assert DemoConfig().epochs == DEMO_EPOCHS
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.settings import DEFAULT_EPOCHS
 from training.metrics import METRIC_DEFINITIONS, epoch_line, parse_epoch_line
+from training.spec import DEFAULT_EPOCHS
 from training.train import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
