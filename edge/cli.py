@@ -106,7 +106,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--quiet", action="store_true", help="no live line, warnings only")
     mqtt_keys = ("mqtt_host", "mqtt_port", "mqtt_topic", "mqtt_username", "mqtt_password")
     settings.add_arguments(run, mqtt_keys, "MQTT (published when a broker is given)")
-    mqtt = run.add_argument_group("MQTT over TLS")
+    mqtt = run.add_argument_group("MQTT connection")
     mqtt.add_argument("--mqtt-client-id", default="", help="client id (default: robocar-<pid>)")
     mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
     mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")

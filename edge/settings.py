@@ -69,8 +69,10 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "AWS endpoint, e.g. a moto server http://127.0.0.1:5000 (implies --backend aws)",
     ),  # fmt: skip
-    # Where commands act. ROBOCAR_EDGE_REGISTRY is the variable the Greengrass component versions already
-    # on cars set (edge/greengrass/recipe.yaml), so it stays accepted.
+    # Where commands act. ROBOCAR_EDGE_REGISTRY stays accepted: the component versions already on cars set
+    # it in their recipe's Lifecycle Setenv (edge/greengrass/recipe.yaml; https://docs.aws.amazon.com/
+    # greengrass/v2/developerguide/component-recipe-reference.html), and a created version cannot be
+    # edited: greengrassv2 has CreateComponentVersion and DeleteComponent, no update (botocore's model).
     Setting(
         "backend",
         "--backend",
