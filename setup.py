@@ -34,6 +34,7 @@ DEV = [
     "cfn-lint>=1.0",
     "nbclient>=0.10",
     "nbformat>=5.10",
+    "jupytext>=1.19",  # notebooks/*.py are the sources of notebooks/*.ipynb (tests/code/test_notebooks.py)
     "ipykernel>=6.29",
     "opencv-python-headless>=4.8",  # tests of the drive loop's video source (optional on the car)
 ]

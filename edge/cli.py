@@ -2,7 +2,9 @@
 
 Only argparse and the standard library at import time: the agent, the drive loop and the runtimes are
 imported by the command that needs them, so ``--help`` is instant and the car needs no SDK or TensorFlow.
-Settings come from flags, else environment variables (the same ones the rest of the project reads).
+Settings come from flags, else environment variables, else ``robocar.toml``, else their defaults: the
+table and resolver of edge/settings.py, which ``robocar`` reads too (same flags, variables and keys), and
+its one rule for the local workspace or AWS (``choose_backend``; default: local).
 
 Exit status: 0 done; 1 the command ran but did not get there (``pull``: not on the newest model; ``run``:
 no frame driven; ``upload``: an upload stopped, it stays queued); 2 bad input, said in one line (a flag, a
@@ -17,7 +19,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -26,64 +27,20 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WORKSPACE = ".robocar"  # where the local pipeline keeps its S3 folder and registry
-DEFAULT_ROOT = ".robocar/car"
-DEFAULT_GROUP = "robocar-pilots"
-DEFAULT_TARGET = "rasp4b"
-DEFAULT_TOPIC = "robocar/drive"
+from edge import settings
+
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE: an internal software error
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
-
-
-def _env_float(name: str) -> float:
-    value = _env(name, "0") or "0"
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"robocar edge: error: {name}={value!r} is not a number") from None
+STORAGE_KEYS = ("backend", "workspace", "region", "endpoint_url")  # where the car's AWS calls go
+REGISTRY_KEYS = ("model_package_group", "edge_target", *STORAGE_KEYS)
 
 
 def _add_registry(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model registry (flag > environment)")
-    group.add_argument(
-        "--group", default=_env("ROBOCAR_MODEL_PACKAGE_GROUP", DEFAULT_GROUP),
-        help=f"model package group; env ROBOCAR_MODEL_PACKAGE_GROUP (default: {DEFAULT_GROUP})",
-    )  # fmt: skip
-    group.add_argument(
-        "--target", default=_env("ROBOCAR_EDGE_TARGET", DEFAULT_TARGET),
-        help=f"this car's edge target (Neo device name); env ROBOCAR_EDGE_TARGET (default: {DEFAULT_TARGET})",
-    )  # fmt: skip
-    _add_storage(group)
-
-
-def _add_storage(group: Any) -> None:
-    """Where the car's AWS calls go: the local workspace (default) or AWS (``registry_location``)."""
-    group.add_argument(
-        "--local-root", "--workspace", dest="local_root", default=None,
-        help=f"the local workspace whose registry and S3 folder to use; env ROBOCAR_LOCAL_ROOT "
-        f"(default: ./{DEFAULT_WORKSPACE} unless --aws)",
-    )  # fmt: skip
-    group.add_argument(
-        "--aws", action="store_true",
-        help="use AWS (boto3) instead of the local workspace; env ROBOCAR_EDGE_REGISTRY=aws",
-    )  # fmt: skip
-    group.add_argument("--region", default=_env("ROBOCAR_REGION") or _env("AWS_REGION"), help="AWS region")
-    group.add_argument(
-        "--endpoint-url", default=_env("ROBOCAR_ENDPOINT_URL"),
-        help="AWS endpoint (e.g. a moto server); env ROBOCAR_ENDPOINT_URL",
-    )  # fmt: skip
+    settings.add_arguments(parser, REGISTRY_KEYS, "model registry (flag > environment > robocar.toml)")
 
 
 def _add_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--root", type=Path, default=Path(_env("ROBOCAR_EDGE_ROOT", DEFAULT_ROOT) or DEFAULT_ROOT),
-        help=f"the car's model folder (state.json, current, models/); env ROBOCAR_EDGE_ROOT "
-        f"(default: {DEFAULT_ROOT})",
-    )  # fmt: skip
+    settings.add_arguments(parser, ("edge_root",), "the car")
 
 
 def _add_debug(parser: argparse.ArgumentParser) -> None:
@@ -94,11 +51,7 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--prefer", default=_env("ROBOCAR_EDGE_PREFER"),
-        help="artifact to drive with: a runtime (litert), a precision (int8), both (litert-int8) or a file "
-        "name (default: the package's default)",
-    )  # fmt: skip
+    settings.add_arguments(parser, ("edge_prefer",), "the artifact")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -115,10 +68,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_root(pull)
     _add_registry(pull)
     _add_model_choice(pull)
-    pull.add_argument(
-        "--interval", type=float, default=_env_float("ROBOCAR_EDGE_INTERVAL"),
-        help="poll every N seconds; env ROBOCAR_EDGE_INTERVAL (default: once)",
-    )  # fmt: skip
+    settings.add_arguments(pull, ("edge_interval",), "polling")
     local = pull.add_argument_group("install an archive already on the car (e.g. delivered by Greengrass)")
     local.add_argument("--archive", type=Path, help="model.tar.gz to install instead of downloading")
     local.add_argument("--sha256", help="its SHA-256 as the registry records it (required with --archive)")
@@ -138,9 +88,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--model", type=Path, help="drive with this extracted package folder (no agent, no pull)"
     )
-    run.add_argument(
-        "--source", default=_env("ROBOCAR_EDGE_SOURCE", "camera"), help="frame source (default: camera)"
-    )
+    settings.add_arguments(run, ("edge_source", "edge_interval"), "frames and polling")
     run.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     run.add_argument(
         "--rate", type=float, default=0.0, help="pace a replay at N frames/s (default: as fast as possible)"
@@ -149,10 +97,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=1, help="runtime threads (default: 1, leaving cores to the camera)"
     )
     run.add_argument("--no-pull", action="store_true", help="do not ask the registry before driving")
-    run.add_argument(
-        "--interval", type=float, default=_env_float("ROBOCAR_EDGE_INTERVAL"),
-        help="poll the registry every N seconds while driving; env ROBOCAR_EDGE_INTERVAL (default: never)",
-    )  # fmt: skip
     run.add_argument(
         "--jsonl", help="append one JSON line per command to this file ('-' for standard output)"
     )
@@ -163,32 +107,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--summary-json", type=Path, help="also write the final summary as JSON here")
     run.add_argument("--quiet", action="store_true", help="no live line, warnings only")
     _add_recording(run.add_argument_group("recording (docs/recording.md)"), "--record")
-    mqtt = run.add_argument_group("MQTT (published when a broker is given)")
-    mqtt.add_argument(
-        "--mqtt-host", default=_env("ROBOCAR_MQTT_HOST"), help="broker host; env ROBOCAR_MQTT_HOST"
-    )
-    mqtt.add_argument("--mqtt-port", type=int, default=int(_env("ROBOCAR_MQTT_PORT", "1883") or 1883))
-    mqtt.add_argument(
-        "--mqtt-topic", default=_env("ROBOCAR_MQTT_TOPIC", DEFAULT_TOPIC), help=f"(default: {DEFAULT_TOPIC})"
-    )
+    mqtt_keys = ("mqtt_host", "mqtt_port", "mqtt_topic", "mqtt_username", "mqtt_password")
+    settings.add_arguments(run, mqtt_keys, "MQTT (published when a broker is given)")
+    mqtt = run.add_argument_group("MQTT connection")
     mqtt.add_argument("--mqtt-client-id", default="", help="client id (default: robocar-<pid>)")
-    mqtt.add_argument("--mqtt-username", default=_env("ROBOCAR_MQTT_USERNAME"))
-    mqtt.add_argument("--mqtt-password", default=_env("ROBOCAR_MQTT_PASSWORD"))
     mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
     mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
     mqtt.add_argument("--mqtt-key", help="client key for TLS")
-    mqtt.add_argument(
-        "--telemetry-rate", type=float, default=float(_env("ROBOCAR_TELEMETRY_RATE", "2") or 2),
-        help="telemetry records per second on --telemetry-topic, 0 for none; env ROBOCAR_TELEMETRY_RATE "
-        "(default: 2; docs/telemetry.md)",
-    )  # fmt: skip
+    settings.add_arguments(run, ("telemetry_rate", "car_id"), "telemetry (docs/telemetry.md)")
     mqtt.add_argument(
         "--telemetry-frame", action="store_true", help="add the camera frame (80 px wide JPEG, base64)"
     )
     mqtt.add_argument(
         "--telemetry-topic", help="(default: robocar/telemetry/CAR-ID, what the IoT rule reads)"
     )
-    mqtt.add_argument("--car-id", default=_env("ROBOCAR_CAR_ID"), help="this car's name (default: host name)")
     _add_debug(run)
     run.set_defaults(handler=_guard(_run))
 
@@ -234,25 +166,12 @@ def _configure_upload(commands: Any) -> None:
         "and the next run resumes it). docs/upload.md.",
     )  # fmt: skip
     _add_root(upload)
-    upload.add_argument(
-        "--tubs", type=Path, default=Path(_env("ROBOCAR_EDGE_TUBS", "data") or "data"),
-        help="the folder the recorder writes sessions into; env ROBOCAR_EDGE_TUBS (default: data)",
-    )  # fmt: skip
-    where = upload.add_argument_group("where (flag > environment)")
-    where.add_argument("--bucket", default=_env("ROBOCAR_BUCKET"), help="data bucket; env ROBOCAR_BUCKET")
-    where.add_argument(
-        "--prefix", default=_env("ROBOCAR_PREFIX", "robocar"), help="pipeline prefix (default: robocar)"
+    settings.add_arguments(
+        upload,
+        ("edge_tubs", "bucket", "prefix", "car_id", "upload_max_rate", "edge_interval", *STORAGE_KEYS),
+        "where from and where to",
     )
-    where.add_argument(
-        "--car-id", default=_env("ROBOCAR_CAR_ID"), help="key segment naming this car (default: host name)"
-    )
-    _add_storage(where)
-    upload.add_argument(
-        "--max-rate", default=_env("ROBOCAR_UPLOAD_MAX_RATE"),
-        help="cap the average upload rate, bytes/s with K/M suffix (e.g. 500K); default: no cap",
-    )  # fmt: skip
-    upload.add_argument("--once", action="store_true", help="one pass, then exit (default: watch)")
-    upload.add_argument("--interval", type=float, default=60.0, help="seconds between passes (default: 60)")
+    upload.add_argument("--once", action="store_true", help="one pass, then exit (also with --interval 0)")
     _add_debug(upload)
     upload.set_defaults(handler=_guard(_upload))
 
@@ -283,8 +202,9 @@ def _guard(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
         debug = getattr(args, "debug", False)
         _setup_logging(getattr(args, "quiet", False), debug)
         try:
+            resolve_settings(args)
             return handler(args)
-        except (*_user_errors(), *_component_errors(), OSError) as exc:
+        except (*_user_errors(), *_component_errors(), settings.SettingsError, OSError) as exc:
             _report(exc, debug, f"robocar edge: error: {exc}")
             return EXIT_BAD_INPUT
         except Exception as exc:
@@ -317,34 +237,44 @@ def _setup_logging(quiet: bool, debug: bool = False) -> None:
         logging.getLogger("robocar").setLevel(logging.DEBUG)
 
 
+def resolve_settings(args: argparse.Namespace) -> settings.Resolved:
+    """The command's settings (flag > environment > robocar.toml > default), resolved once: their values
+    replace the parsed flags in ``args`` (typed: the car's folder a Path, numbers numbers)."""
+    found = getattr(args, "resolved", None)
+    if found is not None:
+        return found
+    resolved = settings.resolve_args(args, [key for key in settings.BY_KEY if hasattr(args, key)])
+    vars(args).update(resolved.values)
+    typed = {
+        "edge_root": Path,
+        "edge_tubs": Path,
+        "edge_interval": float,
+        "telemetry_rate": float,
+        "mqtt_port": int,
+    }
+    for key, kind in typed.items():
+        if key in resolved.values:
+            value = Path(str(resolved[key])) if kind is Path else settings.number(resolved, key, kind)
+            setattr(args, key, value)
+    args.resolved = resolved
+    return resolved
+
+
 def registry_location(args: argparse.Namespace) -> Path | None:
-    """The local workspace to use, or None for AWS. Local is the project's default (docs/design.md).
+    """The local workspace to use, or None for AWS: the one rule of both CLIs
+    (``edge.settings.choose_backend``; default local, ./.robocar, the workspace the local pipeline writes)."""
+    return _backend(args).local_root
 
-    Order: --local-root; --aws or --endpoint-url; $ROBOCAR_LOCAL_ROOT; $ROBOCAR_EDGE_REGISTRY=aws;
-    else ./.robocar, the workspace the local pipeline writes.
-    """
-    from edge.agent import AgentError
 
-    env_root = _env("ROBOCAR_LOCAL_ROOT")
-    if args.local_root:
-        return Path(args.local_root)
-    if args.aws or args.endpoint_url:
-        if env_root:
-            raise AgentError(f"ROBOCAR_LOCAL_ROOT={env_root} selects the local registry: unset it to use AWS")
-        return None
-    if env_root:
-        return Path(env_root)
-    registry = (_env("ROBOCAR_EDGE_REGISTRY", "local") or "local").lower()
-    if registry not in ("local", "aws"):
-        raise AgentError(f"ROBOCAR_EDGE_REGISTRY must be 'local' or 'aws', got {registry!r}")
-    return Path(DEFAULT_WORKSPACE) if registry == "local" else None
+def _backend(args: argparse.Namespace) -> settings.Backend:
+    return settings.choose_backend(resolve_settings(args))
 
 
 def _clients(args: argparse.Namespace, root: Path | None = None) -> Any:
     from edge.aws import clients
 
-    root = root or registry_location(args)
-    return clients(local_root=root, region=args.region, endpoint_url=None if root else args.endpoint_url)
+    where = _backend(args)
+    return clients(local_root=root or where.local_root, region=args.region, endpoint_url=where.endpoint_url)
 
 
 class _NoRegistry:
@@ -373,8 +303,9 @@ def _agent(args: argparse.Namespace) -> Any:
         logging.getLogger("robocar.edge").warning("no registry client (%s): driving offline", exc)
         sagemaker = s3 = _NoRegistry(f"{type(exc).__name__}: {exc}")
     return Agent(
-        args.root, group=args.group, target=args.target, sagemaker=sagemaker, s3=s3, prefer=args.prefer
-    )
+        args.edge_root, group=args.model_package_group, target=args.edge_target, sagemaker=sagemaker, s3=s3,
+        prefer=args.edge_prefer,
+    )  # fmt: skip
 
 
 def _pull(args: argparse.Namespace) -> int:
@@ -389,15 +320,15 @@ def _pull(args: argparse.Namespace) -> int:
         candidate = agent_mod.Candidate(
             model_package_arn=args.model_package_arn,
             version=agent_mod.version_from_arn(args.model_package_arn),
-            target=args.target,
+            target=args.edge_target,
             artifact_uri=args.archive.resolve().as_uri(),
             sha256=agent_mod.artifacts.normalize_sha256(args.sha256),
         )
         result = car.install_archive(args.archive, candidate)
-    elif args.interval > 0:
+    elif args.edge_interval > 0:
         stop = threading.Event()
         with _stop_on_signals(stop):
-            agent_mod.poll(car, args.interval, stop=stop.is_set)
+            agent_mod.poll(car, args.edge_interval, stop=stop.is_set)
         return 0
     else:
         result = car.check()
@@ -443,13 +374,16 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.model:
         model_path = args.model
     else:
-        model_path = args.root / "current"  # the agent's link (Agent.current_link)
+        model_path = args.edge_root / "current"  # the agent's link (Agent.current_link)
         car, update = _update_before_driving(args)
         if update["outcome"] not in ("installed", "up-to-date", "skipped"):
             log.warning("update check: %s: %s; driving with the installed model", *update.values())
-        if car is not None and args.interval > 0:
+        if car is not None and args.edge_interval > 0:
             threading.Thread(
-                target=agent_mod.poll, args=(car, args.interval), kwargs={"stop": stop.is_set}, daemon=True
+                target=agent_mod.poll,
+                args=(car, args.edge_interval),
+                kwargs={"stop": stop.is_set},
+                daemon=True,
             ).start()
             if not model_path.exists():  # a new car: wait for the poller's first install, not crash-loop
                 log.warning("no model installed yet: waiting for the first approved model (--interval)")
@@ -457,11 +391,11 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
                     pass
 
     def opener(path: Path) -> Any:
-        return drive.open_pilot(path, prefer=args.prefer, threads=args.threads)
+        return drive.open_pilot(path, prefer=args.edge_prefer, threads=args.threads)
 
     pilot = drive.LivePilot(model_path, opener)
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
-    source = sources.open_source(args.source, pilot.infer.spec)
+    source = sources.open_source(args.edge_source, pilot.infer.spec)
     outputs: list[Any] = []
     mqtt = recorder = telemetry = None
     try:
@@ -548,7 +482,7 @@ def _add_record_command(commands: Any) -> None:
         "jsonl:PATH ('jsonl:-': standard input), one {\"angle\": a, \"throttle\": t} line per frame.",
     )  # fmt: skip
     _add_recording(record, "--tub")
-    record.add_argument("--source", default=_env("ROBOCAR_EDGE_SOURCE", "camera"), help="frame source")
+    settings.add_arguments(record, ("edge_source",), "frames")
     record.add_argument("--controls", default="recorded", help="recorded | jsonl:PATH | jsonl:-")
     record.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     record.add_argument("--rate", type=float, default=0.0, help="pace a replay at N frames/s")
@@ -593,7 +527,7 @@ def _record(args: argparse.Namespace) -> int:
     if args.controls != "recorded" and not (kind == "jsonl" and where):
         raise record.RecordError(f"--controls must be 'recorded' or jsonl:PATH, got {args.controls!r}")
     stop = threading.Event()
-    source = sources.open_source(args.source, frames.FrameSpec())
+    source = sources.open_source(args.edge_source, frames.FrameSpec())
     if args.controls == "recorded" and not isinstance(source, sources.TubSource):
         source.close()
         raise record.RecordError(f"{source.description} holds no controls: give --controls jsonl:PATH")
@@ -667,9 +601,9 @@ def _status_line(record: Any) -> str:
 def _status(args: argparse.Namespace) -> int:
     from edge.agent import STATE_FORMAT, read_state_file
 
-    state = read_state_file(args.root / "state.json")
+    state = read_state_file(args.edge_root / "state.json")
     if state is None:
-        print(f"no state in {args.root}: nothing pulled yet (robocar edge pull)")
+        print(f"no state in {args.edge_root}: nothing pulled yet (robocar edge pull)")
         return 1
     if args.json:
         print(json.dumps(state, indent=2))
@@ -677,7 +611,7 @@ def _status(args: argparse.Namespace) -> int:
     last = state.get("last_check") if isinstance(state.get("last_check"), dict) else {}
     rejected = state.get("rejected") or {}
     lines = [
-        f"root      {args.root} ({state.get('format', STATE_FORMAT)})",
+        f"root      {args.edge_root} ({state.get('format', STATE_FORMAT)})",
         f"group     {state.get('group')}  target {state.get('target')}",
         f"current   {_status_line(state.get('current'))}",
         f"previous  {state.get('previous') or 'none'}",
@@ -694,11 +628,11 @@ def _status(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from edge.agent import Agent, read_state_file
 
-    state = read_state_file(args.root / "state.json") or {}
+    state = read_state_file(args.edge_root / "state.json") or {}
     car = Agent(
-        args.root,
-        group=str(state.get("group", DEFAULT_GROUP)),
-        target=str(state.get("target", DEFAULT_TARGET)),
+        args.edge_root,
+        group=str(state.get("group", settings.default_of("model_package_group"))),
+        target=str(state.get("target", settings.default_of("edge_target"))),
     )
     result = car.rollback(args.reason)
     print(f"{result.outcome}: {result.detail}")
@@ -712,15 +646,15 @@ def _upload(args: argparse.Namespace) -> int:
         raise upload.UploadError("--bucket (or ROBOCAR_BUCKET) is required: the data bucket to upload to")
     destination = upload.Destination(args.bucket, args.prefix, args.car_id or upload.default_car_id())
     destination.key("0" * 64)  # a car id S3 cannot hold is bad input before anything is archived
-    queue = upload.UploadQueue(args.root / "upload")
-    rate = upload.TokenBucket(upload.parse_rate(args.max_rate)) if args.max_rate else None
+    queue = upload.UploadQueue(args.edge_root / "upload")
+    rate = upload.TokenBucket(upload.parse_rate(args.upload_max_rate)) if args.upload_max_rate else None
     uploader = upload.Uploader(_clients(args).s3, queue, destination, bucket_rate=rate)
     stop = threading.Event()
     with _stop_on_signals(stop):
         while True:
-            report = upload.upload_pass(args.tubs, queue, uploader)
+            report = upload.upload_pass(args.edge_tubs, queue, uploader)
             print(report.line(), flush=True)
-            if args.once or stop.wait(args.interval):
+            if args.once or not args.edge_interval or stop.wait(args.edge_interval):
                 return 0 if report.ok else 1
 
 

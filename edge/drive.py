@@ -28,6 +28,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from edge import frames
+from edge.settings import default_of
 from edge.sources import Frame, FrameSource
 
 log = logging.getLogger("robocar.edge.drive")
@@ -162,8 +163,8 @@ class JsonLinesWriter:
 @dataclass(frozen=True)
 class MqttConfig:
     host: str
-    port: int = 1883
-    topic: str = "robocar/drive"
+    port: int = int(default_of("mqtt_port"))  # the one definition: edge/settings.py
+    topic: str = default_of("mqtt_topic")
     client_id: str = ""
     qos: int = 1
     username: str | None = None

@@ -16,14 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.settings import DEFAULT_WORKSPACE as SHARED_WORKSPACE
+from edge.settings import default_of
 from pipelines.settings import EXAMPLE_VALUES
 
-DEFAULT_WORKSPACE = Path(".robocar/demo")
-PIPELINE_NAME = "robocar-pipeline"
-GROUP = "robocar-pilots"
-PREFIX = "robocar"
-EDGE_TARGET = "rasp4b"
+# The demo passes the settings' defaults as flags, so a robocar.toml or ROBOCAR_* variable of the user's
+# does not change what it runs; the values are edge/settings.py's, not copies.
+DEFAULT_WORKSPACE = Path(SHARED_WORKSPACE) / "demo"  # its own workspace, beside the user's
+PIPELINE_NAME = default_of("pipeline_name")
+GROUP = default_of("model_package_group")
+PREFIX = default_of("prefix")
+EDGE_TARGET = default_of("edge_target")
 EDGE_ARTIFACT = "litert-int8"
+# The demo's own choice, deliberately not the pipeline's default (training.spec.DEFAULT_EPOCHS): fewer
+# epochs, so that `make demo` on a laptop's CPU ends sooner; passed as --param Epochs.
+DEMO_EPOCHS = 12
 
 
 class DemoError(RuntimeError):
@@ -36,7 +43,7 @@ class DemoConfig:
     frames: int = 5000
     sessions: int = 6
     seed: int = 7
-    epochs: int = 12
+    epochs: int = DEMO_EPOCHS
     drive_frames: int = 1000
     parameters: Sequence[str] = field(default_factory=tuple)
 

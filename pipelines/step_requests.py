@@ -30,10 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.settings import default_of
 from pipelines.aws_rules import request_problems
 from pipelines.local import runners
 from pipelines.local.executor import bind_parameters, job_name, pipeline_arn, plan
 from pipelines.local.expressions import ExpressionError, Scope, parse_path, resolve, step_scope
+
+DEFAULT_PIPELINE_NAME = default_of("pipeline_name")
 
 SAMPLE_EXECUTION_ID = "q9x1b2c3d4e5"  # SageMaker's execution ids: 12 lowercase letters and digits
 SAMPLE_JOB_SUFFIX = "k7m2p9"
@@ -231,7 +234,7 @@ def step_requests(
     definition: Mapping[str, Any],
     parameters: Mapping[str, Any] | None = None,
     *,
-    pipeline_name: str = "robocar-pipeline",
+    pipeline_name: str = DEFAULT_PIPELINE_NAME,
     region: str = "us-east-1",
 ) -> list[StepRequest]:
     """The request of every Processing, Training, RegisterModel and Model step (raises when unresolvable)."""
@@ -247,7 +250,7 @@ def check_definition(
     definition: Mapping[str, Any],
     parameters: Mapping[str, Any] | None = None,
     *,
-    pipeline_name: str = "robocar-pipeline",
+    pipeline_name: str = DEFAULT_PIPELINE_NAME,
     region: str = "us-east-1",
 ) -> list[StepProblem]:
     """Everything AWS would refuse in the steps' requests (empty when each would be accepted)."""

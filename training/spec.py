@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 MODEL_TYPES = ("linear", "categorical")
+# The training epochs of a pipeline execution and of train.py run directly: the Epochs parameter's
+# default and --epochs'; EarlyStopping usually ends a run sooner.
+DEFAULT_EPOCHS = 20
 ARCHITECTURES = {
     "linear": "donkeycar default_n_linear",
     "categorical": "donkeycar default_categorical",

@@ -42,7 +42,7 @@ import numpy as np
 from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, INPUT_SCALING, THROTTLE_BINS, linear_bin
 from processing.errors import UserError, add_debug_flag, run_main
 from training.metrics import METRIC_DEFINITIONS, epoch_line
-from training.spec import MODEL_TYPES
+from training.spec import DEFAULT_EPOCHS, MODEL_TYPES
 
 __all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
 
@@ -62,7 +62,7 @@ class TrainConfig:
     validation_dir: Path
     model_dir: Path
     model_type: str = "linear"
-    epochs: int = 100
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 128
     learning_rate: float = 0.001
     patience: int = 5
@@ -158,7 +158,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default="linear",
         help="donkeycar pilot: default_n_linear or default_categorical",
     )
-    hps.add_argument("--epochs", type=_positive(int), default=100, help="maximum epochs")
+    hps.add_argument("--epochs", type=_positive(int), default=DEFAULT_EPOCHS, help="maximum epochs")
     hps.add_argument(
         "--batch-size",
         "--batch_size",

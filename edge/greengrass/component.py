@@ -158,7 +158,7 @@ def run(args: argparse.Namespace, make_clients: Callable[[argparse.Namespace], A
     recipe = render_recipe(
         load_template(),
         description,
-        args.target,
+        args.edge_target,
         component_name=args.component_name,
         component_version=args.component_version,
         code_uri=args.code_uri,

@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Any
 
-from pipelines.settings import SETTINGS
+from edge import settings as core
 
-# Template parameter <- (flag, the pipeline setting whose default/environment it shares, help).
-# Sharing the settings' defaults keeps the stack and `robocar pipeline` naming the same things.
+# Template parameter <- (flag, the setting (edge/settings.py) whose environment and robocar.toml key it
+# shares, help). Sharing the settings keeps the stack and `robocar pipeline` naming the same things.
 TEMPLATE_FLAGS = {
     "ProjectName": ("--project-name", None, "prefix of resource names, at most 24 characters (robocar)"),
     "Prefix": ("--prefix", "prefix", "key prefix in the bucket; tubs go under PREFIX/raw/ (robocar)"),
@@ -23,7 +23,7 @@ TEMPLATE_FLAGS = {
     ),
     "DeviceThingGroupName": ("--thing-group", None, "the cars' IoT thing group (robocar-cars)"),
     "GreengrassComponentName": ("--component-name", None, "Greengrass component (com.robocar.Pilot)"),
-    "EdgeTarget": ("--edge-target", None, "the compiled artifact the cars run (rasp4b)"),
+    "EdgeTarget": ("--edge-target", "edge_target", "the compiled artifact the cars run (rasp4b)"),
 }
 
 
@@ -69,7 +69,7 @@ def _template_arguments(parser: argparse.ArgumentParser) -> None:
         "template parameters (default: the template's, or the pipeline settings')"
     )
     for name, (flag, setting_key, help_text) in TEMPLATE_FLAGS.items():
-        env = f"; env {_setting(setting_key).env[0]}" if setting_key else ""
+        env = f"; env {core.setting(setting_key).env[0]}" if setting_key else ""
         group.add_argument(flag, dest=name, metavar="NAME", default=None, help=f"{name}: {help_text}{env}")
 
 
@@ -84,17 +84,16 @@ def _aws_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _setting(key: str) -> Any:
-    return next(s for s in SETTINGS if s.key == key)
-
-
 def template_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """Flags, else the shared pipeline setting's environment variable; unset ones keep the template's."""
+    """Flags, else the shared setting's environment variable or robocar.toml key (the one resolver);
+    parameters given nowhere keep the template's defaults."""
+    shared = {key: name for name, (_, key, _) in TEMPLATE_FLAGS.items() if key}
+    resolved = core.resolve({key: getattr(args, name, None) for key, name in shared.items()}, keys=shared)
     overrides = {}
     for name, (_, setting_key, _) in TEMPLATE_FLAGS.items():
         value = getattr(args, name, None)
-        if value is None and setting_key:
-            value = next((os.environ[e] for e in _setting(setting_key).env if os.environ.get(e)), None)
+        if value is None and setting_key and resolved.given(setting_key):
+            value = resolved[setting_key]
         if value is not None:
             overrides[name] = value.strip("/") if name == "Prefix" else value
     return overrides
@@ -172,4 +171,5 @@ def _snippet(outputs: dict[str, str], region: str, parameters: dict[str, str]) -
     from pipelines.infra import settings_snippet
 
     snippet = settings_snippet(outputs, region)
-    return snippet + (f'\nprefix = "{parameters["Prefix"]}"' if parameters.get("Prefix") else "")
+    snippet += f'\nprefix = "{parameters["Prefix"]}"' if parameters.get("Prefix") else ""
+    return snippet + '\nbackend = "aws"  # the stack is on AWS; commands act locally by default'

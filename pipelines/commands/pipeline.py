@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.aws import clients as aws_clients
-from edge.aws import local_root_from_env
 from pipelines import datasets
 from pipelines import settings as settings_mod
 from pipelines.code_bundle import CodeBundle
-from pipelines.local.executor import DEFAULT_WORKSPACE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,15 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         name: str, handler: Any, help_text: str, *, targets: bool = False, local: bool = False
     ) -> argparse.ArgumentParser:
         p = commands.add_parser(name, help=help_text, description=help_text)
-        settings_mod.add_arguments(p)
-        if local:
-            p.add_argument(
-                "--local", action="store_true", help="the local control plane in the workspace (no AWS)"
-            )
-            p.add_argument(
-                "--workspace", type=Path, default=None,
-                help=f"local workspace (implies --local; default: ./{DEFAULT_WORKSPACE})",
-            )  # fmt: skip
+        settings_mod.add_arguments(p, backend=local)  # local: the workspace's control plane, no AWS
         if targets:
             p.add_argument(
                 "--edge-targets", default=None,
@@ -111,14 +101,10 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if errors or problems else 0
 
 
-def _local_root(args: argparse.Namespace) -> Path | None:
-    if getattr(args, "workspace", None) is not None:
-        return args.workspace
-    return Path(DEFAULT_WORKSPACE) if getattr(args, "local", False) else None
-
-
-def _is_local(args: argparse.Namespace) -> bool:
-    return _local_root(args) is not None or local_root_from_env() is not None
+def _say_where(where: settings_mod.Backend) -> None:
+    """On stderr, so that stdout stays the answer: acting locally is the default, and says so."""
+    if where.is_local:
+        print(f"in the local workspace {where.local_root} (no AWS; --aws acts on AWS)", file=sys.stderr)
 
 
 def clients(settings: settings_mod.Settings, local_root: Path | None = None) -> tuple[Any, Any]:
@@ -130,11 +116,12 @@ def clients(settings: settings_mod.Settings, local_root: Path | None = None) -> 
 def _upsert(args: argparse.Namespace) -> int:
     from pipelines.control import upsert
 
-    settings = settings_mod.resolve(args, use_examples=_is_local(args))
+    settings, where = settings_mod.resolve_with_backend(args)
     code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
-    _, text = _definition_text(args, use_examples=_is_local(args), code=code)
-    sagemaker, s3 = clients(settings, _local_root(args))
-    if _is_local(args):
+    _, text = _definition_text(args, use_examples=where.is_local, code=code)
+    sagemaker, s3 = clients(settings, where.local_root)
+    _say_where(where)
+    if where.is_local:
         s3.create_bucket(Bucket=settings.bucket)
     result = upsert(sagemaker, s3, definition=text, settings=settings, code=code)
     print(f"{result.action}: {result.pipeline_arn}")
@@ -146,10 +133,12 @@ def _start(args: argparse.Namespace) -> int:
     from pipelines.control import parse_parameters, start
 
     # Checked against the definition upsert deploys, built offline: a bad parameter never reaches AWS.
-    settings, text = _definition_text(args, use_examples=_is_local(args))
+    settings, where = settings_mod.resolve_with_backend(args)
+    _, text = _definition_text(args, use_examples=where.is_local)
     definition = json.loads(text)
     parameters = parse_parameters(definition, args.param)
-    sagemaker, s3 = clients(settings, _local_root(args))
+    sagemaker, s3 = clients(settings, where.local_root)
+    _say_where(where)
     # Preprocess reads a dataset named by its content: snapshot the raw prefix (or the given one) first.
     parameters, taken = datasets.start_parameters(
         s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
@@ -166,8 +155,9 @@ def _start(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from pipelines.control import recent_executions
 
-    settings = settings_mod.resolve(args, use_examples=_is_local(args))
-    sagemaker, _ = clients(settings, _local_root(args))
+    settings, where = settings_mod.resolve_with_backend(args)
+    sagemaker, _ = clients(settings, where.local_root)
+    _say_where(where)
     executions = recent_executions(sagemaker, settings.pipeline_name, args.limit)
     if args.json:
         print(json.dumps(executions, indent=2, default=str))

@@ -1,42 +1,26 @@
 """``robocar registry list|describe|approve|reject``: the Model Registry, on AWS, a moto server or local.
 
-The same calls go to boto3's ``sagemaker`` client or to the local on-disk registry (``--local``), chosen
-in one place (``edge.aws.clients``). Approving is what releases a pilot to the cars.
+The same calls go to the local on-disk registry (the default, ``--workspace``) or to boto3's ``sagemaker``
+client (``--aws``, ``--endpoint-url``), chosen by the one rule of both CLIs (``edge.settings.choose_backend``)
+and made in one place (``edge.aws.clients``). Approving is what releases a pilot to the cars.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from edge import registry as package_registry
-from pipelines.commands.run import DEFAULT_WORKSPACE
+from edge import settings
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
-GROUP_ENV = "ROBOCAR_MODEL_PACKAGE_GROUP"
-
-
-def _default_group() -> str:
-    from pipelines.settings import SETTINGS
-
-    return next(s.default for s in SETTINGS if s.key == "model_package_group") or "robocar-pilots"
+KEYS = ("model_package_group", "backend", "workspace", "region", "endpoint_url")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_argument_group("which registry (default: AWS through boto3)")
-    where.add_argument("--local", action="store_true", help="the local registry in the workspace")
-    where.add_argument(
-        "--workspace", type=Path, default=None,
-        help=f"local workspace (implies --local; default: ./{DEFAULT_WORKSPACE})",
-    )  # fmt: skip
-    where.add_argument(
-        "--endpoint-url", default=os.environ.get("ROBOCAR_ENDPOINT_URL"),
-        help="AWS endpoint, e.g. a moto server (env ROBOCAR_ENDPOINT_URL)",
-    )  # fmt: skip
-    where.add_argument("--region", default=None, help="AWS region (default: from the environment)")
+    settings.add_arguments(parser, KEYS, "which registry (flag > environment > robocar.toml > default)")
     parser.add_argument("--json", action="store_true", help="print the API response as JSON")
 
 
@@ -45,10 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
 
     listing = commands.add_parser("list", help="model package versions in a group, newest first")
-    listing.add_argument(
-        "--group", default=os.environ.get(GROUP_ENV) or _default_group(),
-        help=f"model package group (env {GROUP_ENV}; default: {_default_group()})",
-    )  # fmt: skip
     listing.add_argument("--status", choices=STATUSES, default=None, help="only packages with this status")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default: 20)")
     _add_common(listing)
@@ -56,9 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     describe = commands.add_parser("describe", help="one model package version, in full")
     describe.add_argument("package", help="model package ARN, or 'latest' (newest in --group)")
-    describe.add_argument(
-        "--group", default=os.environ.get(GROUP_ENV) or _default_group(), help="for 'latest'"
-    )
     _add_common(describe)
     describe.set_defaults(handler=_with_client(_describe))
 
@@ -67,29 +44,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         sub_parser.add_argument(
             "package", help="model package ARN, or 'latest' (newest PendingManualApproval in --group)"
         )
-        sub_parser.add_argument(
-            "--group", default=os.environ.get(GROUP_ENV) or _default_group(), help="for 'latest'"
-        )
         sub_parser.add_argument("--description", default=None, help="ApprovalDescription (why)")
         _add_common(sub_parser)
         sub_parser.set_defaults(handler=_with_client(_set_status), status=status)
 
 
+def resolve_registry_settings(args: argparse.Namespace) -> settings.Resolved:
+    """The registry commands' settings, resolved as ``robocar-edge`` resolves them (edge/settings.py);
+    their values replace the parsed flags in ``args``. The backend is chosen from the flags as given."""
+    resolved = settings.resolve_args(args, KEYS)
+    args.backend_choice = settings.choose_backend(resolved)
+    vars(args).update(resolved.values)
+    return resolved
+
+
 def _local_root(args: argparse.Namespace) -> Path | None:
-    local = args.local or args.workspace is not None
-    return (args.workspace or DEFAULT_WORKSPACE) if local else None
+    return args.backend_choice.local_root
 
 
 def _client(args: argparse.Namespace) -> Any:
     from edge.aws import clients
 
-    return clients(local_root=_local_root(args), region=args.region, endpoint_url=args.endpoint_url).sagemaker
+    where = args.backend_choice
+    return clients(local_root=where.local_root, region=args.region, endpoint_url=where.endpoint_url).sagemaker
 
 
 def _with_client(handler: Any) -> Any:
-    """The handler, given the registry's client (AWS, a moto server or local) as a second argument."""
+    """The handler, given the registry's client (local, AWS or a moto server) as a second argument."""
 
     def call(args: argparse.Namespace) -> int:
+        resolve_registry_settings(args)
         return handler(args, _client(args))
 
     return call
@@ -102,16 +86,16 @@ def _print_json(document: Any) -> None:
 def _resolve(args: argparse.Namespace, sagemaker: Any, status: str | None) -> str:
     if args.package != "latest":
         return args.package
-    package = package_registry.newest(sagemaker, args.group, status)
+    package = package_registry.newest(sagemaker, args.model_package_group, status)
     if package is None:
         qualifier = f" with status {status}" if status else ""
-        raise ValueError(f"no model package{qualifier} in group {args.group}")
+        raise ValueError(f"no model package{qualifier} in group {args.model_package_group}")
     return package["ModelPackageArn"]
 
 
 def _list(args: argparse.Namespace, sagemaker: Any) -> int:
     kwargs: dict[str, Any] = {
-        "ModelPackageGroupName": args.group,
+        "ModelPackageGroupName": args.model_package_group,
         "SortBy": "CreationTime",
         "SortOrder": "Descending",
         "MaxResults": max(1, min(args.limit, 100)),
@@ -124,7 +108,10 @@ def _list(args: argparse.Namespace, sagemaker: Any) -> int:
         return 0
     packages = response["ModelPackageSummaryList"]
     if not packages:
-        print(f"no model packages in {args.group}" + (f" with status {args.status}" if args.status else ""))
+        print(
+            f"no model packages in {args.model_package_group}"
+            + (f" with status {args.status}" if args.status else "")
+        )
     for package in packages:
         print(
             f"{package.get('ModelPackageVersion', ''):>4}  {package['ModelApprovalStatus']:<22} "

@@ -18,8 +18,6 @@ from typing import Any
 
 from pipelines import settings as settings_mod
 
-DEFAULT_WORKSPACE = Path(".robocar")
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     description = (
@@ -30,13 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "run", help="run the whole pipeline locally (no AWS, no Docker)", description=description
     )
-    parser.add_argument(
-        "--local", action="store_true", help="run locally (the only mode `run` has; required)"
-    )
-    parser.add_argument(
-        "--workspace", type=Path, default=DEFAULT_WORKSPACE,
-        help=f"local S3, registry, executions and cache live here (default: ./{DEFAULT_WORKSPACE})",
-    )  # fmt: skip
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE",
         help="pipeline parameter, repeatable (e.g. --param Epochs=2 --param ModelType=categorical)",
@@ -56,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--display-name", default=None, help="execution display name")
     parser.add_argument("--json", action="store_true", help="print the execution record as JSON at the end")
-    settings_mod.add_arguments(parser)
+    settings_mod.add_arguments(parser, backend=True)  # local is the only backend `run` has
     parser.set_defaults(handler=main_from_args)
 
 
@@ -300,20 +291,21 @@ def main_from_args(args: argparse.Namespace) -> int:
     from pipelines.code_bundle import CodeBundle
     from pipelines.control import parse_parameters
 
-    if not args.local:
+    if not settings_mod.backend(args).is_local:
         raise ValueError(
-            "`robocar run` runs locally: add --local. "
+            "`robocar run` runs locally and the settings choose AWS: add --local (or --workspace DIR). "
             "On AWS use `robocar pipeline upsert`, then `robocar pipeline start`."
         )
-    settings = settings_mod.resolve(args, use_examples=True)  # local: placeholders never reach AWS
-    check_workspace(args.workspace)
+    settings, where = settings_mod.resolve_with_backend(args)  # local: placeholders never reach AWS
+    workspace = where.local_root
+    check_workspace(workspace)
     if args.data is not None:
-        check_data_folder(args.data, args.workspace)
+        check_data_folder(args.data, workspace)
     code = CodeBundle(bucket=settings.bucket, prefix=settings.prefix)
     text = _definition(args, settings, code)
     parameters = parse_parameters(json.loads(text), args.param)
     execution = run_locally(
-        args.workspace, settings, text, parameters, data=args.data, code=code, on_event=Progress(),
+        workspace, settings, text, parameters, data=args.data, code=code, on_event=Progress(),
         display_name=args.display_name,
     )  # fmt: skip
     print(f"{execution.status}: {execution.arn}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+from typing import Any
 
+from edge import settings as core
 from pipelines import settings as settings_mod
-from pipelines.commands.run import DEFAULT_WORKSPACE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,26 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "The rules are those of infra/template.yaml (pipelines/events.py). The pipeline must have been "
         "upserted locally once (`robocar run --local`).",
     )
-    watch.add_argument(
-        "--workspace", type=Path, default=Path(os.environ.get("ROBOCAR_LOCAL_ROOT") or DEFAULT_WORKSPACE),
-        help=f"the local workspace (default: $ROBOCAR_LOCAL_ROOT or ./{DEFAULT_WORKSPACE})",
-    )  # fmt: skip
     watch.add_argument("--once", action="store_true", help="poll once and exit (for scripts and tests)")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
     watch.add_argument(
         "--settle", type=float, default=2.0,
         help="a tub starts the pipeline once its files are this many seconds old (default: 2)",
     )  # fmt: skip
-    watch.add_argument("--edge-target", default="rasp4b", help="the cars' artifact target (default: rasp4b)")
-    watch.add_argument("--component-name", default="com.robocar.Pilot", help="Greengrass component name")
     watch.add_argument(
-        "--thing-group", default="robocar-cars", help="the cars' thing group (default: robocar-cars)"
+        "--component-name", default=None, help="Greengrass component name (default: the stack's)"
     )
-    settings_mod.add_arguments(watch)
+    watch.add_argument("--thing-group", default=None, help="the cars' thing group (default: the stack's)")
+    settings_mod.add_arguments(watch, backend=True)  # local is the only backend `trigger watch` has
+    core.add_arguments(watch, ("edge_target",), "the cars")
     watch.set_defaults(handler=_watch)
 
 
-def _check_rules(settings: settings_mod.Settings, args: argparse.Namespace) -> None:
+def _check_rules(settings: settings_mod.Settings, config: Any) -> None:
     """The rules this watch stands for, as the stack would create them: EventBridge must accept them.
 
     Raises what EventBridge answers to the first request it would refuse (``pipelines/infra.py``).
@@ -57,9 +52,9 @@ def _check_rules(settings: settings_mod.Settings, args: argparse.Namespace) -> N
         "Prefix": settings.prefix.strip("/"),
         "PipelineName": settings.pipeline_name,
         "ModelPackageGroupName": settings.model_package_group,
-        "DeviceThingGroupName": args.thing_group,
-        "GreengrassComponentName": args.component_name,
-        "EdgeTarget": args.edge_target,
+        "DeviceThingGroupName": config.thing_group,
+        "GreengrassComponentName": config.component_name,
+        "EdgeTarget": config.edge_target,
     }
     infra.validate_rule_requests(infra.load_template(), overrides, region=settings.region)
 
@@ -72,26 +67,28 @@ def _watch(args: argparse.Namespace) -> int:
 
     if args.interval <= 0 or args.settle < 0:
         raise ValueError("--interval must be positive and --settle not negative (seconds)")
-    settings = settings_mod.resolve(args, use_examples=True)  # local: no real role or bucket needed
+    if not settings_mod.backend(args).is_local:
+        raise ValueError("`robocar trigger watch` plays the rules on the local workspace: add --local")
+    settings, where = settings_mod.resolve_with_backend(args)  # local: no real role or bucket needed
     config = TriggerConfig(
         bucket=settings.bucket,
         prefix=settings.prefix,
         pipeline_name=settings.pipeline_name,
         model_package_group=settings.model_package_group,
         region=settings.region,
-        component_name=args.component_name,
-        edge_target=args.edge_target,
-        thing_group=args.thing_group,
+        component_name=args.component_name or TriggerConfig.component_name,
+        edge_target=core.resolve_args(args, ("edge_target",))["edge_target"],
+        thing_group=args.thing_group or TriggerConfig.thing_group,
     )
     try:
-        _check_rules(settings, args)
+        _check_rules(settings, config)
     except ClientError as exc:
         raise ValueError(f"the stack's rules for these settings: {exc}") from None
-    aws = clients(local_root=args.workspace, region=settings.region)
+    aws = clients(local_root=where.local_root, region=settings.region)
     aws.sagemaker.on_event = Progress()
     try:
         report = watch(
-            args.workspace, aws.s3, aws.sagemaker, config,
+            where.local_root, aws.s3, aws.sagemaker, config,
             interval_s=args.interval, once=args.once, settle_s=args.settle,
         )  # fmt: skip
     except aws.sagemaker.exceptions.ClientError as exc:

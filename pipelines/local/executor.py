@@ -40,6 +40,7 @@ from edge.local_aws import (
     resolve_region,
     to_iso,
 )
+from edge.settings import DEFAULT_WORKSPACE as SHARED_WORKSPACE
 from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
@@ -56,7 +57,7 @@ from pipelines.local.expressions import (
 )
 from pipelines.local.store import Execution, StepRecord
 
-DEFAULT_WORKSPACE = Path(".robocar")
+DEFAULT_WORKSPACE = Path(SHARED_WORKSPACE)  # the one definition: edge/settings.py
 RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
 CACHEABLE_TYPES = ("Processing", "Training")
 TEMP_TREE_MAX_AGE_S = 24 * 3600

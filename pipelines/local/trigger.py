@@ -49,6 +49,7 @@ from edge.local_aws import (
     response_metadata,
     to_iso,
 )
+from edge.settings import default_of
 from pipelines import event_pattern, events
 from pipelines.aws_rules import validated
 
@@ -67,7 +68,7 @@ class TriggerConfig:
     region: str = "us-east-1"
     account: str = events.EXAMPLE_ACCOUNT
     component_name: str = "com.robocar.Pilot"
-    edge_target: str = "rasp4b"
+    edge_target: str = default_of("edge_target")  # the cars' target (edge/settings.py)
     thing_group: str = DEFAULT_THING_GROUP
 
     @property

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edge.settings import default_of
 from pipelines.code_bundle import CodeBundle
 from pipelines.datasets import no_snapshot_uri
 from pipelines.offline import pipeline_session, prepare_environment
 from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS, parse_edge_targets
+from training.spec import DEFAULT_EPOCHS
 
 DEFAULT_REGION = "us-east-1"
-DEFAULT_PIPELINE_NAME = "robocar-pipeline"
-DEFAULT_GROUP_NAME = "robocar-pilots"
-DEFAULT_PREFIX = "robocar"
+DEFAULT_PIPELINE_NAME = default_of("pipeline_name")  # the settings' defaults (edge/settings.py)
+DEFAULT_GROUP_NAME = default_of("model_package_group")
+DEFAULT_PREFIX = default_of("prefix")
 MODEL_TYPES = ("linear", "categorical")
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 CACHE_EXPIRY = "P30D"
@@ -66,7 +68,7 @@ def get_pipeline(
     processing_instance_count = ParameterInteger(name="ProcessingInstanceCount", default_value=1)
     training_instance_type = ParameterString(name="TrainingInstanceType", default_value="ml.m5.2xlarge")
     model_type = ParameterString(name="ModelType", default_value="linear", enum_values=list(MODEL_TYPES))
-    epochs = ParameterString(name="Epochs", default_value="20")  # hyperparameters are a string map
+    epochs = ParameterString(name="Epochs", default_value=str(DEFAULT_EPOCHS))  # hyperparameters: strings
     angle_mae_threshold = ParameterFloat(name="AngleMaeThreshold", default_value=0.12)
     approval_status = ParameterString(
         name="ModelApprovalStatus", default_value="PendingManualApproval", enum_values=list(APPROVAL_STATUSES)

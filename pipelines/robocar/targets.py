@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-DEFAULT_EDGE_TARGETS = ("jetson_nano", "rasp4b")
+from edge.settings import default_of
+
+# The cars' default target (edge/settings.py) is always compiled: otherwise a car left at its default
+# would find no artifact in any package this pipeline registers.
+DEFAULT_EDGE_TARGETS = ("jetson_nano", default_of("edge_target"))
 
 
 def parse_edge_targets(value: Sequence[str] | str) -> tuple[str, ...]:

@@ -70,10 +70,11 @@ def test_the_copy_bundles_like_the_repository(tree: Path) -> None:
 
 def test_a_help_text_of_the_car_cli_reruns_no_step_that_does_not_run_it(tree: Path) -> None:
     before = uris(tree)
-    edit(tree / "edge" / "cli.py", 'help="AWS region"', 'help="the AWS region the registry is in"')
-    after = uris(tree)
-    assert changed(before, after) == steps_holding(tree, "edge/cli.py")
+    edit(tree / "edge" / "cli.py", 'help="stop after N frames"', 'help="stop after N camera frames"')
+    edit(tree / "edge" / "settings.py", '"AWS region"', '"the AWS region the registry is in"')
+    assert changed(before, uris(tree)) == set()
     assert steps_holding(tree, "edge/cli.py") == set()  # the car's CLI runs in no step
+    assert steps_holding(tree, "edge/settings.py") == set()  # nor does the CLIs' settings table
 
 
 def test_an_edit_to_the_model_reruns_train_and_not_preprocess(tree: Path) -> None:

@@ -154,9 +154,15 @@ def test_cli_refuses_a_bad_parameter_before_any_aws_call(monkeypatch) -> None:
 
 def test_cli_names_the_missing_flags(monkeypatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli("pipeline", "upsert", "--region", "us-east-1")
+    for name in ("ROBOCAR_BACKEND", "ROBOCAR_LOCAL_ROOT", "ROBOCAR_ENDPOINT_URL", "ROBOCAR_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run_cli("pipeline", "upsert", "--aws", "--region", "us-east-1")
     assert code == 2
     assert "--role (or $ROBOCAR_ROLE_ARN" in err and "--bucket (or $ROBOCAR_BUCKET" in err
+    # Without --aws the backend is the default, local: placeholders, the workspace ./.robocar, no AWS.
+    code, out, err = run_cli("pipeline", "upsert", "--region", "us-east-1")
+    assert code == 0 and out.startswith("created: ") and "local workspace .robocar" in err
+    assert (tmp_path / ".robocar" / "s3" / "robocar-data-123456789012").is_dir()  # the code bundles
 
 
 def test_settings_from_environment_and_config_file(monkeypatch, tmp_path) -> None:

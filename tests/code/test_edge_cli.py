@@ -141,29 +141,41 @@ def test_clear_errors(tmp_path, capsys):
     assert "robocar edge: error: frame source" in capsys.readouterr().err
 
 
-def test_registry_choice_defaults_to_the_local_workspace(monkeypatch, capsys):
-    from edge.agent import AgentError
+def test_registry_choice_defaults_to_the_local_workspace(monkeypatch, tmp_path, capsys):
     from edge.cli import build_parser, registry_location
+    from edge.settings import SettingsError
 
-    for name in ("ROBOCAR_LOCAL_ROOT", "ROBOCAR_EDGE_REGISTRY", "ROBOCAR_ENDPOINT_URL"):
+    monkeypatch.chdir(tmp_path)  # no robocar.toml here
+    for name in ("ROBOCAR_LOCAL_ROOT", "ROBOCAR_BACKEND", "ROBOCAR_EDGE_REGISTRY", "ROBOCAR_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
 
     def where(*flags: str):
         return registry_location(build_parser().parse_args(["pull", *flags]))
 
     assert where() == Path(".robocar")
-    assert where("--workspace", "/ws") == Path("/ws")
+    assert where("--workspace", "/ws") == Path("/ws") == where("--local-root", "/ws")
     assert where("--aws") is None and where("--endpoint-url", "http://127.0.0.1:5000") is None
-    monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "aws")
+    assert where("--backend", "aws") is None and where("--local") == Path(".robocar")
+    with pytest.raises(
+        SettingsError, match="--workspace selects the local workspace but --backend aws selects AWS"
+    ):
+        where("--aws", "--workspace", "/ws")
+    monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "aws")  # what the Greengrass recipe sets on cars
     assert where() is None
+    assert where("--workspace", "/ws") == Path("/ws"), "a flag beats the environment"
     monkeypatch.setenv("ROBOCAR_LOCAL_ROOT", "/env-ws")
+    with pytest.raises(
+        SettingsError, match=r"ROBOCAR_LOCAL_ROOT selects .*\$ROBOCAR_EDGE_REGISTRY aws selects AWS"
+    ):
+        where()
+    monkeypatch.delenv("ROBOCAR_EDGE_REGISTRY")
     assert where() == Path("/env-ws")
-    with pytest.raises(AgentError, match="unset it to use AWS"):
+    with pytest.raises(SettingsError, match="unset it to use AWS"):
         where("--aws")
     monkeypatch.delenv("ROBOCAR_LOCAL_ROOT")
-    monkeypatch.setenv("ROBOCAR_EDGE_REGISTRY", "cloud")
+    monkeypatch.setenv("ROBOCAR_BACKEND", "cloud")
     assert edge_main(["pull", "--root", "/nonexistent/car"]) == 2
-    assert "must be 'local' or 'aws'" in capsys.readouterr().err
+    assert "$ROBOCAR_BACKEND must be 'local' or 'aws'" in capsys.readouterr().err
 
 
 def test_corrupt_state_does_not_stop_the_car(car_workspace, capsys):

@@ -158,13 +158,13 @@ def test_recipe_environment_is_what_the_cli_reads(monkeypatch):
     template = yaml.safe_load(component.RECIPE_TEMPLATE.read_text())
     setenv = template["Manifests"][0]["Lifecycle"]["Setenv"]
     expected = {
-        "ROBOCAR_EDGE_ROOT": ("root", "/gg/car"),
-        "ROBOCAR_MODEL_PACKAGE_GROUP": ("group", "g-from-env"),
-        "ROBOCAR_EDGE_TARGET": ("target", "jetson_nano"),
-        "ROBOCAR_EDGE_INTERVAL": ("interval", "42"),
+        "ROBOCAR_EDGE_ROOT": ("edge_root", "/gg/car"),
+        "ROBOCAR_MODEL_PACKAGE_GROUP": ("model_package_group", "g-from-env"),
+        "ROBOCAR_EDGE_TARGET": ("edge_target", "jetson_nano"),
+        "ROBOCAR_EDGE_INTERVAL": ("edge_interval", "42"),
         "ROBOCAR_REGION": ("region", "eu-west-1"),
-        "ROBOCAR_EDGE_SOURCE": ("source", "tub:/data/tub"),
-        "ROBOCAR_EDGE_PREFER": ("prefer", "litert-int8"),
+        "ROBOCAR_EDGE_SOURCE": ("edge_source", "tub:/data/tub"),
+        "ROBOCAR_EDGE_PREFER": ("edge_prefer", "litert-int8"),
         "ROBOCAR_MQTT_HOST": ("mqtt_host", "broker.local"),
         "ROBOCAR_MQTT_PORT": ("mqtt_port", "8883"),
         "ROBOCAR_MQTT_TOPIC": ("mqtt_topic", "cars/7"),
@@ -174,6 +174,7 @@ def test_recipe_environment_is_what_the_cli_reads(monkeypatch):
     for name, (_, value) in expected.items():
         monkeypatch.setenv(name, value)
     args = cli.build_parser().parse_args(["run"])
+    cli.resolve_settings(args)  # flag > environment > robocar.toml > default (edge/settings.py)
     for name, (attribute, value) in expected.items():
         assert str(getattr(args, attribute)) in (value, f"{float(value)}" if value.isdigit() else value), name
     config = template["ComponentConfiguration"]["DefaultConfiguration"]

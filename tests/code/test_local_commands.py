@@ -117,8 +117,8 @@ def test_user_errors_are_one_line_with_exit_2(tmp_path: Path, definition_file: P
     assert "unknown parameter 'Epoch'" in capsys.readouterr().err
     assert run_cli(tmp_path / "empty", definition_file) == 2  # no input data in a fresh workspace
     assert "no input data at s3://sample-bucket/sample/raw/" in capsys.readouterr().err
-    assert main(["run", "--definition", str(definition_file)]) == 2
-    assert "add --local" in capsys.readouterr().err
+    assert main(["run", "--aws", "--definition", str(definition_file)]) == 2  # run has no AWS backend
+    assert "`robocar run` runs locally and the settings choose AWS: add --local" in capsys.readouterr().err
     unknown = json.loads(definition_file.read_text())
     unknown["Steps"].append({"Name": "Notify", "Type": "Callback", "Arguments": {}})
     definition_file.write_text(json.dumps(unknown))

@@ -1,4 +1,5 @@
-"""The notebooks are tidy (generated, no outputs) and run top to bottom against an in-process moto server.
+"""The notebooks are tidy (paired with their jupytext sources, no outputs) and run top to bottom against an
+in-process moto server.
 
 moto runs no pipeline step (its executions succeed at once), so the registry holds what the Register
 step would have written: a champion (Approved) and a candidate (pending) with their evaluation reports
@@ -11,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import jupytext
 import nbformat
 import pytest
 from edge_fixtures import edge_metadata, onnx_pilot_package
@@ -30,15 +30,31 @@ GROUP = "robocar-pilots"
 ROLE = "arn:aws:iam::123456789012:role/robocar-pipeline-execution-us-east-1"
 
 
-def test_committed_notebooks_are_the_generated_ones_without_outputs() -> None:
-    check = subprocess.run(
-        [sys.executable, str(NOTEBOOKS / "build.py"), "--check"], capture_output=True, text=True, timeout=60
-    )
-    assert check.returncode == 0, check.stderr
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        notebook = nbformat.read(path, as_version=4)
+def cells(notebook: Any) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source) for cell in notebook.cells]
+
+
+def test_each_notebook_is_its_jupytext_source_without_outputs() -> None:
+    """notebooks/*.py (jupytext percent format) are the source; each .ipynb is paired with its .py and
+    holds the same cells, no outputs (``jupytext --sync notebooks/*.py`` after editing a .py)."""
+    sources = sorted(NOTEBOOKS.glob("*.py"))
+    assert [p.stem for p in sources] == [p.stem for p in sorted(NOTEBOOKS.glob("*.ipynb"))]
+    assert len(sources) == 3
+    for source in sources:
+        notebook = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+        nbformat.validate(notebook)
+        assert notebook.metadata["jupytext"]["formats"] == "ipynb,py:percent", source.name
+        assert cells(notebook) == cells(jupytext.read(source)), f"{source.stem}.ipynb is not {source.name}"
         code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-        assert code and all(not cell.outputs and cell.execution_count is None for cell in code), path.name
+        assert code and all(not cell.outputs and cell.execution_count is None for cell in code), source.name
+
+
+def test_a_notebook_edited_only_in_its_source_is_found(tmp_path: Path) -> None:
+    source = tmp_path / "01_run_pipeline.py"
+    source.write_text((NOTEBOOKS / "01_run_pipeline.py").read_text() + "\n# %%\nprint('added')\n")
+    notebook = nbformat.read(NOTEBOOKS / "01_run_pipeline.ipynb", as_version=4)
+    assert cells(jupytext.read(source))[:-1] == cells(notebook)
+    assert cells(jupytext.read(source)) != cells(notebook)
 
 
 def metrics(angle_mae: float) -> dict[str, Any]:

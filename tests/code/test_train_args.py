@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from training.metrics import METRIC_DEFINITIONS, epoch_line, parse_epoch_line
+from training.spec import DEFAULT_EPOCHS
 from training.train import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def test_container_environment_gives_paths_and_defaults():
     )
     assert (config.model_type, config.epochs, config.batch_size, config.learning_rate) == (
         "linear",
-        100,
+        DEFAULT_EPOCHS,  # the pipeline's Epochs default too (tests/code/test_settings.py)
         128,
         0.001,
     )
