@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.artifacts import sha256_file
-from edge.local_aws import split_s3_uri
+from edge.s3_uri import split_s3_uri
 from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,

@@ -17,23 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import (
-    LocalS3Client,
-    LocalSageMakerClient,
-    Paginator,
-    ResourceNotFound,
-    atomic_write_json,
-    check_params,
-    client_error,
-    file_lock,
-    from_iso,
-    page_items,
-    response_metadata,
-    to_iso,
-)
+from edge.atomic_files import atomic_write_json, file_lock
+from edge.aws_errors import ResourceNotFound, check_params, client_error, response_metadata
+from edge.local_readers import Paginator, from_iso, page_items, to_iso
 from pipelines.aws_rules import validated
 from pipelines.local import store
 from pipelines.local.executor import DefinitionError, LocalExecutor, ParameterError, pipeline_arn
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution
 
 _PIPELINE_PARAMS = (

@@ -31,15 +31,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import (
-    ACCOUNT_ID,
-    IN_PROGRESS_PREFIX,
-    LocalS3Client,
-    LocalSageMakerClient,
-    atomic_write_json,
-    resolve_region,
-    to_iso,
-)
+from edge.atomic_files import IN_PROGRESS_PREFIX, atomic_write_json
+from edge.local_readers import ACCOUNT_ID, resolve_region, to_iso
 from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
@@ -54,6 +47,8 @@ from pipelines.local.expressions import (
     resolve,
     step_scope,
 )
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution, StepRecord
 
 DEFAULT_WORKSPACE = Path(".robocar")
@@ -917,7 +912,7 @@ def _tree_abandoned(tree: Path) -> bool:
 
 
 def _writer_pid(name: str) -> int:
-    """The pid in an in-progress name (``.tmp-<pid>-...``, ``edge.local_aws.in_progress_prefix``)."""
+    """The pid in an in-progress name (``.tmp-<pid>-...``, ``edge.atomic_files.in_progress_prefix``)."""
     match = re.match(re.escape(IN_PROGRESS_PREFIX) + r"(\d+)-", name)
     return int(match.group(1)) if match else os.getpid()  # unnamed: treated as live (the age rule applies)
 

@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import LocalS3Client, atomic_write_bytes
+from edge.atomic_files import atomic_write_bytes
 from pipelines.local.expressions import referenced_steps
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution, StepRecord
 
 STATUS_COLOURS = {

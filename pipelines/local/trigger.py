@@ -37,20 +37,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edge.local_aws import (
-    LocalS3Client,
-    atomic_write_json,
-    check_params,
-    client_error,
-    file_lock,
-    from_iso,
-    now_utc,
-    page_items,
-    response_metadata,
-    to_iso,
-)
+from edge.atomic_files import atomic_write_json, file_lock
+from edge.aws_errors import check_params, client_error, response_metadata
+from edge.local_readers import from_iso, now_utc, page_items, to_iso
 from pipelines import event_pattern, events
 from pipelines.aws_rules import validated
+from pipelines.local.s3 import LocalS3Client
 
 STATE_FORMAT = "robocar-triggers/1"
 DEFAULT_THING_GROUP = "robocar-cars"
@@ -709,6 +701,6 @@ class LocalGreengrassClient:
 
 
 def _client_error_class() -> type[Exception]:
-    from edge.local_aws import ClientError
+    from edge.aws_errors import ClientError
 
     return ClientError

@@ -1,4 +1,5 @@
-"""Local AWS (edge/local_aws.py, edge/aws.py): S3 as a folder, the on-disk Model Registry, boto3 shapes."""
+"""Local AWS (pipelines/local/s3.py, pipelines/local/registry.py, edge/aws.py): S3 as a folder, the
+on-disk Model Registry, boto3 shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
 from edge import aws
-from edge.local_aws import LocalS3Client, LocalSageMakerClient, split_s3_uri
+from edge.s3_uri import split_s3_uri
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 
 GROUP = "robocar-pilots"
 CONTAINERS = {"Containers": [{"Image": "tf-serving:2.21", "ModelDataUrl": "s3://b/model.tar.gz"}]}
@@ -282,9 +285,10 @@ def test_without_botocore_errors_keep_the_same_shape(tmp_path: Path) -> None:
     """On a car without boto3 the local clients raise their own ClientError with the same response."""
     script = (
         "import sys; sys.modules['botocore'] = None; sys.modules['botocore.exceptions'] = None\n"
-        "from edge.local_aws import ClientError, LocalClientError, LocalS3Client\n"
+        "from edge.aws_errors import ClientError, LocalClientError\n"
+        "from edge.local_readers import LocalS3Reader\n"
         "assert ClientError is LocalClientError\n"
-        "s3 = LocalS3Client(sys.argv[1]); s3.create_bucket(Bucket='bucket')\n"
+        "s3 = LocalS3Reader(sys.argv[1]); (s3.base / 'bucket').mkdir(parents=True)\n"
         "try:\n    s3.get_object(Bucket='bucket', Key='missing')\n"
         "except s3.exceptions.NoSuchKey as e:\n    print(e.response['Error']['Code'], e.operation_name)\n"
     )
