@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.artifacts import NAME_MAX_BYTES
 from edge.atomic_files import IN_PROGRESS_PREFIX, atomic_write_bytes
 from edge.aws_errors import NoSuchBucket, S3PathError, client_error
 
@@ -38,7 +39,6 @@ BUCKET_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # the bucket. The local client refuses such keys (docs/local-mode-safety.md) rather than renaming them,
 # so a key never means two things; NUL (no file name can hold it) and over-long segments likewise.
 S3_KEYS_DOC = "https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html"
-NAME_MAX_BYTES = 255  # the longest file name ext4, XFS, tmpfs and APFS store (NAME_MAX)
 
 
 def key_path_problem(key: object, *, prefix: bool = False) -> str | None:

@@ -22,17 +22,15 @@ hashes local files, each once; ``upload`` is the one place that writes to S3.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.import_graph import project_modules
+from processing.archives import deterministic_targz
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The packages the containers get code from: the scripts' own packages and the leaf library they share.
@@ -74,20 +72,6 @@ def bundle_paths(script: str, layout: Layout, root: Path = REPO_ROOT) -> list[st
     files = modules | {data for module in modules for data in data_files(module)}
     contract = PROCESSING_REQUIREMENTS if layout == "processing" else TRAINING_REQUIREMENTS
     return sorted({path.relative_to(root).as_posix() for path in files} | {contract})
-
-
-def deterministic_targz(files: Iterable[tuple[str, bytes]]) -> bytes:
-    """A tar.gz whose bytes depend only on names and contents (no mtimes, owners or gzip timestamp)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
 
 
 def _is_missing_key(exc: Exception) -> bool:

@@ -41,6 +41,7 @@ ROLLOUT_SOURCES = (
     "edge/artifacts.py",
     "edge/atomic_files.py",
     "edge/registry.py",
+    "edge/s3_uri.py",
     "edge/greengrass/__init__.py",
     "edge/greengrass/component.py",
 )

@@ -6,16 +6,14 @@ TensorFlow, no ONNX, no AWS here.
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
-import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from edge.artifacts import sha256_file
 from edge.frames import FrameSpec
+from processing.archives import deterministic_targz
 from processing.errors import UserError
 
 PACKAGE_NAME = "model.tar.gz"
@@ -46,17 +44,9 @@ def json_bytes(document: Any) -> bytes:
 
 
 def write_reproducible_tar_gz(members: Mapping[str, bytes], dest: Path) -> dict[str, Any]:
-    """A tar.gz of regular files only, sorted, zero mtimes and modes 0644: same members, same sha256."""
+    """``dest``: a ``deterministic_targz`` of ``members`` (same members, same sha256), and its digest."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        dest.open("wb") as raw,
-        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for name in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(members[name]), 0o644, 0
-            tar.addfile(info, io.BytesIO(members[name]))
+    dest.write_bytes(deterministic_targz(members.items()))
     return {"sha256": sha256_file(dest), "size_bytes": dest.stat().st_size}
 
 

@@ -22,10 +22,11 @@ from edge.aws_errors import ResourceNotFound, check_params, client_error, respon
 from edge.local_readers import Paginator, from_iso, page_items, to_iso
 from pipelines.aws_rules import validated
 from pipelines.local import store
-from pipelines.local.executor import DefinitionError, LocalExecutor, ParameterError, pipeline_arn
+from pipelines.local.executor import DefinitionError, LocalExecutor, pipeline_arn
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution
+from pipelines.parameters import ParameterError
 
 _PIPELINE_PARAMS = (
     "PipelineDefinition",

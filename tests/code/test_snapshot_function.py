@@ -163,7 +163,13 @@ def test_the_lambda_zip_runs_on_its_own_with_the_standard_library(tmp_path: Path
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     output = json.loads(run.stdout)
-    double = ["edge.atomic_files", "edge.aws_errors", "edge.local_readers", "edge.workspace"]
+    double = [
+        "edge.artifacts",
+        "edge.atomic_files",
+        "edge.aws_errors",
+        "edge.local_readers",
+        "edge.workspace",
+    ]
     assert output["from_repo"] == double  # the zip's own code came from the zip
     (request,) = output["requests"]
     assert request["PipelineParameters"] == [
