@@ -53,6 +53,17 @@ _SUMMARY_FIELDS = (
     "ModelApprovalStatus",
 )
 _TIME_FIELDS = ("CreationTime", "LastModifiedTime")
+# The request fields every registry List* call takes (ListModelPackages, ListModelPackageGroups):
+# https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_ListModelPackageGroups.html
+LIST_PARAMS = (
+    "CreationTimeAfter",
+    "CreationTimeBefore",
+    "MaxResults",
+    "NameContains",
+    "NextToken",
+    "SortBy",
+    "SortOrder",
+)
 
 
 def resolve_region(region: str | None = None) -> str:
@@ -222,6 +233,14 @@ class LocalS3Reader:
             Callback(source.stat().st_size)
 
 
+def list_response(list_key: str, summaries: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
+    """A List* answer: the summaries under ``list_key``, and ``NextToken`` only while more pages follow."""
+    response: dict[str, Any] = {list_key: summaries, "ResponseMetadata": response_metadata()}
+    if token:
+        response["NextToken"] = token
+    return response
+
+
 def validation_error(message: str, operation: str) -> Exception:
     return client_error("ValidationException", message, operation)
 
@@ -367,19 +386,7 @@ class LocalRegistryReader:
     def list_model_packages(self, **kwargs: Any) -> dict[str, Any]:
         operation = "ListModelPackages"
         check_params(
-            kwargs,
-            allowed=(
-                "CreationTimeAfter",
-                "CreationTimeBefore",
-                "MaxResults",
-                "NameContains",
-                "ModelApprovalStatus",
-                "ModelPackageGroupName",
-                "ModelPackageType",
-                "NextToken",
-                "SortBy",
-                "SortOrder",
-            ),
+            kwargs, allowed=(*LIST_PARAMS, "ModelApprovalStatus", "ModelPackageGroupName", "ModelPackageType")
         )
         if "ModelApprovalStatus" in kwargs:
             check_approval_status(kwargs["ModelApprovalStatus"], operation)
@@ -398,13 +405,8 @@ class LocalRegistryReader:
             packages = [p for p in packages if kwargs["NameContains"] in p["ModelPackageGroupName"]]
         packages = sort_records(time_filter(packages, kwargs), kwargs, "ModelPackageGroupName", operation)
         page, token = page_items(packages, kwargs, operation)
-        response: dict[str, Any] = {
-            "ModelPackageSummaryList": [{k: p[k] for k in _SUMMARY_FIELDS if k in p} for p in page],
-            "ResponseMetadata": response_metadata(),
-        }
-        if token:
-            response["NextToken"] = token
-        return response
+        summaries = [{k: p[k] for k in _SUMMARY_FIELDS if k in p} for p in page]
+        return list_response("ModelPackageSummaryList", summaries, token)
 
     def get_paginator(self, operation_name: str) -> Paginator:
         if operation_name != "list_model_packages":

@@ -36,6 +36,7 @@ does a folder that cannot be listed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -200,6 +201,15 @@ def overlong_line(length: int, limits: DataLimits) -> Rejection:
     )
 
 
+@contextlib.contextmanager
+def _refusing(where: str) -> Iterator[None]:
+    """The shared tub reader's TubError as the run's refusal (``SourceError``), ``where`` first."""
+    try:
+        yield
+    except TubError as exc:
+        raise SourceError(f"{where}{exc}") from None
+
+
 def _read_json_file(path: Path, what: str, limits: DataLimits) -> Any:
     try:
         return json.loads(read_limited(path, limits.metadata_bytes))
@@ -222,12 +232,10 @@ def read_v2_manifest(tub: Path, limits: DataLimits = DEFAULT_LIMITS) -> V2Manife
         raise SourceError(f"{path}: over {limit_text(limits, 'metadata_bytes')}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from None
-    try:
+    with _refusing(f"{path}: "):
         return parse_v2_manifest(
             text, max_records=limits.tub_records, records_limit=limit_text(limits, "tub_records")
         )
-    except TubError as exc:
-        raise SourceError(f"{path}: {exc}") from None
 
 
 def _catalog_start_index(
@@ -363,20 +371,16 @@ def _v1_excluded(path: Path, limits: DataLimits) -> set[int]:
     """The indexes a v1 ``exclude.json`` lists (counted as deleted); none without the file."""
     if not path.exists():
         return set()
-    try:
+    with _refusing(f"{path}: "):
         return v1_excluded(_read_json_file(path, EXCLUDE_FILE, limits), max_records=limits.tub_records)
-    except TubError as exc:
-        raise SourceError(f"{path}: {exc}") from None
 
 
 def _v1_record_files(tub: Path, limits: DataLimits) -> list[tuple[int, Path]]:
     """(index, path) of every ``record_<N>.json``, by index; ``SourceError`` for an N no tub can hold."""
-    try:
+    with _refusing(f"{tub}/"):
         return v1_record_files(
             tub, max_records=limits.tub_records, records_limit=limit_text(limits, "tub_records")
         )
-    except TubError as exc:
-        raise SourceError(f"{tub}/{exc}") from None
 
 
 def read_v1_tub(

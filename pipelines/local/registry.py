@@ -16,10 +16,12 @@ from typing import Any
 from edge.atomic_files import atomic_write_json, file_lock
 from edge.aws_errors import check_params, response_metadata
 from edge.local_readers import (
+    LIST_PARAMS,
     LocalRegistryReader,
     Paginator,
     check_approval_status,
     from_record,
+    list_response,
     now_utc,
     page_items,
     sort_records,
@@ -57,6 +59,11 @@ _PACKAGE_CREATE_PARAMS = (
     "ModelCard",
     "ModelLifeCycle",
 )
+
+
+def set_given_fields(record: dict[str, Any], given: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """An Update* call's fields: each of ``fields`` that the request gives replaces the stored one."""
+    record.update({field: given[field] for field in fields if given.get(field) is not None})
 
 
 class LocalSageMakerClient(LocalRegistryReader):
@@ -116,19 +123,7 @@ class LocalSageMakerClient(LocalRegistryReader):
 
     def list_model_package_groups(self, **kwargs: Any) -> dict[str, Any]:
         operation = "ListModelPackageGroups"
-        check_params(
-            kwargs,
-            allowed=(
-                "CreationTimeAfter",
-                "CreationTimeBefore",
-                "MaxResults",
-                "NameContains",
-                "NextToken",
-                "SortBy",
-                "SortOrder",
-                "CrossAccountFilterOption",
-            ),
-        )
+        check_params(kwargs, allowed=(*LIST_PARAMS, "CrossAccountFilterOption"))
         groups = [from_record(g) for g in self._groups()]
         if kwargs.get("NameContains"):
             groups = [g for g in groups if kwargs["NameContains"] in g["ModelPackageGroupName"]]
@@ -141,13 +136,8 @@ class LocalSageMakerClient(LocalRegistryReader):
             "CreationTime",
             "ModelPackageGroupStatus",
         )
-        response: dict[str, Any] = {
-            "ModelPackageGroupSummaryList": [{k: g[k] for k in fields if k in g} for g in page],
-            "ResponseMetadata": response_metadata(),
-        }
-        if token:
-            response["NextToken"] = token
-        return response
+        summaries = [{k: g[k] for k in fields if k in g} for g in page]
+        return list_response("ModelPackageGroupSummaryList", summaries, token)
 
     # -- packages
     def create_model_package(self, **kwargs: Any) -> dict[str, Any]:
@@ -237,14 +227,11 @@ class LocalSageMakerClient(LocalRegistryReader):
             _check_additional_specifications(
                 to_add, record.get("AdditionalInferenceSpecifications", []), operation
             )
-            for field in (
-                "ModelApprovalStatus",
-                "ApprovalDescription",
-                "InferenceSpecification",
-                "SourceUri",
-            ):
-                if kwargs.get(field) is not None:
-                    record[field] = kwargs[field]
+            set_given_fields(
+                record,
+                kwargs,
+                ("ModelApprovalStatus", "ApprovalDescription", "InferenceSpecification", "SourceUri"),
+            )
             # AWS merges metadata: given keys are set, listed keys removed, the rest stay.
             metadata = dict(record.get("CustomerMetadataProperties", {}))
             metadata.update(kwargs.get("CustomerMetadataProperties") or {})
