@@ -38,7 +38,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from edge.atomic_files import atomic_write_json, file_lock
-from edge.aws_errors import check_params, client_error, response_metadata
+from edge.aws_errors import ClientError, check_params, client_error, response_metadata
 from edge.local_readers import from_iso, now_utc, page_items, to_iso
 from pipelines import event_pattern, events
 from pipelines.aws_rules import validated
@@ -470,12 +470,11 @@ class LocalGreengrassClient:
         self.base = self.root / "greengrass"
         self.region, self.account = region, account
         self.meta = SimpleNamespace(region_name=region, endpoint_url=None)  # as boto3's client.meta
-        base = _client_error_class()
         self.exceptions = SimpleNamespace(
-            ClientError=base,
-            ConflictException=type("ConflictException", (base,), {}),
-            ValidationException=type("ValidationException", (base,), {}),
-            ResourceNotFoundException=type("ResourceNotFoundException", (base,), {}),
+            ClientError=ClientError,
+            ConflictException=type("ConflictException", (ClientError,), {}),
+            ValidationException=type("ValidationException", (ClientError,), {}),
+            ResourceNotFoundException=type("ResourceNotFoundException", (ClientError,), {}),
         )
 
     # -- helpers
@@ -698,9 +697,3 @@ class LocalGreengrassClient:
             "message": f"Deployment {record['deploymentId']} canceled",
             "ResponseMetadata": response_metadata(),
         }
-
-
-def _client_error_class() -> type[Exception]:
-    from edge.aws_errors import ClientError
-
-    return ClientError
