@@ -1,7 +1,8 @@
 """The steps of a pipeline definition, Condition branches included: the one walker of the step tree.
 
-A ConditionStep holds its branches in ``Arguments.IfSteps`` and ``Arguments.ElseSteps``
-(https://docs.aws.amazon.com/sagemaker/latest/dg/build-and-manage-steps-types.html#step-type-condition);
+A ConditionStep holds its branches in ``Arguments.IfSteps`` and ``Arguments.ElseSteps`` (the
+ConditionStep of AWS's pipeline definition schema, ``pipelines/schemas/pipeline-definition.schema.json``;
+https://docs.aws.amazon.com/sagemaker/latest/dg/pipelines-sdk.html shows a condition step in a DAG);
 those steps appear nowhere else in the definition, so every reader of "all steps" walks into them.
 """
 
