@@ -37,8 +37,8 @@ sys.path.insert(0, str(REPO / "tests" / "code"))  # the sample pipeline is a tes
 
 import sample_pipeline as sample  # noqa: E402
 
-from edge.local_aws import LocalS3Client  # noqa: E402
 from pipelines.local import run_local  # noqa: E402
+from pipelines.local.s3 import LocalS3Client  # noqa: E402
 
 GOAL_S = 2.0
 

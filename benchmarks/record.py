@@ -103,7 +103,7 @@ class StandInPilot:
     def __call__(self, image: np.ndarray) -> tuple[float, float]:
         for _ in range(self.repeats):
             self.a @ self.b
-        return float(frames.to_model_input(image[:1, :1])[0, 0, 0]) - 0.5, 0.3  # a steering that follows the frame
+        return float(frames.to_model_input(image[:1, :1])[0, 0, 0]) - 0.5, 0.3  # steering follows the frame
 
 
 class SlowDisk(record.TubWriter):

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import artifacts, registry
+from edge import artifacts, atomic_files, registry
 from edge.registry import EDGE_METADATA_FIELDS, edge_metadata_key
 
 log = logging.getLogger("robocar.edge.agent")
@@ -279,16 +279,6 @@ def refused_by_other_frames_code(entry: Any) -> bool:
     return version is not None and version != car_preprocessing_version()
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -352,11 +342,9 @@ def _exclusive(method: Callable[..., CheckResult]) -> Callable[..., CheckResult]
 
     @functools.wraps(method)
     def locked(self: Agent, *args: Any, **kwargs: Any) -> CheckResult:
-        from edge.local_aws import file_lock  # here: the rollout Lambda bundles this module without it
-
         with contextlib.ExitStack() as held:
             try:
-                held.enter_context(file_lock(self.root / ".lock"))
+                held.enter_context(atomic_files.file_lock(self.root / ".lock"))
             except OSError as exc:
                 detail = f"cannot lock {self.root} ({exc}); keeping the installed model"
                 log.warning("storage-error: %s", detail)
@@ -463,7 +451,7 @@ class Agent:
         state["events"] = (state["events"] + [state["last_check"]])[-MAX_EVENTS:]
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(self.state_path, state)
+            atomic_files.atomic_write_json(self.state_path, state, durable=True)
         except OSError as exc:
             detail = f"{detail} (state.json not saved: {exc})"
         level = logging.INFO if outcome in ("installed", "up-to-date", "none-approved") else logging.WARNING
@@ -634,7 +622,7 @@ class Agent:
             stage = INSTALL
             record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
             record.update(installed_at=utc_now(), smoke_test=smoke)
-            _write_json_atomic(staging / INSTALL_RECORD, record)
+            atomic_files.atomic_write_json(staging / INSTALL_RECORD, record, durable=True)
             final = self.models / candidate.folder_name
             shutil.rmtree(final, ignore_errors=True)  # a leftover of an interrupted install of this package
             os.replace(staging, final)

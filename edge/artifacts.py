@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from edge.s3_uri import split_s3_uri
+
 CHUNK_BYTES = 1 << 20
 NAME_MAX_BYTES = 255  # one path component: NAME_MAX of Linux filesystems (ext4, f2fs, btrfs)
 # Errors of the car's own disk, not of what it was sent: the package is not to blame and is tried again.
@@ -102,12 +104,13 @@ class ExtractLimits:
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; anything else is an ArtifactError naming the URI."""
-    if not isinstance(uri, str) or not uri.startswith("s3://"):
-        raise ArtifactError(f"artifact URI must start with s3://, got {uri!r}")
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    if not bucket or not key:
-        raise ArtifactError(f"artifact URI {uri!r} has no bucket or no key")
+    """``split_s3_uri`` for an object: an ArtifactError naming the URI when it has no bucket or no key."""
+    try:
+        bucket, key = split_s3_uri(uri)
+    except ValueError as exc:
+        raise ArtifactError(f"artifact URI: {exc}") from None
+    if not key:
+        raise ArtifactError(f"artifact URI {uri!r} has no key")
     return bucket, key
 
 

@@ -35,21 +35,22 @@ def local_root_from_env() -> Path | None:
 
 
 def _local_clients(root: Path, region: str | None) -> tuple[Any, Any]:
-    """The local ``s3`` and ``sagemaker`` clients: the plain folder clients, or the ones the control plane
-    names in ``$ROBOCAR_LOCAL_CLIENTS`` (``module:function(root, region) -> (s3, sagemaker)``).
+    """The local ``s3`` and ``sagemaker`` clients: the car's read-only readers, or the ones the control
+    plane names in ``$ROBOCAR_LOCAL_CLIENTS`` (``module:function(root, region) -> (s3, sagemaker)``).
 
-    The car imports nothing above ``edge/``: importing ``pipelines`` sets the variable to its clients,
-    which add pipeline executions and check every request against botocore's model as AWS does
-    (``pipelines/aws_rules.py``); local steps inherit it. On the car (no pipelines, no botocore) it is
-    unset and the plain clients are what is needed.
+    The car imports nothing above ``edge/``: importing ``pipelines`` sets the variable to its clients
+    (``pipelines/local/``), which write S3 and the registry, add pipeline executions and check every
+    request against botocore's model as AWS does (``pipelines/aws_rules.py``); local steps inherit it.
+    On the car (no pipelines, no botocore) it is unset, and the car only reads: the newest package and
+    its artifact (``edge/local_readers.py``).
     """
     factory = os.environ.get(LOCAL_CLIENTS_ENV)
     if factory:
         module, _, function = factory.partition(":")
         return getattr(importlib.import_module(module), function)(root, region)
-    from edge.local_aws import LocalS3Client, LocalSageMakerClient
+    from edge.local_readers import LocalRegistryReader, LocalS3Reader
 
-    return LocalS3Client(root, region), LocalSageMakerClient(root, region)
+    return LocalS3Reader(root, region), LocalRegistryReader(root, region)
 
 
 def clients(

@@ -484,7 +484,7 @@ def _add_record_command(commands: Any) -> None:
     _add_recording(record, "--tub")
     settings.add_arguments(record, ("edge_source",), "frames")
     record.add_argument("--controls", default="recorded", help="recorded | jsonl:PATH | jsonl:-")
-    record.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    record.add_argument("--max-frames", type=int, default=None, help="stop after N recorded frames")
     record.add_argument("--rate", type=float, default=0.0, help="pace a replay at N frames/s")
     record.add_argument("--actuator", choices=("none", "pca9685-stub"), default="none")
     record.add_argument("--summary-json", type=Path, help="also write the recording's counts as JSON here")

@@ -1,14 +1,14 @@
 """Where the drive loop's camera frames come from: a camera, a recorded tub, a folder of images, a video.
 
 Every source yields ``Frame``s holding a uint8 HxWx3 RGB image at the camera's size, which
-``edge.frames.prepare_frame`` then crops/resizes exactly as in training. Tubs are read here, not through
-``processing/tubs.py``: the car must not need pandas or the processing unit to replay a recording.
+``edge.frames.prepare_frame`` then crops/resizes exactly as in training. Tubs are read through
+``edge/tubs.py``, the tub reader Preprocess builds on: the car needs neither pandas nor the processing unit.
 OpenCV is optional (camera and video only) and imported when such a source is opened.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,10 +17,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge import frames
+from edge import frames, tubs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-TUB_IMAGE_KEY = "cam/image_array"
 
 
 class SourceError(Exception):
@@ -75,53 +74,21 @@ class FolderSource:
         pass
 
 
-def _tub_v2_records(tub: Path) -> Iterator[dict[str, Any]]:
-    """Catalog records of a donkeycar v2 tub in order, without the ones ``deleted_indexes`` hides."""
-    lines = (tub / "manifest.json").read_text(encoding="utf-8").splitlines()
-    if len(lines) < 5:
-        raise SourceError(f"{tub}/manifest.json has {len(lines)} lines; a donkeycar v2 manifest has 5")
-    catalogs = json.loads(lines[4])
-    deleted = set(catalogs.get("deleted_indexes", []))
-    for name in catalogs.get("paths", []):
-        with open(tub / name, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    record = json.loads(line)
-                    if record.get("_index") not in deleted:
-                        yield record
-
-
-def _tub_v1_records(tub: Path) -> Iterator[dict[str, Any]]:
-    """``record_N.json`` of a donkeycar v1 tub by N, without those listed in ``exclude.json``."""
-    excluded = (
-        set(json.loads((tub / "exclude.json").read_text())) if (tub / "exclude.json").exists() else set()
-    )
-    numbered = []
-    for path in tub.glob("record_*.json"):
-        number = path.stem.removeprefix("record_")
-        if number.isdigit():
-            numbered.append((int(number), path))
-    for number, path in sorted(numbered):
-        if number not in excluded:
-            yield {"_index": number, **json.loads(path.read_text(encoding="utf-8"))}
-
-
 class TubSource:
     """Replays a donkeycar tub (v2 catalogs or v1 records) frame by frame, with the recorded commands."""
 
     def __init__(self, tub: Path) -> None:
-        if (tub / "manifest.json").exists():
-            self.version, self.image_dir, self.records = 2, tub / "images", _tub_v2_records
-        elif (tub / "meta.json").exists():
-            self.version, self.image_dir, self.records = 1, tub, _tub_v1_records
-        else:
-            raise SourceError(f"{tub} is not a donkeycar tub (no manifest.json or meta.json)")
+        try:
+            self.version, self.records = tubs.tub_records(tub)
+        except (OSError, tubs.TubError) as exc:
+            raise SourceError(f"{tub}: {exc}") from None
+        self.image_dir = tubs.image_dir(tub, self.version)
         self.tub = tub
         self.description = f"tub v{self.version} {tub}"
 
     def __iter__(self) -> Iterator[Frame]:
-        for index, record in enumerate(self.records(self.tub)):
-            name = record.get(TUB_IMAGE_KEY)
+        for index, record in enumerate(self.records):
+            name = record.get(tubs.IMAGE_KEY)
             if not name:
                 continue
             recorded = {k: record[k] for k in ("user/angle", "user/throttle", "user/mode") if k in record}
@@ -187,6 +154,6 @@ def open_source(value: str, spec: frames.FrameSpec) -> FrameSource:
         raise SourceError(f"frame source {value!r}: {path} does not exist")
     if kind == "video" or (not kind and path.is_file()):
         return OpenCvSource(str(path), spec)
-    if kind == "tub" or (not kind and ((path / "manifest.json").exists() or (path / "meta.json").exists())):
+    if kind == "tub" or (not kind and path.is_dir() and tubs.tub_version(set(os.listdir(path)))):
         return TubSource(path)
     return FolderSource(path)

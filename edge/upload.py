@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.archives import write_reproducible_tar_gz
-from edge.local_aws import atomic_write_json
+from edge.atomic_files import atomic_write_json
+from edge.workspace import write_object
 
 try:  # fcntl is POSIX-only; the car is Linux
     import fcntl
@@ -393,9 +394,13 @@ class Uploader:
         self.emit(f"uploaded {uri} ({_mib(job.size)})")
 
     def _put(self, job: Job, archive: Path, key: str) -> None:
-        """One PutObject: the local folder client (no multipart there), and archives of one part."""
+        """One PutObject: the local folder client (no multipart there), and archives of one part. The car's
+        own local client only reads; it writes into the workspace through ``edge.workspace.write_object``."""
         if self.bucket_rate is not None:
             self.bucket_rate.take(job.size)
+        if not hasattr(self.s3, "put_object"):
+            write_object(self.s3.layout, self.destination.bucket, key, archive.read_bytes())
+            return
         with archive.open("rb") as body:
             self.s3.put_object(
                 Bucket=self.destination.bucket, Key=key, Body=body,

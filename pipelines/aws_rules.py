@@ -45,7 +45,7 @@ from botocore.handlers import validate_bucket_name
 from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.validate import ParamValidator
 
-from edge.local_aws import client_error
+from edge.aws_errors import client_error
 
 VALIDATION_EXCEPTION = "ValidationException"
 S3_KEY_MAX_BYTES = 1024  # UTF-8 bytes: https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html

@@ -22,16 +22,14 @@ hashes local files, each once; ``upload`` is the one place that writes to S3.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.archives import reproducible_tar_gz
 from pipelines.import_graph import project_modules
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,20 +74,6 @@ def bundle_paths(script: str, layout: Layout, root: Path = REPO_ROOT) -> list[st
     return sorted({path.relative_to(root).as_posix() for path in files} | {contract})
 
 
-def deterministic_targz(files: Iterable[tuple[str, bytes]]) -> bytes:
-    """A tar.gz whose bytes depend only on names and contents (no mtimes, owners or gzip timestamp)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=9) as gz:
-        gz.write(raw.getvalue())
-    return out.getvalue()
-
-
 def _is_missing_key(exc: Exception) -> bool:
     return getattr(exc, "response", {}).get("Error", {}).get("Code") in MISSING_KEY_CODES
 
@@ -131,7 +115,7 @@ class StepBundle:
         if self.layout != "training":
             raise ValueError(f"{self.script} runs in a Processing container: it takes no source directory")
         requirements = self.files[TRAINING_REQUIREMENTS]
-        return deterministic_targz([*self.files.items(), ("requirements.txt", requirements)])
+        return reproducible_tar_gz({**self.files, "requirements.txt": requirements})
 
     def objects(self) -> dict[str, bytes]:
         """S3 key -> bytes for everything ``upload`` writes."""

@@ -10,17 +10,15 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edge.agent import edge_targets_of
 from pipelines.code_bundle import CodeBundle
+from pipelines.definition_steps import all_steps
+from pipelines.parameters import ParameterError, api_string, parameter_value
 from pipelines.settings import Settings
-
-
-class ParameterError(ValueError):
-    """A start parameter that the definition does not declare, or whose value does not fit its type."""
 
 
 @contextlib.contextmanager
@@ -71,40 +69,10 @@ def build_definition(
 
 def registered_edge_targets(definition: dict[str, Any]) -> tuple[str, ...]:
     """The edge targets the Register step records (its ``edge:<target>:uri`` metadata keys)."""
-    for step in _walk(definition["Steps"]):
+    for step in all_steps(definition["Steps"]):
         if step["Type"] == "RegisterModel":
             return tuple(edge_targets_of(step["Arguments"].get("CustomerMetadataProperties") or {}))
     return ()
-
-
-def _walk(steps: Iterable[dict[str, Any]]):
-    for step in steps:
-        yield step
-        if step["Type"] == "Condition":
-            yield from _walk(step["Arguments"]["IfSteps"] + step["Arguments"]["ElseSteps"])
-
-
-def _coerce(declared: dict[str, Any], raw: str) -> str:
-    """A parameter value checked against its declared type; returned as the string the API takes."""
-    name, kind = declared["Name"], declared["Type"]
-    try:
-        if kind == "Integer":
-            return str(int(raw))
-        if kind == "Float":
-            value = float(raw)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError
-            return repr(value)
-        if kind == "Boolean":
-            if raw.lower() not in ("true", "false"):
-                raise ValueError
-            return raw.lower()
-    except ValueError:
-        raise ParameterError(f"parameter {name} is {kind}; {raw!r} is not a valid {kind.lower()}") from None
-    enum = declared.get("EnumValues")
-    if enum and raw not in enum:
-        raise ParameterError(f"parameter {name} must be one of {', '.join(enum)}; got {raw!r}")
-    return raw
 
 
 def _positive_int(value: str) -> bool:
@@ -134,7 +102,7 @@ def parse_parameters(definition: dict[str, Any], assignments: Sequence[str]) -> 
             )
         if name in result:
             raise ParameterError(f"parameter {name} given twice")
-        result[name] = _coerce(declared[name], raw)
+        result[name] = api_string(parameter_value(declared[name], raw))
         check, shape = STRING_SHAPES.get(name, (None, ""))
         if check and not check(raw):
             raise ParameterError(f"parameter {name} must be {shape}; got {raw!r}")

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from edge.local_aws import split_s3_uri
+from edge.s3_uri import split_s3_uri
 from pipelines.events import normalize_prefix
 
 RAW_FOLDER = "raw"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.s3_uri import split_s3_uri
 from edge.settings import DEFAULT_WORKSPACE as SHARED_WORKSPACE
 from edge.settings import default_of
 from pipelines.settings import EXAMPLE_VALUES
@@ -65,7 +66,7 @@ def robocar(*argv: str | Path, main: Callable[[list[str]], int] | None = None) -
 
 
 def _s3_json(s3: Any, uri: str) -> dict[str, Any]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, key = split_s3_uri(uri)
     return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 

@@ -39,7 +39,9 @@ ROLLOUT_SOURCES = (
     "edge/__init__.py",
     "edge/agent.py",
     "edge/artifacts.py",
+    "edge/atomic_files.py",
     "edge/registry.py",
+    "edge/s3_uri.py",
     "edge/greengrass/__init__.py",
     "edge/greengrass/component.py",
 )
@@ -50,7 +52,7 @@ SNAPSHOT_SOURCES = (
     "pipelines/datasets.py",
     "pipelines/events.py",
     "edge/__init__.py",
-    "edge/local_aws.py",
+    "edge/s3_uri.py",
 )
 RECIPE_TEMPLATE = REPO_ROOT / "edge" / "greengrass" / "recipe.yaml"
 BUNDLED_TEMPLATE_NAME = "recipe_template.json"  # Lambda's Python has no PyYAML: the template goes as JSON

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.definition_steps import all_steps
+
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "pipeline-definition.schema.json"
 STEP_DEFINITIONS = {
     "Processing": "ProcessingStep",
@@ -43,17 +45,8 @@ def _drop(obj: dict[str, Any], *keys: str) -> None:
         obj.pop(key, None)
 
 
-def _all_steps(steps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for step in steps:
-        yield step
-        if step.get("Type") == "Condition":
-            yield from _all_steps(
-                step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", [])
-            )
-
-
 def _steps_of_type(definition: dict[str, Any], step_type: str) -> Iterator[dict[str, Any]]:
-    return (s for s in _all_steps(definition.get("Steps", [])) if s.get("Type") == step_type)
+    return (s for s in all_steps(definition.get("Steps", [])) if s.get("Type") == step_type)
 
 
 def _replace_functions(node: Any) -> Any:
@@ -143,7 +136,7 @@ def schema_errors(definition: dict[str, Any], schema: dict[str, Any] | None = No
         f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
         for e in jsonschema.Draft7Validator(schema).iter_errors(normalised)
     ]
-    for step in _all_steps(normalised.get("Steps", [])):
+    for step in all_steps(normalised.get("Steps", [])):
         ref = STEP_DEFINITIONS.get(step.get("Type", ""))
         if ref is None:
             errors.append(f"step {step.get('Name')}: type {step.get('Type')!r} has no schema definition")

@@ -58,7 +58,7 @@ def setting_problem(key: str, value: str, values: dict[str, str | None]) -> str 
 
     Checked here, before anything is built or sent, against the same rules the requests meet later:
     botocore's region names, the S3 bucket naming rules, S3 key rules for the prefix
-    (``edge.local_aws.local_key_problem``), SageMaker's patterns for the pipeline, role and group names
+    (``edge.workspace.local_key_problem``), SageMaker's patterns for the pipeline, role and group names
     (botocore's model, ``pipelines/aws_rules.py``).
     """
     from pipelines import aws_rules
@@ -98,10 +98,10 @@ def prefix_problem(prefix: str) -> str | None:
     """Why ``prefix`` is not a key prefix for this pipeline's objects (``<prefix>/code/...``), or None.
 
     No leading slash, no empty, ``.`` or ``..`` segment: S3 would keep such keys as they are, local S3
-    cannot (``edge.local_aws.key_path_problem``, docs/local-mode-safety.md). What only a local folder
+    cannot (``edge.workspace.key_path_problem``, docs/local-mode-safety.md). What only a local folder
     limits (a segment's length) is refused where local S3 stores a key, not here: AWS allows it.
     """
-    from edge.local_aws import key_path_problem
+    from edge.workspace import key_path_problem
 
     problem = key_path_problem(prefix)
     return f"not an S3 key prefix: {problem}" if problem else None

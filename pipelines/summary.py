@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.agent import edge_targets_of
+from pipelines.definition_steps import condition_branches
 
 STEP_INPUTS = {
     "Processing": lambda a: [i["InputName"] for i in a.get("ProcessingInputs", [])],
@@ -51,10 +52,10 @@ def _step_lines(steps: list[dict[str, Any]], indent: str) -> list[str]:
                 word, end = ("if" if index == 0 else "and"), (":" if index == len(conditions) - 1 else "")
                 comparison = f"{_expr(cond['LeftValue'])} {cond['Type']} {_expr(cond['RightValue'])}"
                 lines.append(f"{indent}  {word} {comparison}{end}")
-            for branch in ("IfSteps", "ElseSteps"):
-                if branch == "ElseSteps":
-                    lines.append(f"{indent}  else:")
-                lines += _step_lines(step["Arguments"][branch], indent + "    ") or [f"{indent}    (nothing)"]
+            if_steps, else_steps = condition_branches(step)
+            lines += _step_lines(if_steps, indent + "    ") or [f"{indent}    (nothing)"]
+            lines.append(f"{indent}  else:")
+            lines += _step_lines(else_steps, indent + "    ") or [f"{indent}    (nothing)"]
     return lines
 
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edge.tubs import iter_lines
 from processing.limits import DEFAULT_LIMITS, FLAGS, DataLimits, RecordBudget
 from processing.records import RecordValidator, Rejection, parse_json_object
-from processing.tubs import Candidate, Source, SourceError, SourceReport, iter_lines, overlong_line
+from processing.tubs import Candidate, Source, SourceError, SourceReport, overlong_line
 
 METADATA_SUFFIX = "-metadata"
 MAX_CLASS_NAME_CHARS = 256  # a label is a word or a short phrase; dataset.json lists every one

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.tubs import MAX_LINE_BYTES, MAX_TUB_RECORDS
 from processing.errors import UserError
 
 
@@ -24,13 +25,13 @@ class DataLimits:
 
     # 10 driving sessions of 10^5 frames (83 min each at donkeycar's 20 Hz); 10x Ground Truth's default
     # quota of 100,000 items per labeling job (https://docs.aws.amazon.com/sagemaker/latest/dg/input-data-limits.html)
-    tub_records: int = 1_000_000
+    tub_records: int = MAX_TUB_RECORDS
     total_records: int = 10_000_000  # a run: 139 hours of driving at 20 Hz
     sources: int = 10_000  # tubs and manifests in one run
     # A donkeycar record is ~200 bytes, a Ground Truth image-classification line ~400; Ground Truth's input
     # manifest lines are limited to 100k characters (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-input.html),
     # at most 400 KB in UTF-8.
-    line_bytes: int = 1 << 20
+    line_bytes: int = MAX_LINE_BYTES
     # manifest.json (with deleted_indexes of a full tub: ~9 bytes each), meta.json, exclude.json,
     # catalog_manifest (line_lengths of a full catalog)
     metadata_bytes: int = 64 << 20

@@ -34,7 +34,7 @@ from typing import Any
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
 from edge.frames import INPUT_SCALING
-from edge.local_aws import split_s3_uri
+from edge.s3_uri import split_s3_uri
 from processing.edge_package import (
     PACKAGE_NAME,
     CompileError,

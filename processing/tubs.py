@@ -1,13 +1,9 @@
 """Find and read DonkeyCar tubs (v2 and v1) and Ground Truth manifests into validated candidate frames.
 
-Reading follows donkeycar 5.3.0 (``donkeycar/parts/datastore_v2.py``, ``tub_v2.py``):
-
-* **v2** — ``manifest.json`` is 5 JSON lines; the 5th holds ``paths`` (the catalogs, in order),
-  ``current_index``, ``max_len`` and ``deleted_indexes``. Each ``catalog_N.catalog`` has one record per
-  line; ``catalog_N.catalog_manifest`` holds that catalog's ``start_index`` and ``line_lengths``.
-  Images are ``images/<file>`` named by the record's ``cam/image_array``.
-* **v1** — ``meta.json``, ``record_<N>.json`` (N is the index), JPEGs in the tub folder, and
-  ``exclude.json`` (a list of excluded indexes, counted as deleted).
+The tub format (donkeycar 5.3.0) is read through ``edge/tubs.py``, the reader the car replays tubs
+with: which folder is a tub, the v2 manifest, the v1 record files and exclude list, catalog lines.
+This module adds Preprocess's limits, record validation and accounting. A v2 catalog's
+``catalog_N.catalog_manifest`` holds that catalog's ``start_index`` and ``line_lengths``.
 
 What is counted. **read** is every record the tub holds: every line of every catalog listed in the
 manifest (an empty or garbage line included; a final newline does not start a line), plus every index
@@ -40,15 +36,29 @@ does a folder that cannot be listed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from edge.folders import FolderError, walk
+from edge.tubs import (
+    EXCLUDE_FILE,
+    MANIFEST_FILE,
+    META_FILE,
+    V2_IMAGE_DIR,
+    TubError,
+    V2Manifest,
+    is_index,
+    iter_lines,
+    parse_v2_manifest,
+    tub_version,
+    v1_excluded,
+    v1_record_files,
+)
 from processing.errors import UserError, clip
 from processing.limits import (
     DEFAULT_LIMITS,
@@ -61,12 +71,9 @@ from processing.limits import (
 )
 from processing.records import RecordValidator, Rejection, parse_json_object
 
-V2_IMAGE_DIR = "images"
 GROUND_TRUTH_SUFFIX = ".manifest"
-_V1_RECORD = re.compile(r"^record_([0-9]+)\.json$")  # ASCII digits: \d also matches "٣"
 MAX_WARNINGS = 50  # per tub: one per catalog would grow with a hostile manifest's list of paths
 MAX_REPORT_TEXT = 500  # characters of one rejection reason or warning (they may quote hostile data)
-SKIP_CHUNK = 1 << 16  # bytes read at a time while skipping the rest of an overlong line
 
 
 class SourceError(UserError, ValueError):
@@ -176,12 +183,9 @@ def discover_sources(root: Path) -> list[Source]:
         files = set(filenames)
         name = here.relative_to(root).as_posix()
         name = root.resolve().name if name == "." else name
-        if "manifest.json" in files:
-            found.append(Source(here, "v2", name))
-            dirnames[:] = []
-            continue
-        if "meta.json" in files and any(_V1_RECORD.match(f) for f in files):
-            found.append(Source(here, "v1", name))
+        version = tub_version(files)
+        if version is not None:
+            found.append(Source(here, f"v{version}", name))
             dirnames[:] = []
             continue
         for filename in filenames:
@@ -191,46 +195,19 @@ def discover_sources(root: Path) -> list[Source]:
     return sorted(found, key=lambda s: s.name)
 
 
-def iter_lines(handle: BinaryIO, max_bytes: int) -> Iterator[bytes | int]:
-    """The lines of a binary file, streamed: each line without its line break (LF or CRLF), or, for a
-    line longer than ``max_bytes``, its length (an int; its bytes are skipped, never held).
-
-    A final newline ends the last line, it does not start one (as donkeycar counts lines).
-    """
-    while True:
-        line = handle.readline(max_bytes + 2)  # + the CRLF of a line of exactly max_bytes
-        if not line:
-            return
-        if len(line) == max_bytes + 2 and not line.endswith(b"\n"):
-            length = len(line)
-            while not line.endswith(b"\n"):
-                line = handle.readline(SKIP_CHUNK)
-                if not line:
-                    break
-                length += len(line)
-            yield length - (1 if line.endswith(b"\n") else 0)
-            continue
-        if line.endswith(b"\n"):
-            line = line[:-1]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        yield line if len(line) <= max_bytes else len(line)
-
-
 def overlong_line(length: int, limits: DataLimits) -> Rejection:
     return Rejection(
         "malformed record", f"a line of {length:,} bytes, over {limit_text(limits, 'line_bytes')}"
     )
 
 
-def is_index(value: Any) -> bool:
-    """A record index as JSON gives it: an integer >= 0 (not a bool, not 1.7)."""
-    return type(value) is int and value >= 0
-
-
-def _is_file_name(value: str) -> bool:
-    """A plain file name inside the tub folder: manifest.json's catalog paths must not lead elsewhere."""
-    return 0 < len(value) <= 255 and value not in (".", "..") and not any(c in value for c in "/\\\x00")
+@contextlib.contextmanager
+def _refusing(where: str) -> Iterator[None]:
+    """The shared tub reader's TubError as the run's refusal (``SourceError``), ``where`` first."""
+    try:
+        yield
+    except TubError as exc:
+        raise SourceError(f"{where}{exc}") from None
 
 
 def _read_json_file(path: Path, what: str, limits: DataLimits) -> Any:
@@ -246,61 +223,19 @@ def _read_json_file(path: Path, what: str, limits: DataLimits) -> Any:
         raise SourceError(f"{path}: cannot read {what} ({exc.strerror})") from None
 
 
-@dataclass(frozen=True)
-class V2Manifest:
-    """What Preprocess uses of a v2 ``manifest.json``'s catalog line, checked."""
-
-    paths: list[str]  # catalog file names, in order
-    deleted: set[int]
-    current_index: int  # the number of records donkeycar wrote
-
-
 def read_v2_manifest(tub: Path, limits: DataLimits = DEFAULT_LIMITS) -> V2Manifest:
     """The catalog line (the 5th) of a v2 ``manifest.json``; ``SourceError`` unless every field is sane."""
-    path = tub / "manifest.json"
+    path = tub / MANIFEST_FILE
     try:
-        lines = [
-            line for line in read_limited(path, limits.metadata_bytes).decode().splitlines() if line.strip()
-        ]
+        text = read_limited(path, limits.metadata_bytes).decode()
     except FileTooLarge:
         raise SourceError(f"{path}: over {limit_text(limits, 'metadata_bytes')}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SourceError(f"{path}: cannot read ({exc})") from None
-    if len(lines) < 5:
-        raise SourceError(f"{path}: expected 5 JSON lines (inputs, types, metadata, sessions, catalogs)")
-    try:
-        catalogs = json.loads(lines[4])
-    except (ValueError, RecursionError) as exc:
-        raise SourceError(f"{path}: malformed catalog line ({exc})") from None
-    if not isinstance(catalogs, dict):
-        raise SourceError(f"{path}: malformed catalog line (a JSON {type(catalogs).__name__}, not an object)")
-    paths = catalogs.get("paths")
-    if not isinstance(paths, list) or not all(isinstance(p, str) and _is_file_name(p) for p in paths):
-        raise SourceError(f"{path}: paths must list catalog file names in the tub folder, got {paths!r}")
-    current_index = catalogs.get("current_index", 0)
-    if not is_index(current_index):
-        raise SourceError(f"{path}: current_index {current_index!r} is not a record count (an integer >= 0)")
-    if current_index > limits.tub_records:
-        raise SourceError(
-            f"{path}: current_index {current_index:,} counts more records than "
-            f"{limit_text(limits, 'tub_records')}"
+    with _refusing(f"{path}: "):
+        return parse_v2_manifest(
+            text, max_records=limits.tub_records, records_limit=limit_text(limits, "tub_records")
         )
-    max_len = catalogs.get("max_len")
-    if is_index(max_len) and max_len > 0 and current_index > len(paths) * max_len:
-        raise SourceError(
-            f"{path}: current_index {current_index:,} counts more records than its {len(paths)} catalogs "
-            f"of max_len {max_len:,} can hold"
-        )
-    deleted = catalogs.get("deleted_indexes", [])
-    if not isinstance(deleted, list):
-        raise SourceError(f"{path}: deleted_indexes must be a list of record indexes, got {deleted!r}")
-    for index in deleted:
-        if not is_index(index) or index >= limits.tub_records:
-            raise SourceError(
-                f"{path}: deleted_indexes holds {index!r}, not a record index "
-                f"(an integer 0..{limits.tub_records - 1:,}, {FLAGS['tub_records']})"
-            )
-    return V2Manifest(paths, set(deleted), current_index)
 
 
 def _catalog_start_index(
@@ -436,34 +371,16 @@ def _v1_excluded(path: Path, limits: DataLimits) -> set[int]:
     """The indexes a v1 ``exclude.json`` lists (counted as deleted); none without the file."""
     if not path.exists():
         return set()
-    value = _read_json_file(path, "exclude.json", limits)
-    if not isinstance(value, list):
-        raise SourceError(f"{path}: expected a JSON list of indexes")
-    for entry in value:
-        if not is_index(entry) or entry >= limits.tub_records:
-            raise SourceError(
-                f"{path}: entry {entry!r} is not a record index (an integer 0..{limits.tub_records - 1:,}); "
-                "fix exclude.json: a guessed index could train on a record the driver excluded"
-            )
-    return set(value)
+    with _refusing(f"{path}: "):
+        return v1_excluded(_read_json_file(path, EXCLUDE_FILE, limits), max_records=limits.tub_records)
 
 
 def _v1_record_files(tub: Path, limits: DataLimits) -> list[tuple[int, Path]]:
     """(index, path) of every ``record_<N>.json``, by index; ``SourceError`` for an N no tub can hold."""
-    records = []
-    for name in os.listdir(tub):
-        match = _V1_RECORD.match(name)
-        if match is None:
-            continue
-        digits = match.group(1).lstrip("0") or "0"
-        if len(digits) > len(str(limits.tub_records)) or int(digits) >= limits.tub_records:  # int() of
-            # a 5,000-digit name would raise: Python caps int/str conversion at 4,300 digits
-            raise SourceError(
-                f"{tub / clip(name, 60)}: index {clip(digits, 30)} is not a record index "
-                f"0..{limits.tub_records - 1:,} ({FLAGS['tub_records']})"
-            )
-        records.append((int(digits), tub / name))
-    return sorted(records)
+    with _refusing(f"{tub}/"):
+        return v1_record_files(
+            tub, max_records=limits.tub_records, records_limit=limit_text(limits, "tub_records")
+        )
 
 
 def read_v1_tub(
@@ -475,9 +392,9 @@ def read_v1_tub(
     report = SourceReport(source.name, "v1")
     budget = budget or RecordBudget(limits)
     start_ms = _v1_start_ms(
-        _read_json_file(source.path / "meta.json", "meta.json", limits), source.path / "meta.json"
+        _read_json_file(source.path / META_FILE, META_FILE, limits), source.path / META_FILE
     )
-    excluded = _v1_excluded(source.path / "exclude.json", limits)
+    excluded = _v1_excluded(source.path / EXCLUDE_FILE, limits)
     candidates: list[Candidate] = []
     seen: set[int] = set()
     for index, path in _v1_record_files(source.path, limits):

@@ -153,7 +153,7 @@ def _upload_folder(s3: Any, folder: Path, uri: str) -> int:
     loops and links out of it refused with a message, the rule Preprocess's tub discovery follows), so
     nothing is uploaded from a folder that holds something refused.
     """
-    from edge.local_aws import split_s3_uri
+    from edge.s3_uri import split_s3_uri
     from pipelines.local.runners import folder_files
 
     bucket, prefix = split_s3_uri(uri)

@@ -61,7 +61,7 @@ def _check_rules(settings: settings_mod.Settings, config: Any) -> None:
 
 def _watch(args: argparse.Namespace) -> int:
     from edge.aws import clients
-    from edge.local_aws import ClientError
+    from edge.aws_errors import ClientError
     from pipelines.commands.run import Progress
     from pipelines.local.trigger import TriggerConfig, watch
 

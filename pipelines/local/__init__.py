@@ -6,7 +6,8 @@ Nothing here imports the sagemaker SDK (but ``environments.py`` asks it for a bu
 registry account, when a definition names such an image).
 """
 
-from pipelines.local.executor import DefinitionError, ParameterError, run_local
+from pipelines.local.executor import DefinitionError, run_local
 from pipelines.local.store import Execution, StepRecord
+from pipelines.parameters import ParameterError
 
 __all__ = ["DefinitionError", "Execution", "ParameterError", "StepRecord", "run_local"]

@@ -17,24 +17,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import (
-    LocalS3Client,
-    LocalSageMakerClient,
-    Paginator,
-    ResourceNotFound,
-    atomic_write_json,
-    check_params,
-    client_error,
-    file_lock,
-    from_iso,
-    page_items,
-    response_metadata,
-    to_iso,
-)
+from edge.atomic_files import atomic_write_json, file_lock
+from edge.aws_errors import ResourceNotFound, check_params, client_error, response_metadata
+from edge.local_readers import Paginator, from_iso, list_response, page_items, to_iso
 from pipelines.aws_rules import validated
 from pipelines.local import store
-from pipelines.local.executor import DefinitionError, LocalExecutor, ParameterError, pipeline_arn
+from pipelines.local.executor import DefinitionError, LocalExecutor, pipeline_arn
+from pipelines.local.registry import LocalSageMakerClient, set_given_fields
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution
+from pipelines.parameters import ParameterError
 
 _PIPELINE_PARAMS = (
     "PipelineDefinition",
@@ -162,14 +154,11 @@ class LocalPipelineClient(LocalSageMakerClient):
             record = self._pipeline(PipelineName, operation)
             if text is not None:
                 record["PipelineDefinition"] = text
-            for field in (
-                "PipelineDisplayName",
-                "PipelineDescription",
-                "RoleArn",
-                "ParallelismConfiguration",
-            ):
-                if kwargs.get(field) is not None:
-                    record[field] = kwargs[field]
+            set_given_fields(
+                record,
+                kwargs,
+                ("PipelineDisplayName", "PipelineDescription", "RoleArn", "ParallelismConfiguration"),
+            )
             record["LastModifiedTime"] = to_iso(datetime.now(UTC))
             atomic_write_json(store.pipeline_file(self.root, PipelineName), record)
         return {"PipelineArn": record["PipelineArn"], "ResponseMetadata": response_metadata()}
@@ -232,10 +221,7 @@ class LocalPipelineClient(LocalSageMakerClient):
             if "LastRunTime" in summary:
                 summary["LastExecutionTime"] = summary.pop("LastRunTime")
             summaries.append(summary)
-        response: dict[str, Any] = {"PipelineSummaries": summaries, "ResponseMetadata": response_metadata()}
-        if token:
-            response["NextToken"] = token
-        return response
+        return list_response("PipelineSummaries", summaries, token)
 
     def delete_pipeline(self, *, PipelineName: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         check_params(kwargs, allowed=("ClientRequestToken",))
@@ -366,13 +352,7 @@ class LocalPipelineClient(LocalSageMakerClient):
                 "PipelineExecutionFailureReason": execution.failure_reason,
             }
             summaries.append({k: v for k, v in summary.items() if v is not None})
-        response: dict[str, Any] = {
-            "PipelineExecutionSummaries": summaries,
-            "ResponseMetadata": response_metadata(),
-        }
-        if token:
-            response["NextToken"] = token
-        return response
+        return list_response("PipelineExecutionSummaries", summaries, token)
 
     def list_pipeline_execution_steps(self, *, PipelineExecutionArn: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         """Steps that started, newest first by default (as AWS); ``LocalLogPath`` is a local extra."""
@@ -399,10 +379,7 @@ class LocalPipelineClient(LocalSageMakerClient):
             if record.cache_hit_from:
                 step["CacheHitResult"] = {"SourcePipelineExecutionArn": record.cache_hit_from}
             steps.append({k: v for k, v in step.items() if v is not None})
-        response: dict[str, Any] = {"PipelineExecutionSteps": steps, "ResponseMetadata": response_metadata()}
-        if token:
-            response["NextToken"] = token
-        return response
+        return list_response("PipelineExecutionSteps", steps, token)
 
     def stop_pipeline_execution(self, *, PipelineExecutionArn: str, **kwargs: Any) -> dict[str, Any]:  # noqa: N803
         """Asks a running executor (another process on this machine) to stop, as Ctrl-C would."""

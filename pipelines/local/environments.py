@@ -33,7 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import atomic_write_json, file_lock
+from edge.atomic_files import atomic_write_json, file_lock
 from pipelines.local.expressions import ExpressionError, Scope, resolve
 
 VENV = "venv"  # the project's own environment: no building, no lookup

@@ -31,16 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import (
-    ACCOUNT_ID,
-    IN_PROGRESS_PREFIX,
-    LocalS3Client,
-    LocalSageMakerClient,
-    atomic_write_json,
-    resolve_region,
-    to_iso,
-)
+from edge.atomic_files import IN_PROGRESS_PREFIX, atomic_write_json
+from edge.local_readers import ACCOUNT_ID, resolve_region, to_iso
 from edge.settings import DEFAULT_WORKSPACE as SHARED_WORKSPACE
+from pipelines.definition_steps import walk_steps
 from pipelines.local import environments, runners, store
 from pipelines.local.expressions import (
     CONDITION_TYPES,
@@ -55,7 +49,10 @@ from pipelines.local.expressions import (
     resolve,
     step_scope,
 )
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution, StepRecord
+from pipelines.parameters import ParameterError, parameter_value
 
 DEFAULT_WORKSPACE = Path(SHARED_WORKSPACE)  # the one definition: edge/settings.py
 RUNNABLE_TYPES = ("Processing", "Training", "Condition", "Fail", "RegisterModel", "Model")
@@ -94,10 +91,6 @@ class DefinitionError(ValueError):
     """The definition cannot run locally (raised before any step starts); the message says why."""
 
 
-class ParameterError(ValueError):
-    """A parameter override that the definition does not declare or whose value does not fit its type."""
-
-
 # ---------------------------------------------------------------- the plan
 @dataclass
 class PlannedStep:
@@ -115,16 +108,12 @@ class Plan:
     parameters: list[dict[str, Any]]
 
 
-def _flatten(steps: list[dict[str, Any]], branch_of: tuple[str, bool] | None = None) -> list[PlannedStep]:
+def _flatten(steps: list[dict[str, Any]]) -> list[PlannedStep]:
     planned = []
-    for spec in steps:
+    for spec, branch_of in walk_steps(steps):
         if not isinstance(spec, dict) or "Name" not in spec or "Type" not in spec:
             raise DefinitionError(f"a step without Name and Type: {json.dumps(spec)[:200]}")
         planned.append(PlannedStep(spec["Name"], spec["Type"], spec, branch_of=branch_of))
-        if spec["Type"] == "Condition":
-            arguments = spec.get("Arguments", {})
-            planned += _flatten(arguments.get("IfSteps", []), (spec["Name"], True))
-            planned += _flatten(arguments.get("ElseSteps", []), (spec["Name"], False))
     return planned
 
 
@@ -264,36 +253,6 @@ def _topological_order(steps: dict[str, PlannedStep]) -> list[str]:
 
 
 # ---------------------------------------------------------------- parameters
-def _convert(declared: dict[str, Any], value: Any) -> Any:
-    name, kind = declared["Name"], declared.get("Type", "String")
-    try:
-        if kind == "Integer":
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        if kind == "Float":
-            if isinstance(value, bool):
-                raise ValueError
-            result = float(value)
-            if result != result or result in (float("inf"), float("-inf")):
-                raise ValueError
-            return result
-        if kind == "Boolean":
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-                return value.strip().lower() == "true"
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ParameterError(f"parameter {name} is {kind}; {value!r} is not a valid {kind.lower()}") from None
-    if not isinstance(value, str):
-        raise ParameterError(f"parameter {name} is String; {value!r} is not a string")
-    enum = declared.get("EnumValues")
-    if enum and value not in enum:
-        raise ParameterError(f"parameter {name} must be one of {', '.join(enum)}; got {value!r}")
-    return value
-
-
 def bind_parameters(
     declared: list[dict[str, Any]], overrides: Mapping[str, Any] | list[dict[str, Any]] | None
 ) -> dict[str, Any]:
@@ -311,9 +270,9 @@ def bind_parameters(
     values = {}
     for name, spec in by_name.items():
         if name in overrides:
-            values[name] = _convert(spec, overrides[name])
+            values[name] = parameter_value(spec, overrides[name])
         elif "DefaultValue" in spec:
-            values[name] = _convert(spec, spec["DefaultValue"])
+            values[name] = parameter_value(spec, spec["DefaultValue"])
         else:
             raise ParameterError(f"parameter {name} has no default value: give it with --param {name}=VALUE")
     return values
@@ -918,7 +877,7 @@ def _tree_abandoned(tree: Path) -> bool:
 
 
 def _writer_pid(name: str) -> int:
-    """The pid in an in-progress name (``.tmp-<pid>-...``, ``edge.local_aws.in_progress_prefix``)."""
+    """The pid in an in-progress name (``.tmp-<pid>-...``, ``edge.atomic_files.in_progress_prefix``)."""
     match = re.match(re.escape(IN_PROGRESS_PREFIX) + r"(\d+)-", name)
     return int(match.group(1)) if match else os.getpid()  # unnamed: treated as live (the age rule applies)
 

@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import LocalS3Client, atomic_write_bytes
+from edge.atomic_files import atomic_write_bytes
+from pipelines.definition_steps import walk_steps
 from pipelines.local.expressions import referenced_steps
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import Execution, StepRecord
 
 STATUS_COLOURS = {
@@ -37,20 +39,14 @@ def graph_edges(definition: dict[str, Any]) -> tuple[list[str], list[tuple[str, 
     """Step names (definition order, branches after their condition) and dependency edges."""
     names: list[str] = []
     edges: list[tuple[str, str]] = []
-
-    def visit(steps: list[dict[str, Any]], owner: str | None) -> None:
-        for step in steps:
-            names.append(step["Name"])
-            if owner:
-                edges.append((owner, step["Name"]))
-            arguments = step.get("Arguments", {})
-            expressions = arguments.get("Conditions", []) if step["Type"] == "Condition" else [arguments]
-            for dependency in sorted(referenced_steps(expressions) | set(step.get("DependsOn", []))):
-                edges.append((dependency, step["Name"]))
-            if step["Type"] == "Condition":
-                visit(arguments.get("IfSteps", []) + arguments.get("ElseSteps", []), step["Name"])
-
-    visit(definition.get("Steps", []), None)
+    for step, branch in walk_steps(definition.get("Steps", [])):
+        names.append(step["Name"])
+        if branch:
+            edges.append((branch[0], step["Name"]))
+        arguments = step.get("Arguments", {})
+        expressions = arguments.get("Conditions", []) if step["Type"] == "Condition" else [arguments]
+        for dependency in sorted(referenced_steps(expressions) | set(step.get("DependsOn", []))):
+            edges.append((dependency, step["Name"]))
     return names, sorted(set(edges) - {(a, b) for a, b in edges if a == b})
 
 

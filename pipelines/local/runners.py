@@ -31,19 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.atomic_files import FILE_MODE, IN_PROGRESS_PREFIX, in_progress_prefix
 from edge.folders import FolderError, files_under
-from edge.local_aws import (
-    ACCOUNT_ID,
-    FILE_MODE,
-    IN_PROGRESS_PREFIX,
-    LocalS3Client,
-    LocalSageMakerClient,
-    in_progress_prefix,
-    split_s3_uri,
-)
+from edge.local_readers import ACCOUNT_ID
+from edge.s3_uri import split_s3_uri
 from pipelines.datasets import DatasetError, read_manifest
 from pipelines.local import environments
 from pipelines.local.expressions import to_string
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 
 OPT_ML = "/opt/ml"
 LOG_TAIL_LINES = 40

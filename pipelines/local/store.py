@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edge.local_aws import atomic_write_json, from_iso
+from edge.atomic_files import atomic_write_json
+from edge.local_readers import from_iso
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
 HEARTBEAT_S = 5.0

@@ -37,21 +37,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from edge.local_aws import (
-    LocalS3Client,
-    atomic_write_json,
-    check_params,
-    client_error,
-    file_lock,
-    from_iso,
-    now_utc,
-    page_items,
-    response_metadata,
-    to_iso,
-)
+from edge.atomic_files import atomic_write_json, file_lock
+from edge.aws_errors import ClientError, check_params, client_error, response_metadata
+from edge.local_readers import from_iso, now_utc, page_items, to_iso
 from edge.settings import default_of
 from pipelines import event_pattern, events
 from pipelines.aws_rules import validated
+from pipelines.local.s3 import LocalS3Client
 
 STATE_FORMAT = "robocar-triggers/1"
 DEFAULT_THING_GROUP = "robocar-cars"
@@ -479,12 +471,11 @@ class LocalGreengrassClient:
         self.base = self.root / "greengrass"
         self.region, self.account = region, account
         self.meta = SimpleNamespace(region_name=region, endpoint_url=None)  # as boto3's client.meta
-        base = _client_error_class()
         self.exceptions = SimpleNamespace(
-            ClientError=base,
-            ConflictException=type("ConflictException", (base,), {}),
-            ValidationException=type("ValidationException", (base,), {}),
-            ResourceNotFoundException=type("ResourceNotFoundException", (base,), {}),
+            ClientError=ClientError,
+            ConflictException=type("ConflictException", (ClientError,), {}),
+            ValidationException=type("ValidationException", (ClientError,), {}),
+            ResourceNotFoundException=type("ResourceNotFoundException", (ClientError,), {}),
         )
 
     # -- helpers
@@ -707,9 +698,3 @@ class LocalGreengrassClient:
             "message": f"Deployment {record['deploymentId']} canceled",
             "ResponseMetadata": response_metadata(),
         }
-
-
-def _client_error_class() -> type[Exception]:
-    from edge.local_aws import ClientError
-
-    return ClientError

@@ -21,11 +21,12 @@ from botocore.exceptions import ClientError, ParamValidationError
 from moto import mock_aws
 
 from edge.aws import clients
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines import aws_rules, infra
 from pipelines.aws_rules import compiled_pattern, matches_pattern, validate_request, validated
 from pipelines.local import run_local
 from pipelines.local.executor import DefinitionError
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.trigger import LocalGreengrassClient
 
 BUCKET = "robocar-data-123456789012"
@@ -411,13 +412,14 @@ def test_the_wrapper_is_transparent_except_for_validation(tmp_path: Path) -> Non
         aws.s3.upload_file(__file__, BUCKET, "k" * 1025)
 
 
-def test_without_botocore_the_car_gets_the_plain_clients(tmp_path: Path) -> None:
+def test_without_botocore_the_car_gets_the_read_only_clients(tmp_path: Path) -> None:
     script = (
         "import sys; sys.modules['botocore'] = None\n"
         "from edge.aws import clients\n"
-        "from edge.local_aws import LocalS3Client, LocalSageMakerClient\n"
+        "from edge.local_readers import LocalRegistryReader, LocalS3Reader\n"
         "aws = clients(local_root=sys.argv[1])\n"
-        "print(type(aws.s3) is LocalS3Client, type(aws.sagemaker) is LocalSageMakerClient)\n"
+        "print(type(aws.s3) is LocalS3Reader, type(aws.sagemaker) is LocalRegistryReader,\n"
+        "      any('pipelines' in name.split('.') for name in sys.modules))\n"
     )
     repo = Path(__file__).resolve().parents[2]
     car_env = {k: v for k, v in os.environ.items() if k != "ROBOCAR_LOCAL_CLIENTS"}  # no pipelines there
@@ -425,7 +427,7 @@ def test_without_botocore_the_car_gets_the_plain_clients(tmp_path: Path) -> None
         [sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, check=True,
         env=car_env,
     )  # fmt: skip
-    assert result.stdout.split() == ["True", "True"]
+    assert result.stdout.split() == ["True", "True", "False"]
 
 
 def test_local_register_step_fails_with_awss_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

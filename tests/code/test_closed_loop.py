@@ -16,9 +16,10 @@ import pytest
 
 from edge.agent import read_state_file
 from edge.cli import main as edge_main
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.cli import main
 from pipelines.control import build_definition
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import list_executions
 from pipelines.settings import EXAMPLE_VALUES, Settings
 from pipelines.synth import write_tub

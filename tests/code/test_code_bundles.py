@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from edge.local_aws import LocalS3Client
 from pipelines.code_bundle import (
     CONTAINER_PACKAGES,
     ENTRY_SCRIPTS,
@@ -22,6 +21,7 @@ from pipelines.code_bundle import (
     data_files,
 )
 from pipelines.import_graph import imported_names, module_files, module_name, project_modules
+from pipelines.local.s3 import LocalS3Client
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET, PREFIX = "robocar-data-123456789012", "robocar"

@@ -12,9 +12,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from edge.local_aws import LocalS3Client
 from pipelines import datasets
 from pipelines.aws_rules import request_problems
+from pipelines.local.s3 import LocalS3Client
 
 BUCKET = "robocar-data-123456789012"
 RAW = f"s3://{BUCKET}/robocar/raw/"

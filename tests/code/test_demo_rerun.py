@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from edge.local_aws import LocalSageMakerClient
 from pipelines import demo
+from pipelines.local.registry import LocalSageMakerClient
 
 BUCKET = "robocar-data-123456789012"
 

@@ -398,7 +398,7 @@ def assert_storage_error(capsys) -> str:
 
 
 def test_a_read_only_disk_neither_stops_pull_nor_run(car_workspace, monkeypatch, capsys):
-    from edge import local_aws
+    from edge import atomic_files
 
     tmp_path, aws = car_workspace
     register(aws.sagemaker, aws.s3, onnx_pilot_package("v1"), key="m/1/model.tar.gz")
@@ -409,7 +409,7 @@ def test_a_read_only_disk_neither_stops_pull_nor_run(car_workspace, monkeypatch,
     def read_only(path):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(local_aws, "file_lock", read_only)
+    monkeypatch.setattr(atomic_files, "file_lock", read_only)
     assert pull(tmp_path) == 1
     assert "cannot lock" in assert_storage_error(capsys)
     code = run_car(tmp_path, "--max-frames", "2")

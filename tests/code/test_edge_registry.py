@@ -9,7 +9,7 @@ import pytest
 
 from edge import registry
 from edge.agent import edge_metadata
-from edge.local_aws import LocalSageMakerClient
+from pipelines.local.registry import LocalSageMakerClient
 
 GROUP = "robocar-pilots"
 DIGEST = "ab" * 32  # a SHA-256 in hex

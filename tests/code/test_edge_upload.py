@@ -19,8 +19,9 @@ from moto import mock_aws
 
 from edge import upload
 from edge.cli import main as edge_main
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.aws_rules import validated
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.trigger import TriggerConfig, poll_once
 
 BUCKET = "robocar-data-123456789012"

@@ -12,7 +12,7 @@ import pytest
 from moto import mock_aws
 
 from edge.agent import edge_metadata, find_newest
-from edge.local_aws import LocalSageMakerClient
+from pipelines.local.registry import LocalSageMakerClient
 from processing.evaluate import champion_target, find_champion, is_registered
 
 GROUP = "robocar-pilots"

@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
-from edge.local_aws import split_s3_uri
+from edge.s3_uri import split_s3_uri
 from pipelines import event_pattern, events, infra
 from pipelines.commands import infra as infra_command
 from pipelines.control import build_definition

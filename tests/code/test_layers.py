@@ -52,3 +52,40 @@ def test_an_upward_import_is_found(tmp_path: Path) -> None:
         "steps/x.py:3: steps -> pipelines",
         "edge/sneaky.py:2: edge -> pipelines",
     ]
+
+
+# The Model Registry's write operations (botocore's sagemaker model). The car only reads the registry
+# (edge/local_readers.py); the local registry's writer is the control plane's (pipelines/local/registry.py).
+REGISTRY_WRITES = frozenset(
+    {
+        "create_model_package",
+        "create_model_package_group",
+        "update_model_package",
+        "delete_model_package",
+        "delete_model_package_group",
+        "put_model_package_group_policy",
+    }
+)
+
+
+def registry_writers(root: Path = REPO) -> list[str]:
+    """``file:line: name`` of every function or method in edge/ that implements a registry write."""
+    found = []
+    for path in sorted((root / "edge").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in REGISTRY_WRITES:
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {node.name}")
+    return found
+
+
+def test_edge_holds_no_writer_of_the_registry() -> None:
+    assert registry_writers() == []
+
+
+def test_a_registry_writer_in_edge_is_found(tmp_path: Path) -> None:
+    (tmp_path / "edge").mkdir()
+    (tmp_path / "edge" / "fake.py").write_text(
+        "class Registry:\n    def describe_model_package(self): ...\n"
+        "    def create_model_package(self, **kwargs): ...\n"
+    )
+    assert registry_writers(tmp_path) == ["edge/fake.py:3: create_model_package"]

@@ -1,4 +1,5 @@
-"""Local AWS (edge/local_aws.py, edge/aws.py): S3 as a folder, the on-disk Model Registry, boto3 shapes."""
+"""Local AWS (pipelines/local/s3.py, pipelines/local/registry.py, edge/aws.py): S3 as a folder, the
+on-disk Model Registry, boto3 shapes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import pytest
 from botocore.exceptions import ClientError, ParamValidationError
 
 from edge import aws
-from edge.local_aws import LocalS3Client, LocalSageMakerClient, split_s3_uri
+from edge.s3_uri import split_s3_uri
+from edge.workspace import WorkspaceLayout, write_object
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 
 GROUP = "robocar-pilots"
 CONTAINERS = {"Containers": [{"Image": "tf-serving:2.21", "ModelDataUrl": "s3://b/model.tar.gz"}]}
@@ -282,9 +286,10 @@ def test_without_botocore_errors_keep_the_same_shape(tmp_path: Path) -> None:
     """On a car without boto3 the local clients raise their own ClientError with the same response."""
     script = (
         "import sys; sys.modules['botocore'] = None; sys.modules['botocore.exceptions'] = None\n"
-        "from edge.local_aws import ClientError, LocalClientError, LocalS3Client\n"
+        "from edge.aws_errors import ClientError, LocalClientError\n"
+        "from edge.local_readers import LocalS3Reader\n"
         "assert ClientError is LocalClientError\n"
-        "s3 = LocalS3Client(sys.argv[1]); s3.create_bucket(Bucket='bucket')\n"
+        "s3 = LocalS3Reader(sys.argv[1]); (s3.base / 'bucket').mkdir(parents=True)\n"
         "try:\n    s3.get_object(Bucket='bucket', Key='missing')\n"
         "except s3.exceptions.NoSuchKey as e:\n    print(e.response['Error']['Code'], e.operation_name)\n"
     )
@@ -293,3 +298,21 @@ def test_without_botocore_errors_keep_the_same_shape(tmp_path: Path) -> None:
         [sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["NoSuchKey", "GetObject"]
+
+
+def test_an_object_the_car_writes_is_where_local_s3_reads_it(tmp_path: Path) -> None:
+    """``edge.workspace.write_object`` (the car's upload into a local workspace) and local S3 share one
+    layout: what one writes, the other lists, heads and reads; the key rule holds for both."""
+    s3 = LocalS3Client(tmp_path)
+    s3.create_bucket(Bucket="bucket")
+    layout = WorkspaceLayout(tmp_path)
+    etag = write_object(layout, "bucket", "cars/car-1/tub_1.tar.gz", b"tub bytes")
+    assert s3.head_object(Bucket="bucket", Key="cars/car-1/tub_1.tar.gz")["ETag"] == etag
+    assert s3.get_object(Bucket="bucket", Key="cars/car-1/tub_1.tar.gz")["Body"].read() == b"tub bytes"
+    listed = s3.list_objects_v2(Bucket="bucket")["Contents"]
+    assert [(o["Key"], o["ETag"]) for o in listed] == [("cars/car-1/tub_1.tar.gz", etag)]
+    with pytest.raises(ValueError, match="'..' segment"):
+        write_object(layout, "bucket", "cars/../escape", b"x")
+    with pytest.raises(s3.exceptions.NoSuchBucket):
+        write_object(layout, "no-such-bucket", "k", b"x")
+    assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "s3").rglob("*"))

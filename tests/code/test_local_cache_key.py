@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client
 from pipelines.local import run_local
 from pipelines.local.executor import CACHE_KEY_ATTRIBUTES, PlannedStep, cache_key
 from pipelines.local.expressions import Scope, resolve
+from pipelines.local.s3 import LocalS3Client
 
 # A resolved request of each type, as the executor keys it (the sample's, with every member present).
 SCOPE = Scope(

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.cli import main
 from pipelines.local import run_local
+from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.report import graph_edges, write_report
+from pipelines.local.s3 import LocalS3Client
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client
 from pipelines.local import DefinitionError, run_local, runners
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.executor import RetryPolicy, parse_duration, parse_retry_policy, retry_delay
 from pipelines.local.expressions import EXECUTION_VARIABLES
+from pipelines.local.s3 import LocalS3Client
 from pipelines.step_requests import step_requests
 
 

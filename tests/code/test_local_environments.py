@@ -13,9 +13,9 @@ import pytest
 import sample_pipeline as sample
 from sagemaker.core import image_uris
 
-from edge.local_aws import LocalS3Client
 from pipelines.local import DefinitionError, environments, run_local
 from pipelines.local.environments import MXNET, VENV, EnvironmentUnavailable, image_family
+from pipelines.local.s3 import LocalS3Client
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-east-1", "cn-north-1", "us-gov-west-1")
 DIGEST = "sha256:" + "ab" * 32

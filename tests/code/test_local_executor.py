@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.datasets import manifest_document, snapshot
 from pipelines.local import DefinitionError, ParameterError, run_local, runners
 from pipelines.local.executor import bind_parameters, parse_duration, plan
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import load
 
 

@@ -25,11 +25,13 @@ import sample_pipeline as sample
 from botocore.exceptions import ParamValidationError
 
 from edge.aws import clients
-from edge.local_aws import LocalS3Client, LocalSageMakerClient, local_key_problem
+from edge.workspace import local_key_problem
 from pipelines import cli
 from pipelines.cli import main
 from pipelines.local import ParameterError, run_local, runners
 from pipelines.local.executor import clean_abandoned
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import list_executions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -585,7 +587,7 @@ def test_unwritable_workspaces_are_one_line(
 def test_an_os_error_deep_inside_a_command_is_one_line(
     workspace: Path, definition_file: Path, monkeypatch, capsys
 ) -> None:
-    from edge.local_aws import LocalS3Client as Client
+    from pipelines.local.s3 import LocalS3Client as Client
 
     def full_disk(self, **_kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.base / BUCKET))

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client
 from pipelines.local.client import LocalPipelineClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import list_executions
 
 RUNNER = """

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines.local import run_local
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.offline import pipeline_session
 
 pytestmark = pytest.mark.filterwarnings("ignore:Running within a PipelineSession")

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from edge_fixtures import edge_metadata, fake_model
 
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines import aws_rules
 from pipelines.datasets import read_manifest
 from pipelines.local.client import LocalPipelineClient
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.trigger import (
     LocalGreengrassClient,
     TriggerConfig,

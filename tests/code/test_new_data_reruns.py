@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import sample_pipeline as sample
 
-from edge.local_aws import LocalS3Client, LocalSageMakerClient
 from pipelines import datasets
 from pipelines.cli import main
 from pipelines.code_bundle import CodeBundle
 from pipelines.control import build_definition
 from pipelines.local import run_local
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import list_executions
 from pipelines.settings import EXAMPLE_VALUES, Settings
 

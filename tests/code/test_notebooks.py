@@ -206,7 +206,8 @@ def test_notebooks_run_top_to_bottom(moto_aws: tuple[str, Any, str], tmp_path: P
 @pytest.mark.slow
 def test_approving_in_the_local_workspace_rolls_out_from_the_notebook(tmp_path: Path) -> None:
     """Notebook 2 with ROBOCAR_LOCAL_ROOT: the local registry, and the rollout the AWS rule would run."""
-    from edge.local_aws import LocalS3Client, LocalSageMakerClient
+    from pipelines.local.registry import LocalSageMakerClient
+    from pipelines.local.s3 import LocalS3Client
 
     workspace = tmp_path / "ws"
     s3, sagemaker = LocalS3Client(workspace), LocalSageMakerClient(workspace)

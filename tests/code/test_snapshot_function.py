@@ -121,11 +121,18 @@ def test_the_function_refuses_to_run_unconfigured() -> None:
         snapshot_handler.SnapshotConfig.from_env({"PREFIX": "robocar"})
 
 
+# The S3 the zip talks to is local S3 (pipelines/local/s3.py), a test double read from the repository
+# (sys.argv[3]), not part of the zip: only its modules may come from there.
 ISOLATED_SNAPSHOT = """
-import json, sys
+import importlib.util, json, sys
 sys.path.insert(0, sys.argv[1])
 import handler
-from edge.local_aws import LocalS3Client
+import edge
+edge.__path__.append(sys.argv[3] + "/edge")
+spec = importlib.util.spec_from_file_location("local_s3", sys.argv[3] + "/pipelines/local/s3.py")
+local_s3 = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(local_s3)
+LocalS3Client = local_s3.LocalS3Client
 assert "boto3" not in sys.modules and "botocore" not in sys.modules
 
 class Pipelines:
@@ -140,7 +147,9 @@ s3.put_object(Bucket="bucket-a", Key="p/raw/tub/manifest.json", Body=b"{}")
 pipelines = Pipelines()
 config = handler.SnapshotConfig("bucket-a", "p", "pipe")
 result = handler.snapshot_and_start({}, s3=s3, sagemaker=pipelines, config=config)
-print(json.dumps({"result": result, "requests": pipelines.requests}))
+files = {name: getattr(module, "__file__", None) or "" for name, module in sys.modules.items()}
+from_repo = sorted(name for name, file in files.items() if file.startswith(sys.argv[3]))
+print(json.dumps({"result": result, "requests": pipelines.requests, "from_repo": from_repo}))
 """
 
 
@@ -148,11 +157,20 @@ def test_the_lambda_zip_runs_on_its_own_with_the_standard_library(tmp_path: Path
     code = tmp_path / "code"
     zipfile.ZipFile(io.BytesIO(infra.snapshot_zip())).extractall(code)
     run = subprocess.run(  # -S: no site-packages at all, only the zip and the standard library
-        [sys.executable, "-S", "-c", ISOLATED_SNAPSHOT, str(code), str(tmp_path / "ws")],
+        [sys.executable, "-S", "-c", ISOLATED_SNAPSHOT, str(code), str(tmp_path / "ws"),
+         str(infra.REPO_ROOT)],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     output = json.loads(run.stdout)
+    double = [
+        "edge.artifacts",
+        "edge.atomic_files",
+        "edge.aws_errors",
+        "edge.local_readers",
+        "edge.workspace",
+    ]
+    assert output["from_repo"] == double  # the zip's own code came from the zip
     (request,) = output["requests"]
     assert request["PipelineParameters"] == [
         {"Name": "InputDataUrl", "Value": output["result"]["datasetUri"]}
