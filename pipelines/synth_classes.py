@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from training.classifier import CLASSES_FILE
+
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star", "diamond")
 MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
 MAX_ASPECT = 2.0
@@ -210,12 +212,13 @@ def write_classes(
 
 
 def write_image_list(manifest: Path, list_path: Path) -> list[str]:
-    """The images of a Ground Truth manifest as an image list (``.lst``); returns the class names.
+    """The images of a Ground Truth manifest as an image list (``.lst``) and ``classes.json`` beside it.
 
     The list is the built-in image-classification algorithm's File-mode index, one tab-separated line per
     image: index, class id, path relative to the list's folder ("Input/Output Interface for the Image
     Classification Algorithm", https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html);
-    the Gluon trainer reads the same. The manifest is read by the pipeline's own Ground Truth reader, so a
+    the Gluon trainer reads the same, and takes class names by id from ``classes.json`` (a JSON list,
+    returned too). The manifest is read by the pipeline's own Ground Truth reader, so a
     record it rejects is not listed (``ValueError`` names the first one).
     """
     from processing.ground_truth import class_list, read_ground_truth
@@ -238,4 +241,6 @@ def write_image_list(manifest: Path, list_path: Path) -> list[str]:
         for n, c in enumerate(candidates)
     ]
     list_path.write_text("".join(lines))
-    return class_list(classes)
+    names = class_list(classes)
+    (list_path.parent / CLASSES_FILE).write_text(json.dumps(names) + "\n")
+    return names

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main as robocar
-from pipelines.synth_classes import CLASS_NAMES, MANIFEST_NAME, write_classes, write_image_list
+from pipelines.synth_classes import CLASS_NAMES, CLASSES_FILE, MANIFEST_NAME, write_classes, write_image_list
 from processing.ground_truth import class_list, read_ground_truth
 from processing.records import RecordValidator
 from processing.tubs import Source, discover_sources
@@ -86,8 +86,10 @@ def test_image_list_is_the_builtin_algorithms_lst(tmp_path: Path, synth: Path) -
     try:
         assert write_image_list(synth / MANIFEST_NAME, listed) == list(CLASS_NAMES[:4])
         rows = [line.split("\t") for line in listed.read_text().splitlines()]
+        assert json.loads((synth / CLASSES_FILE).read_text()) == list(CLASS_NAMES[:4])
     finally:
         listed.unlink(missing_ok=True)
+        (synth / CLASSES_FILE).unlink(missing_ok=True)
     records = manifest_records(synth)
     assert [int(r[0]) for r in rows] == list(range(60))
     assert [int(r[1]) for r in rows] == [r["category"] for r in records]
