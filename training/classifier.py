@@ -14,7 +14,8 @@ separated) and the images it names, the built-in algorithm's File-mode format (`
 ``pipelines/synth_classes.py`` makes one from a Ground Truth manifest). Photos of any size, colour or
 grey, are converted to RGB, resized so the shorter side is ``resize`` (default 8/7 of the crop, the
 ImageNet 256 -> 224 ratio) and cropped to ``image_shape`` (random crop and left-right flip while
-training, the centre when evaluating), scaled to 0..1 and normalised with ImageNet's mean and std.
+training, the centre when evaluating) and normalised as the ImageNet weights expect, (x - 127) / 128
+(``training/efficientnet_lite.py`` says how the weights show it).
 
 Output, the built-in algorithm's artifact layout (what Neo takes for MXNet: one ``-symbol.json`` and one
 ``.params``, input ``data`` NCHW; https://docs.aws.amazon.com/sagemaker/latest/dg/neo-compilation-preparing-model.html):
@@ -86,19 +87,20 @@ class ClassifierConfig:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a photo becomes the network's input; written into ``SPEC_FILE``."""
+    """How a photo becomes the network's input, ``(pixel * scale - mean) / std`` per RGB channel after
+    resizing and cropping; written into ``SPEC_FILE``."""
 
     height: int
     width: int
     resize_shorter_side: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    scale: float
     name: str = INPUT_NAME
     layout: str = "NCHW"
     colour: str = "RGB"
     crop: str = "centre"
     interpolation: str = "bilinear"
-    scale: float = 1 / 255
 
     def as_dict(self) -> dict[str, Any]:
         spec = asdict(self)
@@ -332,13 +334,13 @@ def batches(data: ImageList, spec: InputSpec, size: int, rng: np.random.Generato
 
 
 def make_spec(config: ClassifierConfig) -> InputSpec:
-    from training.efficientnet_lite import INPUT_MEAN, INPUT_STD
+    from training.efficientnet_lite import INPUT_MEAN, INPUT_SCALE, INPUT_STD
 
     _, height, width = config.image_shape
     side = config.resize or round(min(height, width) * RESIZE_RATIO)
     if side < max(height, width):
         raise UsageError(f"--resize {side} is smaller than the crop {height}x{width}")
-    return InputSpec(height, width, side, INPUT_MEAN, INPUT_STD)
+    return InputSpec(height, width, side, INPUT_MEAN, INPUT_STD, INPUT_SCALE)
 
 
 def accuracy(net: Any, data: ImageList, spec: InputSpec, size: int) -> float:

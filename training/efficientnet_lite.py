@@ -115,13 +115,13 @@ class MBConv(HybridBlock):
 
 
 class EfficientNetLite0(HybridBlock):
-    """Logits of ``classes`` classes for NCHW float32 input normalised by ``INPUT_MEAN``/``INPUT_STD``.
+    """Logits of ``classes`` classes for NCHW float32 RGB ``(x * INPUT_SCALE - INPUT_MEAN) / INPUT_STD``.
 
     ``frozen_bn``: BatchNorm normalises with its running statistics while training too (its scale and
     shift still learn). Fine-tuning needs it: a few dozen steps barely move ImageNet's running statistics
     (momentum 0.99: 0.99**30 = 0.74 of them remain), so a head trained on batch statistics meets other
-    features at evaluation (measured: 0.37 validation accuracy on 3 classes after one epoch, against
-    about 1.0 with frozen statistics).
+    features at evaluation (measured on 3 synthetic classes, 150 photos, Adam 1e-4: validation accuracy
+    0.40 then 0.48 over two epochs, against 0.97 then 1.0 with frozen statistics).
     """
 
     def __init__(
@@ -160,9 +160,14 @@ class EfficientNetLite0(HybridBlock):
         return self.fc(x)
 
 
-# ImageNet statistics the checkpoint was trained with, on RGB in 0..1 (torchvision's convention).
-INPUT_MEAN = (0.485, 0.456, 0.406)
-INPUT_STD = (0.229, 0.224, 0.225)
+# The input the checkpoint was trained on: RGB pixels 0..255 as (x - 127) / 128, TensorFlow's
+# EfficientNet-Lite convention, not torchvision's ImageNet mean/std (which its companion example shows).
+# Evidence in the weights: the stem BatchNorm's running mean is the stem convolution of the mean input.
+# Under (x - 127) / 128 and ImageNet's mean pixel that predicts the 32 running means with correlation
+# 0.97; under ImageNet mean/std the mean input is 0, so it predicts 0 for all 32, while they reach 1.13.
+INPUT_SCALE = 1.0
+INPUT_MEAN = (127.0, 127.0, 127.0)
+INPUT_STD = (128.0, 128.0, 128.0)
 
 
 def torch_to_gluon_name(torch_name: str) -> str:

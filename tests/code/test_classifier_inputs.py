@@ -22,7 +22,7 @@ from training.classifier import (
     to_batch,
 )
 
-SPEC = InputSpec(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+SPEC = InputSpec(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)
 
 
 def channel_with(tmp_path: Path, lines: str, images: dict[str, Image.Image] | None = None) -> Path:

@@ -96,7 +96,8 @@ def test_one_epoch_from_imagenet_weights_beats_one_from_scratch(
     spec = json.loads((model / "classifier-spec.json").read_text())
     assert spec["classes"] == CLASSES
     assert spec["input"]["shape"] == [1, 3, 64, 64] and spec["input"]["resize_shorter_side"] == 73
-    assert spec["input"]["mean"] == [0.485, 0.456, 0.406] and spec["input"]["std"] == [0.229, 0.224, 0.225]
+    assert spec["input"]["mean"] == [127.0] * 3 and spec["input"]["std"] == [128.0] * 3
+    assert spec["input"]["scale"] == 1.0 and spec["input"]["colour"] == "RGB"
     assert spec["training"]["pretrained"] == "imagenet" and spec["training"]["epoch"] == 1
     assert (
         json.loads((tmp_path / "scratch" / "classifier-spec.json").read_text())["training"]["pretrained"]
