@@ -353,59 +353,79 @@ def accuracy(net: Any, data: ImageList, spec: InputSpec, size: int) -> float:
     return correct / len(data.labels)
 
 
-def train(config: ClassifierConfig) -> dict[str, Any]:
-    """Fine-tune (or train from scratch) and export; returns the summary written into the spec."""
-    import mxnet as mx
-    from mxnet import autograd, gluon
-
+def build_network(config: ClassifierConfig, classes: int, side: int) -> tuple[Any, Path | None]:
+    """EfficientNet-Lite0 with a ``classes`` head, from the ImageNet weights (returned) or random."""
     from training.efficientnet_lite import EfficientNetLite0, initialize, load_imagenet_weights
 
-    spec = make_spec(config)
-    train_data = load_channel(config.train_dir, spec.resize_shorter_side)
-    validation = load_channel(config.validation_dir, spec.resize_shorter_side)
-    classes = config.num_classes or int(max(train_data.labels.max(), validation.labels.max())) + 1
-    if max(train_data.labels.max(), validation.labels.max()) >= classes:
-        raise UsageError(f"a class id is >= --num_classes {classes}")
-    mx.random.seed(config.seed)
-    rng = np.random.default_rng(config.seed)
     net = EfficientNetLite0(classes=classes, frozen_bn=config.use_pretrained_model)
-    initialize(net, spec.height)
+    initialize(net, side)
     weights = None
     if config.use_pretrained_model:
         weights = config.weights or default_weights()
         load_imagenet_weights(net, weights)
+        # The new head starts from nothing: 10x the backbone's rate lets it catch up in the first epoch.
+        for name, param in net.collect_params().items():
+            if name.startswith(net.prefix + "fc_"):
+                param.lr_mult = 10.0
     net.hybridize()
-    # The new head starts from nothing: 10x the backbone's rate lets it catch up in the first epoch.
-    for name, param in net.collect_params().items():
-        if name.startswith(net.prefix + "fc_") and config.use_pretrained_model:
-            param.lr_mult = 10.0
+    return net, weights
+
+
+def make_trainer(net: Any, config: ClassifierConfig) -> Any:
+    from mxnet import gluon
+
     options = {"learning_rate": config.learning_rate, "wd": 1e-4}
     if config.optimizer in ("sgd", "nag"):
         options["momentum"] = 0.9
-    trainer = gluon.Trainer(net.collect_params(), config.optimizer, options)
+    return gluon.Trainer(net.collect_params(), config.optimizer, options)
+
+
+def train_epoch(net: Any, trainer: Any, data: ImageList, spec: InputSpec, size: int, rng: Any) -> dict:
+    """One pass over ``data``: train accuracy, mean cross-entropy, images and seconds."""
+    import mxnet as mx
+    from mxnet import autograd, gluon
+
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    started, correct, seen, total_loss = time.perf_counter(), 0, 0, 0.0
+    for inputs, labels in batches(data, spec, size, rng):
+        with autograd.record():
+            logits = net(mx.nd.array(inputs))
+            loss = loss_fn(logits, mx.nd.array(labels))
+        loss.backward()
+        trainer.step(len(labels))
+        total_loss += float(loss.sum().asscalar())
+        correct += int((logits.argmax(axis=1).asnumpy().astype(np.int64) == labels).sum())
+        seen += len(labels)
+    return {"accuracy": correct / seen, "loss": total_loss / seen, "images": seen,
+            "seconds": time.perf_counter() - started}  # fmt: skip
+
+
+def train(config: ClassifierConfig) -> dict[str, Any]:
+    """Fine-tune (or train from scratch) and export; returns the summary written into the spec."""
+    import mxnet as mx
+
+    spec = make_spec(config)
+    train_data = load_channel(config.train_dir, spec.resize_shorter_side)
+    validation = load_channel(config.validation_dir, spec.resize_shorter_side)
+    largest = int(max(train_data.labels.max(), validation.labels.max()))
+    classes = config.num_classes or largest + 1
+    if largest >= classes:
+        raise UsageError(f"class id {largest} is not below --num_classes {classes}")
+    mx.random.seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    net, weights = build_network(config, classes, spec.height)
+    trainer = make_trainer(net, config)
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
     for epoch in range(config.epochs):
-        started, correct, seen, total_loss = time.perf_counter(), 0, 0, 0.0
-        for inputs, labels in batches(train_data, spec, config.mini_batch_size, rng):
-            x, y = mx.nd.array(inputs), mx.nd.array(labels)
-            with autograd.record():
-                logits = net(x)
-                loss = loss_fn(logits, y)
-            loss.backward()
-            trainer.step(len(labels))
-            total_loss += float(loss.sum().asscalar())
-            correct += int((logits.argmax(axis=1).asnumpy().astype(np.int64) == labels).sum())
-            seen += len(labels)
-        seconds = time.perf_counter() - started
+        stats = train_epoch(net, trainer, train_data, spec, config.mini_batch_size, rng)
         val_accuracy = accuracy(net, validation, spec, config.mini_batch_size)
-        print(f"Epoch[{epoch}] Train-accuracy={correct / seen:.6f}", flush=True)
-        print(f"Epoch[{epoch}] Train-cross-entropy={total_loss / seen:.6f}", flush=True)
-        print(f"Epoch[{epoch}] Time cost={seconds:.3f} ({seen / seconds:.1f} images/s)", flush=True)
+        print(f"Epoch[{epoch}] Train-accuracy={stats['accuracy']:.6f}", flush=True)
+        print(f"Epoch[{epoch}] Train-cross-entropy={stats['loss']:.6f}", flush=True)
+        rate = stats["images"] / stats["seconds"]
+        print(f"Epoch[{epoch}] Time cost={stats['seconds']:.3f} ({rate:.1f} images/s)", flush=True)
         print(f"Epoch[{epoch}] Validation-accuracy={val_accuracy:.6f}", flush=True)
-        if val_accuracy > best[0]:
-            snapshot = {n: p.data().copy() for n, p in net.collect_params().items()}
-            best = (val_accuracy, epoch + 1, snapshot)
+        if val_accuracy > best[0]:  # keep the first epoch of the best accuracy
+            best = (val_accuracy, epoch + 1, {n: p.data().copy() for n, p in net.collect_params().items()})
     val_accuracy, best_epoch, snapshot = best
     for name, param in net.collect_params().items():
         param.set_data(snapshot[name])
