@@ -38,6 +38,10 @@ CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star
 MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
 MAX_ASPECT = 2.0
 GREY_FRACTION = 0.2
+# Automated data labeling marks the objects it labelled itself "human-annotated": "no" with its own
+# confidence (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-automated-labeling.html); a tenth of the
+# lines look like that so readers meet both forms.
+AUTO_LABELLED_FRACTION = 0.1
 MIN_CONTRAST = 90  # grey levels between shape and background: visible at 64 px after JPEG
 DEFAULT_LABEL_ATTRIBUTE = "category"
 DEFAULT_JOB_NAME = "robocar-synth-classes"
@@ -141,6 +145,7 @@ def ground_truth_line(
     job_name: str,
     created: datetime,
     confidence: float,
+    human: bool = True,
 ) -> str:
     """One output-manifest line, keys in the service's order (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html)."""
     record = {
@@ -151,7 +156,7 @@ def ground_truth_line(
             "confidence": confidence,
             "type": CLASSIFICATION_TYPE,
             "job-name": f"labeling-job/{job_name}",
-            "human-annotated": "yes",
+            "human-annotated": "yes" if human else "no",
             "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
         },
     }
@@ -192,6 +197,7 @@ def write_classes(
         photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         (out_dir / "images" / name).write_bytes(buffer.getvalue())
         created = BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
+        human = bool(rng.random() >= AUTO_LABELLED_FRACTION)
         lines.append(
             ground_truth_line(
                 f"{source_prefix.rstrip('/')}/images/{name}",
@@ -200,7 +206,8 @@ def write_classes(
                 attribute=attribute,
                 job_name=job_name,
                 created=created,
-                confidence=round(float(rng.uniform(0.8, 0.99)), 2),
+                confidence=round(float(rng.uniform(0.8, 0.99) if human else rng.uniform(0.6, 0.95)), 2),
+                human=human,
             )
         )
         if progress is not None:
