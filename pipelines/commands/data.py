@@ -1,4 +1,5 @@
-"""``robocar data``: data for the pipeline; ``synth`` writes a synthetic donkeycar tub v2 for the demo."""
+"""``robocar data``: data for the pipeline; ``synth`` writes a synthetic donkeycar tub v2 for the demo
+(``--classifier``: labelled photos and a Ground Truth manifest for the classifier recipe)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--sessions", type=int, default=4, help="driving sessions (lighting, direction, start)"
     )
     synth.add_argument("--seed", type=int, default=0, help="seed of track, drive, looks and noise")
+    synth.add_argument(
+        "--classifier",
+        action="store_true",
+        help="write labelled photos of --classes shapes and a Ground Truth image-classification output "
+        "manifest (OUT/output.manifest) instead of a tub",
+    )
+    synth.add_argument("--classes", type=int, default=3, help="with --classifier: number of classes (2..8)")
+    synth.add_argument("--images", type=int, default=600, help="with --classifier: number of photos")
     synth.set_defaults(handler=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
+    if args.classifier:
+        return _synth_classes(args)
     from pipelines.synth import write_tub
 
     if args.frames < 1 or args.sessions < 1 or args.sessions > args.frames:
@@ -46,5 +57,18 @@ def _synth(args: argparse.Namespace) -> int:
     print(
         f"wrote tub {args.out}: {summary['frames']} frames in {len(summary['sessions'])} sessions "
         f"(angle mean {summary['angle_mean']:+.3f}, std {summary['angle_std']:.3f}) in {seconds:.1f} s"
+    )
+    return 0
+
+
+def _synth_classes(args: argparse.Namespace) -> int:
+    from pipelines.synth_classes import write_classes
+
+    started = time.perf_counter()
+    summary = write_classes(args.out, args.classes, args.images, args.seed)
+    counts = ", ".join(f"{n} {c}" for n, c in zip(summary.per_class, summary.classes, strict=True))
+    print(
+        f"wrote {summary.images} labelled photos ({counts}; {summary.grey} greyscale) and "
+        f"{summary.manifest} in {time.perf_counter() - started:.1f} s"
     )
     return 0

