@@ -9,8 +9,8 @@ run exercises what Neo sees:
   training split), taking the uint8 frame itself;
 * ``pilot_float32.tflite`` and ``pilot_int8.tflite`` (full-integer): the Keras architecture with its
   weights loaded back from the Neo model's initializers (checked equal to the trained weights), then
-  converted by TensorFlow Lite; the int8 one with its first convolution re-expressed over column pairs
-  (``pair_columns_for_first_conv``: the same function in the layout XNNPACK's int8 kernels run fast).
+  converted by TensorFlow Lite; the int8 one with its first convolution re-expressed over column groups
+  (``group_columns_for_first_conv``: the same function in the layout XNNPACK's int8 kernels run fast).
 
 Every artifact is run through the car's own runtime code (``edge.runtimes``) on the test split and
 compared with the float Keras model.
@@ -66,7 +66,7 @@ LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tole
         INT8_TFLITE,
         "litert",
         "int8",
-        "full-integer int8 (int8 input = frame - 128, scale 1/255; first convolution over column pairs)",
+        "full-integer int8 (int8 input = frame - 128, scale 1/255; first convolution over column groups)",
     ),
     LocalArtifact(FLOAT_TFLITE, "litert", "float32", "float32"),
     LocalArtifact(
@@ -134,27 +134,39 @@ def first_conv(model: Any) -> Any | None:
     return readers[0]
 
 
-def column_pair_kernel(kernel: np.ndarray) -> np.ndarray:
-    """A [kh, kw, C, F] kernel of stride 2 in width as the [kh, ceil(kw / 2), 2C, F] kernel of stride 1
-    over column pairs: tap (i, b) channel (s, c) is the original tap (i, 2b + s) channel c, zero past kw."""
+def column_group_kernel(kernel: np.ndarray, stride: int, group: int) -> np.ndarray:
+    """A [kh, kw, C, F] kernel of width stride ``stride`` as the kernel of a width-stride-1 convolution
+    over groups of ``group`` columns that computes ``group / stride`` neighbouring outputs at once.
+
+    Tap (i, b), input channel (u, c), output channel (j, f) is the original tap (i, group*b + u - stride*j)
+    channel (c, f) where that lies in [0, kw), zero elsewhere: the same products, laid out differently.
+    """
     kh, kw, channels, filters = kernel.shape
-    pairs = (kw + 1) // 2
-    padded = np.zeros((kh, 2 * pairs, channels, filters), kernel.dtype)
-    padded[:, :kw] = kernel
-    return padded.reshape(kh, pairs, 2 * channels, filters)
+    outputs = group // stride
+    taps = -(-(kw + stride * (outputs - 1)) // group)
+    grouped = np.zeros((kh, taps, group, channels, outputs, filters), kernel.dtype)
+    for tap in range(taps):
+        for column in range(group):
+            for output in range(outputs):
+                original = group * tap + column - stride * output
+                if 0 <= original < kw:
+                    grouped[:, tap, column, :, output, :] = kernel[:, original]
+    return grouped.reshape(kh, taps, group * channels, outputs * filters)
 
 
-def pair_columns_for_first_conv(model: Any) -> Any:
-    """The same network with its first convolution reading column pairs: the int8 kernels' layout.
+def group_columns_for_first_conv(model: Any) -> Any:
+    """The same network with its first convolution computed over groups of columns: the layout in which
+    XNNPACK's int8 kernels run it fastest.
 
-    The input [H, W, C] is read as [H, W/2, 2C] (a reshape: the same bytes, no copy on the car) and the
-    first convolution (stride 2 in width, valid padding) becomes a stride-1 convolution over those pairs
-    with ``column_pair_kernel``: the same products summed, so the same function (an fp32 test checks it).
-    Why: XNNPACK's int8 convolutions round each tap's input channels up to 8 (its AVX-512 VNNI kernels
-    are ``c8``), so a 5x5 tap on 3 channels computes 200 products for 75 useful ones; on 6 channels it
-    computes 15 x 8 = 120. Measured on an AMD EPYC (Zen 5), one thread: that layer took 85 of the int8
-    pilot's 175 us and ran at 96 G multiply-adds/s while the others ran at ~450 (benchmarks/README.md).
-    A model whose input is not read by one such convolution is returned as it is.
+    With width stride s, the input [H, W, C] is read as [H, W / 2s, 2s*C] (a reshape: the same bytes, no
+    copy on the car); one stride-1 convolution over those groups (``column_group_kernel``) computes two
+    neighbouring output columns per position, and its output [Ho, Wo / 2, 2F] is read back as [Ho, Wo, F].
+    Same products, same sums: the same function (an fp32 test checks it), so int8 quantises it alike.
+    Why: the int8 convolution kernels pad each tap's input channels (to 4 or 8 for AVX-512 VNNI) and the
+    output channels to tiles of 16, so donkeycar's 5x5 on 3 channels into 24 filters wastes most of its
+    work. Measured on an AMD EPYC (Zen 5), one thread: that layer took 85 of the int8 pilot's 175 us at
+    96 G multiply-adds/s while the others ran at ~450; 12 channels into 48 filters cut the pilot by ~35 us
+    (benchmarks/README.md). A model whose input is not read by one such convolution is returned as is.
     """
     import keras
 
@@ -162,34 +174,45 @@ def pair_columns_for_first_conv(model: Any) -> Any:
     _, height, width, channels = model.inputs[0].shape
     if (
         conv is None
-        or conv.strides[1] != 2
         or conv.padding != "valid"
         or tuple(conv.dilation_rate) != (1, 1)
         or conv.groups != 1
         or conv.data_format != "channels_last"
         or width is None
-        or width % 2
     ):
         return model
-    kernel, *rest = conv.get_weights()
-    paired_kernel = column_pair_kernel(kernel)
+    kernel, *bias = conv.get_weights()
+    stride, filters = conv.strides[1], kernel.shape[-1]
+    group = 2 * stride
+    grouped = column_group_kernel(kernel, stride, group)
+    out_height, out_width = conv.output.shape[1:3]
+    positions = width // group - grouped.shape[1] + 1
+    if stride < 2 or width % group or positions * 2 != out_width:
+        return model
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
         if layer is conv:
-            config.update(kernel_size=paired_kernel.shape[:2], strides=(conv.strides[0], 1))
+            config.update(
+                filters=grouped.shape[-1], kernel_size=grouped.shape[:2], strides=(conv.strides[0], 1)
+            )
         return layer.__class__.from_config(config)
 
     def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
-        if layer.name == conv.name:
-            pairs = keras.layers.Reshape((height, width // 2, 2 * channels), name=f"{conv.name}_column_pairs")
-            return layer(pairs(args[0]), **kwargs)
-        return layer(*args, **kwargs)
+        if layer.name != conv.name:
+            return layer(*args, **kwargs)
+        columns = keras.layers.Reshape(
+            (height, width // group, group * channels), name=f"{conv.name}_columns"
+        )
+        two_per_position = layer(columns(args[0]), **kwargs)
+        return keras.layers.Reshape((out_height, out_width, filters), name=f"{conv.name}_ungrouped")(
+            two_per_position
+        )
 
     rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
     for layer in rewritten.layers:
         if layer.name == conv.name:
-            layer.set_weights([paired_kernel, *rest])
+            layer.set_weights([grouped, *(np.tile(b, 2) for b in bias)])
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return rewritten
@@ -399,7 +422,7 @@ def build_local_files(
     timed(FLOAT_ONNX, lambda path: write_float_onnx(neo_onnx, path))
     timed(INT8_ONNX, lambda path: quantize_onnx(work / FLOAT_ONNX, path, calibration))
     timed(FLOAT_TFLITE, lambda path: path.write_bytes(convert_litert(litert_model)))
-    int8_expression = pair_columns_for_first_conv(litert_model)  # the same function, laid out for XNNPACK
+    int8_expression = group_columns_for_first_conv(litert_model)  # the same function, laid out for XNNPACK
     timed(INT8_TFLITE, lambda path: path.write_bytes(convert_litert(int8_expression, calibration)))
     return seconds
 
