@@ -162,10 +162,11 @@ def group_columns_for_first_conv(model: Any) -> Any:
     copy on the car); one stride-1 convolution over those groups (``column_group_kernel``) computes two
     neighbouring output columns per position, and its output [Ho, Wo / 2, 2F] is read back as [Ho, Wo, F].
     Same products, same sums: the same function (an fp32 test checks it), so int8 quantises it alike.
-    Why: the int8 convolution kernels pad each tap's input channels (to 4 or 8 for AVX-512 VNNI) and the
-    output channels to tiles of 16, so donkeycar's 5x5 on 3 channels into 24 filters wastes most of its
-    work. Measured on an AMD EPYC (Zen 5), one thread: that layer took 85 of the int8 pilot's 175 us at
-    96 G multiply-adds/s while the others ran at ~450; 12 channels into 48 filters cut the pilot by ~35 us
+    Why: XNNPACK's AVX-512 VNNI int8 convolutions read each tap's input channels in blocks of 8 and
+    write output channels in tiles of 16, so donkeycar's 5x5 on 3 channels into 24 filters computes
+    8 * 25 * 32 products for 75 * 24 useful ones. Measured on an AMD EPYC (Zen 5), one thread: that layer
+    took 85 of the int8 pilot's 175 us (96 G multiply-adds/s, the others ~450); over 4-column groups
+    (12 channels into 48 filters) the pilot's invoke went from ~181 to ~142 us, column pairs reached ~151
     (benchmarks/README.md). A model whose input is not read by one such convolution is returned as is.
     """
     import keras
