@@ -350,14 +350,18 @@ class LiteRtPilot(_PilotBase):
             and len(self._frame_shape) == 3
         )
         self._input_buffer = self._interpreter.tensor(self._input_index)
+        dtypes = {d["index"]: np.dtype(d["dtype"]) for d in self._interpreter.get_output_details()}
+        # Heads dequantised in the graph (compile's int8 pilot): nothing to undo, ~2.6 us saved per frame.
+        self._float_heads = all(dtypes[index] == np.float32 for index in self._output_indices)
 
     def run(self, frame: np.ndarray) -> tuple[float, float]:
         """One frame, the drive loop's call, without the batch path's intermediate arrays.
 
         The int8 frame is written into the interpreter's own input buffer (no intermediate array, no
-        ``set_tensor`` copy) and the two float heads are read as they come: measured ~4 us less per frame
-        than the batch path on an AMD EPYC (Zen 5), one thread, where the whole int8 pilot takes ~150 us.
-        Anything else (a batch, a float or uint8 input, a categorical pilot) takes the general path.
+        ``set_tensor`` copy) and the two float32 heads go to the decoder as they come: measured ~6 us less
+        per frame than the batch path on an AMD EPYC (Zen 5), one thread, where the whole int8 pilot takes
+        ~150 us. Anything else (a batch, a float or uint8 input, integer heads, a categorical pilot) takes
+        the general path.
         """
         frame = np.asarray(frame)
         if not (
@@ -366,15 +370,13 @@ class LiteRtPilot(_PilotBase):
             and frame.dtype == np.uint8
             and frame.shape == self._frame_shape
             and self.model_type == "linear"
+            and self._float_heads
         ):
             return super().run(frame)
         np.bitwise_xor(frame, np.uint8(0x80), out=self._input_buffer()[0].view(np.uint8))
         interpreter = self._interpreter
         interpreter.invoke()
-        heads = [
-            dequantize(interpreter.get_tensor(index), spec)
-            for index, spec in zip(self._output_indices, self._output_specs, strict=True)
-        ]
+        heads = [interpreter.get_tensor(index) for index in self._output_indices]
         angle, throttle = decode_outputs(heads, self.model_type, self.throttle_range)
         return float(angle[0]), float(throttle[0])
 
