@@ -210,3 +210,17 @@ def test_the_int8_litert_pilot_runs_its_first_convolution_over_column_groups(com
     shapes = [list(t["shape"]) for t in interpreter.get_tensor_details()]
     assert list(interpreter.get_input_details()[0]["shape"]) == [1, *SPEC.input_shape], "the car feeds frames"
     assert [48, 5, 2, 12] in shapes and [24, 5, 5, 3] not in shapes  # OHWI filter over 4-column groups
+
+
+def test_the_int8_litert_pilot_s_one_frame_path_answers_as_its_batch_path(compiled, tmp_path, monkeypatch):
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    images = compiled["splits"]["test"]["images"][:8]
+    angle, throttle = runtimes.load_pilot(package_dir, prefer="pilot_int8.tflite").run_batch(images)
+    one_frame = runtimes.load_pilot(package_dir, prefer="pilot_int8.tflite")
+
+    def general_path(batch):
+        raise AssertionError("run() of one int8 frame took the batch path")
+
+    monkeypatch.setattr(one_frame, "_infer", general_path)
+    singles = [one_frame.run(image) for image in images]
+    assert singles == [(float(a), float(t)) for a, t in zip(angle, throttle, strict=True)]
