@@ -56,9 +56,8 @@ log = logging.getLogger("robocar.edge.agent")
 
 STATE_FORMAT = "robocar-edge-state/1"
 INSTALL_RECORD = ".robocar-install.json"
-CHOICE_FILE = (
-    ".robocar-choice.json"  # edge.runtimes.CHOICE_FILE (not imported: numpy), checked equal by a test
-)
+# The artifact the car measured fastest: edge.runtimes.CHOICE_FILE (not imported here: numpy)
+CHOICE_FILE = ".robocar-choice.json"
 SMOKE_FRAME = ("edge.assets", "smoke_frame.jpg")  # a 160x120 donkeycar camera frame, shipped in the wheel
 MAX_EVENTS = 50
 DEFAULT_LIMITS = artifacts.ExtractLimits()
@@ -282,8 +281,12 @@ def time_pilot(
     }
 
 
-def _candidates(model_dir: Path, prefer: str | None) -> tuple[list[str | None], bool]:
-    """The artifact files to try, and whether they are to be measured against each other.
+MEASURE, CHOSEN, AS_OPENED = "measure", "chosen", "as opened"
+
+
+def _candidates(model_dir: Path, prefer: str | None) -> tuple[list[str | None], str]:
+    """The artifact files to try, and how: ``MEASURE`` them against each other, check the ``CHOSEN`` one,
+    or check what the drive loop opens (``AS_OPENED``, for ``[prefer]``).
 
     A package already measured here (the agent's ``CHOICE_FILE``: the check after the swap, through the
     ``current`` link) is checked on its choice only. A manifest that cannot be read gives ``[prefer]``:
@@ -295,12 +298,12 @@ def _candidates(model_dir: Path, prefer: str | None) -> tuple[list[str | None], 
         manifest = runtimes.read_manifest(model_dir)
         runnable = runtimes.runnable_artifacts(manifest, prefer)
     except (runtimes.PilotError, KeyError, TypeError):
-        return [prefer], False
+        return [prefer], AS_OPENED
     files = [str(a.get("file")) for a in runnable]
     chosen = runtimes.read_choice(model_dir)
     if chosen in files:
-        return [chosen], False
-    return (files, True) if files else ([prefer], False)
+        return [chosen], CHOSEN
+    return (files, MEASURE) if files else ([prefer], AS_OPENED)
 
 
 def smoke_test(
@@ -320,7 +323,8 @@ def smoke_test(
     """
     from edge import drive, frames
 
-    files, measuring = _candidates(Path(model_dir), prefer)
+    files, how = _candidates(Path(model_dir), prefer)
+    measuring = how == MEASURE
     image = frames.decode_image(smoke_frame_bytes())
     measured: list[dict[str, Any]] = []
     for file in files:
@@ -358,7 +362,7 @@ def smoke_test(
             reason += f"; failed the smoke test: {', '.join(failed)}"
     else:
         best = passing[0]
-        reason = "the choice measured at install" if files != [prefer] else "the package's default"
+        reason = "the choice measured at install" if how == CHOSEN else "as the drive loop opens it"
     result = {k: best[k] for k in ("angle", "throttle", "latency_ms")}
     return {**result, "artifact": best["file"], "reason": reason, "measured": measured}
 
