@@ -224,3 +224,17 @@ def test_the_int8_litert_pilot_s_one_frame_path_answers_as_its_batch_path(compil
     monkeypatch.setattr(one_frame, "_infer", general_path)
     singles = [one_frame.run(image) for image in images]
     assert singles == [(float(a), float(t)) for a, t in zip(angle, throttle, strict=True)]
+
+
+@pytest.mark.parametrize("model_type", ["linear", "categorical"])
+def test_both_donkeycar_pilots_keep_their_function_over_column_groups(model_type):
+    from training.model import build_model
+
+    keras.utils.set_random_seed(1)
+    shape = (120, 160, 3)  # donkeycar's camera frame: the categorical pilot needs more than SPEC's 64x64
+    model = build_model(model_type, shape)
+    rewritten = local_compile.group_columns_for_first_conv(model)
+    assert rewritten is not model and rewritten.get_layer("conv2d_1").kernel.shape == (5, 2, 12, 48)
+    frames = to_model_input(np.random.default_rng(1).integers(0, 256, (4, *shape), dtype=np.uint8))
+    for want, got in zip(model(frames, training=False), rewritten(frames, training=False), strict=True):
+        assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5
