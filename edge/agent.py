@@ -2,7 +2,8 @@
 
 One check (``Agent.check``) does: ask the model registry for the newest Approved package of the group that
 carries an artifact for this car's target -> download it -> verify its SHA-256 against the registry ->
-unpack it safely -> smoke-test it (load it, one inference on a bundled frame) -> swap it in atomically.
+unpack it safely -> smoke-test it (load each artifact this car can run, check it on a bundled frame, time
+it for at most half a second and keep the fastest that passes) -> swap it in atomically.
 Anything that fails leaves the car on the model it had. The registry is reached through clients with
 boto3's method names (``edge.aws.clients``: AWS or the local registry, same code).
 
@@ -10,7 +11,8 @@ On disk (``root``)::
 
     state.json                  what happened: current/previous, rejected packages, last check, events
     current -> models/<name>    the model the car drives with; replaced with os.replace (atomic)
-    models/<name>/              one folder per installed package, with .robocar-install.json
+    models/<name>/              one folder per installed package, with .robocar-install.json (the smoke
+                                test's figures) and .robocar-choice.json (the artifact the car drives)
     downloads/                  verified archives; removed once unpacked
 
 The ``current`` link is the truth for which model runs (a crash between the swap and the state write
@@ -56,6 +58,8 @@ log = logging.getLogger("robocar.edge.agent")
 
 STATE_FORMAT = "robocar-edge-state/1"
 INSTALL_RECORD = ".robocar-install.json"
+# The artifact the car measured fastest: edge.runtimes.CHOICE_FILE (not imported here: numpy)
+CHOICE_FILE = ".robocar-choice.json"
 SMOKE_FRAME = ("edge.assets", "smoke_frame.jpg")  # a 160x120 donkeycar camera frame, shipped in the wheel
 MAX_EVENTS = 50
 DEFAULT_LIMITS = artifacts.ExtractLimits()
@@ -208,8 +212,21 @@ def smoke_frame_bytes() -> bytes:
     return importlib.resources.files(package).joinpath(name).read_bytes()
 
 
-def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float]:
-    """Load the package as the drive loop will and run it; SmokeTestError if it misbehaves.
+@dataclass(frozen=True)
+class MeasureBudget:
+    """How long the install-time benchmark may run each artifact: whichever limit comes first.
+
+    Half a second (or 200 frames, 10 s of driving at donkeycar's 20 Hz) each keeps an install with four
+    artifacts under about 2 s on top of loading them, and is over 100 calls for a pilot above 200 fps:
+    enough for a median latency that one scheduler hiccup does not move.
+    """
+
+    seconds: float = 0.5
+    frames: int = 200
+
+
+def smoke_check(infer: Any, image: Any) -> dict[str, float]:
+    """One loaded pilot on the bundled frame and on a black and a white one; SmokeTestError if it misbehaves.
 
     On the bundled camera frame the commands must be finite and within [-1, 1], and so must the raw
     heads (``check_heads``). A black and a white frame (a covered lens, the sun) must give finite heads
@@ -217,18 +234,14 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
     """
     import numpy as np
 
-    from edge import drive, frames
-
     try:
-        infer = drive.open_pilot(Path(model_dir), prefer=prefer)
-        image = frames.decode_image(smoke_frame_bytes())
         started = time.perf_counter()
         angle, throttle = infer(image)
         latency_ms = (time.perf_counter() - started) * 1000.0
         heads = infer.heads(image)
         extremes = [np.zeros_like(image), np.full_like(image, 255)]
         extreme_runs = [(infer(frame), infer.heads(frame)) for frame in extremes]
-    except Exception as exc:  # any failure to load or run is a failed smoke test, named in the log
+    except Exception as exc:  # any failure to run is a failed smoke test, named in the log
         raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
     if heads is not None:
         check_heads(heads, infer.model_type)
@@ -249,6 +262,116 @@ def smoke_test(model_dir: Path, *, prefer: str | None = None) -> dict[str, float
         except SmokeTestError as exc:
             raise SmokeTestError(f"on a {label} frame: {exc}") from None
     return result
+
+
+def time_pilot(
+    infer: Callable[[Any], Any], image: Any, budget: MeasureBudget, clock: Callable[[], float]
+) -> dict[str, float]:
+    """Frames per second of ``infer(image)`` (frame preparation included, as the drive loop runs it),
+    bounded by ``budget``; fps is 1 / the median latency, so a call the scheduler interrupted does not
+    decide the choice."""
+    latencies: list[float] = []
+    started = clock()
+    now = started
+    while len(latencies) < budget.frames and now - started < budget.seconds:
+        before = clock()
+        infer(image)
+        now = clock()
+        latencies.append(now - before)
+    ordered = sorted(latencies)
+    median = ordered[len(ordered) // 2]
+    return {
+        "fps": round(1.0 / median, 1) if median > 0 else float("inf"),
+        "median_ms": round(median * 1000.0, 4),
+        "frames": len(latencies),
+        "seconds": round(now - started, 4),
+    }
+
+
+MEASURE, CHOSEN, AS_OPENED = "measure", "chosen", "as opened"
+
+
+def _candidates(model_dir: Path, prefer: str | None) -> tuple[list[str | None], str]:
+    """The artifact files to try, and how: ``MEASURE`` them against each other, check the ``CHOSEN`` one,
+    or check what the drive loop opens (``AS_OPENED``, for ``[prefer]``).
+
+    A package already measured here (the agent's ``CHOICE_FILE``: the check after the swap, through the
+    ``current`` link) is checked on its choice only. A manifest that cannot be read gives ``[prefer]``:
+    opening the pilot then names the problem.
+    """
+    from edge import runtimes
+
+    try:
+        manifest = runtimes.read_manifest(model_dir)
+        runnable = runtimes.runnable_artifacts(manifest, prefer)
+    except (runtimes.PilotError, KeyError, TypeError):
+        return [prefer], AS_OPENED
+    files = [str(a.get("file")) for a in runnable]
+    chosen = runtimes.read_choice(model_dir)
+    if chosen in files:
+        return [chosen], CHOSEN
+    return (files, MEASURE) if files else ([prefer], AS_OPENED)
+
+
+def smoke_test(
+    model_dir: Path,
+    *,
+    prefer: str | None = None,
+    budget: MeasureBudget = MeasureBudget(),
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Load the package as the drive loop will, check each artifact it can run here (``smoke_check``),
+    time each that passes (``time_pilot``, within ``budget``) and pick the fastest.
+
+    The best artifact differs by CPU (an int8 kernel that is fast with AVX-512 VNNI is not on an ARM
+    core), so the car measures rather than trusting the compile machine's order. The result has the
+    chosen artifact's smoke figures, ``artifact`` (its file), ``reason`` and ``measured`` (every
+    artifact's figures, or its failure); the agent records it. SmokeTestError when none passes.
+    """
+    from edge import drive, frames
+
+    files, how = _candidates(Path(model_dir), prefer)
+    measuring = how == MEASURE
+    image = frames.decode_image(smoke_frame_bytes())
+    measured: list[dict[str, Any]] = []
+    for file in files:
+        entry: dict[str, Any] = {"file": file}
+        try:
+            try:
+                infer = drive.open_pilot(Path(model_dir), prefer=file)
+            except Exception as exc:  # a model that does not load is a failed smoke test, named in the log
+                raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
+            entry["runtime"] = getattr(infer.pilot, "runtime", None)
+            entry.update(smoke_check(infer, image))
+            if measuring:
+                entry.update(time_pilot(infer, image, budget, clock))
+        except SmokeTestError as exc:
+            entry.update(passed=False, error=str(exc))
+        else:
+            entry["passed"] = True
+        measured.append(entry)
+    passing = [m for m in measured if m["passed"]]
+    if not passing:
+        errors = [m["error"] for m in measured]
+        if len(errors) == 1:
+            raise SmokeTestError(errors[0])
+        raise SmokeTestError(
+            "no artifact passes: " + "; ".join(f"{m['file']}: {m['error']}" for m in measured)
+        )
+    if measuring:
+        best = max(passing, key=lambda m: m["fps"])
+        others = [f"{m['file']} {m['fps']:,.0f}" for m in passing if m is not best]
+        failed = [str(m["file"]) for m in measured if not m["passed"]]
+        reason = f"fastest passing here: {best['fps']:,.0f} fps" + (
+            f" (vs {', '.join(others)})" if others else ""
+        )
+        if failed:
+            reason += f"; failed the smoke test: {', '.join(failed)}"
+    else:
+        best = passing[0]
+        reason = "the choice measured at install" if how == CHOSEN else "as the drive loop opens it"
+    result = {k: best[k] for k in ("angle", "throttle", "latency_ms")}
+    return {**result, "artifact": best["file"], "reason": reason, "measured": measured}
 
 
 def verify_package(model_dir: Path) -> list[str]:
@@ -413,7 +536,7 @@ class Agent:
         sagemaker: Any = None,
         s3: Any = None,
         prefer: str | None = None,
-        smoke: Callable[[Path], dict[str, float]] | None = None,
+        smoke: Callable[[Path], dict[str, Any]] | None = None,
         limits: artifacts.ExtractLimits = DEFAULT_LIMITS,
     ) -> None:
         self.root = Path(root)
@@ -618,8 +741,12 @@ class Agent:
             stage = VERIFY
             verify_package(staging)
             stage = SMOKE
+            choice = staging / CHOICE_FILE
+            choice.unlink(missing_ok=True)  # the car measures its own: a package cannot bring a choice
             smoke = self.smoke(staging)
             stage = INSTALL
+            if isinstance(smoke.get("artifact"), str):
+                _write_json_atomic(choice, {"file": smoke["artifact"], "reason": smoke.get("reason")})
             record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
             record.update(installed_at=utc_now(), smoke_test=smoke)
             atomic_files.atomic_write_json(staging / INSTALL_RECORD, record, durable=True)

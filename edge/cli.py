@@ -598,6 +598,27 @@ def _status_line(record: Any) -> str:
     return f"{folder}  {arn}  sha256 {sha256[:16]}  installed {installed}"
 
 
+def _choice_lines(record: Any) -> list[str]:
+    """The artifact the car drives and why, then each artifact's install-time figures (or failure)."""
+    smoke = record.get("smoke_test") if isinstance(record, dict) else None
+    if not isinstance(smoke, dict) or not smoke.get("artifact"):
+        return []
+    lines = [f"artifact  {smoke['artifact']}: {smoke.get('reason', '')}"]
+    for entry in smoke.get("measured") or []:
+        if not isinstance(entry, dict):
+            continue
+        name = f"  {str(entry.get('file')):24s} {str(entry.get('runtime') or '?'):12s}"
+        if not entry.get("passed"):
+            lines.append(f"{name} failed: {str(entry.get('error'))[:120]}")
+        elif "fps" in entry:
+            chosen = "  <- drives" if entry.get("file") == smoke["artifact"] else ""
+            lines.append(
+                f"{name} {entry['fps']:10,.0f} fps  median {entry.get('median_ms', 0):.3f} ms  "
+                f"{entry.get('frames')} frames in {entry.get('seconds', 0):.2f} s{chosen}"
+            )
+    return lines
+
+
 def _status(args: argparse.Namespace) -> int:
     from edge.agent import STATE_FORMAT, read_state_file
 
@@ -614,6 +635,7 @@ def _status(args: argparse.Namespace) -> int:
         f"root      {args.edge_root} ({state.get('format', STATE_FORMAT)})",
         f"group     {state.get('group')}  target {state.get('target')}",
         f"current   {_status_line(state.get('current'))}",
+        *_choice_lines(state.get("current")),
         f"previous  {state.get('previous') or 'none'}",
         f"last      {last.get('at', '-')}  {last.get('outcome', '-')}: {last.get('detail', '')}",
         f"rejected  {len(rejected)} package(s)",

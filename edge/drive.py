@@ -335,7 +335,7 @@ def open_pilot(model_dir: Path, *, prefer: str | None = None, threads: int = 1) 
     from edge import runtimes
 
     manifest = runtimes.read_manifest(model_dir)
-    artifact = runtimes.choose_artifact(manifest, prefer)
+    artifact = runtimes.choose_artifact(manifest, prefer, chosen=runtimes.read_choice(model_dir))
     spec = frame_spec_of(manifest, artifact)
     pilot = runtimes.load_artifact(model_dir, artifact, manifest, threads)
     description = f"{artifact.get('file')} on {pilot.runtime}"

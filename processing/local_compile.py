@@ -9,7 +9,8 @@ run exercises what Neo sees:
   training split), taking the uint8 frame itself;
 * ``pilot_float32.tflite`` and ``pilot_int8.tflite`` (full-integer): the Keras architecture with its
   weights loaded back from the Neo model's initializers (checked equal to the trained weights), then
-  converted by TensorFlow Lite.
+  converted by TensorFlow Lite; the int8 one with its first convolution re-expressed over column groups
+  (``group_columns_for_first_conv``: the same function in the layout XNNPACK's int8 kernels run fast).
 
 Every artifact is run through the car's own runtime code (``edge.runtimes``) on the test split and
 compared with the float Keras model.
@@ -61,7 +62,12 @@ class LocalArtifact:
 INT8_TFLITE, FLOAT_TFLITE = "pilot_int8.tflite", "pilot_float32.tflite"
 INT8_ONNX, FLOAT_ONNX = "pilot_int8.onnx", "pilot_float32.onnx"
 LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tolerance
-    LocalArtifact(INT8_TFLITE, "litert", "int8", "full-integer int8 (int8 input = frame - 128, scale 1/255)"),
+    LocalArtifact(
+        INT8_TFLITE,
+        "litert",
+        "int8",
+        "full-integer int8 (int8 input = frame - 128, scale 1/255; first convolution over column groups)",
+    ),
     LocalArtifact(FLOAT_TFLITE, "litert", "float32", "float32"),
     LocalArtifact(
         INT8_ONNX, "onnxruntime", "int8", "static QDQ, per-channel int8 weights, uint8 activations and input"
@@ -110,6 +116,107 @@ def serving_model(model: Any, output_names: Sequence[str]) -> Any:
     if len(outputs) != len(output_names):
         raise CompileError(f"the model has {len(outputs)} outputs, model.json names {len(output_names)}")
     return keras.Model(model.inputs, dict(zip(output_names, outputs, strict=True)), name="serving")
+
+
+def first_conv(model: Any) -> Any | None:
+    """The Conv2D that reads the model's input directly, when it is the only layer that does."""
+    import keras
+
+    (image,) = model.inputs
+    readers = [
+        layer
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and any(tensor is image for tensor in keras.tree.flatten(layer.input))
+    ]
+    if len(readers) != 1 or type(readers[0]) is not keras.layers.Conv2D:
+        return None
+    return readers[0]
+
+
+def column_group_kernel(kernel: np.ndarray, stride: int, group: int) -> np.ndarray:
+    """A [kh, kw, C, F] kernel of width stride ``stride`` as the kernel of a width-stride-1 convolution
+    over groups of ``group`` columns that computes ``group / stride`` neighbouring outputs at once.
+
+    Tap (i, b), input channel (u, c), output channel (j, f) is the original tap (i, group*b + u - stride*j)
+    channel (c, f) where that lies in [0, kw), zero elsewhere: the same products, laid out differently.
+    """
+    kh, kw, channels, filters = kernel.shape
+    outputs = group // stride
+    taps = -(-(kw + stride * (outputs - 1)) // group)
+    grouped = np.zeros((kh, taps, group, channels, outputs, filters), kernel.dtype)
+    for tap in range(taps):
+        for column in range(group):
+            for output in range(outputs):
+                original = group * tap + column - stride * output
+                if 0 <= original < kw:
+                    grouped[:, tap, column, :, output, :] = kernel[:, original]
+    return grouped.reshape(kh, taps, group * channels, outputs * filters)
+
+
+def group_columns_for_first_conv(model: Any) -> Any:
+    """The same network with its first convolution computed over groups of columns: the layout in which
+    XNNPACK's int8 kernels run it fastest.
+
+    With width stride s, the input [H, W, C] is read as [H, W / 2s, 2s*C] (a reshape: the same bytes, no
+    copy on the car); one stride-1 convolution over those groups (``column_group_kernel``) computes two
+    neighbouring output columns per position, and its output [Ho, Wo / 2, 2F] is read back as [Ho, Wo, F].
+    Same products, same sums: the same function (an fp32 test checks it), so int8 quantises it alike.
+    Why: XNNPACK's AVX-512 VNNI int8 convolutions read each tap's input channels in blocks of 8 and
+    write output channels in tiles of 16, so donkeycar's 5x5 on 3 channels into 24 filters computes
+    8 * 25 * 32 products for 75 * 24 useful ones. Measured on an AMD EPYC (Zen 5), one thread: that layer
+    took 85 of the int8 pilot's 175 us (96 G multiply-adds/s, the others ~450); over 4-column groups
+    (12 channels into 48 filters) the pilot's invoke went from ~181 to ~142 us, column pairs reached ~151
+    (benchmarks/README.md). A model whose input is not read by one such convolution is returned as is.
+    """
+    import keras
+
+    conv = first_conv(model)
+    _, height, width, channels = model.inputs[0].shape
+    if (
+        conv is None
+        or conv.padding != "valid"
+        or tuple(conv.dilation_rate) != (1, 1)
+        or conv.groups != 1
+        or conv.data_format != "channels_last"
+        or width is None
+    ):
+        return model
+    kernel, *bias = conv.get_weights()
+    stride, filters = conv.strides[1], kernel.shape[-1]
+    group = 2 * stride
+    grouped = column_group_kernel(kernel, stride, group)
+    out_height, out_width = conv.output.shape[1:3]
+    positions = width // group - grouped.shape[1] + 1
+    if stride < 2 or width % group or positions * 2 != out_width:
+        return model
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer is conv:
+            config.update(
+                filters=grouped.shape[-1], kernel_size=grouped.shape[:2], strides=(conv.strides[0], 1)
+            )
+        return layer.__class__.from_config(config)
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer.name != conv.name:
+            return layer(*args, **kwargs)
+        columns = keras.layers.Reshape(
+            (height, width // group, group * channels), name=f"{conv.name}_columns"
+        )
+        two_per_position = layer(columns(args[0]), **kwargs)
+        return keras.layers.Reshape((out_height, out_width, filters), name=f"{conv.name}_ungrouped")(
+            two_per_position
+        )
+
+    rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in rewritten.layers:
+        if layer.name == conv.name:
+            layer.set_weights([grouped, *(np.tile(b, 2) for b in bias)])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return rewritten
 
 
 def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
@@ -318,7 +425,8 @@ def build_local_files(
     timed(FLOAT_ONNX, lambda path: write_float_onnx(neo_onnx, path))
     timed(INT8_ONNX, lambda path: quantize_onnx(work / FLOAT_ONNX, path, calibration))
     timed(FLOAT_TFLITE, lambda path: path.write_bytes(convert_litert(litert_model)))
-    timed(INT8_TFLITE, lambda path: path.write_bytes(convert_litert(litert_model, calibration)))
+    int8_expression = group_columns_for_first_conv(litert_model)  # the same function, laid out for XNNPACK
+    timed(INT8_TFLITE, lambda path: path.write_bytes(convert_litert(int8_expression, calibration)))
     return seconds
 
 

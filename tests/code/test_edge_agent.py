@@ -241,3 +241,149 @@ def test_registry_answering_an_error_is_not_called_offline(tmp_path):
     result = car.check()
     assert result.outcome == "registry-error"
     assert "the registry answered AccessDeniedException" in result.detail and result.model is None
+
+
+# ---- install-time choice: the car measures each artifact it can run and drives the fastest that passes
+
+
+class FakeClock:
+    """The injected timer: only a pilot's run moves it, by that pilot's cost."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CostlyPilot:
+    """A runtime pilot that takes ``cost`` seconds of the fake clock per frame and answers ``angle``."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, clock: FakeClock, cost: float, angle: float) -> None:
+        self.clock, self.cost, self.angle = clock, cost, angle
+
+    def run(self, frame):
+        self.clock.now += self.cost
+        return self.angle, 0.2
+
+    def run_heads(self, frames_batch):
+        return [[[self.angle]], [[0.2]]]
+
+
+# file -> (seconds per frame, angle): b.bin is the fastest but answers NaN, so c.bin must win
+MULTI = {"a.bin": (0.004, 0.1), "b.bin": (0.001, float("nan")), "c.bin": (0.002, -0.1)}
+
+
+def multi_artifact_model(tag: str) -> bytes:
+    from edge_fixtures import tar_bytes
+
+    files = {name: f"{tag}:{name}".encode() for name in MULTI}
+    listed = [
+        {"file": name, "runtime": "onnxruntime", "sha256": sha256(data), "size_bytes": len(data)}
+        for name, data in files.items()
+    ]
+    manifest = {"tag": tag, "default": "a.bin", "artifacts": listed}
+    return tar_bytes({"manifest.json": json.dumps(manifest).encode(), **files})
+
+
+@pytest.fixture
+def costly_pilots(monkeypatch):
+    """drive.open_pilot answering a CostlyPilot per file; returns the clock and the files opened."""
+    from edge import drive, frames
+
+    clock, opened = FakeClock(), []
+
+    def open_pilot(path, prefer=None):
+        opened.append(prefer)
+        cost, angle = MULTI[prefer]
+        return drive.LoadedPilot(CostlyPilot(clock, cost, angle), frames.FrameSpec(), prefer, "linear")
+
+    monkeypatch.setattr(drive, "open_pilot", open_pilot)
+    return clock, opened
+
+
+def test_smoke_test_chooses_the_fastest_passing_artifact_within_the_budget(tmp_path, costly_pilots):
+    clock, _ = costly_pilots
+    agent_mod.artifacts.safe_extract(_archive(tmp_path, multi_artifact_model("m")), tmp_path / "m")
+    budget = agent_mod.MeasureBudget(seconds=0.1, frames=40)
+    result = agent_mod.smoke_test(tmp_path / "m", budget=budget, clock=clock)
+    assert result["artifact"] == "c.bin", "b.bin is faster but fails; a.bin passes but is slower"
+    by_file = {m["file"]: m for m in result["measured"]}
+    assert by_file["c.bin"]["fps"] == pytest.approx(500.0) and by_file["a.bin"]["fps"] == pytest.approx(250.0)
+    assert by_file["c.bin"]["frames"] == 40, "the frame limit stops a fast pilot"
+    assert by_file["a.bin"]["frames"] == 25, "the time limit stops a slow one (25 x 4 ms = 0.1 s)"
+    assert not by_file["b.bin"]["passed"] and "not finite" in by_file["b.bin"]["error"]
+    assert "fps" not in by_file["b.bin"], "a failing artifact is not timed"
+    assert result["angle"] == pytest.approx(-0.1), "the smoke figures are the chosen artifact's"
+    assert "500 fps" in result["reason"] and "b.bin" in result["reason"]
+
+
+def test_smoke_test_fails_when_no_artifact_passes(tmp_path, monkeypatch, costly_pilots):
+    monkeypatch.setitem(MULTI, "a.bin", (0.004, float("nan")))
+    monkeypatch.setitem(MULTI, "c.bin", (0.002, 9.0))
+    agent_mod.artifacts.safe_extract(_archive(tmp_path, multi_artifact_model("m")), tmp_path / "m")
+    with pytest.raises(SmokeTestError, match="no artifact passes: a.bin: .*not finite.*c.bin: .*far outside"):
+        agent_mod.smoke_test(tmp_path / "m", clock=costly_pilots[0])
+
+
+def _archive(tmp_path: Path, data: bytes) -> Path:
+    archive = tmp_path / "package.tar.gz"
+    archive.write_bytes(data)
+    return archive
+
+
+def test_the_car_drives_its_measured_choice_and_status_shows_the_figures(
+    tmp_path, aws, costly_pilots, capsys
+):
+    import functools
+
+    from edge import runtimes
+    from edge.cli import main as edge_main
+
+    sagemaker, s3 = aws
+    clock, opened = costly_pilots
+    car = make_agent(tmp_path, aws, functools.partial(agent_mod.smoke_test, clock=clock))
+    package = multi_artifact_model("v1")
+    register(sagemaker, s3, package, key="a/1.tar.gz")
+    assert car.check().outcome == "installed"
+    assert opened == ["a.bin", "b.bin", "c.bin", "c.bin"], "measured once, then checked through current"
+    assert runtimes.read_choice(car.current_link) == "c.bin"
+    manifest = runtimes.read_manifest(car.current_link)
+    chosen = runtimes.choose_artifact(manifest, chosen=runtimes.read_choice(car.current_link))
+    assert chosen["file"] == "c.bin", "the drive loop opens the measured choice, not the default a.bin"
+
+    state = json.loads((car.root / "state.json").read_text())
+    assert state["current"]["smoke_test"]["artifact"] == "c.bin"
+    assert edge_main(["status", "--root", str(car.root)]) == 0
+    out = capsys.readouterr().out
+    assert "artifact  c.bin: fastest passing here: 500 fps (vs a.bin 250)" in out
+    assert "c.bin" in out and "500 fps" in out and "<- drives" in out
+    assert "b.bin" in out and "failed: " in out
+
+
+def test_a_choice_shipped_inside_a_package_is_ignored(tmp_path, aws, costly_pilots):
+    import functools
+
+    from edge_fixtures import tar_bytes
+
+    from edge import runtimes
+
+    sagemaker, s3 = aws
+    clock, opened = costly_pilots
+    with_choice = io_members(multi_artifact_model("v1"))
+    with_choice[runtimes.CHOICE_FILE] = json.dumps({"file": "a.bin"}).encode()
+    register(sagemaker, s3, tar_bytes(with_choice), key="a/1.tar.gz")
+    car = make_agent(tmp_path, aws, functools.partial(agent_mod.smoke_test, clock=clock))
+    assert car.check().outcome == "installed"
+    assert runtimes.read_choice(car.current_link) == "c.bin" and opened[:3] == ["a.bin", "b.bin", "c.bin"]
+    assert agent_mod.CHOICE_FILE == runtimes.CHOICE_FILE
+
+
+def io_members(archive: bytes) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

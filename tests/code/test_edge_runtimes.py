@@ -167,6 +167,25 @@ def test_a_preference_picks_by_file_runtime_or_precision():
         runtimes.choose_artifact(manifest, "dlr", available=here)
 
 
+def test_the_choice_measured_on_the_car_beats_the_default_but_not_a_preference(tmp_path):
+    manifest = {"artifacts": ARTIFACTS, "default": "b_int8.tflite"}
+    here = {"litert", "onnxruntime"}.__contains__
+    assert runtimes.read_choice(tmp_path) is None, "nothing measured yet"
+    (tmp_path / runtimes.CHOICE_FILE).write_text(json.dumps({"file": "d.onnx", "reason": "fastest"}))
+    chosen = runtimes.read_choice(tmp_path)
+    assert chosen == "d.onnx"
+    assert runtimes.choose_artifact(manifest, available=here, chosen=chosen)["file"] == "d.onnx"
+    assert (
+        runtimes.choose_artifact(manifest, "litert", available=here, chosen=chosen)["file"] == "b_int8.tflite"
+    )
+    gone = runtimes.choose_artifact(manifest, available={"litert"}.__contains__, chosen=chosen)
+    assert gone["file"] == "b_int8.tflite", (
+        "a choice whose runtime is no longer here falls back to the default"
+    )
+    (tmp_path / runtimes.CHOICE_FILE).write_text("not json")
+    assert runtimes.read_choice(tmp_path) is None
+
+
 def test_no_usable_runtime_says_what_to_install():
     with pytest.raises(runtimes.PilotError, match=r"none of the package's runtimes \['dlr'\] is installed"):
         runtimes.choose_artifact({"artifacts": ARTIFACTS[:1]}, available=lambda r: False)

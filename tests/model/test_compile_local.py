@@ -178,3 +178,66 @@ def test_artifacts_beyond_the_angle_tolerance_are_not_driven_with():
     assert local_compile.choose_default(artifacts, 0.06) == "pilot_int8.tflite"
     with pytest.raises(local_compile.CompileError, match="within angle MAE 1e-06"):
         local_compile.choose_default(artifacts[:1], 1e-6)
+
+
+def test_column_groups_compute_the_same_first_convolution_in_fp32(compiled):
+    """The int8 pilot's expression (first convolution over column groups) is the Keras model's function."""
+    model = compiled["model"]
+    rewritten = local_compile.group_columns_for_first_conv(model)
+    conv = rewritten.get_layer("conv2d_1")
+    assert conv.kernel.shape == (5, 2, 12, 48) and tuple(conv.strides) == (2, 1)
+    assert rewritten.get_layer("conv2d_1_columns").output.shape[1:] == (64, 16, 12)
+    assert rewritten.get_layer("conv2d_1_ungrouped").output.shape[1:] == (30, 30, 24)
+    held_out = to_model_input(compiled["splits"]["test"]["images"])  # frames the calibration never saw
+    for want, got in zip(model(held_out, training=False), rewritten(held_out, training=False), strict=True):
+        assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5
+    kernel = np.arange(5 * 5 * 3 * 2, dtype=np.float32).reshape(5, 5, 3, 2)
+    grouped = local_compile.column_group_kernel(kernel, stride=2, group=4).reshape(5, 2, 4, 3, 2, 2)
+    # second output column of a position (j=1), second tap (b=1), column u=1: original column 4 + 1 - 2
+    assert np.array_equal(grouped[:, 1, 1, :, 1, :], kernel[:, 3])
+    assert not grouped[:, 1, 3, :, 0, :].any(), "column 7 of the window is past the first output's kernel"
+
+
+def test_a_model_not_read_by_one_strided_convolution_is_left_as_it_is():
+    inputs = keras.Input((8, 8, 3), name="img_in")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, strides=1)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    assert local_compile.group_columns_for_first_conv(model) is model
+
+
+def test_the_int8_litert_pilot_runs_its_first_convolution_over_column_groups(compiled, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    interpreter = Interpreter(model_path=str(package_dir / "pilot_int8.tflite"))
+    shapes = [list(t["shape"]) for t in interpreter.get_tensor_details()]
+    assert list(interpreter.get_input_details()[0]["shape"]) == [1, *SPEC.input_shape], "the car feeds frames"
+    assert [48, 5, 2, 12] in shapes and [24, 5, 5, 3] not in shapes  # OHWI filter over 4-column groups
+
+
+def test_the_int8_litert_pilot_s_one_frame_path_answers_as_its_batch_path(compiled, tmp_path, monkeypatch):
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    images = compiled["splits"]["test"]["images"][:8]
+    angle, throttle = runtimes.load_pilot(package_dir, prefer="pilot_int8.tflite").run_batch(images)
+    one_frame = runtimes.load_pilot(package_dir, prefer="pilot_int8.tflite")
+
+    def general_path(batch):
+        raise AssertionError("run() of one int8 frame took the batch path")
+
+    monkeypatch.setattr(one_frame, "_infer", general_path)
+    singles = [one_frame.run(image) for image in images]
+    assert singles == [(float(a), float(t)) for a, t in zip(angle, throttle, strict=True)]
+
+
+@pytest.mark.parametrize("model_type", ["linear", "categorical"])
+def test_both_donkeycar_pilots_keep_their_function_over_column_groups(model_type):
+    from training.model import build_model
+
+    keras.utils.set_random_seed(1)
+    shape = (120, 160, 3)  # donkeycar's camera frame: the categorical pilot needs more than SPEC's 64x64
+    model = build_model(model_type, shape)
+    rewritten = local_compile.group_columns_for_first_conv(model)
+    assert rewritten is not model and rewritten.get_layer("conv2d_1").kernel.shape == (5, 2, 12, 48)
+    frames = to_model_input(np.random.default_rng(1).integers(0, 256, (4, *shape), dtype=np.uint8))
+    for want, got in zip(model(frames, training=False), rewritten(frames, training=False), strict=True):
+        assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5

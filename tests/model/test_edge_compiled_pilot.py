@@ -92,5 +92,7 @@ def test_pull_and_drive_with_the_compiled_default_artifact(compiled, tmp_path, c
     assert len(commands) == 48
     assert all(-1 <= c["angle"] <= 1 and -1 <= c["throttle"] <= 1 for c in commands)
     assert len({round(c["angle"], 4) for c in commands}) > 1, "a real pilot answers differently per frame"
-    default = next(a for a in manifest["artifacts"] if a["file"] == manifest["default"])
-    assert f"({default['file']} on {default['runtime']})" in out.out, "drove with the package's default"
+    chosen = next(a for a in manifest["artifacts"] if a["file"] == smoke["artifact"])
+    assert f"({chosen['file']} on {chosen['runtime']})" in out.out, "drove with the artifact measured fastest"
+    measured = {m["file"] for m in smoke["measured"] if m["passed"]}
+    assert measured == {a["file"] for a in manifest["artifacts"]}, "every artifact was measured at install"
