@@ -409,6 +409,7 @@ def test_a_growing_tub_sends_each_closed_session_once_and_never_the_open_one(
 def test_a_session_tub_keeps_its_records_and_images_and_counts_from_index_zero(tmp_path: Path) -> None:
     writer = record.TubWriter(tmp_path / "car", rotation=record.Rotation(records=4), sync_interval_s=None)
     drive(writer, 10)
+    writer.manifest.deleted_indexes = [5]  # what `donkey tubclean` records
     writer.close()
     source = [json.loads(line) for line in (tmp_path / "car" / "catalog_0.catalog").open()]
     second = upload.closed_sessions(tmp_path / "car")[1]
@@ -436,6 +437,7 @@ def test_a_session_tub_keeps_its_records_and_images_and_counts_from_index_zero(t
     assert manifest.manifest_metadata["created_at"] == source[4]["_timestamp_ms"] / 1000
     assert manifest.manifest_metadata["sessions"]["all_full_ids"] == [second.session_id]
     assert manifest.current_index == 4
+    assert manifest.deleted_indexes == [1]  # record 5 of the tub is record 1 of its session: still deleted
 
 
 def test_a_second_recorder_on_the_same_tub_is_refused(tmp_path: Path) -> None:
