@@ -364,11 +364,15 @@ def reader_view(tub: Path) -> Iterator[str | None]:
     """Read a tub as its writer allows: yields None when no writer holds it (a shared lock is then held
     for the block, so no recorder starts or repairs meanwhile), else the session the writer names as
     open (``""`` when it names none yet: read nothing closed)."""
-    lock = tub / LOCK
-    if fcntl is None or not lock.is_file():  # never recorded here (copied in): nobody writes it
+    if fcntl is None:  # pragma: no cover - not the car
         yield None
         return
-    with open(lock, "rb") as handle:
+    try:  # created if missing (a tub copied in): a recorder starting on it meanwhile waits for us
+        handle = open(tub / LOCK, "a+b")  # noqa: SIM115 - closed by the with below
+    except OSError:  # a read-only copy: nobody records into it either
+        yield None
+        return
+    with handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

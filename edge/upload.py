@@ -81,8 +81,9 @@ def closed_sessions(tub_root: Path) -> list[record.TubSession]:
     an exclusive ``flock`` on ``<tub>/.lock`` while it writes and names its open session in
     ``<tub>/.open_session`` before that session's first record, so every session listed before it is
     whole. A recorder that crashed lost its lock with its process: all its sessions are closed (read as
-    reopening would repair them: no torn record). A tub never recorded here (no ``.lock``: copied in) is
-    closed as soon as its manifest is whole and every catalog it lists exists.
+    reopening would repair them: no torn record). A tub never recorded here (copied in) gets its
+    ``.lock`` from the reader, so a recorder starting on it waits for the read; its sessions are closed
+    as soon as its manifest is whole and every catalog it lists exists.
     """
     root = Path(tub_root)
     if not root.is_dir():
