@@ -107,11 +107,19 @@ def test_a_session_is_closed_when_its_manifest_is_complete_and_no_recorder_write
     torn = write_session(tmp_path / "tubs" / "d", image_bytes=[10])
     (torn / "manifest.json").write_text('["cam/image_array"]\n')  # a manifest cut short
     write_session(tmp_path / "tubs" / "e", image_bytes=[10])  # its recorder stopped: the lock file stays
+    copied = write_session(tmp_path / "tubs" / "f", image_bytes=[10])
+    (copied / record.LOCK).unlink()  # a tub copied in from elsewhere
     day = record.session_full_id(0, CLOCK)
 
-    assert names(upload.closed_sessions(tmp_path / "tubs")) == [("a", day), ("e", day)]
+    assert names(upload.closed_sessions(tmp_path / "tubs")) == [("a", day), ("e", day), ("f", day)]
+    assert (copied / record.LOCK).is_file()  # a recorder starting on it now waits for the reader
     recording.close()
-    assert names(upload.closed_sessions(tmp_path / "tubs")) == [("a", day), ("b", day), ("e", day)]
+    assert names(upload.closed_sessions(tmp_path / "tubs")) == [
+        ("a", day),
+        ("b", day),
+        ("e", day),
+        ("f", day),
+    ]
     assert names(upload.closed_sessions(tmp_path / "tubs" / "a")) == [("a", day)]  # a tub given itself
 
 
@@ -485,7 +493,7 @@ def test_a_killed_recorders_sessions_are_closed_and_upload_without_a_torn_record
     queue = upload.UploadQueue(tmp_path / "queue")
     report = upload.upload_pass(tmp_path / "tubs", queue, make_uploader(moto_s3, queue), emit=lambda x: None)
     assert report.uploaded == 3
-    read: list[int] = []
+    read: list[tuple[str, int]] = []
     for number, body in enumerate(raw_objects(moto_s3).values()):
         folder = tmp_path / f"archive-{number}"
         with tarfile.open(fileobj=io.BytesIO(body)) as tar:
@@ -494,5 +502,5 @@ def test_a_killed_recorders_sessions_are_closed_and_upload_without_a_torn_record
         tub_report, candidates = read_v2_tub(Source(session_tub, "v2", "t"), RecordValidator("tub_v2_record"))
         assert (tub_report.rejected, tub_report.read) == (0, len(candidates)), tub_report.to_dict()
         assert [c.index for c in candidates] == list(range(len(candidates)))
-        read += [candidate.timestamp_ms for candidate in candidates]
+        read += [(candidate.session, candidate.index) for candidate in candidates]
     assert len(read) == len(set(read)) == 15  # every record once, the torn line in none
