@@ -206,6 +206,12 @@ def killed_tub(tub: Path, after_s: float) -> Path:
     return tub
 
 
+def session_tub(session: record.TubSession, dest: Path) -> Path:
+    """One session re-written as a tub of its own, indexes from 0 (docs/upload.md)."""
+    record.write_session_tub(session, dest)
+    return dest
+
+
 def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="robocar-record-bench-"))
     pilot = StandInPilot(args.pilot_ms)
@@ -214,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         failed = report_donkeycar(work / "tub") or report_donkeycar(rotated_tub(work / "rotated"))
         for k, after_s in enumerate((0.1, 0.35, 0.6)):
             failed = failed or report_donkeycar(killed_tub(work / f"killed{k}", after_s), uncounted=1)
+        for session in record.closed_sessions(work / "rotated"):  # what `robocar-edge upload` archives
+            failed = failed or report_donkeycar(session_tub(session, work / "sessions" / session.name))
         return failed
     table: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "off-max": [], "on-max": [], "slow": []}
     for k in range(args.rounds):

@@ -159,7 +159,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _configure_upload(commands: Any) -> None:
     upload = commands.add_parser(
         "upload", help="send closed tub sessions to the raw-data prefix (resumable, once per content)",
-        description="Archive each closed session under --tubs reproducibly, queue it under <root>/upload "
+        description="Each closed session of each tub under --tubs (not the one a recorder has open) is "
+        "re-written as a tub v2 of its own and archived reproducibly, so a tub that grows never sends "
+        "a session twice; queued under <root>/upload "
         "(survives a reboot) and upload it to s3://BUCKET/PREFIX/raw/CAR-ID/<sha256>.tar.gz: multipart "
         "and resumable on AWS, one PutObject into the local workspace; an archive already there is not "
         "sent again. Exit status 0 when the queue is empty, 1 when an upload stopped (it stays queued "
@@ -459,7 +461,8 @@ def _add_recording(group: Any, tub_flag: str) -> None:
     """The tub to record into and when its sessions rotate (shared by ``record`` and ``run --record``)."""
     group.add_argument(
         tub_flag, dest="record", type=Path, required=tub_flag == "--tub",
-        help="the donkeycar tub v2 folder to record into (created, or appended to as a new session)",
+        help="the donkeycar tub v2 folder to record into (created, or appended to as a new session); "
+        "locked while recording: a second recorder on it is refused",
     )  # fmt: skip
     group.add_argument("--rotate-records", type=int, help="start a new session after N records")
     group.add_argument("--rotate-seconds", type=float, help="start a new session after S seconds")

@@ -32,6 +32,14 @@ session's first record.
 Sessions rotate (a new ``_session_id`` in the same tub) after ``Rotation`` records, bytes or seconds, so
 a long drive splits into units Preprocess can put in different splits.
 
+One writer, and who may read what: a ``TubWriter`` holds an exclusive ``flock`` on ``<tub>/.lock`` from
+open to close (a second recorder on the same tub is refused; the kernel drops the lock with a killed
+process) and names the session it writes in ``<tub>/.open_session``, replaced atomically before that
+session's first record. So, while the lock is held, every session listed before the named one is closed:
+its last record was written before the marker changed. ``closed_sessions`` reads a tub under a shared
+lock (or, while a recorder holds it, trusting that order) and ``write_session_tub`` re-writes one closed
+session as a tub of its own: what ``robocar-edge upload`` archives (docs/upload.md).
+
 Off the control path: ``Recorder`` hands records to a writer thread through a bounded queue; the drive
 loop never waits for the disk. A record that finds the queue full is dropped and counted, never lost
 without a word (``RecorderStats``).
@@ -40,6 +48,7 @@ without a word (``RecorderStats``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -58,6 +67,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+try:  # fcntl is POSIX-only; the car is Linux
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger("robocar.edge.record")
 
 IMAGES = "images"
@@ -73,6 +87,13 @@ DEFAULT_INPUTS = PERSON_INPUTS + PILOT_INPUTS
 # donkeycar's DriveMode values: the person drives ("user"), the pilot steers ("local_angle"), both ("local")
 MODES = ("user", "local_angle", "local")
 _CATALOG_NAME = re.compile(r"^catalog_([0-9]+)\.catalog$")
+_SESSION_NUMBER = re.compile(r"_([0-9]+)$")  # the n of donkeycar's %y-%m-%d_<n>
+LOCK = ".lock"  # a TubWriter holds an exclusive flock on it from open to close
+OPEN_SESSION = ".open_session"  # {"session": id}: the session the lock's holder writes
+# How long a new writer waits for the lock: a reader (the uploader) holds it shared for the few
+# milliseconds it takes to read the catalogs; a longer wait means another recorder writes the tub.
+LOCK_WAIT_S = 5.0
+LOCK_POLL_S = 0.05
 
 
 class RecordError(Exception):
@@ -226,6 +247,19 @@ def _whole_lines(data: bytes) -> tuple[list[bytes], int]:
     return lines, len(data) - kept
 
 
+def _lines_with_whole_images(tub: Path, manifest: TubManifest, lines: list[bytes]) -> int:
+    """How many of the last catalog's ``lines`` come before the first record whose image a power cut
+    lost (missing, or without its JPEG end): that record and all after it are not kept."""
+    image_keys = [
+        key for key, kind in zip(manifest.inputs, manifest.types, strict=False) if kind == "image_array"
+    ]
+    for position, line in enumerate(lines):
+        record = json.loads(line)
+        if not all(_image_whole(tub / IMAGES / str(record[key])) for key in image_keys if key in record):
+            return position
+    return len(lines)
+
+
 def repair_tub(tub: Path, manifest: TubManifest) -> Repair:
     """Make a tub left by a crash whole again: see the module docstring. Only the last catalog can be
     torn (a catalog is complete before the next is listed). Updates ``manifest`` in place."""
@@ -243,15 +277,9 @@ def repair_tub(tub: Path, manifest: TubManifest) -> Repair:
     last = tub / manifest.paths[-1]
     data = last.read_bytes() if last.exists() else b""
     lines, repair.torn_bytes = _whole_lines(data)
-    image_keys = [
-        key for key, kind in zip(manifest.inputs, manifest.types, strict=False) if kind == "image_array"
-    ]
-    for position, line in enumerate(lines):  # the first record whose image a power cut lost, and after
-        record = json.loads(line)
-        if not all(_image_whole(tub / IMAGES / str(record[key])) for key in image_keys if key in record):
-            repair.dropped_records = len(lines) - position
-            del lines[position:]
-            break
+    kept = _lines_with_whole_images(tub, manifest, lines)
+    repair.dropped_records = len(lines) - kept
+    del lines[kept:]
     keep = b"".join(lines)
     if len(keep) != len(data) or not last.exists():
         with open(last, "ab") as handle:
@@ -309,6 +337,61 @@ def create_tub(path: Path, manifest: TubManifest, created_at: float) -> None:
     fsync_path(path.parent)
 
 
+# ---- one writer per tub: the lock ------------------------------------------------------------------
+def take_writer_lock(tub: Path, wait_s: float = LOCK_WAIT_S) -> io.BufferedRandom:
+    """An exclusive ``flock`` on ``<tub>/.lock``, held as long as the returned file is open (the kernel
+    releases it when the process dies). Waits up to ``wait_s`` for a reader's shared lock, then refuses:
+    another recorder writes this tub (two would interleave their indexes)."""
+    handle = open(tub / LOCK, "a+b")  # noqa: SIM115 - kept open: the lock lives as long as the file
+    if fcntl is None:  # pragma: no cover - not the car
+        return handle
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise RecordError(
+                    f"{tub} is being recorded by another process (it holds {tub / LOCK})"
+                ) from None
+            time.sleep(LOCK_POLL_S)
+
+
+@contextlib.contextmanager
+def reader_view(tub: Path) -> Iterator[str | None]:
+    """Read a tub as its writer allows: yields None when no writer holds it (a shared lock is then held
+    for the block, so no recorder starts or repairs meanwhile), else the session the writer names as
+    open (``""`` when it names none yet: read nothing closed)."""
+    if fcntl is None:  # pragma: no cover - not the car
+        yield None
+        return
+    try:  # created if missing (a tub copied in): a recorder starting on it meanwhile waits for us
+        handle = open(tub / LOCK, "a+b")  # noqa: SIM115 - closed by the with below
+    except OSError:  # a read-only copy: nobody records into it either
+        yield None
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield _open_session(tub)
+            return
+        try:
+            yield None
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _open_session(tub: Path) -> str:
+    try:
+        named = json.loads((tub / OPEN_SESSION).read_text(encoding="utf-8")).get("session")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return ""
+    return named if isinstance(named, str) else ""
+
+
 # ---- the synchronous writer -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rotation:
@@ -329,8 +412,10 @@ class Rotation:
 class TubWriter:
     """Writes records into a donkeycar tub v2 (created, or opened, repaired and appended to), crash-safe.
 
-    Not thread-safe: one writer per tub (``Recorder`` gives it its own thread). Each ``TubWriter`` is a new
-    session, as each donkeycar ``Tub`` is; ``new_session()`` (and ``rotation``) start the next one.
+    Not thread-safe: one writer per tub (``Recorder`` gives it its own thread; the tub's lock refuses a
+    second one, after ``lock_wait_s``). Each ``TubWriter`` is a new session, as each donkeycar ``Tub`` is;
+    ``new_session()`` (and ``rotation``) start the next one. ``session_id`` names the first session
+    instead of the clock's date and the next number (``write_session_tub`` keeps a session's own id).
     """
 
     def __init__(
@@ -343,39 +428,54 @@ class TubWriter:
         rotation: Rotation = Rotation(),
         sync_interval_s: float | None = 1.0,
         clock: Callable[[], float] = time.time,
+        session_id: str | None = None,
+        lock_wait_s: float = LOCK_WAIT_S,
     ) -> None:
         self.path = Path(path)
         self.rotation = rotation
         self.sync_interval_s = sync_interval_s
         self.clock = clock
+        self._catalog_fd: int | None = None
         names, kinds = [k for k, _ in inputs], [t for _, t in inputs]
         if not (self.path / MANIFEST).exists():
             empty = TubManifest(names, kinds, dict(metadata or {}), {"created_at": clock()}, [], 0, max_len)
             create_tub(self.path, empty, clock())
-        self.manifest = TubManifest.read(self.path)
-        if (self.manifest.inputs, self.manifest.types) != (names, kinds):
-            raise RecordError(
-                f"{self.path} records {self.manifest.inputs} ({self.manifest.types}), not {names} ({kinds})"
-            )
+        self._lock = take_writer_lock(self.path, lock_wait_s)  # before repairing: nobody reads meanwhile
+        try:
+            self.manifest = TubManifest.read(self.path)
+            if (self.manifest.inputs, self.manifest.types) != (names, kinds):
+                raise RecordError(
+                    f"{self.path} records {self.manifest.inputs} ({self.manifest.types}), "
+                    f"not {names} ({kinds})"
+                )
+        except RecordError:
+            self._lock.close()
+            raise
         self.repair = repair_tub(self.path, self.manifest)
         if self.repair.changed():
             log.warning("repaired %s after a crash: %s", self.path, self.repair)
         self.input_types = dict(zip(names, kinds, strict=True))
-        self._catalog_fd: int | None = None
         self._unsynced: list[Path] = []  # images written since the last fsync
         self._catalog_meta: dict[str, Any] = {}
         self._open_catalog(self.manifest.paths[-1])
-        self.session = self._next_session()
+        self.session = self._next_session(session_id)
         self.records_written = 0
         self._last_sync = time.monotonic()
 
     # -- sessions
-    def _next_session(self) -> tuple[int, str]:
+    def _next_session(self, named: str | None = None) -> tuple[int, str]:
+        """The next session, named in ``.open_session`` before it records anything (see the module
+        docstring: a reader then knows every session before it is whole)."""
         sessions = self.manifest.manifest_metadata.get("sessions") or {}
         number = int(sessions["last_id"]) + 1 if sessions else 0
         self._session_records = self._session_bytes = 0
         self._session_started = self.clock()
-        return number, session_full_id(number, self._session_started)
+        if named is not None:
+            found = _SESSION_NUMBER.search(named)
+            number = int(found[1]) if found else number
+        session = (number, named or session_full_id(number, self._session_started))
+        replace_file(self.path / OPEN_SESSION, (json.dumps({"session": session[1]}) + "\n").encode("ascii"))
+        return session
 
     def _list_session(self) -> None:
         """donkeycar Manifest._update_session_info, done at the session's first record, not at close."""
@@ -439,9 +539,9 @@ class TubWriter:
                 record[key] = bool(value)
             elif kind in ("nparray", "list", "vector"):
                 record[key] = np.asarray(value).tolist() if kind == "nparray" else list(value)
-            elif kind == "image_array":
+            elif kind == "image_array":  # a frame, or a JPEG already encoded (copied, never re-encoded)
                 record[key] = image_name(index, key)
-                images[record[key]] = encode_jpeg(value)
+                images[record[key]] = value if isinstance(value, bytes) else encode_jpeg(value)
             else:
                 record[key] = value
         return record, images
@@ -503,11 +603,150 @@ class TubWriter:
             fsync_path(self.path)
 
     def close(self) -> None:
+        """Make everything durable, then let go of the tub: its open session becomes closed."""
         if self._catalog_fd is None:
             return
         self._save_manifests(sync=True)
         os.close(self._catalog_fd)
         self._catalog_fd = None
+        (self.path / OPEN_SESSION).unlink(missing_ok=True)
+        self._lock.close()  # releases the flock
+
+
+# ---- closed sessions, each a tub of its own (what the uploader archives) ---------------------------------
+@dataclass(frozen=True)
+class TubSession:
+    """One session of a tub as a reader finds it: its whole records in index order, with what its tub's
+    manifest says about them. ``digest`` (SHA-256 of the records' catalog lines) identifies it without
+    reading an image: a closed session's lines never change, and each names its image, written once."""
+
+    tub: Path
+    session_id: str
+    records: tuple[dict[str, Any], ...]
+    inputs: tuple[tuple[str, str], ...]
+    metadata: dict[str, Any]
+    deleted_indexes: frozenset[int]
+    max_len: int
+    digest: str
+
+    @property
+    def name(self) -> str:
+        """``<tub>_<session id>`` in S3's safe key characters: its folder in the archive."""
+        raw = f"{self.tub.name}_{self.session_id}" if self.session_id else self.tub.name
+        return re.sub(r"[^A-Za-z0-9._-]", "-", raw)
+
+
+def _catalog_records(tub: Path, manifest: TubManifest) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Every whole record of the tub with its line, as a writer opening it after a crash would keep
+    them (``repair_tub``: in the last catalog, nothing from a torn line or from the first record whose
+    image is missing or cut short), without changing a byte. A line of an earlier catalog that is not a
+    JSON object names no usable record and is skipped (Preprocess would reject it)."""
+    for position, name in enumerate(manifest.paths):
+        try:
+            data = (tub / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        if position < len(manifest.paths) - 1:
+            for line in data.splitlines(keepends=True):
+                parsed = _json_object(line)
+                if parsed is not None:
+                    yield parsed, line
+            continue
+        lines, _ = _whole_lines(data)
+        for line in lines[: _lines_with_whole_images(tub, manifest, lines)]:
+            yield json.loads(line), line
+
+
+def _json_object(line: bytes) -> dict[str, Any] | None:
+    """A whole catalog line (newline included) that is a JSON object, else None."""
+    try:
+        parsed = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return parsed if isinstance(parsed, dict) and line.endswith(b"\n") else None
+
+
+def closed_sessions(tub: Path) -> list[TubSession]:
+    """The sessions of ``tub`` that no writer will add to: all of them when no writer holds its lock (a
+    killed recorder's too: the kernel dropped its lock), else those listed before the one the writer
+    names as open. Sessions in the order they were recorded; the records of a session keep their order.
+    A tub whose manifest is not whole, or names a catalog not there yet (being copied in), has none."""
+    with reader_view(tub) as open_session:
+        if open_session == "":
+            return []
+        manifest = TubManifest.read(tub)
+        if not all((tub / name).is_file() for name in manifest.paths):
+            return []
+        grouped: dict[str, list[tuple[dict[str, Any], bytes]]] = {}
+        for parsed, line in _catalog_records(tub, manifest):
+            grouped.setdefault(str(parsed.get("_session_id", "")), []).append((parsed, line))
+    order = list(grouped)
+    if open_session is not None and open_session in order:
+        order = order[: order.index(open_session)]
+    inputs = tuple(zip(manifest.inputs, manifest.types, strict=False))
+    deleted = frozenset(int(index) for index in manifest.deleted_indexes)
+    found = []
+    for session_id in order:
+        digest = hashlib.sha256()
+        for _, line in grouped[session_id]:
+            digest.update(line)
+        found.append(
+            TubSession(
+                tub,
+                session_id,
+                tuple(parsed for parsed, _ in grouped[session_id]),
+                inputs,
+                dict(manifest.metadata),
+                deleted,
+                manifest.max_len,
+                digest.hexdigest(),
+            )  # fmt: skip
+        )
+    return found
+
+
+def write_session_tub(session: TubSession, dest: Path) -> int:
+    """Write ``session`` as a donkeycar tub v2 of its own at ``dest`` (through ``TubWriter``: one layout);
+    returns the records written.
+
+    The same session gives the same bytes, whenever and wherever it is written: the clock is the first
+    record's ``_timestamp_ms`` (``created_at`` of the manifests), the session keeps its id, every record
+    its ``_timestamp_ms`` and values, every image its JPEG bytes (copied, not re-encoded). Indexes start
+    again at 0 (images renamed to match): Preprocess counts every index below ``current_index`` that no
+    line holds as a lost record, and donkeycar's ``Tub`` reads the lines in order either way. Where the
+    records came from is in the user metadata (``robocar_source``: tub, session, first index). A record
+    the tub deleted stays deleted (its new index); one whose image is gone is written without it, so
+    Preprocess rejects and counts it rather than it vanishing.
+    """
+    stamps = [r.get("_timestamp_ms") for r in session.records]
+    first = next((t / 1000 for t in stamps if isinstance(t, int | float)), 0.0)
+    source = {"tub": session.tub.name, "session": session.session_id,
+              "first_index": session.records[0].get("_index") if session.records else None}  # fmt: skip
+    writer = TubWriter(
+        dest, session.inputs, metadata={**session.metadata, "robocar_source": source},
+        max_len=session.max_len, sync_interval_s=None, clock=lambda: first,
+        session_id=session.session_id or None, lock_wait_s=0.0,
+    )  # fmt: skip
+    deleted: list[int] = []
+    try:
+        for parsed, stamp in zip(session.records, stamps, strict=True):
+            values = {key: parsed.get(key) for key, _ in session.inputs}
+            for key, kind in session.inputs:
+                if kind == "image_array" and isinstance(values[key], str):
+                    path = session.tub / IMAGES / values[key]
+                    values[key] = path.read_bytes() if path.is_file() else None
+            try:
+                index = writer.write(values, stamp / 1000 if isinstance(stamp, int | float) else first)
+            except ValueError as exc:  # a NaN a foreign writer let through: not a record donkeycar reads
+                log.warning("%s session %s: record %s skipped: %s", session.tub, session.session_id,
+                            parsed.get("_index"), exc)  # fmt: skip
+                continue
+            if parsed.get("_index") in session.deleted_indexes:
+                deleted.append(index)
+        writer.manifest.deleted_indexes = deleted
+    finally:
+        writer.close()
+    return writer.records_written
 
 
 # ---- off the control path ------------------------------------------------------------------------------

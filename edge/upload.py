@@ -2,10 +2,14 @@
 
 One pass (``upload_pass``) does two things:
 
-1. **Queue.** Every closed session under the tubs folder (``closed_sessions``) is archived reproducibly
-   (``edge.archives``: same tub, same bytes, same SHA-256) into the queue folder, and a job file
-   ``jobs/<sha256>.json`` is written atomically next to it. The queue is plain files, so it survives a
-   reboot; a session already queued (same manifest, same files) is not archived again.
+1. **Queue.** Every closed SESSION of every tub under the tubs folder (``closed_sessions``; the recorder
+   rotates sessions inside one tub, ``edge/record.py``) is re-written as a tub v2 of its own
+   (``record.write_session_tub``: that session's records and images only, same session, same bytes) and
+   archived reproducibly (``edge.archives``: same bytes, same SHA-256) into the queue folder, and a job
+   file ``jobs/<sha256>.json`` is written atomically next to it. The queue is plain files, so it survives
+   a reboot; a session already queued (same tub, same session id, same catalog lines) is not archived
+   again. A tub that grows by new sessions thus never sends the old ones again (Preprocess reads every
+   record once), and the session a recorder has open (its lock held, the session named) is never sent.
 2. **Upload.** Each pending job goes to ``s3://<bucket>/<prefix>/raw/<car-id>/<sha256>.tar.gz``, named by
    content: when that object already exists with our SHA-256 (``x-amz-meta-sha256``), the job is done
    without sending a byte, so a retry or a second upload of the same tub is a no-op and the new-data rule
@@ -32,26 +36,22 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge import record
 from edge.archives import write_reproducible_tar_gz
 from edge.atomic_files import atomic_write_json
 from edge.workspace import write_object
-
-try:  # fcntl is POSIX-only; the car is Linux
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("robocar.edge.upload")
 
 JOB_FORMAT = "robocar-upload/1"
 TUB_MANIFEST = "manifest.json"  # the file that completes a donkeycar v2 tub (pipelines/events.py)
-WRITER_LOCK = ".lock"  # a recorder holds an exclusive flock on <session>/.lock while it writes
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # qfacts.html: parts are at least 5 MiB, the last excepted
 MAX_PART_SIZE = 5 * 1024 * MIB  # qfacts.html: at most 5 GiB
@@ -73,82 +73,48 @@ class UploadError(Exception):
 
 
 # ---------------------------------------------------------------- which sessions are closed
-def closed_sessions(tub_root: Path) -> list[Path]:
-    """The tub sessions under ``tub_root`` that no recorder writes any more, sorted by path.
+def closed_sessions(tub_root: Path) -> list[record.TubSession]:
+    """The closed sessions of every tub under ``tub_root`` (``tub_root`` itself, or folders below it
+    holding a ``manifest.json``; a tub's own sub-folders, e.g. ``images/``, are not searched), by tub
+    path, each tub's in recording order.
 
-    A session is a folder holding ``manifest.json`` (``tub_root`` itself, or a folder below it; a tub's
-    own sub-folders, e.g. ``images/``, are not searched). It is closed when
-
-    - its manifest is complete: the five JSON lines donkeycar's tub v2 writes (inputs, types, metadata,
-      sessions, catalog state) parse, and every catalog the last line lists exists; and
-    - no writer holds it: the recorder keeps an exclusive ``flock`` on ``<session>/.lock`` while it
-      writes and releases it when it rotates or stops. Here we try to take that lock without waiting;
-      getting it means nobody writes. A recorder that crashed lost its lock with its process, so its
-      session counts as closed too, and a session without a ``.lock`` (copied in, older recorders) is
-      closed as soon as its manifest is complete.
+    A session is closed when no recorder will add to it (``record.closed_sessions``): a recorder holds
+    an exclusive ``flock`` on ``<tub>/.lock`` while it writes and names its open session in
+    ``<tub>/.open_session`` before that session's first record, so every session listed before it is
+    whole. A recorder that crashed lost its lock with its process: all its sessions are closed (read as
+    reopening would repair them: no torn record). A tub never recorded here (copied in) gets its
+    ``.lock`` from the reader, so a recorder starting on it waits for the read; its sessions are closed
+    as soon as its manifest is whole and every catalog it lists exists.
     """
     root = Path(tub_root)
     if not root.is_dir():
         raise UploadError(f"the tubs folder {root} does not exist")
-    return [
-        session for session in _sessions(root) if _manifest_complete(session) and not _being_written(session)
-    ]
+    found: list[record.TubSession] = []
+    for tub in _tubs(root):
+        try:
+            found += record.closed_sessions(tub)
+        except record.RecordError as exc:  # a manifest cut short or being copied: the next pass
+            log.info("%s: not read this pass: %s", tub, exc)
+    return found
 
 
-def _sessions(root: Path) -> Iterator[Path]:
+def _tubs(root: Path) -> Iterator[Path]:
     if (root / TUB_MANIFEST).is_file():
         yield root
         return
     for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.is_symlink():
-            yield from _sessions(child)
+        if child.is_dir() and not child.is_symlink() and not child.name.startswith("."):
+            yield from _tubs(child)
 
 
-def _manifest_complete(session: Path) -> bool:
-    try:
-        lines = (session / TUB_MANIFEST).read_text().splitlines()
-        if len(lines) < 5:
-            return False
-        documents = [json.loads(line) for line in lines[:5]]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    catalogs = documents[4].get("paths") if isinstance(documents[4], dict) else None
-    if not isinstance(catalogs, list) or not all(isinstance(name, str) for name in catalogs):
-        return False
-    return all((session / name).is_file() for name in catalogs)
-
-
-def _being_written(session: Path) -> bool:
-    lock = session / WRITER_LOCK
-    if fcntl is None or not lock.is_file():
-        return False
-    with open(lock, "rb") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-    return False
-
-
-def session_members(session: Path) -> dict[str, Path]:
-    """The archive's members: every regular file of the session under ``<session name>/`` (the layout
-    Preprocess reads, ``processing/tubs.py``), without the writer's lock file."""
+def tub_members(tub: Path) -> dict[str, Path]:
+    """An archive's members: every regular file of ``tub`` under ``<tub name>/`` (the layout Preprocess
+    reads, ``processing/tubs.py``), without the writer's lock and marker (dot files)."""
     members: dict[str, Path] = {}
-    for path in sorted(session.rglob("*")):
-        if path.is_file() and not path.is_symlink() and path.name != WRITER_LOCK:
-            members[f"{session.name}/{path.relative_to(session).as_posix()}"] = path
+    for path in sorted(tub.rglob("*")):
+        if path.is_file() and not path.is_symlink() and not path.name.startswith("."):
+            members[f"{tub.name}/{path.relative_to(tub).as_posix()}"] = path
     return members
-
-
-def session_stamp(members: dict[str, Path]) -> str:
-    """What identifies a session's files without reading them (names, sizes, modification times): an
-    unchanged stamp means the session was archived already, so a watch does not re-read every image."""
-    digest = hashlib.sha256()
-    for name, path in sorted(members.items()):
-        stat = path.stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- the queue on disk
@@ -158,13 +124,14 @@ class Job:
 
     sha256: str
     size: int
-    session: str
-    stamp: str
+    session: str  # the tub's path
+    stamp: str  # record.TubSession.digest: the session's catalog lines
     state: str = "queued"  # queued -> uploaded | already-uploaded
     upload_id: str | None = None
     part_size: int = 0
     parts: list[dict[str, Any]] = field(default_factory=list)  # {"PartNumber", "ETag"} done so far
     key: str | None = None
+    session_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": JOB_FORMAT, **self.__dict__}
@@ -214,30 +181,39 @@ class UploadQueue:
     def save(self, job: Job) -> None:
         atomic_write_json(self.job_path(job.sha256), job.to_dict())
 
-    def enqueue(self, session: Path, emit: Callable[[str], None]) -> Job | None:
-        """Archive ``session`` and queue it; None when this exact session (or its bytes) is queued already."""
-        members = session_members(session)
-        stamp = session_stamp(members)
+    def enqueue(self, session: record.TubSession, emit: Callable[[str], None]) -> Job | None:
+        """Re-write ``session`` as a tub of its own, archive and queue it; None when this session (same
+        tub, id and lines) or its bytes are queued already."""
         known = self.jobs()
-        if any(job.stamp == stamp and job.session == str(session) for job in known):
+        tub = str(session.tub)
+        identity = (tub, session.session_id, session.digest)
+        if any((job.session, job.session_id, job.stamp) == identity for job in known):
             return None
         self.archives_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.folder / "staging" / str(os.getpid())
         partial = self.archives_dir / f".incoming-{os.getpid()}.tar.gz"
         try:
+            shutil.rmtree(staging, ignore_errors=True)  # what a crash in here left
+            staging.mkdir(parents=True)
+            records = record.write_session_tub(session, staging / session.name)
+            members = tub_members(staging / session.name)
             written = write_reproducible_tar_gz(members, partial)
             sha256 = written["sha256"]
             same_bytes = [job for job in known if job.sha256 == sha256]
-            if same_bytes:  # touched, copied or moved, not changed: remember it as archived
-                same_bytes[0].session, same_bytes[0].stamp = str(session), stamp
+            if same_bytes:  # the same session copied or moved: remember it as archived
+                same_bytes[0].session, same_bytes[0].session_id = tub, session.session_id
+                same_bytes[0].stamp = session.digest
                 self.save(same_bytes[0])
                 return None
             os.replace(partial, self.archive_path(sha256))
         finally:
+            shutil.rmtree(staging, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
-        job = Job(sha256=sha256, size=written["size_bytes"], session=str(session), stamp=stamp)
+        job = Job(sha256, written["size_bytes"], tub, session.digest, session_id=session.session_id)
         self.save(job)
-        emit(f"queued {session} -> {sha256[:12]} ({_mib(job.size)}, {len(members)} files)")
+        emit(f"queued {tub} session {session.session_id or '-'} -> {sha256[:12]} ({_mib(job.size)}, "
+             f"{records} records)")  # fmt: skip
         return job
 
 
@@ -552,7 +528,10 @@ def upload_pass(
             raise
         except retry as exc:
             report.failed.append(f"{job.sha256[:12]}: {type(exc).__name__}: {exc}")
-            emit(f"upload of {job.session} ({job.sha256[:12]}) stopped: {exc}; it stays queued")
+            emit(
+                f"upload of {job.session} session {job.session_id or '-'} ({job.sha256[:12]}) stopped: "
+                f"{exc}; it stays queued"
+            )
             continue
         if job.state == "uploaded":
             report.uploaded += 1

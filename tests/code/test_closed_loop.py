@@ -1,5 +1,6 @@
-"""The loop in one test, on the local backend: the car drives, records, uploads; the new-data rule starts an
-execution that trains on it and registers a new package; a person approves it; the car pulls it.
+"""The loop in one test, on the local backend: the car drives, records (``robocar-edge record`` into a
+tub v2), uploads its closed session; the new-data rule starts an execution that trains on it and
+registers a new package; a person approves it; the car pulls it.
 
 The real pilot pipeline on tiny data: its definition with defaults for a quick execution (2 epochs, one
 edge target, a threshold any model passes), because the trigger starts the stored pipeline with nothing
@@ -9,6 +10,7 @@ but ``InputDataUrl``, as the snapshot function does on AWS.
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from edge.agent import read_state_file
 from edge.cli import main as edge_main
+from edge.record import TubManifest
 from pipelines.cli import main
 from pipelines.control import build_definition
 from pipelines.local.registry import LocalSageMakerClient
@@ -32,15 +35,16 @@ SETTINGS = Settings(**EXAMPLE_VALUES, prefix="robocar", pipeline_name="robocar-p
 QUICK_DEFAULTS = {"Epochs": "2", "AngleMaeThreshold": 1.0}
 
 
-def record_session(tub_root: Path, name: str, *, frames: int, seed: int) -> Path:
-    """The recorder's part: one closed donkeycar tub v2 session under ``tub_root``.
-
-    Written by the project's synthetic tub writer until ``robocar-edge record`` lands; then this is the
-    one place that changes (the recorder driving the synthetic car and closing its session).
-    """
-    session = tub_root / name
-    write_tub(session, frames=frames, sessions=1, seed=seed)
-    return session
+def record_session(tub: Path, source: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The recorder's part, for real: ``robocar-edge record`` drives the synthetic car (the replayed
+    tub's frames and its person's controls) into ``tub``, a donkeycar tub v2, and closes the session
+    when the drive ends. Returns the session's id."""
+    capsys.readouterr()
+    argv = ["record", "--tub", str(tub), "--source", f"tub:{source}", "--controls", "recorded"]
+    assert edge_main(argv) == 0
+    assert "0 dropped" in capsys.readouterr().out
+    (session,) = TubManifest.read(tub).manifest_metadata["sessions"]["all_full_ids"]
+    return str(session)
 
 
 def quick_definition(folder: Path) -> Path:
@@ -90,16 +94,20 @@ def test_drive_record_upload_trigger_train_approve_pull(
     assert (
         edge_main(["run", *car_flags, "--no-pull", "--source", f"tub:{tmp_path / 'camera'}", "--quiet"]) == 0
     )
-    session = record_session(tubs, "session_2", frames=60, seed=2)
+    write_tub(tmp_path / "person", frames=60, sessions=1, seed=2)  # what the person drives
+    session = record_session(tubs / "car", tmp_path / "person", capsys)
 
     # Upload: an archive named by its content under the raw prefix.
     upload = ["upload", "--tubs", str(tubs), "--root", str(car), "--local-root", str(workspace),
               "--bucket", BUCKET, "--car-id", "car-1", "--once"]  # fmt: skip
     capsys.readouterr()
     assert edge_main(upload) == 0
-    assert f"queued {session} -> " in capsys.readouterr().out
+    assert f"queued {tubs / 'car'} session {session} -> " in capsys.readouterr().out
     raw = LocalS3Client(workspace).list_objects_v2(Bucket=BUCKET, Prefix="robocar/raw/car-1/")["Contents"]
     ((archive_key,),) = [[item["Key"] for item in raw]]
+    with tarfile.open(LocalS3Client(workspace).uri_to_path(f"s3://{BUCKET}/{archive_key}")) as tar:
+        catalog = tar.extractfile(f"car_{session}/catalog_0.catalog")
+        assert catalog is not None and len(catalog.read().splitlines()) == 60  # the session, recorded
 
     # The new-data rule: one execution, which trains on the new tub and registers a second package.
     watch = ["trigger", "watch", "--once", "--settle", "0", *local]

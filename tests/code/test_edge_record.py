@@ -259,6 +259,7 @@ def test_a_new_tub_appears_whole_or_not_at_all(tmp_path):
     writer = record.TubWriter(tmp_path / "new", sync_interval_s=None)
     writer.close()
     assert not staging.exists()
+    # the lock file stays: removing it would let a waiting writer lock a file no longer in the folder
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [
-        "catalog_0.catalog", "catalog_0.catalog_manifest", "images", "manifest.json",
+        ".lock", "catalog_0.catalog", "catalog_0.catalog_manifest", "images", "manifest.json",
     ]  # fmt: skip
