@@ -746,7 +746,9 @@ class Agent:
             smoke = self.smoke(staging)
             stage = INSTALL
             if isinstance(smoke.get("artifact"), str):
-                atomic_files.atomic_write_json(choice, {"file": smoke["artifact"], "reason": smoke.get("reason")})
+                atomic_files.atomic_write_json(
+                    choice, {"file": smoke["artifact"], "reason": smoke.get("reason")}
+                )
             record = {**asdict(candidate), "folder": candidate.folder_name, "files": files}
             record.update(installed_at=utc_now(), smoke_test=smoke)
             atomic_files.atomic_write_json(staging / INSTALL_RECORD, record, durable=True)
