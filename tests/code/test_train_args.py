@@ -160,9 +160,10 @@ def test_the_measurement_picks_the_faster_precision(float32_s, bfloat16_s, faste
         asked.append(tuple(candidates))
         return measure_precisions({c: steps[c] for c in candidates}, batch_size=128, clock=clock)
 
-    choice = choose_precision("auto", training_steps=400, measure=measure, native_bfloat16=True)
+    choice = choose_precision("auto", training_steps=400, measure=measure, native_bfloat16=True, clock=clock)
     assert asked == [("float32", "mixed_bfloat16")]
     assert choice.precision == faster and choice.reason == "measured"
+    assert choice.seconds == pytest.approx(clock.now)  # warm-up and rounds: what measuring cost
     assert choice.samples_per_second == pytest.approx(
         {"float32": 128 / float32_s, "mixed_bfloat16": 128 / bfloat16_s}
     )
@@ -232,12 +233,17 @@ def test_forced_precision_and_cpus_without_bfloat16_measure_nothing():
 def test_the_choice_is_recorded_with_its_figures():
     from training.train import PrecisionChoice, describe_choice
 
-    choice = PrecisionChoice("float32", "auto", "measured", {"float32": 347.04, "mixed_bfloat16": 262.11})
+    choice = PrecisionChoice(
+        "float32", "auto", "measured", {"float32": 347.04, "mixed_bfloat16": 262.11}, 6.123
+    )
     assert choice.to_json() == {
         "chosen": "float32",
         "requested": "auto",
         "reason": "measured",
         "measured_samples_per_second": {"float32": 347.0, "mixed_bfloat16": 262.1},
+        "measure_seconds": 6.12,
     }
-    assert describe_choice(choice) == "float32 (measured: float32 347.0, mixed_bfloat16 262.1 samples/s)"
+    assert describe_choice(choice) == (
+        "float32 (measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s)"
+    )
     assert describe_choice(PrecisionChoice("float32", "float32", "forced", {})) == "float32 (forced)"

@@ -37,8 +37,11 @@ def test_the_precision_measurement_is_reported_as_train_py_recorded_it():
         "requested": "auto",
         "reason": "measured",
         "measured_samples_per_second": {"float32": 347.0, "mixed_bfloat16": 262.1},
+        "measure_seconds": 6.12,
     }
-    assert describe_measurement(measured) == ", measured: float32 347.0, mixed_bfloat16 262.1 samples/s"
+    assert (
+        describe_measurement(measured) == ", measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s"
+    )
     forced = {
         "chosen": "float32",
         "requested": "float32",
