@@ -126,6 +126,16 @@ def compiled_report_uri(execution: Any, package: dict[str, Any] | None) -> str:
     return f"{artifact.rsplit('/', 2)[0]}/compiled.json"
 
 
+def learned_lines(model: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """Whether each output was learned: its test MAE as a share of the constant baseline's."""
+    lines = []
+    for label in ("angle", "throttle"):
+        mae, base_mae = _metric(model, f"{label}_mae"), _metric(baseline, f"{label}_mae")
+        if mae is not None and base_mae:
+            lines.append(f"          {label} MAE is {100 * mae / base_mae:.1f}% of the constant baseline's")
+    return lines
+
+
 def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s."""
     from edge.aws import clients
@@ -155,9 +165,7 @@ def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> 
             f"          {name:<24} {_fmt(_metric(model, name)):>8} {_fmt(_metric(baseline, name)):>10} "
             f"{_fmt(_metric(champion_metrics, name)):>9}"
         )
-    mae, base_mae = _metric(model, "angle_mae"), _metric(baseline, "angle_mae")
-    if mae is not None and base_mae:
-        lines.append(f"          angle MAE is {100 * mae / base_mae:.1f}% of the constant baseline's")
+    lines += learned_lines(model, baseline)
     if package:
         lines.append(f"package   {package['ModelPackageArn']}")
         lines.append(f"          status {package['ModelApprovalStatus']}")

@@ -5,7 +5,10 @@ deterministic function of what the camera sees: a pure-pursuit controller aims a
 ``LOOKAHEAD_M`` ahead, i.e. the label depends on the car's lateral offset, its heading error and the
 road's curvature, all of which move the road in the picture. The car does not follow its own label
 exactly: a slowly varying steering disturbance (an Ornstein-Uhlenbeck process) makes it weave, so the
-data covers off-centre poses and the corrections back. Throttle slows for curves ahead.
+data covers off-centre poses and the corrections back. The throttle label is what the camera sees too:
+full (0.5) where the road ahead in the picture is straight, easing off with how much it bends (down to
+0.2 in the tightest curves), lagging the view by a person's reaction time, plus small noise; the car
+drives at that speed.
 
 Rendering is a flat-ground pinhole camera (height, pitch, focal length fixed), vectorised with numpy:
 each image row below the horizon sees the ground at one forward distance, where the road's centre
@@ -49,6 +52,16 @@ VIEW_RANGE_M = 6.0
 CAMERA_HEIGHT_M = 0.18
 CAMERA_PITCH_RAD = math.radians(20.0)
 FOCAL_PX = 67.0  # ~100 degrees horizontal field of view
+# Throttle: a person slows for the bend they see. The road 0.2-1.2 m ahead fills image rows 87-46 (of
+# 120; beyond 1.2 m the whole rest of the road is squeezed into the 9 rows below the horizon), about a
+# second of driving at the mean speed (1.3 m/s).
+THROTTLE_VIEW_M = (0.2, 1.2)
+THROTTLE_STRAIGHT = 0.5  # top of donkeycar's categorical throttle bins (MODEL_CATEGORICAL_MAX_THROTTLE_RANGE)
+THROTTLE_CURVE = 0.2
+SLOW_CURVATURE = 0.7  # 1/m (1.4 m radius; the track's tightest is 1.3): throttle is THROTTLE_CURVE from here
+THROTTLE_LAG_S = 0.15  # the foot follows the eye like a first-order lag: a person's reaction time
+THROTTLE_NOISE = 0.01  # a seventh of the spread of the throttle (std ~0.07): what no camera can see
+SPEED_AT_FULL_THROTTLE_MPS = 3.6
 
 
 @dataclass(frozen=True)
@@ -129,10 +142,19 @@ def pure_pursuit_angle(track: Track, s: float, e: float, psi: float) -> float:
     return float(np.clip(-curvature / MAX_STEER_CURVATURE, -1.0, 1.0))
 
 
+def visible_curvature(track: Track, s: float) -> float:
+    """How much the road bends in the part of the picture a driver reads for speed: the mean |curvature|
+    of the centre line ``THROTTLE_VIEW_M`` ahead, nearer metres weighted more (they fill more rows)."""
+    ahead = np.linspace(*THROTTLE_VIEW_M, 16)
+    weights = np.linspace(1.0, 0.5, len(ahead))
+    return float(np.average(np.abs(track.kappa[track.at(s + ahead)]), weights=weights))
+
+
 def throttle_for(track: Track, s: float) -> float:
-    """Slower before curves: a function of the curvature visible ahead."""
-    ahead = track.kappa[track.at(s + np.linspace(0.3, 2.0, 12))]
-    return float(0.55 - 0.25 * min(1.0, float(np.max(np.abs(ahead))) / 1.4))
+    """The speed a person picks for the curve they see: full on straights, easing off linearly with the
+    visible curvature down to ``THROTTLE_CURVE`` at ``SLOW_CURVATURE`` and beyond."""
+    share = min(1.0, visible_curvature(track, s) / SLOW_CURVATURE)
+    return float(THROTTLE_STRAIGHT - (THROTTLE_STRAIGHT - THROTTLE_CURVE) * share)
 
 
 @dataclass(frozen=True)
@@ -153,13 +175,15 @@ def simulate_drive(track: Track, frames: int, rng: np.random.Generator) -> Drive
     disturbance = 0.0
     out = np.zeros((5, frames))
     dt = 1.0 / FPS
+    eased = throttle_for(track, s)
     for k in range(frames):
         angle = float(np.clip(pure_pursuit_angle(track, s, e, psi) + rng.normal(0, 0.02), -1, 1))
-        throttle = float(np.clip(throttle_for(track, s) + rng.normal(0, 0.02), 0, 1))
+        eased += (throttle_for(track, s) - eased) * min(1.0, dt / THROTTLE_LAG_S)
+        throttle = float(np.clip(eased + rng.normal(0, THROTTLE_NOISE), 0, 1))
         out[:, k] = (s, e, psi, angle, throttle)
         disturbance += -disturbance * dt / 1.5 + rng.normal(0, 0.08) * math.sqrt(dt)
         executed = float(np.clip(angle + disturbance, -1, 1))
-        speed = 3.0 * throttle
+        speed = SPEED_AT_FULL_THROTTLE_MPS * throttle
         kappa_road = float(track.kappa[track.at(s)])
         kappa_car = -executed * MAX_STEER_CURVATURE
         along = speed * math.cos(psi) / max(1.0 - e * kappa_road, 0.2)

@@ -10,7 +10,19 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main as robocar
-from pipelines.synth import LOOKAHEAD_M, MAX_STEER_CURVATURE, make_track, pure_pursuit_angle, write_tub
+from pipelines.synth import (
+    LOOKAHEAD_M,
+    MAX_STEER_CURVATURE,
+    SLOW_CURVATURE,
+    THROTTLE_CURVE,
+    THROTTLE_STRAIGHT,
+    THROTTLE_VIEW_M,
+    Track,
+    make_track,
+    pure_pursuit_angle,
+    throttle_for,
+    write_tub,
+)
 from processing.records import RecordValidator
 from processing.tubs import discover_sources, read_v2_tub
 
@@ -60,6 +72,9 @@ def test_round_trip_through_the_tub_reader(tub):
     assert len({c.session for c in candidates}) == 3
     angles = np.array([c.angle for c in candidates])
     assert angles.std() > 0.1 and np.abs(angles).max() <= 1  # steering varies: curves and corrections
+    throttles = np.array([c.throttle for c in candidates])
+    assert throttles.std() > 0.04  # throttle varies too: straights and curves
+    assert throttles.min() > THROTTLE_CURVE - 0.05 and throttles.max() < THROTTLE_STRAIGHT + 0.05
 
 
 def test_same_seed_same_bytes(tmp_path):
@@ -82,6 +97,30 @@ def test_label_steers_back_towards_the_centre_line(s):
         abs(centred - np.clip(track.kappa[track.at(s + LOOKAHEAD_M / 2)] / -MAX_STEER_CURVATURE, -1, 1))
         < 0.15
     )  # follows the curve
+
+
+def straight_then_bend(kappa: float, bend_from_m: float = 10.0, bend_m: float = 3.0) -> Track:
+    """A 20 m track (only its curvature matters to the throttle): straight, then one bend."""
+    step = 0.02
+    s = np.arange(1000) * step
+    curvature = np.where((s >= bend_from_m) & (s < bend_from_m + bend_m), kappa, 0.0)
+    zeros = np.zeros_like(s)
+    return Track(kappa=curvature, theta=zeros, x=s, y=zeros, step=step)
+
+
+def test_throttle_eases_off_for_the_bend_in_view_whichever_way_it_turns():
+    track = straight_then_bend(SLOW_CURVATURE)
+    assert throttle_for(track, 5.0) == pytest.approx(THROTTLE_STRAIGHT)  # nothing but straight road ahead
+    assert throttle_for(track, 10.0 - THROTTLE_VIEW_M[1] - 0.1) == pytest.approx(
+        THROTTLE_STRAIGHT
+    )  # not in view yet
+    approaching = [throttle_for(track, s) for s in np.arange(9.05, 9.8, 0.1)]  # the bend fills the view
+    assert all(later < earlier for earlier, later in zip(approaching, approaching[1:], strict=False))
+    assert throttle_for(track, 10.5) == pytest.approx(THROTTLE_CURVE)  # in the bend, all of the view bends
+    gentle = straight_then_bend(SLOW_CURVATURE / 2)
+    assert throttle_for(gentle, 10.5) == pytest.approx((THROTTLE_STRAIGHT + THROTTLE_CURVE) / 2)
+    mirrored = straight_then_bend(-SLOW_CURVATURE)
+    assert [throttle_for(mirrored, s) for s in (9.5, 10.5)] == [throttle_for(track, s) for s in (9.5, 10.5)]
 
 
 def test_command_writes_a_tub_and_refuses_to_overwrite(tmp_path, capsys):

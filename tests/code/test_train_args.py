@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,130 @@ def test_metrics_and_train_args_import_without_tensorflow():
     assert int(result.stdout) == len(METRIC_DEFINITIONS)
 
 
-def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it():
-    from training.train import resolve_precision
+class FakeClock:
+    """A clock that only moves when a fake training step runs: each step takes its precision's seconds."""
 
-    assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_bf16 avx512_vnni") == "mixed_bfloat16"
-    assert resolve_precision("auto", "flags : fpu avx2 avx512f avx512_vnni") == "float32"
-    assert resolve_precision("float32", "flags : avx512_bf16") == "float32"
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> Callable[[], None]:
+        def run() -> None:
+            self.now += seconds
+
+        return run
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags():
+    from training.train import has_native_bfloat16
+
+    assert has_native_bfloat16("flags : fpu avx2 avx512f avx512_bf16 avx512_vnni")
+    assert has_native_bfloat16("flags : fpu avx2 amx_bf16 amx_tile")
+    assert not has_native_bfloat16("flags : fpu avx2 avx512f avx512_vnni")
     assert parse_args(["--precision", "float32"], ENV).precision == "float32"
     assert parse_args([], ENV).precision == "auto"
+
+
+@pytest.mark.parametrize(
+    ("float32_s", "bfloat16_s", "faster"), [(0.2, 0.3, "float32"), (0.3, 0.2, "mixed_bfloat16")]
+)
+def test_the_measurement_picks_the_faster_precision(float32_s, bfloat16_s, faster):
+    from training.train import choose_precision, measure_precisions
+
+    clock = FakeClock()
+    steps = {"float32": clock.step(float32_s), "mixed_bfloat16": clock.step(bfloat16_s)}
+    asked: list[tuple[str, ...]] = []
+
+    def measure(candidates):
+        asked.append(tuple(candidates))
+        return measure_precisions({c: steps[c] for c in candidates}, batch_size=128, clock=clock)
+
+    choice = choose_precision("auto", training_steps=400, measure=measure, native_bfloat16=True, clock=clock)
+    assert asked == [("float32", "mixed_bfloat16")]
+    assert choice.precision == faster and choice.reason == "measured"
+    assert choice.seconds == pytest.approx(clock.now)  # warm-up and rounds: what measuring cost
+    assert choice.samples_per_second == pytest.approx(
+        {"float32": 128 / float32_s, "mixed_bfloat16": 128 / bfloat16_s}
+    )
+
+
+def test_bfloat16_must_win_by_a_margin_since_float32_is_what_is_exported():
+    from training.train import BFLOAT16_MIN_GAIN, choose_precision
+
+    def barely(_):
+        return {"float32": 100.0, "mixed_bfloat16": 100.0 * (1 + BFLOAT16_MIN_GAIN / 2)}
+
+    assert choose_precision("auto", 400, barely, native_bfloat16=True).precision == "float32"
+
+
+def test_a_round_is_bounded_in_steps_and_in_seconds():
+    from training.train import MEASURE_ROUND_SECONDS, MEASURE_ROUND_STEPS, time_steps
+
+    clock = FakeClock()
+    calls = []
+
+    def step(seconds):
+        def run():
+            calls.append(seconds)
+            clock.now += seconds
+
+        return run
+
+    assert time_steps(step(0.01), 64, clock) == pytest.approx(64 / 0.01)
+    assert len(calls) == MEASURE_ROUND_STEPS
+    calls.clear()
+    slow = MEASURE_ROUND_SECONDS * 0.6
+    assert time_steps(step(slow), 64, clock) == pytest.approx(64 / slow)
+    assert len(calls) == 2  # the second step passes the round's seconds: no third
+    calls.clear()
+    time_steps(step(MEASURE_ROUND_SECONDS * 5), 64, clock)
+    assert len(calls) == 1  # one step is always timed
+
+
+def test_warm_up_steps_are_not_timed():
+    from training.train import MEASURE_ROUNDS, MEASURE_WARMUP_STEPS, measure_precisions
+
+    clock = FakeClock()
+    durations = iter([5.0] * MEASURE_WARMUP_STEPS + [0.5] * 100)  # tracing is slow, steps after it fast
+
+    def step():
+        clock.now += next(durations)
+
+    assert measure_precisions({"float32": step}, 32, clock) == {"float32": pytest.approx(32 / 0.5)}
+    assert MEASURE_ROUNDS >= 2  # candidates take turns, so load elsewhere does not slow one of them only
+
+
+def test_forced_precision_and_cpus_without_bfloat16_measure_nothing():
+    from training.train import MEASURE_MIN_TRAINING_STEPS, choose_precision
+
+    def never(_):
+        raise AssertionError("measured")
+
+    forced = choose_precision("mixed_bfloat16", 400, never, native_bfloat16=False)
+    assert (forced.precision, forced.reason) == ("mixed_bfloat16", "forced")
+    assert choose_precision("float32", 400, never, native_bfloat16=True).precision == "float32"
+    no_bf16 = choose_precision("auto", 400, never, native_bfloat16=False)
+    assert (no_bf16.precision, no_bf16.reason) == ("float32", "no native bfloat16")
+    short = choose_precision("auto", MEASURE_MIN_TRAINING_STEPS - 1, never, native_bfloat16=True)
+    assert (short.precision, short.reason) == ("float32", "run too short to measure")
+
+
+def test_the_choice_is_recorded_with_its_figures():
+    from training.train import PrecisionChoice, describe_choice
+
+    choice = PrecisionChoice(
+        "float32", "auto", "measured", {"float32": 347.04, "mixed_bfloat16": 262.11}, 6.123
+    )
+    assert choice.to_json() == {
+        "chosen": "float32",
+        "requested": "auto",
+        "reason": "measured",
+        "measured_samples_per_second": {"float32": 347.0, "mixed_bfloat16": 262.1},
+        "measure_seconds": 6.12,
+    }
+    assert describe_choice(choice) == (
+        "float32 (measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s)"
+    )
+    assert describe_choice(PrecisionChoice("float32", "float32", "forced", {})) == "float32 (forced)"

@@ -27,3 +27,26 @@ def test_epoch_time_is_steps_times_time_per_step_not_the_whole_seconds():
 
 def test_steady_throughput_leaves_out_the_first_epoch():
     assert steady_throughput([6.0, 4.0, 5.0, 4.5], 1800) == pytest.approx(1800 / 4.5)
+
+
+def test_the_precision_measurement_is_reported_as_train_py_recorded_it():
+    from benchmarks.train import describe_measurement
+
+    measured = {
+        "chosen": "float32",
+        "requested": "auto",
+        "reason": "measured",
+        "measured_samples_per_second": {"float32": 347.0, "mixed_bfloat16": 262.1},
+        "measure_seconds": 6.12,
+    }
+    assert (
+        describe_measurement(measured) == ", measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s"
+    )
+    forced = {
+        "chosen": "float32",
+        "requested": "float32",
+        "reason": "forced",
+        "measured_samples_per_second": {},
+    }
+    assert describe_measurement(forced) == ", forced"
+    assert describe_measurement(None) == ""  # a model.json from before the measurement
