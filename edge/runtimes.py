@@ -227,6 +227,16 @@ def _labels(artifact: Mapping[str, Any]) -> set[str]:
     return {str(artifact.get("file")), runtime, precision, f"{runtime}-{precision}"}
 
 
+def is_the_frame(quant: dict[str, Any], dtype: np.dtype) -> bool:
+    """Whether an integer input with these quantisation parameters is the frame itself (uint8) or the
+    frame minus 128 (int8): ``INPUT_SCALING.quantization``'s parameters, so no arithmetic is needed."""
+    if dtype not in (np.uint8, np.int8):
+        return False
+    direct = INPUT_SCALING.quantization(dtype.name)
+    scale, zero_point = float(quant.get("scale", 0.0)), int(quant.get("zero_point", 0))
+    return abs(scale - direct["scale"]) < 1e-6 * direct["scale"] and zero_point == direct["zero_point"]
+
+
 def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """uint8 frames -> the artifact's input tensor (float32 ``to_model_input``, or uint8/int8 quantised).
 
@@ -244,8 +254,7 @@ def quantize_frames(frames: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     scale, zero_point = float(quant.get("scale", 0.0)), int(quant.get("zero_point", 0))
     if scale <= 0:
         raise PilotError(f"input of dtype {dtype} needs quantization parameters, got {quant}")
-    direct = INPUT_SCALING.quantization(dtype.name)  # the frame itself, or shifted by 128: no arithmetic
-    if abs(scale - direct["scale"]) < 1e-6 * direct["scale"] and zero_point == direct["zero_point"]:
+    if is_the_frame(quant, dtype):  # the frame itself, or shifted by 128: no arithmetic
         if dtype == np.uint8:
             return frames
         if dtype == np.int8:
@@ -344,11 +353,9 @@ class LiteRtPilot(_PilotBase):
         quant = self._input_spec.get("quantization") or {}
         # The full-integer pilot's input is the frame minus 128 (scale 1/255, zero point -128; see
         # quantize_frames): the one-frame path XORs the frame straight into the interpreter's buffer.
+        dtype = np.dtype(self._input_spec.get("dtype", "float32"))
         self._frame_minus_128 = (
-            np.dtype(self._input_spec.get("dtype", "float32")) == np.int8
-            and int(quant.get("zero_point", 0)) == -128
-            and abs(float(quant.get("scale", 0.0)) * 255.0 - 1.0) < 1e-6
-            and len(self._frame_shape) == 3
+            dtype == np.int8 and is_the_frame(quant, dtype) and len(self._frame_shape) == 3
         )
         self._input_buffer = self._interpreter.tensor(self._input_index)
         dtypes = {d["index"]: np.dtype(d["dtype"]) for d in self._interpreter.get_output_details()}

@@ -277,14 +277,16 @@ MULTI = {"a.bin": (0.004, 0.1), "b.bin": (0.001, float("nan")), "c.bin": (0.002,
 
 
 def multi_artifact_model(tag: str) -> bytes:
-    from edge_fixtures import tar_bytes
+    from edge_fixtures import frame_contract, tar_bytes
+
+    from edge.frames import FrameSpec
 
     files = {name: f"{tag}:{name}".encode() for name in MULTI}
     listed = [
         {"file": name, "runtime": "onnxruntime", "sha256": sha256(data), "size_bytes": len(data)}
         for name, data in files.items()
     ]
-    manifest = {"tag": tag, "default": "a.bin", "artifacts": listed}
+    manifest = {"tag": tag, "default": "a.bin", "artifacts": listed, **frame_contract(FrameSpec().to_dict())}
     return tar_bytes({"manifest.json": json.dumps(manifest).encode(), **files})
 
 

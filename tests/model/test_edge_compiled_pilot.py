@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from compile_fixtures import pilot, write_model_dir, write_splits
 
-from edge.aws import clients
 from edge.cli import main as edge_main
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
 from processing import compile as compile_step
 
 TUB_V2 = Path(__file__).resolve().parents[1] / "data" / "samples" / "tubs" / "tub_v2"
@@ -43,15 +44,17 @@ def compiled(tmp_path_factory) -> Path:
     return out
 
 
-def register_compiled(aws, compiled: Path) -> str:
-    """What the Register step writes: the artifact's URI, SHA-256 and runtime in the package's metadata."""
+def register_compiled(workspace: Path, compiled: Path) -> str:
+    """What the Register step writes (through the control plane's local clients): the artifact's URI,
+    SHA-256 and runtime in the package's metadata."""
+    s3, sagemaker = LocalS3Client(workspace), LocalSageMakerClient(workspace)
     entry = json.loads((compiled / "compiled.json").read_text())["targets"][TARGET]
     key = f"robocar/compiled/{TARGET}/model.tar.gz"
-    aws.s3.create_bucket(Bucket=BUCKET)
-    aws.s3.put_object(Bucket=BUCKET, Key=key, Body=(compiled / TARGET / "model.tar.gz").read_bytes())
-    aws.sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key=key, Body=(compiled / TARGET / "model.tar.gz").read_bytes())
+    sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
     container = {"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/robocar-inference:1"}
-    response = aws.sagemaker.create_model_package(
+    response = sagemaker.create_model_package(
         ModelPackageGroupName=GROUP,
         InferenceSpecification={
             "Containers": [{**container, "ModelDataUrl": f"s3://{BUCKET}/robocar/model/model.tar.gz"}],
@@ -70,7 +73,7 @@ def register_compiled(aws, compiled: Path) -> str:
 
 def test_pull_and_drive_with_the_compiled_default_artifact(compiled, tmp_path, capsys):
     workspace = tmp_path / "workspace"
-    arn = register_compiled(clients(local_root=workspace), compiled)
+    arn = register_compiled(workspace, compiled)
     car = ["--root", str(tmp_path / "car")]
     registry = ["--local-root", str(workspace), "--group", GROUP, "--target", TARGET]
 
