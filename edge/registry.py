@@ -31,6 +31,11 @@ PAGE_SIZE = 100
 # not AdditionalInferenceSpecifications). AWS allows [\p{L}\p{Z}\p{N}_.:/=+-@] in keys (1-128) and
 # values (1-256), so an S3 URI, a hex digest and a runtime name fit as they are.
 EDGE_METADATA_FIELDS = ("uri", "sha256", "runtime")
+# The car's target when it is told none (a Raspberry Pi 4, Neo's ``rasp4b``), and the targets the pipeline
+# compiles for when told none: always including the car's default, or a car left at it would find no
+# artifact in any package the pipeline registers.
+DEFAULT_CAR_TARGET = "rasp4b"
+DEFAULT_EDGE_TARGETS = ("jetson_nano", DEFAULT_CAR_TARGET)
 
 
 def edge_metadata_key(target: str, field: str) -> str:

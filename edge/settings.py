@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.aws import LOCAL_ROOT_ENV  # the workspace's variable: local steps and the client factory read it
+from edge.registry import DEFAULT_CAR_TARGET
 
 CONFIG_FILE = "robocar.toml"
 CONFIG_TABLE = "robocar"
@@ -93,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
         "edge_target",
         "--edge-target",
         ("ROBOCAR_EDGE_TARGET",),
-        "rasp4b",
+        DEFAULT_CAR_TARGET,
         "the car's edge target (Neo device name) whose artifact it installs",
         aliases=("--target",),
     ),  # fmt: skip

@@ -40,6 +40,7 @@ from typing import Any
 # ONNX, TensorFlow and boto3 are imported where they are used: the control plane imports parse_targets
 # from here (pipelines/robocar/targets.py) with none of them installed.
 from edge.artifacts import sha256_file
+from edge.registry import DEFAULT_EDGE_TARGETS
 from processing.edge_package import (
     COMPILED_FORMAT,
     COMPILED_NAME,
@@ -65,7 +66,7 @@ from processing.neo import (
 __all__ = ["CompileError", "CompileFailed", "main", "parse_targets", "run", "target_devices"]
 
 PROCESSING = "/opt/ml/processing"
-DEFAULT_TARGETS = "jetson_nano,rasp4b"
+DEFAULT_TARGETS = ",".join(DEFAULT_EDGE_TARGETS)
 # The dry run fills what it was not given with these: the request stays valid and calls nothing.
 DRY_RUN_OUTPUT_S3_URI = "s3://robocar-dry-run/neo"
 DRY_RUN_ROLE_ARN = "arn:aws:iam::123456789012:role/robocar-dry-run"

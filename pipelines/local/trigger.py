@@ -39,6 +39,7 @@ from typing import Any
 
 from edge.atomic_files import atomic_write_json, file_lock
 from edge.aws_errors import ClientError, check_params, client_error, response_metadata
+from edge.greengrass.component import COMPONENT_NAME
 from edge.local_readers import from_iso, now_utc, page_items, to_iso
 from edge.settings import default_of
 from pipelines import event_pattern, events
@@ -59,7 +60,7 @@ class TriggerConfig:
     model_package_group: str
     region: str = "us-east-1"
     account: str = events.EXAMPLE_ACCOUNT
-    component_name: str = "com.robocar.Pilot"
+    component_name: str = COMPONENT_NAME
     edge_target: str = default_of("edge_target")  # the cars' target (edge/settings.py)
     thing_group: str = DEFAULT_THING_GROUP
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.settings import default_of
+from edge.registry import DEFAULT_EDGE_TARGETS
 
-# The cars' default target (edge/settings.py) is always compiled: otherwise a car left at its default
-# would find no artifact in any package this pipeline registers.
-DEFAULT_EDGE_TARGETS = ("jetson_nano", default_of("edge_target"))
+__all__ = ["DEFAULT_EDGE_TARGETS", "parse_edge_targets"]
 
 
 def parse_edge_targets(value: Sequence[str] | str) -> tuple[str, ...]:
