@@ -177,10 +177,3 @@ class RecordValidator:
         except Rejection:
             return False
         return True
-
-
-def parse_record(text: str | bytes, validator: RecordValidator) -> dict[str, Any]:
-    """A catalog line / record file -> the validated record, or ``Rejection``."""
-    record = parse_json_object(text)
-    validator.check(record)
-    return record

@@ -501,10 +501,6 @@ def _max_parallel(given: int | None, definition: Mapping[str, Any]) -> int | Non
     return value
 
 
-class _Stopped(Exception):
-    pass
-
-
 class LocalExecutor:
     """One execution of a plan; ``run()`` returns the finished Execution record."""
 
