@@ -667,9 +667,12 @@ def _rollback(args: argparse.Namespace) -> int:
 def _upload(args: argparse.Namespace) -> int:
     from edge import upload
 
-    if not args.bucket:
+    bucket = args.bucket
+    if not bucket and registry_location(args) is not None:  # the local pipeline's bucket (robocar run's)
+        bucket = settings.EXAMPLE_VALUES["bucket"]
+    if not bucket:
         raise upload.UploadError("--bucket (or ROBOCAR_BUCKET) is required: the data bucket to upload to")
-    destination = upload.Destination(args.bucket, args.prefix, args.car_id or upload.default_car_id())
+    destination = upload.Destination(bucket, args.prefix, args.car_id or upload.default_car_id())
     destination.key("0" * 64)  # a car id S3 cannot hold is bad input before anything is archived
     queue = upload.UploadQueue(args.edge_root / "upload")
     rate = upload.TokenBucket(upload.parse_rate(args.upload_max_rate)) if args.upload_max_rate else None

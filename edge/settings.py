@@ -31,6 +31,15 @@ LEVELS = ("flag", "environment", "config", "default")  # precedence, first wins
 DEFAULT_WORKSPACE = ".robocar"  # ignored by git; the local S3 folder, registry and executions live here
 
 
+# Values that let a definition be printed, and the local workspace be used, with no account at all (the
+# local pipeline's bucket is this one too); never used to talk to AWS.
+EXAMPLE_VALUES = {
+    "region": "us-east-1",
+    "role": "arn:aws:iam::123456789012:role/robocar-pipeline-execution",
+    "bucket": "robocar-data-123456789012",
+}
+
+
 class SettingsError(ValueError):
     """A setting is missing, malformed or contradicts another; the message says how to provide it."""
 

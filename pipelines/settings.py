@@ -22,12 +22,7 @@ __all__ = [
 # The settings that say where the pipeline lives (the Settings fields), as edge/settings.py defines them.
 KEYS = ("region", "role", "bucket", "prefix", "pipeline_name", "model_package_group", "endpoint_url")
 SETTINGS: tuple[Setting, ...] = tuple(core.setting(key) for key in KEYS)
-# Values that let a definition be printed with no account at all; never used to talk to AWS.
-EXAMPLE_VALUES = {
-    "region": "us-east-1",
-    "role": "arn:aws:iam::123456789012:role/robocar-pipeline-execution",
-    "bucket": "robocar-data-123456789012",
-}
+EXAMPLE_VALUES = core.EXAMPLE_VALUES
 
 
 @dataclass(frozen=True)
