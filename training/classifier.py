@@ -41,12 +41,13 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.photos import PhotoTransform, crop, resize_shorter_side, to_input
 from processing.errors import add_debug_flag, run_main
 from training.script_mode import UsageError, parse_script_args, positive, typed
 
@@ -55,7 +56,6 @@ SHAPES_FILE = "model-shapes.json"
 SPEC_FILE = "classifier-spec.json"
 CLASSES_FILE = "classes.json"  # class names by id (a JSON list), in the train channel beside its image list
 SPEC_SCHEMA = "robocar/classifier-spec/1"
-INPUT_NAME = "data"  # Neo's MXNet input name ({"data": [1, 3, H, W]})
 RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 crop
 DEFAULT_IMAGE_SHAPE = "3,64,64"
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop")  # the built-in algorithm's choices
@@ -83,29 +83,6 @@ class ClassifierConfig:
     optimizer: str = "adam"
     seed: int = 0
     debug: bool = False
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a photo becomes the network's input, ``(pixel * scale - mean) / std`` per RGB channel after
-    resizing and cropping; written into ``SPEC_FILE``."""
-
-    height: int
-    width: int
-    resize_shorter_side: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    scale: float
-    name: str = INPUT_NAME
-    layout: str = "NCHW"
-    colour: str = "RGB"
-    crop: str = "centre"
-    interpolation: str = "bilinear"
-
-    def as_dict(self) -> dict[str, Any]:
-        spec = asdict(self)
-        spec["shape"] = [1, 3, self.height, self.width]
-        return spec
 
 
 # --- hyperparameters ---------------------------------------------------------------------------------
@@ -274,17 +251,6 @@ def read_image_list(channel: Path) -> list[tuple[int, Path]]:
     return entries
 
 
-def resize_shorter_side(path: Path, side: int) -> np.ndarray:
-    """The photo as RGB uint8 HxWx3 with its shorter side ``side`` (bilinear; grey becomes RGB)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = side / min(image.size)
-        size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
-        return np.asarray(image.resize(size, Image.BILINEAR), dtype=np.uint8)
-
-
 def load_channel(channel: Path, side: int) -> ImageList:
     entries = read_image_list(channel)
     return ImageList(
@@ -293,25 +259,7 @@ def load_channel(channel: Path, side: int) -> ImageList:
     )
 
 
-def crop(image: np.ndarray, height: int, width: int, rng: np.random.Generator | None) -> np.ndarray:
-    """A ``height`` x ``width`` crop: random place and left-right flip with ``rng``, else the centre."""
-    top_range, left_range = image.shape[0] - height, image.shape[1] - width
-    if rng is None:
-        top, left = top_range // 2, left_range // 2
-    else:
-        top, left = int(rng.integers(0, top_range + 1)), int(rng.integers(0, left_range + 1))
-    patch = image[top : top + height, left : left + width]
-    return patch[:, ::-1] if rng is not None and rng.random() < 0.5 else patch
-
-
-def to_batch(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """NCHW float32: x * scale, minus mean, over std (per channel)."""
-    batch = np.stack(images).astype(np.float32) * np.float32(spec.scale)
-    batch = (batch - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
-
-
-def batches(data: ImageList, spec: InputSpec, size: int, rng: np.random.Generator | None) -> Any:
+def batches(data: ImageList, spec: PhotoTransform, size: int, rng: np.random.Generator | None) -> Any:
     """(inputs, labels) numpy batches; shuffled, randomly cropped and flipped when ``rng`` is given.
 
     Training (``rng``) drops the last partial batch: a batch of 1 or 2 gives a noisy step, and every
@@ -321,23 +269,23 @@ def batches(data: ImageList, spec: InputSpec, size: int, rng: np.random.Generato
     for start in range(0, stop, size):
         chosen = order[start : start + size]
         crops = [crop(data.images[i], spec.height, spec.width, rng) for i in chosen]
-        yield to_batch(crops, spec), data.labels[chosen]
+        yield to_input(crops, spec), data.labels[chosen]
 
 
 # --- training ----------------------------------------------------------------------------------------
 
 
-def make_spec(config: ClassifierConfig) -> InputSpec:
+def make_spec(config: ClassifierConfig) -> PhotoTransform:
     from training.efficientnet_lite import INPUT_MEAN, INPUT_SCALE, INPUT_STD
 
     _, height, width = config.image_shape
     side = config.resize or round(min(height, width) * RESIZE_RATIO)
     if side < max(height, width):
         raise UsageError(f"--resize {side} is smaller than the crop {height}x{width}")
-    return InputSpec(height, width, side, INPUT_MEAN, INPUT_STD, INPUT_SCALE)
+    return PhotoTransform(height, width, side, INPUT_MEAN, INPUT_STD, INPUT_SCALE)
 
 
-def accuracy(net: Any, data: ImageList, spec: InputSpec, size: int) -> float:
+def accuracy(net: Any, data: ImageList, spec: PhotoTransform, size: int) -> float:
     import mxnet as mx
 
     correct = 0
@@ -374,7 +322,7 @@ def make_trainer(net: Any, config: ClassifierConfig) -> Any:
     return gluon.Trainer(net.collect_params(), config.optimizer, options)
 
 
-def train_epoch(net: Any, trainer: Any, data: ImageList, spec: InputSpec, size: int, rng: Any) -> dict:
+def train_epoch(net: Any, trainer: Any, data: ImageList, spec: PhotoTransform, size: int, rng: Any) -> dict:
     """One pass over ``data``: train accuracy, mean cross-entropy, images and seconds."""
     import mxnet as mx
     from mxnet import autograd, gluon
@@ -457,7 +405,9 @@ def class_names(config: ClassifierConfig, classes: int) -> list[str]:
     return [f"class_{i}" for i in range(classes)]
 
 
-def export(net: Any, model_dir: Path, epoch: int, spec: InputSpec, classes: list[str], summary: dict) -> None:
+def export(
+    net: Any, model_dir: Path, epoch: int, spec: PhotoTransform, classes: list[str], summary: dict
+) -> None:
     """The built-in algorithm's layout (module docstring) in ``model_dir``."""
     import mxnet as mx
     from mxnet.gluon import HybridBlock
@@ -486,13 +436,12 @@ def export(net: Any, model_dir: Path, epoch: int, spec: InputSpec, classes: list
 # --- the exported model ------------------------------------------------------------------------------
 
 
-def load_exported(model_dir: Path) -> tuple[Any, InputSpec, list[str]]:
+def load_exported(model_dir: Path) -> tuple[Any, PhotoTransform, list[str]]:
     """(network answering probabilities, input spec, class names) from a model directory."""
     import mxnet as mx
 
     document = json.loads((model_dir / SPEC_FILE).read_text())
-    fields = {k: v for k, v in document["input"].items() if k != "shape"}
-    spec = InputSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    spec = PhotoTransform.from_dict(document["input"])
     params = sorted(model_dir.glob(f"{ARTIFACT_PREFIX}-[0-9][0-9][0-9][0-9].params"))
     if len(params) != 1:
         raise UsageError(f"{model_dir}: expected one {ARTIFACT_PREFIX}-NNNN.params, found {len(params)}")

@@ -1,4 +1,4 @@
-"""training/classifier.py's input side (numpy and Pillow only): image lists, resizing, crops, batches.
+"""The photo transform (edge/photos.py) and training/classifier.py's input side: image lists, batches.
 
 The training itself runs in the MXNet environment: tests/model/test_classifier_training.py.
 """
@@ -11,18 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.classifier import (
-    ImageList,
-    InputSpec,
-    UsageError,
-    batches,
-    crop,
-    read_image_list,
-    resize_shorter_side,
-    to_batch,
-)
+from edge.photos import PhotoError, PhotoTransform, crop, prepare, resize_shorter_side, to_input
+from training.classifier import ImageList, UsageError, batches, read_image_list
 
-SPEC = InputSpec(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)
+SPEC = PhotoTransform(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)
 
 
 def channel_with(tmp_path: Path, lines: str, images: dict[str, Image.Image] | None = None) -> Path:
@@ -95,9 +87,37 @@ def test_evaluation_crops_the_centre_and_training_varies_place_and_flip() -> Non
 def test_batches_are_normalised_nchw_and_training_drops_the_partial_one() -> None:
     images = [np.full((36, 36, 3), 255, np.uint8)] * 5
     data = ImageList(images, np.array([0, 1, 2, 0, 1]))
-    batch = to_batch([images[0][:32, :32]], SPEC)
+    batch = to_input([images[0][:32, :32]], SPEC)
     assert batch.shape == (1, 3, 32, 32) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0, :, 0, 0], (1 - np.array(SPEC.mean)) / np.array(SPEC.std), rtol=1e-6)
     assert [len(y) for _, y in batches(data, SPEC, 2, None)] == [2, 2, 1]
     assert [len(y) for _, y in batches(data, SPEC, 2, np.random.default_rng(1))] == [2, 2]
     assert [len(y) for _, y in batches(data, SPEC, 8, np.random.default_rng(1))] == [5]  # fewer than a batch
+
+
+def test_the_transform_round_trips_through_its_dict_and_refuses_what_this_code_cannot_do() -> None:
+    assert PhotoTransform.from_dict(SPEC.as_dict()) == SPEC
+    with pytest.raises(PhotoError, match="unknown input transform fields: mystery"):
+        PhotoTransform.from_dict({**SPEC.as_dict(), "mystery": 1})
+    with pytest.raises(PhotoError, match="NCHW RGB"):
+        PhotoTransform.from_dict({**SPEC.as_dict(), "layout": "NHWC"})
+    with pytest.raises(PhotoError, match="does not fit"):
+        PhotoTransform(64, 64, 60, (0, 0, 0), (1, 1, 1), 1.0)
+
+
+def test_prepare_gives_the_same_input_from_a_file_an_image_or_an_array(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "p.png")
+    from_file = prepare(tmp_path / "p.png", SPEC)
+    assert from_file.shape == (1, 3, 32, 32) and from_file.dtype == np.float32
+    np.testing.assert_array_equal(from_file, prepare(Image.fromarray(pixels), SPEC))
+    np.testing.assert_array_equal(from_file, prepare(pixels, SPEC))
+
+
+def test_a_truncated_photo_is_a_photo_error_not_a_crash(tmp_path: Path) -> None:
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "torn.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PhotoError, match="not a readable image"):
+        prepare(tmp_path / "torn.jpg", SPEC)

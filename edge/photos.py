@@ -1,0 +1,135 @@
+"""The photo contract of the image recipes: one implementation for Preprocess, training, evaluation,
+compilation, the endpoint and the car.
+
+A photo of any size, colour or grey, becomes the network's input in three steps:
+``resize_shorter_side`` (RGB uint8 HxWx3, bilinear, shorter side ``resize_shorter_side``) ->
+``crop`` (``height`` x ``width``: the centre, or a random place and flip while training) ->
+``to_input`` (NCHW float32, ``(pixel * scale - mean) / std`` per RGB channel).
+
+``PhotoTransform`` records the numbers; the trainer writes it into ``classifier-spec.json`` (``input``),
+compile copies it into each package's manifest (``input_transform``) and the car reads it from there, so
+every stage prepares a photo exactly as training did. Numpy and Pillow only: this module runs on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+INPUT_NAME = "data"  # Neo's MXNet input name ({"data": [1, 3, H, W]})
+# Pillow refuses images over ~179 M pixels (decompression bombs); a labelled photo is far smaller.
+MAX_PHOTO_PIXELS = 64_000_000
+
+
+class PhotoError(ValueError):
+    """A photo that cannot be prepared (unreadable, truncated, or a transform that does not fit)."""
+
+
+@dataclass(frozen=True)
+class PhotoTransform:
+    """How a photo becomes the network's input, ``(pixel * scale - mean) / std`` per RGB channel after
+    resizing (shorter side ``resize_shorter_side``) and cropping to ``height`` x ``width``."""
+
+    height: int
+    width: int
+    resize_shorter_side: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float
+    name: str = INPUT_NAME
+    layout: str = "NCHW"
+    colour: str = "RGB"
+    crop: str = "centre"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if min(self.height, self.width) < 1 or self.resize_shorter_side < max(self.height, self.width):
+            raise PhotoError(
+                f"a {self.height}x{self.width} crop does not fit a shorter side of {self.resize_shorter_side}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise PhotoError("mean and std need three values each, std > 0")
+
+    def as_dict(self) -> dict[str, Any]:
+        spec = asdict(self)
+        spec["mean"], spec["std"] = list(self.mean), list(self.std)
+        spec["shape"] = [1, 3, self.height, self.width]
+        return spec
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> PhotoTransform:
+        """The transform ``as_dict`` wrote (``shape`` is derived, other unknown keys are refused)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - known - {"shape"})
+        if unknown:
+            raise PhotoError(f"unknown input transform fields: {', '.join(unknown)}")
+        try:
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in known}
+            transform = cls(**values)
+        except TypeError as exc:
+            raise PhotoError(f"input transform: {exc}") from None
+        if (transform.layout, transform.colour, transform.crop, transform.interpolation) != (
+            "NCHW", "RGB", "centre", "bilinear",
+        ):  # fmt: skip
+            raise PhotoError("this code prepares NCHW RGB inputs, centre-cropped after a bilinear resize")
+        return transform
+
+
+def open_rgb(source: str | Path | Image.Image) -> Image.Image:
+    """The photo as an RGB Pillow image (grey, palette, alpha converted); PhotoError if unreadable."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    try:
+        with Image.open(source) as image:
+            if image.width * image.height > MAX_PHOTO_PIXELS:
+                raise PhotoError(
+                    f"{source}: {image.width}x{image.height} is over {MAX_PHOTO_PIXELS:,} pixels"
+                )
+            return image.convert("RGB")  # decodes fully: a truncated file fails here
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, PhotoError):
+            raise
+        raise PhotoError(f"{source}: not a readable image ({exc})") from None
+
+
+def resize_shorter_side(source: str | Path | Image.Image, side: int) -> np.ndarray:
+    """The photo as RGB uint8 HxWx3 with its shorter side ``side`` (bilinear; grey becomes RGB)."""
+    image = open_rgb(source)
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return np.asarray(image.resize(size, Image.BILINEAR), dtype=np.uint8)
+
+
+def crop(image: np.ndarray, height: int, width: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A ``height`` x ``width`` crop: random place and left-right flip with ``rng``, else the centre."""
+    top_range, left_range = image.shape[0] - height, image.shape[1] - width
+    if top_range < 0 or left_range < 0:
+        raise PhotoError(
+            f"a {image.shape[0]}x{image.shape[1]} image is smaller than the {height}x{width} crop"
+        )
+    if rng is None:
+        top, left = top_range // 2, left_range // 2
+    else:
+        top, left = int(rng.integers(0, top_range + 1)), int(rng.integers(0, left_range + 1))
+    patch = image[top : top + height, left : left + width]
+    return patch[:, ::-1] if rng is not None and rng.random() < 0.5 else patch
+
+
+def to_input(images: Sequence[np.ndarray], transform: PhotoTransform) -> np.ndarray:
+    """NCHW float32 from ``height`` x ``width`` RGB uint8 crops: x * scale, minus mean, over std."""
+    batch = np.stack(images).astype(np.float32) * np.float32(transform.scale)
+    batch = (batch - np.array(transform.mean, np.float32)) / np.array(transform.std, np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def prepare(source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform) -> np.ndarray:
+    """One photo (a file, a Pillow image or an RGB uint8 array) as the network's [1, 3, H, W] input."""
+    if isinstance(source, np.ndarray):
+        source = Image.fromarray(np.asarray(source, dtype=np.uint8))
+    resized = resize_shorter_side(source, transform.resize_shorter_side)
+    return to_input([crop(resized, transform.height, transform.width)], transform)
