@@ -26,6 +26,12 @@ CONFIG_FILE = "robocar.toml"
 CONFIG_TABLE = "robocar"
 CONFIG_MAX_BYTES = 64 * 1024  # robocar.toml holds a few dozen short values; anything bigger is not one
 BACKENDS = ("local", "aws")
+# The recipes, each with the pipeline and model package group it uses when the user names none (the
+# pilot's are the table's defaults below, so existing workspaces and stacks keep their names).
+RECIPE_NAMES = {
+    "pilot": ("robocar-pipeline", "robocar-pilots"),
+    "classifier": ("robocar-classifier", "robocar-classifiers"),
+}
 LEVELS = ("flag", "environment", "config", "default")  # precedence, first wins
 
 DEFAULT_WORKSPACE = ".robocar"  # ignored by git; the local S3 folder, registry and executions live here
@@ -53,6 +59,7 @@ class Setting:
     help: str
     aliases: tuple[str, ...] = ()  # other flags accepted for it (kept where scripts and docs use them)
     numeric: bool = False  # robocar.toml may write it as a TOML number
+    choices: tuple[str, ...] = ()  # the only values accepted (argparse lists them in --help)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -62,13 +69,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bucket", "--bucket", ("ROBOCAR_BUCKET",), None, "S3 bucket for data, code and artifacts"),
     Setting("prefix", "--prefix", ("ROBOCAR_PREFIX",), "robocar", "key prefix inside the bucket"),
     Setting(
-        "pipeline_name", "--pipeline-name", ("ROBOCAR_PIPELINE_NAME",), "robocar-pipeline", "pipeline name"
+        "recipe",
+        "--recipe",
+        ("ROBOCAR_RECIPE",),
+        "pilot",
+        "which recipe's pipeline (its pipeline name and model package group follow unless given)",
+        choices=tuple(RECIPE_NAMES),
+    ),  # fmt: skip
+    Setting(
+        "pipeline_name",
+        "--pipeline-name",
+        ("ROBOCAR_PIPELINE_NAME",),
+        RECIPE_NAMES["pilot"][0],
+        "pipeline name",
     ),
     Setting(
         "model_package_group",
         "--model-package-group",
         ("ROBOCAR_MODEL_PACKAGE_GROUP",),
-        "robocar-pilots",
+        RECIPE_NAMES["pilot"][1],
         "model package group in the registry",
         aliases=("--group",),
     ),  # fmt: skip
@@ -250,11 +269,26 @@ def resolve(
             value, source = item.default, "default"
         values[key], sources[key] = (None if value is None else str(value)), source
     resolved = Resolved(values, sources, environ)
+    for key, value in values.items():
+        allowed = BY_KEY[key].choices
+        if allowed and value not in allowed:
+            raise SettingsError(f"{resolved.where(key)} must be one of {', '.join(allowed)}, got {value!r}")
     if "backend" in values and values["backend"] not in BACKENDS:
         raise SettingsError(
             f"{resolved.where('backend')} must be 'local' or 'aws', got {values['backend']!r}"
         )
     return resolved
+
+
+def with_recipe_names(resolved: Resolved) -> dict[str, str | None]:
+    """The resolved values, with the recipe's own pipeline name and model package group wherever the user
+    named none (``RECIPE_NAMES``): two recipes never share a pipeline or a group by accident."""
+    values = dict(resolved.values)
+    names = RECIPE_NAMES[str(values.get("recipe") or BY_KEY["recipe"].default)]
+    for key, name in zip(("pipeline_name", "model_package_group"), names, strict=True):
+        if key in values and not resolved.given(key):
+            values[key] = name
+    return values
 
 
 def resolve_args(args: Any, keys: Iterable[str], environ: Mapping[str, str] | None = None) -> Resolved:
@@ -328,8 +362,9 @@ def add_arguments(parser: Any, keys: Iterable[str], title: str | None = None) ->
             choice.add_argument("--aws", dest=key, action="store_const", const="aws", help="--backend aws")
         else:
             group.add_argument(
-                item.flag, *item.aliases, dest=key, default=None, metavar=key.upper(), help=text
-            )
+                item.flag, *item.aliases, dest=key, default=None, help=text,
+                **({"choices": item.choices} if item.choices else {"metavar": key.upper()}),
+            )  # fmt: skip
     if not any(action.dest == "config" for action in parser._actions):
         parser.add_argument(
             "--config", type=Path, default=None, help=f"settings file (default: ./{CONFIG_FILE} if present)"

@@ -42,6 +42,10 @@ def quiet_sdk() -> Iterator[None]:
             root.setLevel(level)
 
 
+# Each recipe's ``get_pipeline`` (edge.settings.RECIPE_NAMES lists the recipes).
+RECIPE_MODULES = {"pilot": "pipelines.robocar.pipeline", "classifier": "pipelines.classifier.pipeline"}
+
+
 def build_definition(
     settings: Settings, edge_targets: Sequence[str] | str | None = None, code: CodeBundle | None = None
 ) -> str:
@@ -50,8 +54,11 @@ def build_definition(
     Pass the ``code`` that will be uploaded: its contents are read once, so the hashes the definition
     names are the hashes of what goes to S3 even if a file changes in between.
     """
-    from pipelines.robocar.pipeline import DEFAULT_EDGE_TARGETS, get_pipeline
+    import importlib
 
+    from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS
+
+    get_pipeline = importlib.import_module(RECIPE_MODULES[settings.recipe]).get_pipeline
     with quiet_sdk():
         pipeline = get_pipeline(
             region=settings.region,

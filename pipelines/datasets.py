@@ -34,6 +34,8 @@ from edge.s3_uri import split_s3_uri
 from pipelines.events import normalize_prefix
 
 RAW_FOLDER = "raw"
+# Each recipe's raw data lands in its own folder, so new data starts only that recipe's pipeline.
+RAW_FOLDERS = {"pilot": RAW_FOLDER, "classifier": "raw-classifier"}
 DATASETS_FOLDER = "datasets"
 MANIFEST_SUFFIX = ".manifest"
 # What the pilot's InputDataUrl defaults to: no snapshot ever has this name (snapshots are named by a
@@ -72,8 +74,8 @@ def folder_uri(bucket: str, prefix: str, folder: str) -> str:
     return f"s3://{bucket}/{normalize_prefix(prefix.strip('/') + '/' + folder)}"
 
 
-def raw_uri(bucket: str, prefix: str) -> str:
-    return folder_uri(bucket, prefix, RAW_FOLDER)
+def raw_uri(bucket: str, prefix: str, recipe: str = "pilot") -> str:
+    return folder_uri(bucket, prefix, RAW_FOLDERS[recipe])
 
 
 def datasets_uri(bucket: str, prefix: str) -> str:
@@ -185,7 +187,7 @@ def client_request_token(digest: str) -> str:
 
 # ---------------------------------------------------------------- the pipeline parameter
 def resolve_input_data_url(
-    s3: Any, given: str | None, *, bucket: str, prefix: str
+    s3: Any, given: str | None, *, bucket: str, prefix: str, recipe: str = "pilot"
 ) -> tuple[str, Snapshot | None]:
     """The ``InputDataUrl`` to start an execution with, and the snapshot taken for it (None if none was).
 
@@ -194,7 +196,7 @@ def resolve_input_data_url(
     """
     if given and is_manifest_uri(given):
         return given, None
-    taken = snapshot(s3, given or raw_uri(bucket, prefix), datasets_uri(bucket, prefix))
+    taken = snapshot(s3, given or raw_uri(bucket, prefix, recipe), datasets_uri(bucket, prefix))
     return taken.manifest_uri, taken
 
 
@@ -207,12 +209,19 @@ def declares_input_data_url(definition: dict[str, Any]) -> bool:
 
 
 def start_parameters(
-    s3: Any, definition: dict[str, Any], parameters: list[dict[str, str]], *, bucket: str, prefix: str
+    s3: Any,
+    definition: dict[str, Any],
+    parameters: list[dict[str, str]],
+    *,
+    bucket: str,
+    prefix: str,
+    recipe: str = "pilot",
 ) -> tuple[list[dict[str, str]], Snapshot | None]:
     """``PipelineParameters`` whose ``InputDataUrl`` names a dataset (``resolve_input_data_url``), and the
     snapshot taken for it; unchanged for a definition without the parameter."""
     if not declares_input_data_url(definition):
         return parameters, None
-    url, taken = resolve_input_data_url(s3, given_input_data_url(parameters), bucket=bucket, prefix=prefix)
+    given = given_input_data_url(parameters)
+    url, taken = resolve_input_data_url(s3, given, bucket=bucket, prefix=prefix, recipe=recipe)
     kept = [p for p in parameters if p["Name"] != INPUT_PARAMETER]
     return [*kept, {"Name": INPUT_PARAMETER, "Value": url}], taken

@@ -20,7 +20,9 @@ __all__ = [
 ]  # fmt: skip
 
 # The settings that say where the pipeline lives (the Settings fields), as edge/settings.py defines them.
-KEYS = ("region", "role", "bucket", "prefix", "pipeline_name", "model_package_group", "endpoint_url")
+KEYS = (
+    "region", "role", "bucket", "prefix", "pipeline_name", "model_package_group", "endpoint_url", "recipe",
+)  # fmt: skip
 SETTINGS: tuple[Setting, ...] = tuple(core.setting(key) for key in KEYS)
 EXAMPLE_VALUES = core.EXAMPLE_VALUES
 
@@ -34,6 +36,7 @@ class Settings:
     pipeline_name: str
     model_package_group: str
     endpoint_url: str | None
+    recipe: str = "pilot"
 
 
 def add_arguments(parser: Any, *, backend: bool = False) -> None:
@@ -111,7 +114,7 @@ def resolve(args: Any, *, use_examples: bool = False) -> Settings:
     (``cars/`` is ``cars``).
     """
     resolved = core.resolve_args(args, KEYS)
-    values: dict[str, str | None] = dict(resolved.values)
+    values = core.with_recipe_names(resolved)
     missing = []
     for s in SETTINGS:
         value = values[s.key]

@@ -1,4 +1,4 @@
-"""CompileForEdge: the trained pilot compiled per edge target (Neo on AWS, LiteRT/ONNX locally).
+"""CompileForEdge: the trained model compiled per edge target (Neo on AWS, LiteRT/ONNX locally).
 
 No SDK has a compilation step (docs/design.md "Neo and DLR"), so this is a Processing step running
 ``processing/compile.py``; its ``compiled.json`` is a property file the Register step reads.
@@ -35,12 +35,11 @@ def compile_step(
     edge_targets: Any,
     region: str,
     cache: CacheConfig,
+    script: str = "processing/compile.py",
 ) -> tuple[ProcessingStep, PropertyFile]:
     compiled = PropertyFile(name=REPORT_NAME, output_name="compiled", path="compiled.json")
     compiled_uri = execution_uri(output_uri, "compiled")
-    proc = processor(
-        session, role=role, image_uri=image_uri, instance_type=instance_type, script="processing/compile.py"
-    )
+    proc = processor(session, role=role, image_uri=image_uri, instance_type=instance_type, script=script)
     step_args = proc.run(
         inputs=[
             s3_input("code", code_uri, CODE_DIR),

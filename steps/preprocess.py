@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sagemaker.core.processing import Processor
@@ -64,6 +65,10 @@ def preprocess_step(
     output_uri: str,
     cache: CacheConfig,
     instance_count: Any = 1,
+    script: str = "processing/preprocess.py",
+    extra_arguments: Sequence[Any] = (),
+    distribution: str = "ShardedByS3Key",
+    property_files: Sequence[Any] = (),
 ) -> ProcessingStep:
     """``input_data_url`` is a dataset manifest (a pipeline parameter, ``pipelines/datasets.py``): the
     tubs are named by content, so SageMaker's cache, which keys on S3 paths, reruns Preprocess exactly
@@ -75,27 +80,36 @@ def preprocess_step(
     instance the same as ``FullyReplicated``). Preprocess then needs every tub to be one object (an
     archive) and refuses a loose file; each instance writes its own shards and report under names
     carrying its host, into the same output prefixes (docs/contracts.md section 2).
+
+    ``script`` is the recipe's Preprocess (its arguments after ``--input``/``--output``:
+    ``extra_arguments``); a recipe whose records refer to each other across objects (a Ground Truth
+    manifest and its photos) takes every object on its one instance (``FullyReplicated``).
     """
     proc = processor(
         session,
         role=role,
         image_uri=image_uri,
         instance_type=instance_type,
-        script="processing/preprocess.py",
+        script=script,
         instance_count=instance_count,
     )
     step_args = proc.run(
         inputs=[
             s3_input("code", code_uri, CODE_DIR),
-            s3_input("tubs", input_data_url, INPUT_DIR, "ManifestFile", distribution="ShardedByS3Key"),
+            s3_input("tubs", input_data_url, INPUT_DIR, "ManifestFile", distribution=distribution),
         ],
         outputs=[
             s3_output(name, f"{OUTPUT_DIR}/{name}", execution_uri(output_uri, name))
             for name in (*SPLITS, "report")
         ],
-        arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR, "--resource-config", RESOURCE_CONFIG],
+        arguments=["--input", INPUT_DIR, "--output", OUTPUT_DIR, *extra_arguments],
     )
-    return ProcessingStep(name="Preprocess", step_args=step_args, cache_config=cache)
+    return ProcessingStep(
+        name="Preprocess",
+        step_args=step_args,
+        cache_config=cache,
+        property_files=list(property_files) or None,
+    )
 
 
 def split_uri(step: ProcessingStep, split: str) -> Any:

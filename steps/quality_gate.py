@@ -1,9 +1,10 @@
-"""The gate after Evaluate: a pilot below the quality bar fails loudly; a good one is registered once.
+"""The gate after Evaluate: a model below the quality bar fails loudly; a good one is registered once.
 
 Two Condition steps, both reading Evaluate's report:
 
-- ``CheckQuality``: test angle MAE within ``AngleMaeThreshold``? Else ``AngleMaeTooHigh`` fails the
-  execution with the metric and the threshold.
+- ``CheckQuality``: the recipe's metric within its threshold (the pilot: test angle MAE within
+  ``AngleMaeThreshold``, else ``AngleMaeTooHigh``; the classifier: test accuracy at least
+  ``AccuracyThreshold``, else ``AccuracyTooLow``)? The Fail step names the metric and the threshold.
 - ``ShouldRegister``: the same bar *and* this model (the training job's ``S3ModelArtifacts``) not yet in
   the group? Then CompileForEdge -> Register; else nothing: an identical rerun (Preprocess and Train from
   the cache) ends here, ``ShouldRegister -> False``, instead of registering the same model again.
@@ -15,31 +16,58 @@ step runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sagemaker.core.workflow.conditions import ConditionEquals, ConditionLessThanOrEqualTo
+from sagemaker.core.workflow.conditions import (
+    ConditionEquals,
+    ConditionGreaterThanOrEqualTo,
+    ConditionLessThanOrEqualTo,
+)
 from sagemaker.core.workflow.functions import Join, JsonGet
 from sagemaker.core.workflow.properties import PropertyFile
 from sagemaker.mlops.workflow.condition_step import ConditionStep
 from sagemaker.mlops.workflow.fail_step import FailStep
 from sagemaker.mlops.workflow.steps import ProcessingStep, Step
 
-from steps.evaluate import ALREADY_REGISTERED_PATH, ANGLE_MAE_PATH
+from steps.evaluate import ACCURACY_PATH, ALREADY_REGISTERED_PATH, ANGLE_MAE_PATH
+
+
+@dataclass(frozen=True)
+class QualityBar:
+    """What the gate reads from evaluation.json and how it compares it with the threshold parameter."""
+
+    metric_path: str
+    higher_is_better: bool
+    fail_step_name: str
+    metric_words: str  # e.g. "Test angle MAE"
+    threshold_name: str
+
+
+ANGLE_MAE_BAR = QualityBar(ANGLE_MAE_PATH, False, "AngleMaeTooHigh", "Test angle MAE", "AngleMaeThreshold")
+ACCURACY_BAR = QualityBar(ACCURACY_PATH, True, "AccuracyTooLow", "Test accuracy", "AccuracyThreshold")
 
 
 def quality_gate_steps(
-    *, evaluate_step: ProcessingStep, report: PropertyFile, threshold: Any, register_steps: list[Step]
+    *,
+    evaluate_step: ProcessingStep,
+    report: PropertyFile,
+    threshold: Any,
+    register_steps: list[Step],
+    bar: QualityBar = ANGLE_MAE_BAR,
 ) -> list[ConditionStep]:
     def report_value(path: str) -> JsonGet:
         return JsonGet(step_name=evaluate_step.name, property_file=report, json_path=path)
 
-    angle_mae = report_value(ANGLE_MAE_PATH)
-    good_enough = ConditionLessThanOrEqualTo(left=angle_mae, right=threshold)
+    metric = report_value(bar.metric_path)
+    compare = ConditionGreaterThanOrEqualTo if bar.higher_is_better else ConditionLessThanOrEqualTo
+    good_enough = compare(left=metric, right=threshold)
+    side = "below" if bar.higher_is_better else "above"
     fail = FailStep(
-        name="AngleMaeTooHigh",
+        name=bar.fail_step_name,
         error_message=Join(
             on=" ",
-            values=["Test angle MAE", angle_mae, "is above the threshold AngleMaeThreshold =", threshold],
+            values=[bar.metric_words, metric, f"is {side} the threshold {bar.threshold_name} =", threshold],
         ),
     )
     check_quality = ConditionStep(

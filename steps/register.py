@@ -75,7 +75,9 @@ def register_step(
     compile_step: ProcessingStep,
     compiled: PropertyFile,
     compiled_uri: Any,
+    content_types: Sequence[str] = CONTENT_TYPES,
 ) -> ModelStep:
+    """``content_types``: what the model's endpoint accepts (the pilot's handler: JPEG, PNG, JSON)."""
     builder = ModelBuilder(
         image_uri=inference_image_uri,
         s3_model_data_url=model_uri,
@@ -93,7 +95,7 @@ def register_step(
     )
     step_args = builder.register(
         model_package_group_name=model_package_group_name,
-        content_types=CONTENT_TYPES,
+        content_types=list(content_types),
         response_types=RESPONSE_TYPES,
         inference_instances=INFERENCE_INSTANCES,
         transform_instances=TRANSFORM_INSTANCES,

@@ -1,8 +1,10 @@
-"""Train: the donkeycar pilot in the TensorFlow framework container (script mode)."""
+"""Train: a recipe's trainer in its framework container (script mode): the pilot in TensorFlow's, the
+classifier in MXNet's."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sagemaker.core.shapes import MetricDefinition, OutputDataConfig, StoppingCondition
@@ -40,24 +42,25 @@ def train_step(
     train_uri: Any,
     validation_uri: Any,
     output_uri: str,
-    model_type: Any,
-    epochs: Any,
+    program: str,
+    hyperparameters: dict[str, Any],
     cache: CacheConfig,
+    metric_definitions: Sequence[dict[str, str]] = METRIC_DEFINITIONS,
+    base_job_name: str = "robocar-train",
+    environment: dict[str, str] | None = None,
 ) -> TrainingStep:
     trainer = ModelTrainer(
         sagemaker_session=session,
         role=role,
         training_image=image_uri,
-        base_job_name="robocar-train",
+        base_job_name=base_job_name,
         compute=Compute(instance_type=instance_type, instance_count=1, volume_size_in_gb=30),
         stopping_condition=StoppingCondition(max_runtime_in_seconds=MAX_RUNTIME_S),
         output_data_config=OutputDataConfig(s3_output_path=execution_uri(output_uri)),
-        hyperparameters=script_mode_hyperparameters(
-            "training/train.py", sourcedir_uri, **{"model-type": model_type, "epochs": epochs}
-        ),
-        environment={"PYTHONPATH": TRAINING_CODE_DIR, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        hyperparameters=script_mode_hyperparameters(program, sourcedir_uri, **hyperparameters),
+        environment=environment or {"PYTHONPATH": TRAINING_CODE_DIR, "TF_CPP_MIN_LOG_LEVEL": "2"},
     ).with_metric_definitions(
-        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
+        [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in metric_definitions]
     )
     step_args = trainer.train(
         input_data_config=[

@@ -141,7 +141,7 @@ def _start(args: argparse.Namespace) -> int:
     _say_where(where)
     # Preprocess reads a dataset named by its content: snapshot the raw prefix (or the given one) first.
     parameters, taken = datasets.start_parameters(
-        s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
+        s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix, recipe=settings.recipe
     )
     if taken is not None:
         print(taken.line(), file=sys.stderr)

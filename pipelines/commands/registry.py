@@ -16,7 +16,7 @@ from edge import registry as package_registry
 from edge import settings
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
-KEYS = ("model_package_group", "backend", "workspace", "region", "endpoint_url")
+KEYS = ("model_package_group", "recipe", "backend", "workspace", "region", "endpoint_url")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def resolve_registry_settings(args: argparse.Namespace) -> settings.Resolved:
     their values replace the parsed flags in ``args``. The backend is chosen from the flags as given."""
     resolved = settings.resolve_args(args, KEYS)
     args.backend_choice = settings.choose_backend(resolved)
-    vars(args).update(resolved.values)
+    vars(args).update(settings.with_recipe_names(resolved))
     return resolved
 
 

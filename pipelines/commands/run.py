@@ -135,7 +135,8 @@ def _definition(args: argparse.Namespace, settings: settings_mod.Settings, code:
 def _raw_data_url(
     definition: dict[str, Any], parameters: list[dict[str, str]], settings: settings_mod.Settings
 ) -> str | None:
-    """Where ``--data`` goes: a given InputDataUrl prefix, else <prefix>/raw/; None without the parameter."""
+    """Where ``--data`` goes: a given InputDataUrl prefix, else the recipe's raw folder (<prefix>/raw/ for
+    the pilot); None without the parameter."""
     from pipelines import datasets
 
     if not datasets.declares_input_data_url(definition):
@@ -143,7 +144,7 @@ def _raw_data_url(
     given = datasets.given_input_data_url(parameters)
     if given and not datasets.is_manifest_uri(given):
         return given
-    return datasets.raw_uri(settings.bucket, settings.prefix)
+    return datasets.raw_uri(settings.bucket, settings.prefix, settings.recipe)
 
 
 def _upload_folder(s3: Any, folder: Path, uri: str) -> int:
@@ -244,8 +245,9 @@ def snapshot_parameters(
 
     try:
         parameters, taken = datasets.start_parameters(
-            s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix
-        )
+            s3, definition, parameters, bucket=settings.bucket, prefix=settings.prefix,
+            recipe=settings.recipe,
+        )  # fmt: skip
     except datasets.DatasetError as exc:
         raise datasets.DatasetError(f"{exc} (local S3: {s3.base}); pass --data DIR with your tubs") from None
     if taken is not None:

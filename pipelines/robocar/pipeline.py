@@ -48,7 +48,7 @@ def get_pipeline(
     from steps.compile import compile_step, compiled_uri
     from steps.containers import TF_FRAMEWORK_VERSION, TF_PY_VERSION, s3_join
     from steps.evaluate import evaluate_step, evaluation_uri
-    from steps.preprocess import preprocess_step, split_uri
+    from steps.preprocess import RESOURCE_CONFIG, preprocess_step, split_uri
     from steps.quality_gate import quality_gate_steps
     from steps.register import check_edge_uris_fit, register_step
     from steps.train import model_artifacts_uri, train_step
@@ -89,12 +89,14 @@ def get_pipeline(
         session, **jobs, input_data_url=input_data_url,
         code_uri=code.step("processing/preprocess.py").uri,
         output_uri=s3_join(prefix, "preprocess"), cache=cache, instance_count=processing_instance_count,
+        extra_arguments=["--resource-config", RESOURCE_CONFIG],
     )  # fmt: skip
     train = train_step(
         session, role=role, image_uri=training_image, instance_type=training_instance_type,
         sourcedir_uri=code.step("training/train.py").uri, train_uri=split_uri(preprocess, "train"),
         validation_uri=split_uri(preprocess, "validation"), output_uri=s3_join(prefix, "models"),
-        model_type=model_type, epochs=epochs, cache=cache,
+        program="training/train.py", hyperparameters={"model-type": model_type, "epochs": epochs},
+        cache=cache,
     )  # fmt: skip
     evaluate, report = evaluate_step(
         session, **jobs, code_uri=code.step("processing/evaluate.py").uri,

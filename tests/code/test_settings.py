@@ -4,6 +4,7 @@ written once in the code."""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ PACKAGES = ("edge", "pipelines", "steps", "processing", "training", "inference",
 # Defaults whose value also names other things, so the same word appears for another reason: "robocar"
 # is the prefix and also the program, its logger, the TOML table and the stack; "local" is a backend and
 # a compile mode; "camera" a frame source kind; "0" is zero.
-SHARED_WORDS = {"robocar", "local", "camera", "0", "2"}  # words and small numbers, not defaults
+# Words and small numbers, not defaults; "pilot" is a recipe name, the key of every per-recipe table.
+SHARED_WORDS = {"robocar", "local", "camera", "0", "2", "pilot"}
 ROLE = "arn:aws:iam::123456789012:role/robocar-pipeline-execution"
 
 
@@ -209,3 +211,22 @@ def test_the_readme_table_lists_every_setting_as_the_code_defines_it() -> None:
         (row,) = [line for line in table.splitlines() if f"`{item.key}`" in line]
         for word in (item.flag, *item.aliases, *item.env, *([item.default] if item.default else [])):
             assert f"`{word}" in row, (item.key, word)
+
+
+def test_a_recipe_brings_its_own_pipeline_and_group_unless_they_are_named(clean: pytest.MonkeyPatch) -> None:
+    parser = argparse.ArgumentParser()
+    pipeline_settings.add_arguments(parser)
+    assert "{pilot,classifier}" in parser.format_help()  # argparse lists the choices
+    pilot = pipeline_settings.resolve(parser.parse_args([]), use_examples=True)
+    assert (pilot.recipe, pilot.pipeline_name, pilot.model_package_group) == (
+        "pilot", "robocar-pipeline", "robocar-pilots",
+    )  # fmt: skip
+    classifier = pipeline_settings.resolve(parser.parse_args(["--recipe", "classifier"]), use_examples=True)
+    assert (classifier.pipeline_name, classifier.model_package_group) == settings.RECIPE_NAMES["classifier"]
+    named = pipeline_settings.resolve(
+        parser.parse_args(["--recipe", "classifier", "--group", "mine"]), use_examples=True
+    )
+    assert (named.pipeline_name, named.model_package_group) == ("robocar-classifier", "mine")
+    clean.setenv("ROBOCAR_RECIPE", "tractor")
+    with pytest.raises(settings.SettingsError, match=r"\$ROBOCAR_RECIPE must be one of pilot, classifier"):
+        pipeline_settings.resolve(parser.parse_args([]), use_examples=True)
