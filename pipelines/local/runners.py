@@ -13,6 +13,7 @@ its properties (what ``Steps.<name>....`` refers to) and property files.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -36,7 +37,7 @@ from edge.folders import FolderError, files_under
 from edge.local_readers import ACCOUNT_ID
 from edge.s3_uri import split_s3_uri
 from pipelines.datasets import DatasetError, read_manifest
-from pipelines.local import environments
+from pipelines.local import builtin, environments
 from pipelines.local.expressions import to_string
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
@@ -694,9 +695,14 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
     hyperparameters = decode_hyperparameters(raw_hps)
     program = hyperparameters.get("sagemaker_program")
     submit = hyperparameters.get("sagemaker_submit_directory")
-    if not program or not submit:
+    training_image = arguments.get("AlgorithmSpecification", {}).get("TrainingImage", "")
+    stand_in = None if program else built_in_stand_in(training_image)
+    if stand_in:
+        program = stand_in
+    elif not program or not submit:
         raise StepFailed(
-            "local training runs script mode only: HyperParameters need sagemaker_program and "
+            "local training runs script mode and the built-in algorithms with a local stand-in "
+            f"({', '.join(builtin.STAND_INS)}) only: HyperParameters need sagemaker_program and "
             "sagemaker_submit_directory (JSON-quoted, see docs/design.md)",
             INTERNAL_ERROR,
         )
@@ -707,12 +713,20 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         raise StepFailed("OutputDataConfig.S3OutputPath is missing", INTERNAL_ERROR)
     with job_tree(job) as opt_ml:
         code_dir = opt_ml / "code"
-        archive = local_s3_path(job.s3, submit, "sagemaker_submit_directory")
-        if not archive.is_file():
-            raise StepFailed(f"sagemaker_submit_directory {submit} does not exist in local S3 ({archive})")
         code_dir.mkdir(parents=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(code_dir, filter="data")
+        if stand_in:  # the project's own code, as a framework container would get it
+            from pipelines.code_bundle import CodeBundle
+
+            sourcedir = CodeBundle(bucket="local", prefix="stand-in").step(stand_in).sourcedir
+            with tarfile.open(fileobj=io.BytesIO(sourcedir)) as tar:
+                tar.extractall(code_dir, filter="data")
+        else:
+            archive = local_s3_path(job.s3, submit, "sagemaker_submit_directory")
+            if not archive.is_file():
+                missing = f"sagemaker_submit_directory {submit} does not exist in local S3 ({archive})"
+                raise StepFailed(missing)
+            with tarfile.open(archive) as tar:
+                tar.extractall(code_dir, filter="data")
         if not (code_dir / program).is_file():
             raise StepFailed(f"sagemaker_program {program} is not in {submit}")
         for channel in arguments.get("InputDataConfig", []):
@@ -721,7 +735,16 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
                 raise StepFailed(
                     f"channel {channel['ChannelName']}: only S3DataSource runs locally", INTERNAL_ERROR
                 )
-            download_s3(job.s3, source["S3Uri"], opt_ml / "input" / "data" / channel["ChannelName"])
+            destination = opt_ml / "input" / "data" / channel["ChannelName"]
+            if source.get("S3DataType") == "AugmentedManifestFile":
+                try:
+                    builtin.materialise_augmented_manifest(
+                        job.s3, source["S3Uri"], list(source.get("AttributeNames") or []), destination
+                    )
+                except builtin.ChannelError as exc:
+                    raise StepFailed(f"channel {channel['ChannelName']}: {exc}", CLIENT_ERROR) from None
+            else:
+                download_s3(job.s3, source["S3Uri"], destination)
         for folder in ("model", "output/data", "output/intermediate", "input/config"):
             (opt_ml / folder).mkdir(parents=True, exist_ok=True)
         _write_json(opt_ml / "input" / "config" / "hyperparameters.json", raw_hps)
@@ -770,6 +793,15 @@ def run_training(job: StepJob, arguments: dict[str, Any]) -> StepOutcome:
         "FinalMetricDataList": metrics,
     }
     return StepOutcome(properties, {}, seconds)
+
+
+def built_in_stand_in(image_uri: str) -> str | None:
+    """The project script standing in for the built-in algorithm ``image_uri`` runs, or None."""
+    image = environments.parse_image_uri(image_uri)
+    if image is None or image.repository not in builtin.STAND_INS:
+        return None
+    environments.image_family(image_uri)  # the region's registry account, or EnvironmentUnavailable
+    return builtin.stand_in_program(image.repository)
 
 
 def model_artifacts_uri(output_path: str, job_name: str) -> str:
