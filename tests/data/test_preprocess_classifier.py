@@ -232,8 +232,8 @@ def test_splits_are_deterministic_and_stay_when_a_photo_is_added(tmp_path: Path,
 
     manifest = dataset / "labels" / MANIFEST_NAME
     (dataset / "labels" / "images" / "added.jpg").write_bytes(_photo_bytes((77, 55), "RGB", (1, 2, 250)))
-    with open(manifest, "a") as handle:
-        handle.write(gt_line("s3://robocar-labels/synth-classes/images/added.jpg", 1, "square"))
+    added = gt_line("s3://robocar-labels/synth-classes/images/added.jpg", 1, "square")
+    manifest.write_text(added + manifest.read_text())  # first: every other record's index moves by one
     assert run(dataset, grown) == 0
 
     after = output_digests(grown)
