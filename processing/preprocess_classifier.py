@@ -11,8 +11,9 @@ the photos they name, found by ``processing.ground_truth.read_ground_truth``'s r
 
 * ``{train,validation,test}/images/NNNNNN.jpg``: each accepted photo as RGB (grey converted), its shorter
   side ``round(N * 8/7)`` for crop side ``N`` (``training.classifier.RESIZE_RATIO``), JPEG quality 95.
-  No photo is rejected for its size or aspect ratio; numbers run from 0 in each split, in the order
-  (manifest name, record index).
+  No photo is rejected for its size or aspect ratio (one ~900 times longer than wide keeps its middle:
+  a JPEG side is at most 65,500 pixels); numbers run from 0 in each split, in the order (manifest
+  name, record index).
 * ``<split>/images.lst``: ``index<TAB>class id<TAB>images/NNNNNN.jpg``, the built-in algorithm's list
   (https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html), which
   ``training.classifier.read_image_list`` reads; ``<split>/classes.json``: class names by id.
@@ -51,7 +52,7 @@ from typing import Any
 from PIL import Image
 
 from edge.atomic_files import atomic_write_bytes, atomic_write_json
-from edge.photos import PhotoError, resize_shorter_side
+from edge.photos import PhotoError, open_rgb, resize_shorter_side
 from edge.s3_uri import split_s3_uri
 from processing.errors import add_debug_flag, run_main
 from processing.ground_truth import CLASSIFICATION_TYPE, class_list
@@ -74,6 +75,7 @@ PROG = "preprocess_classifier"
 DEFAULT_IMAGE_SIZE = 64  # the trainer's default crop (image_shape 3,64,64)
 MAX_IMAGE_SIZE = 1024  # crop side; ImageNet models use 224-600
 JPEG_QUALITY = 95  # the resized photo is decoded again by the trainer: keep JPEG's loss small
+MAX_JPEG_SIDE = 65_500  # libjpeg's largest image side (JPEG_MAX_DIMENSION), as Pillow reports it
 IMAGES_DIR = "images"
 IMAGE_LIST = "images.lst"
 REPORT_NAME = "data-report.json"
@@ -118,10 +120,24 @@ def photo_bytes(path: str, limits: DataLimits = DEFAULT_LIMITS) -> bytes:
         raise Rejection("image unreadable", f"{name}: {exc.strerror or exc}") from None
 
 
+def within_jpeg_limit(image: Image.Image, side: int) -> Image.Image:
+    """``image``, or its middle along the longer side, so that resized to shorter side ``side`` it fits a
+    JPEG (at most ``MAX_JPEG_SIDE`` pixels a side): only a photo ~900 times longer than wide is cut."""
+    width, height = image.size
+    longest = MAX_JPEG_SIDE * min(width, height) // side  # the longer side that resizes to <= the limit
+    if max(width, height) <= longest:
+        return image
+    if width > height:
+        left = (width - longest) // 2
+        return image.crop((left, 0, left + longest, height))
+    top = (height - longest) // 2
+    return image.crop((0, top, width, top + longest))
+
+
 def resized_jpeg(path: str, side: int) -> bytes:
     """The photo as an RGB JPEG with shorter side ``side``, or ``Rejection`` if it cannot be decoded."""
     try:
-        pixels = resize_shorter_side(path, side)
+        pixels = resize_shorter_side(within_jpeg_limit(open_rgb(path), side), side)
     except PhotoError as exc:
         raise Rejection("image unreadable", str(exc)) from None
     buffer = io.BytesIO()
@@ -353,8 +369,9 @@ def too_little_data(classes: Sequence[str], splits: dict[str, dict[str, Any]]) -
         )
     empty = [split for split, entry in splits.items() if entry["images"] == 0]
     if empty:
+        named = " and ".join([", ".join(empty[:-1]), empty[-1]] if len(empty) > 1 else empty)
         return (
-            f"the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty ({accepted} photos "
+            f"the {named} split{'s are' if len(empty) > 1 else ' is'} empty ({accepted} photos "
             "accepted): add photos, or change --seed"
         )
     missing = [name for name, count in splits["train"]["per_class"].items() if count == 0]

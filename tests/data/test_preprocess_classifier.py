@@ -158,6 +158,20 @@ def test_photos_of_any_size_aspect_and_colour_are_resized_never_rejected(
             assert min(image.size) == side
 
 
+def test_a_photo_too_long_for_a_jpeg_keeps_its_middle(tmp_path: Path, dataset: Path) -> None:
+    (dataset / "sliver.png").write_bytes(_photo_bytes((20_000, 1), "L", (9, 9, 9), "PNG"))  # 1.46 M x 73
+    (dataset / "odd.manifest").write_text(gt_line("sliver.png", 0, "circle"))
+    out = tmp_path / "out"
+    assert run(dataset, out) == 0
+    assert (report_of(out)["accepted"], report_of(out)["rejected"]) == (41, 0)
+    sizes = []
+    for split in SPLITS:
+        for _, path in listed(out, split):
+            with Image.open(path) as image:
+                sizes.append(image.size)
+    assert (65_481, 73) in sizes  # 897 source pixels resized by 73: JPEG's limit is 65,500 a side
+
+
 def test_several_manifests_are_read_and_machine_labels_counted(tmp_path: Path, synth_set: Path) -> None:
     source = tmp_path / "in"
     shutil.copytree(synth_set, source / "job-a")
