@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -391,3 +394,29 @@ def test_an_input_without_a_manifest_is_refused(tmp_path: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
     assert run(tmp_path / "in", tmp_path / "out") == 2
     assert "no Ground Truth output manifest" in capsys.readouterr().err
+
+
+def test_a_photo_over_the_byte_limit_is_rejected_by_name(tmp_path: Path, dataset: Path) -> None:
+    sizes = sorted(path.stat().st_size for path in (dataset / "labels" / "images").glob("*.jpg"))
+    limit = sizes[len(sizes) // 2]
+    out = tmp_path / "out"
+    run(dataset, out, "--max-image-bytes", str(limit))
+    report = report_of(out)
+    over = sum(size > limit for size in sizes)
+    assert (report["rejected"], report["accepted"]) == (over, 40 - over)
+    assert all("--max-image-bytes" in r["reason"] for r in report["rejections"])
+
+
+def test_the_script_runs_as_the_container_runs_it(tmp_path: Path, dataset: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(repo / "processing" / "preprocess_classifier.py"), "--input", str(dataset),
+         "--output", str(tmp_path / "out")],
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "photos 40/40: 40 accepted" in result.stderr
+    assert result.stdout.splitlines()[-1].startswith("total: read 40, accepted 40, rejected 0; train ")
