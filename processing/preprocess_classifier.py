@@ -281,7 +281,7 @@ def write_photos(
     limits: DataLimits,
 ) -> Outcome:
     """Judge every candidate in order: read, deduplicate by bytes, resize and write it into its split."""
-    first_seen: dict[str, tuple[str, int]] = {}  # SHA-256 -> (manifest, record index) of the photo kept
+    first_seen: dict[str, tuple[str, int, int]] = {}  # SHA-256 -> (manifest, record index, class id) kept
     numbers = dict.fromkeys(SPLITS, 0)
     accepted: list[Accepted] = []
     duplicates = 0
@@ -291,14 +291,17 @@ def write_photos(
             data = photo_bytes(candidate.image_path, limits)
             digest = hashlib.sha256(data).hexdigest()
             if digest in first_seen:
-                manifest, index = first_seen[digest]
+                manifest, index, label = first_seen[digest]
                 duplicates += 1
-                raise Rejection("duplicate photo", f"the same bytes as {manifest} record {index}")
+                other = (
+                    f" (class id {label} there, {candidate.label} here)" if label != candidate.label else ""
+                )
+                raise Rejection("duplicate photo", f"the same bytes as {manifest} record {index}{other}")
             jpeg = resized_jpeg(candidate.image_path, side)
         except Rejection as rejection:
             report.reject(candidate.index, rejection.reason)
         else:
-            first_seen[digest] = (report.tub, candidate.index)
+            first_seen[digest] = (report.tub, candidate.index, candidate.label)
             split = photo_split(seed, digest, fractions)
             photo = Accepted(
                 report.tub,

@@ -76,14 +76,17 @@ def test_every_record_is_accounted_for_and_each_bad_one_named(tmp_path: Path, da
     good = sorted((dataset / "labels" / "images").glob("*.jpg"))
     (extra / "photos" / "new.jpg").write_bytes(_photo_bytes((90, 40), "RGB", colour=(10, 200, 30)))
     (extra / "photos" / "cut.jpg").write_bytes(good[0].read_bytes()[:300])  # a truncated JPEG
-    (extra / "photos" / "copy.jpg").write_bytes(good[1].read_bytes())  # the same bytes as a labelled photo
+    (extra / "photos" / "copy.jpg").write_bytes(good[1].read_bytes())  # the same bytes as line 1's photo
+    names = ["circle", "square", "triangle"]
+    first = records(dataset / "labels" / MANIFEST_NAME)[1]["category"]
+    other = (first + 1) % 3
     lines = [
         gt_line("photos/new.jpg", 0, "circle"),  # 0: accepted
         gt_line("photos/missing.jpg", 1, "square"),  # 1: image missing
         gt_line("photos/cut.jpg", 1, "square"),  # 2: image unreadable
         gt_line("photos/new.jpg", 1, "star"),  # 3: label conflict (id 1 is square)
         '{"source-ref": "photos/new.jpg", "category": 0\n',  # 4: malformed record
-        gt_line("photos/copy.jpg", 2, "triangle"),  # 5: duplicate photo
+        gt_line("photos/copy.jpg", other, names[other]),  # 5: duplicate photo (labelled otherwise)
     ]
     (extra / "more.manifest").write_text("".join(lines))
     out = tmp_path / "out"
@@ -109,6 +112,11 @@ def test_every_record_is_accounted_for_and_each_bad_one_named(tmp_path: Path, da
     ]
     assert sum(report["splits"][s]["images"] for s in SPLITS) == 41
     assert sum(len(listed(out, s)) for s in SPLITS) == 41
+    duplicate = next(r["reason"] for r in report["rejections"] if r["index"] == 5)
+    assert duplicate == (
+        f"duplicate photo: the same bytes as labels/output.manifest record 1 (class id {first} there, "
+        f"{other} here)"
+    )
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith(
         "total: read 46, accepted 41, rejected 5 [duplicate photo x1, image missing x1,"
