@@ -56,7 +56,7 @@ from edge.photos import PhotoError, open_rgb, resize_shorter_side
 from edge.s3_uri import split_s3_uri
 from processing.errors import add_debug_flag, run_main
 from processing.ground_truth import CLASSIFICATION_TYPE, class_list
-from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, limit_text, read_limited
+from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, LimitError, limit_text, read_limited
 from processing.preprocess import (
     DEFAULT_INPUT,
     DEFAULT_OUTPUT,
@@ -441,7 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not sources:
         raise PreprocessError(f"no Ground Truth output manifest (*.manifest) under {args.input}")
     if len(sources) > limits.sources:
-        raise PreprocessError(
+        raise LimitError(
             f"the input holds {len(sources):,} manifests, more than {limit_text(limits, 'sources')}"
         )
     reports, candidates, owners, found_classes = read_sources(sources, args, limits)
