@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from training.classifier import CLASSES_FILE
-
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star", "diamond")
 MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
 MAX_ASPECT = 2.0
@@ -221,14 +219,15 @@ def write_classes(
 def write_image_list(manifest: Path, list_path: Path) -> list[str]:
     """The images of a Ground Truth manifest as an image list (``.lst``) and ``classes.json`` beside it.
 
-    The list is the built-in image-classification algorithm's File-mode index, one tab-separated line per
-    image: index, class id, path relative to the list's folder ("Input/Output Interface for the Image
-    Classification Algorithm", https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html);
-    the Gluon trainer reads the same, and takes class names by id from ``classes.json`` (a JSON list,
-    returned too). The manifest is read by the pipeline's own Ground Truth reader, so a
-    record it rejects is not listed (``ValueError`` names the first one).
+    The tests' and benchmarks' shortcut to a training channel: the photos are listed where they are, as
+    they are, all in one list. The recipe's Preprocess (``processing/preprocess_classifier.py``) is the
+    real path: it resizes, deduplicates and splits, and this function writes the list with its code
+    (``write_image_list`` there: index, class id, path relative to the list's folder, the built-in
+    algorithm's File-mode format). The manifest is read by the pipeline's own Ground Truth reader, so
+    a record it rejects is not listed (``ValueError`` names the first one). Returns the class names.
     """
     from processing.ground_truth import class_list, read_ground_truth
+    from processing.preprocess_classifier import write_image_list as write_list_and_classes
     from processing.records import RecordValidator
     from processing.tubs import Source
 
@@ -243,11 +242,10 @@ def write_image_list(manifest: Path, list_path: Path) -> list[str]:
     if report.rejected:
         raise ValueError(f"{manifest}: {report.rejected} records rejected, e.g. {report.rejections[0]}")
     root = list_path.parent.resolve()
-    lines = [
-        f"{n}\t{c.label}\t{Path(c.image_path).resolve().relative_to(root).as_posix()}\n"
+    entries = [
+        (n, c.label, Path(c.image_path).resolve().relative_to(root).as_posix())
         for n, c in enumerate(candidates)
     ]
-    list_path.write_text("".join(lines))
     names = class_list(classes)
-    (list_path.parent / CLASSES_FILE).write_text(json.dumps(names) + "\n")
+    write_list_and_classes(list_path, entries, names)
     return names

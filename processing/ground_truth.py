@@ -36,6 +36,10 @@ from processing.records import RecordValidator, Rejection, parse_json_object
 from processing.tubs import Candidate, Source, SourceError, SourceReport, overlong_line
 
 METADATA_SUFFIX = "-metadata"
+CLASSIFICATION_TYPE = "groundtruth/image-classification"  # K-metadata's type for an image-classification job
+# "no" on the labels automated data labeling wrote itself
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-automated-labeling.html)
+HUMAN_ANNOTATED = "human-annotated"
 MAX_CLASS_NAME_CHARS = 256  # a label is a word or a short phrase; dataset.json lists every one
 # An S3 object key is at most 1,024 bytes (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html),
 # a bucket name at most 63 characters (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
@@ -45,16 +49,28 @@ MAX_REF_PARTS = 32  # path components of a source-ref; real image keys have abou
 
 
 def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
-    """The label attribute K of a record (K and K-metadata both present), or ``Rejection``."""
+    """The label attribute K of a record (K and K-metadata both present), or ``Rejection``.
+
+    A line that a verification or adjustment job has seen carries that job's attribute too (it must
+    have another name, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-verify-manifest.html);
+    of several attributes, the one whose metadata ``type`` is image classification is the class.
+    """
     if wanted is not None:
         if wanted not in record or wanted + METADATA_SUFFIX not in record:
             raise Rejection("schema", f"no label attribute {wanted!r} with {wanted + METADATA_SUFFIX!r}")
         return wanted
     names = sorted(k for k in record if k != "source-ref" and k + METADATA_SUFFIX in record)
+    if len(names) > 1:
+        classifying = [k for k in names if _metadata_type(record[k + METADATA_SUFFIX]) == CLASSIFICATION_TYPE]
+        names = classifying if len(classifying) == 1 else names
     if len(names) != 1:
         found = "none" if not names else ", ".join(names)
         raise Rejection("schema", f"expected one label attribute K with K-metadata, found {found}")
     return names[0]
+
+
+def _metadata_type(metadata: Any) -> Any:
+    return metadata.get("type") if isinstance(metadata, dict) else None
 
 
 def check_source_ref(ref: str) -> None:
@@ -111,7 +127,9 @@ def read_ground_truth(
             try:
                 if type(line) is int:
                     raise overlong_line(line, limits)
-                label, ref = _check_record(parse_json_object(line), validator, attribute, limits, classes)
+                label, ref, machine = _check_record(
+                    parse_json_object(line), validator, attribute, limits, classes
+                )
                 image = resolve_image(ref, source.path.parent, input_root)
                 if image is None:
                     raise Rejection("image missing", f"{ref} not found under the input folder")
@@ -120,7 +138,12 @@ def read_ground_truth(
                 continue
             candidates.append(
                 Candidate(
-                    index=index, image_path=str(image), session=source.name, timestamp_ms=-1, label=label
+                    index=index,
+                    image_path=str(image),
+                    session=source.name,
+                    timestamp_ms=-1,
+                    label=label,
+                    machine_labelled=machine,
                 )
             )
     return report, candidates
@@ -132,8 +155,9 @@ def _check_record(
     attribute: str | None,
     limits: DataLimits,
     classes: dict[int, str],
-) -> tuple[int, str]:
-    """(class id, source-ref) of a valid record; registers its class-name; ``Rejection`` otherwise."""
+) -> tuple[int, str, bool]:
+    """(class id, source-ref, machine-labelled) of a valid record; registers its class-name;
+    ``Rejection`` otherwise."""
     validator.check(record)
     name = label_attribute(record, attribute)
     label, metadata = record[name], record[name + METADATA_SUFFIX]
@@ -155,7 +179,7 @@ def _check_record(
     known = classes.setdefault(label, class_name)
     if known != class_name:
         raise Rejection("label conflict", f"class id {label} is {class_name!r} here, {known!r} before")
-    return label, ref
+    return label, ref, metadata.get(HUMAN_ANNOTATED) == "no"
 
 
 def class_list(classes: dict[int, str]) -> list[str]:

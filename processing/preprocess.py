@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail when rejected / (accepted + rejected) exceeds this",
     )
     add_debug_flag(run)
+    add_limit_flags(parser)
+    return parser
+
+
+def add_limit_flags(parser: argparse.ArgumentParser) -> None:
+    """The ``--max-*`` flags of ``DataLimits`` (read back by ``limits_from``)."""
     bounds = parser.add_argument_group(
         "limits (docs/data-limits.md): a record over one is rejected, an input over one refused (exit 2)"
     )
@@ -240,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=LIMIT_HELP[field.name],
         )
-    return parser
 
 
 LIMIT_HELP = {

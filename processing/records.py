@@ -32,6 +32,7 @@ REASONS = {
     "image unreadable": "the image file cannot be read or decoded",
     "image wrong size": "the decoded image is not the camera size of the frame spec",
     "label conflict": "a class id whose class-name differs from the one seen first",
+    "duplicate photo": "a photo whose bytes an accepted record already holds (the classifier's Preprocess)",
 }
 
 

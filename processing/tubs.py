@@ -91,6 +91,7 @@ class Candidate:
     angle: float = 0.0
     throttle: float = 0.0
     label: int = -1
+    machine_labelled: bool = False  # Ground Truth's "human-annotated": "no" (automated data labeling)
 
 
 @dataclass

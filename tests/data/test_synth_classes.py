@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main as robocar
-from pipelines.synth_classes import CLASS_NAMES, CLASSES_FILE, MANIFEST_NAME, write_classes, write_image_list
+from pipelines.synth_classes import CLASS_NAMES, MANIFEST_NAME, write_classes, write_image_list
 from processing.ground_truth import class_list, read_ground_truth
 from processing.records import RecordValidator
 from processing.tubs import Source, discover_sources
+from training.classifier import CLASSES_FILE
 
 METADATA_KEYS = {"class-name", "confidence", "type", "job-name", "human-annotated", "creation-date"}
 
