@@ -42,6 +42,18 @@ ENTRY_SCRIPTS: Mapping[str, Layout] = {
     "processing/evaluate.py": "processing",
     "processing/compile.py": "processing",
     "training/train.py": "training",
+    "processing/preprocess_classifier.py": "processing",
+    "processing/evaluate_classifier.py": "processing",
+    "processing/compile_classifier.py": "processing",
+    "training/classifier.py": "training",
+}
+# What a container installs depends on its image: the MXNet image's scripts ship its own list under the
+# contract's name (processing/requirements.txt, or the sourcedir's requirements.txt).
+MXNET_PROCESSING_REQUIREMENTS = "processing/requirements-mxnet.txt"
+REQUIREMENTS_OF: Mapping[str, str] = {
+    "processing/evaluate_classifier.py": MXNET_PROCESSING_REQUIREMENTS,
+    "processing/compile_classifier.py": MXNET_PROCESSING_REQUIREMENTS,
+    "training/classifier.py": "training/requirements-mxnet.txt",
 }
 PROCESSING_ENTRYPOINT = "processing/bootstrap.py"
 PROCESSING_REQUIREMENTS = "processing/requirements.txt"
@@ -160,8 +172,11 @@ class CodeBundle:
             raise ValueError(f"{script} is not a step's entry script ({', '.join(ENTRY_SCRIPTS)})")
         if script not in self._built:
             layout = ENTRY_SCRIPTS[script]
+            contract = PROCESSING_REQUIREMENTS if layout == "processing" else TRAINING_REQUIREMENTS
+            source = {contract: REQUIREMENTS_OF.get(script, contract)}
             files = {
-                name: (self.root / name).read_bytes() for name in bundle_paths(script, layout, self.root)
+                name: (self.root / source.get(name, name)).read_bytes()
+                for name in bundle_paths(script, layout, self.root)
             }
             self._built[script] = StepBundle(self.bucket, self.prefix, script, layout, files)
         return self._built[script]

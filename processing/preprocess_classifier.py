@@ -429,6 +429,10 @@ def build_report(
         "resize_side": resize_side(args.image_size),
         "jpeg_quality": JPEG_QUALITY,
         "output_uri": output_uri,
+        # The built-in image-classification algorithm requires both as hyperparameters
+        # (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-Hyperparameter.html); its Train step reads
+        # them from here (steps/train_classifier.py).
+        "builtin": {"num_classes": len(classes), "num_training_samples": splits["train"]["images"]},
     }
 
 

@@ -225,6 +225,8 @@ def test_output_is_what_the_trainer_reads_and_classes_agree(tmp_path: Path, data
         assert [r[2] for r in rows] == [f"images/{n:06d}.jpg" for n in range(len(rows))]
         assert not (out / split / f"{split}.manifest").exists()  # only with --output-uri
     assert all(report["splits"]["train"]["per_class"][name] > 0 for name in names)
+    # what the built-in algorithm's Train step reads as hyperparameters
+    assert report["builtin"] == {"num_classes": 3, "num_training_samples": len(listed(out, "train"))}
 
 
 def test_labels_follow_their_photos(tmp_path: Path, dataset: Path) -> None:
