@@ -398,8 +398,9 @@ def verify_package(model_dir: Path) -> list[str]:
 
     try:
         manifest = runtimes.read_manifest(model_dir)
+        task = runtimes.task_of(manifest)  # a task this car does not run is refused before anything else
         checked = runtimes.verify_package_files(model_dir, manifest)
-        if runtimes.task_of(manifest) == runtimes.CLASSIFICATION_TASK:
+        if task == runtimes.CLASSIFICATION_TASK:
             classify.check_manifest(manifest)  # classes and the photo transform instead of a frame_spec
         else:
             drive.frame_spec_of(manifest)

@@ -15,7 +15,7 @@ from PIL import Image
 from test_edge_mqtt import Subscriber, broker  # noqa: F401  (broker: the real Mosquitto fixture)
 
 import pipelines  # noqa: F401  the local registry: pipelines.local's LocalS3Client / LocalSageMakerClient
-from edge import classify
+from edge import agent, classify, runtimes
 from edge.artifacts import sha256_file
 from edge.cli import main as edge_main
 from edge.photos import PhotoTransform, prepare
@@ -278,3 +278,13 @@ def test_top_k_orders_by_probability_then_class_id() -> None:
     assert classify.top_k(values, ["a", "b", "c", "d"], 3) == [
         ("b", pytest.approx(0.5)), ("a", pytest.approx(0.2)), ("c", pytest.approx(0.2))
     ]  # fmt: skip
+
+
+def test_the_task_decides_how_a_package_runs(tmp_path: Path) -> None:
+    assert runtimes.task_of({"artifacts": []}) == "pilot", "a pilot's manifest predates the field"
+    assert runtimes.task_of({"task": "classification"}) == "classification"
+    with pytest.raises(runtimes.PilotError, match="task 'detection' is not one this car runs"):
+        runtimes.task_of({"task": "detection"})
+    (tmp_path / "manifest.json").write_text(json.dumps({"task": "detection", "artifacts": [{"file": "m"}]}))
+    with pytest.raises(agent.artifacts.ArtifactError, match="detection"):
+        agent.verify_package(tmp_path)  # refused at install, before any smoke test
