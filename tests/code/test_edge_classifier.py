@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edge_fixtures import SAMPLE_TUBS, TARGET, pull, register
+from edge_fixtures import GROUP, SAMPLE_TUBS, TARGET, pull, register
 from PIL import Image
+from test_edge_lean import run_on_the_car
 from test_edge_mqtt import Subscriber, broker  # noqa: F401  (broker: the real Mosquitto fixture)
 
 import pipelines  # noqa: F401  the local registry: pipelines.local's LocalS3Client / LocalSageMakerClient
@@ -288,3 +289,17 @@ def test_the_task_decides_how_a_package_runs(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"task": "detection", "artifacts": [{"file": "m"}]}))
     with pytest.raises(agent.artifacts.ArtifactError, match="detection"):
         agent.verify_package(tmp_path)  # refused at install, before any smoke test
+
+
+def test_the_car_classifies_without_the_sdk_boto3_or_tensorflow(car_workspace, good_package, colour_photos):
+    """Pull and run in an interpreter where the control plane's heavy packages cannot be imported."""
+    tmp_path, aws = car_workspace
+    register(aws.sagemaker, aws.s3, good_package, key="c/1/model.tar.gz")
+    car = ["--root", str(tmp_path / "car")]
+    registry_flags = ["--local-root", str(tmp_path / "workspace"), "--group", GROUP, "--target", TARGET]
+    pulled = run_on_the_car("edge.cli", "pull", *car, *registry_flags)
+    assert pulled.returncode == 0, pulled.stderr
+    ran = run_on_the_car("edge.cli", "run", *car, "--no-pull", "--images", str(colour_photos), "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    assert "02-green.jpg: green " in ran.stdout and "classified 3 photos" in ran.stdout
+    assert "HEAVY-MODULES=\n" in ran.stderr + "\n"
