@@ -104,7 +104,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="append one JSON line per command (or classification) to this file ('-' for standard output)",
     )  # fmt: skip
     run.add_argument(
-        "--images", type=Path, help="the photos of this folder (every .jpg/.png in name order): folder:DIR"
+        "--images",
+        type=Path,
+        help="the photos of this folder (every .jpg/.jpeg/.png, 2 before 10): folder:DIR",
     )
     run.add_argument(
         "--top-k", type=int, default=3, help="classifier: the classes shown per photo (default: 3)"
