@@ -303,3 +303,40 @@ def test_the_car_classifies_without_the_sdk_boto3_or_tensorflow(car_workspace, g
     assert ran.returncode == 0, ran.stderr
     assert "02-green.jpg: green " in ran.stdout and "classified 3 photos" in ran.stdout
     assert "HEAVY-MODULES=\n" in ran.stderr + "\n"
+
+
+def test_a_photo_without_an_answer_is_skipped_counted_and_never_output() -> None:
+    from edge.sources import Frame
+
+    class Answers:
+        classes, description = list(CLASSES), "stub"
+
+        def __call__(self, image: np.ndarray) -> np.ndarray:
+            if image[0, 0, 0] == 1:
+                raise classify.ClassifierError("answers non-finite probabilities")
+            return np.array([0.1, 0.7, 0.2], np.float32)
+
+    class Live:
+        infer, name, names_used = Answers(), "v1", ["v1"]
+
+        def refresh(self) -> None:
+            pass
+
+    class Photos:
+        description = "three photos"
+
+        def __iter__(self):
+            return iter(Frame(np.full((4, 4, 3), i, np.uint8), i, f"{i}.png") for i in range(3))
+
+    class Collect(list):
+        apply = list.append
+
+    written = Collect()
+    summary = classify.classify(Photos(), Live(), [written], k=2)
+    assert (summary.photos, summary.skipped, summary.failed) == (2, 1, 1)
+    assert [r.origin for r in written] == ["0.png", "2.png"]
+    assert json.loads(written[0].to_json())["top"] == [
+        {"class": "green", "probability": 0.7}, {"class": "blue", "probability": 0.2}
+    ]  # fmt: skip
+    with pytest.raises(classify.ClassifierError, match="--top-k must be 1 or more"):
+        classify.classify(Photos(), Live(), [], k=0)
