@@ -3,7 +3,9 @@
 One check (``Agent.check``) does: ask the model registry for the newest Approved package of the group that
 carries an artifact for this car's target -> download it -> verify its SHA-256 against the registry ->
 unpack it safely -> smoke-test it (load each artifact this car can run, check it on a bundled frame, time
-it for at most half a second and keep the fastest that passes) -> swap it in atomically.
+it for at most half a second and keep the fastest that passes) -> swap it in atomically. A classifier
+package (manifest ``"task": "classification"``, edge/classify.py) takes the same path, its smoke test
+asking for a probability per class.
 Anything that fails leaves the car on the model it had. The registry is reached through clients with
 boto3's method names (``edge.aws.clients``: AWS or the local registry, same code).
 
@@ -328,21 +330,22 @@ def smoke_test(
     chosen artifact's smoke figures, ``artifact`` (its file), ``reason`` and ``measured`` (every
     artifact's figures, or its failure); the agent records it. SmokeTestError when none passes.
     """
-    from edge import drive, frames
+    from edge import frames
 
     files, how = _candidates(Path(model_dir), prefer)
     measuring = how == MEASURE
     image = frames.decode_image(smoke_frame_bytes())
+    open_model, check, figures = _smoke_kind(Path(model_dir))
     measured: list[dict[str, Any]] = []
     for file in files:
         entry: dict[str, Any] = {"file": file}
         try:
             try:
-                infer = drive.open_pilot(Path(model_dir), prefer=file)
+                infer = open_model(Path(model_dir), prefer=file)
             except Exception as exc:  # a model that does not load is a failed smoke test, named in the log
                 raise SmokeTestError(f"smoke test cannot run the model: {type(exc).__name__}: {exc}") from exc
-            entry["runtime"] = getattr(infer.pilot, "runtime", None)
-            entry.update(smoke_check(infer, image))
+            entry["runtime"] = getattr(getattr(infer, "pilot", infer), "runtime", None)
+            entry.update(check(infer, image))
             if measuring:
                 entry.update(time_pilot(infer, image, budget, clock))
         except SmokeTestError as exc:
@@ -370,19 +373,37 @@ def smoke_test(
     else:
         best = passing[0]
         reason = "the choice measured at install" if how == CHOSEN else "as the drive loop opens it"
-    result = {k: best[k] for k in ("angle", "throttle", "latency_ms")}
+    result = {k: best[k] for k in figures}
     return {**result, "artifact": best["file"], "reason": reason, "measured": measured}
+
+
+def _smoke_kind(
+    model_dir: Path,
+) -> tuple[Callable[..., Any], Callable[[Any, Any], dict[str, Any]], tuple[str, ...]]:
+    """(open one artifact, check it on the smoke frame, the figures the install record keeps) for the
+    package's task: a pilot drives (``smoke_check``), a classifier answers probabilities
+    (``edge.classify.smoke_check``); both are timed alike (``time_pilot``)."""
+    from edge import classify, drive
+
+    if classify.is_classifier(model_dir):
+        return classify.open_classifier, classify.smoke_check, classify.SMOKE_FIGURES
+    return drive.open_pilot, smoke_check, ("angle", "throttle", "latency_ms")
 
 
 def verify_package(model_dir: Path) -> list[str]:
     """The manifest's files are inside the package and are the bytes it records (``sha256``), and its
-    preprocessing is this car's (``drive.frame_spec_of``: the frame_spec's digest is the one recorded)."""
-    from edge import drive, runtimes  # numpy: not for the rollout Lambda
+    preprocessing is this car's (``drive.frame_spec_of``: the frame_spec's digest is the one recorded;
+    a classifier's classes and photo transform: ``edge.classify.check_manifest``)."""
+    from edge import classify, drive, runtimes  # numpy: not for the rollout Lambda
 
     try:
         manifest = runtimes.read_manifest(model_dir)
+        task = runtimes.task_of(manifest)  # a task this car does not run is refused before anything else
         checked = runtimes.verify_package_files(model_dir, manifest)
-        drive.frame_spec_of(manifest)
+        if task == runtimes.CLASSIFICATION_TASK:
+            classify.check_manifest(manifest)  # classes and the photo transform instead of a frame_spec
+        else:
+            drive.frame_spec_of(manifest)
     except drive.PreprocessingMismatch as exc:
         raise ForeignPreprocessingError(str(exc)) from exc
     except (runtimes.PilotError, drive.DriveError) as exc:

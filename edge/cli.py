@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -80,7 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "run", help="drive: frames -> pilot -> actuators / JSON lines / MQTT, with live fps and latency",
         description="Drive with the installed model (pulling first unless --no-pull), following new models "
         "as the agent installs them (--interval: poll while driving). Frame sources: camera[:N], tub:PATH, "
-        "folder:PATH, video:PATH, or a path (a tub folder, an image folder or a video file).",
+        "folder:PATH, video:PATH, or a path (a tub folder, an image folder or a video file). An installed "
+        "classifier (docs/classifier.md) classifies them instead: the top-k classes of each photo.",
     )  # fmt: skip
     _add_root(run)
     _add_registry(run)
@@ -98,7 +100,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--no-pull", action="store_true", help="do not ask the registry before driving")
     run.add_argument(
-        "--jsonl", help="append one JSON line per command to this file ('-' for standard output)"
+        "--jsonl", "--output",
+        help="append one JSON line per command (or classification) to this file ('-' for standard output)",
+    )  # fmt: skip
+    run.add_argument(
+        "--images",
+        type=Path,
+        help="the photos of this folder (every .jpg/.jpeg/.png, 2 before 10): folder:DIR",
+    )
+    run.add_argument(
+        "--top-k", type=int, default=3, help="classifier: the classes shown per photo (default: 3)"
     )
     run.add_argument(
         "--actuator", choices=("none", "pca9685-stub"), default="none",
@@ -395,9 +406,11 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     def opener(path: Path) -> Any:
         return drive.open_pilot(path, prefer=args.edge_prefer, threads=args.threads)
 
+    if _is_classifier(model_path):
+        return _classify(args, model_path, stop, update)
     pilot = drive.LivePilot(model_path, opener)
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
-    source = sources.open_source(args.edge_source, pilot.infer.spec)
+    source = sources.open_source(_source(args), pilot.infer.spec)
     outputs: list[Any] = []
     mqtt = recorder = telemetry = None
     try:
@@ -406,14 +419,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
         if args.actuator == "pca9685-stub":
             outputs.append(drive.PCA9685Actuator())
         if args.mqtt_host:
-            mqtt = drive.MqttPublisher(
-                drive.MqttConfig(
-                    host=args.mqtt_host, port=args.mqtt_port, topic=args.mqtt_topic,
-                    client_id=args.mqtt_client_id,
-                    username=args.mqtt_username, password=args.mqtt_password,
-                    ca_certs=args.mqtt_ca, certfile=args.mqtt_cert, keyfile=args.mqtt_key,
-                )
-            )  # fmt: skip
+            mqtt = drive.MqttPublisher(_mqtt_config(args, args.mqtt_topic))
             outputs.append(mqtt)
             if args.telemetry_rate > 0:
                 telemetry = _telemetry(args, mqtt, source)
@@ -454,6 +460,78 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if summary.frames else 1
+
+
+def _source(args: argparse.Namespace) -> str:
+    """The frame source: ``--images DIR`` (a folder of photos) or ``--source``."""
+    return f"folder:{args.images}" if args.images else args.edge_source
+
+
+def _mqtt_config(args: argparse.Namespace, topic: str) -> Any:
+    from edge import drive
+
+    return drive.MqttConfig(
+        host=args.mqtt_host, port=args.mqtt_port, topic=topic, client_id=args.mqtt_client_id,
+        username=args.mqtt_username, password=args.mqtt_password,
+        ca_certs=args.mqtt_ca, certfile=args.mqtt_cert, keyfile=args.mqtt_key,
+    )  # fmt: skip
+
+
+def _is_classifier(model_path: Path) -> bool:
+    """Whether the model to run is a classifier package (edge/classify.py) rather than a pilot."""
+    from edge import classify
+
+    return model_path.exists() and classify.is_classifier(model_path)
+
+
+def _classify(
+    args: argparse.Namespace, model_path: Path, stop: threading.Event, update: dict[str, str] | None
+) -> int:
+    """``run`` with an installed classifier: photos -> top-k classes, printed, as JSON lines (--output)
+    and on MQTT (the configured --mqtt-topic, else robocar/CAR-ID/classifications)."""
+    from edge import classify, drive, frames, sources
+    from edge.upload import default_car_id
+
+    if args.actuator != "none" or args.record:
+        raise classify.ClassifierError("a classifier does not drive: --actuator and --record are for pilots")
+
+    def opener(path: Path) -> Any:
+        return classify.open_classifier(path, prefer=args.edge_prefer, threads=args.threads)
+
+    live = drive.LivePilot(model_path, opener)
+    logging.getLogger("robocar.edge").info("classifying with %s (%s)", live.name, live.infer.description)
+    source = sources.open_source(_source(args), frames.FrameSpec())  # the camera's size for a camera
+    outputs: list[Any] = []
+    mqtt = None
+    try:
+        if args.jsonl:
+            outputs.append(drive.JsonLinesWriter(args.jsonl))
+        if args.mqtt_host:
+            given = args.resolved.given("mqtt_topic")
+            topic = args.mqtt_topic if given else classify.topic_for(args.car_id or default_car_id())
+            mqtt = drive.MqttPublisher(_mqtt_config(args, topic))
+            outputs.append(mqtt)
+        summary = classify.classify(
+            source, live, outputs, k=args.top_k, max_frames=args.max_frames, rate_hz=args.rate,
+            progress=None if args.quiet else drive.Progress(sys.stderr), stop=stop.is_set,
+            show=functools.partial(print, flush=True),
+        )  # fmt: skip
+    finally:
+        stop.set()
+        for output in outputs:
+            output.close()
+        source.close()
+    print(summary.text())
+    report = summary.to_dict()
+    if update is not None:
+        print(f"update check: {update['outcome']}: {update['detail']}")
+        report["update"] = update
+    if mqtt is not None:
+        print(mqtt.summary())
+        report["mqtt"] = {"topic": mqtt.config.topic, "sent": mqtt.sent, "acknowledged": mqtt.acknowledged}
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if summary.photos else 1
 
 
 # ---- recording: `robocar-edge record` and `run --record` (edge/record.py, docs/recording.md) -------------
@@ -607,6 +685,10 @@ def _choice_lines(record: Any) -> list[str]:
     if not isinstance(smoke, dict) or not smoke.get("artifact"):
         return []
     lines = [f"artifact  {smoke['artifact']}: {smoke.get('reason', '')}"]
+    if isinstance(smoke.get("classes"), list):  # a classifier (edge/classify.py)
+        lines.insert(
+            0, f"task      classification: {len(smoke['classes'])} classes ({', '.join(smoke['classes'])})"
+        )
     for entry in smoke.get("measured") or []:
         if not isinstance(entry, dict):
             continue

@@ -45,6 +45,10 @@ import numpy as np
 from edge.frames import INPUT_SCALING, decode_outputs, to_model_input
 
 MANIFEST_NAME = "manifest.json"
+# What a package does, its manifest's ``task``: a pilot's manifest has none (it predates the field); a
+# classifier's says "classification" and runs through edge.classify, which checks its own manifest.
+PILOT_TASK, CLASSIFICATION_TASK = "pilot", "classification"
+TASKS = (PILOT_TASK, CLASSIFICATION_TASK)
 MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with four artifacts is about 5 KiB
 MODEL_TYPES = ("linear", "categorical")
 RUNTIMES = ("litert", "onnxruntime", "dlr")  # the order a package is driven with when nothing is preferred
@@ -100,6 +104,22 @@ def read_manifest(package_dir: str | Path) -> dict[str, Any]:
     ):
         raise PilotError(f"{path} lists no artifacts")
     return manifest
+
+
+def task_of(manifest: Mapping[str, Any]) -> str:
+    """The package's task (``TASKS``); PilotError for one this car does not know."""
+    task = manifest.get("task", PILOT_TASK)
+    if task not in TASKS:
+        raise PilotError(f"the package's task {task!r} is not one this car runs ({', '.join(TASKS)})")
+    return str(task)
+
+
+def package_task(package_dir: str | Path) -> str | None:
+    """The task of an extracted package, or None when its manifest cannot be read (opening it says why)."""
+    try:
+        return task_of(read_manifest(package_dir))
+    except PilotError:
+        return None
 
 
 def package_path(package_dir: str | Path, name: Any) -> Path:
@@ -399,6 +419,19 @@ class LiteRtPilot(_PilotBase):
         return [interpreter.get_tensor(index) for index in self._output_indices]
 
 
+def onnx_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads, one inter-op thread and sequential
+    execution (pilots and edge.classify's classifiers load their ONNX artifacts through it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxPilot(_PilotBase):
     """ONNX Runtime CPU session with intra- and inter-op threads set and sequential execution."""
 
@@ -408,14 +441,7 @@ class OnnxPilot(_PilotBase):
         self, path: Path, artifact: Mapping[str, Any], model_type: str, throttle_range: float, threads: int
     ):
         super().__init__(artifact, model_type, throttle_range)
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(path, threads)
         self._input_name = self._session.get_inputs()[0].name
         self._output_names = _check_outputs(artifact, [o.name for o in self._session.get_outputs()])
 
@@ -479,6 +505,8 @@ def load_artifact(
     path = package_path(package_dir, artifact.get("file"))
     if not path.exists():
         raise PilotError(f"{path} is listed in the manifest but missing")
+    if task_of(manifest) != PILOT_TASK:
+        raise PilotError(f"{path.name} belongs to a {task_of(manifest)} package, not a pilot (edge.classify)")
     model_type, throttle_range = model_settings(manifest)
     try:
         return _PILOTS[runtime](path, artifact, model_type, throttle_range, threads)
