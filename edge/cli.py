@@ -33,7 +33,7 @@ from edge import settings
 EXIT_BAD_INPUT = 2
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE: an internal software error
 STORAGE_KEYS = ("backend", "workspace", "region", "endpoint_url")  # where the car's AWS calls go
-REGISTRY_KEYS = ("model_package_group", "edge_target", *STORAGE_KEYS)
+REGISTRY_KEYS = ("model_package_group", "recipe", "edge_target", *STORAGE_KEYS)
 
 
 def _add_registry(parser: argparse.ArgumentParser) -> None:
@@ -257,7 +257,7 @@ def resolve_settings(args: argparse.Namespace) -> settings.Resolved:
     if found is not None:
         return found
     resolved = settings.resolve_args(args, [key for key in settings.BY_KEY if hasattr(args, key)])
-    vars(args).update(resolved.values)
+    vars(args).update(settings.with_recipe_names(resolved))
     typed = {
         "edge_root": Path,
         "edge_tubs": Path,

@@ -87,15 +87,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def newest_execution(workspace: Path) -> Any:
+def newest_execution(workspace: Path, pipeline_name: str = PIPELINE_NAME) -> Any:
     """The demo's newest local execution record (every output lives under its execution's id)."""
     from pipelines.local.store import load
 
     records = sorted(
-        (workspace / "executions" / PIPELINE_NAME).glob("*/execution.json"), key=lambda p: p.stat().st_mtime
+        (workspace / "executions" / pipeline_name).glob("*/execution.json"), key=lambda p: p.stat().st_mtime
     )
     if not records:
-        raise DemoError(f"no execution of {PIPELINE_NAME} in {workspace}")
+        raise DemoError(f"no execution of {pipeline_name} in {workspace}")
     return load(records[-1].parent)
 
 
@@ -105,15 +105,15 @@ def output_uri(execution: Any, step: str, output: str) -> str:
     return next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == output).rstrip("/")
 
 
-def this_models_package(sagemaker: Any, execution: Any) -> dict[str, Any] | None:
+def this_models_package(sagemaker: Any, execution: Any, group: str = GROUP) -> dict[str, Any] | None:
     """The package holding the model this execution trained (or took from the cache), else the newest
     package with an artifact for the demo's car (``compiled_report_uri`` reads that artifact's URI)."""
     from edge import registry
     from processing.evaluate import registered_package
 
     model = execution.steps["Train"].properties["ModelArtifacts"]["S3ModelArtifacts"]
-    return registered_package(sagemaker, GROUP, model) or registry.newest(
-        sagemaker, GROUP, target=EDGE_TARGET
+    return registered_package(sagemaker, group, model) or registry.newest(
+        sagemaker, group, target=EDGE_TARGET
     )
 
 
