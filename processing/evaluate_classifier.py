@@ -295,7 +295,7 @@ class MatrixLayout:
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= MAX_LABEL_CHARS else name[: MAX_LABEL_CHARS - 1] + "…"
+    return name if len(name) <= MAX_LABEL_CHARS else name[: MAX_LABEL_CHARS - 3] + "..."
 
 
 def _shade(fraction: float) -> tuple[int, int, int]:
@@ -304,22 +304,53 @@ def _shade(fraction: float) -> tuple[int, int, int]:
     return tuple(int(round(c)) for c in colour)
 
 
+def _font() -> Any:
+    """Pillow's own font at 14 px (FreeType, Pillow >= 10.1), else its small bitmap font: no font file."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=14)
+    except (TypeError, ImportError, OSError):  # an older Pillow, or one built without FreeType
+        return ImageFont.load_default()
+
+
+def _text_size(font: Any, text: str) -> tuple[int, int]:
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    return int(right), int(bottom)
+
+
+def _text(image: Any, at: tuple[int, int], text: str, font: Any, fill: Any, *, align: str = "left") -> None:
+    """``text`` with its left edge (``align="right"``: right edge, ``"centre"``: centre) at ``at``'s x and
+    its middle at ``at``'s y; positions computed here, as bitmap fonts take no anchor."""
+    from PIL import ImageDraw
+
+    width, height = _text_size(font, text)
+    x = at[0] - {"left": 0, "right": width, "centre": width // 2}[align]
+    ImageDraw.Draw(image).text((x, at[1] - height // 2), text, fill=fill, font=font)
+
+
+def _vertical_text(image: Any, centre_x: int, bottom: int, text: str, font: Any) -> None:
+    """``text`` read bottom to top, centred on ``centre_x``, ending at ``bottom``."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", tuple(side + 2 for side in _text_size(font, text)), 0)
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    mask = mask.rotate(90, expand=True)
+    image.paste((0, 0, 0), (centre_x - mask.width // 2, bottom - mask.height), mask)
+
+
 def draw_confusion_matrix(counts: np.ndarray, names: Sequence[str], path: Path, title: str) -> MatrixLayout:
     """A PNG of the matrix: true classes down, predicted across, each cell its count, shaded by the
     share of its row (so a rare class's mistakes stand out as much as a common one's)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     counts = np.asarray(counts, np.int64)
-    font = ImageFont.load_default(size=14)
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def width(text: str) -> int:
-        left, _, right, _ = probe.textbbox((0, 0), text, font=font)
-        return int(right - left)
-
+    font = _font()
     labels = [_short(n) for n in names]
-    label_width = max(width(label) for label in labels) + 12
-    cell = max(40, max(width(str(int(c))) for c in counts.flat) + 12)
+    label_width = max(_text_size(font, label)[0] for label in labels) + 12
+    cell = max(40, max(_text_size(font, str(int(c)))[0] for c in counts.flat) + 12)
     margin, title_height, axis = 10, 30, 22
     origin = (margin + axis + label_width, margin + title_height + axis + label_width)
     size = (origin[0] + cell * len(names) + margin, origin[1] + cell * len(names) + margin)
@@ -327,41 +358,24 @@ def draw_confusion_matrix(counts: np.ndarray, names: Sequence[str], path: Path, 
     draw = ImageDraw.Draw(image)
     layout = MatrixLayout(origin, cell)
 
-    draw.text((margin, margin), title, fill="black", font=font)
-    draw.text((origin[0], margin + title_height), "predicted class", fill="black", font=font)
-    _vertical_text(image, (margin, origin[1]), "true class", font)
-    rows = counts.sum(axis=1)
+    _text(image, (margin, margin + 8), title, font, "black")
+    _text(image, (origin[0], margin + title_height + 8), "predicted class", font, "black")
+    _vertical_text(image, margin + 8, origin[1] + _text_size(font, "true class")[0], "true class", font)
     for column, label in enumerate(labels):
-        _vertical_text(
-            image, (origin[0] + column * cell + cell // 2 - 8, origin[1] - 6), label, font, bottom=True
-        )
+        _vertical_text(image, origin[0] + column * cell + cell // 2, origin[1] - 6, label, font)
+    rows = counts.sum(axis=1)
     for row, label in enumerate(labels):
-        draw.text(
-            (origin[0] - 6, origin[1] + row * cell + cell // 2), label, fill="black", font=font, anchor="rm"
-        )
+        _text(image, (origin[0] - 6, origin[1] + row * cell + cell // 2), label, font, "black", align="right")
         for column in range(len(names)):
             count = int(counts[row, column])
             fraction = count / rows[row] if rows[row] else 0.0
             box = layout.box(row, column)
             draw.rectangle(box, fill=_shade(fraction), outline=(200, 200, 200))
             centre = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
-            draw.text(centre, str(count), fill="white" if fraction > 0.5 else "black", font=font, anchor="mm")
+            ink = "white" if fraction > 0.5 else "black"
+            _text(image, centre, str(count), font, ink, align="centre")
     image.save(path, format="PNG")
     return layout
-
-
-def _vertical_text(image: Any, at: tuple[int, int], text: str, font: Any, *, bottom: bool = False) -> None:
-    """``text`` read bottom to top with its left (``bottom``: its end) at ``at``."""
-    from PIL import Image, ImageDraw
-
-    left, top, right, low = ImageDraw.Draw(image).textbbox((0, 0), text, font=font)
-    mask = Image.new("L", (int(right) + 2, int(low) + 2), 0)
-    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
-    mask = mask.rotate(90, expand=True)
-    x, y = at
-    if bottom:
-        y -= mask.height
-    image.paste((0, 0, 0), (x, y), mask)
 
 
 # --- wiring ------------------------------------------------------------------------------------------
