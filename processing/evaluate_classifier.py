@@ -353,7 +353,11 @@ def draw_confusion_matrix(counts: np.ndarray, names: Sequence[str], path: Path, 
     cell = max(40, max(_text_size(font, str(int(c)))[0] for c in counts.flat) + 12)
     margin, title_height, axis = 10, 30, 22
     origin = (margin + axis + label_width, margin + title_height + axis + label_width)
-    size = (origin[0] + cell * len(names) + margin, origin[1] + cell * len(names) + margin)
+    widest_heading = max(_text_size(font, text)[0] for text in (title, "predicted class"))
+    size = (
+        max(origin[0] + cell * len(names), margin + widest_heading) + margin,
+        origin[1] + cell * len(names) + margin,
+    )
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     layout = MatrixLayout(origin, cell)

@@ -143,3 +143,14 @@ def test_the_picture_shades_each_cell_by_its_share_of_the_row(tmp_path: Path) ->
     assert (left_of_the_cells.sum(axis=2) < 300).any()  # the class names are written beside the rows
     right, bottom = layout.box(2, 2)[2:]
     assert picture.shape[1] >= right and picture.shape[0] >= bottom
+
+
+def test_a_title_wider_than_the_matrix_is_not_cut(tmp_path: Path) -> None:
+    path = tmp_path / "confusion_matrix.png"
+    draw_confusion_matrix(
+        np.eye(2, dtype=int), ["a", "b"], path, "classifier: accuracy 100.0% on 2 test photos"
+    )
+    with Image.open(path) as image:
+        picture = np.asarray(image.convert("L"))
+    title_band = picture[:40]
+    assert (title_band < 128).any() and (title_band[:, -8:] == 255).all()  # ink, and a blank right margin
