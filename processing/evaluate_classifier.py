@@ -51,7 +51,7 @@ from processing.evaluate import (
     find_champion,
     is_registered,
 )
-from training.classifier import CLASSES_FILE, SPEC_FILE, read_image_list
+from training.classifier import CLASSES_FILE, SPEC_FILE, load_exported, read_image_list
 
 RECIPE = "classifier"
 EVALUATION_FILE = "evaluation.json"
@@ -237,11 +237,9 @@ def load_mxnet_classifier(model_dir: Path) -> Classifier:
     """training/classifier.py's exported model (symbol, params, spec) as a ``Classifier``."""
     import mxnet as mx
 
-    from training.classifier import load_exported
-
     try:
         net, transform, classes = load_exported(model_dir)
-    except (PhotoError, KeyError, ValueError, mx.base.MXNetError) as exc:
+    except (OSError, KeyError, ValueError, mx.base.MXNetError) as exc:  # PhotoError, UsageError: ValueErrors
         raise EvaluationError(f"cannot load the classifier in {model_dir}: {exc}") from exc
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
