@@ -7,11 +7,12 @@ multiclass models: https://docs.aws.amazon.com/sagemaker/latest/dg/model-monitor
 and ``confusion_matrix.png`` next to it:
 
 - ``multiclass_classification_metrics``: accuracy with its standard deviation ``sqrt(a(1-a)/n)`` (the
-  binomial standard error over n photos, defined for any n; Model Monitor's own is a resampling estimate,
-  80% of the data sampled 5 times, given only from 200 samples on, the page above), top-k accuracy (k = ``--top-k``, at most the number of
-  classes), weighted F1, per class precision / recall / F1 / support, and the confusion matrix
-  (rows: the true class, columns: the predicted one). A class never predicted has precision 0 (and a
-  class without test photos recall 0), as scikit-learn's ``zero_division=0`` reports it: never NaN.
+  binomial standard error over n photos, defined for any n; Model Monitor's own is a resampling
+  estimate, 80% of the data sampled 5 times, given only from 200 samples on: the page above), top-k
+  accuracy (k = ``--top-k``, at most the number of classes), weighted F1, per class precision / recall /
+  F1 / support, and the confusion matrix (rows: the true class, columns: the predicted one). A class
+  never predicted has precision 0 (and a class without test photos recall 0), as scikit-learn's
+  ``zero_division=0`` reports it: never NaN.
 - ``baseline``: always answering the most frequent class of ``--train``'s image list (ties: the lowest
   class id), scored on the test split.
 - ``champion``: the package a car with the first of ``--edge-targets`` installs (processing/evaluate.py's
