@@ -7,6 +7,7 @@ once (docs/contracts.md section 6).
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Any
 
 LOCAL_ROOT_ENV = "ROBOCAR_LOCAL_ROOT"
 LOCAL_CLIENTS_ENV = "ROBOCAR_LOCAL_CLIENTS"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,21 @@ def _local_clients(root: Path, region: str | None) -> tuple[Any, Any]:
     request against botocore's model as AWS does (``pipelines/aws_rules.py``); local steps inherit it.
     On the car (no pipelines, no botocore) it is unset, and the car only reads: the newest package and
     its artifact (``edge/local_readers.py``).
+
+    A local step whose environment lacks the control plane inherits the variable all the same: the MXNet
+    environment (no botocore) or a step's code bundle (no ``pipelines/``). There the factory's module
+    cannot be found and the step gets the read-only readers, which is all a step reads (the registry's
+    champion, a model's archive); any other failure of the factory is a bug and raises.
     """
     factory = os.environ.get(LOCAL_CLIENTS_ENV)
     if factory:
         module, _, function = factory.partition(":")
-        return getattr(importlib.import_module(module), function)(root, region)
+        try:
+            imported = importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # the module or one it imports is not installed here
+            logger.info("%s=%s not importable (%s): read-only clients", LOCAL_CLIENTS_ENV, factory, exc)
+        else:
+            return getattr(imported, function)(root, region)
     from edge.local_readers import LocalRegistryReader, LocalS3Reader
 
     return LocalS3Reader(root, region), LocalRegistryReader(root, region)

@@ -156,22 +156,25 @@ def model_report(
 # --- loading models ----------------------------------------------------------------------------------
 
 
-def extract_model(source: Path, workdir: Path) -> Path:
-    """A model directory from ``source``: a model.tar.gz, a folder holding one, or an extracted folder."""
+def extract_model(source: Path, workdir: Path, marker: str = "model.json") -> Path:
+    """A model directory from ``source``: a model.tar.gz, a folder holding one, or an extracted folder.
+
+    ``marker`` is the file every model directory of the recipe holds: train.py's ``model.json``,
+    training/classifier.py's ``classifier-spec.json``."""
     from edge.artifacts import ArtifactError, safe_extract
 
-    if source.is_dir() and (source / "model.json").is_file():
+    if source.is_dir() and (source / marker).is_file():
         return source
     archive = source / MODEL_ARCHIVE if source.is_dir() else source
     if not archive.is_file():
-        raise EvaluationError(f"no {MODEL_ARCHIVE} (or extracted model with model.json) at {source}")
+        raise EvaluationError(f"no {MODEL_ARCHIVE} (or extracted model with {marker}) at {source}")
     target = Path(tempfile.mkdtemp(prefix="model-", dir=workdir)) / "model"  # safe_extract wants a new folder
     try:
         safe_extract(archive, target)
     except (ArtifactError, *ARCHIVE_READ_ERRORS) as exc:  # processing/errors.py says which
         raise EvaluationError(f"cannot extract {archive}: {exc}") from exc
-    if not (target / "model.json").is_file():
-        raise EvaluationError(f"{archive} holds no model.json: not a model directory of train.py")
+    if not (target / marker).is_file():
+        raise EvaluationError(f"{archive} holds no {marker}: not a model directory of this recipe's trainer")
     return target
 
 

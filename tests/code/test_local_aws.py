@@ -274,6 +274,27 @@ def test_clients_factory_picks_local_from_argument_or_environment(tmp_path: Path
         aws.clients(endpoint_url="http://127.0.0.1:5000")
 
 
+def test_a_factory_missing_from_the_environment_leaves_the_read_only_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local step in the MXNet environment inherits ROBOCAR_LOCAL_CLIENTS but has no pipelines/ (or no
+    botocore): it still reads the registry and S3 the control plane wrote."""
+    from edge.local_readers import LocalRegistryReader, LocalS3Reader
+
+    s3 = LocalS3Client(tmp_path)
+    s3.create_bucket(Bucket="bucket")
+    s3.put_object(Bucket="bucket", Key="model.tar.gz", Body=b"model")
+    LocalSageMakerClient(tmp_path).create_model_package_group(ModelPackageGroupName=GROUP)
+    monkeypatch.setenv(aws.LOCAL_CLIENTS_ENV, "robocar_no_such_module.client:validated_local_clients")
+    readers = aws.clients(local_root=tmp_path)
+    assert type(readers.s3) is LocalS3Reader and type(readers.sagemaker) is LocalRegistryReader
+    assert readers.s3.get_object(Bucket="bucket", Key="model.tar.gz")["Body"].read() == b"model"
+    assert readers.sagemaker.list_model_packages(ModelPackageGroupName=GROUP)["ModelPackageSummaryList"] == []
+    monkeypatch.setenv(aws.LOCAL_CLIENTS_ENV, "edge.local_readers:no_such_function")  # a bug, not absence
+    with pytest.raises(AttributeError, match="no_such_function"):
+        aws.clients(local_root=tmp_path)
+
+
 def test_clients_factory_returns_boto3_without_a_local_root(monkeypatch) -> None:
     monkeypatch.delenv(aws.LOCAL_ROOT_ENV, raising=False)
     remote = aws.clients(region="us-east-1", endpoint_url="http://127.0.0.1:1")

@@ -1,0 +1,150 @@
+"""processing/evaluate_classifier.py in the MXNet environment, on a model training/classifier.py just made.
+
+The script runs as the Evaluate step runs it locally: the MXNet environment's Python (no boto3, botocore,
+sagemaker or jsonschema there), only the repository root on the path, and ROBOCAR_LOCAL_CLIENTS inherited
+from the control plane, whose factory cannot be imported there: the champion comes from the local
+registry through the read-only readers (edge/local_readers.py). One one-epoch training of 24 photos at
+64 px and two runs in the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_classifier_training import CLASSES, REPO, mxnet_python, run_in_mxnet  # noqa: F401 (a fixture)
+
+from edge import aws
+from edge.agent import edge_metadata
+from pipelines.local.registry import LocalSageMakerClient
+from pipelines.local.s3 import LocalS3Client
+from pipelines.synth_classes import write_classes, write_image_list
+
+GROUP = "robocar-classifiers"
+BUCKET = "robocar-data-123456789012"
+MODEL_KEY = "robocar/models/execution-1/Train/output/model.tar.gz"
+MODEL_URI = f"s3://{BUCKET}/{MODEL_KEY}"
+
+
+@pytest.fixture(scope="module")
+def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """Splits as Preprocess writes them and the one-epoch model as ``model/model.tar.gz``."""
+    root = tmp_path_factory.mktemp("evaluate-classifier")
+    for split, images, seed in (("train", 24, 21), ("validation", 12, 22), ("test", 15, 23)):
+        summary = write_classes(root / split, classes=3, images=images, seed=seed)
+        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
+    training = run_in_mxnet(
+        mxnet_python,
+        [
+            str(REPO / "training" / "classifier.py"),
+            *("--train", str(root / "train"), "--validation", str(root / "validation")),
+            *("--sm-model-dir", str(root / "exported"), "--epochs", "1", "--image_shape", "3,64,64"),
+            *("--seed", "3"),
+        ],
+    )
+    assert training.returncode == 0, training.stderr[-3000:]
+    (root / "model").mkdir()
+    with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:  # what Train leaves in S3
+        for path in sorted((root / "exported").iterdir()):
+            tar.add(path, arcname=path.name)
+    return root
+
+
+def register_champion(workspace: Path, archive: Path) -> str:
+    """The registry the control plane left: this model approved, with an artifact for jetson_nano."""
+    s3, sagemaker = LocalS3Client(workspace), LocalSageMakerClient(workspace)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key=MODEL_KEY, Body=archive.read_bytes())
+    sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+    return sagemaker.create_model_package(
+        ModelPackageGroupName=GROUP,
+        ModelApprovalStatus="Approved",
+        CustomerMetadataProperties=edge_metadata(
+            "jetson_nano", uri=f"{MODEL_URI}.jetson_nano", sha256="ab" * 32, runtime="onnxruntime"
+        ),
+        InferenceSpecification={
+            "Containers": [
+                {
+                    "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/mxnet-inference:1.9.0-cpu-py38",
+                    "ModelDataUrl": MODEL_URI,
+                }
+            ],
+            "SupportedContentTypes": ["application/x-image"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+    )["ModelPackageArn"]
+
+
+@pytest.mark.slow
+def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path, tmp_path: Path) -> None:  # noqa: F811
+    workspace, out = tmp_path / "workspace", tmp_path / "evaluation"
+    champion = register_champion(workspace, trained / "model" / "model.tar.gz")
+    factory = os.environ[aws.LOCAL_CLIENTS_ENV]  # the control plane's, set by importing pipelines
+    assert factory.startswith("pipelines.")
+    result = run_in_mxnet(
+        mxnet_python,
+        [
+            str(REPO / "processing" / "evaluate_classifier.py"),
+            *("--model", str(trained / "model"), "--test", str(trained / "test")),
+            *("--train", str(trained / "train"), "--output", str(out)),
+            *("--model-package-group", GROUP, "--edge-targets", "jetson_nano,rasp4b"),
+            *("--model-s3-uri", MODEL_URI),
+        ],
+        env={aws.LOCAL_ROOT_ENV: str(workspace), aws.LOCAL_CLIENTS_ENV: factory},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "champion_accuracy=" in result.stdout and "already_registered=true" in result.stdout
+
+    # the trainer's own evaluation of the exported files, in the same environment (which lacks the AWS
+    # and schema packages: the script ran without them)
+    check = run_in_mxnet(
+        mxnet_python,
+        [
+            "-c",
+            "import sys, json, importlib.util\n"
+            "from pathlib import Path\n"
+            "from training.classifier import evaluate_exported\n"
+            "absent = [m for m in ('boto3', 'botocore', 'sagemaker', 'jsonschema', 'matplotlib')\n"
+            "          if importlib.util.find_spec(m) is None]\n"
+            "print(json.dumps({'accuracy': evaluate_exported(Path(sys.argv[1]), Path(sys.argv[2])),\n"
+            "                  'absent': absent}))\n",
+            str(trained / "exported"),
+            str(trained / "test"),
+        ],
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    facts = json.loads(check.stdout.strip().splitlines()[-1])
+    assert facts["absent"] == ["boto3", "botocore", "sagemaker", "jsonschema", "matplotlib"]
+
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    metrics = evaluation["multiclass_classification_metrics"]
+    assert metrics["accuracy"]["value"] == pytest.approx(facts["accuracy"], abs=1e-9)
+    labels = [int(line.split("\t")[1]) for line in (trained / "test" / "images.lst").read_text().splitlines()]
+    assert evaluation["test_images"] == len(labels) == 15 and evaluation["classes"] == CLASSES
+    counts = np.array(metrics["confusion_matrix"]["counts"])
+    assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=3).tolist()
+    assert np.trace(counts) / counts.sum() == pytest.approx(metrics["accuracy"]["value"])
+    assert [metrics["per_class"][n]["support"] for n in CLASSES] == counts.sum(axis=1).tolist()
+    assert metrics["top_k_accuracy"] == {"k": 3, "value": 1.0}  # 3 classes: all of them
+    train_labels = [
+        int(line.split("\t")[1]) for line in (trained / "train" / "images.lst").read_text().splitlines()
+    ]
+    majority = int(np.argmax(np.bincount(train_labels, minlength=3)))
+    assert evaluation["baseline"] == {
+        "majority_class": CLASSES[majority],
+        "accuracy": {"value": pytest.approx(labels.count(majority) / len(labels))},
+    }
+    # the champion is this very model: downloaded from local S3 and evaluated again, the same answer
+    assert evaluation["champion"] == {
+        "model_package_arn": champion,
+        "model_data_url": MODEL_URI,
+        "accuracy": {"value": pytest.approx(metrics["accuracy"]["value"], abs=1e-9)},
+    }
+    assert evaluation["already_registered"] is True
+    with Image.open(out / "confusion_matrix.png") as picture:
+        assert picture.format == "PNG" and min(picture.size) > 3 * 40
