@@ -70,8 +70,8 @@ def run_classifier_demo(config: ClassifierDemo) -> dict[str, Any]:
     else:
         print(f"\nlabelled photos already in {labelled} (delete the workspace to make them anew)")
     flags = settings_flags()
-    robocar("run", "--local", "--workspace", workspace, "--data", labels, "--param", f"Epochs={config.epochs}",
-            *flags)  # fmt: skip
+    epochs = f"Epochs={config.epochs}"
+    robocar("run", "--local", "--workspace", workspace, "--data", labels, "--param", epochs, *flags)
     registry = ["--workspace", workspace, "--recipe", "classifier"]
     robocar("registry", "list", *registry)
     robocar(
@@ -142,13 +142,11 @@ def summary_lines(workspace: Path, car: dict[str, Any]) -> list[str]:
     ]
     if package:
         lines.append(f"package   {package['ModelPackageArn']} ({package['ModelApprovalStatus']})")
-    manifest_entry = compiled["targets"].get(EDGE_TARGET, {})
     for target, entry in sorted(compiled["targets"].items()):
         lines.append(
             f"artifacts {target:<12} model.tar.gz {_human_bytes(int(entry['size_bytes'])):>10}  "
             f"default {entry.get('default')}"
         )
-    del manifest_entry
     scored = car.get("accuracy_on_new_photos") or {}
     if car:
         lines.append(
