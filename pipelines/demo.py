@@ -1,4 +1,5 @@
-"""The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives.
+"""The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives;
+then the classifier recipe the same way (pipelines/demo_classifier.py), and one summary.
 
 Each stage runs the very command a user would type (echoed as ``$ robocar ...``), so the demo is also
 the tutorial. The summary at the end is read back from what the stages wrote: the data report, the
@@ -47,6 +48,7 @@ class DemoConfig:
     epochs: int = DEMO_EPOCHS
     drive_frames: int = 1000
     parameters: Sequence[str] = field(default_factory=tuple)
+    classifier: bool = True  # then the classifier recipe (pipelines/demo_classifier.py)
 
 
 def _settings_flags() -> list[str]:
@@ -136,8 +138,11 @@ def learned_lines(model: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     return lines
 
 
-def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> str:
-    """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s."""
+def summarise(
+    workspace: Path, drive_summary: dict[str, Any], wall_s: float, classified: dict[str, Any] | None = None
+) -> str:
+    """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s; then
+    the classifier's (``classified``: what its car reported) when the demo ran it."""
     from edge.aws import clients
 
     aws = clients(local_root=str(workspace))
@@ -184,6 +189,10 @@ def summarise(workspace: Path, drive_summary: dict[str, Any], wall_s: float) -> 
         )
     if (execution.path / "report.html").is_file():
         lines.append(f"report    {execution.path / 'report.html'}")
+    if classified is not None:
+        from pipelines.demo_classifier import summary_lines
+
+        lines += ["-" * 78, *summary_lines(workspace, classified)]
     lines.append(f"time      {wall_s:.0f} s in all")
     return "\n".join(lines)
 
@@ -225,7 +234,12 @@ def run_demo(config: DemoConfig) -> int:
     outputs = ["--jsonl", workspace / "drive.jsonl", "--summary-json", drive_json]
     robocar("edge", "run", *edge, "--prefer", EDGE_ARTIFACT, *drive, *outputs)
     drive = json.loads(drive_json.read_text()) if drive_json.exists() else {}
-    print(summarise(workspace, drive, time.monotonic() - started))
+    classified: dict[str, Any] | None = None
+    if config.classifier:
+        from pipelines.demo_classifier import ClassifierDemo, run_classifier_demo
+
+        classified = run_classifier_demo(ClassifierDemo(workspace, seed=config.seed))
+    print(summarise(workspace, drive, time.monotonic() - started, classified))
     return 0
 
 

@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="extra pipeline parameter, repeatable",
     )
+    parser.add_argument(
+        "--pilot-only", action="store_true", help="run the pilot recipe only (skip the classifier's half)"
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -60,5 +63,6 @@ def _demo(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             drive_frames=args.drive_frames,
             parameters=tuple(args.param),
+            classifier=not args.pilot_only,
         )  # fmt: skip
     )
