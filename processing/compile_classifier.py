@@ -36,7 +36,7 @@ import numpy as np
 
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
-from edge.photos import PhotoTransform, prepare
+from edge.photos import PhotoError, PhotoTransform, prepare
 from processing.compile import (
     DEFAULT_TARGETS,
     DRY_RUN_OUTPUT_S3_URI,
@@ -68,11 +68,11 @@ from processing.neo import (
     target_devices,
     write_dry_run,
 )
+from training.classifier import ARTIFACT_PREFIX, SPEC_FILE, read_image_list
 
 PROCESSING = "/opt/ml/processing"
-SPEC_FILE = "classifier-spec.json"  # training/classifier.py's SPEC_FILE
-SYMBOL_FILE = "image-classification-symbol.json"
-PARAMS_GLOB = "image-classification-[0-9][0-9][0-9][0-9].params"
+SYMBOL_FILE = f"{ARTIFACT_PREFIX}-symbol.json"
+PARAMS_GLOB = f"{ARTIFACT_PREFIX}-[0-9][0-9][0-9][0-9].params"
 FLOAT_FILE, INT8_FILE = "classifier-float32.onnx", "classifier-int8.onnx"
 # mx.onnx's converters are written for opsets 12 and 13 (mx2onnx/_op_translations_opset1{2,3}.py): 13
 # is what they emit. IR 7 is the lowest IR version that can declare opset 13 (onnx.helper.VERSION_TABLE).
@@ -149,8 +149,6 @@ def input_shape(model: ClassifierModel) -> list[int]:
 
 def read_split(split: Path) -> list[tuple[int, Path]]:
     """(class id, photo) of a split's image list (Preprocess's ``images.lst``)."""
-    from training.classifier import read_image_list
-
     try:
         return read_image_list(split)
     except ValueError as exc:  # training's UsageError: same meaning here, bad input
@@ -158,8 +156,12 @@ def read_split(split: Path) -> list[tuple[int, Path]]:
 
 
 def prepared(photos: Sequence[Path], transform: PhotoTransform) -> np.ndarray:
-    """[N, 3, H, W] float32 through the car's own ``edge.photos.prepare``."""
-    return np.concatenate([prepare(path, transform) for path in photos])
+    """[N, 3, H, W] float32 through the car's own ``edge.photos.prepare``; an unreadable photo is bad
+    input (exit 2), not a bug."""
+    try:
+        return np.concatenate([prepare(path, transform) for path in photos])
+    except PhotoError as exc:
+        raise CompileError(str(exc)) from exc
 
 
 def calibration_photos(train: Path, wanted: int, seed: int) -> list[Path]:
