@@ -1,8 +1,8 @@
 """processing/compile_classifier.py in the MXNet environment: a trained classifier as ONNX float32 and int8.
 
 One fine-tuned epoch (ImageNet weights, 96 photos at 64 px, so accuracy means something), compiled twice
-for two targets; the environment comes from the cache the classifier training test uses. About 60 s on
-2 busy cores.
+for two targets; the environment comes from the cache the classifier training test uses. About 25 s on
+a quiet machine, 90 s on 2 busy cores.
 """
 
 from __future__ import annotations
