@@ -82,13 +82,14 @@ def resolve_mode(mode: str, model_s3_uri: str | None, environ: Mapping[str, str]
 # -------------------------------------------------------------------------------------------- model
 
 
-def unpack_model(model: Path, work: Path) -> Path:
-    """``--model`` (a folder with model.tar.gz, the archive itself, or an extracted model) -> model folder."""
-    if (model / "model.json").is_file():
+def unpack_model(model: Path, work: Path, marker: str = "model.json") -> Path:
+    """``--model`` (a folder with model.tar.gz, the archive itself, or an extracted model) -> model folder
+    holding ``marker`` (the pilot's model.json; the classifier's classifier-spec.json)."""
+    if (model / marker).is_file():
         return model
     archive = model / PACKAGE_NAME if model.is_dir() else model
     if not archive.is_file():
-        raise CompileError(f"{model}: no {PACKAGE_NAME} and no model.json (expected the training output)")
+        raise CompileError(f"{model}: no {PACKAGE_NAME} and no {marker} (expected the training output)")
     target = work / "model"
     target.mkdir(parents=True, exist_ok=True)
     try:
@@ -96,8 +97,8 @@ def unpack_model(model: Path, work: Path) -> Path:
             tar.extractall(target, filter="data")  # refuses absolute paths, '..' and links out of the folder
     except (tarfile.TarError, OSError) as exc:
         raise CompileError(f"{archive}: cannot unpack the model archive: {exc}") from exc
-    if not (target / "model.json").is_file():
-        raise CompileError(f"{archive} has no model.json at its top level")
+    if not (target / marker).is_file():
+        raise CompileError(f"{archive} has no {marker} at its top level")
     return target
 
 

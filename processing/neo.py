@@ -7,8 +7,9 @@ The request per target, as the API reference documents it
 * ``InputConfig``: ``S3Uri`` of that archive, ``Framework`` ``ONNX`` and ``DataInputConfig``
   ``{"<input name>": [1, 3, H, W]}`` (MXNET/ONNX/DARKNET take the NCHW shape,
   https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_InputConfig.html). No
-  ``FrameworkVersion``: the same page says it "is only supported for the MXNet, PyTorch, TensorFlow and
-  TensorFlow Lite frameworks".
+  ``FrameworkVersion`` for ONNX: the same page says it "is only supported for the MXNet, PyTorch,
+  TensorFlow and TensorFlow Lite frameworks". The classifier (``processing/compile_classifier.py``)
+  sends its MXNet symbol and params instead, framework ``MXNET`` with a ``FrameworkVersion``.
 * ``OutputConfig``: ``S3OutputLocation`` (one prefix per target), ``TargetDevice`` and, where the table
   in ``neo_targets.json`` has a row, ``CompilerOptions`` (required for NVIDIA accelerators,
   https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_OutputConfig.html).
@@ -116,6 +117,8 @@ class NeoInput:
     input_name: str
     input_shape: tuple[int, ...]
     sha256: str
+    framework: str = NEO_FRAMEWORK
+    framework_version: str | None = None  # InputConfig.FrameworkVersion: MXNet, PyTorch, TF, TFLite only
 
 
 def write_neo_input(onnx_bytes: bytes, dest: Path, input_name: str, input_shape: Sequence[int]) -> NeoInput:
@@ -136,11 +139,14 @@ def neo_job_name(target: str, input_sha256: str, now: float) -> str:
 
 
 def input_config(s3_uri: str, neo_input: NeoInput) -> dict[str, Any]:
-    return {
+    config = {
         "S3Uri": s3_uri,
         "DataInputConfig": json.dumps({neo_input.input_name: list(neo_input.input_shape)}),
-        "Framework": NEO_FRAMEWORK,
+        "Framework": neo_input.framework,
     }
+    if neo_input.framework_version is not None:
+        config["FrameworkVersion"] = neo_input.framework_version
+    return config
 
 
 def compilation_job_request(
@@ -306,22 +312,30 @@ def neo_artifact(
     }
 
 
-def compile_with_neo(
+@dataclass(frozen=True)
+class NeoOutput:
+    """One target's finished job and its compiled output, downloaded and unpacked."""
+
+    job: dict[str, Any]
+    uri: str  # the job's S3ModelArtifacts
+    archive: Path  # Neo's compiled tar.gz as downloaded
+    files: dict[str, Path]  # package member name (neo/...) -> unpacked file
+
+
+def run_compilation_jobs(
     sagemaker: Any,
     s3: Any,
-    meta: Mapping[str, Any],
     targets: Sequence[str],
     neo_input: NeoInput,
     *,
     output_s3_uri: str,
     role_arn: str,
     timeout_s: int,
-    out_dir: Path,
-    source_sha256: str | None,
+    work: Path,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
-) -> dict[str, dict[str, Any]]:
-    """Upload the Neo input, start one job per target, wait for all; returns compiled.json's targets."""
+) -> dict[str, NeoOutput]:
+    """Upload the Neo input, start one job per target, wait for all, download each output into ``work``."""
     input_uri = neo_input_s3_uri(output_s3_uri, neo_input)
     s3.upload_file(str(neo_input.archive), *_bucket_and_key(input_uri))
     log(f"uploaded the Neo input ({neo_input.sha256[:12]}) to {input_uri}")
@@ -339,23 +353,55 @@ def compile_with_neo(
         log(f"started Neo compilation job {request['CompilationJobName']} for {target}")
     names = [r["CompilationJobName"] for r in requests.values()]
     finished = wait_for_compilation(sagemaker, names, timeout_s, sleep=sleep, clock=clock)
+    outputs = {}
+    for target, request in requests.items():
+        job = finished[request["CompilationJobName"]]
+        uri = job["ModelArtifacts"]["S3ModelArtifacts"]
+        archive = download_neo_output(s3, uri, work / target / "neo.tar.gz")
+        unpacked = work / target / "neo"
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+        files = {
+            f"neo/{p.relative_to(unpacked).as_posix()}": p for p in sorted(unpacked.rglob("*")) if p.is_file()
+        }
+        outputs[target] = NeoOutput(job, uri, archive, files)
+    return outputs
+
+
+def compile_with_neo(
+    sagemaker: Any,
+    s3: Any,
+    meta: Mapping[str, Any],
+    targets: Sequence[str],
+    neo_input: NeoInput,
+    *,
+    output_s3_uri: str,
+    role_arn: str,
+    timeout_s: int,
+    out_dir: Path,
+    source_sha256: str | None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, dict[str, Any]]:
+    """The pilot through Neo: every target's output repackaged with a manifest; compiled.json's targets."""
     entries = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for target, request in requests.items():
-            job = finished[request["CompilationJobName"]]
-            uri = job["ModelArtifacts"]["S3ModelArtifacts"]
-            archive = download_neo_output(s3, uri, Path(tmp) / target / "neo.tar.gz")
-            unpacked = Path(tmp) / target / "neo"
-            with tarfile.open(archive) as tar:
-                tar.extractall(unpacked, filter="data")
-            files = {
-                f"neo/{p.relative_to(unpacked).as_posix()}": p
-                for p in sorted(unpacked.rglob("*"))
-                if p.is_file()
-            }
-            artifact = neo_artifact(meta, neo_input, archive, job, uri)
+        outputs = run_compilation_jobs(
+            sagemaker,
+            s3,
+            targets,
+            neo_input,
+            output_s3_uri=output_s3_uri,
+            role_arn=role_arn,
+            timeout_s=timeout_s,
+            work=Path(tmp),
+            sleep=sleep,
+            clock=clock,
+        )
+        for target, output in outputs.items():
+            artifact = neo_artifact(meta, neo_input, output.archive, output.job, output.uri)
             manifest = finish_manifest(base_manifest(target, meta, source_sha256), [artifact], "neo")
-            package = write_package(files, manifest, out_dir / target / PACKAGE_NAME)
+            package = write_package(output.files, manifest, out_dir / target / PACKAGE_NAME)
             entries[target] = compiled_entry(target, package, [artifact], "neo")
             log(f"{target}: {PACKAGE_NAME} sha256 {package['sha256']}")
     return entries

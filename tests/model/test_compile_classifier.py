@@ -1,0 +1,191 @@
+"""processing/compile_classifier.py in the MXNet environment: a trained classifier as ONNX float32 and int8.
+
+One fine-tuned epoch (ImageNet weights, 96 photos at 64 px, so accuracy means something), compiled twice
+for two targets; the environment comes from the cache the classifier training test uses. About 25 s on
+a quiet machine, 90 s on 2 busy cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipelines.local import environments
+from pipelines.synth_classes import write_classes, write_image_list
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["circle", "square", "triangle"]
+TARGETS = ("jetson_nano", "rasp4b")
+FLOAT, INT8 = "classifier-float32.onnx", "classifier-int8.onnx"
+
+
+@pytest.fixture(scope="module")
+def mxnet_python() -> str:
+    cache = Path(os.environ.get(environments.CACHE_VARIABLE) or Path.home() / ".cache" / "robocar-envs")
+    environment = environments.ensure_environment(
+        environments.MXNET, cache, run=lambda command: subprocess.run(command, check=True), note=print
+    )
+    return str(environments.environment_python(environment))
+
+
+def run_in_mxnet(
+    python: str, args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [python, *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Preprocess's splits and the trainer's model.tar.gz, as the Compile step gets them."""
+    root = tmp_path_factory.mktemp("classifier")
+    for split, images, seed in (("train", 96, 11), ("validation", 30, 12), ("test", 90, 13)):
+        summary = write_classes(root / split, classes=3, images=images, seed=seed)
+        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
+    model = root / "model-dir"
+    args = [str(REPO / "training" / "classifier.py"), "--epochs", "1", "--use_pretrained_model", "1"]
+    args += ["--seed", "3", "--train", str(root / "train"), "--validation", str(root / "validation")]
+    result = run_in_mxnet(mxnet_python, [*args, "--sm-model-dir", str(model)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    (root / "model").mkdir()
+    with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:
+        for path in sorted(model.iterdir()):
+            tar.add(path, arcname=path.name)
+    return root
+
+
+def compile_into(python: str, root: Path, out: Path) -> subprocess.CompletedProcess:
+    args = [str(REPO / "processing" / "compile_classifier.py"), "--model", str(root / "model")]
+    args += ["--train", str(root / "train"), "--test", str(root / "test"), "--output", str(out)]
+    return run_in_mxnet(python, [*args, "--edge-targets", ",".join(TARGETS), "--mode", "local"])
+
+
+@pytest.fixture(scope="module")
+def compiled(mxnet_python: str, trained: Path) -> Path:
+    result = compile_into(mxnet_python, trained, trained / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return trained / "out"
+
+
+def manifest_of(package: Path) -> dict:
+    with tarfile.open(package) as tar:
+        assert sorted(tar.getnames()) == sorted(["manifest.json", FLOAT, INT8])
+        return json.load(tar.extractfile("manifest.json"))
+
+
+@pytest.mark.slow
+def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained: Path) -> None:
+    listing = json.loads((compiled / "compiled.json").read_text())
+    assert listing["task"] == "classification" and listing["mode"] == "local"
+    assert (listing["onnx"]["opset"], listing["onnx"]["ir_version"]) == (13, 7)
+    source = hashlib.sha256((trained / "model" / "model.tar.gz").read_bytes()).hexdigest()
+    spec = json.loads((trained / "model-dir" / "classifier-spec.json").read_text())
+    assert set(listing["targets"]) == set(TARGETS)
+    for target, entry in listing["targets"].items():
+        package = compiled / entry["uri"]
+        assert entry["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+        assert entry["size_bytes"] == package.stat().st_size
+        assert entry["runtime"] == "onnxruntime" and entry["runtimes"] == ["onnxruntime"]
+        assert entry["artifacts"] == [INT8, FLOAT] and entry["manifest"] == f"{target}/manifest.json"
+        manifest = manifest_of(package)
+        assert (compiled / target / "manifest.json").read_text() == json.dumps(
+            manifest, indent=2, sort_keys=True
+        ) + "\n"
+        assert manifest["format"] == "robocar-edge/1" and manifest["task"] == "classification"
+        assert manifest["target"] == target and manifest["classes"] == CLASSES
+        assert manifest["input_transform"] == spec["input"]
+        assert manifest["source_model"] == {"sha256": source}
+        assert manifest["tolerance"] == {"accuracy_points": 1.0}
+        artifacts = {a["file"]: a for a in manifest["artifacts"]}
+        for name, artifact in artifacts.items():
+            assert artifact["runtime"] == "onnxruntime"
+            assert artifact["input"] == {"name": "data", "shape": [1, 3, 64, 64], "dtype": "float32"}
+            assert artifact["outputs"] == [
+                {"name": "softmax", "index": 0, "dtype": "float32", "meaning": "probabilities"}
+            ]
+            delta = artifact["accuracy_delta"]
+            assert delta["images"] == 90
+            assert delta["points"] == pytest.approx(100 * (delta["reference_accuracy"] - delta["accuracy"]))
+            assert artifact["within_tolerance"] == (delta["points"] <= 1.0), name
+        assert artifacts[FLOAT]["precision"] == "float32" and artifacts[INT8]["precision"] == "int8"
+        # float32 is MXNet's function: the same top-1 everywhere, probabilities within 1e-4.
+        assert artifacts[FLOAT]["accuracy_delta"]["agreement"] == 1.0
+        assert artifacts[FLOAT]["accuracy_delta"]["max_abs_difference"] < 1e-4
+        assert artifacts[INT8]["accuracy_delta"]["agreement"] >= 0.9
+        assert artifacts[FLOAT]["accuracy_delta"]["reference_accuracy"] >= 0.8  # fine-tuned, not chance
+        expected_default = INT8 if artifacts[INT8]["within_tolerance"] else FLOAT
+        assert manifest["default"] == entry["default"] == expected_default
+        chosen = artifacts[expected_default]
+        for key in ("runtime", "file", "input", "outputs", "sha256", "size_bytes", "accuracy_delta"):
+            assert manifest[key] == chosen[key], key
+
+
+@pytest.mark.slow
+def test_onnx_runtime_runs_the_export_as_mxnet_does(mxnet_python: str, compiled: Path, trained: Path) -> None:
+    """Checked here, not only by the step's own numbers: opset, graph inputs, checker, ORT == MXNet."""
+    code = (
+        "import json, sys, tarfile, hashlib, io\n"
+        "import numpy as np, onnx, onnxruntime as ort, mxnet as mx\n"
+        "from pathlib import Path\n"
+        "from edge.photos import prepare\n"
+        "from training.classifier import load_exported, read_image_list\n"
+        "net, transform, _ = load_exported(Path(sys.argv[2]))\n"
+        "x = np.concatenate([prepare(p, transform) for _, p in read_image_list(Path(sys.argv[3]))[:20]])\n"
+        "facts = {}\n"
+        "with tarfile.open(sys.argv[1]) as tar:\n"
+        "    manifest = json.load(tar.extractfile('manifest.json'))\n"
+        "    for artifact in manifest['artifacts']:\n"
+        "        raw = tar.extractfile(artifact['file']).read()\n"
+        "        assert hashlib.sha256(raw).hexdigest() == artifact['sha256']\n"
+        "        model = onnx.load_from_string(raw)\n"
+        "        onnx.checker.check_model(model, full_check=True)\n"
+        "        s = ort.InferenceSession(raw, providers=['CPUExecutionProvider'])\n"
+        "        p = np.concatenate([s.run(None, {'data': v[None]})[0] for v in x])\n"
+        "        q = net(mx.nd.array(x)).asnumpy()\n"
+        "        facts[artifact['file']] = {'opset': [(o.domain, o.version) for o in model.opset_import],\n"
+        "            'inputs': [i.name for i in model.graph.input], 'diff': float(np.abs(p - q).max()),\n"
+        "            'agree': float((p.argmax(1) == q.argmax(1)).mean())}\n"
+        "print(json.dumps(facts))\n"
+    )
+    package = compiled / TARGETS[0] / "model.tar.gz"
+    result = run_in_mxnet(
+        mxnet_python, ["-c", code, str(package), str(trained / "model-dir"), str(trained / "test")]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts[FLOAT]["opset"] == [["", 13]]
+    assert facts[FLOAT]["inputs"] == ["data"]  # the weights are initializers only
+    assert facts[FLOAT]["diff"] < 1e-4 and facts[FLOAT]["agree"] == 1.0
+    assert facts[INT8]["inputs"] == ["data"] and facts[INT8]["agree"] >= 0.9
+
+
+@pytest.mark.slow
+def test_a_rerun_writes_the_same_package_bytes(mxnet_python: str, compiled: Path, trained: Path) -> None:
+    again = compile_into(mxnet_python, trained, trained / "again")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for target in TARGETS:
+        first = (compiled / target / "model.tar.gz").read_bytes()
+        assert (trained / "again" / target / "model.tar.gz").read_bytes() == first
+
+
+@pytest.mark.slow
+def test_a_model_without_its_spec_is_refused_in_one_line(mxnet_python: str, tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "image-classification-symbol.json").write_text("{}")
+    with tarfile.open(tmp_path / "model" / "model.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "model" / "image-classification-symbol.json", arcname="symbol.json")
+    args = [str(REPO / "processing" / "compile_classifier.py"), "--model", str(tmp_path / "model")]
+    result = run_in_mxnet(mxnet_python, [*args, "--output", str(tmp_path / "out"), "--mode", "local"])
+    assert result.returncode == 2, result.stderr
+    assert "classifier-spec.json" in result.stderr and "Traceback" not in result.stderr
