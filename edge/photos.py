@@ -22,6 +22,10 @@ import numpy as np
 from PIL import Image
 
 INPUT_NAME = "data"  # Neo's MXNet input name ({"data": [1, 3, H, W]})
+RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 crop
+# Class names by id (a JSON list), beside each split's image list: Preprocess writes it, the trainers
+# and evaluation read it.
+CLASSES_FILE = "classes.json"
 # Pillow refuses images over ~179 M pixels (decompression bombs); a labelled photo is far smaller.
 MAX_PHOTO_PIXELS = 64_000_000
 
@@ -78,6 +82,11 @@ class PhotoTransform:
         ):  # fmt: skip
             raise PhotoError("this code prepares NCHW RGB inputs, centre-cropped after a bilinear resize")
         return transform
+
+
+def resize_side_for(crop_side: int) -> int:
+    """The shorter side a photo is resized to before a ``crop_side`` crop (64 -> 73)."""
+    return round(crop_side * RESIZE_RATIO)
 
 
 def open_rgb(source: str | Path | Image.Image) -> Image.Image:

@@ -47,13 +47,14 @@ ENTRY_SCRIPTS: Mapping[str, Layout] = {
     "processing/compile_classifier.py": "processing",
     "training/classifier.py": "training",
 }
-# What a container installs depends on its image: the MXNet image's scripts ship its own list under the
-# contract's name (processing/requirements.txt, or the sourcedir's requirements.txt).
-MXNET_PROCESSING_REQUIREMENTS = "processing/requirements-mxnet.txt"
+# What a container installs depends on its image. The MXNet image's scripts ship that image's own pins
+# (infra/images/mxnet: the image is built from them, so its bootstrap installs nothing) under the
+# contract's name: processing/requirements.txt, or the source directory's requirements.txt.
+MXNET_REQUIREMENTS = "pipelines/local/requirements/mxnet.txt"
 REQUIREMENTS_OF: Mapping[str, str] = {
-    "processing/evaluate_classifier.py": MXNET_PROCESSING_REQUIREMENTS,
-    "processing/compile_classifier.py": MXNET_PROCESSING_REQUIREMENTS,
-    "training/classifier.py": "training/requirements-mxnet.txt",
+    "processing/evaluate_classifier.py": MXNET_REQUIREMENTS,
+    "processing/compile_classifier.py": MXNET_REQUIREMENTS,
+    "training/classifier.py": MXNET_REQUIREMENTS,
 }
 PROCESSING_ENTRYPOINT = "processing/bootstrap.py"
 PROCESSING_REQUIREMENTS = "processing/requirements.txt"

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic_files import atomic_write_bytes
-from edge.photos import PhotoError, PhotoTransform, crop, resize_shorter_side, to_input
+from edge.photos import CLASSES_FILE, PhotoError, PhotoTransform, crop, resize_shorter_side, to_input
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import (
     EvaluationError,
@@ -53,7 +53,7 @@ from processing.evaluate import (
     find_champion,
     is_registered,
 )
-from training.classifier import CLASSES_FILE, SPEC_FILE, load_exported, read_image_list
+from training.classifier import SPEC_FILE, load_exported, read_image_list
 
 RECIPE = "classifier"
 EVALUATION_FILE = "evaluation.json"

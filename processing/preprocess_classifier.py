@@ -10,7 +10,7 @@ Runs in a SageMaker Processing container and, unchanged, as a local process::
 the photos they name, found by ``processing.ground_truth.read_ground_truth``'s rules. ``OUT``:
 
 * ``{train,validation,test}/images/NNNNNN.jpg``: each accepted photo as RGB (grey converted), its shorter
-  side ``round(N * 8/7)`` for crop side ``N`` (``training.classifier.RESIZE_RATIO``), JPEG quality 95.
+  side ``round(N * 8/7)`` for crop side ``N`` (``edge.photos.RESIZE_RATIO``), JPEG quality 95.
   No photo is rejected for its size or aspect ratio (one ~900 times longer than wide keeps its middle:
   a JPEG side is at most 65,500 pixels); numbers run from 0 in each split, in the order (manifest
   name, record index).
@@ -52,7 +52,7 @@ from typing import Any
 from PIL import Image
 
 from edge.atomic_files import atomic_write_bytes, atomic_write_json
-from edge.photos import PhotoError, open_rgb, resize_shorter_side
+from edge.photos import CLASSES_FILE, PhotoError, open_rgb, resize_shorter_side, resize_side_for
 from edge.s3_uri import split_s3_uri
 from processing.errors import add_debug_flag, run_main
 from processing.ground_truth import CLASSIFICATION_TYPE, class_list
@@ -69,7 +69,6 @@ from processing.preprocess import (
 from processing.records import Rejection
 from processing.splits import SPLITS, fractions_from, split_at, unit_point
 from processing.tubs import Candidate, SourceReport, discover_sources
-from training.classifier import CLASSES_FILE, RESIZE_RATIO
 
 PROG = "preprocess_classifier"
 DEFAULT_IMAGE_SIZE = 64  # the trainer's default crop (image_shape 3,64,64)
@@ -100,7 +99,7 @@ class Accepted:
 
 def resize_side(image_size: int) -> int:
     """The shorter side a photo is resized to before an ``image_size`` crop (64 -> 73)."""
-    return round(image_size * RESIZE_RATIO)
+    return resize_side_for(image_size)
 
 
 def image_name(number: int) -> str:

@@ -93,3 +93,19 @@ def offline_subprocess_env(tmp_path):  # type: ignore[no-untyped-def]
     (guard / "sitecustomize.py").write_text(SITECUSTOMIZE)
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
     return {**keep, **FAKE_AWS_ENV, "HOME": str(tmp_path), "PYTHONPATH": str(guard)}
+
+
+@pytest.fixture(scope="session")
+def mxnet_python() -> str:
+    """The interpreter of the MXNet environment local mode runs MXNet images in, built on first use into
+    the test cache ($ROBOCAR_ENV_CACHE, else ~/.cache/robocar-envs) and reused across runs."""
+    import subprocess
+    from pathlib import Path
+
+    from pipelines.local import environments
+
+    cache = Path(os.environ.get(environments.CACHE_VARIABLE) or Path.home() / ".cache" / "robocar-envs")
+    environment = environments.ensure_environment(
+        environments.MXNET, cache, run=lambda command: subprocess.run(command, check=True), note=print
+    )
+    return str(environments.environment_python(environment))

@@ -47,16 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from edge.photos import PhotoTransform, crop, resize_shorter_side, to_input
+from edge.photos import CLASSES_FILE, RESIZE_RATIO, PhotoTransform, crop, resize_shorter_side, to_input
 from processing.errors import add_debug_flag, run_main
 from training.script_mode import UsageError, parse_script_args, positive, typed
 
 ARTIFACT_PREFIX = "image-classification"  # the built-in algorithm's file names
 SHAPES_FILE = "model-shapes.json"
 SPEC_FILE = "classifier-spec.json"
-CLASSES_FILE = "classes.json"  # class names by id (a JSON list), in the train channel beside its image list
 SPEC_SCHEMA = "robocar/classifier-spec/1"
-RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 crop
 DEFAULT_IMAGE_SHAPE = "3,64,64"
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop")  # the built-in algorithm's choices
 MAX_IMAGES = 1_000_000  # a list longer than this is not a list of photos for one training job

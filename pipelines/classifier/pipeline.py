@@ -40,7 +40,8 @@ DEFAULT_EPOCHS = 3
 DEFAULT_IMAGE_SIZE = 64  # the crop side: 2 CPU cores train ~21 photos/s at 64 px
 DEFAULT_ACCURACY_THRESHOLD = 0.8
 # SageMaker's MXNet deep learning containers end at MXNet 1.9.0 on Python 3.8
-# (https://github.com/aws/deep-learning-containers/blob/master/available_images.md).
+# (https://github.com/aws/deep-learning-containers/blob/master/available_images.md): the model package
+# names its inference image (serving is issue 17's); training and processing use the project's image.
 MXNET_FRAMEWORK_VERSION = "1.9.0"
 MXNET_PY_VERSION = "py38"
 # The built-in algorithm's content types (https://docs.aws.amazon.com/sagemaker/latest/dg/image-classification.html).
@@ -69,7 +70,15 @@ def get_pipeline(
     from sagemaker.mlops.workflow.steps import CacheConfig
 
     from steps.compile import compile_step, compiled_uri
-    from steps.containers import TF_FRAMEWORK_VERSION, TF_PY_VERSION, execution_uri, s3_join
+    from steps.containers import (
+        MXNET_REPOSITORY,
+        TF_FRAMEWORK_VERSION,
+        TF_PY_VERSION,
+        account_image_uri,
+        execution_uri,
+        mxnet_image_tag,
+        s3_join,
+    )
     from steps.evaluate import evaluate_step, evaluation_uri
     from steps.preprocess import preprocess_step, split_uri
     from steps.quality_gate import ACCURACY_BAR, quality_gate_steps
@@ -107,7 +116,9 @@ def get_pipeline(
 
     # Preprocess needs the project's Python (jsonschema, Pillow): the TensorFlow image, as the pilot's.
     python_image = framework_image("tensorflow", TF_FRAMEWORK_VERSION, TF_PY_VERSION, "training")
-    mxnet_image = framework_image("mxnet", MXNET_FRAMEWORK_VERSION, MXNET_PY_VERSION, "training")
+    # SageMaker's MXNet training image runs Python 3.8, too old for the project's code: the project's own
+    # (infra/images/mxnet, the pins of local mode's MXNet environment) in the role's account.
+    mxnet_image = account_image_uri(role, region, MXNET_REPOSITORY, mxnet_image_tag())
     inference_image = framework_image("mxnet", MXNET_FRAMEWORK_VERSION, MXNET_PY_VERSION, "inference")
     cache = CacheConfig(enable_caching=True, expire_after=CACHE_EXPIRY)
     preprocess_output = s3_join(prefix, "preprocess")

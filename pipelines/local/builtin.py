@@ -22,13 +22,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edge.photos import CLASSES_FILE
 from edge.s3_uri import split_s3_uri
 from pipelines.local.s3 import LocalS3Client
 
 # Built-in algorithm (the image's repository) -> the project script that stands in for it locally.
 STAND_INS = {"image-classification": "training/classifier.py"}
 IMAGE_LIST = "images.lst"
-CLASSES_FILE = "classes.json"  # training/classifier.py reads it beside the train channel's image list
 MAX_MANIFEST_LINES = 1_000_000
 
 

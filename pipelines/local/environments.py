@@ -49,6 +49,7 @@ REPOSITORY_FAMILIES = {
     "tensorflow-inference": VENV,
     "mxnet-training": MXNET,
     "mxnet-inference": MXNET,
+    "robocar-mxnet": MXNET,  # the project's own MXNet image (infra/images/mxnet), built from the same pins
     "image-classification": MXNET,
     "object-detection": MXNET,
 }

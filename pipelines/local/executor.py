@@ -193,7 +193,11 @@ def _check_step(step: PlannedStep, declared: set[str]) -> list[str]:
                 problems.append(f"step {step.name!r}: output {spec.get('OutputName')!r} is not an S3Output")
     if step.type == "Training":
         for channel in arguments.get("InputDataConfig", []):
-            if channel.get("InputMode", "File") == "Pipe":
+            source = channel.get("DataSource", {}).get("S3DataSource", {})
+            augmented = source.get("S3DataType") == "AugmentedManifestFile"
+            # Pipe mode runs locally only as an augmented manifest (pipelines/local/builtin.py turns it
+            # into files, as the built-in algorithms' stand-ins read them).
+            if channel.get("InputMode", "File") == "Pipe" and not augmented:
                 problems.append(f"step {step.name!r}: channel {channel.get('ChannelName')!r} uses Pipe mode")
     if step.type == "Condition":
         for condition in arguments.get("Conditions", []):

@@ -15,6 +15,7 @@ from pipelines.control import build_definition, parse_parameters
 from pipelines.parameters import ParameterError
 from pipelines.schema_check import schema_errors
 from pipelines.step_requests import check_definition
+from steps.containers import mxnet_image_tag
 
 CLASSIFIER = replace(
     SETTINGS,
@@ -22,7 +23,8 @@ CLASSIFIER = replace(
     pipeline_name="robocar-classifier",
     model_package_group="robocar-classifiers",
 )
-MXNET_TRAINING = "763104351884.dkr.ecr.us-east-1.amazonaws.com/mxnet-training:1.9.0-cpu-py38"
+# the project's MXNet image (infra/images/mxnet), in the role's account, tagged by its pins
+MXNET_IMAGE = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/robocar-mxnet:{mxnet_image_tag()}"
 BUILTIN_IMAGE = "811284229777.dkr.ecr.us-east-1.amazonaws.com/image-classification:1"
 
 
@@ -64,7 +66,7 @@ def test_steps_and_wiring(definition: dict[str, Any]) -> None:
     tubs = next(i for i in preprocess["ProcessingInputs"] if i["InputName"] == "tubs")["S3Input"]
     assert tubs["S3DataDistributionType"] == "FullyReplicated"  # manifests and photos together
     train = steps["Train"]["Arguments"]
-    assert train["AlgorithmSpecification"]["TrainingImage"] == MXNET_TRAINING
+    assert train["AlgorithmSpecification"]["TrainingImage"] == MXNET_IMAGE
     assert json.loads(train["HyperParameters"]["sagemaker_program"]) == "training/classifier.py"
     assert train["HyperParameters"]["image_shape"] == {
         "Std:Join": {
@@ -74,7 +76,7 @@ def test_steps_and_wiring(definition: dict[str, Any]) -> None:
     }
     for name in ("Evaluate", "CompileForEdge"):
         step = steps[name]["Arguments"]
-        assert step["AppSpecification"]["ImageUri"] == MXNET_TRAINING, name
+        assert step["AppSpecification"]["ImageUri"] == MXNET_IMAGE, name
         assert inputs(steps[name])["train"] == output_get("Preprocess", "train")
     gate = steps["CheckQuality"]["Arguments"]["Conditions"][0]
     assert gate["Type"] == "GreaterThanOrEqualTo"

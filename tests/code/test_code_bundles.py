@@ -16,6 +16,7 @@ from pipelines.code_bundle import (
     CONTAINER_PACKAGES,
     ENTRY_SCRIPTS,
     PROCESSING_ENTRYPOINT,
+    REQUIREMENTS_OF,
     CodeBundle,
     StepBundle,
     data_files,
@@ -264,8 +265,11 @@ def extract(bundle: StepBundle, folder: Path) -> Path:
     return folder.resolve()
 
 
-def run_isolated(folder: Path, *args: str, workspace: Path) -> tuple[str, list[str]]:
-    """stdout and the project files the process loaded, run in ``folder`` with only it on the path."""
+def run_isolated(
+    folder: Path, *args: str, workspace: Path, python: str = sys.executable
+) -> tuple[str, list[str]]:
+    """stdout and the project files the process loaded, run in ``folder`` with only it on the path, by
+    ``python`` (the step's image's interpreter)."""
     env = {
         "PATH": "",
         "PYTHONPATH": str(folder),
@@ -273,7 +277,7 @@ def run_isolated(folder: Path, *args: str, workspace: Path) -> tuple[str, list[s
         "ROBOCAR_LOCAL_ROOT": str(workspace),
     }
     run = subprocess.run(
-        [sys.executable, "-c", ISOLATED, json.dumps(CONTAINER_PACKAGES), *args], cwd=folder, env=env,
+        [python, "-c", ISOLATED, json.dumps(CONTAINER_PACKAGES), *args], cwd=folder, env=env,
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -282,14 +286,20 @@ def run_isolated(folder: Path, *args: str, workspace: Path) -> tuple[str, list[s
 
 
 @pytest.mark.parametrize("script", sorted(ENTRY_SCRIPTS))
-def test_a_bundle_alone_is_enough_for_its_step(script: str, tmp_path: Path) -> None:
-    """Every module of a bundle imports from the bundle and the venv only, and so does the step's command."""
+def test_a_bundle_alone_is_enough_for_its_step(
+    script: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every module of a bundle imports from the bundle and its image's environment only (the MXNet
+    scripts: the MXNet environment), and so does the step's command."""
     bundle = CodeBundle(BUCKET, PREFIX).step(script)
+    python = request.getfixturevalue("mxnet_python") if script in REQUIREMENTS_OF else sys.executable
     folder = extract(bundle, tmp_path / "code")
     modules = [module_name(folder / name, folder) for name in sorted(bundle.files) if name.endswith(".py")]
-    _, loaded = run_isolated(folder, "import", json.dumps(modules), workspace=tmp_path)
+    _, loaded = run_isolated(folder, "import", json.dumps(modules), workspace=tmp_path, python=python)
     if bundle.layout == "processing":  # the step's own command line, through the bootstrap
-        usage, more = run_isolated(folder, "run", PROCESSING_ENTRYPOINT, script, "--help", workspace=tmp_path)
+        usage, more = run_isolated(
+            folder, "run", PROCESSING_ENTRYPOINT, script, "--help", workspace=tmp_path, python=python
+        )
         assert f"usage: {Path(script).name}" in usage
         loaded += more
     assert len(loaded) >= len(modules)

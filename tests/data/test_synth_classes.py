@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from edge.photos import CLASSES_FILE
 from pipelines.cli import main as robocar
 from pipelines.synth_classes import CLASS_NAMES, MANIFEST_NAME, write_classes, write_image_list
 from processing.ground_truth import class_list, read_ground_truth
 from processing.records import RecordValidator
 from processing.tubs import Source, discover_sources
-from training.classifier import CLASSES_FILE
 
 METADATA_KEYS = {"class-name", "confidence", "type", "job-name", "human-annotated", "creation-date"}
 

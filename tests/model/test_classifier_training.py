@@ -16,20 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local import environments
 from pipelines.synth_classes import write_classes, write_image_list
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
-
-
-@pytest.fixture(scope="module")
-def mxnet_python() -> str:
-    cache = Path(os.environ.get(environments.CACHE_VARIABLE) or Path.home() / ".cache" / "robocar-envs")
-    environment = environments.ensure_environment(
-        environments.MXNET, cache, run=lambda command: subprocess.run(command, check=True), note=print
-    )
-    return str(environments.environment_python(environment))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_classifier_training import CLASSES, REPO, mxnet_python, run_in_mxnet  # noqa: F401 (a fixture)
+from test_classifier_training import CLASSES, REPO, run_in_mxnet
 
 from edge import aws
 from edge.agent import edge_metadata
@@ -32,7 +32,7 @@ MODEL_URI = f"s3://{BUCKET}/{MODEL_KEY}"
 
 
 @pytest.fixture(scope="module")
-def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Splits as Preprocess writes them and the one-epoch model as ``model/model.tar.gz``."""
     root = tmp_path_factory.mktemp("evaluate-classifier")
     for split, images, seed in (("train", 24, 21), ("validation", 12, 22), ("test", 15, 23)):
@@ -81,7 +81,7 @@ def register_champion(workspace: Path, archive: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path, tmp_path: Path) -> None:
     workspace, out = tmp_path / "workspace", tmp_path / "evaluation"
     champion = register_champion(workspace, trained / "model" / "model.tar.gz")
     factory = os.environ[aws.LOCAL_CLIENTS_ENV]  # the control plane's, set by importing pipelines
