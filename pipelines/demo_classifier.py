@@ -109,7 +109,7 @@ def car_accuracy(results: Path, labelled: Path) -> dict[str, Any]:
     scored = correct = 0
     for line in results.read_text().splitlines() if results.exists() else []:
         result = json.loads(line)
-        name = Path(str(result.get("source") or result.get("photo") or "")).name
+        name = Path(str(result.get("origin") or "")).name
         if name in truth and result.get("top"):
             scored += 1
             correct += result["top"][0]["class"] == truth[name]

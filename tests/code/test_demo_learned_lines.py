@@ -16,3 +16,29 @@ def test_both_outputs_are_compared_with_the_constant_baseline():
 
 def test_a_missing_metric_or_a_zero_baseline_prints_no_ratio():
     assert learned_lines({"angle_mae": 0.1}, {"angle_mae": 0.0, "throttle_mae": 0.1}) == []
+
+
+def test_the_car_is_scored_against_the_labels_of_the_photos_it_classified(tmp_path):
+    import json
+
+    from pipelines.demo_classifier import car_accuracy
+    from pipelines.synth_classes import write_classes
+
+    labelled = tmp_path / "photos"
+    summary = write_classes(labelled, classes=3, images=12, seed=4)
+    truth = {}
+    for line in summary.manifest.read_text().splitlines():
+        record = json.loads(line)
+        truth[record["source-ref"].rsplit("/", 1)[-1]] = record["category-metadata"]["class-name"]
+    names = sorted(truth)
+    results = tmp_path / "classify.jsonl"
+    lines = []
+    for index, name in enumerate(names[:10]):  # 10 classified, the first 3 wrongly
+        right = truth[name]
+        wrong = next(c for c in ("circle", "square", "triangle") if c != right)
+        top = [{"class": wrong if index < 3 else right, "probability": 0.9}]
+        lines.append(json.dumps({"frame": index, "origin": name, "top": top}))
+    lines.append(json.dumps({"frame": 10, "origin": "not-in-the-manifest.jpg", "top": top}))
+    results.write_text("\n".join(lines) + "\n")
+    assert car_accuracy(results, labelled) == {"photos": 10, "correct": 7, "accuracy": 0.7}
+    assert car_accuracy(tmp_path / "none.jsonl", labelled)["accuracy"] is None
