@@ -59,6 +59,8 @@ def build_definition(
     from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS
 
     get_pipeline = importlib.import_module(RECIPE_MODULES[settings.recipe]).get_pipeline
+    classifier = settings.recipe == "classifier"
+    recipe_options = {"training_algorithm": settings.training_algorithm} if classifier else {}
     with quiet_sdk():
         pipeline = get_pipeline(
             region=settings.region,
@@ -69,6 +71,7 @@ def build_definition(
             base_prefix=settings.prefix,
             edge_targets=edge_targets or DEFAULT_EDGE_TARGETS,
             code=code,
+            **recipe_options,
         )
         text = pipeline.definition()
     return json.dumps(json.loads(text), indent=2) + "\n"

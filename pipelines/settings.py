@@ -22,6 +22,7 @@ __all__ = [
 # The settings that say where the pipeline lives (the Settings fields), as edge/settings.py defines them.
 KEYS = (
     "region", "role", "bucket", "prefix", "pipeline_name", "model_package_group", "endpoint_url", "recipe",
+    "training_algorithm",
 )  # fmt: skip
 SETTINGS: tuple[Setting, ...] = tuple(core.setting(key) for key in KEYS)
 EXAMPLE_VALUES = core.EXAMPLE_VALUES
@@ -37,6 +38,7 @@ class Settings:
     model_package_group: str
     endpoint_url: str | None
     recipe: str = "pilot"
+    training_algorithm: str = core.TRAINING_ALGORITHMS[0]  # the classifier's trainer
 
 
 def add_arguments(parser: Any, *, backend: bool = False) -> None:
@@ -115,6 +117,9 @@ def resolve(args: Any, *, use_examples: bool = False) -> Settings:
     """
     resolved = core.resolve_args(args, KEYS)
     values = core.with_recipe_names(resolved)
+    if resolved.given("training_algorithm") and values["recipe"] != "classifier":
+        where = resolved.where("training_algorithm")
+        raise SettingsError(f"{where} chooses the classifier's trainer: add --recipe classifier")
     missing = []
     for s in SETTINGS:
         value = values[s.key]

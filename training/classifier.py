@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ class ClassifierConfig:
     optimizer: str = "adam"
     seed: int = 0
     debug: bool = False
+    # the built-in algorithm's hyperparameters when this script stands in for it (None: not given)
+    builtin: dict[str, Any] = field(default_factory=dict)
 
 
 # --- hyperparameters ---------------------------------------------------------------------------------
@@ -162,6 +164,16 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "sgd at 3e-3 diverged on the synthetic set, at 1e-3 it reached 0.95 where adam reached 1.0",
     )  # fmt: skip
     hps.add_argument("--seed", type=typed(int), default=0, help="seeds weights, shuffling and crops")
+    builtin = parser.add_argument_group(
+        "the built-in algorithm's own hyperparameters, taken when this script stands in for it locally "
+        "(pipelines/local/builtin.py): recorded in the spec, the backbone stays EfficientNet-Lite0"
+    )
+    builtin.add_argument("--num_layers", type=typed(int), default=None, help="the ResNet depth asked for")
+    builtin.add_argument(
+        "--num_training_samples", type=typed(int), default=None,
+        help="photos in the train channel (checked: a different count is an error, as the data changed)",
+    )  # fmt: skip
+    builtin.add_argument("--augmentation_type", type=typed(str), default=None, help="recorded only")
     add_debug_flag(parser)
     return parser
 
@@ -189,6 +201,11 @@ def parse_args(
         use_pretrained_model=args.use_pretrained_model,
         optimizer=args.optimizer,
         seed=args.seed,
+        builtin={
+            key: getattr(args, key)
+            for key in ("num_layers", "num_training_samples", "augmentation_type")
+            if getattr(args, key) is not None
+        },
         debug=args.debug,
     )
 
@@ -347,6 +364,11 @@ def train(config: ClassifierConfig) -> dict[str, Any]:
     spec = make_spec(config)
     train_data = load_channel(config.train_dir, spec.resize_shorter_side)
     validation = load_channel(config.validation_dir, spec.resize_shorter_side)
+    expected = config.builtin.get("num_training_samples")
+    if expected is not None and expected != len(train_data.labels):
+        raise UsageError(
+            f"num_training_samples is {expected} but the train channel holds {len(train_data.labels)} photos"
+        )
     largest = int(max(train_data.labels.max(), validation.labels.max()))
     classes = config.num_classes or largest + 1
     if largest >= classes:
@@ -387,6 +409,8 @@ def train(config: ClassifierConfig) -> dict[str, Any]:
             "optimizer": config.optimizer,
             "seed": config.seed,
         },
+        # Set when the script stood in for the built-in algorithm: what was asked of it, beside what ran.
+        "stands_in_for": {"algorithm": "image-classification", **config.builtin} if config.builtin else None,
     }
     export(net, config.model_dir, best_epoch, spec, class_names(config, classes), summary)
     return summary

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from edge.settings import RECIPE_NAMES
+from edge.settings import RECIPE_NAMES, TRAINING_ALGORITHMS
 from pipelines.code_bundle import CodeBundle
 from pipelines.datasets import no_snapshot_uri
 from pipelines.offline import pipeline_session, prepare_environment
@@ -32,7 +32,7 @@ from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS, parse_edge_targets
 DEFAULT_REGION = "us-east-1"
 DEFAULT_PIPELINE_NAME, DEFAULT_GROUP_NAME = RECIPE_NAMES["classifier"]
 DEFAULT_PREFIX = "robocar"
-TRAINING_ALGORITHMS = ("gluon", "builtin")
+GLUON, BUILTIN = TRAINING_ALGORITHMS
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 CACHE_EXPIRY = "P30D"
 # From ImageNet weights one epoch reaches 0.99 validation accuracy (docs/classifier.md).
@@ -57,7 +57,7 @@ def get_pipeline(
     base_prefix: str = DEFAULT_PREFIX,
     edge_targets: Sequence[str] | str = DEFAULT_EDGE_TARGETS,
     code: CodeBundle | None = None,
-    training_algorithm: str = "gluon",
+    training_algorithm: str = GLUON,
 ):
     """The SageMaker Pipeline (sagemaker v3 ``Pipeline``) of the classifier recipe."""
     if training_algorithm not in TRAINING_ALGORITHMS:
@@ -141,7 +141,7 @@ def get_pipeline(
         train_uri=split_uri(preprocess, "train"), validation_uri=split_uri(preprocess, "validation"),
         output_uri=s3_join(prefix, "models"), epochs=epochs, image_size=image_size, cache=cache,
     )  # fmt: skip
-    if training_algorithm == "gluon":
+    if training_algorithm == GLUON:
         train = gluon_train_step(
             **training, image_uri=mxnet_image, sourcedir_uri=code.step("training/classifier.py").uri
         )
