@@ -20,7 +20,8 @@
 # of the model it registered. On AWS the steps run as SageMaker jobs; against the local workspace
 # (`ROBOCAR_LOCAL_ROOT`) `start` runs them here, one after the other. The stack from `robocar infra deploy`
 # provides the bucket, the role and the model package group; `robocar infra show` prints the `robocar.toml`
-# lines for them.
+# lines for them. The recipe is a setting too: `ROBOCAR_RECIPE=classifier` (or `recipe = "classifier"` in
+# robocar.toml) builds and runs the classifier's pipeline instead of the pilot's.
 
 # %%
 # Settings as both CLIs resolve them (edge/settings.py): environment > robocar.toml > default; the local
