@@ -281,3 +281,15 @@ def test_the_choice_is_recorded_with_its_figures():
         "float32 (measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s)"
     )
     assert describe_choice(PrecisionChoice("float32", "float32", "forced", {})) == "float32 (forced)"
+
+
+def test_the_phase_breakdown_adds_up_to_the_run():
+    from training.train import PhaseClock
+
+    clock = FakeClock()
+    phases = PhaseClock(started=-1.5, clock=clock)  # the process started 1.5 s before train()
+    for phase, seconds in (("start-up", 0.0), ("data", 0.5), ("tensorflow", 3.0), ("data", 0.25)):
+        clock.now += seconds
+        phases.lap(phase)
+    assert phases.seconds == {"start-up": 1.5, "data": 0.75, "tensorflow": 3.0}
+    assert phases.line() == "phases: start-up 1.5 s, data 0.8 s, tensorflow 3.0 s (total 5.2 s)"
