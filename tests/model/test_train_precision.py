@@ -23,6 +23,7 @@ def measure_quickly(monkeypatch) -> int:
     monkeypatch.setattr(train, "MEASURE_MIN_TRAINING_STEPS", 1)
     monkeypatch.setattr(train, "MEASURE_WARMUP_STEPS", 1)
     monkeypatch.setattr(train, "MEASURE_ROUND_STEPS", 1)
+    monkeypatch.setattr(train, "MEASURE_ROUNDS", 2)
     return 2 * (train.MEASURE_WARMUP_STEPS + train.MEASURE_ROUNDS * train.MEASURE_ROUND_STEPS)
 
 
