@@ -344,7 +344,7 @@ MEASURE_WARMUP_STEPS = 2  # each candidate's first steps trace the graph and all
 MEASURE_ROUNDS = 4
 MEASURE_ROUND_STEPS = 2
 # Only runs of at least this many steps measure; shorter ones train in float32, the exported dtype.
-# Measuring costs the twin's build and trace (0.3 + 1.1 s on a 2-core Zen 5, the time of ~8 steps) plus,
+# Measuring costs the twin's build and trace (0.4 + 1.1 s on a 2-core Zen 5, the time of ~9 steps) plus,
 # where float32 wins, the bfloat16 steps' extra time; a precision 20% faster repays that in ~40 steps.
 MEASURE_MIN_TRAINING_STEPS = 100
 # mixed_bfloat16 must beat float32 by this share to be chosen: float32 computes exactly what is exported,
