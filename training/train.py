@@ -631,6 +631,7 @@ def train(config: TrainConfig, started: float | None = None) -> dict[str, Any]:
     if turns is not None:
         turns.switch_to(precision)
         model, measured = turns.pilots[precision], turns.steps_taken
+        turns = None  # frees the measurement batches (shuffle, prefetch: +546 MB RSS on 1,500 frames) for fit
     else:
         model, measured = pilots[precision], 0
         compile_model(model, config.model_type, config.learning_rate)
