@@ -613,7 +613,8 @@ def train(config: TrainConfig, started: float | None = None) -> dict[str, Any]:
     def measure(candidates: Sequence[str]) -> dict[str, float]:
         nonlocal turns
         for precision in candidates:
-            pilots.setdefault(precision, build_for_precision(config.model_type, shape, precision))
+            if precision not in pilots:
+                pilots[precision] = build_for_precision(config.model_type, shape, precision)
         for pilot in pilots.values():
             compile_model(pilot, config.model_type, config.learning_rate)
         batches = iter(make_dataset(train_frames, config.batch_size, config.seed, endless=True))
