@@ -156,6 +156,7 @@ def run_ours(
         work / "ours-train.log",
     )  # fmt: skip
     lines = [parse_epoch_line(line) for line in output.splitlines() if line.startswith("epoch=")]
+    phases = [line for line in output.splitlines() if line.startswith("phases: ")]  # train.py's breakdown
     model_json = json.loads((work / "ours-model" / "model.json").read_text())
     train_frames = model_json["training"]["frames"]["train"]
     epoch_seconds = [train_frames / line["train:samples_per_second"] for line in lines]
@@ -170,6 +171,7 @@ def run_ours(
         "precision": model_json["training"]["hyperparameters"]["precision"],
         "precision_choice": model_json["training"].get("precision"),
         "preprocess_s": preprocess_s,
+        "phases": phases[-1] if phases else None,
         "wall_s": preprocess_s + train_s,
         "cpu_s": preprocess_cpu + train_cpu,
         "end_to_end_samples_per_s": train_frames * len(lines) / (preprocess_s + train_s),
@@ -307,6 +309,8 @@ def report(ours: dict[str, Any], donkey: dict[str, Any] | None, reason: str | No
         f"ours ({ours['precision']}{describe_measurement(ours.get('precision_choice'))}): preprocess "
         f"{ours['preprocess_s']:.1f} s of the wall time; val angle MAE {ours['final_val_angle_mae']}"
     )
+    if ours.get("phases"):
+        print(f"ours train.py {ours['phases']}")
     result: dict[str, Any] = {"ours": ours, "donkeycar": donkey, "ratios": ratios}
     if donkey is None:
         print(f"donkeycar: NOT MEASURED - {reason}")

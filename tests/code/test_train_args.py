@@ -130,9 +130,10 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def step(self, seconds: float) -> Callable[[], None]:
-        def run() -> None:
+    def step(self, seconds: float, samples: int = 128) -> Callable[[], int]:
+        def run() -> int:
             self.now += seconds
+            return samples
 
         return run
 
@@ -159,12 +160,12 @@ def test_the_measurement_picks_the_faster_precision(float32_s, bfloat16_s, faste
 
     def measure(candidates):
         asked.append(tuple(candidates))
-        return measure_precisions({c: steps[c] for c in candidates}, batch_size=128, clock=clock)
+        return measure_precisions({c: steps[c] for c in candidates}, lambda _: None, clock=clock)
 
     choice = choose_precision("auto", training_steps=400, measure=measure, native_bfloat16=True, clock=clock)
     assert asked == [("float32", "mixed_bfloat16")]
     assert choice.precision == faster and choice.reason == "measured"
-    assert choice.seconds == pytest.approx(clock.now)  # warm-up and rounds: what measuring cost
+    assert choice.seconds == pytest.approx(clock.now)  # warm-up and rounds: what measuring took
     assert choice.samples_per_second == pytest.approx(
         {"float32": 128 / float32_s, "mixed_bfloat16": 128 / bfloat16_s}
     )
@@ -179,41 +180,73 @@ def test_bfloat16_must_win_by_a_margin_since_float32_is_what_is_exported():
     assert choose_precision("auto", 400, barely, native_bfloat16=True).precision == "float32"
 
 
-def test_a_round_is_bounded_in_steps_and_in_seconds():
-    from training.train import MEASURE_ROUND_SECONDS, MEASURE_ROUND_STEPS, time_steps
+def test_candidates_take_turns_each_handed_the_training_before_its_turn():
+    """Every step is a step of the run: the candidates train in turns, warm-up once each, the training
+    handed over before each turn; a round is a fixed number of steps, so a seed and a choice always
+    train the same weights."""
+    from training.train import MEASURE_ROUND_STEPS, MEASURE_ROUNDS, MEASURE_WARMUP_STEPS, measure_precisions
 
     clock = FakeClock()
-    calls = []
+    log: list[str] = []
 
-    def step(seconds):
-        def run():
-            calls.append(seconds)
+    def step(name: str, seconds: float) -> Callable[[], int]:
+        def run() -> int:
+            log.append(name)
             clock.now += seconds
+            return 64
 
         return run
 
-    assert time_steps(step(0.01), 64, clock) == pytest.approx(64 / 0.01)
-    assert len(calls) == MEASURE_ROUND_STEPS
-    calls.clear()
-    slow = MEASURE_ROUND_SECONDS * 0.6
-    assert time_steps(step(slow), 64, clock) == pytest.approx(64 / slow)
-    assert len(calls) == 2  # the second step passes the round's seconds: no third
-    calls.clear()
-    time_steps(step(MEASURE_ROUND_SECONDS * 5), 64, clock)
-    assert len(calls) == 1  # one step is always timed
+    rates = measure_precisions(
+        {"a": step("a", 0.5), "b": step("b", 0.25)}, lambda name: log.append(f"to {name}"), clock
+    )
+    assert rates == {"a": pytest.approx(128.0), "b": pytest.approx(256.0)}
+    first_turns = [
+        "to a", *["a"] * (MEASURE_WARMUP_STEPS + MEASURE_ROUND_STEPS),
+        "to b", *["b"] * (MEASURE_WARMUP_STEPS + MEASURE_ROUND_STEPS),
+    ]  # fmt: skip
+    later_turns = ["to a", *["a"] * MEASURE_ROUND_STEPS, "to b", *["b"] * MEASURE_ROUND_STEPS]
+    assert log == first_turns + later_turns * (MEASURE_ROUNDS - 1)
+    assert MEASURE_ROUNDS >= 2  # candidates take turns, so load elsewhere does not slow one of them only
 
 
-def test_warm_up_steps_are_not_timed():
-    from training.train import MEASURE_ROUNDS, MEASURE_WARMUP_STEPS, measure_precisions
+def test_warm_up_steps_are_not_timed_and_the_best_round_counts():
+    from training.train import MEASURE_ROUND_STEPS, MEASURE_WARMUP_STEPS, measure_precisions
 
     clock = FakeClock()
-    durations = iter([5.0] * MEASURE_WARMUP_STEPS + [0.5] * 100)  # tracing is slow, steps after it fast
+    # tracing is slow; the first round is slowed by load elsewhere, the second is not
+    durations = iter([5.0] * MEASURE_WARMUP_STEPS + [1.0] * MEASURE_ROUND_STEPS + [0.5] * 100)
 
-    def step():
+    def step() -> int:
         clock.now += next(durations)
+        return 32
 
-    assert measure_precisions({"float32": step}, 32, clock) == {"float32": pytest.approx(32 / 0.5)}
-    assert MEASURE_ROUNDS >= 2  # candidates take turns, so load elsewhere does not slow one of them only
+    assert measure_precisions({"float32": step}, lambda _: None, clock) == {"float32": pytest.approx(64.0)}
+
+
+def test_the_batch_stream_counts_the_partial_batch_of_each_pass():
+    from training.train import BatchStream
+
+    stream = BatchStream(frames=20, batch_size=8)  # batches of 8, 8, 4, then the next pass
+    assert stream.steps_per_epoch == 3
+    assert [stream.samples(i, 1) for i in range(7)] == [8, 8, 4, 8, 8, 4, 8]
+    assert stream.samples(0, 3) == 20 and stream.samples(2, 3) == 20 and stream.samples(1, 6) == 40
+
+
+@pytest.mark.parametrize("measured", [0, 5, 16, 40])
+def test_measured_steps_shorten_the_first_epochs_so_the_run_trains_as_many_steps(measured):
+    from training.train import BatchStream, EpochPlan
+
+    stream = BatchStream(frames=100, batch_size=16)  # 7 steps per epoch, the last of 4 frames
+    plan = EpochPlan(stream, measured)
+    epochs = 12
+    steps = [plan.steps_in(e) for e in range(epochs)]
+    assert measured + sum(steps) == epochs * stream.steps_per_epoch
+    assert all(1 <= s <= stream.steps_per_epoch for s in steps)
+    assert steps == sorted(steps)  # the measured steps are repaid first
+    samples = [plan.samples_in(e) for e in range(epochs)]
+    assert stream.samples(0, measured) + sum(samples) == epochs * 100  # every frame, once per epoch
+    assert samples[-1] == 100  # a full epoch, wherever in the stream it starts
 
 
 def test_forced_precision_and_cpus_without_bfloat16_measure_nothing():
@@ -248,3 +281,15 @@ def test_the_choice_is_recorded_with_its_figures():
         "float32 (measured in 6.1 s: float32 347.0, mixed_bfloat16 262.1 samples/s)"
     )
     assert describe_choice(PrecisionChoice("float32", "float32", "forced", {})) == "float32 (forced)"
+
+
+def test_the_phase_breakdown_adds_up_to_the_run():
+    from training.train import PhaseClock
+
+    clock = FakeClock()
+    phases = PhaseClock(started=-1.5, clock=clock)  # the process started 1.5 s before train()
+    for phase, seconds in (("start-up", 0.0), ("data", 0.5), ("tensorflow", 3.0), ("data", 0.25)):
+        clock.now += seconds
+        phases.lap(phase)
+    assert phases.seconds == {"start-up": 1.5, "data": 0.75, "tensorflow": 3.0}
+    assert phases.line() == "phases: start-up 1.5 s, data 0.8 s, tensorflow 3.0 s (total 5.2 s)"
