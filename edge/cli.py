@@ -116,7 +116,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="motor/servo output; pca9685-stub maps commands to donkeycar PWM pulses without hardware",
     )  # fmt: skip
     run.add_argument("--summary-json", type=Path, help="also write the final summary as JSON here")
-    run.add_argument("--quiet", action="store_true", help="no live line nor per-photo lines; warnings only")
+    run.add_argument("--quiet", action="store_true", help="no live line, warnings only")
     _add_recording(run.add_argument_group("recording (docs/recording.md)"), "--record")
     mqtt_keys = ("mqtt_host", "mqtt_port", "mqtt_topic", "mqtt_username", "mqtt_password")
     settings.add_arguments(run, mqtt_keys, "MQTT (published when a broker is given)")
@@ -514,7 +514,7 @@ def _classify(
         summary = classify.classify(
             source, live, outputs, k=args.top_k, max_frames=args.max_frames, rate_hz=args.rate,
             progress=None if args.quiet else drive.Progress(sys.stderr), stop=stop.is_set,
-            show=None if args.quiet else functools.partial(print, flush=True),
+            show=functools.partial(print, flush=True),
         )  # fmt: skip
     finally:
         stop.set()

@@ -226,9 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dry_run(args: argparse.Namespace, proto: Any, targets: Sequence[str]) -> dict[str, Any]:
     """The Neo input and each target's request, written as they would be sent; nothing is called."""
+    return dry_run_requests(args, write_neo_archive(proto, args.output / NEO_INPUT_NAME), targets)
+
+
+def dry_run_requests(args: argparse.Namespace, neo_input: Any, targets: Sequence[str]) -> dict[str, Any]:
+    """Each target's CreateCompilationJob request for a written Neo input, as it would be sent (``--output``
+    gets one JSON file per target); no AWS API is called. Both recipes' ``--dry-run``."""
     from processing.neo import neo_input_s3_uri
 
-    neo_input = write_neo_archive(proto, args.output / NEO_INPUT_NAME)
     output_s3_uri = args.output_s3_uri or DRY_RUN_OUTPUT_S3_URI
     requests = requests_for_targets(
         targets,

@@ -37,13 +37,7 @@ import numpy as np
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
 from edge.photos import PhotoError, PhotoTransform, prepare
-from processing.compile import (
-    DEFAULT_TARGETS,
-    DRY_RUN_OUTPUT_S3_URI,
-    DRY_RUN_ROLE_ARN,
-    resolve_mode,
-    unpack_model,
-)
+from processing.compile import DEFAULT_TARGETS, dry_run_requests, resolve_mode, unpack_model
 from processing.edge_package import (
     COMPILED_FORMAT,
     COMPILED_NAME,
@@ -62,11 +56,8 @@ from processing.local_compile import representative_indices
 from processing.neo import (
     NEO_INPUT_NAME,
     NeoInput,
-    neo_input_s3_uri,
     parse_targets,
-    requests_for_targets,
     target_devices,
-    write_dry_run,
 )
 from training.classifier import ARTIFACT_PREFIX, SPEC_FILE, read_image_list
 
@@ -544,21 +535,7 @@ def compile_on_neo(
 
 def dry_run(args: argparse.Namespace, model: ClassifierModel, targets: Sequence[str]) -> dict[str, Any]:
     """The Neo input and each target's request, written as they would be sent; nothing is called."""
-    neo_input = write_neo_input(model, args.output / NEO_INPUT_NAME)
-    output_s3_uri = args.output_s3_uri or DRY_RUN_OUTPUT_S3_URI
-    requests = requests_for_targets(
-        targets,
-        neo_input,
-        input_s3_uri=neo_input_s3_uri(output_s3_uri, neo_input),
-        output_s3_uri=output_s3_uri,
-        role_arn=args.role_arn or DRY_RUN_ROLE_ARN,
-        timeout_s=args.timeout_s,
-        now=time.time(),
-    )
-    for path in write_dry_run(args.output, requests):
-        log(f"wrote {path}")
-    log(f"wrote {neo_input.archive} (sha256 {neo_input.sha256}); no AWS API was called")
-    return {"mode": "dry-run", "neo_input": str(neo_input.archive), "requests": requests}
+    return dry_run_requests(args, write_neo_input(model, args.output / NEO_INPUT_NAME), targets)
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -279,6 +279,7 @@ def champion_report(
 # --- the confusion matrix picture --------------------------------------------------------------------
 
 MAX_LABEL_CHARS = 24
+WHITE = 255  # an empty cell: the PNG's background, not a pixel scaling
 DARKEST = np.array([8, 48, 107], np.float64)  # the darkest blue of matplotlib's "Blues" shading
 
 
@@ -300,7 +301,8 @@ def _short(name: str) -> str:
 
 def _shade(fraction: float) -> tuple[int, int, int]:
     """White for 0, the darkest blue for 1 (the share of the true class's photos in the cell)."""
-    colour = 255.0 + (DARKEST - 255.0) * min(max(fraction, 0.0), 1.0)
+    white = np.full(3, WHITE, dtype=np.float64)
+    colour = white + (DARKEST - white) * min(max(fraction, 0.0), 1.0)
     return tuple(int(round(c)) for c in colour)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
+from test_classifier_training import run_in_mxnet
 
 from pipelines.synth_classes import write_classes, write_image_list
 
@@ -22,18 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
 TARGETS = ("jetson_nano", "rasp4b")
 FLOAT, INT8 = "classifier-float32.onnx", "classifier-int8.onnx"
-
-
-def run_in_mxnet(
-    python: str, args: list[str], env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [python, *args],
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
