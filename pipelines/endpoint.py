@@ -70,8 +70,9 @@ ALARM_EVALUATION_PERIODS = 2
 # hour, which covers provisioning a fleet and a blue/green update's baking period).
 WAITER = "endpoint_in_service"
 IN_SERVICE = "InService"
-FAILED = "Failed"
-IN_PROGRESS = ("Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed")
+# DescribeEndpoint's statuses that end by themselves (in InService or Failed); the others
+# (OutOfService, Deleting, UpdateRollbackFailed) need a person: deploy refuses them with the reason.
+IN_PROGRESS = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 
 CONTENT_TYPES = {
     ".jpg": "image/jpeg",
@@ -433,8 +434,8 @@ def deploy(
             EndpointName=plan.endpoint_name, EndpointConfigName=config["EndpointConfigName"]
         )
         result.action = "created"
-    elif endpoint["EndpointStatus"] == FAILED:
-        raise _failure(endpoint, "failed earlier; `robocar endpoint delete` it, then deploy again")
+    elif endpoint["EndpointStatus"] != IN_SERVICE:
+        raise _failure(endpoint, "cannot be deployed to; `robocar endpoint delete` it, then deploy again")
     elif endpoint["EndpointConfigName"] != config["EndpointConfigName"]:
         _prepare_update(clients, plan, endpoint)
         # Blue/green by default: no DeploymentConfig means all-at-once traffic shifting to a new fleet

@@ -104,8 +104,8 @@ def _where(args: argparse.Namespace) -> tuple[dict[str, Any], settings_mod.Backe
 
 
 def _full_settings(args: argparse.Namespace, where: settings_mod.Backend) -> settings_mod.Settings:
-    settings = settings_mod.resolve(args, use_examples=where.is_local)
-    return settings
+    """Every setting, each checked; locally the placeholders stand in for region, role and bucket."""
+    return settings_mod.resolve(args, use_examples=where.is_local)
 
 
 def endpoint_name(args: argparse.Namespace, group: str) -> str:
