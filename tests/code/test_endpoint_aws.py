@@ -585,3 +585,47 @@ def test_local_commands_go_to_the_local_server(fake_server, tmp_path, monkeypatc
     assert stored["Body"].read() == photo.read_bytes()
     assert main(["endpoint", "delete", *local]) == 0
     assert main(["endpoint", "status", *local]) == 2
+
+
+def test_an_update_changing_a_scaled_variant_s_instance_type_removes_its_scaling_first(aws) -> None:
+    """moto runs everything but UpdateEndpoint (it has none: a stand-in records it); the scaling calls
+    are moto's, so what was registered when the update was asked for, and after, is real."""
+    name = f"{GROUP}-async"
+    arn = _register(aws.sagemaker)
+    first = ep.deploy(
+        aws, ep.EndpointPlan(name, arn, ROLE, async_options=_async_options()), waiter_config=NO_WAIT
+    )
+    bigger = ep.EndpointPlan(name, arn, ROLE, instance_type="ml.c5.2xlarge", async_options=_async_options())
+    seen: list[tuple[str, int]] = []
+
+    class Updating:
+        """moto's sagemaker client plus UpdateEndpoint (moto has none): the endpoint moves to the new
+        configuration, after checking the scaling was removed, as AWS requires."""
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(aws.sagemaker, attribute)
+
+        def update_endpoint(self, **request: Any) -> dict[str, Any]:
+            aws_rules.validate_request("sagemaker", "UpdateEndpoint", request)
+            targets = aws.autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")[
+                "ScalableTargets"
+            ]
+            seen.append((request["EndpointConfigName"], len(targets)))
+            from moto.sagemaker.models import sagemaker_backends
+
+            fake = sagemaker_backends[ACCOUNT][REGION].endpoints[request["EndpointName"]]
+            fake.endpoint_config_name = request["EndpointConfigName"]
+            return {"EndpointArn": fake.arn}
+
+    clients = ep.EndpointClients(
+        sagemaker=Updating(), autoscaling=aws.autoscaling, cloudwatch=aws.cloudwatch, runtime=None, s3=None
+    )
+    result = ep.deploy(clients, bigger, waiter_config=NO_WAIT)
+    assert result.action == "updated" and result.config_name != first.config_name
+    assert seen == [(result.config_name, 0)]  # no scalable target while the update was asked for
+    targets = aws.autoscaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in targets] == [(0, 3)]
+    assert (
+        len(aws.autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]) == 2
+    )
+    assert len(aws.cloudwatch.describe_alarms()["MetricAlarms"]) == 1
