@@ -198,10 +198,13 @@ def _deploy_local(
     sagemaker = _local_clients(where, settings.region).sagemaker
     arn = endpoint.resolve_package_arn(sagemaker, settings.model_package_group, args.package)
     endpoint.approved_package(sagemaker, arn)
-    async_output = (
-        (args.output_path or endpoint_folder(settings, name, "output")) if args.asynchronous else None
-    )
-    info = endpoint_server.deploy(where.local_root, name, arn, port=args.port, async_output=async_output)
+    paths: dict[str, str | None] = {"async_output": None}
+    if args.asynchronous:  # AsyncInferenceConfig's S3OutputPath and S3FailurePath, as on AWS
+        paths = {
+            "async_output": args.output_path or endpoint_folder(settings, name, "output"),
+            "async_failure": args.failure_path or endpoint_folder(settings, name, "failure"),
+        }
+    info = endpoint_server.deploy(where.local_root, name, arn, port=args.port, **paths)
     _print(info, args.json, [f"local endpoint {name} at {info.get('url')} serving {arn}"])
     return 0
 
@@ -278,7 +281,9 @@ def _invoke_async(
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
         answer = {
             "InputLocation": input_uri,
-            "OutputLocation": endpoint_server.invoke_async(where.local_root, name, input_uri),
+            "OutputLocation": endpoint_server.invoke_async(
+                where.local_root, name, input_uri, content_type=content_type, accept=args.accept
+            ),
         }
     else:
         clients = _aws(values, where)

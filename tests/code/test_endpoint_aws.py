@@ -512,9 +512,15 @@ def fake_server(monkeypatch):
     state: dict[str, dict[str, Any]] = {}
 
     def deploy(
-        workspace: Path, name: str, model_package_arn: str, *, port: int = 0, async_output: str | None = None
+        workspace: Path,
+        name: str,
+        model_package_arn: str,
+        *,
+        port: int = 0,
+        async_output: str | None = None,
+        async_failure: str | None = None,
     ):
-        calls.append(("deploy", workspace, name, model_package_arn, port, async_output))
+        calls.append(("deploy", workspace, name, model_package_arn, port, async_output, async_failure))
         state[name] = {
             "name": name,
             "url": "http://127.0.0.1:9",
@@ -530,8 +536,10 @@ def fake_server(monkeypatch):
             return 415, "application/json", b'{"error": "bad content type"}'
         return 200, "application/json", b'{"sports": 0.9}'
 
-    def invoke_async(workspace: Path, name: str, input_uri: str) -> str:
-        calls.append(("invoke_async", workspace, name, input_uri))
+    def invoke_async(
+        workspace: Path, name: str, input_uri: str, *, content_type: str, accept: str = "application/json"
+    ) -> str:
+        calls.append(("invoke_async", workspace, name, input_uri, content_type, accept))
         return input_uri.replace("/input/", "/output/") + ".out"
 
     module = types.SimpleNamespace(
@@ -556,10 +564,18 @@ def test_local_commands_go_to_the_local_server(fake_server, tmp_path, monkeypatc
     arn = _register(sagemaker)
     local = ["--workspace", str(workspace), "--recipe", "classifier"]
     assert main(["endpoint", "deploy", *local, "--async"]) == 0
-    output = f"s3://{BUCKET}/robocar/endpoints/{GROUP}-async/output/"
-    assert fake_server[-1] == ("deploy", workspace, f"{GROUP}-async", arn, 0, output)
+    folder = f"s3://{BUCKET}/robocar/endpoints/{GROUP}-async"
+    assert fake_server[-1] == (
+        "deploy",
+        workspace,
+        f"{GROUP}-async",
+        arn,
+        0,
+        f"{folder}/output/",
+        f"{folder}/failure/",
+    )
     assert main(["endpoint", "deploy", *local, "--port", "8080"]) == 0
-    assert fake_server[-1] == ("deploy", workspace, GROUP, arn, 8080, None)
+    assert fake_server[-1] == ("deploy", workspace, GROUP, arn, 8080, None, None)
     photo = tmp_path / "car.jpg"
     photo.write_bytes(b"\xff\xd8 not really")
     capsys.readouterr()
@@ -575,7 +591,8 @@ def test_local_commands_go_to_the_local_server(fake_server, tmp_path, monkeypatc
     assert main(["endpoint", "invoke", *local, "--content-type", "text/csv", str(photo)]) == 2
     assert "answered 415" in capsys.readouterr().err
     assert main(["endpoint", "invoke", *local, "--async", str(photo)]) == 0
-    (_, _, name, input_uri) = fake_server[-1]
+    (_, _, name, input_uri, content_type, _) = fake_server[-1]
+    assert content_type == "image/jpeg"
     assert name == f"{GROUP}-async" and input_uri.startswith(
         f"s3://{BUCKET}/robocar/endpoints/{GROUP}-async/input/"
     )
