@@ -311,7 +311,12 @@ def _status(args: argparse.Namespace) -> int:
         info = endpoint_server.status(where.local_root, name)
         if info is None:
             raise ValueError(f"no local endpoint {name} in {where.local_root}")
-        _print(info, args.json, [f"local endpoint {name}: {info.get('url')} serving {info.get('package')}"])
+        state = info.get("status", "")  # InService while its server answers /ping
+        _print(
+            info,
+            args.json,
+            [f"local endpoint {name}: {state} at {info.get('url')} serving {info.get('package')}"],
+        )
         return 0
     described = endpoint.endpoint_status(_aws(values, where), name)
     if described is None:
