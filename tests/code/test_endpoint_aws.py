@@ -646,3 +646,30 @@ def test_an_update_changing_a_scaled_variant_s_instance_type_removes_its_scaling
         len(aws.autoscaling.describe_scaling_policies(ServiceNamespace="sagemaker")["ScalingPolicies"]) == 2
     )
     assert len(aws.cloudwatch.describe_alarms()["MetricAlarms"]) == 1
+
+
+def test_cli_against_a_moto_server_over_http(monkeypatch, capsys) -> None:
+    """--endpoint-url: the same boto3 clients over HTTP (what a real endpoint URL gets)."""
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("ROBOCAR_LOCAL_ROOT", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        sagemaker = boto3.client("sagemaker", region_name=REGION, endpoint_url=url)
+        sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+        arn = _register(sagemaker)
+        where = ["--endpoint-url", url, "--recipe", "classifier", "--region", REGION]
+        assert main(["endpoint", "deploy", *where, "--role", ROLE, "--bucket", BUCKET]) == 0
+        assert f"created: endpoint {GROUP} (InService) serving {arn}" in capsys.readouterr().out
+        assert main(["endpoint", "status", *where]) == 0
+        assert capsys.readouterr().out.startswith(f"{GROUP}: InService")
+        assert main(["endpoint", "delete", *where]) == 0
+        assert sagemaker.list_endpoints()["Endpoints"] == []
+        assert sagemaker.list_endpoint_configs()["EndpointConfigs"] == []
+    finally:
+        server.stop()
