@@ -1,7 +1,8 @@
 """The photo contract of the image recipes: one implementation for Preprocess, training, evaluation,
 compilation, the endpoint and the car.
 
-A photo of any size, colour or grey, becomes the network's input in three steps:
+A photo of any size, colour or grey, becomes the network's input in three steps (a detector stretches the
+whole photo to ``height`` x ``width`` instead of the first two: ``crop="stretch"``):
 ``resize_shorter_side`` (RGB uint8 HxWx3, bilinear, shorter side ``resize_shorter_side``) ->
 ``crop`` (``height`` x ``width``: the centre, or a random place and flip while training) ->
 ``to_input`` (NCHW float32, ``(pixel * scale - mean) / std`` per RGB channel).
@@ -26,6 +27,10 @@ RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 c
 # Class names by id (a JSON list), beside each split's image list: Preprocess writes it, the trainers
 # and evaluation read it.
 CLASSES_FILE = "classes.json"
+# How a photo becomes height x width: the classifier's centre crop after resizing the shorter side, or the
+# detector's stretch of the whole photo (its boxes are normalised to the photo's sides).
+CENTRE, STRETCH = "centre", "stretch"
+CROPS = (CENTRE, STRETCH)
 # Pillow refuses images over ~179 M pixels (decompression bombs); a labelled photo is far smaller.
 MAX_PHOTO_PIXELS = 64_000_000
 
@@ -48,7 +53,7 @@ class PhotoTransform:
     name: str = INPUT_NAME
     layout: str = "NCHW"
     colour: str = "RGB"
-    crop: str = "centre"
+    crop: str = CENTRE  # or STRETCH (resize_shorter_side is then unused: give max(height, width))
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -77,10 +82,13 @@ class PhotoTransform:
             transform = cls(**values)
         except TypeError as exc:
             raise PhotoError(f"input transform: {exc}") from None
-        if (transform.layout, transform.colour, transform.crop, transform.interpolation) != (
-            "NCHW", "RGB", "centre", "bilinear",
-        ):  # fmt: skip
-            raise PhotoError("this code prepares NCHW RGB inputs, centre-cropped after a bilinear resize")
+        if (transform.layout, transform.colour, transform.interpolation) != ("NCHW", "RGB", "bilinear") or (
+            transform.crop not in CROPS
+        ):
+            raise PhotoError(
+                "this code prepares NCHW RGB inputs after a bilinear resize, centre-cropped or stretched "
+                f"(crop: {' or '.join(CROPS)})"
+            )
         return transform
 
 
@@ -136,9 +144,17 @@ def to_input(images: Sequence[np.ndarray], transform: PhotoTransform) -> np.ndar
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
+def stretch(source: str | Path | Image.Image, height: int, width: int) -> np.ndarray:
+    """The whole photo resized to ``height`` x ``width`` (bilinear, RGB uint8): what a detector sees, so a
+    box in normalised coordinates stays where it was whatever the photo's aspect ratio."""
+    return np.asarray(open_rgb(source).resize((width, height), Image.BILINEAR), dtype=np.uint8)
+
+
 def prepare(source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform) -> np.ndarray:
     """One photo (a file, a Pillow image or an RGB uint8 array) as the network's [1, 3, H, W] input."""
     if isinstance(source, np.ndarray):
         source = Image.fromarray(np.asarray(source, dtype=np.uint8))
+    if transform.crop == STRETCH:
+        return to_input([stretch(source, transform.height, transform.width)], transform)
     resized = resize_shorter_side(source, transform.resize_shorter_side)
     return to_input([crop(resized, transform.height, transform.width)], transform)

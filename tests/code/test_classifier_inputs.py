@@ -100,6 +100,8 @@ def test_the_transform_round_trips_through_its_dict_and_refuses_what_this_code_c
     with pytest.raises(PhotoError, match="unknown input transform fields: mystery"):
         PhotoTransform.from_dict({**SPEC.as_dict(), "mystery": 1})
     with pytest.raises(PhotoError, match="NCHW RGB"):
+        PhotoTransform.from_dict({**SPEC.as_dict(), "crop": "random"})
+    with pytest.raises(PhotoError, match="NCHW RGB"):
         PhotoTransform.from_dict({**SPEC.as_dict(), "layout": "NHWC"})
     with pytest.raises(PhotoError, match="does not fit"):
         PhotoTransform(64, 64, 60, (0, 0, 0), (1, 1, 1), 1.0)
@@ -121,3 +123,13 @@ def test_a_truncated_photo_is_a_photo_error_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "torn.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(PhotoError, match="not a readable image"):
         prepare(tmp_path / "torn.jpg", SPEC)
+
+
+def test_a_stretched_photo_keeps_all_of_itself_at_the_networks_size(tmp_path: Path) -> None:
+    pixels = np.zeros((40, 120, 3), np.uint8)
+    pixels[:, :60] = 200  # left half bright: after stretching, still the left half
+    transform = PhotoTransform(32, 32, 32, (0, 0, 0), (1, 1, 1), 1.0, crop="stretch")
+    assert PhotoTransform.from_dict(transform.as_dict()) == transform
+    prepared = prepare(pixels, transform)
+    assert prepared.shape == (1, 3, 32, 32)
+    assert prepared[0, 0, :, :15].min() > 150 and prepared[0, 0, :, 17:].max() < 50
