@@ -56,7 +56,14 @@ SPEC_FILE = "detector-spec.json"
 SPEC_SCHEMA = "robocar/detector-spec/1"
 ANNOTATIONS_FILE = "annotations.jsonl"
 DEFAULT_IMAGE_SHAPE = 128
-BUILTIN_BASE_NETWORKS = ("resnet-50", "vgg-16")  # the built-in algorithm's; locally EfficientNet stands in
+BUILTIN_BASE_NETWORKS = (
+    "resnet-50",
+    "vgg-16",
+)  # the built-in algorithm's; locally DEFAULT_BACKBONE stands in
+# The small conv net from random weights beat EfficientNet-Lite0 from ImageNet weights on 200 synthetic
+# photos at 128 px, 2 busy cores: validation mAP@0.5 0.97 after 4 epochs at 67 photos/s, against 0.57
+# after 4 epochs at 12 photos/s (adam 1e-3, batch 16).
+DEFAULT_BACKBONE = "small"
 NMS_TOPK = 400
 DETECTION_THRESHOLD = 0.01  # scores below are not detections (MultiBoxDetection's default)
 MAP_IOU = 0.5
@@ -79,7 +86,7 @@ class DetectorConfig:
     validation_dir: Path
     model_dir: Path
     weights: Path | None
-    base_network: str = "efficientnet-lite0"
+    base_network: str = DEFAULT_BACKBONE
     use_pretrained_model: bool = True
     num_classes: int = 0
     epochs: int = 10
@@ -145,13 +152,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     hps = parser.add_argument_group("hyperparameters (the built-in algorithm's names; flags override SM_HPS)")
     hps.add_argument(
         "--base_network", "--base-network", dest="base_network", type=typed(str),
-        choices=(*BACKBONES, *BUILTIN_BASE_NETWORKS), default="efficientnet-lite0",
+        choices=(*BACKBONES, *BUILTIN_BASE_NETWORKS), default=DEFAULT_BACKBONE,
         help="feature extractor; the built-in's resnet-50 and vgg-16 are recorded and run as "
-        "efficientnet-lite0",
+        f"{DEFAULT_BACKBONE}",
     )  # fmt: skip
     hps.add_argument(
         "--use_pretrained_model", "--use-pretrained-model", dest="use_pretrained_model",
-        type=typed(bool), default=True, help="1: the backbone starts from ImageNet weights; 0: random",
+        type=typed(bool), default=True,
+        help="1: efficientnet-lite0 starts from ImageNet weights; 0: random (small always is)",
     )  # fmt: skip
     hps.add_argument(
         "--num_classes", "--num-classes", dest="num_classes", type=typed(int), default=0,
@@ -215,9 +223,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         validation_dir=args.validation,
         model_dir=args.model_dir,
         weights=weights,
-        base_network="efficientnet-lite0"
-        if args.base_network in BUILTIN_BASE_NETWORKS
-        else args.base_network,
+        base_network=DEFAULT_BACKBONE if args.base_network in BUILTIN_BASE_NETWORKS else args.base_network,
         use_pretrained_model=args.use_pretrained_model,
         num_classes=args.num_classes,
         epochs=args.epochs,

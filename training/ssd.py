@@ -5,7 +5,7 @@ at 128 px), each with a 3x3 class head (background + C classes per anchor) and a
 offsets per anchor). ``forward`` answers the three tensors ``contrib.MultiBoxTarget`` (training) and
 ``contrib.MultiBoxDetection`` (inference) take: class scores, box offsets and anchors.
 
-Two feature extractors (``BACKBONES``):
+Two feature extractors (``BACKBONES``; training/detector.py says why ``small`` is its default):
 
 - ``efficientnet-lite0``: the stem and the 16 MBConv blocks of ``training/efficientnet_lite.py``
   (ImageNet weights, frozen BatchNorm statistics), tapped after blocks 5 (40 ch), 11 (112 ch) and 16
