@@ -13,6 +13,13 @@ attributes, in ``AttributeNames`` order (the photo's bytes, then its label;
 https://docs.aws.amazon.com/sagemaker/latest/dg/augmented-manifest.html). Locally the channel becomes
 what the stand-in reads in File mode: the photos the manifest names, an image list (``images.lst``) and
 ``classes.json`` from the labels' ``class-name`` metadata.
+
+``object-detection`` (SSD on ``resnet-50``/``vgg-16`` on AWS) is stood in for by ``training/detector.py``
+(a small SSD, EfficientNet-Lite0 features). Its label attribute holds Ground Truth's bounding-box format
+(``{"image_size": [{"width", "height", "depth"}], "annotations": [{"class_id", "left", "top", "width",
+"height"}]}``, pixels; https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html), which the
+channel turns into what the detector reads: ``annotations.jsonl`` with boxes normalised to [0, 1] and
+``classes.json`` from the metadata's ``class-map``.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from edge.s3_uri import split_s3_uri
 from pipelines.local.s3 import LocalS3Client
 
 # Built-in algorithm (the image's repository) -> the project script that stands in for it locally.
-STAND_INS = {"image-classification": "training/classifier.py"}
+STAND_INS = {"image-classification": "training/classifier.py", "object-detection": "training/detector.py"}
 IMAGE_LIST = "images.lst"
+ANNOTATIONS = "annotations.jsonl"  # training/detector.py ANNOTATIONS_FILE (MXNet-only module)
 MAX_MANIFEST_LINES = 1_000_000
 
 
@@ -48,12 +56,14 @@ def _object_path(s3: LocalS3Client, uri: str) -> Path:
 def materialise_augmented_manifest(
     s3: LocalS3Client, manifest_uri: str, attribute_names: list[str], channel: Path
 ) -> int:
-    """The channel as files: each line's photo (``attribute_names[0]``, an S3 URI) under ``images/``, an
-    image list of (line index, label, path) and the class names; returns the number of photos.
+    """The channel as files: each line's photo (``attribute_names[0]``, an S3 URI) under ``images/``, its
+    label (``attribute_names[1]``) and the class names; returns the number of photos.
 
-    The label is ``attribute_names[1]``: an integer class id; its name is ``<label>-metadata``'s
-    ``class-name`` where a line carries one. A line without either attribute, a label that is not a
-    non-negative integer, or a photo missing from S3 fails the channel, as the algorithm fails the job.
+    A label that is an integer class id makes an image list of (line index, label, path), the name from
+    ``<label>-metadata``'s ``class-name``; a bounding-box label (a JSON object) makes ``annotations.jsonl``,
+    the names from the metadata's ``class-map``. A line without either attribute, a label of neither
+    kind, a box outside its image or a photo missing from S3 fails the channel, as the algorithm fails
+    the job.
     """
     if len(attribute_names) != 2:
         raise ChannelError(f"AttributeNames {attribute_names}: expected the photo's and the label's")
@@ -64,36 +74,93 @@ def materialise_augmented_manifest(
     images = channel / "images"
     images.mkdir(parents=True, exist_ok=True)
     names: dict[int, str] = {}
-    lines: list[str] = []
+    listed: list[str] = []
+    boxed: list[str] = []
     with open(source, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             if number > MAX_MANIFEST_LINES:
                 raise ChannelError(f"{manifest_uri}: more than {MAX_MANIFEST_LINES:,} lines")
+            where = f"{manifest_uri}:{number}"
             record = _record(raw, manifest_uri, number)
             label, ref = record.get(label_name), record.get(ref_name)
-            if not isinstance(ref, str) or not isinstance(label, int) or isinstance(label, bool) or label < 0:
+            metadata = record.get(f"{label_name}-metadata")
+            metadata = metadata if isinstance(metadata, dict) else {}
+            is_class_id = isinstance(label, int) and not isinstance(label, bool) and label >= 0
+            if not isinstance(ref, str) or not (is_class_id or isinstance(label, dict)):
                 raise ChannelError(
-                    f"{manifest_uri}:{number}: expected {ref_name!r} (an S3 URI) and {label_name!r} "
-                    "(a class id >= 0)"
+                    f"{where}: expected {ref_name!r} (an S3 URI) and {label_name!r} (a class id >= 0 or "
+                    "Ground Truth bounding boxes)"
                 )
             photo = _object_path(s3, ref)
             if not photo.is_file():
-                raise ChannelError(f"{manifest_uri}:{number}: {ref} does not exist")
-            name = f"{len(lines):06d}{photo.suffix.lower() or '.jpg'}"
-            shutil.copyfile(photo, images / name)
-            lines.append(f"{len(lines)}\t{label}\timages/{name}\n")
-            metadata = record.get(f"{label_name}-metadata")
-            if isinstance(metadata, dict) and isinstance(metadata.get("class-name"), str):
-                names.setdefault(label, metadata["class-name"])
-    if not lines:
+                raise ChannelError(f"{where}: {ref} does not exist")
+            index = len(listed) + len(boxed)
+            name = f"images/{index:06d}{photo.suffix.lower() or '.jpg'}"
+            shutil.copyfile(photo, channel / name)
+            if is_class_id:
+                listed.append(f"{index}\t{label}\t{name}\n")
+                if isinstance(metadata.get("class-name"), str):
+                    names.setdefault(label, metadata["class-name"])
+            else:
+                boxes = normalised_boxes(label, where)
+                boxed.append(json.dumps({"image": name, "boxes": boxes}) + "\n")
+                names.update(_class_map(metadata, where))
+    if listed and boxed:
+        raise ChannelError(f"{manifest_uri}: mixes class ids and bounding boxes in {label_name!r}")
+    if not listed and not boxed:
         raise ChannelError(f"{manifest_uri}: no records")
-    (channel / IMAGE_LIST).write_text("".join(lines), encoding="utf-8")
+    if listed:
+        (channel / IMAGE_LIST).write_text("".join(listed), encoding="utf-8")
+    else:
+        (channel / ANNOTATIONS).write_text("".join(boxed), encoding="utf-8")
     if names:
         classes = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
         (channel / CLASSES_FILE).write_text(json.dumps(classes) + "\n", encoding="utf-8")
-    return len(lines)
+    return len(listed) + len(boxed)
+
+
+def normalised_boxes(label: dict[str, Any], where: str) -> list[list[float]]:
+    """Ground Truth's pixel boxes -> ``[[class_id, xmin, ymin, xmax, ymax], ...]`` in [0, 1] of
+    ``image_size``; a box outside its image or a malformed annotation fails the channel."""
+    try:
+        (size,) = label["image_size"]
+        width, height = size["width"], size["height"]
+        annotations = label["annotations"]
+        if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
+            raise TypeError
+        if not isinstance(annotations, list):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise ChannelError(
+            f"{where}: expected {{'image_size': [{{width, height, depth}}], 'annotations': [...]}}"
+        ) from None
+    boxes = []
+    for number, box in enumerate(annotations):
+        keys = ("class_id", "left", "top", "width", "height")
+        if not isinstance(box, dict) or not all(_is_number(box.get(k)) for k in keys):
+            raise ChannelError(f"{where}: annotation {number} needs numeric {', '.join(keys)}")
+        cls, left, top, w, h = (box[k] for k in keys)
+        if cls < 0 or cls != int(cls) or w <= 0 or h <= 0 or left < 0 or top < 0:
+            raise ChannelError(f"{where}: annotation {number} is not a box with a class id >= 0")
+        if left + w > width or top + h > height:
+            raise ChannelError(f"{where}: annotation {number} lies outside its {width}x{height} image")
+        boxes.append([int(cls), left / width, top / height, (left + w) / width, (top + h) / height])
+    return boxes
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _class_map(metadata: dict[str, Any], where: str) -> dict[int, str]:
+    """``class-map`` ({"0": "cone", ...}) as names by class id."""
+    raw = metadata.get("class-map", {})
+    try:
+        return {int(key): str(value) for key, value in raw.items()}
+    except (AttributeError, ValueError):
+        raise ChannelError(f"{where}: class-map must map class ids to names") from None
 
 
 def _record(raw: str, manifest_uri: str, number: int) -> dict[str, Any]:

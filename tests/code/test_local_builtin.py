@@ -86,3 +86,78 @@ def test_the_stand_in_is_chosen_by_repository_and_the_regions_registry_account()
 
     with pytest.raises(EnvironmentUnavailable, match="registry account"):  # someone's own repository
         built_in_stand_in("123456789012.dkr.ecr.us-east-1.amazonaws.com/image-classification:1")
+
+
+def boxed_line(ref: str, annotations: list[dict[str, object]], size: tuple[int, int] = (200, 100)) -> str:
+    """A Ground Truth bounding-box job's output line (attribute ``boxes``)."""
+    return json.dumps({
+        "source-ref": ref,
+        "boxes": {
+            "image_size": [{"width": size[0], "height": size[1], "depth": 3}], "annotations": annotations,
+        },
+        "boxes-metadata": {
+            "objects": [{"confidence": 0.9} for _ in annotations], "class-map": {"0": "cone", "1": "car"},
+            "type": "groundtruth/object-detection", "human-annotated": "yes",
+            "creation-date": "2026-12-01T10:00:00.000000", "job-name": "labeling-job/cones",
+        },
+    })  # fmt: skip
+
+
+def test_a_bounding_box_manifest_becomes_photos_normalised_annotations_and_the_class_map(
+    s3: LocalS3Client, tmp_path: Path
+) -> None:
+    refs = [put(s3, f"p/train/images/{i}.jpg", bytes([i]) * 10) for i in range(2)]
+    cone = {"class_id": 0, "left": 20, "top": 10, "width": 100, "height": 50}
+    car = {"class_id": 1, "left": 150, "top": 50, "width": 50, "height": 50}  # touches the corner
+    manifest = put(
+        s3,
+        "p/train/train.manifest",
+        "\n".join([boxed_line(refs[0], [cone, car]), boxed_line(refs[1], [])]).encode(),
+    )
+    channel = tmp_path / "train"
+    assert builtin.materialise_augmented_manifest(s3, manifest, ["source-ref", "boxes"], channel) == 2
+    lines = [json.loads(x) for x in (channel / "annotations.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"image": "images/000000.jpg", "boxes": [[0, 0.1, 0.1, 0.6, 0.6], [1, 0.75, 0.5, 1.0, 1.0]]},
+        {"image": "images/000001.jpg", "boxes": []},
+    ]
+    assert (channel / "images" / "000001.jpg").read_bytes() == bytes([1]) * 10
+    assert json.loads((channel / "classes.json").read_text()) == ["cone", "car"]
+    assert not (channel / "images.lst").exists()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        ({"class_id": 0, "left": 150, "top": 10, "width": 51, "height": 10}, "outside its 200x100 image"),
+        ({"class_id": 0, "left": 0, "top": 95, "width": 10, "height": 6}, "outside its 200x100 image"),
+        ({"class_id": 0, "left": -1, "top": 0, "width": 10, "height": 10}, "not a box"),
+        ({"class_id": 0, "left": 0, "top": 0, "width": 0, "height": 10}, "not a box"),
+        ({"class_id": "0", "left": 0, "top": 0, "width": 10, "height": 10}, "needs numeric class_id"),
+        ({"left": 0, "top": 0, "width": 10, "height": 10}, "needs numeric class_id"),
+    ],
+)
+def test_a_box_the_algorithm_would_refuse_fails_the_channel_naming_the_line(
+    s3: LocalS3Client, tmp_path: Path, annotation: dict[str, object], message: str
+) -> None:
+    ref = put(s3, "p/a.jpg", b"photo")
+    good = {"class_id": 1, "left": 0, "top": 0, "width": 10, "height": 10}
+    manifest = put(
+        s3, "p/train.manifest", f"{boxed_line(ref, [good])}\n{boxed_line(ref, [good, annotation])}".encode()
+    )
+    with pytest.raises(builtin.ChannelError, match=rf"train\.manifest:2: annotation 1 .*{message}"):
+        builtin.materialise_augmented_manifest(s3, manifest, ["source-ref", "boxes"], tmp_path / "c")
+
+
+def test_a_manifest_mixing_class_ids_and_boxes_fails_the_channel(s3: LocalS3Client, tmp_path: Path) -> None:
+    ref = put(s3, "p/a.jpg", b"photo")
+    mixed = json.dumps({"source-ref": ref, "boxes": 0})
+    manifest = put(s3, "p/train.manifest", f"{boxed_line(ref, [])}\n{mixed}".encode())
+    with pytest.raises(builtin.ChannelError, match="mixes class ids and bounding boxes"):
+        builtin.materialise_augmented_manifest(s3, manifest, ["source-ref", "boxes"], tmp_path / "c")
+
+
+def test_the_object_detection_algorithm_is_stood_in_for_by_the_detector() -> None:
+    assert built_in_stand_in("811284229777.dkr.ecr.us-east-1.amazonaws.com/object-detection:1") == (
+        "training/detector.py"
+    )
