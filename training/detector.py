@@ -106,10 +106,10 @@ class DetectorConfig:
 
 
 def _image_shape(raw: Any) -> int:
-    """The built-in's ``image_shape`` (one side, e.g. ``300``); a multiple of 32 for 3 stride-2 maps."""
+    """The built-in's ``image_shape`` (one side, e.g. ``300``): at least 32, so the stride-32 map exists."""
     side = typed(int)(raw)
-    if side <= 0 or side % 32:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 32, got {raw!r}")
+    if side < 32:
+        raise argparse.ArgumentTypeError(f"expected a side of at least 32 pixels, got {raw!r}")
     return side
 
 
@@ -468,8 +468,11 @@ def train(config: DetectorConfig) -> dict[str, Any]:
     """Train, keep the epoch of the best validation mAP, export; returns the summary written into the spec."""
     import mxnet as mx
 
-    from training.ssd import AnchorSpec, MultiBoxLoss
+    from training.efficientnet_lite import INPUT_MULTIPLE
+    from training.ssd import EFFICIENTNET, AnchorSpec, MultiBoxLoss
 
+    if config.base_network == EFFICIENTNET and config.image_shape % INPUT_MULTIPLE:
+        raise UsageError(f"efficientnet-lite0 needs an image_shape that is a multiple of {INPUT_MULTIPLE}")
     spec = make_spec(config)
     train_data = load_channel(config.train_dir, config.image_shape)
     validation = load_channel(config.validation_dir, config.image_shape)

@@ -1,0 +1,166 @@
+"""training/detector.py in the MXNet environment: a small SSD learns boxes from ~200 synthetic photos.
+
+The trainer runs as the MXNet container runs it (channels and hyperparameters from SM_* variables and
+flags), in the environment local mode builds for MXNet images, as tests/model/test_classifier_training.py
+does. One training (200 photos at 128 px, 5 epochs: about 30 s on 2 busy cores) is shared by the checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from detection_fixtures import COLOURS, write_boxed_channel
+from test_classifier_training import REPO, run_in_mxnet
+
+EPOCHS = 5
+
+# Run in the MXNet environment on the trained model: the deploy forms against the Gluon SSD rebuilt
+# from the same parameters, and mAP@0.5 on the validation channel through deploy_detections.
+CHECK_DEPLOY = r"""
+import json, sys
+from pathlib import Path
+import mxnet as mx, numpy as np
+from training import detector
+from training.ssd import AnchorSpec, build_ssd
+
+model, channel = Path(sys.argv[1]), Path(sys.argv[2])
+spec = detector.read_spec(model)
+side = spec["input"]["height"]
+config = detector.DetectorConfig(channel, channel, model, None, image_shape=side)
+data = detector.load_channel(channel, side)
+inputs = next(detector.batches(data, detector.make_spec(config), 8, None))[0]
+symbol, args, aux = detector.deploy_network(model)
+module = detector.bind_deploy(symbol, args, aux, side, batch=8)
+module.forward(mx.io.DataBatch([mx.nd.array(inputs)]), is_train=False)
+cls_prob, loc_preds, anchors = (o.asnumpy() for o in module.get_outputs())
+net = build_ssd(len(spec["classes"]), spec["training"]["backbone"], AnchorSpec(), side)
+saved = mx.nd.load(str(model / "model_algo_1-0000.params"))
+for name, param in net.collect_params().items():
+    param.set_data(saved.get("arg:" + name, saved.get("aux:" + name)))
+cls_preds, gluon_loc, gluon_anchors = net(mx.nd.array(inputs))
+gluon_prob = mx.nd.softmax(cls_preds, axis=-1).transpose((0, 2, 1)).asnumpy()
+detections, dargs, daux = detector.deploy_detections(model)
+module = detector.bind_deploy(detections, dargs, daux, side, batch=1)
+found = []
+for photo in detector.batches(data, detector.make_spec(config), 1, None):
+    module.forward(mx.io.DataBatch([mx.nd.array(photo[0])]), is_train=False)
+    rows = module.get_outputs()[0].asnumpy()[0]
+    found.append(rows[rows[:, 0] >= 0])
+print(json.dumps({
+    "outputs": symbol.list_outputs(), "inputs": symbol.list_arguments()[:1],
+    "has_label": "label" in symbol.list_arguments(), "detection_outputs": detections.list_outputs(),
+    "shapes": [list(cls_prob.shape), list(loc_preds.shape), list(anchors.shape)],
+    "cls_prob": float(np.abs(gluon_prob - cls_prob).max()),
+    "loc_preds": float(np.abs(gluon_loc.asnumpy() - loc_preds).max()),
+    "anchors": float(np.abs(gluon_anchors.asnumpy() - anchors).max()),
+    "map_50": detector.mean_average_precision(found, data.boxes, len(spec["classes"])),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def boxed_channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("detector")
+    write_boxed_channel(root / "train", photos=200, seed=21)
+    write_boxed_channel(root / "validation", photos=60, seed=22)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(mxnet_python: str, boxed_channels: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    model = tmp_path_factory.mktemp("model")
+    container = {  # the MXNet container's contract: channels, model dir and SM_HPS from the environment
+        "SM_CHANNEL_TRAIN": str(boxed_channels / "train"),
+        "SM_CHANNEL_VALIDATION": str(boxed_channels / "validation"),
+        "SM_MODEL_DIR": str(model),
+        "SM_HPS": json.dumps({"epochs": EPOCHS, "image_shape": 128, "num_training_samples": 200}),
+    }
+    done = run_in_mxnet(mxnet_python, [str(REPO / "training" / "detector.py"), "--seed", '"1"'], container)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model, done.stdout
+
+
+def validation_maps(stdout: str) -> list[float]:
+    return [float(v) for v in re.findall(r"^Epoch\[\d+\] Validation-mAP=([0-9.]+)$", stdout, re.M)]
+
+
+@pytest.mark.slow
+def test_the_ssd_learns_the_boxes(trained: tuple) -> None:
+    _, stdout = trained
+    maps = validation_maps(stdout)
+    assert len(maps) == EPOCHS, stdout
+    # An untrained SSD finds nothing at IoU 0.5 (its first epoch's mAP is below 0.05 on this set).
+    assert max(maps) >= 0.6, stdout
+    assert max(maps) >= maps[0] + 0.4, stdout
+    assert len(re.findall(r"^Epoch\[\d+\] Train-CrossEntropy=[0-9.]+$", stdout, re.M)) == EPOCHS
+
+
+@pytest.mark.slow
+def test_the_artifact_has_the_built_in_layout_and_the_spec(trained: tuple) -> None:
+    model, stdout = trained
+    assert sorted(p.name for p in model.iterdir()) == [
+        "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
+    ]  # fmt: skip
+    assert json.loads((model / "model-shapes.json").read_text()) == [
+        {"name": "data", "shape": [1, 3, 128, 128]}
+    ]
+    symbol = json.loads((model / "model_algo_1-symbol.json").read_text())
+    ops = {node["op"] for node in symbol["nodes"]}
+    assert {"_contrib_MultiBoxTarget", "_contrib_MultiBoxPrior", "_contrib_MultiBoxDetection"} <= ops
+    assert "label" in {node["name"] for node in symbol["nodes"] if node["op"] == "null"}  # as the built-in's
+    spec = json.loads((model / "detector-spec.json").read_text())
+    assert spec["schema"] == "robocar/detector-spec/1"
+    assert spec["classes"] == list(COLOURS)
+    assert spec["input"]["crop"] == "stretch" and spec["input"]["height"] == spec["input"]["width"] == 128
+    assert len(spec["anchors"]["sizes"]) == len(spec["anchors"]["ratios"]) == 3
+    assert spec["variances"] == [0.1, 0.1, 0.2, 0.2]
+    assert spec["nms"] == {"threshold": 0.45, "topk": 400}
+    assert spec["training"]["validation_map_50"] == pytest.approx(max(validation_maps(stdout)), abs=1e-6)
+    assert spec["training"]["stands_in_for"] == {"algorithm": "object-detection", "num_training_samples": 200}
+
+
+@pytest.mark.slow
+def test_the_deploy_forms_bind_without_labels_and_equal_the_training_heads(
+    mxnet_python: str, trained: tuple, boxed_channels: Path
+) -> None:
+    model, _ = trained
+    done = run_in_mxnet(mxnet_python, ["-c", CHECK_DEPLOY, str(model), str(boxed_channels / "validation")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["outputs"] == ["cls_prob_output", "loc_preds_output", "anchors_output"]
+    assert result["inputs"] == ["data"] and not result["has_label"]
+    assert result["detection_outputs"] == ["detection_output"]
+    anchors = result["shapes"][2][1]
+    assert result["shapes"] == [[8, len(COLOURS) + 1, anchors], [8, anchors * 4], [1, anchors, 4]]
+    # MKLDNN's fused kernels against Gluon's imperative ones: float32 rounding only.
+    assert result["cls_prob"] < 1e-4 and result["loc_preds"] < 1e-3 and result["anchors"] == 0.0
+    spec = json.loads((model / "detector-spec.json").read_text())
+    assert result["map_50"] == pytest.approx(spec["training"]["validation_map_50"], abs=0.01)
+
+
+def test_a_channel_without_annotations_is_a_one_line_error(mxnet_python: str, tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    done = run_in_mxnet(
+        mxnet_python,
+        [str(REPO / "training" / "detector.py"), "--train", str(tmp_path / "train"), "--validation",
+         str(tmp_path / "train"), "--sm-model-dir", str(tmp_path / "model")],
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "no annotations.jsonl" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_box_outside_the_photo_is_refused_by_line(mxnet_python: str, tmp_path: Path) -> None:
+    write_boxed_channel(tmp_path / "train", photos=2, seed=1)
+    lines = (tmp_path / "train" / "annotations.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({"image": "images/000001.jpg", "boxes": [[0, 0.5, 0.5, 1.2, 0.9]]})
+    (tmp_path / "train" / "annotations.jsonl").write_text("\n".join(lines) + "\n")
+    done = run_in_mxnet(
+        mxnet_python,
+        [str(REPO / "training" / "detector.py"), "--train", str(tmp_path / "train"), "--validation",
+         str(tmp_path / "train"), "--sm-model-dir", str(tmp_path / "model")],
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "annotations.jsonl:2: a box is not 0 <= xmin < xmax <= 1" in done.stderr, done.stderr
