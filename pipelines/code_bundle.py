@@ -46,6 +46,7 @@ ENTRY_SCRIPTS: Mapping[str, Layout] = {
     "processing/evaluate_classifier.py": "processing",
     "processing/compile_classifier.py": "processing",
     "training/classifier.py": "training",
+    "training/detector.py": "training",
 }
 # What a container installs depends on its image. The MXNet image's scripts ship that image's own pins
 # (infra/images/mxnet: the image is built from them, so its bootstrap installs nothing) under the
@@ -55,6 +56,7 @@ REQUIREMENTS_OF: Mapping[str, str] = {
     "processing/evaluate_classifier.py": MXNET_REQUIREMENTS,
     "processing/compile_classifier.py": MXNET_REQUIREMENTS,
     "training/classifier.py": MXNET_REQUIREMENTS,
+    "training/detector.py": MXNET_REQUIREMENTS,
 }
 PROCESSING_ENTRYPOINT = "processing/bootstrap.py"
 PROCESSING_REQUIREMENTS = "processing/requirements.txt"
