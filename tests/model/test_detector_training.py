@@ -141,15 +141,20 @@ def test_the_deploy_forms_bind_without_labels_and_equal_the_training_heads(
     assert result["map_50"] == pytest.approx(spec["training"]["validation_map_50"], abs=0.01)
 
 
-def test_a_channel_without_annotations_is_a_one_line_error(mxnet_python: str, tmp_path: Path) -> None:
-    (tmp_path / "train").mkdir()
+def refuse(mxnet_python: str, channel: Path, tmp_path: Path) -> str:
+    """The trainer's stderr on ``channel``, which it must refuse in one line (exit 2, no traceback)."""
     done = run_in_mxnet(
         mxnet_python,
-        [str(REPO / "training" / "detector.py"), "--train", str(tmp_path / "train"), "--validation",
-         str(tmp_path / "train"), "--sm-model-dir", str(tmp_path / "model")],
+        [str(REPO / "training" / "detector.py"), "--train", str(channel), "--validation", str(channel),
+         "--sm-model-dir", str(tmp_path / "model")],
     )  # fmt: skip
-    assert done.returncode != 0
-    assert "no annotations.jsonl" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_a_channel_without_annotations_is_a_one_line_error(mxnet_python: str, tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    assert "no annotations.jsonl" in refuse(mxnet_python, tmp_path / "train", tmp_path)
 
 
 def test_a_box_outside_the_photo_is_refused_by_line(mxnet_python: str, tmp_path: Path) -> None:
@@ -157,10 +162,5 @@ def test_a_box_outside_the_photo_is_refused_by_line(mxnet_python: str, tmp_path:
     lines = (tmp_path / "train" / "annotations.jsonl").read_text().splitlines()
     lines[1] = json.dumps({"image": "images/000001.jpg", "boxes": [[0, 0.5, 0.5, 1.2, 0.9]]})
     (tmp_path / "train" / "annotations.jsonl").write_text("\n".join(lines) + "\n")
-    done = run_in_mxnet(
-        mxnet_python,
-        [str(REPO / "training" / "detector.py"), "--train", str(tmp_path / "train"), "--validation",
-         str(tmp_path / "train"), "--sm-model-dir", str(tmp_path / "model")],
-    )  # fmt: skip
-    assert done.returncode != 0
-    assert "annotations.jsonl:2: a box is not 0 <= xmin < xmax <= 1" in done.stderr, done.stderr
+    stderr = refuse(mxnet_python, tmp_path / "train", tmp_path)
+    assert "annotations.jsonl:2: a box is not 0 <= xmin < xmax <= 1" in stderr
