@@ -7,15 +7,22 @@ does. One training (200 photos at 128 px, 5 epochs: about 30 s on 2 busy cores) 
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 from detection_fixtures import COLOURS, write_boxed_channel
 from test_classifier_training import REPO, run_in_mxnet
 
+from pipelines.local.s3 import LocalS3Client
+
 EPOCHS = 5
+BUCKET = "robocar-data-123456789012"
 
 # Run in the MXNet environment on the trained model: the deploy forms against the Gluon SSD rebuilt
 # from the same parameters, and mAP@0.5 on the validation channel through deploy_detections.
@@ -164,3 +171,81 @@ def test_a_box_outside_the_photo_is_refused_by_line(mxnet_python: str, tmp_path:
     (tmp_path / "train" / "annotations.jsonl").write_text("\n".join(lines) + "\n")
     stderr = refuse(mxnet_python, tmp_path / "train", tmp_path)
     assert "annotations.jsonl:2: a box is not 0 <= xmin < xmax <= 1" in stderr
+
+
+def ground_truth_manifest(s3: LocalS3Client, channel: Path, prefix: str, side: int = 128) -> str:
+    """The channel's photos in local S3 and a Ground Truth bounding-box manifest naming them (pixels)."""
+    lines = []
+    for record in map(json.loads, (channel / "annotations.jsonl").read_text().splitlines()):
+        key = f"{prefix}/{record['image']}"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=(channel / record["image"]).read_bytes())
+        annotations = [
+            {"class_id": int(c), "left": round(x0 * side), "top": round(y0 * side),
+             "width": round((x1 - x0) * side), "height": round((y1 - y0) * side)}
+            for c, x0, y0, x1, y1 in record["boxes"]
+        ]  # fmt: skip
+        lines.append(json.dumps({
+            "source-ref": f"s3://{BUCKET}/{key}",
+            "boxes": {"image_size": [{"width": side, "height": side, "depth": 3}],
+                      "annotations": annotations},
+            "boxes-metadata": {"class-map": {str(i): name for i, name in enumerate(COLOURS)},
+                               "type": "groundtruth/object-detection"},
+        }))  # fmt: skip
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/boxes.manifest", Body="\n".join(lines).encode())
+    return f"s3://{BUCKET}/{prefix}/boxes.manifest"
+
+
+@pytest.mark.slow
+def test_local_mode_runs_the_built_in_object_detection_on_a_bounding_box_manifest(
+    mxnet_python: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.local import environments
+    from pipelines.local.registry import LocalSageMakerClient
+    from pipelines.local.runners import StepJob, run_training
+    from training.detector import METRIC_DEFINITIONS
+
+    monkeypatch.setenv(environments.CACHE_VARIABLE, str(Path(mxnet_python).parents[2]))
+    workspace = tmp_path / "ws"
+    s3 = LocalS3Client(workspace)
+    s3.create_bucket(Bucket=BUCKET)
+    channels = []
+    for name, photos, seed in (("train", 48, 5), ("validation", 16, 6)):
+        write_boxed_channel(tmp_path / name, photos=photos, seed=seed)
+        source = {"S3DataType": "AugmentedManifestFile", "AttributeNames": ["source-ref", "boxes"],
+                  "S3Uri": ground_truth_manifest(s3, tmp_path / name, f"data/{name}")}  # fmt: skip
+        channels.append({"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": "Pipe"})
+    arguments = {  # as a built-in object-detection Training request names them
+        "AlgorithmSpecification": {
+            "TrainingImage": "811284229777.dkr.ecr.us-east-1.amazonaws.com/object-detection:1",
+            "TrainingInputMode": "Pipe", "MetricDefinitions": METRIC_DEFINITIONS,
+        },
+        "HyperParameters": {
+            "base_network": "resnet-50", "use_pretrained_model": "1", "num_classes": "3",
+            "num_training_samples": "48", "epochs": "2", "image_shape": "128", "mini_batch_size": "16",
+            "learning_rate": "0.001", "optimizer": "adam", "momentum": "0.9",
+        },
+        "InputDataConfig": channels,
+        "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/models"},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+    }  # fmt: skip
+    job = StepJob(
+        step_name="Train", job_name="pipelines-detect-Train", workspace=workspace, s3=s3,
+        sagemaker=LocalSageMakerClient(workspace), region="us-east-1", log_path=workspace / "train.log",
+        base_env={"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "2"}, stop=threading.Event(),
+    )  # fmt: skip
+    outcome = run_training(job, arguments)
+    artifact = outcome.properties["ModelArtifacts"]["S3ModelArtifacts"]
+    body = s3.get_object(Bucket=BUCKET, Key=artifact.split(f"s3://{BUCKET}/", 1)[1])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        names = sorted(tar.getnames())
+        spec = json.load(tar.extractfile("detector-spec.json"))
+    assert [n for n in names if n != "."] == [
+        "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
+    ]  # fmt: skip
+    assert spec["classes"] == list(COLOURS)
+    assert spec["training"]["stands_in_for"] == {
+        "algorithm": "object-detection", "base_network": "resnet-50", "momentum": "0.9",
+        "num_training_samples": 48,
+    }  # fmt: skip
+    metrics = {m["MetricName"] for m in outcome.properties["FinalMetricDataList"]}
+    assert metrics == {"train:cross_entropy", "train:smooth_l1", "validation:mAP"}
