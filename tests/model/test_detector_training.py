@@ -45,8 +45,10 @@ module.forward(mx.io.DataBatch([mx.nd.array(inputs)]), is_train=False)
 cls_prob, loc_preds, anchors = (o.asnumpy() for o in module.get_outputs())
 net = build_ssd(len(spec["classes"]), spec["training"]["backbone"], AnchorSpec(), side)
 saved = mx.nd.load(str(model / "model_algo_1-0000.params"))
-for name, param in net.collect_params().items():
-    param.set_data(saved.get("arg:" + name, saved.get("aux:" + name)))
+for name, param in net.collect_params().items():  # EfficientNet's unused head is not in the artifact
+    value = saved.get("arg:" + name, saved.get("aux:" + name))
+    if value is not None:
+        param.set_data(value)
 cls_preds, gluon_loc, gluon_anchors = net(mx.nd.array(inputs))
 gluon_prob = mx.nd.softmax(cls_preds, axis=-1).transpose((0, 2, 1)).asnumpy()
 detections, dargs, daux = detector.deploy_detections(model)
@@ -148,12 +150,12 @@ def test_the_deploy_forms_bind_without_labels_and_equal_the_training_heads(
     assert result["map_50"] == pytest.approx(spec["training"]["validation_map_50"], abs=0.01)
 
 
-def refuse(mxnet_python: str, channel: Path, tmp_path: Path) -> str:
+def refuse(mxnet_python: str, channel: Path, tmp_path: Path, *flags: str) -> str:
     """The trainer's stderr on ``channel``, which it must refuse in one line (exit 2, no traceback)."""
     done = run_in_mxnet(
         mxnet_python,
         [str(REPO / "training" / "detector.py"), "--train", str(channel), "--validation", str(channel),
-         "--sm-model-dir", str(tmp_path / "model")],
+         "--sm-model-dir", str(tmp_path / "model"), *flags],
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     return done.stderr
@@ -171,6 +173,40 @@ def test_a_box_outside_the_photo_is_refused_by_line(mxnet_python: str, tmp_path:
     (tmp_path / "train" / "annotations.jsonl").write_text("\n".join(lines) + "\n")
     stderr = refuse(mxnet_python, tmp_path / "train", tmp_path)
     assert "annotations.jsonl:2: a box is not 0 <= xmin < xmax <= 1" in stderr
+
+
+def test_efficientnet_needs_a_side_that_is_a_multiple_of_32(mxnet_python: str, tmp_path: Path) -> None:
+    write_boxed_channel(tmp_path / "train", photos=2, seed=1)
+    stderr = refuse(
+        mxnet_python,
+        tmp_path / "train",
+        tmp_path,
+        "--base_network",
+        "efficientnet-lite0",
+        "--image_shape",
+        "100",
+    )
+    assert "multiple of 32" in stderr
+
+
+@pytest.mark.slow
+def test_the_efficientnet_backbone_trains_from_imagenet_weights_and_converts(
+    mxnet_python: str, boxed_channels: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    done = run_in_mxnet(
+        mxnet_python,
+        [str(REPO / "training" / "detector.py"), "--train", str(boxed_channels / "validation"),
+         "--validation", str(boxed_channels / "validation"), "--sm-model-dir", str(model), "--epochs", "1",
+         "--base_network", "efficientnet-lite0", "--image_shape", "64"],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    training = json.loads((model / "detector-spec.json").read_text())["training"]
+    assert (training["backbone"], training["pretrained"]) == ("efficientnet-lite0", "imagenet")
+    check = run_in_mxnet(mxnet_python, ["-c", CHECK_DEPLOY, str(model), str(boxed_channels / "validation")])
+    assert check.returncode == 0, check.stderr[-3000:]
+    result = json.loads(check.stdout.strip().splitlines()[-1])
+    assert result["inputs"] == ["data"] and result["anchors"] == 0.0 and result["loc_preds"] < 1e-3
 
 
 def ground_truth_manifest(s3: LocalS3Client, channel: Path, prefix: str, side: int = 128) -> str:
