@@ -14,8 +14,9 @@ local endpoint (pipelines/local/endpoint_server.py) calls the same four, so one 
 - ``output_fn(prediction, accept)``: ``application/json``, a JSON list of probabilities by class id, as
   the built-in algorithm answers; ``application/json; verbose=true`` (or ``application/jsonlines;
   verbose=true``, the built-in algorithm's verbose form) adds the class names:
-  ``{"prediction": [...], "labels": [names by id], "predicted_label": name}``
-  (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-inference.html).
+  ``{"prediction": [...], "labels": [names by id], "predicted_label": name}``, the keys of the built-in
+  algorithm's verbose answer as its inference page shows them
+  (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-inference.html; not re-read offline).
 
 Bad requests raise ``inference.inference.PayloadError`` with the status they deserve: 415 for a content
 type this handler does not take, 400 for an empty, truncated or unreadable photo, 406 for an ``Accept``
