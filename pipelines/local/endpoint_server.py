@@ -448,8 +448,22 @@ def deploy(
     return {**state, "status": "InService"}
 
 
+def serves_from(pid: int, folder: str) -> bool:
+    """Whether process ``pid`` is the server started for ``folder`` (its command line names the folder's
+    model), so that a recorded pid the system has since given to another process is never signalled."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return process_alive(pid) and not Path("/proc/self").exists()  # no /proc: trust the pid
+    except OSError:
+        return False
+    return str(Path(folder) / "model").encode() in command
+
+
 def retire(state: dict[str, Any]) -> None:
-    stop_process(int(state["pid"]))
+    """Stop a deployment's server (when it is still the one recorded) and remove its folder."""
+    if serves_from(int(state["pid"]), state["folder"]):
+        stop_process(int(state["pid"]))
     shutil.rmtree(state["folder"], ignore_errors=True)
 
 

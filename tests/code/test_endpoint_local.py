@@ -219,3 +219,59 @@ def test_only_an_approved_package_is_served_and_names_are_checked(endpoint) -> N
         es.deploy(workspace, "pending", pending)
     with pytest.raises(es.EndpointError, match="endpoint name"):
         es.deploy(workspace, "../outside", pending)
+
+
+def test_a_handler_bug_is_a_500_and_the_server_keeps_serving() -> None:
+    """The server's own loop with a handler that fails on request: 500 with the message, then 200."""
+    import threading
+
+    from inference.inference import PayloadError
+
+    def handler(body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+        if body == b"bug":
+            raise RuntimeError("the handler broke")
+        if body == b"refused":
+            raise PayloadError("no thanks", status_code=415)
+        return b'{"ok": true}', "application/json"
+
+    server = es.InvocationServer(("127.0.0.1", 0), handler, max_body_bytes=16, workers=1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        status, _, body = es.invoke(url, b"bug", "image/jpeg")
+        assert (status, json.loads(body)) == (500, {"error": "the handler broke"})
+        assert es.invoke(url, b"refused", "image/jpeg")[:2] == (415, "application/json")
+        assert es.invoke(url, b"x" * 17, "image/jpeg")[0] == 413
+        status, _, body = es.invoke(url, b"fine", "image/jpeg")
+        assert (status, body) == (200, b'{"ok": true}')
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+CONTAINER_CALLS = """
+import json, sys
+from inference import classifier
+model = classifier.model_fn(sys.argv[1])
+body = open(sys.argv[2], "rb").read()
+prediction = classifier.predict_fn(classifier.input_fn(body, "application/x-image"), model)
+answer, content_type = classifier.output_fn(prediction, "application/json; verbose=true")
+print(json.dumps({"content_type": content_type, "answer": json.loads(answer)}))
+"""
+
+
+def test_the_handler_answers_the_mxnet_containers_four_calls(mxnet_python: str, tmp_path: Path) -> None:
+    """model_fn -> input_fn -> predict_fn -> output_fn, as the MXNet serving container calls them."""
+    write_classifier(mxnet_python, tmp_path / "model")
+    (tmp_path / "blue.jpg").write_bytes(photo((5, 5, 250)))
+    result = subprocess.run(
+        [mxnet_python, "-P", "-c", CONTAINER_CALLS, str(tmp_path / "model"), str(tmp_path / "blue.jpg")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answered = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answered["content_type"] == "application/json"
+    assert answered["answer"]["labels"] == CLASSES and answered["answer"]["predicted_label"] == "blue"
