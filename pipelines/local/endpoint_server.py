@@ -136,6 +136,9 @@ class InvocationRequestHandler(BaseHTTPRequestHandler):
     # for the client's delayed ACK of the headers, 40 ms on Linux (measured: +44 ms per request before).
     disable_nagle_algorithm = True
     wbufsize = 1 << 16  # buffered; handle_one_request flushes after each answer
+    # A client that stops sending mid-request (or idles on a kept-alive connection) is dropped after this
+    # many seconds instead of holding its thread forever; SageMaker gives a model 60 s to answer.
+    timeout = 60
     server_version = "robocar-local-endpoint"
     server: InvocationServer
 
