@@ -405,7 +405,7 @@ def deploy(
     """
     from pipelines.local.registry import LocalSageMakerClient
 
-    workspace = Path(workspace)
+    workspace, port = Path(workspace), int(port or 0)  # None (a CLI flag not given) is "any free port"
     current = status(workspace, name)
     wanted_async = {"async_output": async_output, "async_failure": async_failure or async_output}
     if (
