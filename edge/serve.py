@@ -220,18 +220,31 @@ def decode_base64(text: str, limits: RequestLimits) -> bytes:
     return data
 
 
-def check_image(data: bytes) -> None:
-    """An image Pillow can identify, within edge.photos' pixel limit, read from its header only (a
-    decompression bomb is refused before its pixels are decoded)."""
+def open_image(data: bytes) -> Any:
+    """The image as a Pillow image, its header read but no pixel decoded yet; refused when Pillow cannot
+    identify it or it is over edge.photos' pixel limit (a decompression bomb is refused unopened)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise RequestError("not a readable image: not a format Pillow reads") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(f"not a readable image ({exc})") from None
+    width, height = image.size
     if width * height > photos.MAX_PHOTO_PIXELS:
+        image.close()
         raise RequestError(f"a {width}x{height} image is over the {photos.MAX_PHOTO_PIXELS:,}-pixel limit")
+    return image
+
+
+def decode_rgb(data: bytes) -> Any:
+    """The image decoded in full, as RGB; a truncated or corrupt one is a RequestError."""
+    with open_image(data) as image:
+        try:
+            return image.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RequestError(f"not a readable image ({exc})") from None
 
 
 # ---- the model ----------------------------------------------------------------------------------------
@@ -249,10 +262,9 @@ def model_opener(prefer: str | None = None, threads: int = 1) -> Callable[[Path]
 
 def predict(model: Any, image: bytes, top_k: int) -> dict[str, Any]:
     """The prediction of one image: a classifier's top-k classes, or a pilot's angle and throttle."""
-    check_image(image)
     if isinstance(model, classify.Classifier):
         try:
-            probabilities = model(io.BytesIO(image))
+            probabilities = model(decode_rgb(image))  # then edge.photos' transform, as in training
         except photos.PhotoError as exc:
             raise RequestError(str(exc)) from None
         top = [
@@ -260,6 +272,7 @@ def predict(model: Any, image: bytes, top_k: int) -> dict[str, Any]:
             for name, p in classify.top_k(probabilities, model.classes, top_k)
         ]
         return {"task": "classification", **top[0], "top": top}
+    open_image(image).close()  # the pixel limit, before the camera's decoder decodes anything
     try:
         angle, throttle = model(frames.decode_image(image))  # the camera frame's decoder and preparation
     except frames.FrameError as exc:
