@@ -161,7 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
         "--car-id",
         ("ROBOCAR_CAR_ID",),
         None,
-        "this car's name in upload keys and telemetry topics (default: the host name)",
+        "this car's name in upload keys and MQTT topics: telemetry, serve (default: the host name)",
     ),  # fmt: skip
     Setting(
         "edge_tubs",

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,13 @@ class Requester:
 
 
 class Service:
-    """``robocar-edge serve`` in a thread until it has answered ``max_requests``; ready once subscribed
-    (its "serving:" log line)."""
+    """``robocar-edge serve ARGV`` (or ``target()``) in a thread until it has answered ``--max-requests``;
+    ready once subscribed (its "serving:" log line); ``join`` returns the exit status (or what
+    ``target`` returned)."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str] | Callable[[], Any]) -> None:
         self.ready = threading.Event()
-        self.code: int | None = None
+        self.result: Any = None
         handler = logging.Handler()
         handler.emit = lambda record: record.getMessage().startswith("serving:") and self.ready.set()
         self.logger = logging.getLogger("robocar.edge.serve")
@@ -112,14 +114,14 @@ class Service:
         self.thread.start()
         assert self.ready.wait(20), "the service never subscribed"
 
-    def _run(self, argv: list[str]) -> None:
-        self.code = edge_main(["serve", *argv])
+    def _run(self, argv: list[str] | Callable[[], Any]) -> None:
+        self.result = argv() if callable(argv) else edge_main(["serve", *argv])
         self.ready.set()
 
-    def join(self) -> int | None:
+    def join(self) -> Any:
         self.thread.join(30)
         self.logger.removeHandler(self.handler)
-        return self.code
+        return self.result
 
 
 @pytest.fixture
@@ -413,3 +415,47 @@ def test_the_request_limits_follow_the_image_limit() -> None:
     with pytest.raises(serve.RequestError, match="not valid base64"):
         serve.decode_base64("QUJD\nRA==", limits)  # a newline is not base64's alphabet (RFC 4648 section 3.3)
     assert np.asarray(Image.open(io.BytesIO(image))).shape == (12, 16, 3)
+
+
+def test_a_burst_beyond_the_queue_is_answered_busy_and_the_queue_still_served(broker):
+    """While the model works on one request, QUEUE_SIZE more wait and the next is refused at once."""
+    host, port = broker
+    requests, results = topics("car-b")
+    started, release = threading.Event(), threading.Event()
+
+    class SlowPilot:
+        description = "a pilot that waits"
+
+        def __call__(self, image: np.ndarray) -> tuple[float, float]:
+            started.set()
+            assert release.wait(30)
+            return 0.5, 0.25
+
+    class Live:
+        infer, names_used = SlowPilot(), ["v9-slow"]
+
+        def refresh(self) -> None:
+            pass
+
+    inference = serve.InferenceService(Live(), serve.RequestLimits())  # type: ignore[arg-type]
+    total = 1 + serve.QUEUE_SIZE + 1
+    config = drive.MqttConfig(host=host, port=port, topic=results)
+    subscriber = Subscriber(host, port, results)
+    service = Service(lambda: serve.serve(inference, config, requests, max_requests=total))
+    requester = Requester(host, port, requests)
+    frame = b64(camera_frame(10))
+    requester.send({"id": "first", "image_b64": frame})
+    assert started.wait(10), "the first request never reached the model"
+    for index in range(serve.QUEUE_SIZE):  # the broker delivers in order: these fill the queue
+        requester.send({"id": f"r{index}", "image_b64": frame})
+    requester.send({"id": "over", "image_b64": frame})
+    (busy,) = subscriber.wait_for(1)
+    release.set()
+    summary = service.join()
+    received = subscriber.wait_for(total)
+    requester.close()
+    subscriber.close()
+    assert busy == {"id": "over", "error": f"busy: {serve.QUEUE_SIZE} requests are waiting, try again"}
+    assert [m["id"] for m in received[1:]] == ["first", *(f"r{i}" for i in range(serve.QUEUE_SIZE))]
+    assert all(m["prediction"] == {"task": "pilot", "angle": 0.5, "throttle": 0.25} for m in received[1:])
+    assert (summary.requests, summary.answered, summary.errors, summary.busy) == (total, total - 1, 1, 1)
