@@ -36,6 +36,7 @@ from edge_fixtures import BUCKET, GROUP, TARGET, TINY_FRAME_SPEC, onnx_pilot_pac
 from PIL import Image
 from test_edge_classifier import COLOURS, colour_photos, good_package
 from test_edge_greengrass import ARCHIVE, greengrass, package, run_cli
+from test_edge_lean import run_on_the_car
 from test_edge_mqtt import Subscriber, broker
 
 from edge import artifacts, drive, frames, serve
@@ -459,3 +460,26 @@ def test_a_burst_beyond_the_queue_is_answered_busy_and_the_queue_still_served(br
     assert [m["id"] for m in received[1:]] == ["first", *(f"r{i}" for i in range(serve.QUEUE_SIZE))]
     assert all(m["prediction"] == {"task": "pilot", "angle": 0.5, "throttle": 0.25} for m in received[1:])
     assert (summary.requests, summary.answered, summary.errors, summary.busy) == (total, total - 1, 1, 1)
+
+
+def test_the_car_serves_without_the_sdk_boto3_or_tensorflow(broker, classifier_model):
+    """``robocar-edge serve`` in an interpreter where the control plane's heavy packages cannot be
+    imported (test_edge_lean), answering one request from the broker."""
+    host, port = broker
+    requests, results = topics("car-lean")
+    subscriber = Subscriber(host, port, results)
+    outcome: dict[str, Any] = {}
+    argv = serve_args(broker, classifier_model, "car-lean", "--max-requests", "1")
+    thread = threading.Thread(target=lambda: outcome.update(run=run_on_the_car("edge.cli", "serve", *argv)))
+    thread.start()
+    requester = Requester(host, port, requests)
+    while thread.is_alive() and not subscriber.messages:  # requests before it subscribes are not kept
+        requester.send({"id": "lean", "image_b64": b64(png(COLOURS["red"]))})
+        thread.join(0.5)
+    thread.join(60)
+    requester.close()
+    subscriber.close()
+    ran = outcome["run"]
+    assert ran.returncode == 0, ran.stderr
+    assert subscriber.messages[0]["prediction"]["class"] == "red"
+    assert "served 1 requests" in ran.stdout and "HEAVY-MODULES=\n" in ran.stderr + "\n"
