@@ -57,7 +57,6 @@ REQUEST_ID_MAX_CHARS = 256  # an id is echoed in every answer: a correlation key
 REQUEST_FIELDS = frozenset({"id", "image_path", "image_b64"})
 ENVELOPE_BYTES = 4096  # what a request holds besides its image: the id, the keys, JSON punctuation
 QUEUE_SIZE = 64  # requests waiting for the model; at ~2 ms each, a 0.13 s backlog
-CONNECT_TIMEOUT_S = 10.0
 
 
 class ServeError(Exception):
@@ -324,6 +323,15 @@ class InferenceService:
         self.latencies = array("d")
         self.errors = 0
         self.busy = 0
+        self.waiting: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_SIZE)  # requests not yet answered
+
+    def submit(self, payload: bytes) -> dict[str, Any] | None:
+        """Queue a request for ``answer``; the busy answer to send at once when the queue is full."""
+        try:
+            self.waiting.put_nowait(payload)
+        except queue.Full:
+            return self.refuse_busy(payload)
+        return None
 
     @property
     def model_version(self) -> str:
@@ -335,14 +343,18 @@ class InferenceService:
         self.errors += 1
         return {"id": request_id, "error": message}
 
-    def refuse_busy(self, payload: bytes) -> dict[str, Any]:
-        """The answer to a request that found the queue full."""
-        self.busy += 1
+    def refuse(self, payload: bytes, reason: str) -> dict[str, Any]:
+        """The error answer to a request the model will not see (its id, when it has one)."""
         request_id = None
         if len(payload) <= self.limits.max_payload_bytes:
             with contextlib.suppress(UnicodeDecodeError, json.JSONDecodeError):
                 request_id = _request_id(json.loads(payload))
-        return self.error(f"busy: {QUEUE_SIZE} requests are waiting, try again", request_id)
+        return self.error(reason, request_id)
+
+    def refuse_busy(self, payload: bytes) -> dict[str, Any]:
+        """The answer to a request that found the queue full."""
+        self.busy += 1
+        return self.refuse(payload, f"busy: {QUEUE_SIZE} requests are waiting, try again")
 
     def answer(self, payload: bytes) -> dict[str, Any]:
         request_id = None
@@ -408,18 +420,19 @@ def serve(
     stop: Callable[[], bool] = lambda: False,
     max_requests: int | None = None,
 ) -> ServeSummary:
-    """Answer requests until ``stop()`` (SIGTERM) or ``max_requests``; publishes on ``config.topic``."""
+    """Answer requests until ``stop()`` (SIGTERM) or ``max_requests``; publishes on ``config.topic``.
+    Requests still waiting when ``stop()`` comes are answered with an error, not left without a word."""
+    if max_requests is not None and max_requests < 1:
+        raise ServeError(f"--max-requests must be 1 or more, got {max_requests}")
     check_topic_filter(request_topic)
     check_topic_name(config.topic)
-    waiting: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_SIZE)
+    waiting = service.waiting
     connection: MqttRequests | None = None
 
     def enqueue(payload: bytes) -> None:  # paho's network thread
-        try:
-            waiting.put_nowait(payload)
-        except queue.Full:
-            if connection is not None:
-                connection.publish(config.topic, json.dumps(service.refuse_busy(payload)))
+        busy = service.submit(payload)
+        if busy is not None and connection is not None:
+            connection.publish(config.topic, json.dumps(busy, separators=(",", ":")))
 
     try:
         connection = MqttRequests(config, request_topic, enqueue)
@@ -441,6 +454,10 @@ def serve(
             except queue.Empty:
                 continue
             connection.publish(config.topic, json.dumps(service.answer(payload), separators=(",", ":")))
+        while stop() and not waiting.empty():
+            payload = waiting.get_nowait()
+            refused = service.refuse(payload, "the service stopped before answering; send it again")
+            connection.publish(config.topic, json.dumps(refused, separators=(",", ":")))
     finally:
         connection.close()  # waits (5 s at most) for the broker to acknowledge what was published
     return ServeSummary(

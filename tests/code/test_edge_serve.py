@@ -418,27 +418,37 @@ def test_the_request_limits_follow_the_image_limit() -> None:
     assert np.asarray(Image.open(io.BytesIO(image))).shape == (12, 16, 3)
 
 
+class SlowPilot:
+    """A pilot that answers (0.5, 0.25) once ``release`` is set; ``started`` says it has a request."""
+
+    description = "a pilot that waits"
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, image: np.ndarray) -> tuple[float, float]:
+        self.started.set()
+        assert self.release.wait(30)
+        return 0.5, 0.25
+
+
+class SlowLive:
+    """LivePilot's interface over a SlowPilot that never changes."""
+
+    def __init__(self) -> None:
+        self.infer, self.names_used = SlowPilot(), ["v9-slow"]
+
+    def refresh(self) -> None:
+        pass
+
+
 def test_a_burst_beyond_the_queue_is_answered_busy_and_the_queue_still_served(broker):
     """While the model works on one request, QUEUE_SIZE more wait and the next is refused at once."""
     host, port = broker
     requests, results = topics("car-b")
-    started, release = threading.Event(), threading.Event()
-
-    class SlowPilot:
-        description = "a pilot that waits"
-
-        def __call__(self, image: np.ndarray) -> tuple[float, float]:
-            started.set()
-            assert release.wait(30)
-            return 0.5, 0.25
-
-    class Live:
-        infer, names_used = SlowPilot(), ["v9-slow"]
-
-        def refresh(self) -> None:
-            pass
-
-    inference = serve.InferenceService(Live(), serve.RequestLimits())  # type: ignore[arg-type]
+    live = SlowLive()
+    started, release = live.infer.started, live.infer.release
+    inference = serve.InferenceService(live, serve.RequestLimits())  # type: ignore[arg-type]
     total = 1 + serve.QUEUE_SIZE + 1
     config = drive.MqttConfig(host=host, port=port, topic=results)
     subscriber = Subscriber(host, port, results)
@@ -483,3 +493,35 @@ def test_the_car_serves_without_the_sdk_boto3_or_tensorflow(broker, classifier_m
     assert ran.returncode == 0, ran.stderr
     assert subscriber.messages[0]["prediction"]["class"] == "red"
     assert "served 1 requests" in ran.stdout and "HEAVY-MODULES=\n" in ran.stderr + "\n"
+
+
+def test_requests_waiting_at_sigterm_are_answered_with_an_error(broker):
+    host, port = broker
+    requests, results = topics("car-t")
+    live = SlowLive()
+    inference = serve.InferenceService(live, serve.RequestLimits())  # type: ignore[arg-type]
+    config = drive.MqttConfig(host=host, port=port, topic=results)
+    stop = threading.Event()
+    subscriber = Subscriber(host, port, results)
+    service = Service(lambda: serve.serve(inference, config, requests, stop=stop.is_set))
+    requester = Requester(host, port, requests)
+    frame = b64(camera_frame(10))
+    requester.send({"id": "first", "image_b64": frame})
+    assert live.infer.started.wait(10)
+    for index in range(3):
+        requester.send({"id": f"w{index}", "image_b64": frame})
+    deadline = time.monotonic() + 10
+    while inference.waiting.qsize() < 3 and time.monotonic() < deadline:  # delivered to the service
+        time.sleep(0.01)
+    stop.set()  # what SIGTERM does (edge.cli._stop_on_signals)
+    live.infer.release.set()
+    summary = service.join()
+    received = subscriber.wait_for(4)
+    requester.close()
+    subscriber.close()
+    assert received[0]["id"] == "first" and "prediction" in received[0]
+    assert received[1:] == [
+        {"id": f"w{index}", "error": "the service stopped before answering; send it again"}
+        for index in range(3)
+    ]
+    assert (summary.requests, summary.answered, summary.errors) == (4, 1, 3)
