@@ -175,8 +175,6 @@ def _add_mqtt_connection(parser: argparse.ArgumentParser) -> argparse._ArgumentG
 
 
 def _add_serve_command(commands: Any) -> None:
-    from edge.serve import DEFAULT_MAX_IMAGE_BYTES  # standard library only at import
-
     serve = commands.add_parser(
         "serve", help="answer inference requests from MQTT with the installed model (docs/serving.md)",
         description="Subscribe to the request topic; for each {\"id\", \"image_path\" | \"image_b64\"} "
@@ -195,8 +193,8 @@ def _add_serve_command(commands: Any) -> None:
         serve, ("serve_request_topic", "serve_result_topic", "serve_images_root", "car_id"), "requests"
     )
     serve.add_argument(
-        "--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
-        help=f"larger images are refused with an error (default: {DEFAULT_MAX_IMAGE_BYTES})",
+        "--max-image-bytes", type=int,
+        help="larger images are refused with an error (default: 8 MiB, edge.serve.DEFAULT_MAX_IMAGE_BYTES)",
     )  # fmt: skip
     serve.add_argument("--top-k", type=int, default=3, help="classifier: the classes per answer (default: 3)")
     serve.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
@@ -530,7 +528,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     limits = serve.RequestLimits(
         images_root=Path(args.serve_images_root) if args.serve_images_root else None,
-        max_image_bytes=args.max_image_bytes,
+        max_image_bytes=serve.DEFAULT_MAX_IMAGE_BYTES
+        if args.max_image_bytes is None
+        else args.max_image_bytes,
     )
     stop = threading.Event()
     with _stop_on_signals(stop):
