@@ -12,19 +12,21 @@ gets an error message and the next request is still answered.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ from PIL import Image
 from test_edge_classifier import COLOURS, colour_photos, good_package
 from test_edge_greengrass import ARCHIVE, greengrass, package, run_cli
 from test_edge_lean import run_on_the_car
-from test_edge_mqtt import Subscriber, broker
+from test_edge_mqtt import Subscriber, _free_port, _mosquitto_binary, broker
 
 from edge import artifacts, drive, frames, serve
 from edge.cli import build_parser, resolve_settings
@@ -369,6 +371,11 @@ def test_the_serve_component_is_rendered_by_the_component_command(package, green
     request = component.component_request(recipe, arn)
     assert request_problems("greengrassv2", "CreateComponentVersion", request) == []
 
+    wheel = f"s3://{BUCKET}/code/robocar_pipeline-0.1.0-py3-none-any.whl"
+    assert run_cli("--model-package-arn", arn, "--kind", "serve", "--dry-run", "--code-uri", wheel) == 0
+    script = json.loads(capsys.readouterr().out)["Manifests"][0]["Lifecycle"]["Run"]["Script"]
+    assert script.endswith('exec "{work:path}/venv/bin/robocar-edge" serve'), "the component's own venv"
+
 
 def test_the_serve_recipe_environment_is_what_serve_reads(monkeypatch):
     template = yaml.safe_load(component.COMPONENT_KINDS["serve"][0].read_text())
@@ -525,3 +532,63 @@ def test_requests_waiting_at_sigterm_are_answered_with_an_error(broker):
         for index in range(3)
     ]
     assert (summary.requests, summary.answered, summary.errors) == (4, 1, 3)
+
+
+@contextlib.contextmanager
+def mosquitto(port: int, folder: Path) -> Iterator[None]:
+    """A broker of this test's own on 127.0.0.1:``port`` (the session's is shared, so not stopped)."""
+    config = folder / f"mosquitto-{port}.conf"
+    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    process = subprocess.Popen([_mosquitto_binary(), "-c", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "mosquitto did not start"
+                time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def answered_after_retries(
+    requester_of: Callable[[], Requester], subscriber: Subscriber, request_id: str
+) -> bool:
+    """Send the request until its answer comes (requests sent while the service is away are lost)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        requester = requester_of()
+        requester.send({"id": request_id, "image_b64": b64(png(COLOURS["blue"]))})
+        requester.close()
+        if any(m.get("id") == request_id for m in subscriber.wait_for(len(subscriber.messages) + 1, 2.0)):
+            return True
+    return False
+
+
+def test_the_service_subscribes_again_when_the_broker_comes_back(classifier_model, tmp_path):
+    port = _free_port()
+    requests, results = topics("car-x")
+    live = drive.LivePilot(classifier_model, serve.model_opener())
+    config = drive.MqttConfig(host="127.0.0.1", port=port, topic=results)
+    stop = threading.Event()
+
+    def requester() -> Requester:
+        return Requester("127.0.0.1", port, requests)
+
+    with mosquitto(port, tmp_path):
+        inference = serve.InferenceService(live, serve.RequestLimits())
+        service = Service(lambda: serve.serve(inference, config, requests, stop=stop.is_set))
+        subscriber = Subscriber("127.0.0.1", port, results)
+        assert answered_after_retries(requester, subscriber, "before")
+        subscriber.close()
+    with mosquitto(port, tmp_path):  # a new broker: no session, no subscription until the service's
+        subscriber = Subscriber("127.0.0.1", port, results)
+        assert answered_after_retries(requester, subscriber, "after")
+        subscriber.close()
+        stop.set()
+        summary = service.join()
+    assert summary.answered >= 2 and summary.errors == 0
