@@ -5,7 +5,7 @@ For the newest Approved package of each recipe's group (robocar-classifiers, rob
 workspace), in the same run:
 
 * **the model alone** (before and after the endpoint's runs, averaged: the machine's load drifts): the
-  recipe's handler (``pipelines/local/endpoint_server.py``'s ``HANDLERS``: decode,
+  recipe's handler (``inference/server.py``'s ``HANDLERS``: decode,
   prepare, forward, encode the answer) called in its own environment with no HTTP, one call at a time
   (p50/p99 ms), then from as many threads as the machine has cores for the same number of calls
   (requests/s): what the CPU cores can infer;
@@ -54,13 +54,10 @@ GROUPS = {"classifier": "robocar-classifiers", "pilot": "robocar-pilots"}
 CONCURRENCY = (1, 8, 32)
 GOAL_ADDED_MS = 1.0
 GOAL_THROUGHPUT_SHARE = 0.9
-# The handler alone, in the recipe's environment: endpoint_server.py loaded by its path (its package's
-# __init__ imports the control plane, which the MXNet environment does not have).
+# The handler alone, in the recipe's environment: the server module's HANDLERS (inference/server.py).
 MODEL_ALONE = """
-import importlib.util, json, sys, threading, time
-spec = importlib.util.spec_from_file_location("endpoint_server", sys.argv[1])
-server = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(server)
+import json, sys, threading, time
+from inference import server
 recipe, model_dir, payload_file, content_type = sys.argv[2:6]
 calls, threads = int(sys.argv[6]), int(sys.argv[7])
 handle = server.HANDLERS[recipe](__import__("pathlib").Path(model_dir))
@@ -128,10 +125,9 @@ def model_alone(state: dict[str, Any], python: str, body_file: Path, content_typ
     result = subprocess.run(
         [
             python,
-            "-P",
             "-c",
             MODEL_ALONE,
-            str(REPO / "pipelines" / "local" / "endpoint_server.py"),
+            "inference/server.py",
             state["recipe"],
             str(Path(state["folder"]) / "model"),
             str(body_file),

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from edge.photos import PhotoTransform
+from inference import server
 from pipelines.local import endpoint_server as es
 from pipelines.local import environments
 from pipelines.local.registry import LocalSageMakerClient
@@ -136,7 +137,7 @@ def test_bad_requests_get_their_4xx_and_the_server_keeps_serving(endpoint) -> No
         "empty body": (b"", "image/jpeg", "application/json", 400),
         "wrong content type": (good, "text/csv", "application/json", 415),
         "unanswerable accept": (good, "image/jpeg", "text/csv", 406),
-        "oversized body": (b"\xff" * (es.MAX_BODY_BYTES + 1), "image/jpeg", "application/json", 413),
+        "oversized body": (b"\xff" * (server.MAX_BODY_BYTES + 1), "image/jpeg", "application/json", 413),
     }
     for why, (body, content_type, accept, expected) in refused.items():
         status, answer_type, answer = es.invoke(url, body, content_type, accept)
@@ -234,10 +235,10 @@ def test_a_handler_bug_is_a_500_and_the_server_keeps_serving() -> None:
             raise PayloadError("no thanks", status_code=415)
         return b'{"ok": true}', "application/json"
 
-    server = es.InvocationServer(("127.0.0.1", 0), handler, max_body_bytes=16, workers=1)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    running = server.InvocationServer(("127.0.0.1", 0), handler, max_body_bytes=16, workers=1)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"http://127.0.0.1:{running.server_address[1]}"
     try:
         status, _, body = es.invoke(url, b"bug", "image/jpeg")
         assert (status, json.loads(body)) == (500, {"error": "the handler broke"})
@@ -246,8 +247,8 @@ def test_a_handler_bug_is_a_500_and_the_server_keeps_serving() -> None:
         status, _, body = es.invoke(url, b"fine", "image/jpeg")
         assert (status, body) == (200, b'{"ok": true}')
     finally:
-        server.shutdown()
-        server.server_close()
+        running.shutdown()
+        running.server_close()
 
 
 CONTAINER_CALLS = """
