@@ -34,8 +34,9 @@ MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 TUB_MARKER = "manifest.json"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 GROUND_TRUTH_MANIFEST_SUFFIX = ".manifest"  # a Ground Truth output manifest (docs/classifier.md)
-# Per recipe (the keys of edge.settings.RECIPE_NAMES), the key endings (after ``<raw folder>/*``) of an object that completes an upload: one event
-# per labelled set or tub. The pilot's tub marker sits in the tub's folder, hence its leading '/'.
+# Per recipe (the keys of edge.settings.RECIPE_NAMES), the key endings (after ``<raw folder>/*``) of an
+# object that completes an upload: one event per labelled set or tub. The pilot's tub marker sits in
+# the tub's folder, hence its leading '/'.
 NEW_DATA_ENDINGS = {
     "pilot": (f"/{TUB_MARKER}", *ARCHIVE_SUFFIXES),
     "classifier": (GROUND_TRUTH_MANIFEST_SUFFIX,),

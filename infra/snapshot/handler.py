@@ -55,13 +55,17 @@ class SnapshotError(RuntimeError):
 @dataclass(frozen=True)
 class SnapshotConfig:
     bucket: str
-    prefix: str  # the pipeline's prefix: raw data under <prefix>/<raw folder>/, manifests under <prefix>/datasets/
+    prefix: str  # raw data under <prefix>/<raw folder>/, manifests under <prefix>/datasets/
     pipeline_name: str
     raw_folder: str = datasets.RAW_FOLDER  # the recipe's (pipelines.datasets.RAW_FOLDERS)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], recipe: str = "pilot") -> SnapshotConfig:
-        names = {"bucket": "DATA_BUCKET", "prefix": "PREFIX", "pipeline_name": PIPELINE_NAME_VARIABLES[recipe]}
+        names = {
+            "bucket": "DATA_BUCKET",
+            "prefix": "PREFIX",
+            "pipeline_name": PIPELINE_NAME_VARIABLES[recipe],
+        }
         missing = [variable for variable in names.values() if not env.get(variable)]
         if missing:
             raise SnapshotError(f"missing environment variable(s): {', '.join(missing)}")
@@ -77,7 +81,9 @@ def event_recipe(event: Mapping[str, Any]) -> str:
     """The recipe whose new data the event reports: the input transformer's ``recipe``, else the pilot."""
     recipe = event.get("recipe", "pilot")
     if recipe not in PIPELINE_NAME_VARIABLES:
-        raise SnapshotError(f"the event names recipe {recipe!r}; this function serves {sorted(PIPELINE_NAME_VARIABLES)}")
+        raise SnapshotError(
+            f"the event names recipe {recipe!r}; this function serves {sorted(PIPELINE_NAME_VARIABLES)}"
+        )
     return recipe
 
 

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="new data starts the pipeline once its files are this many seconds old (default: 2)",
     )  # fmt: skip
     watch.add_argument(
-        "--component-name", default=None, help="Greengrass component name (default: the recipe's, as the stack's)"
+        "--component-name",
+        default=None,
+        help="Greengrass component name (default: the recipe's, as the stack's)",
     )
     watch.add_argument(
         "--thing-group", default=None, help="the cars' thing group (default: the recipe's, as the stack's)"

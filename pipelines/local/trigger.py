@@ -8,7 +8,8 @@ Each poll (``poll_once``):
 1. lists the recipe's raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/<raw folder>/``,
    ``pipelines.datasets.RAW_FOLDERS``), turns every
    object into the event S3 would send (``pipelines.events.s3_object_created_event``), matches it
-   against the recipe's "new data" rule (``pipelines.events.new_data_pattern`` through ``pipelines.event_pattern``)
+   against the recipe's "new data" rule (``pipelines.events.new_data_pattern`` through
+   ``pipelines.event_pattern``)
    and, for each matching event, runs the rule's target, the snapshot function
    (``infra/snapshot/handler.py``): the raw prefix is snapshotted into a dataset manifest and the pipeline
    started on it with the dataset's ``ClientRequestToken``, so events for one dataset start one execution;
@@ -479,9 +480,7 @@ def watch(
         total.not_matched += report.not_matched
         total.package_events += report.package_events
         if once and report.deferred:
-            emit(
-                f"{report.deferred} upload(s) still being written: waiting {settle_s:g}s for them to settle"
-            )
+            emit(f"{report.deferred} upload(s) still being written: waiting {settle_s:g}s for them to settle")
             time.sleep(settle_s)
             continue
         if once or stop():
