@@ -232,3 +232,20 @@ def test_cli_watch_once_for_the_classifier(workspace: Path, capsys: pytest.Captu
     assert (
         client.list_pipeline_executions(PipelineName="robocar-pipeline")["PipelineExecutionSummaries"] == []
     )
+
+
+def test_cli_registry_approve_of_a_classifier_rolls_it_out_to_the_classifiers_cars(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Approving by ARN alone (no --recipe): the package's group names the recipe."""
+    from pipelines.cli import main
+
+    registry = LocalSageMakerClient(workspace)
+    arn = _register(registry, "robocar-classifiers", "c2")
+    registry.update_model_package(ModelPackageArn=arn, ModelApprovalStatus="PendingManualApproval")
+    capsys.readouterr()
+    assert main(["registry", "approve", arn, "--workspace", str(workspace)]) == 0
+    out = capsys.readouterr().out
+    assert f"approved {arn} -> component com.robocar.Classifier 1.0.1 deployed to " in out
+    assert "thinggroup/robocar-classifier-cars" in out
+    assert not (workspace / "greengrass" / "components" / "com.robocar.Pilot").exists()
