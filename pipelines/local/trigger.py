@@ -384,9 +384,8 @@ def poll_once(
     report = PollReport()
     is_new_data = event_pattern.matcher(config.new_data_pattern())
     objects = raw_objects(s3, config)
-    first_poll = not state_path(root).exists()
+    first_poll = _create_rule(root, config.recipe)
     processed_before = latest_execution_start_ns(sagemaker, config.pipeline_name) if first_poll else 0
-    _update_state(root, lambda state: None)  # the rule exists from now on
     newest = _newest_in_folder(objects, events.FOLDER_MARKERS[config.recipe])
     settled_before = time.time_ns() - int(settle_s * 1e9)
     for mtime_ns, size, key in objects:
@@ -409,6 +408,23 @@ def poll_once(
             unchanged[key] = (mtime_ns, size)
     run_rollouts(root, sagemaker, config, report)
     return report
+
+
+def _create_rule(root: Path, recipe: str) -> bool:
+    """Record that the recipe's rules exist from now on; True on its first poll (they did not before).
+
+    Each recipe's rule is created by its own first watch, so the state lists the recipes watched; a state
+    file from before it did ("watched" absent) was written by the pilot's watch if it holds any object.
+    """
+
+    def create(state: dict[str, Any]) -> bool:
+        watched = state.setdefault("watched", ["pilot"] if state["objects"] else [])
+        if recipe in watched:
+            return False
+        watched.append(recipe)
+        return True
+
+    return _update_state(root, create)
 
 
 def latest_execution_start_ns(sagemaker: Any, pipeline_name: str) -> int:

@@ -249,3 +249,26 @@ def test_cli_registry_approve_of_a_classifier_rolls_it_out_to_the_classifiers_ca
     assert f"approved {arn} -> component com.robocar.Classifier 1.0.1 deployed to " in out
     assert "thinggroup/robocar-classifier-cars" in out
     assert not (workspace / "greengrass" / "components" / "com.robocar.Pilot").exists()
+
+
+def test_the_classifiers_first_watch_is_its_rules_creation_even_after_the_pilots(workspace: Path) -> None:
+    """EventBridge reports only objects created after a rule: labelled sets older than the classifier's
+    last execution are trained on already, whichever recipe's watch ran first in the workspace."""
+    s3, client = LocalS3Client(workspace), LocalPipelineClient(workspace)
+    for name in ("robocar-pipeline", "robocar-classifier"):
+        client.create_pipeline(PipelineName=name, PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE)
+    upload_tub(s3, "tub_1")
+    assert len(poll_once(workspace, s3, client, CONFIG).started) == 1  # the pilot's rule exists now
+    for key in upload_labelled_set(s3, "set_1"):
+        _age(s3.uri_to_path(f"s3://{BUCKET}/{key}"), 600)
+    client.start_pipeline_execution(  # `robocar run --local --recipe classifier` trained on set_1
+        PipelineName="robocar-classifier",
+        PipelineParameters=[{"Name": "InputDataUrl", "Value": f"s3://{BUCKET}/{RAW_CLASSIFIER}"}],
+    )
+
+    first = poll_once(workspace, s3, client, CLASSIFIER)
+    assert (first.started, first.already_processed) == ([], 1)
+    upload_labelled_set(s3, "set_2")  # new after the rule: started
+    assert [run["key"] for run in poll_once(workspace, s3, client, CLASSIFIER).started] == [
+        f"{RAW_CLASSIFIER}set_2/output.manifest"
+    ]
