@@ -55,6 +55,19 @@ MODEL_TIME_HEADER = "X-Robocar-Model-Ms"  # the handler's own time for the reque
 CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 CONTAINER_HOST, CONTAINER_PORT = "0.0.0.0", 8080  # noqa: S104 (the container's network is SageMaker's)
 
+AUTO = "auto"
+# The file each recipe's trainer writes into its model directory (training/classifier.py, training/export.py).
+RECIPE_MARKERS = {"classifier-spec.json": CLASSIFIER, "model.json": PILOT}
+
+
+def recipe_of(model_dir: Path) -> str:
+    """The recipe whose model ``model_dir`` holds, by its trainer's marker file."""
+    for marker, recipe in RECIPE_MARKERS.items():
+        if (model_dir / marker).is_file():
+            return recipe
+    raise SystemExit(f"{model_dir} holds none of {', '.join(RECIPE_MARKERS)}: not a model this server serves")
+
+
 Handler = Callable[[bytes, str | None, str | None], tuple[bytes, str]]  # body, type, accept -> body, type
 
 
@@ -241,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve a model as a SageMaker inference container does.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("serve", help="serve /ping and /invocations (the container's defaults)")
-    run.add_argument("--recipe", choices=sorted(HANDLERS), required=True)
+    run.add_argument(
+        "--recipe", choices=[AUTO, *sorted(HANDLERS)], default=AUTO,
+        help="whose handler (auto: from the model directory's files)",
+    )  # fmt: skip
     run.add_argument("--model-dir", type=Path, default=CONTAINER_MODEL_DIR)
     run.add_argument("--host", default=CONTAINER_HOST)
     # SageMaker may name another port in SAGEMAKER_BIND_TO_PORT (the inference container contract).
@@ -252,9 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     run.add_argument("--workers", type=int, help="requests running the handler at once (default: per recipe)")
     args = parser.parse_args(argv)
-    serve(
-        args.recipe, args.model_dir, args.port, args.ready_file, args.max_body_bytes, args.workers, args.host
-    )
+    recipe = recipe_of(args.model_dir) if args.recipe == AUTO else args.recipe
+    serve(recipe, args.model_dir, args.port, args.ready_file, args.max_body_bytes, args.workers, args.host)
     return 0
 
 

@@ -32,11 +32,6 @@ from pipelines.robocar.targets import parse_edge_targets
 GLUON, BUILTIN = TRAINING_ALGORITHMS
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 CACHE_EXPIRY = "P30D"
-# SageMaker's MXNet deep learning containers end at MXNet 1.9.0 on Python 3.8
-# (https://github.com/aws/deep-learning-containers/blob/master/available_images.md): the model package
-# names its inference image (serving: docs/serving.md); training and processing use the project's image.
-MXNET_FRAMEWORK_VERSION = "1.9.0"
-MXNET_PY_VERSION = "py38"
 
 # (epochs, image size) -> the Gluon trainer's hyperparameters;
 # (epochs, image size, a value of Preprocess's data report) -> the built-in algorithm's.
@@ -147,7 +142,6 @@ def build_image_pipeline(
     # SageMaker's MXNet training image runs Python 3.8, too old for the project's code: the project's own
     # (infra/images/mxnet, the pins of local mode's MXNet environment) in the role's account.
     mxnet_image = account_image_uri(role, region, MXNET_REPOSITORY, mxnet_image_tag())
-    inference_image = framework_image("mxnet", MXNET_FRAMEWORK_VERSION, MXNET_PY_VERSION, "inference")
     cache = CacheConfig(enable_caching=True, expire_after=CACHE_EXPIRY)
     preprocess_output = s3_join(prefix, "preprocess")
     data_report = PropertyFile(name="DataReport", output_name="report", path="data-report.json")
@@ -202,7 +196,8 @@ def build_image_pipeline(
         output_uri=s3_join(prefix, "edge"), edge_targets=edge_targets_param, region=region, cache=cache,
     )  # fmt: skip
     register = register_step(
-        session, bucket=default_bucket, role=role, inference_image_uri=inference_image,
+        # the endpoint serves from the project's image too (its `serve`: infra/images/mxnet/serve)
+        session, bucket=default_bucket, role=role, inference_image_uri=mxnet_image,
         model_uri=model_artifacts_uri(train), evaluation_uri=evaluation_uri(evaluate),
         model_package_group_name=model_package_group_name, approval_status=approval_status,
         edge_targets=targets, compile_step=compile_, compiled=compiled, compiled_uri=compiled_uri(compile_),

@@ -825,8 +825,7 @@ def test_the_pipeline_role_pulls_only_the_definitions_images(deployment: Deploym
     assert {arn.rsplit("/", 1)[1] for arn in repositories} == {
         "tensorflow-training",
         "tensorflow-inference",
-        "robocar-mxnet",  # the classifier's Train, Evaluate and Compile: this account's repository
-        "mxnet-inference",  # the classifier's registered container
+        "robocar-mxnet",  # the classifier's Train, Evaluate, Compile and endpoint: this account's repository
     }
     (own,) = [arn for arn in repositories if arn.endswith("/robocar-mxnet")]
     assert own == deployment.context.attribute("MXNetImageRepository", "Arn")
@@ -869,17 +868,6 @@ def test_the_dlc_mapping_is_the_sdks_registry_table() -> None:
     mapping = infra.load_template()["Mappings"]["DeepLearningContainers"]
     assert mapping == {region: {"Account": account} for region, account in registries[0].items()}
     assert {row["Account"] for row in mapping.values()} > {"763104351884"}  # some regions differ
-    # the classifier's registered container (mxnet-inference) is granted from the same accounts
-    from pipelines.classifier.pipeline import MXNET_FRAMEWORK_VERSION
-
-    mxnet = config_for_framework("mxnet")["inference"]
-    version = mxnet.get("version_aliases", {}).get(MXNET_FRAMEWORK_VERSION, MXNET_FRAMEWORK_VERSION)
-    mxnet_registries = mxnet["versions"][version]["registries"]
-    shared = set(mxnet_registries) & set(mapping)
-    assert len(shared) > 30
-    assert {region: mxnet_registries[region] for region in shared} == {
-        region: mapping[region]["Account"] for region in shared
-    }
     context = infra.render_context(infra.load_template(), {}, region="nowhere-1")
     with pytest.raises(infra.InfraError, match="has no nowhere-1.Account"):
         infra.resolve(_statements(infra.load_template()["Resources"]["PipelineExecutionRole"]), context)
