@@ -215,6 +215,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         artifacts = {a["file"]: a for a in manifest["artifacts"]}
         float_file = next(f for f, a in artifacts.items() if a["precision"] == "float32")
         macs = count_macs(package / float_file)
+        mac_kinds = macs_by_kind(package / float_file)
         profiles = {file: profile_ops(package / file, photos[0], args.profile_runs) for file in artifacts}
         runners = {"mxnet": mxnet_runner(model)}
         runners.update({file: onnx_runner(package / file) for file in artifacts})
@@ -245,7 +246,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "default": manifest["default"],
         },
         "limit_fps": {p: median([lim[p] for lim in limits]) for p in ("float32", "int8")},
-        "profile": {"us_per_photo": profiles, "macs_by_kind": macs_by_kind(package / float_file)},
+        "profile": {"us_per_photo": profiles, "macs_by_kind": mac_kinds},
         "peak_gmacs": {p: median([max(peak[p].values()) for peak in peaks]) for p in ("float32", "int8")},
         "rows": rows,
         "rounds": args.repeats,
