@@ -114,12 +114,32 @@ def draw_shape(
         raise ValueError(f"unknown class {name!r}")
 
 
-def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
-    """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
+def photo_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) of a photo: longer side ``MIN_SIDE``..``MAX_SIDE``, aspect up to ``MAX_ASPECT``."""
     aspect = math.exp(rng.uniform(-math.log(MAX_ASPECT), math.log(MAX_ASPECT)))
     longer = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
     shorter = max(MIN_SIDE // 2, int(round(longer / max(aspect, 1 / aspect))))
-    width, height = (longer, shorter) if aspect >= 1 else (shorter, longer)
+    return (longer, shorter) if aspect >= 1 else (shorter, longer)
+
+
+def blur_and_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``image`` blurred half the time and with Gaussian noise of a random strength, as a camera adds."""
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    noise = rng.normal(0, rng.uniform(2, 12), size=(image.height, image.width, 3))
+    pixels = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(photo: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
+    """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
+    width, height = photo_size(rng)
     background, colour = _contrasting_colours(rng)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
@@ -128,10 +148,17 @@ def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
     cx = width / 2 + rng.uniform(-0.1, 0.1) * side
     cy = height / 2 + rng.uniform(-0.1, 0.1) * side
     draw_shape(draw, name, (cx, cy, radius), rng.uniform(0, 2 * math.pi), colour)
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, rng.uniform(2, 12), size=(height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return blur_and_noise(image, rng)
+
+
+def job_metadata(job_name: str, created: datetime, human: bool) -> dict[str, str]:
+    """The metadata keys every labeling job writes: ``job-name`` (``labeling-job/<name>``, as jobs
+    write it), ``human-annotated`` and ``creation-date`` (ISO 8601 without a zone, microseconds)."""
+    return {
+        "job-name": f"labeling-job/{job_name}",
+        "human-annotated": "yes" if human else "no",
+        "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+    }
 
 
 def ground_truth_line(
@@ -153,9 +180,7 @@ def ground_truth_line(
             "class-name": class_name,
             "confidence": confidence,
             "type": CLASSIFICATION_TYPE,
-            "job-name": f"labeling-job/{job_name}",
-            "human-annotated": "yes" if human else "no",
-            "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+            **job_metadata(job_name, created, human),
         },
     }
     return json.dumps(record, separators=(",", ":")) + "\n"
@@ -191,9 +216,7 @@ def write_classes(
         if rng.random() < GREY_FRACTION:
             photo, grey = photo.convert("L"), grey + 1
         name = f"{index:06d}.jpg"
-        buffer = io.BytesIO()
-        photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (out_dir / "images" / name).write_bytes(buffer.getvalue())
+        (out_dir / "images" / name).write_bytes(jpeg_bytes(photo))
         created = BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
         human = bool(rng.random() >= AUTO_LABELLED_FRACTION)
         lines.append(
