@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,12 +59,16 @@ class SynthSummary:
     grey: int
 
 
-def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def luminance(colour: Sequence[int]) -> float:
+    """ITU-R BT.601 luma of an RGB colour (what a greyscale conversion keeps)."""
+    return float(np.asarray(colour) @ np.array([0.299, 0.587, 0.114]))
+
+
+def contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(background, shape) RGB colours whose luminances differ by at least ``MIN_CONTRAST``."""
     while True:
         background, shape = rng.integers(0, 256, size=(2, 3))
-        luminance = np.array([0.299, 0.587, 0.114])
-        if abs(float(background @ luminance) - float(shape @ luminance)) >= MIN_CONTRAST:
+        if abs(luminance(background) - luminance(shape)) >= MIN_CONTRAST:
             return tuple(int(v) for v in background), tuple(int(v) for v in shape)
 
 
@@ -140,7 +144,7 @@ def jpeg_bytes(photo: Image.Image) -> bytes:
 def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
     """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
     width, height = photo_size(rng)
-    background, colour = _contrasting_colours(rng)
+    background, colour = contrasting_colours(rng)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     side = min(width, height)
@@ -186,6 +190,27 @@ def ground_truth_line(
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
+def check_attribute(attribute: str) -> None:
+    """ValueError for a label attribute name Ground Truth refuses (augmented manifests read ``-ref``
+    as a reference to data: https://docs.aws.amazon.com/sagemaker/latest/dg/augmented-manifest.html)."""
+    if attribute.endswith("-ref") or "-metadata" in attribute or not attribute:
+        raise ValueError(f"{attribute!r}: a label attribute may not end in -ref or contain -metadata")
+
+
+def new_output_folder(out_dir: Path) -> Path:
+    """``out_dir`` with an empty ``images/`` in it; FileExistsError if it holds anything already."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def creation_date(seed: int, index: int, rng: np.random.Generator) -> datetime:
+    """The creation date of line ``index``: a few seconds apart, a function of the seed only."""
+    return BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
+
+
 def write_classes(
     out_dir: Path,
     classes: int,
@@ -202,12 +227,8 @@ def write_classes(
         raise ValueError(f"classes must be 2..{len(CLASS_NAMES)}, got {classes}")
     if images < classes:
         raise ValueError(f"need at least one image per class: {images} images for {classes} classes")
-    if attribute.endswith("-ref") or "-metadata" in attribute or not attribute:
-        raise ValueError(f"{attribute!r}: a label attribute may not end in -ref or contain -metadata")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    check_attribute(attribute)
+    out_dir = new_output_folder(out_dir)
     rng = np.random.default_rng([seed, classes, images])
     labels = rng.permutation(np.arange(images) % classes)
     lines, grey = [], 0
@@ -217,7 +238,7 @@ def write_classes(
             photo, grey = photo.convert("L"), grey + 1
         name = f"{index:06d}.jpg"
         (out_dir / "images" / name).write_bytes(jpeg_bytes(photo))
-        created = BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
+        created = creation_date(seed, index, rng)
         human = bool(rng.random() >= AUTO_LABELLED_FRACTION)
         lines.append(
             ground_truth_line(
