@@ -25,6 +25,10 @@ from pipelines.synth_boxes import (
     write_boxes,
 )
 from pipelines.synth_classes import MANIFEST_NAME, MIN_CONTRAST, draw_shape
+from processing.ground_truth import class_list
+from processing.ground_truth_boxes import read_bounding_boxes
+from processing.records import RecordValidator
+from processing.tubs import discover_sources
 
 METADATA_KEYS = {"objects", "class-map", "type", "human-annotated", "creation-date", "job-name"}
 
@@ -171,3 +175,25 @@ def test_command_writes_the_set_and_refuses_to_overwrite(tmp_path: Path, capsys)
     assert "not empty" in capsys.readouterr().err
     assert robocar([*argv, "--classifier"]) == 2
     assert "one of --classifier and --detection" in capsys.readouterr().err
+
+
+def test_the_pipelines_bounding_box_reader_accepts_every_record(synth: Path) -> None:
+    (source,) = discover_sources(synth)
+    assert source.format == "ground-truth"
+    classes: dict[int, str] = {}
+    report, candidates = read_bounding_boxes(source, RecordValidator("ground_truth_record"), synth, classes)
+    assert (report.read, report.rejected, len(candidates)) == (80, 0, 80)
+    assert class_list(classes) == list(DETECTION_CLASS_NAMES[:4])
+    records = manifest_records(synth)
+    assert sum(c.machine_labelled for c in candidates) == sum(
+        r["bounding-box-metadata"]["human-annotated"] == "no" for r in records
+    )
+    for candidate, record in zip(candidates, records, strict=True):
+        (size,) = record["bounding-box"]["image_size"]
+        assert candidate.image_size == (size["width"], size["height"])
+        expected = [
+            (a["class_id"], a["left"] / size["width"], a["top"] / size["height"],
+             (a["left"] + a["width"]) / size["width"], (a["top"] + a["height"]) / size["height"])
+            for a in record["bounding-box"]["annotations"]
+        ]  # fmt: skip
+        assert np.allclose(candidate.boxes, expected) if expected else candidate.boxes == ()
