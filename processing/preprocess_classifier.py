@@ -56,7 +56,7 @@ from edge.atomic_files import atomic_write_bytes, atomic_write_json
 from edge.photos import CLASSES_FILE, PhotoError, open_rgb, resize_shorter_side, resize_side_for
 from edge.s3_uri import split_s3_uri
 from processing.errors import add_debug_flag, run_main
-from processing.ground_truth import CLASSIFICATION_TYPE, class_list
+from processing.ground_truth import CLASSIFICATION_TYPE, class_list, read_ground_truth
 from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, LimitError, limit_text, read_limited
 from processing.preprocess import (
     DEFAULT_INPUT,
@@ -492,24 +492,37 @@ def build_report(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole step; returns data-report.json's content. Raises PreprocessError / DataQualityError."""
+    side = resize_side(args.image_size)
+    return run_recipe(
+        args,
+        read_manifest=read_ground_truth,
+        split_outputs=(IMAGE_LIST,),
+        convert=lambda candidate: resized_jpeg(candidate.image_path, side),
+        write_outputs=write_outputs,
+        build_report=build_report,
+    )
+
+
+def run_recipe(
+    args: argparse.Namespace,
+    *,
+    read_manifest: Callable[..., tuple[SourceReport, list[Candidate]]],
+    split_outputs: Sequence[str],
+    convert: Callable[[Candidate], bytes],
+    write_outputs: Callable[[dict[str, Path], Sequence[Accepted], Sequence[str], str | None], None],
+    build_report: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """A Preprocess of Ground Truth manifests: check the options, read every manifest with
+    ``read_manifest``, judge and ``convert`` every photo into its split, ``write_outputs`` (the
+    ``split_outputs`` files beside ``images/``), then the report (``build_report``)."""
     fractions = check_options(args)
     limits = limits_from(args)
     output_uri = output_uri_from(args.output_uri)
     sources = manifest_sources(args.input, limits)
-    reports, candidates, owners, found_classes = read_sources(sources, args, limits)
+    reports, candidates, owners, found_classes = read_sources(sources, args, limits, read_manifest)
     classes = class_list(found_classes)
-    split_dirs = prepare_split_dirs(args.output)
-    side = resize_side(args.image_size)
-    outcome = write_photos(
-        candidates,
-        owners,
-        reports,
-        split_dirs,
-        lambda candidate: resized_jpeg(candidate.image_path, side),
-        fractions,
-        args.seed,
-        limits,
-    )
+    split_dirs = prepare_split_dirs(args.output, split_outputs)
+    outcome = write_photos(candidates, owners, reports, split_dirs, convert, fractions, args.seed, limits)
     write_outputs(split_dirs, outcome.accepted, classes, output_uri)
     report = build_report(args, reports, outcome, classes, fractions, output_uri)
     return finish(args.output, reports, report)
@@ -552,15 +565,27 @@ def summary_line(report: dict[str, Any], seconds: float, side: int | None = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: _run_and_summarise(args), debug=args.debug)
+    return preprocess_main(PROG, build_parser(), run, summary_line, argv)
 
 
-def _run_and_summarise(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    report = run(args)
-    print(summary_line(report, time.perf_counter() - started), flush=True)
-    return 0
+def preprocess_main(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    summary: Callable[[dict[str, Any], float], str],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse ``argv``, ``run`` the step and print its ``summary`` line, with the exit statuses of
+    ``processing.errors.run_main``."""
+    args = parser.parse_args(argv)
+
+    def run_and_summarise() -> int:
+        started = time.perf_counter()
+        report = run(args)
+        print(summary(report, time.perf_counter() - started), flush=True)
+        return 0
+
+    return run_main(prog, run_and_summarise, debug=args.debug)
 
 
 if __name__ == "__main__":

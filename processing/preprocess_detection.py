@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,26 +41,19 @@ from typing import Any
 
 from edge.atomic_files import atomic_write_bytes
 from edge.photos import CLASSES_FILE, PhotoError, open_rgb, stretch
-from processing.errors import run_main
-from processing.ground_truth import class_list
 from processing.ground_truth_boxes import DETECTION_TYPE, read_bounding_boxes
-from processing.preprocess import limits_from, read_sources
 from processing.preprocess_classifier import (
     JPEG_QUALITY,
     Accepted,
     Outcome,
     accounting_report,
     add_preprocess_arguments,
-    check_options,
     encode_jpeg,
-    finish,
     image_name,
-    manifest_sources,
-    output_uri_from,
-    prepare_split_dirs,
+    preprocess_main,
+    run_recipe,
     summary_line,
     too_little_data,
-    write_photos,
 )
 from processing.records import Rejection
 from processing.splits import SPLITS
@@ -224,42 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole step; returns data-report.json's content. Raises PreprocessError / DataQualityError."""
-    fractions = check_options(args)
-    limits = limits_from(args)
-    output_uri = output_uri_from(args.output_uri)
-    sources = manifest_sources(args.input, limits)
-    reports, candidates, owners, found_classes = read_sources(sources, args, limits, read_bounding_boxes)
-    classes = class_list(found_classes)
-    split_dirs = prepare_split_dirs(args.output, (ANNOTATIONS_FILE,))
     side = args.image_size
-    outcome = write_photos(
-        candidates,
-        owners,
-        reports,
-        split_dirs,
-        lambda candidate: stretched_jpeg(candidate, side),
-        fractions,
-        args.seed,
-        limits,
+    return run_recipe(
+        args,
+        read_manifest=read_bounding_boxes,
+        split_outputs=(ANNOTATIONS_FILE,),
+        convert=lambda candidate: stretched_jpeg(candidate, side),
+        write_outputs=lambda dirs, accepted, classes, uri: write_outputs(dirs, accepted, classes, uri, side),
+        build_report=build_report,
     )
-    write_outputs(split_dirs, outcome.accepted, classes, output_uri, side)
-    return finish(args.output, reports, build_report(args, reports, outcome, classes, fractions, output_uri))
+
+
+def summary(report: dict[str, Any], seconds: float) -> str:
+    """The classifier's summary line at the stretched side, and the objects."""
+    objects = sum(report["splits"][split]["objects"] for split in SPLITS)
+    return f"{summary_line(report, seconds, report['image_size'])}; {objects} objects"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: _run_and_summarise(args), debug=args.debug)
-
-
-def _run_and_summarise(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    report = run(args)
-    objects = sum(report["splits"][split]["objects"] for split in SPLITS)
-    print(
-        f"{summary_line(report, time.perf_counter() - started, args.image_size)}; {objects} objects",
-        flush=True,
-    )
-    return 0
+    return preprocess_main(PROG, build_parser(), run, summary, argv)
 
 
 if __name__ == "__main__":
