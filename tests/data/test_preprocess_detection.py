@@ -15,11 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from pipelines.synth_boxes import Box, bounding_box_line, write_boxes
 from pipelines.synth_classes import MANIFEST_NAME
+from processing.ground_truth_boxes import check_boxes_record
+from processing.limits import DEFAULT_LIMITS
 from processing.preprocess_detection import main
+from processing.records import REASONS, Rejection
 
 SPLITS = ("train", "validation", "test")
 CREATED = datetime(2026, 1, 2)
@@ -343,3 +348,88 @@ def test_the_script_runs_as_the_container_runs_it(tmp_path: Path, dataset: Path)
     last = result.stdout.splitlines()[-1]
     assert last.startswith("total: read 40, accepted 40, rejected 0; train ") and " at 96 px; " in last
     assert last.endswith(" objects")
+
+
+junk = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.just([]), st.just({}))
+coordinate = st.one_of(
+    st.integers(min_value=-60, max_value=260), st.floats(allow_nan=True, allow_infinity=True), junk
+)
+pixels = st.integers(min_value=-3, max_value=210)
+extent = st.integers(min_value=-2, max_value=120)
+annotation = st.one_of(
+    st.fixed_dictionaries(  # well formed, inside or outside, possibly empty
+        {"class_id": st.integers(min_value=-1, max_value=2), "left": pixels, "top": pixels,
+         "width": extent, "height": extent}
+    ),
+    st.fixed_dictionaries(
+        {"class_id": st.one_of(st.integers(min_value=-2, max_value=4), junk)},
+        optional=dict.fromkeys(("left", "top", "width", "height"), coordinate),
+    ),
+    junk,
+)  # fmt: skip
+side = st.integers(min_value=1, max_value=300)
+good_size = st.builds(lambda width, height: [{"width": width, "height": height, "depth": 3}], side, side)
+image_size = st.one_of(
+    good_size,
+    st.lists(
+        st.fixed_dictionaries({}, optional=dict.fromkeys(("width", "height", "depth"), coordinate)),
+        max_size=2,
+    ),
+    junk,
+)
+good_class_map = st.just({"0": "circle", "1": "square"})
+# A box of class 0 or 1 that fits a photo of 111 px or more (or is 1 px out: clipped).
+inside = st.integers(min_value=-1, max_value=50)
+good_annotation = st.fixed_dictionaries(
+    {"class_id": st.sampled_from([0, 1]), "left": inside, "top": inside,
+     "width": st.integers(min_value=1, max_value=60), "height": st.integers(min_value=1, max_value=60)}
+)  # fmt: skip
+roomy_size = st.builds(
+    lambda width, height: [{"width": width, "height": height, "depth": 3}], *[st.integers(111, 300)] * 2
+)
+class_map = st.one_of(
+    good_class_map,
+    st.dictionaries(st.text(max_size=12), st.one_of(st.text(max_size=4), junk), max_size=3),
+    junk,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        # a well-formed line whose annotations vary: the accepting path is reached
+        st.tuples(
+            st.fixed_dictionaries(
+                {
+                    "image_size": roomy_size,
+                    "annotations": st.lists(st.one_of(good_annotation, annotation), max_size=3),
+                }
+            ),
+            good_class_map,
+        ),
+        # anything in any field
+        st.tuples(
+            st.fixed_dictionaries(
+                {"image_size": image_size, "annotations": st.one_of(st.lists(annotation, max_size=4), junk)}
+            ),
+            class_map,
+        ),
+    )
+)
+def test_a_record_is_normalised_boxes_or_a_named_rejection(line: tuple) -> None:
+    """Whatever a line holds, the reader either returns boxes inside [0, 1] of classes the line names,
+    or rejects the record with a reason from the report's vocabulary; nothing else escapes."""
+    label, names = line
+    record = {
+        "source-ref": "photos/a.jpg",
+        "bounding-box": label,
+        "bounding-box-metadata": {"class-map": names, "type": "groundtruth/object-detection"},
+    }
+    try:
+        _, fields = check_boxes_record(record, None, DEFAULT_LIMITS, {})
+    except Rejection as rejection:
+        assert rejection.code in REASONS and rejection.reason.startswith(rejection.code + ": ")
+        return
+    for class_id, xmin, ymin, xmax, ymax in fields["boxes"]:
+        assert str(class_id) in names
+        assert 0.0 <= xmin < xmax <= 1.0 and 0.0 <= ymin < ymax <= 1.0
