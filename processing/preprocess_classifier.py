@@ -483,7 +483,7 @@ def build_report(
             "output_uri": output_uri,
             # The built-in image-classification algorithm requires both as hyperparameters
             # (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-Hyperparameter.html); its Train step reads
-            # them from here (steps/train_classifier.py).
+            # them from here (pipelines/classifier/pipeline.py).
             "builtin": {"num_classes": len(classes), "num_training_samples": splits["train"]["images"]},
         }
     )
