@@ -3,7 +3,11 @@
 What is measured, in one run, on the same photos and the same weights:
 
 * each artifact of a compiled classifier package (``processing/compile_classifier.py``: ONNX float32 and
-  int8) through ONNX Runtime, one intra-op thread, ``session.run`` on one prepared photo [1, 3, H, W];
+  int8) through ONNX Runtime with the car's session options (``edge.runtimes.onnx_session``), one
+  intra-op thread, ``session.run`` on one prepared photo [1, 3, H, W];
+* where each artifact's time goes: ONNX Runtime's profiler on the same options, each node's median time
+  summed by kind (1x1, depthwise, full convolutions; other operators by name), beside the share of the
+  model's multiply-adds each kind holds and the rate it reaches (``--profile-runs``);
 * MXNet's own forward of the trained symbol and params (``training.classifier.load_exported``:
   ``net(mx.nd.array(x)).asnumpy()``), one engine thread, the same inputs: the baseline of the ratio;
 * this machine's single-thread limit (``benchmarks/edge.py``'s ``measure_peaks``: float32 and int8
@@ -118,11 +122,76 @@ def mxnet_runner(model: Path) -> Callable[[Any], Any]:
 
 
 def onnx_runner(path: Path) -> Callable[[Any], Any]:
-    from processing.compile_classifier import ort_session
+    """The artifact as the car runs it: ``edge.runtimes.onnx_session`` (its session options), one thread."""
+    from edge.runtimes import onnx_session
 
-    session = ort_session(path, threads=1)
+    session = onnx_session(path, threads=1)
     name = session.get_inputs()[0].name
     return lambda photo: session.run(None, {name: photo})
+
+
+# ------------------------------------------------------------------------------------------ profile
+
+
+def node_kind(node: Any) -> str:
+    """What a node costs as: convolutions by shape (their kernels differ), other nodes by operator."""
+    import onnx
+
+    if node.op_type not in ("Conv", "QLinearConv"):
+        return node.op_type
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attributes.get("group", 1) > 1:
+        return "depthwise conv"
+    return "1x1 conv" if list(attributes.get("kernel_shape", [])) == [1, 1] else "full conv"
+
+
+def kinds_of(model_path: Path) -> dict[str, str]:
+    import onnx
+
+    graph = onnx.load(str(model_path)).graph
+    return {node.name or f"{node.op_type}_{i}": node_kind(node) for i, node in enumerate(graph.node)}
+
+
+def macs_by_kind(float_path: Path) -> dict[str, int]:
+    """Multiply-adds per photo by node kind, from the float32 export (every artifact computes the same)."""
+    from benchmarks.edge import macs_by_node
+
+    kinds, totals = kinds_of(float_path), {}
+    for name, macs in macs_by_node(float_path).items():
+        kind = "Gemm" if kinds[name] in ("Gemm", "MatMul") else kinds[name]
+        totals[kind] = totals.get(kind, 0) + macs
+    return totals
+
+
+def profile_ops(path: Path, photo: Any, runs: int) -> dict[str, float]:
+    """Microseconds per photo by node kind, from ONNX Runtime's profiler on the car's session options
+    (the graph as ORT optimised it: NCHWc float32, NHWC int8); each node's median over ``runs``."""
+    import onnxruntime as ort
+
+    from benchmarks.edge import median
+    from edge.runtimes import onnx_session_options
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = onnx_session_options(1)
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: photo}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        kinds = kinds_of(Path(options.optimized_model_filepath))
+    durations: dict[tuple[str, str], list[float]] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            name = event["name"].removesuffix("_kernel_time")
+            kind = kinds.get(name, event["args"]["op_name"])
+            durations.setdefault((name, kind), []).append(event["dur"])
+    totals: dict[str, float] = {}
+    for (_, kind), values in durations.items():
+        totals[kind] = totals.get(kind, 0.0) + median(values)
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,6 +215,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         artifacts = {a["file"]: a for a in manifest["artifacts"]}
         float_file = next(f for f, a in artifacts.items() if a["precision"] == "float32")
         macs = count_macs(package / float_file)
+        mac_kinds = macs_by_kind(package / float_file)
+        profiles = {file: profile_ops(package / file, photos[0], args.profile_runs) for file in artifacts}
         runners = {"mxnet": mxnet_runner(model)}
         runners.update({file: onnx_runner(package / file) for file in artifacts})
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
@@ -175,6 +246,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "default": manifest["default"],
         },
         "limit_fps": {p: median([lim[p] for lim in limits]) for p in ("float32", "int8")},
+        "profile": {"us_per_photo": profiles, "macs_by_kind": mac_kinds},
         "peak_gmacs": {p: median([max(peak[p].values()) for peak in peaks]) for p in ("float32", "int8")},
         "rows": rows,
         "rounds": args.repeats,
@@ -216,12 +288,32 @@ def print_report(report: dict[str, Any]) -> None:
             f"{name:<26}{row['fps']:>9,.0f}{row['p99_ms']:>9.3f}{row['x_mxnet']:>8.2f}x"
             f"{100 * row['of_limit']:>9.1f}%  {accuracy}"
         )
+    print_profile(report)
     int8 = next(row for row in report["rows"].values() if row["precision"] == "int8")
     speed = "met" if int8["x_mxnet"] >= GOALS["int8_x_mxnet"] else "NOT met"
     points = int8["accuracy_delta"]["points"]
     accuracy = "met" if points <= GOALS["int8_accuracy_points"] else "NOT met"
     print(f"goal int8 >= {GOALS['int8_x_mxnet']:.0f}x MXNet: {speed} ({int8['x_mxnet']:.2f}x)")
     print(f"goal int8 within {GOALS['int8_accuracy_points']:.0f} point of MXNet: {accuracy} ({points:+.2f})")
+
+
+def print_profile(report: dict[str, Any]) -> None:
+    """Where each artifact's time goes (profiler, median per node), against where its multiply-adds are."""
+    profile = report.get("profile")
+    if not profile:
+        return
+    macs = profile["macs_by_kind"]
+    all_macs = sum(macs.values())
+    for file, kinds in profile["us_per_photo"].items():
+        total = sum(kinds.values())
+        print(f"profile of {file}: {total:.0f} us a photo in kernels (profiler on, so slower than timed)")
+        for kind, us in kinds.items():
+            share = (
+                f"{100 * macs[kind] / all_macs:5.1f}% of MACs, {macs[kind] / us / 1e3:6.1f} G/s"
+                if kind.endswith("conv")
+                else ""
+            )
+            print(f"  {kind:<24}{us:8.1f} us {100 * us / total:5.1f}%  {share}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one timing round (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds; figures are medians (default 5)")
+    parser.add_argument(
+        "--profile-runs", type=int, default=500, help="ONNX Runtime profiler runs per artifact (default 500)"
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     return parser
 

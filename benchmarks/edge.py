@@ -185,6 +185,11 @@ def measure_peaks() -> dict[str, dict[str, float]]:
 
 def count_macs(onnx_path: Path) -> int:
     """Multiply-adds per frame of an ONNX graph (Conv, MatMul, Gemm), batch 1, from inferred shapes."""
+    return sum(macs_by_node(onnx_path).values())
+
+
+def macs_by_node(onnx_path: Path) -> dict[str, int]:
+    """Multiply-adds per frame of each Conv, MatMul and Gemm node (by node name), batch 1."""
     import onnx
     from onnx import numpy_helper, shape_inference
 
@@ -196,20 +201,21 @@ def count_macs(onnx_path: Path) -> int:
         shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
     for init in graph.initializer:
         shapes[init.name] = list(numpy_helper.to_array(init).shape)
-    total = 0
-    for node in graph.node:
+    macs: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
         out = shapes.get(node.output[0])
         if out is None:
             continue
+        name = node.name or f"{node.op_type}_{index}"
         if node.op_type == "Conv":
             weight = shapes[node.input[1]]  # [C_out, C_in / groups, kh, kw]
-            total += int(np.prod(out)) * int(np.prod(weight[1:]))
+            macs[name] = int(np.prod(out)) * int(np.prod(weight[1:]))
         elif node.op_type in ("MatMul", "Gemm", "MatMulInteger"):
             # The weight's rows give the inner size: after a dynamic Reshape the input's shape is unknown.
             weight = shapes.get(node.input[1])
             inner = weight[-2] if weight and len(weight) >= 2 else shapes[node.input[0]][-1]
-            total += int(np.prod(out)) * inner
-    return total
+            macs[name] = int(np.prod(out)) * inner
+    return macs
 
 
 # --------------------------------------------------------------------------- donkeycar's pilot

@@ -120,11 +120,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     _add_recording(run.add_argument_group("recording (docs/recording.md)"), "--record")
     mqtt_keys = ("mqtt_host", "mqtt_port", "mqtt_topic", "mqtt_username", "mqtt_password")
     settings.add_arguments(run, mqtt_keys, "MQTT (published when a broker is given)")
-    mqtt = run.add_argument_group("MQTT connection")
-    mqtt.add_argument("--mqtt-client-id", default="", help="client id (default: robocar-<pid>)")
-    mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
-    mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
-    mqtt.add_argument("--mqtt-key", help="client key for TLS")
+    mqtt = _add_mqtt_connection(run)
     settings.add_arguments(run, ("telemetry_rate", "car_id"), "telemetry (docs/telemetry.md)")
     mqtt.add_argument(
         "--telemetry-frame", action="store_true", help="add the camera frame (80 px wide JPEG, base64)"
@@ -136,6 +132,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.set_defaults(handler=_guard(_run))
 
     _add_record_command(commands)
+    _add_serve_command(commands)
 
     status = commands.add_parser(
         "status", help="show the installed model, the previous one and the last check"
@@ -167,6 +164,50 @@ def configure(parser: argparse.ArgumentParser) -> None:
     component.set_defaults(handler=_guard(_component))
 
 
+def _add_mqtt_connection(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The connection's client id and TLS files (``_mqtt_config`` reads them)."""
+    mqtt = parser.add_argument_group("MQTT connection")
+    mqtt.add_argument("--mqtt-client-id", default="", help="client id (default: robocar-<pid>)")
+    mqtt.add_argument("--mqtt-ca", help="CA bundle for TLS (e.g. AWS IoT Core)")
+    mqtt.add_argument("--mqtt-cert", help="client certificate for TLS")
+    mqtt.add_argument("--mqtt-key", help="client key for TLS")
+    return mqtt
+
+
+def _add_serve_command(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="answer inference requests from MQTT with the installed model (docs/serving.md)",
+        description="Subscribe to the request topic; for each {\"id\", \"image_path\" | \"image_b64\"} "
+        "request, run the installed model (a classifier: top-k classes; a pilot: angle and throttle) and "
+        "publish {\"id\", \"model_version\", \"latency_ms\", \"prediction\"} on the result topic (QoS 1); "
+        "a request that cannot be answered gets {\"id\", \"error\"} there. Follows new models as the agent "
+        "installs them (--interval: poll while serving); SIGTERM ends it with a summary line.",
+    )  # fmt: skip
+    _add_root(serve)
+    _add_registry(serve)
+    _add_model_choice(serve)
+    serve.add_argument("--model", type=Path, help="serve this extracted package folder (no agent, no pull)")
+    settings.add_arguments(serve, ("edge_interval",), "polling")
+    serve.add_argument("--no-pull", action="store_true", help="do not ask the registry before serving")
+    settings.add_arguments(
+        serve, ("serve_request_topic", "serve_result_topic", "serve_images_root", "car_id"), "requests"
+    )
+    serve.add_argument(
+        "--max-image-bytes", type=int,
+        help="larger images are refused with an error (default: 8 MiB, edge.serve.DEFAULT_MAX_IMAGE_BYTES)",
+    )  # fmt: skip
+    serve.add_argument("--top-k", type=int, default=3, help="classifier: the classes per answer (default: 3)")
+    serve.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
+    serve.add_argument("--max-requests", type=int, default=None, help="stop after N requests")
+    serve.add_argument("--summary-json", type=Path, help="also write the final summary as JSON here")
+    settings.add_arguments(
+        serve, ("mqtt_host", "mqtt_port", "mqtt_username", "mqtt_password"), "MQTT (the broker is required)"
+    )
+    _add_mqtt_connection(serve)
+    _add_debug(serve)
+    serve.set_defaults(handler=_guard(_serve), quiet=False)
+
+
 def _configure_upload(commands: Any) -> None:
     upload = commands.add_parser(
         "upload", help="send closed tub sessions to the raw-data prefix (resumable, once per content)",
@@ -191,9 +232,10 @@ def _configure_upload(commands: Any) -> None:
 
 # ---- plumbing -----------------------------------------------------------------------------------------
 def _user_errors() -> tuple[type[Exception], ...]:
-    from edge import agent, artifacts, drive, frames, record, runtimes, sources, telemetry, upload
+    from edge import agent, artifacts, drive, frames, record, runtimes, serve, sources, telemetry, upload
 
     return (
+        serve.ServeError,
         upload.UploadError,
         telemetry.TelemetryError,
         agent.AgentError,
@@ -378,9 +420,11 @@ def _run(args: argparse.Namespace) -> int:
         return _drive(args, stop)
 
 
-def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
+def _installed_model(args: argparse.Namespace, stop: threading.Event) -> tuple[Path, dict[str, str] | None]:
+    """(the model folder to use, what the update check said): ``--model``, else the agent's ``current``
+    link after an update check (unless --no-pull), with the registry polled every --interval seconds in
+    a thread until ``stop``; a car with no model yet waits for the poller's first install."""
     from edge import agent as agent_mod
-    from edge import drive, sources
 
     log = logging.getLogger("robocar.edge")
     update: dict[str, str] | None = None
@@ -402,6 +446,14 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
                 log.warning("no model installed yet: waiting for the first approved model (--interval)")
                 while not model_path.exists() and not stop.wait(0.2):
                     pass
+    return model_path, update
+
+
+def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
+    from edge import drive, sources
+
+    log = logging.getLogger("robocar.edge")
+    model_path, update = _installed_model(args, stop)
 
     def opener(path: Path) -> Any:
         return drive.open_pilot(path, prefer=args.edge_prefer, threads=args.threads)
@@ -460,6 +512,48 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     if args.summary_json:
         args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if summary.frames else 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``serve``: the MQTT inference service (edge/serve.py) until SIGTERM or --max-requests."""
+    from edge import drive, serve
+    from edge.upload import default_car_id
+
+    if not args.mqtt_host:
+        raise serve.ServeError(
+            "--mqtt-host (or ROBOCAR_MQTT_HOST) is required: the broker requests come from"
+        )
+    request_topic, result_topic = serve.topics(
+        args.serve_request_topic, args.serve_result_topic, args.car_id or default_car_id()
+    )
+    limits = serve.RequestLimits(
+        images_root=Path(args.serve_images_root) if args.serve_images_root else None,
+        max_image_bytes=serve.DEFAULT_MAX_IMAGE_BYTES
+        if args.max_image_bytes is None
+        else args.max_image_bytes,
+    )
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            model_path, update = _installed_model(args, stop)
+            live = drive.LivePilot(model_path, serve.model_opener(args.edge_prefer, args.threads))
+            service = serve.InferenceService(live, limits, top_k=args.top_k)
+            summary = serve.serve(
+                service, _mqtt_config(args, result_topic), request_topic,
+                stop=stop.is_set, max_requests=args.max_requests,
+            )  # fmt: skip
+        finally:
+            stop.set()  # ends the registry poller
+    print(summary.text())
+    print(f"mqtt {result_topic}: {summary.mqtt['sent']} sent, {summary.mqtt['acknowledged']} acknowledged, "
+          f"{summary.mqtt['failed']} failed")  # fmt: skip
+    report = summary.to_dict()
+    if update is not None:
+        print(f"update check: {update['outcome']}: {update['detail']}")
+        report["update"] = update
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
 
 
 def _source(args: argparse.Namespace) -> str:

@@ -419,9 +419,15 @@ class LiteRtPilot(_PilotBase):
         return [interpreter.get_tensor(index) for index in self._output_indices]
 
 
-def onnx_session(path: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads, one inter-op thread and sequential
-    execution (pilots and edge.classify's classifiers load their ONNX artifacts through it)."""
+def onnx_session_options(threads: int) -> Any:
+    """The car's ONNX Runtime session options: ``threads`` intra-op threads, one inter-op thread,
+    sequential execution, every graph optimisation.
+
+    ORT_ENABLE_ALL (not EXTENDED) because its layout transformations are most of the classifier's speed:
+    float32 convolutions in NCHWc blocks and int8 QLinearConv in NHWC. Measured on the 64x64
+    EfficientNet-Lite0 classifier, one thread: float32 533 vs 3,093 us a photo (5.8x), int8 254 vs
+    318 us (1.25x) against ORT_ENABLE_EXTENDED (benchmarks/README.md, classifier section).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -429,6 +435,15 @@ def onnx_session(path: Path, threads: int) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def onnx_session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session with ``onnx_session_options`` (pilots and edge.classify's classifiers
+    load their ONNX artifacts through it)."""
+    import onnxruntime as ort
+
+    options = onnx_session_options(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -172,7 +172,7 @@ SETTINGS: tuple[Setting, ...] = (
         "--car-id",
         ("ROBOCAR_CAR_ID",),
         None,
-        "this car's name in upload keys and telemetry topics (default: the host name)",
+        "this car's name in upload keys and MQTT topics: telemetry, serve (default: the host name)",
     ),  # fmt: skip
     Setting(
         "edge_tubs",
@@ -201,6 +201,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mqtt_topic", "--mqtt-topic", ("ROBOCAR_MQTT_TOPIC",), "robocar/drive", "MQTT topic"),
     Setting("mqtt_username", "--mqtt-username", ("ROBOCAR_MQTT_USERNAME",), None, "MQTT user name"),
     Setting("mqtt_password", "--mqtt-password", ("ROBOCAR_MQTT_PASSWORD",), None, "MQTT password"),
+    # `robocar-edge serve` (edge/serve.py): the car's MQTT inference service.
+    Setting(
+        "serve_request_topic",
+        "--request-topic",
+        ("ROBOCAR_SERVE_REQUEST_TOPIC",),
+        None,
+        "the topic (or topic filter) requests arrive on (default: robocar/CAR-ID/requests)",
+    ),  # fmt: skip
+    Setting(
+        "serve_result_topic",
+        "--result-topic",
+        ("ROBOCAR_SERVE_RESULT_TOPIC",),
+        None,
+        "the topic answers and errors are published on (default: robocar/CAR-ID/results)",
+    ),  # fmt: skip
+    Setting(
+        "serve_images_root",
+        "--images-root",
+        ("ROBOCAR_SERVE_IMAGES_ROOT",),
+        None,
+        "the folder a request's image_path must be inside (default: image paths are refused)",
+    ),  # fmt: skip
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BACKEND_KEYS = ("backend", "workspace", "endpoint_url")

@@ -126,7 +126,8 @@ print(after["ModelApprovalStatus"], "-", after.get("ApprovalDescription"))
 if aws.is_local:  # what the stack's "approved" rule does on AWS, on the local workspace
     from pipelines.local.trigger import rollout_after_registry_change
 
-    lines = rollout_after_registry_change(aws.local_root, aws.sagemaker, settings.model_package_group)
+    group = settings.model_package_group  # the recipe's component and thing group (a car runs one model)
+    lines = rollout_after_registry_change(aws.local_root, aws.sagemaker, group, recipe=settings.recipe)
     print(*lines, sep="\n")
 elif DECISION == "Approved":
     print("EventBridge runs the rollout function: a Greengrass component version, deployed to the cars")

@@ -1,4 +1,4 @@
-"""The one definition of the two EventBridge rules and of the events they match.
+"""The one definition of the EventBridge rules and of the events they match.
 
 ``infra/template.yaml`` carries the same patterns (a test renders them from here and compares), and the
 local trigger (``pipelines/local/trigger.py``) matches its synthesized events against them with
@@ -10,6 +10,12 @@ last by ``aws s3 sync``/``cp --recursive`` (keys go in lexical order: ``catalog_
 archive. Its target is the snapshot function (``infra/snapshot/handler.py``), which names the raw prefix's
 contents by a manifest and starts the pipeline on it. Rule "approved": a model package of our group
 reaches ``ModelApprovalStatus: Approved``.
+
+Each recipe has its own "new data" rule on its own raw folder (``pipelines.datasets.RAW_FOLDERS``), told
+apart by what completes an upload there (``NEW_DATA_ENDINGS``): the pilot's a tub (above), the
+classifier's a Ground Truth output manifest (``*.manifest``, written by the labelling job once every
+label is in, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html), which names the
+photos uploaded beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,17 @@ MODEL_PACKAGE_STATE_CHANGE = "SageMaker Model Package State Change"
 # The file that completes a donkeycar v2 tub (docs/design.md, "The data as donkeycar writes it").
 TUB_MARKER = "manifest.json"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+GROUND_TRUTH_MANIFEST_SUFFIX = ".manifest"  # a Ground Truth output manifest (docs/classifier.md)
+# Per recipe (the keys of edge.settings.RECIPE_NAMES), the key endings (after ``<raw folder>/*``) of an
+# object that completes an upload: one event per labelled set or tub. The pilot's tub marker sits in
+# the tub's folder, hence its leading '/'.
+NEW_DATA_ENDINGS = {
+    "pilot": (f"/{TUB_MARKER}", *ARCHIVE_SUFFIXES),
+    "classifier": (GROUND_TRUTH_MANIFEST_SUFFIX,),
+}
+# Per recipe, the ending of a completing object whose folder's other files arrive with it (a tub's
+# images, a labelled set's photos): the object is new data once they, too, have settled.
+FOLDER_MARKERS = {"pilot": f"/{TUB_MARKER}", "classifier": GROUND_TRUTH_MANIFEST_SUFFIX}
 EXAMPLE_ACCOUNT = "123456789012"  # never a real account (house rule)
 _EVENT_NAMESPACE = uuid.UUID("0c6a3bb5-93f5-4c33-a1b7-7b8f0e5b6d1e")  # event ids derive from content
 
@@ -39,23 +56,31 @@ def normalize_prefix(prefix: str) -> str:
     return f"{stripped}/" if stripped else ""
 
 
-def new_data_key_filters(prefix: str) -> list[dict[str, str]]:
-    """The key filters: a ``manifest.json`` inside a folder under the prefix, or an archive under it.
+def new_data_endings(recipe: str) -> tuple[str, ...]:
+    try:
+        return NEW_DATA_ENDINGS[recipe]
+    except KeyError:
+        raise ValueError(f"no recipe {recipe!r} (recipes: {', '.join(NEW_DATA_ENDINGS)})") from None
 
-    ``wildcard`` because EventBridge ORs the filters of one field: prefix AND suffix need one wildcard.
+
+def new_data_key_filters(prefix: str, recipe: str = "pilot") -> list[dict[str, str]]:
+    """The key filters: for the pilot a ``manifest.json`` inside a folder under the prefix, or an archive
+    under it; for the classifier a ``*.manifest`` anywhere under it.
+
+    ``wildcard`` because EventBridge ORs the filters of one field: prefix AND suffix need one wildcard
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-create-pattern-operators.html#eb-filtering-wildcard-matching).
     """
     base = normalize_prefix(prefix)
-    return [{"wildcard": f"{base}*/{TUB_MARKER}"}] + [
-        {"wildcard": f"{base}*{suffix}"} for suffix in ARCHIVE_SUFFIXES
-    ]
+    return [{"wildcard": f"{base}*{ending}"} for ending in new_data_endings(recipe)]
 
 
-def new_data_pattern(bucket: str, prefix: str) -> dict[str, Any]:
-    """Rule "new data": an object that completes a tub is created under ``s3://bucket/prefix``."""
+def new_data_pattern(bucket: str, prefix: str, recipe: str = "pilot") -> dict[str, Any]:
+    """Rule "new data": an object that completes a recipe's upload is created under ``s3://bucket/prefix``
+    (the S3 event's fields: https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html)."""
     return {
         "source": [S3_SOURCE],
         "detail-type": [S3_OBJECT_CREATED],
-        "detail": {"bucket": {"name": [bucket]}, "object": {"key": new_data_key_filters(prefix)}},
+        "detail": {"bucket": {"name": [bucket]}, "object": {"key": new_data_key_filters(prefix, recipe)}},
     }
 
 

@@ -1,8 +1,8 @@
 """The CloudFormation stack (``infra/template.yaml``): check it against the rule definitions, deploy, show.
 
-The template carries the two EventBridge rule patterns written out in YAML; ``template_drift`` renders
-them (resolving ``!Ref``/``!Sub`` for given parameters) and compares with ``pipelines.events``, so the
-template and the local trigger cannot silently disagree. ``deploy`` refuses a drifted template.
+The template carries each recipe's two EventBridge rule patterns written out in YAML; ``template_drift``
+renders them (resolving ``!Ref``/``!Sub`` for given parameters) and compares with ``pipelines.events``, so
+the template and the local trigger cannot silently disagree. ``deploy`` refuses a drifted template.
 
 Clients are arguments (boto3's ``cloudformation`` and ``s3``; a moto server in the tests).
 """
@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from pipelines import events
+from pipelines.datasets import RAW_FOLDERS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = REPO_ROOT / "infra" / "template.yaml"
@@ -59,6 +60,26 @@ BUNDLED_TEMPLATE_NAME = "recipe_template.json"  # Lambda's Python has no PyYAML:
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed timestamps: the same sources give the same zip and key
 _TERMINAL_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
 _IN_PROGRESS = re.compile(r"_IN_PROGRESS$")
+
+
+# Each recipe's names in the template: its parameters (what TriggerConfig and the settings call them) and
+# its two rules. One stack serves both recipes, each rule starting or rolling out only its own.
+RECIPE_PARAMETERS = {
+    "pilot": {
+        "pipeline_name": "PipelineName",
+        "model_package_group": "ModelPackageGroupName",
+        "thing_group": "DeviceThingGroupName",
+        "component_name": "GreengrassComponentName",
+    },
+    "classifier": {
+        "pipeline_name": "ClassifierPipelineName",
+        "model_package_group": "ClassifierModelPackageGroupName",
+        "thing_group": "ClassifierThingGroupName",
+        "component_name": "ClassifierComponentName",
+    },
+}
+NEW_DATA_RULES = {"pilot": "NewDataRule", "classifier": "ClassifierNewDataRule"}
+APPROVED_RULES = {"pilot": "ApprovedRule", "classifier": "ClassifierApprovedRule"}
 
 
 class InfraError(RuntimeError):
@@ -193,6 +214,8 @@ def render_context(
             arns[logical_id] = f"arn:aws:iam::{account}:role/{role}"
         elif kind == "AWS::Lambda::Function" and logical_id in names:
             arns[logical_id] = f"arn:aws:lambda:{region}:{account}:function:{names[logical_id]}"
+        elif kind == "AWS::ECR::Repository" and logical_id in names:
+            arns[logical_id] = f"arn:aws:ecr:{region}:{account}:repository/{names[logical_id]}"
     return RenderContext(context.parameters, account, region, names, arns, mappings)
 
 
@@ -217,6 +240,7 @@ def _resource_names(template: Mapping[str, Any], context: RenderContext) -> dict
         "AWS::IAM::Role": "RoleName",
         "AWS::Lambda::Function": "FunctionName",
         "AWS::Events::Rule": "Name",
+        "AWS::ECR::Repository": "RepositoryName",
     }
     names = {}
     for logical_id, resource in template.get("Resources", {}).items():
@@ -241,19 +265,21 @@ def render_rules(
     *,
     account: str = events.EXAMPLE_ACCOUNT,
     region: str = "us-east-1",
+    recipe: str = "pilot",
 ) -> RenderedRules:
-    """The rule sections of the template with parameters substituted, as EventBridge will receive them."""
+    """A recipe's rule sections of the template with parameters substituted, as EventBridge will receive
+    them."""
     context = render_context(template, overrides, account=account, region=region)
     resources = template.get("Resources", {})
     try:
-        new_data = resources["NewDataRule"]["Properties"]
-        approved = resources["ApprovedRule"]["Properties"]
+        new_data = resources[NEW_DATA_RULES[recipe]]["Properties"]
+        approved = resources[APPROVED_RULES[recipe]]["Properties"]
     except KeyError as exc:
         raise InfraError(f"the template lacks the rule {exc.args[0]}") from exc
     return RenderedRules(
         bucket=context.ref("DataBucket"),
-        raw_prefix=f"{context.ref('Prefix')}/raw/",
-        group=context.ref("ModelPackageGroupName"),
+        raw_prefix=f"{context.ref('Prefix')}/{RAW_FOLDERS[recipe]}/",
+        group=context.ref(RECIPE_PARAMETERS[recipe]["model_package_group"]),
         new_data_pattern=resolve(new_data["EventPattern"], context),
         approved_pattern=resolve(approved["EventPattern"], context),
     )
@@ -261,14 +287,17 @@ def render_rules(
 
 def template_drift(template: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> list[str]:
     """Where the template's rules differ from ``pipelines.events`` (empty when they agree)."""
-    rules = render_rules(template, overrides)
-    expected = {
-        "NewDataRule.EventPattern": (
+    expected = {}
+    for recipe in RECIPE_PARAMETERS:
+        rules = render_rules(template, overrides, recipe=recipe)
+        expected[f"{NEW_DATA_RULES[recipe]}.EventPattern"] = (
             rules.new_data_pattern,
-            events.new_data_pattern(rules.bucket, rules.raw_prefix),
-        ),
-        "ApprovedRule.EventPattern": (rules.approved_pattern, events.approved_pattern(rules.group)),
-    }
+            events.new_data_pattern(rules.bucket, rules.raw_prefix, recipe),
+        )
+        expected[f"{APPROVED_RULES[recipe]}.EventPattern"] = (
+            rules.approved_pattern,
+            events.approved_pattern(rules.group),
+        )
     return [
         f"{where}: template has {json.dumps(found, sort_keys=True)}, pipelines/events.py says "
         f"{json.dumps(wanted, sort_keys=True)}"

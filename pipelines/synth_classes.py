@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,12 +59,16 @@ class SynthSummary:
     grey: int
 
 
-def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def luminance(colour: Sequence[int]) -> float:
+    """ITU-R BT.601 luma of an RGB colour (what a greyscale conversion keeps)."""
+    return float(np.asarray(colour) @ np.array([0.299, 0.587, 0.114]))
+
+
+def contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(background, shape) RGB colours whose luminances differ by at least ``MIN_CONTRAST``."""
     while True:
         background, shape = rng.integers(0, 256, size=(2, 3))
-        luminance = np.array([0.299, 0.587, 0.114])
-        if abs(float(background @ luminance) - float(shape @ luminance)) >= MIN_CONTRAST:
+        if abs(luminance(background) - luminance(shape)) >= MIN_CONTRAST:
             return tuple(int(v) for v in background), tuple(int(v) for v in shape)
 
 
@@ -114,13 +118,33 @@ def draw_shape(
         raise ValueError(f"unknown class {name!r}")
 
 
-def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
-    """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
+def photo_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) of a photo: longer side ``MIN_SIDE``..``MAX_SIDE``, aspect up to ``MAX_ASPECT``."""
     aspect = math.exp(rng.uniform(-math.log(MAX_ASPECT), math.log(MAX_ASPECT)))
     longer = int(rng.integers(MIN_SIDE, MAX_SIDE + 1))
     shorter = max(MIN_SIDE // 2, int(round(longer / max(aspect, 1 / aspect))))
-    width, height = (longer, shorter) if aspect >= 1 else (shorter, longer)
-    background, colour = _contrasting_colours(rng)
+    return (longer, shorter) if aspect >= 1 else (shorter, longer)
+
+
+def blur_and_noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """``image`` blurred half the time and with Gaussian noise of a random strength, as a camera adds."""
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    noise = rng.normal(0, rng.uniform(2, 12), size=(image.height, image.width, 3))
+    pixels = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def jpeg_bytes(photo: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
+    """One photo of class ``name``: random size, aspect, colours, place, scale, rotation, blur and noise."""
+    width, height = photo_size(rng)
+    background, colour = contrasting_colours(rng)
     image = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(image)
     side = min(width, height)
@@ -128,10 +152,17 @@ def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
     cx = width / 2 + rng.uniform(-0.1, 0.1) * side
     cy = height / 2 + rng.uniform(-0.1, 0.1) * side
     draw_shape(draw, name, (cx, cy, radius), rng.uniform(0, 2 * math.pi), colour)
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, rng.uniform(2, 12), size=(height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return blur_and_noise(image, rng)
+
+
+def job_metadata(job_name: str, created: datetime, human: bool) -> dict[str, str]:
+    """The metadata keys every labeling job writes: ``job-name`` (``labeling-job/<name>``, as jobs
+    write it), ``human-annotated`` and ``creation-date`` (ISO 8601 without a zone, microseconds)."""
+    return {
+        "job-name": f"labeling-job/{job_name}",
+        "human-annotated": "yes" if human else "no",
+        "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+    }
 
 
 def ground_truth_line(
@@ -153,12 +184,31 @@ def ground_truth_line(
             "class-name": class_name,
             "confidence": confidence,
             "type": CLASSIFICATION_TYPE,
-            "job-name": f"labeling-job/{job_name}",
-            "human-annotated": "yes" if human else "no",
-            "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+            **job_metadata(job_name, created, human),
         },
     }
     return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def check_attribute(attribute: str) -> None:
+    """ValueError for a label attribute name Ground Truth refuses (augmented manifests read ``-ref``
+    as a reference to data: https://docs.aws.amazon.com/sagemaker/latest/dg/augmented-manifest.html)."""
+    if attribute.endswith("-ref") or "-metadata" in attribute or not attribute:
+        raise ValueError(f"{attribute!r}: a label attribute may not end in -ref or contain -metadata")
+
+
+def new_output_folder(out_dir: Path) -> Path:
+    """``out_dir`` with an empty ``images/`` in it; FileExistsError if it holds anything already."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty")
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def creation_date(seed: int, index: int, rng: np.random.Generator) -> datetime:
+    """The creation date of line ``index``: a few seconds apart, a function of the seed only."""
+    return BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
 
 
 def write_classes(
@@ -177,12 +227,8 @@ def write_classes(
         raise ValueError(f"classes must be 2..{len(CLASS_NAMES)}, got {classes}")
     if images < classes:
         raise ValueError(f"need at least one image per class: {images} images for {classes} classes")
-    if attribute.endswith("-ref") or "-metadata" in attribute or not attribute:
-        raise ValueError(f"{attribute!r}: a label attribute may not end in -ref or contain -metadata")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    check_attribute(attribute)
+    out_dir = new_output_folder(out_dir)
     rng = np.random.default_rng([seed, classes, images])
     labels = rng.permutation(np.arange(images) % classes)
     lines, grey = [], 0
@@ -191,10 +237,8 @@ def write_classes(
         if rng.random() < GREY_FRACTION:
             photo, grey = photo.convert("L"), grey + 1
         name = f"{index:06d}.jpg"
-        buffer = io.BytesIO()
-        photo.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (out_dir / "images" / name).write_bytes(buffer.getvalue())
-        created = BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
+        (out_dir / "images" / name).write_bytes(jpeg_bytes(photo))
+        created = creation_date(seed, index, rng)
         human = bool(rng.random() >= AUTO_LABELLED_FRACTION)
         lines.append(
             ground_truth_line(

@@ -27,6 +27,7 @@ suffix of an S3 key costs a file-system lookup).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,12 +49,15 @@ MAX_PATH_BYTES = 4096  # Linux PATH_MAX
 MAX_REF_PARTS = 32  # path components of a source-ref; real image keys have about 10
 
 
-def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
+def label_attribute(
+    record: dict[str, Any], wanted: str | None = None, kind: str = CLASSIFICATION_TYPE
+) -> str:
     """The label attribute K of a record (K and K-metadata both present), or ``Rejection``.
 
     A line that a verification or adjustment job has seen carries that job's attribute too (it must
     have another name, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-verify-manifest.html);
-    of several attributes, the one whose metadata ``type`` is image classification is the class.
+    of several attributes, the one whose metadata ``type`` is ``kind`` (image classification, or a
+    bounding-box job's ``groundtruth/object-detection``) is the label.
     """
     if wanted is not None:
         if wanted not in record or wanted + METADATA_SUFFIX not in record:
@@ -61,7 +65,7 @@ def label_attribute(record: dict[str, Any], wanted: str | None = None) -> str:
         return wanted
     names = sorted(k for k in record if k != "source-ref" and k + METADATA_SUFFIX in record)
     if len(names) > 1:
-        classifying = [k for k in names if _metadata_type(record[k + METADATA_SUFFIX]) == CLASSIFICATION_TYPE]
+        classifying = [k for k in names if _metadata_type(record[k + METADATA_SUFFIX]) == kind]
         names = classifying if len(classifying) == 1 else names
     if len(names) != 1:
         found = "none" if not names else ", ".join(names)
@@ -103,16 +107,20 @@ def resolve_image(ref: str, manifest_dir: Path, input_root: Path) -> Path | None
     return path if path.is_file() else None
 
 
-def read_ground_truth(
+# A record's check: (source-ref, the Candidate fields its label gives) or ``Rejection``.
+RecordCheck = Callable[[dict[str, Any]], tuple[str, dict[str, Any]]]
+
+
+def read_manifest(
     source: Source,
     validator: RecordValidator,
     input_root: Path,
-    classes: dict[int, str],
-    attribute: str | None = None,
+    check_record: RecordCheck,
     limits: DataLimits = DEFAULT_LIMITS,
     budget: RecordBudget | None = None,
 ) -> tuple[SourceReport, list[Candidate]]:
-    """Read one manifest; ``classes`` (id -> class-name) is shared across manifests and filled in."""
+    """Read one manifest of any labeling task: each line parsed, validated, checked by
+    ``check_record`` and its image found (the module docstring's rules), or rejected by index."""
     report = SourceReport(source.name, "ground-truth")
     budget = budget or RecordBudget(limits)
     try:
@@ -127,9 +135,9 @@ def read_ground_truth(
             try:
                 if type(line) is int:
                     raise overlong_line(line, limits)
-                label, ref, machine = _check_record(
-                    parse_json_object(line), validator, attribute, limits, classes
-                )
+                record = parse_json_object(line)
+                validator.check(record)
+                ref, fields = check_record(record)
                 image = resolve_image(ref, source.path.parent, input_root)
                 if image is None:
                     raise Rejection("image missing", f"{ref} not found under the input folder")
@@ -137,49 +145,77 @@ def read_ground_truth(
                 report.reject(index, rejection.reason)
                 continue
             candidates.append(
-                Candidate(
-                    index=index,
-                    image_path=str(image),
-                    session=source.name,
-                    timestamp_ms=-1,
-                    label=label,
-                    machine_labelled=machine,
-                )
+                Candidate(index=index, image_path=str(image), session=source.name, timestamp_ms=-1, **fields)
             )
     return report, candidates
 
 
+def read_ground_truth(
+    source: Source,
+    validator: RecordValidator,
+    input_root: Path,
+    classes: dict[int, str],
+    attribute: str | None = None,
+    limits: DataLimits = DEFAULT_LIMITS,
+    budget: RecordBudget | None = None,
+) -> tuple[SourceReport, list[Candidate]]:
+    """Read one image-classification manifest; ``classes`` (id -> class-name) is shared across
+    manifests and filled in."""
+
+    def check(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        label, ref, machine = _check_record(record, attribute, limits, classes)
+        return ref, {"label": label, "machine_labelled": machine}
+
+    return read_manifest(source, validator, input_root, check, limits, budget)
+
+
 def _check_record(
     record: dict[str, Any],
-    validator: RecordValidator,
     attribute: str | None,
     limits: DataLimits,
     classes: dict[int, str],
 ) -> tuple[int, str, bool]:
     """(class id, source-ref, machine-labelled) of a valid record; registers its class-name;
     ``Rejection`` otherwise."""
-    validator.check(record)
     name = label_attribute(record, attribute)
     label, metadata = record[name], record[name + METADATA_SUFFIX]
-    if type(label) is not int or label < 0:
-        raise Rejection("schema", f"{name}: class id must be an integer >= 0, got {label!r}")
-    if label >= limits.classes:
-        raise Rejection(
-            "out of range", f"{name}: class id {label} is not in 0..{limits.classes - 1} ({FLAGS['classes']})"
-        )
-    class_name = metadata.get("class-name") if isinstance(metadata, dict) else None
-    if not isinstance(class_name, str) or not class_name:
-        raise Rejection("schema", f"{name}{METADATA_SUFFIX}: no class-name")
-    if len(class_name) > MAX_CLASS_NAME_CHARS:
-        raise Rejection(
-            "schema", f"{name}{METADATA_SUFFIX}: class-name longer than {MAX_CLASS_NAME_CHARS} characters"
-        )
+    check_class_id(label, name, limits)
+    where = f"{name}{METADATA_SUFFIX}"
+    class_name = checked_class_name(metadata.get("class-name") if isinstance(metadata, dict) else None, where)
     ref = record["source-ref"]
     check_source_ref(ref)
-    known = classes.setdefault(label, class_name)
-    if known != class_name:
-        raise Rejection("label conflict", f"class id {label} is {class_name!r} here, {known!r} before")
+    register_classes(classes, {label: class_name})
     return label, ref, metadata.get(HUMAN_ANNOTATED) == "no"
+
+
+def check_class_id(value: Any, where: str, limits: DataLimits) -> None:
+    """``Rejection`` unless ``value`` is a class id: an integer in 0..``limits.classes`` - 1."""
+    if type(value) is not int or value < 0:
+        raise Rejection("schema", f"{where}: class id must be an integer >= 0, got {value!r}")
+    if value >= limits.classes:
+        raise Rejection(
+            "out of range",
+            f"{where}: class id {value} is not in 0..{limits.classes - 1} ({FLAGS['classes']})",
+        )
+
+
+def checked_class_name(value: Any, where: str) -> str:
+    """``value`` if it can name a class (a non-empty string of at most 256 characters), else ``Rejection``."""
+    if not isinstance(value, str) or not value:
+        raise Rejection("schema", f"{where}: no class-name")
+    if len(value) > MAX_CLASS_NAME_CHARS:
+        raise Rejection("schema", f"{where}: class-name longer than {MAX_CLASS_NAME_CHARS} characters")
+    return value
+
+
+def register_classes(classes: dict[int, str], names: dict[int, str]) -> None:
+    """Add ``names`` (id -> name) to ``classes``; ``label conflict`` (and nothing added) if an id is
+    already known by another name."""
+    for label, class_name in names.items():
+        known = classes.get(label, class_name)
+        if known != class_name:
+            raise Rejection("label conflict", f"class id {label} is {class_name!r} here, {known!r} before")
+    classes.update(names)
 
 
 def class_list(classes: dict[int, str]) -> list[str]:

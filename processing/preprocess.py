@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -449,9 +449,13 @@ def instance_sources(
 
 
 def read_sources(
-    sources: Sequence[Source], args: argparse.Namespace, limits: DataLimits
+    sources: Sequence[Source],
+    args: argparse.Namespace,
+    limits: DataLimits,
+    read_manifest: Callable[..., tuple[SourceReport, list[Candidate]]] = read_ground_truth,
 ) -> tuple[list[SourceReport], list[Candidate], list[int], dict[int, str]]:
-    """Read every source: (reports, candidates, the report number of each candidate, classes)."""
+    """Read every source: (reports, candidates, the report number of each candidate, classes);
+    a Ground Truth manifest by ``read_manifest`` (image classification unless told otherwise)."""
     budget = RecordBudget(limits)
     validators = {
         "v2": RecordValidator("tub_v2_record"),
@@ -469,7 +473,7 @@ def read_sources(
             elif source.format == "v1":
                 report, found = read_v1_tub(source, validators["v1"], limits, budget)
             else:
-                report, found = read_ground_truth(
+                report, found = read_manifest(
                     source,
                     validators["ground-truth"],
                     args.input,

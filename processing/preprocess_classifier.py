@@ -45,17 +45,18 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from edge.atomic_files import atomic_write_bytes, atomic_write_json
 from edge.photos import CLASSES_FILE, PhotoError, open_rgb, resize_shorter_side, resize_side_for
 from edge.s3_uri import split_s3_uri
 from processing.errors import add_debug_flag, run_main
-from processing.ground_truth import CLASSIFICATION_TYPE, class_list
+from processing.ground_truth import CLASSIFICATION_TYPE, class_list, read_ground_truth
 from processing.limits import DEFAULT_LIMITS, DataLimits, FileTooLarge, LimitError, limit_text, read_limited
 from processing.preprocess import (
     DEFAULT_INPUT,
@@ -68,7 +69,7 @@ from processing.preprocess import (
 )
 from processing.records import Rejection
 from processing.splits import SPLITS, fractions_from, split_at, unit_point
-from processing.tubs import Candidate, SourceReport, discover_sources
+from processing.tubs import Candidate, Source, SourceReport, discover_sources
 
 PROG = "preprocess_classifier"
 DEFAULT_IMAGE_SIZE = 64  # the trainer's default crop (image_shape 3,64,64)
@@ -95,6 +96,7 @@ class Accepted:
     machine_labelled: bool
     split: str
     number: int
+    boxes: tuple[tuple[int, float, float, float, float], ...] = ()  # a detector's photo: its objects
 
 
 def resize_side(image_size: int) -> int:
@@ -133,15 +135,20 @@ def within_jpeg_limit(image: Image.Image, side: int) -> Image.Image:
     return image.crop((0, top, width, top + longest))
 
 
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """RGB uint8 pixels as a JPEG of quality ``JPEG_QUALITY``."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
 def resized_jpeg(path: str, side: int) -> bytes:
     """The photo as an RGB JPEG with shorter side ``side``, or ``Rejection`` if it cannot be decoded."""
     try:
         pixels = resize_shorter_side(within_jpeg_limit(open_rgb(path), side), side)
     except PhotoError as exc:
         raise Rejection("image unreadable", str(exc)) from None
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
+    return encode_jpeg(pixels)
 
 
 def photo_split(seed: int, digest: str, fractions: Sequence[float]) -> str:
@@ -198,6 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
         "manifests could be read.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_preprocess_arguments(
+        parser,
+        DEFAULT_IMAGE_SIZE,
+        "the training crop's side; photos are resized to a shorter side of round(N * 8/7)",
+    )
+    return parser
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser, image_size: int, image_size_help: str) -> None:
+    """The options of a Preprocess that reads Ground Truth manifests: input/output, the photos' size,
+    the splits, debug and the data limits."""
     io_group = parser.add_argument_group("input and output")
     io_group.add_argument("--input", type=Path, default=Path(DEFAULT_INPUT), help="manifests and photos")
     io_group.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT), help="splits and report")
@@ -211,20 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-attribute", default=None, help="Ground Truth label attribute (default: detect)"
     )
     photos = parser.add_argument_group("photos")
-    photos.add_argument(
-        "--image-size",
-        type=int,
-        default=DEFAULT_IMAGE_SIZE,
-        metavar="N",
-        help="the training crop's side; photos are resized to a shorter side of round(N * 8/7)",
-    )
+    photos.add_argument("--image-size", type=int, default=image_size, metavar="N", help=image_size_help)
     split = parser.add_argument_group("splits")
     split.add_argument("--train-fraction", type=float, default=0.7)
     split.add_argument("--validation-fraction", type=float, default=0.15, help="test gets the remainder")
     split.add_argument("--seed", type=int, default=0, help="seed of the split assignment")
     add_debug_flag(parser)
     add_limit_flags(parser)
-    return parser
 
 
 def check_options(args: argparse.Namespace) -> tuple[float, float, float]:
@@ -246,8 +257,9 @@ def check_options(args: argparse.Namespace) -> tuple[float, float, float]:
     return fractions
 
 
-def prepare_split_dirs(output: Path) -> dict[str, Path]:
-    """``OUT/<split>/images`` created, with nothing left that an earlier run wrote there."""
+def prepare_split_dirs(output: Path, outputs: Sequence[str] = (IMAGE_LIST,)) -> dict[str, Path]:
+    """``OUT/<split>/images`` created, with nothing left that an earlier run wrote there (its photos,
+    ``outputs``, classes.json, the augmented manifest)."""
     dirs = {}
     for split in SPLITS:
         split_dir = output / split
@@ -255,7 +267,7 @@ def prepare_split_dirs(output: Path) -> dict[str, Path]:
         for stale in (split_dir / IMAGES_DIR).iterdir():
             if STALE_IMAGE.fullmatch(stale.name) and stale.is_file():
                 stale.unlink()
-        for name in (IMAGE_LIST, CLASSES_FILE, f"{split}.manifest"):
+        for name in (*outputs, CLASSES_FILE, f"{split}.manifest"):
             (split_dir / name).unlink(missing_ok=True)
         dirs[split] = split_dir
     return dirs
@@ -274,12 +286,13 @@ def write_photos(
     owners: Sequence[int],
     reports: Sequence[SourceReport],
     split_dirs: dict[str, Path],
-    side: int,
+    convert: Callable[[Candidate], bytes],
     fractions: Sequence[float],
     seed: int,
     limits: DataLimits,
 ) -> Outcome:
-    """Judge every candidate in order: read, deduplicate by bytes, resize and write it into its split."""
+    """Judge every candidate in order: read, deduplicate by bytes, ``convert`` (the JPEG the split
+    holds, or ``Rejection``) and write it into its split."""
     first_seen: dict[str, tuple[str, int, int]] = {}  # SHA-256 -> (manifest, record index, class id) kept
     numbers = dict.fromkeys(SPLITS, 0)
     accepted: list[Accepted] = []
@@ -296,7 +309,7 @@ def write_photos(
                     f" (class id {label} there, {candidate.label} here)" if label != candidate.label else ""
                 )
                 raise Rejection("duplicate photo", f"the same bytes as {manifest} record {index}{other}")
-            jpeg = resized_jpeg(candidate.image_path, side)
+            jpeg = convert(candidate)
         except Rejection as rejection:
             report.reject(candidate.index, rejection.reason)
         else:
@@ -309,6 +322,7 @@ def write_photos(
                 candidate.machine_labelled,
                 split,
                 numbers[split],
+                candidate.boxes,
             )
             atomic_write_bytes(split_dirs[split] / image_name(photo.number), jpeg)
             numbers[split] += 1
@@ -361,13 +375,22 @@ def split_counts(accepted: Sequence[Accepted], classes: Sequence[str]) -> dict[s
     return counts
 
 
-def too_little_data(classes: Sequence[str], splits: dict[str, dict[str, Any]]) -> str | None:
-    """Why the data cannot train and evaluate a classifier, or None."""
+def too_little_data(
+    classes: Sequence[str],
+    splits: dict[str, dict[str, Any]],
+    *,
+    model: str = "classifier",
+    min_classes: int = 2,
+    per_class: str = "per_class",
+    unit: str = "photo",
+) -> str | None:
+    """Why the data cannot train and evaluate a ``model``, or None: fewer than ``min_classes`` classes,
+    an empty split, or a class with no ``unit`` in train (``splits[split][per_class]`` counts them)."""
     accepted = sum(entry["images"] for entry in splits.values())
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         return (
             f"{len(classes)} class{'es' if len(classes) != 1 else ''} in the manifests ({accepted} photos "
-            "accepted); a classifier needs at least 2"
+            f"accepted); a {model} needs at least {min_classes}"
         )
     empty = [split for split, entry in splits.items() if entry["images"] == 0]
     if empty:
@@ -376,32 +399,37 @@ def too_little_data(classes: Sequence[str], splits: dict[str, dict[str, Any]]) -
             f"the {named} split{'s are' if len(empty) > 1 else ' is'} empty ({accepted} photos "
             "accepted): add photos, or change --seed"
         )
-    missing = [name for name, count in splits["train"]["per_class"].items() if count == 0]
+    missing = [name for name, count in splits["train"][per_class].items() if count == 0]
     if missing:
-        others = {name: sum(splits[s]["per_class"][name] for s in SPLITS) for name in missing}
-        detail = ", ".join(f"{name} ({others[name]} photos elsewhere)" for name in missing)
-        return f"no train photo of class {detail}: add photos of it, or change --seed"
+        others = {name: sum(splits[s][per_class][name] for s in SPLITS) for name in missing}
+        detail = ", ".join(f"{name} ({others[name]} {unit}s elsewhere)" for name in missing)
+        return f"no train {unit} of class {detail}: add photos of it, or change --seed"
     return None
 
 
-def build_report(
+def accounting_report(
     args: argparse.Namespace,
     reports: Sequence[SourceReport],
     outcome: Outcome,
     classes: Sequence[str],
     fractions: Sequence[float],
-    output_uri: str | None = None,
+    splits: dict[str, dict[str, Any]],
+    failure: str | None,
+    *,
+    recipe: str,
+    report_format: str,
 ) -> dict[str, Any]:
+    """The report's accounting, common to the recipes that read Ground Truth manifests: every record
+    read is accepted or rejected (anything else is a bug here), rejections by reason and by manifest +
+    index, human and machine labels, the splits and how they were drawn."""
     broken = [r.tub for r in reports if r.unaccounted()]
-    if broken:  # every record read is accepted or rejected; anything else is a bug here
+    if broken:
         raise RuntimeError(f"read != accepted + rejected for {', '.join(broken)}")
     by_reason, listed, unlisted = rejection_summary(reports)
     machine = sum(photo.machine_labelled for photo in outcome.accepted)
-    splits = split_counts(outcome.accepted, classes)
-    failure = too_little_data(classes, splits)
     return {
-        "format": REPORT_FORMAT,
-        "recipe": "classifier",
+        "format": report_format,
+        "recipe": recipe,
         "input": str(args.input),
         "status": "failed" if failure else "ok",
         "failure": failure,
@@ -424,38 +452,98 @@ def build_report(
             "seed": args.seed,
             "target_fractions": dict(zip(SPLITS, (round(f, 4) for f in fractions), strict=True)),
         },
-        "image_size": args.image_size,
-        "resize_side": resize_side(args.image_size),
-        "jpeg_quality": JPEG_QUALITY,
-        "output_uri": output_uri,
-        # The built-in image-classification algorithm requires both as hyperparameters
-        # (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-Hyperparameter.html); its Train step reads
-        # them from here (steps/train_classifier.py).
-        "builtin": {"num_classes": len(classes), "num_training_samples": splits["train"]["images"]},
     }
+
+
+def build_report(
+    args: argparse.Namespace,
+    reports: Sequence[SourceReport],
+    outcome: Outcome,
+    classes: Sequence[str],
+    fractions: Sequence[float],
+    output_uri: str | None = None,
+) -> dict[str, Any]:
+    splits = split_counts(outcome.accepted, classes)
+    report = accounting_report(
+        args,
+        reports,
+        outcome,
+        classes,
+        fractions,
+        splits,
+        too_little_data(classes, splits),
+        recipe="classifier",
+        report_format=REPORT_FORMAT,
+    )
+    report.update(
+        {
+            "image_size": args.image_size,
+            "resize_side": resize_side(args.image_size),
+            "jpeg_quality": JPEG_QUALITY,
+            "output_uri": output_uri,
+            # The built-in image-classification algorithm requires both as hyperparameters
+            # (https://docs.aws.amazon.com/sagemaker/latest/dg/IC-Hyperparameter.html); its Train step reads
+            # them from here (pipelines/classifier/pipeline.py).
+            "builtin": {"num_classes": len(classes), "num_training_samples": splits["train"]["images"]},
+        }
+    )
+    return report
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole step; returns data-report.json's content. Raises PreprocessError / DataQualityError."""
+    side = resize_side(args.image_size)
+    return run_recipe(
+        args,
+        read_manifest=read_ground_truth,
+        split_outputs=(IMAGE_LIST,),
+        convert=lambda candidate: resized_jpeg(candidate.image_path, side),
+        write_outputs=write_outputs,
+        build_report=build_report,
+    )
+
+
+def run_recipe(
+    args: argparse.Namespace,
+    *,
+    read_manifest: Callable[..., tuple[SourceReport, list[Candidate]]],
+    split_outputs: Sequence[str],
+    convert: Callable[[Candidate], bytes],
+    write_outputs: Callable[[dict[str, Path], Sequence[Accepted], Sequence[str], str | None], None],
+    build_report: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
+    """A Preprocess of Ground Truth manifests: check the options, read every manifest with
+    ``read_manifest``, judge and ``convert`` every photo into its split, ``write_outputs`` (the
+    ``split_outputs`` files beside ``images/``), then the report (``build_report``)."""
     fractions = check_options(args)
     limits = limits_from(args)
     output_uri = output_uri_from(args.output_uri)
-    sources = [s for s in discover_sources(args.input) if s.format == "ground-truth"]
+    sources = manifest_sources(args.input, limits)
+    reports, candidates, owners, found_classes = read_sources(sources, args, limits, read_manifest)
+    classes = class_list(found_classes)
+    split_dirs = prepare_split_dirs(args.output, split_outputs)
+    outcome = write_photos(candidates, owners, reports, split_dirs, convert, fractions, args.seed, limits)
+    write_outputs(split_dirs, outcome.accepted, classes, output_uri)
+    report = build_report(args, reports, outcome, classes, fractions, output_uri)
+    return finish(args.output, reports, report)
+
+
+def manifest_sources(input_dir: Path, limits: DataLimits) -> list[Source]:
+    """The Ground Truth output manifests under ``input_dir``; PreprocessError if none, LimitError if
+    more than the limit."""
+    sources = [s for s in discover_sources(input_dir) if s.format == "ground-truth"]
     if not sources:
-        raise PreprocessError(f"no Ground Truth output manifest (*.manifest) under {args.input}")
+        raise PreprocessError(f"no Ground Truth output manifest (*.manifest) under {input_dir}")
     if len(sources) > limits.sources:
         raise LimitError(
             f"the input holds {len(sources):,} manifests, more than {limit_text(limits, 'sources')}"
         )
-    reports, candidates, owners, found_classes = read_sources(sources, args, limits)
-    classes = class_list(found_classes)
-    split_dirs = prepare_split_dirs(args.output)
-    outcome = write_photos(
-        candidates, owners, reports, split_dirs, resize_side(args.image_size), fractions, args.seed, limits
-    )
-    write_outputs(split_dirs, outcome.accepted, classes, output_uri)
-    report = build_report(args, reports, outcome, classes, fractions, output_uri)
-    atomic_write_json(args.output / "report" / REPORT_NAME, report)
+    return sources
+
+
+def finish(output: Path, reports: Sequence[SourceReport], report: dict[str, Any]) -> dict[str, Any]:
+    """Write ``report/data-report.json``, print each manifest's line; DataQualityError on too little data."""
+    atomic_write_json(output / "report" / REPORT_NAME, report)
     for source in reports:
         print(source.summary_line(), flush=True)
     if report["failure"]:
@@ -463,28 +551,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def summary_line(report: dict[str, Any], seconds: float) -> str:
-    """``read N, accepted M, rejected K [reason xN, ...]; train a, validation b, test c photos ...``."""
+def summary_line(report: dict[str, Any], seconds: float, side: int | None = None) -> str:
+    """``read N, accepted M, rejected K [reason xN, ...]; train a, validation b, test c photos ...``
+    (at ``side`` px: the classifier's resize side by default)."""
     reasons = ", ".join(f"{code} x{n}" for code, n in report["rejected_by_reason"].items())
     splits = ", ".join(f"{split} {report['splits'][split]['images']}" for split in SPLITS)
     return (
         f"total: read {report['read']}, accepted {report['accepted']}, rejected {report['rejected']}"
         + (f" [{reasons}]" if reasons else "")
-        + f"; {splits} photos of {len(report['classes'])} classes at {report['resize_side']} px"
+        + f"; {splits} photos of {len(report['classes'])} classes at {side or report['resize_side']} px"
         + f"; {seconds:.1f} s"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(PROG, lambda: _run_and_summarise(args), debug=args.debug)
+    return preprocess_main(PROG, build_parser(), run, summary_line, argv)
 
 
-def _run_and_summarise(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    report = run(args)
-    print(summary_line(report, time.perf_counter() - started), flush=True)
-    return 0
+def preprocess_main(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    summary: Callable[[dict[str, Any], float], str],
+    argv: Sequence[str] | None,
+) -> int:
+    """Parse ``argv``, ``run`` the step and print its ``summary`` line, with the exit statuses of
+    ``processing.errors.run_main``."""
+    args = parser.parse_args(argv)
+
+    def run_and_summarise() -> int:
+        started = time.perf_counter()
+        report = run(args)
+        print(summary(report, time.perf_counter() - started), flush=True)
+        return 0
+
+    return run_main(prog, run_and_summarise, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,13 @@ REASONS = {
     "record missing": "an index below manifest.json's current_index that no catalog line holds",
     "image missing": "the record's image file does not exist",
     "image unreadable": "the image file cannot be read or decoded",
-    "image wrong size": "the decoded image is not the camera size of the frame spec",
+    "image wrong size": "the decoded image is not the camera size of the frame spec, or not the size a "
+    "bounding-box manifest's image_size declares",
     "label conflict": "a class id whose class-name differs from the one seen first",
     "duplicate photo": "a photo whose bytes an accepted record already holds (the classifier's Preprocess)",
+    "box outside image": "a bounding box reaching more than 1 pixel beyond its image's declared size",
+    "empty box": "a bounding box of zero or negative width or height",
+    "unknown class": "a bounding box whose class id the record's class-map does not name",
 }
 
 

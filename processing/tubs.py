@@ -92,6 +92,10 @@ class Candidate:
     throttle: float = 0.0
     label: int = -1
     machine_labelled: bool = False  # Ground Truth's "human-annotated": "no" (automated data labeling)
+    # A detector's photo: its objects as (class id, xmin, ymin, xmax, ymax) normalised to [0, 1], and the
+    # (width, height) its manifest declares.
+    boxes: tuple[tuple[int, float, float, float, float], ...] = ()
+    image_size: tuple[int, int] | None = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ EVALUATION_DIR = f"{PROCESSING}/evaluation"
 REPORT_NAME = "EvaluationReport"
 ANGLE_MAE_PATH = "regression_metrics.angle_mae.value"  # what the quality gate reads (docs/contracts.md §4)
 ACCURACY_PATH = "multiclass_classification_metrics.accuracy.value"  # the classifier's gate
+MAP_50_PATH = "detection_metrics.map_50.value"  # the detector's gate
 ALREADY_REGISTERED_PATH = "already_registered"  # true when the group holds this model (contracts §4)
 
 

@@ -30,7 +30,7 @@ from sagemaker.mlops.workflow.condition_step import ConditionStep
 from sagemaker.mlops.workflow.fail_step import FailStep
 from sagemaker.mlops.workflow.steps import ProcessingStep, Step
 
-from steps.evaluate import ACCURACY_PATH, ALREADY_REGISTERED_PATH, ANGLE_MAE_PATH
+from steps.evaluate import ACCURACY_PATH, ALREADY_REGISTERED_PATH, ANGLE_MAE_PATH, MAP_50_PATH
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class QualityBar:
 
 ANGLE_MAE_BAR = QualityBar(ANGLE_MAE_PATH, False, "AngleMaeTooHigh", "Test angle MAE", "AngleMaeThreshold")
 ACCURACY_BAR = QualityBar(ACCURACY_PATH, True, "AccuracyTooLow", "Test accuracy", "AccuracyThreshold")
+MAP_BAR = QualityBar(MAP_50_PATH, True, "MapTooLow", "Test mAP@0.5", "MapThreshold")
 
 
 def quality_gate_steps(

@@ -62,6 +62,15 @@ ARTIFACT_PREFIX = "image-classification"  # the built-in algorithm's file names
 SHAPES_FILE = "model-shapes.json"
 SPEC_FILE = "classifier-spec.json"
 SPEC_SCHEMA = "robocar/classifier-spec/1"
+SERVING_CODE_DIR = "code"
+# What the endpoint's server imports, named as modules (the training code bundle's walk counts a string
+# naming a module as a reference: pipelines/import_graph.py), packages first.
+SERVING_MODULES = (
+    "edge", "edge.atomic_files", "edge.frames", "edge.photos",
+    "inference", "inference.server", "inference.classifier", "inference.inference",
+    "processing", "processing.errors",
+    "training", "training.classifier", "training.script_mode",
+)  # fmt: skip
 DEFAULT_IMAGE_SHAPE = "3,64,64"
 OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop")  # the built-in algorithm's choices
 MAX_IMAGES = 1_000_000  # a list longer than this is not a list of photos for one training job
@@ -464,6 +473,26 @@ def export(
     (model_dir / SHAPES_FILE).write_text(json.dumps(shapes) + "\n")
     document = {"schema": SPEC_SCHEMA, "classes": classes, "input": spec.as_dict(), "training": summary}
     (model_dir / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    copy_serving_code(model_dir / SERVING_CODE_DIR)
+
+
+def copy_serving_code(code_dir: Path) -> None:
+    """``code/``: the inference server and the classifier's handler with what they import, as packages.
+    The endpoint image runs ``python -m inference.server`` with ``/opt/ml/model/code`` on its path
+    (infra/images/mxnet/serve), so a package serves with the code it was trained with."""
+    import importlib.util
+    import shutil
+
+    for name in SERVING_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise UsageError(f"{name} is not importable: the serving code cannot be copied")
+        relative = Path(*name.split("."))
+        target = code_dir / (
+            relative / "__init__.py" if spec.submodule_search_locations else f"{relative}.py"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(spec.origin, target)
 
 
 # --- the exported model ------------------------------------------------------------------------------

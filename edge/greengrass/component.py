@@ -29,6 +29,16 @@ from typing import Any
 
 RECIPE_TEMPLATE = Path(__file__).with_name("recipe.yaml")
 COMPONENT_NAME = "com.robocar.Pilot"
+# The components a package can become: the drive loop (``robocar-edge run``) and the MQTT inference
+# service (``robocar-edge serve``, edge/serve.py); each kind's template and default component name.
+COMPONENT_KINDS: dict[str, tuple[Path, str]] = {
+    "drive": (RECIPE_TEMPLATE, COMPONENT_NAME),
+    "serve": (Path(__file__).with_name("serve-recipe.yaml"), "com.robocar.InferenceService"),
+}
+# Each recipe's models reach the cars as their own component (the stack's Greengrass component name
+# parameters default to these): a classifier version never replaces a pilot version, and a car runs
+# the one model its thing group deploys (docs/rollout.md, "One model per car").
+COMPONENT_NAMES = {"pilot": COMPONENT_NAME, "classifier": "com.robocar.Classifier"}
 # DefaultConfiguration keys that render_recipe sets per package: every deployment must merge them.
 VERSION_CONFIGURATION_KEYS = ("ModelPackageGroup", "ModelPackageArn", "Target", "ArtifactSha256")
 
@@ -142,7 +152,17 @@ def component_request(recipe: dict[str, Any], package_arn: str) -> dict[str, Any
 # ---- the command ----------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-package-arn", required=True, help="the approved model package")
-    parser.add_argument("--component-name", default=COMPONENT_NAME, help=f"(default: {COMPONENT_NAME})")
+    parser.add_argument(
+        "--kind", choices=tuple(COMPONENT_KINDS), default="drive",
+        help="drive: robocar-edge run (recipe.yaml); serve: the MQTT inference service, robocar-edge serve "
+        "(serve-recipe.yaml) (default: drive)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--component-name",
+        help=", ".join(f"{kind}: {name}" for kind, (_, name) in COMPONENT_KINDS.items()).join(
+            ("(default: ", ")")
+        ),
+    )
     parser.add_argument("--component-version", help="semantic version (default: 1.0.<package version>)")
     parser.add_argument("--code-uri", help="S3 URI of the robocar_pipeline wheel to install on the device")
     parser.add_argument("--recipe-out", type=Path, help="also write the rendered recipe (JSON) here")
@@ -155,11 +175,12 @@ def run(args: argparse.Namespace, make_clients: Callable[[argparse.Namespace], A
     """``robocar edge component``: describe the package, render, and create (or print) the version."""
     aws = make_clients(args)
     description = aws.sagemaker.describe_model_package(ModelPackageName=args.model_package_arn)
+    template, default_name = COMPONENT_KINDS[args.kind]
     recipe = render_recipe(
-        load_template(),
+        load_template(template),
         description,
         args.edge_target,
-        component_name=args.component_name,
+        component_name=args.component_name or default_name,
         component_version=args.component_version,
         code_uri=args.code_uri,
     )

@@ -23,6 +23,12 @@ configuration, no deployment is created. Two deliveries racing each other send t
 (derived from the deployment revised and the request), which Greengrass answers with the first one's
 deployment (https://docs.aws.amazon.com/greengrass/v2/APIReference/API_CreateDeployment.html).
 
+One function serves every recipe. The pilot's "approved" rule passes SageMaker's event as it is: the
+pilot's group, component and thing group (``MODEL_PACKAGE_GROUP``, ``COMPONENT_NAME``,
+``THING_GROUP_ARN``). The classifier's rule passes ``{"recipe": "classifier", "region": ..., "detail":
+...}`` through its target's input transformer: the ``CLASSIFIER_*`` variables, so an approved classifier
+goes to the classifier's cars as its own component, and a car (in one of the two groups) runs one model.
+
 Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime; the recipe template travels
 as JSON because the runtime has no PyYAML) and locally, where ``robocar trigger`` passes local clients
 to ``rollout``. Zip layout (``pipelines.infra.rollout_zip``): this file and the template at the root,
@@ -64,6 +70,10 @@ APPLIED_STATUSES = frozenset({"ACTIVE", "COMPLETED"})
 MAX_LIST_PAGES = 100  # LATEST_ONLY for one target holds one deployment; this only bounds a broken paginator
 
 
+# The environment variables of each recipe's configuration (infra/template.yaml, RolloutFunction).
+ENVIRONMENT_PREFIXES = {"pilot": "", "classifier": "CLASSIFIER_"}
+
+
 class RolloutError(RuntimeError):
     """The event or the package cannot be rolled out; the message says why."""
 
@@ -76,17 +86,29 @@ class RolloutConfig:
     thing_group_arn: str
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RolloutConfig:
+    def from_env(cls, env: Mapping[str, str], recipe: str = "pilot") -> RolloutConfig:
+        """The recipe's configuration; the cars' edge target is one for every recipe (``EDGE_TARGET``)."""
+        own = ENVIRONMENT_PREFIXES[recipe]
         names = {
-            "model_package_group": "MODEL_PACKAGE_GROUP",
-            "component_name": "COMPONENT_NAME",
+            "model_package_group": f"{own}MODEL_PACKAGE_GROUP",
+            "component_name": f"{own}COMPONENT_NAME",
             "edge_target": "EDGE_TARGET",
-            "thing_group_arn": "THING_GROUP_ARN",
+            "thing_group_arn": f"{own}THING_GROUP_ARN",
         }
         missing = [variable for variable in names.values() if not env.get(variable)]
         if missing:
             raise RolloutError(f"missing environment variable(s): {', '.join(missing)}")
         return cls(**{field: env[variable] for field, variable in names.items()})
+
+
+def event_recipe(event: Mapping[str, Any]) -> str:
+    """The recipe the event is for: the input transformer's ``recipe``, else the pilot."""
+    recipe = event.get("recipe", "pilot")
+    if recipe not in ENVIRONMENT_PREFIXES:
+        raise RolloutError(
+            f"the event names recipe {recipe!r}; this function serves {', '.join(ENVIRONMENT_PREFIXES)}"
+        )
+    return recipe
 
 
 def recipe_template() -> dict[str, Any]:
@@ -294,5 +316,5 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         event,
         sagemaker=boto3.client("sagemaker"),
         greengrass=boto3.client("greengrassv2"),
-        config=RolloutConfig.from_env(os.environ),
+        config=RolloutConfig.from_env(os.environ, event_recipe(event)),
     )

@@ -1,4 +1,4 @@
-"""The snapshot function: new data under ``<prefix>/raw/`` -> a dataset manifest -> one pipeline execution.
+"""The snapshot function: new data under a recipe's raw folder -> a dataset manifest -> one execution.
 
 EventBridge's "new data" rule (``pipelines.events.new_data_pattern``: a tub's ``manifest.json`` or a tub
 archive created under the raw prefix) invokes ``handler``. A rule can pass only whole event fields to a
@@ -13,6 +13,14 @@ carries ``ClientRequestToken`` = the manifest's digest, and "an idempotent opera
 than once" (https://docs.aws.amazon.com/sagemaker/latest/APIReference/API_StartPipelineExecution.html):
 a redelivered event, or a second event for the same data, starts no second execution. The request is a
 function of the dataset alone (no event field in it), so a repeat is the identical request.
+
+One function serves every recipe. The pilot's rule passes S3's event as it is: the pilot (``<prefix>/raw/``,
+``PIPELINE_NAME``). The classifier's rule passes ``{"recipe": "classifier", "detail": <the event's
+detail>}`` through its target's input transformer
+(https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-transform-target-input.html): the
+classifier's raw folder (``pipelines.datasets.RAW_FOLDERS``, ``<prefix>/raw-classifier/``) and
+``CLASSIFIER_PIPELINE_NAME``. The event names a recipe, never a pipeline or a folder: those come from the
+function's own environment and the one table of raw folders.
 
 Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime) and locally, where
 ``robocar trigger watch`` passes local clients to ``snapshot_and_start``. Zip layout
@@ -36,23 +44,47 @@ log.setLevel(logging.INFO)
 DESCRIPTION_MAX = 3072  # PipelineExecutionDescription: 0 to 3,072 characters (botocore's sagemaker model)
 
 
+# The environment variable holding each recipe's pipeline name (infra/template.yaml, SnapshotFunction).
+PIPELINE_NAME_VARIABLES = {"pilot": "PIPELINE_NAME", "classifier": "CLASSIFIER_PIPELINE_NAME"}
+
+
 class SnapshotError(RuntimeError):
-    """The function is misconfigured; the message says what is missing."""
+    """The function is misconfigured or the event names no recipe it knows; the message says which."""
 
 
 @dataclass(frozen=True)
 class SnapshotConfig:
     bucket: str
-    prefix: str  # the pipeline's prefix: tubs under <prefix>/raw/, manifests under <prefix>/datasets/
+    prefix: str  # raw data under <prefix>/<raw folder>/, manifests under <prefix>/datasets/
     pipeline_name: str
+    raw_folder: str = datasets.RAW_FOLDER  # the recipe's (pipelines.datasets.RAW_FOLDERS)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> SnapshotConfig:
-        names = {"bucket": "DATA_BUCKET", "prefix": "PREFIX", "pipeline_name": "PIPELINE_NAME"}
+    def from_env(cls, env: Mapping[str, str], recipe: str = "pilot") -> SnapshotConfig:
+        names = {
+            "bucket": "DATA_BUCKET",
+            "prefix": "PREFIX",
+            "pipeline_name": PIPELINE_NAME_VARIABLES[recipe],
+        }
         missing = [variable for variable in names.values() if not env.get(variable)]
         if missing:
             raise SnapshotError(f"missing environment variable(s): {', '.join(missing)}")
-        return cls(**{field: env[variable] for field, variable in names.items()})
+        values = {field: env[variable] for field, variable in names.items()}
+        return cls(**values, raw_folder=datasets.RAW_FOLDERS[recipe])
+
+    @property
+    def raw_uri(self) -> str:
+        return datasets.folder_uri(self.bucket, self.prefix, self.raw_folder)
+
+
+def event_recipe(event: Mapping[str, Any]) -> str:
+    """The recipe whose new data the event reports: the input transformer's ``recipe``, else the pilot."""
+    recipe = event.get("recipe", "pilot")
+    if recipe not in PIPELINE_NAME_VARIABLES:
+        raise SnapshotError(
+            f"the event names recipe {recipe!r}; this function serves {sorted(PIPELINE_NAME_VARIABLES)}"
+        )
+    return recipe
 
 
 def start_request(config: SnapshotConfig, snapshot: datasets.Snapshot) -> dict[str, Any]:
@@ -69,10 +101,9 @@ def start_request(config: SnapshotConfig, snapshot: datasets.Snapshot) -> dict[s
 def snapshot_and_start(
     event: Mapping[str, Any], *, s3: Any, sagemaker: Any, config: SnapshotConfig
 ) -> dict[str, Any]:
-    """Snapshot the raw prefix and start the pipeline on it; returns what was done (for the logs)."""
+    """Snapshot the recipe's raw prefix and start its pipeline on it; returns what was done (for the logs)."""
     key = (event.get("detail") or {}).get("object", {}).get("key", "")
-    raw = datasets.raw_uri(config.bucket, config.prefix)
-    taken = datasets.snapshot(s3, raw, datasets.datasets_uri(config.bucket, config.prefix))
+    taken = datasets.snapshot(s3, config.raw_uri, datasets.datasets_uri(config.bucket, config.prefix))
     response = sagemaker.start_pipeline_execution(**start_request(config, taken))
     result = {
         "status": "started",
@@ -91,7 +122,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     twice (https://docs.aws.amazon.com/lambda/latest/dg/invocation-async.html), each with the same token."""
     import boto3  # the Lambda runtime's; not needed to import this module
 
-    config = SnapshotConfig.from_env(os.environ)
+    config = SnapshotConfig.from_env(os.environ, event_recipe(event))
     return snapshot_and_start(
         event, s3=boto3.client("s3"), sagemaker=boto3.client("sagemaker"), config=config
     )

@@ -1,5 +1,6 @@
 """``robocar data``: data for the pipeline; ``synth`` writes a synthetic donkeycar tub v2 for the demo
-(``--classifier``: labelled photos and a Ground Truth manifest for the classifier recipe)."""
+(``--classifier``: labelled photos and a Ground Truth manifest for the classifier recipe; ``--detection``:
+photos with objects at known boxes and a Ground Truth bounding-box manifest for the detection recipe)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write labelled photos of --classes shapes and a Ground Truth image-classification output "
         "manifest (OUT/output.manifest) instead of a tub",
     )
-    synth.add_argument("--classes", type=int, default=3, help="with --classifier: number of classes (2..8)")
-    synth.add_argument("--images", type=int, default=600, help="with --classifier: number of photos")
+    synth.add_argument(
+        "--detection",
+        action="store_true",
+        help="write photos with 1-4 objects of --classes shapes at known boxes and a Ground Truth "
+        "bounding-box output manifest (OUT/output.manifest) instead of a tub",
+    )
+    synth.add_argument(
+        "--classes",
+        type=int,
+        default=3,
+        help="with --classifier: number of classes (2..8); with --detection: (1..6)",
+    )
+    synth.add_argument(
+        "--images", type=int, default=600, help="with --classifier or --detection: number of photos"
+    )
     synth.set_defaults(handler=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
+    if args.classifier and args.detection:
+        raise ValueError("choose one of --classifier and --detection")
     if args.classifier:
         return _synth_classes(args)
+    if args.detection:
+        return _synth_boxes(args)
     from pipelines.synth import write_tub
 
     if args.frames < 1 or args.sessions < 1 or args.sessions > args.frames:
@@ -70,5 +88,18 @@ def _synth_classes(args: argparse.Namespace) -> int:
     print(
         f"wrote {summary.images} labelled photos ({counts}; {summary.grey} greyscale) and "
         f"{summary.manifest} in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _synth_boxes(args: argparse.Namespace) -> int:
+    from pipelines.synth_boxes import write_boxes
+
+    started = time.perf_counter()
+    summary = write_boxes(args.out, args.classes, args.images, args.seed)
+    counts = ", ".join(f"{n} {c}" for n, c in zip(summary.objects_per_class, summary.classes, strict=True))
+    print(
+        f"wrote {summary.images} photos with {sum(summary.objects_per_class)} objects ({counts}; "
+        f"{summary.grey} greyscale) and {summary.manifest} in {time.perf_counter() - started:.1f} s"
     )
     return 0

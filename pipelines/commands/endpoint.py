@@ -79,7 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     invoke.add_argument(
         "--content-type", default=None, help="default: from the file's suffix (.jpg: image/jpeg)"
     )
-    invoke.add_argument("--accept", default="application/json", help="default: application/json")
+    invoke.add_argument(
+        "--accept", default=None,
+        help="default: application/json; a classifier's with class names: application/json; verbose=true",
+    )  # fmt: skip
     invoke.add_argument("--output", type=Path, default=None, help="write the answer's body here")
 
     add("status", _status, "the endpoint, its configuration and scaling")
@@ -216,6 +219,9 @@ def _invoke(args: argparse.Namespace) -> int:
     values, where = _where(args)
     name = endpoint_name(args, str(values["model_package_group"]))
     content_type = endpoint.content_type_of(args.file.name, args.content_type)
+    # A classifier answers probabilities by class id; verbose adds the class names (inference/classifier.py).
+    classifier = values.get("recipe") == "classifier"
+    args.accept = args.accept or ("application/json; verbose=true" if classifier else "application/json")
     body = args.file.read_bytes()
     if args.asynchronous:
         settings = _full_settings(args, where)

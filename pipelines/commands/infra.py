@@ -24,6 +24,28 @@ TEMPLATE_FLAGS = {
     "DeviceThingGroupName": ("--thing-group", None, "the cars' IoT thing group (robocar-cars)"),
     "GreengrassComponentName": ("--component-name", None, "Greengrass component (com.robocar.Pilot)"),
     "EdgeTarget": ("--edge-target", "edge_target", "the compiled artifact the cars run (rasp4b)"),
+    # The classifier recipe's names (its raw data: PREFIX/raw-classifier/). Not shared with the pipeline
+    # settings: those name one recipe's pipeline at a time, the stack serves both.
+    "ClassifierPipelineName": (
+        "--classifier-pipeline-name",
+        None,
+        "the pipeline a Ground Truth manifest starts (robocar-classifier)",
+    ),
+    "ClassifierModelPackageGroupName": (
+        "--classifier-model-package-group",
+        None,
+        "the classifier's registry group (robocar-classifiers)",
+    ),
+    "ClassifierThingGroupName": (
+        "--classifier-thing-group",
+        None,
+        "the IoT thing group of the cars that run the classifier (robocar-classifier-cars)",
+    ),
+    "ClassifierComponentName": (
+        "--classifier-component-name",
+        None,
+        "the classifier's Greengrass component (com.robocar.Classifier)",
+    ),
 }
 
 
@@ -121,10 +143,12 @@ def _check(args: argparse.Namespace) -> int:
     if refused:
         print("EventBridge would refuse the template's rules:", *refused, sep="\n  ", file=sys.stderr)
         return 1
-    rules = infra.render_rules(template, overrides)
     print(f"{infra.TEMPLATE_PATH.name}: rules agree with pipelines/events.py")
-    print(f"new data  ({rules.bucket}, {rules.raw_prefix}): {json.dumps(rules.new_data_pattern)}")
-    print(f"approved  ({rules.group}): {json.dumps(rules.approved_pattern)}")
+    for recipe in infra.RECIPE_PARAMETERS:
+        rules = infra.render_rules(template, overrides, recipe=recipe)
+        print(f"{recipe}:")
+        print(f"  new data  ({rules.bucket}, {rules.raw_prefix}): {json.dumps(rules.new_data_pattern)}")
+        print(f"  approved  ({rules.group}): {json.dumps(rules.approved_pattern)}")
     return 0
 
 

@@ -149,9 +149,11 @@ def _set_status(args: argparse.Namespace, sagemaker: Any) -> int:
     if root is not None:
         # Locally the registry is a folder, so this command delivers what EventBridge would on AWS: the
         # state-change event, and for an approval the rollout (robocar trigger watch would on its next poll).
-        from pipelines.local.trigger import rollout_after_registry_change
+        from pipelines.local.trigger import recipe_of_group, rollout_after_registry_change
 
         group = sagemaker.describe_model_package(ModelPackageName=arn)["ModelPackageGroupName"]
-        for line in rollout_after_registry_change(root, sagemaker, group, region=args.region or "us-east-1"):
+        recipe = recipe_of_group(group, args.recipe or "pilot")  # its component and thing group
+        region = args.region or "us-east-1"
+        for line in rollout_after_registry_change(root, sagemaker, group, region=region, recipe=recipe):
             print(line)
     return 0

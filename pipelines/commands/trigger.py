@@ -11,31 +11,39 @@ from pipelines import settings as settings_mod
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "trigger", help="local EventBridge: new tubs start the pipeline, approvals roll out"
+        "trigger", help="local EventBridge: new data starts the recipe's pipeline, approvals roll out"
     )
     commands = parser.add_subparsers(dest="trigger_command", metavar="ACTION", required=True)
     watch = commands.add_parser(
         "watch",
-        help="poll the local raw-data prefix and the local registry, as the stack's two rules do on AWS",
-        description="Poll the workspace's local S3 folder under <prefix>/raw/: an uploaded tub (its "
-        "manifest.json) or tub archive (.tar.gz/.zip) runs the snapshot function, which names the raw "
-        "prefix's contents by a manifest under <prefix>/datasets/ and starts one local pipeline execution "
-        "on it, however often it is seen (one dataset, one execution). Poll the local model registry: a "
-        "package that becomes Approved is rolled out "
-        "(Greengrass component version and deployment, recorded under <workspace>/greengrass/). "
+        help="poll the recipe's local raw-data prefix and registry group, as the stack's rules do on AWS",
+        description="Poll the workspace's local S3 folder under the recipe's raw-data prefix. The pilot "
+        "(--recipe pilot, the default) watches <prefix>/raw/: an uploaded tub (its manifest.json) or tub "
+        "archive (.tar.gz/.zip); the classifier (--recipe classifier) watches <prefix>/raw-classifier/: a "
+        "Ground Truth output manifest (*.manifest), once it and the photos in its folder have settled. "
+        "Either runs the snapshot function, which names the raw prefix's contents by a manifest under "
+        "<prefix>/datasets/ and starts one local execution of the recipe's pipeline on it, however often "
+        "it is seen (one dataset, one execution). Poll the recipe's group in the local model registry: a "
+        "package that becomes Approved is rolled out as the recipe's Greengrass component to the "
+        "recipe's thing group (com.robocar.Pilot to robocar-cars, com.robocar.Classifier to "
+        "robocar-classifier-cars: a car runs one model), recorded under <workspace>/greengrass/. "
         "The rules are those of infra/template.yaml (pipelines/events.py). The pipeline must have been "
-        "upserted locally once (`robocar run --local`).",
+        "upserted locally once (`robocar run --local`, with the same --recipe).",
     )
     watch.add_argument("--once", action="store_true", help="poll once and exit (for scripts and tests)")
     watch.add_argument("--interval", type=float, default=5.0, help="seconds between polls (default: 5)")
     watch.add_argument(
         "--settle", type=float, default=2.0,
-        help="a tub starts the pipeline once its files are this many seconds old (default: 2)",
+        help="new data starts the pipeline once its files are this many seconds old (default: 2)",
     )  # fmt: skip
     watch.add_argument(
-        "--component-name", default=None, help="Greengrass component name (default: the stack's)"
+        "--component-name",
+        default=None,
+        help="Greengrass component name (default: the recipe's, as the stack's)",
     )
-    watch.add_argument("--thing-group", default=None, help="the cars' thing group (default: the stack's)")
+    watch.add_argument(
+        "--thing-group", default=None, help="the cars' thing group (default: the recipe's, as the stack's)"
+    )
     settings_mod.add_arguments(watch, backend=True)  # local is the only backend `trigger watch` has
     core.add_arguments(watch, ("edge_target",), "the cars")
     watch.set_defaults(handler=_watch)
@@ -48,13 +56,16 @@ def _check_rules(settings: settings_mod.Settings, config: Any) -> None:
     """
     from pipelines import infra
 
+    names = {
+        "pipeline_name": settings.pipeline_name,
+        "model_package_group": settings.model_package_group,
+        "thing_group": config.thing_group,
+        "component_name": config.component_name,
+    }
     overrides = {
         "Prefix": settings.prefix.strip("/"),
-        "PipelineName": settings.pipeline_name,
-        "ModelPackageGroupName": settings.model_package_group,
-        "DeviceThingGroupName": config.thing_group,
-        "GreengrassComponentName": config.component_name,
         "EdgeTarget": config.edge_target,
+        **{infra.RECIPE_PARAMETERS[config.recipe][key]: value for key, value in names.items()},
     }
     infra.validate_rule_requests(infra.load_template(), overrides, region=settings.region)
 
@@ -76,9 +87,10 @@ def _watch(args: argparse.Namespace) -> int:
         pipeline_name=settings.pipeline_name,
         model_package_group=settings.model_package_group,
         region=settings.region,
-        component_name=args.component_name or TriggerConfig.component_name,
+        component_name=args.component_name or "",  # empty: the recipe's
         edge_target=core.resolve_args(args, ("edge_target",))["edge_target"],
-        thing_group=args.thing_group or TriggerConfig.thing_group,
+        thing_group=args.thing_group or "",
+        recipe=settings.recipe,
     )
     try:
         _check_rules(settings, config)

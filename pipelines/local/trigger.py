@@ -1,10 +1,15 @@
-"""Local EventBridge: the two rules of ``infra/template.yaml`` driven by polling the local workspace.
+"""Local EventBridge: one recipe's two rules of ``infra/template.yaml`` driven by polling the local workspace.
 
+A watch serves one recipe (``TriggerConfig.recipe``): the pilot's rules watch ``<prefix>/raw/`` (tubs) and
+its group, the classifier's ``<prefix>/raw-classifier/`` (Ground Truth output manifests and their photos)
+and its group; each starts only its own pipeline and rolls out to its own component and thing group.
 Each poll (``poll_once``):
 
-1. lists the raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/raw/``), turns every
+1. lists the recipe's raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/<raw folder>/``,
+   ``pipelines.datasets.RAW_FOLDERS``), turns every
    object into the event S3 would send (``pipelines.events.s3_object_created_event``), matches it
-   against the "new data" rule (``pipelines.events.new_data_pattern`` through ``pipelines.event_pattern``)
+   against the recipe's "new data" rule (``pipelines.events.new_data_pattern`` through
+   ``pipelines.event_pattern``)
    and, for each matching event, runs the rule's target, the snapshot function
    (``infra/snapshot/handler.py``): the raw prefix is snapshotted into a dataset manifest and the pipeline
    started on it with the dataset's ``ClientRequestToken``, so events for one dataset start one execution;
@@ -21,7 +26,8 @@ watcher) starts one execution; a rewritten object is a new event, as on S3.
 The first poll of a workspace is the moment the rule is created: EventBridge never reports objects
 created before its rule, and every execution trains on the whole raw-data prefix, so tubs older than the
 pipeline's last execution (``robocar run --local``) are recorded as processed instead of started. A tub
-still being copied in is deferred until its files are ``settle_s`` old.
+(or a labelled set: a Ground Truth manifest and the photos in its folder) still being copied in is
+deferred until its files are ``settle_s`` old.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from typing import Any
 
 from edge.atomic_files import atomic_write_json, file_lock
 from edge.aws_errors import ClientError, check_params, client_error, response_metadata
-from edge.greengrass.component import COMPONENT_NAME
+from edge.greengrass.component import COMPONENT_NAMES
 from edge.local_readers import from_iso, now_utc, page_items, to_iso
 from edge.settings import default_of
 from pipelines import event_pattern, events
@@ -47,26 +53,54 @@ from pipelines.aws_rules import validated
 from pipelines.local.s3 import LocalS3Client
 
 STATE_FORMAT = "robocar-triggers/1"
-DEFAULT_THING_GROUP = "robocar-cars"
+# Each recipe's cars: a car runs one model, so a car is in one of these groups, and each recipe's approved
+# packages go to its own group as its own component (edge.greengrass.component.COMPONENT_NAMES). The
+# stack's thing group parameters default to these (infra/template.yaml).
+THING_GROUPS = {"pilot": "robocar-cars", "classifier": "robocar-classifier-cars"}
+DEFAULT_THING_GROUP = THING_GROUPS["pilot"]
 
 
 @dataclass(frozen=True)
 class TriggerConfig:
-    """What the stack's parameters say on AWS (names as in ``infra/template.yaml``)."""
+    """What the stack's parameters say on AWS (names as in ``infra/template.yaml``) for one recipe.
+
+    ``component_name`` and ``thing_group`` left empty are the recipe's (``COMPONENT_NAMES``,
+    ``THING_GROUPS``).
+    """
 
     bucket: str
-    prefix: str  # the pipeline's prefix; tubs arrive under <prefix>/raw/
+    prefix: str  # the pipeline's prefix; the recipe's raw data arrives under <prefix>/<raw folder>/
     pipeline_name: str
     model_package_group: str
     region: str = "us-east-1"
     account: str = events.EXAMPLE_ACCOUNT
-    component_name: str = COMPONENT_NAME
+    component_name: str = ""
     edge_target: str = default_of("edge_target")  # the cars' target (edge/settings.py)
-    thing_group: str = DEFAULT_THING_GROUP
+    thing_group: str = ""
+    recipe: str = "pilot"
+
+    def __post_init__(self) -> None:
+        from pipelines.datasets import RAW_FOLDERS
+
+        if self.recipe not in RAW_FOLDERS:
+            raise ValueError(f"no recipe {self.recipe!r} (recipes: {', '.join(RAW_FOLDERS)})")
+        # frozen: the recipe's defaults are filled in once, here
+        object.__setattr__(self, "component_name", self.component_name or COMPONENT_NAMES[self.recipe])
+        object.__setattr__(self, "thing_group", self.thing_group or THING_GROUPS[self.recipe])
+
+    @property
+    def raw_folder(self) -> str:
+        from pipelines.datasets import RAW_FOLDERS
+
+        return RAW_FOLDERS[self.recipe]
 
     @property
     def raw_prefix(self) -> str:
-        return events.normalize_prefix(f"{self.prefix.strip('/')}/raw")
+        return events.normalize_prefix(f"{self.prefix.strip('/')}/{self.raw_folder}")
+
+    def new_data_pattern(self) -> dict[str, Any]:
+        """The recipe's "new data" rule for this bucket and prefix (``pipelines.events``)."""
+        return events.new_data_pattern(self.bucket, self.raw_prefix, self.recipe)
 
     @property
     def thing_group_arn(self) -> str:
@@ -87,7 +121,7 @@ class PollReport:
     def lines(self) -> Iterator[str]:
         if self.already_processed:
             yield (
-                f"{self.already_processed} tub(s) older than the pipeline's last execution: already "
+                f"{self.already_processed} upload(s) older than the pipeline's last execution: already "
                 "trained on, not started (as EventBridge reports only objects created after the rule)"
             )
         for run in self.started:
@@ -208,7 +242,9 @@ def start_for_new_data(
         report.duplicates += 1
         return
     handler = load_snapshot_handler()
-    function_config = handler.SnapshotConfig(config.bucket, config.prefix, config.pipeline_name)
+    function_config = handler.SnapshotConfig(
+        config.bucket, config.prefix, config.pipeline_name, raw_folder=config.raw_folder
+    )
     obj_key = event["detail"]["object"]["key"]
     try:
         result = handler.snapshot_and_start(event, s3=s3, sagemaker=sagemaker, config=function_config)
@@ -300,7 +336,8 @@ def rollout_after_registry_change(
     Emits the state-change events of ``model_package_group`` not yet delivered and runs the rollout for
     the approved ones, exactly as the next ``robocar trigger watch`` poll would (and instead of it: the
     state file records the delivery). ``rollout`` takes ``edge_target``, ``component_name``,
-    ``thing_group``. Returns one line per rollout.
+    ``thing_group`` and ``recipe`` (whose component and thing group are the defaults). Returns one line
+    per rollout.
     """
     config = TriggerConfig(
         bucket="",
@@ -313,6 +350,15 @@ def rollout_after_registry_change(
     report = PollReport()
     run_rollouts(Path(root), sagemaker, config, report)
     return list(report.lines())
+
+
+def recipe_of_group(group: str, default: str = "pilot") -> str:
+    """The recipe whose model package group ``group`` is by default (edge.settings.RECIPE_NAMES), else
+    ``default`` (the recipe the command was given): an approval of a classifier package by its ARN alone
+    rolls out as the classifier."""
+    from edge.settings import RECIPE_NAMES
+
+    return next((recipe for recipe, (_, name) in RECIPE_NAMES.items() if name == group), default)
 
 
 # ---------------------------------------------------------------- the loop
@@ -329,18 +375,18 @@ def poll_once(
 
     ``unchanged`` (kept by ``watch`` between polls) remembers each handled object's (mtime, size), so
     an object seen before is not turned into an event again; the state file is what dedupes deliveries.
-    ``settle_s``: a matching object is delivered once it, and for a tub's ``manifest.json`` every file
-    of the tub, is that many seconds old; a tub still being copied in (``cp -r`` writes in directory
-    order, not manifest last) is deferred to a later poll instead of starting on half the images.
+    ``settle_s``: a matching object is delivered once it, and for a tub's ``manifest.json`` (a labelled
+    set's ``*.manifest``) every file in its folder, is that many seconds old; a tub still being copied in
+    (``cp -r`` writes in directory order, not manifest last) is deferred to a later poll instead of
+    starting on half the images (a Ground Truth manifest copied before its photos, on half the photos).
     """
     root = Path(root)
     report = PollReport()
-    is_new_data = event_pattern.matcher(events.new_data_pattern(config.bucket, config.raw_prefix))
+    is_new_data = event_pattern.matcher(config.new_data_pattern())
     objects = raw_objects(s3, config)
-    first_poll = not state_path(root).exists()
+    first_poll = _create_rule(root, config.recipe)
     processed_before = latest_execution_start_ns(sagemaker, config.pipeline_name) if first_poll else 0
-    _update_state(root, lambda state: None)  # the rule exists from now on
-    newest = _newest_in_tub(objects)
+    newest = _newest_in_folder(objects, events.FOLDER_MARKERS[config.recipe])
     settled_before = time.time_ns() - int(settle_s * 1e9)
     for mtime_ns, size, key in objects:
         if unchanged is not None and unchanged.get(key) == (mtime_ns, size):
@@ -364,6 +410,23 @@ def poll_once(
     return report
 
 
+def _create_rule(root: Path, recipe: str) -> bool:
+    """Record that the recipe's rules exist from now on; True on its first poll (they did not before).
+
+    Each recipe's rule is created by its own first watch, so the state lists the recipes watched; a state
+    file from before it did ("watched" absent) was written by the pilot's watch if it holds any object.
+    """
+
+    def create(state: dict[str, Any]) -> bool:
+        watched = state.setdefault("watched", ["pilot"] if state["objects"] else [])
+        if recipe in watched:
+            return False
+        watched.append(recipe)
+        return True
+
+    return _update_state(root, create)
+
+
 def latest_execution_start_ns(sagemaker: Any, pipeline_name: str) -> int:
     """When the pipeline's newest execution started (ns since the epoch), 0 when it has none.
 
@@ -384,17 +447,20 @@ def _mark_processed(root: Path, event: dict[str, Any]) -> None:
     _update_state(root, lambda state: state["objects"].setdefault(delivery_key(event), entry))
 
 
-def _newest_in_tub(objects: list[tuple[int, int, str]]) -> dict[str, int]:
-    """For each ``<tub>/manifest.json`` key: the newest modification time of any file of that tub."""
-    marker = f"/{events.TUB_MARKER}"
-    tubs = {key.removesuffix(marker): key for _, _, key in objects if key.endswith(marker)}
+def _newest_in_folder(objects: list[tuple[int, int, str]], marker: str) -> dict[str, int]:
+    """For each key ending in ``marker`` (a tub's ``/manifest.json``, a labelled set's ``.manifest``): the
+    newest modification time of any file in its folder or below (the tub's images, the set's photos)."""
+    marked: dict[str, list[str]] = {}
+    for _, _, key in objects:
+        if key.endswith(marker) and "/" in key:
+            marked.setdefault(key.rsplit("/", 1)[0], []).append(key)
     newest: dict[str, int] = {}
     for mtime_ns, _, key in objects:
         folder = key
         while "/" in folder:
             folder = folder.rsplit("/", 1)[0]
-            if folder in tubs:
-                newest[tubs[folder]] = max(newest.get(tubs[folder], 0), mtime_ns)
+            for marker_key in marked.get(folder, ()):
+                newest[marker_key] = max(newest.get(marker_key, 0), mtime_ns)
     return newest
 
 
@@ -417,7 +483,7 @@ def watch(
     total, unchanged = PollReport(), {}
     emit(
         f"watching s3://{config.bucket}/{config.raw_prefix} (local: {Path(root) / 's3' / config.bucket}) "
-        f"and model package group {config.model_package_group}"
+        f"for the {config.recipe}'s new data, and model package group {config.model_package_group}"
     )
     while True:
         report = poll_once(root, s3, sagemaker, config, unchanged, settle_s=settle_s)
@@ -430,7 +496,7 @@ def watch(
         total.not_matched += report.not_matched
         total.package_events += report.package_events
         if once and report.deferred:
-            emit(f"{report.deferred} tub(s) still being written: waiting {settle_s:g}s for them to settle")
+            emit(f"{report.deferred} upload(s) still being written: waiting {settle_s:g}s for them to settle")
             time.sleep(settle_s)
             continue
         if once or stop():

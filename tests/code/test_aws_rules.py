@@ -469,10 +469,14 @@ def test_the_stacks_rule_requests_are_valid_and_a_too_long_prefix_is_refused() -
     assert [(logical_id, operation) for logical_id, operation, _ in requests] == [
         ("NewDataRule", "PutRule"),
         ("NewDataRule", "PutTargets"),
+        ("ClassifierNewDataRule", "PutRule"),
+        ("ClassifierNewDataRule", "PutTargets"),
         ("ApprovedRule", "PutRule"),
         ("ApprovedRule", "PutTargets"),
+        ("ClassifierApprovedRule", "PutRule"),
+        ("ClassifierApprovedRule", "PutTargets"),
     ]
-    assert infra.rule_request_problems(template) == []
+    assert infra.rule_request_problems(template) == []  # the classifier's input transformers included
     long_prefix = {"Prefix": "fleet/" + "p" * 1000}
     problems = infra.rule_request_problems(template, long_prefix)
     assert any(

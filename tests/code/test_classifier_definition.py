@@ -87,7 +87,7 @@ def test_steps_and_wiring(definition: dict[str, Any]) -> None:
     register = steps["Register"]["Arguments"]
     assert register["ModelPackageGroupName"] == "robocar-classifiers"
     container = register["InferenceSpecification"]["Containers"][0]
-    assert "mxnet-inference:1.9.0" in container["Image"]
+    assert container["Image"] == MXNET_IMAGE  # the endpoint serves from the project's image (its `serve`)
     assert "application/x-image" in register["InferenceSpecification"]["SupportedContentTypes"]
 
 

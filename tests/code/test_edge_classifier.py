@@ -4,6 +4,7 @@ pulled, smoke-tested, measured, run on photos, written as JSON lines and publish
 from __future__ import annotations
 
 import json
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,22 @@ def test_a_manifest_whose_artifact_does_not_take_the_transforms_shape_is_refused
         classify.check_manifest(manifest)
     with pytest.raises(classify.ClassifierError, match="2 or more distinct names"):
         classify.check_manifest({**manifest, "classes": ["red", "red"]})
+
+
+def test_the_cars_classifier_sessions_keep_every_graph_optimisation(good_package, tmp_path: Path) -> None:
+    """ORT_ENABLE_ALL is most of the classifier's speed (its NCHWc/NHWC layouts: float32 5.8x, int8
+    1.25x over EXTENDED, benchmarks/README.md): losing it must fail here, not only in a benchmark."""
+    import onnxruntime as ort
+
+    (tmp_path / "model.tar.gz").write_bytes(good_package)
+    with tarfile.open(tmp_path / "model.tar.gz") as tar:
+        tar.extractall(tmp_path / "package", filter="data")
+    for precision in ("int8", "float32"):
+        classifier = classify.open_classifier(tmp_path / "package", prefer=precision, threads=1)
+        options = classifier._session.get_session_options()
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL, precision
+        assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
 
 
 def test_top_k_orders_by_probability_then_class_id() -> None:

@@ -202,4 +202,8 @@ def test_parser_accepts_component_flags():
     parser = argparse.ArgumentParser()
     component.add_arguments(parser)
     args = parser.parse_args(["--model-package-arn", "arn:x", "--dry-run"])
-    assert args.dry_run and args.component_name == component.COMPONENT_NAME
+    assert (
+        args.dry_run
+        and args.kind == "drive"
+        and component.COMPONENT_KINDS["drive"][1] == component.COMPONENT_NAME
+    )

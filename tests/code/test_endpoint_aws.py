@@ -467,7 +467,7 @@ def test_cli_async_invoke_uploads_the_file_then_asks_for_it(aws, tmp_path, monke
             "EndpointName": f"{GROUP}-async",
             "InputLocation": f"s3://{BUCKET}/{key}",
             "ContentType": "image/png",
-            "Accept": "application/json",
+            "Accept": "application/json; verbose=true",  # a classifier answers with its class names
         },
     )
     argv = ["endpoint", "invoke", "--aws", "--async", "--recipe", "classifier", "--region", REGION,
@@ -585,7 +585,7 @@ def test_local_commands_go_to_the_local_server(fake_server, tmp_path, monkeypatc
         "http://127.0.0.1:9",
         photo.read_bytes(),
         "image/jpeg",
-        "application/json",
+        "application/json; verbose=true",  # the classifier's default: probabilities with class names
     )
     assert json.loads(capsys.readouterr().out) == {"sports": 0.9}
     assert main(["endpoint", "invoke", *local, "--content-type", "text/csv", str(photo)]) == 2

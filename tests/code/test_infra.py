@@ -52,6 +52,74 @@ def test_template_rules_equal_the_one_definition(overrides: dict[str, str]) -> N
     prefix = overrides.get("Prefix", "robocar")
     assert rules.raw_prefix == f"{prefix}/raw/"
     assert rules.new_data_pattern == events.new_data_pattern(rules.bucket, f"{prefix}/raw")
+    classifier = infra.render_rules(template, overrides, recipe="classifier")
+    assert classifier.raw_prefix == f"{prefix}/raw-classifier/"
+    assert classifier.new_data_pattern == events.new_data_pattern(
+        rules.bucket, f"{prefix}/raw-classifier", "classifier"
+    )
+    assert classifier.group == "robocar-classifiers"
+    assert classifier.approved_pattern == events.approved_pattern("robocar-classifiers")
+
+
+def test_each_recipe_has_its_rules_and_the_stacks_defaults_are_the_recipes() -> None:
+    """One table per concept, the same recipes in each; the template's classifier defaults are theirs."""
+    from edge.greengrass.component import COMPONENT_NAMES
+    from edge.settings import RECIPE_NAMES
+    from pipelines.datasets import RAW_FOLDERS
+    from pipelines.local.trigger import THING_GROUPS
+    from steps.containers import MXNET_REPOSITORY
+
+    snapshot = infra.load_snapshot_handler()
+    rollout = infra.load_rollout_handler()
+    tables = [
+        RAW_FOLDERS,
+        events.NEW_DATA_ENDINGS,
+        events.FOLDER_MARKERS,
+        COMPONENT_NAMES,
+        THING_GROUPS,
+        infra.RECIPE_PARAMETERS,
+        infra.NEW_DATA_RULES,
+        infra.APPROVED_RULES,
+        snapshot.PIPELINE_NAME_VARIABLES,
+        rollout.ENVIRONMENT_PREFIXES,
+    ]
+    assert all(list(table) == list(RECIPE_NAMES) for table in tables)
+    template = infra.load_template()
+    declared = template["Parameters"]
+    for recipe, parameters in infra.RECIPE_PARAMETERS.items():
+        defaults = {key: declared[name]["Default"] for key, name in parameters.items()}
+        pipeline, group = RECIPE_NAMES[recipe]
+        assert defaults == {
+            "pipeline_name": pipeline,
+            "model_package_group": group,
+            "thing_group": THING_GROUPS[recipe],
+            "component_name": COMPONENT_NAMES[recipe],
+        }
+    repository = template["Resources"]["MXNetImageRepository"]["Properties"]
+    assert repository["RepositoryName"] == MXNET_REPOSITORY  # where account_image_uri points the steps
+
+
+def test_the_image_repository_keeps_the_newest_images() -> None:
+    """The lifecycle policy is one ECR accepts (botocore's PutLifecyclePolicy model) and expires all but
+    the newest few images, whatever their tags (content-addressed tags pile up)."""
+    from pipelines.aws_rules import request_problems
+
+    properties = infra.load_template()["Resources"]["MXNetImageRepository"]["Properties"]
+    text = properties["LifecyclePolicy"]["LifecyclePolicyText"]
+    request = {"repositoryName": properties["RepositoryName"], "lifecyclePolicyText": text}
+    assert request_problems("ecr", "PutLifecyclePolicy", request) == []
+    (rule,) = json.loads(text)["rules"]
+    assert rule["selection"] == {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 5}
+    assert rule["action"] == {"type": "expire"}
+    create = {
+        "repositoryName": properties["RepositoryName"],
+        "imageTagMutability": properties["ImageTagMutability"],
+        "imageScanningConfiguration": {"scanOnPush": properties["ImageScanningConfiguration"]["ScanOnPush"]},
+        "encryptionConfiguration": {
+            "encryptionType": properties["EncryptionConfiguration"]["EncryptionType"]
+        },
+    }
+    assert request_problems("ecr", "CreateRepository", create) == []
 
 
 def test_a_changed_template_rule_is_reported() -> None:
@@ -114,8 +182,85 @@ def test_new_data_invokes_the_snapshot_function_which_alone_starts_the_pipeline(
         "DATA_BUCKET": BUCKET,
         "PREFIX": "robocar",
         "PIPELINE_NAME": "robocar-pipeline",
+        "CLASSIFIER_PIPELINE_NAME": "robocar-classifier",
     }
     assert function["Role"] == context.attribute("SnapshotRole", "Arn")
+
+
+def _transformed(target: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """What EventBridge hands the target: the input template with each ``<name>`` replaced by the JSON
+    at its path, inserted as JSON where it stands unquoted and as text inside quotes
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-transform-target-input.html)."""
+    transformer = target["InputTransformer"]
+    text = transformer["InputTemplate"]
+    for name, path in transformer["InputPathsMap"].items():
+        value: Any = event
+        for part in path.removeprefix("$.").split("."):
+            value = value[part]
+        text = text.replace(f'"<{name}>"', json.dumps(value)).replace(f"<{name}>", json.dumps(value))
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("rule", "function", "event"),
+    [
+        (
+            "ClassifierNewDataRule",
+            "SnapshotFunction",
+            events.s3_object_created_event(BUCKET, "robocar/raw-classifier/set_1/output.manifest"),
+        ),
+        (
+            "ClassifierApprovedRule",
+            "RolloutFunction",
+            events.model_package_state_change_event(
+                model_package_arn=f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:model-package/robocar-classifiers/3",
+                group="robocar-classifiers",
+                version=3,
+                approval_status="Approved",
+                region="eu-west-1",
+            ),
+        ),
+    ],
+)
+def test_the_classifiers_rules_tell_the_same_functions_the_recipe(
+    rule: str, function: str, event: dict[str, Any]
+) -> None:
+    """The classifier's rules invoke the pilot's functions with ``recipe`` added to the event's detail (and
+    region): each function takes the classifier's names from its own environment, none from the event."""
+    template = infra.load_template()
+    context = infra.render_context(template, {})
+    resources = template["Resources"]
+    (target,) = infra.resolve(resources[rule]["Properties"]["Targets"], context)
+    assert target["Arn"] == context.attribute(function, "Arn")
+    delivered = _transformed(target, event)
+    assert delivered["recipe"] == "classifier" and delivered["detail"] == event["detail"]
+    permission = resources[f"{rule}Invokes{function.removesuffix('Function')}"]["Properties"]
+    assert permission["SourceArn"] == {"Fn::GetAtt": [rule, "Arn"]}
+    assert (permission["FunctionName"], permission["Principal"]) == (
+        {"Ref": function},
+        "events.amazonaws.com",
+    )
+    variables = infra.resolve(resources[function]["Properties"]["Environment"], context)["Variables"]
+    if function == "SnapshotFunction":
+        handler = infra.load_snapshot_handler()
+        config = handler.SnapshotConfig.from_env(variables, handler.event_recipe(delivered))
+        assert (config.pipeline_name, config.raw_uri) == (
+            "robocar-classifier",
+            f"s3://{BUCKET}/robocar/raw-classifier/",
+        )
+        assert handler.event_recipe(event) == "pilot"  # the pilot's rule passes the event as it is
+    else:
+        handler = infra.load_rollout_handler()
+        config = handler.RolloutConfig.from_env(variables, handler.event_recipe(delivered))
+        assert config == handler.RolloutConfig(
+            "robocar-classifiers",
+            "com.robocar.Classifier",
+            "rasp4b",
+            f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/robocar-classifier-cars",
+        )
+        assert delivered["region"] == "eu-west-1"  # the rollout reads the package's region from it
+    with pytest.raises(RuntimeError, match="recipe 'other'"):
+        handler.event_recipe({**delivered, "recipe": "other"})
 
 
 @pytest.mark.parametrize(
@@ -283,7 +428,10 @@ def test_roles_are_least_privilege() -> None:
     (start,) = [
         s for s in _statements(roles["SnapshotRole"]) if s["Action"] == "sagemaker:StartPipelineExecution"
     ]
-    assert start["Resource"]["Fn::Sub"].endswith(":pipeline/${PipelineName}")
+    assert [resource["Fn::Sub"].rsplit(":", 1)[1] for resource in start["Resource"]] == [
+        "pipeline/${PipelineName}",
+        "pipeline/${ClassifierPipelineName}",
+    ]
     context = infra.render_context(infra.load_template(), {"Prefix": "fleet/a"})
     rendered = infra.resolve(_statements(roles["PipelineExecutionRole"]), context)
     (listing,) = [s for s in rendered if s["Action"] == "s3:ListBucket"]
@@ -323,11 +471,13 @@ def test_the_rollout_role_allows_exactly_what_the_rollout_calls() -> None:
     assert load_rollout_handler().MODEL_PACKAGE_TAG == "robocar:model-package"  # the tag the condition needs
     (component,) = granting("greengrass:CreateComponentVersion")
     assert component["Resource"] == [
-        f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot",
-        f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:com.robocar.Pilot:versions:*",
+        f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:{name}{version}"
+        for name in ("com.robocar.Pilot", "com.robocar.Classifier")
+        for version in ("", ":versions:*")
     ]
     (job,) = granting("iot:CreateJob")
-    assert f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/robocar-cars" in job["Resource"]
+    for group in ("robocar-cars", "robocar-classifier-cars"):
+        assert f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/{group}" in job["Resource"]
 
 
 # ---------------------------------------------------------------- least privilege, measured
@@ -411,6 +561,7 @@ class Deployment:
     context: infra.RenderContext
     statements: dict[str, list[dict[str, Any]]]  # role or managed policy -> resolved statements
     requests: dict[str, StepRequest]  # step name -> the request SageMaker sends for it
+    classifier: dict[str, StepRequest]  # the same for the classifier's pipeline (its stack parameters)
 
     @property
     def pairs(self) -> dict[str, set[Grant]]:
@@ -470,7 +621,18 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
     )
     definition = json.loads(build_definition(settings))
     requests = step_requests(definition, pipeline_name=settings.pipeline_name, region=region)
-    return Deployment(context, statements, {r.step: r for r in requests})
+    classifier_settings = dataclasses.replace(
+        settings,
+        recipe="classifier",
+        pipeline_name=context.ref("ClassifierPipelineName"),
+        model_package_group=context.ref("ClassifierModelPackageGroupName"),
+    )
+    classifier = step_requests(
+        json.loads(build_definition(classifier_settings)),
+        pipeline_name=classifier_settings.pipeline_name,
+        region=region,
+    )
+    return Deployment(context, statements, {r.step: r for r in requests}, {r.step: r for r in classifier})
 
 
 def _image_repository_arn(image_uri: str) -> str:
@@ -530,7 +692,7 @@ def _neo_requests(compile_request: dict[str, Any]) -> dict[str, dict[str, Any]]:
     )
 
 
-def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
+def _job_needs(deployment: Deployment, request: StepRequest, snapshot_keys: list[str]) -> list[Grant]:
     """What the pipeline role does for one Processing or Training step: create the job, pass itself, pull
     the image, read the inputs and write the outputs (SageMaker uses the job's role for S3 and ECR)."""
     body = request.request
@@ -540,9 +702,9 @@ def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
         reads = [i["S3Input"]["S3Uri"] for i in body.get("ProcessingInputs", [])]
         writes = [o["S3Output"]["S3Uri"] for o in body["ProcessingOutputConfig"]["Outputs"]]
         for spec in body.get("ProcessingInputs", []):
-            if spec["S3Input"]["S3DataType"] == "ManifestFile":  # the manifest, then what it lists: the tubs
+            if spec["S3Input"]["S3DataType"] == "ManifestFile":  # the manifest, then what it lists: raw data
                 assert split_s3_uri(spec["S3Input"]["S3Uri"])[1].startswith(f"{deployment.prefix}/datasets/")
-                reads += [f"s3://{deployment.bucket}/{deployment.prefix}/{key}" for key in SNAPSHOT_KEYS]
+                reads += [f"s3://{deployment.bucket}/{deployment.prefix}/{key}" for key in snapshot_keys]
     else:
         job = ("sagemaker:CreateTrainingJob", f"training-job/{body['TrainingJobName'].lower()}")
         image = body["AlgorithmSpecification"]["TrainingImage"]
@@ -561,14 +723,21 @@ def _job_needs(deployment: Deployment, request: StepRequest) -> list[Grant]:
 
 
 SNAPSHOT_KEYS = [*_object_keys_of_a_v2_tub("raw/tub_2026_11_21/"), "raw/tubs.tar.gz"]  # a manifest lists
+# What the classifier's dataset manifest lists: a labelled set, its Ground Truth manifest and photos.
+CLASSIFIER_SNAPSHOT_KEYS = [
+    "raw-classifier/set_1/output.manifest",
+    *(f"raw-classifier/set_1/images/{i:06d}.jpg" for i in range(3)),
+]
 
 
-def _pipeline_role_needs(deployment: Deployment) -> list[Grant]:
+def _pipeline_role_needs(deployment: Deployment, recipe: str = "pilot") -> list[Grant]:
+    requests = deployment.requests if recipe == "pilot" else deployment.classifier
+    snapshot_keys = SNAPSHOT_KEYS if recipe == "pilot" else CLASSIFIER_SNAPSHOT_KEYS
     needs = []
-    for request in deployment.requests.values():
+    for request in requests.values():
         if request.operation in ("CreateProcessingJob", "CreateTrainingJob"):
-            needs += _job_needs(deployment, request)
-    compile_request = deployment.requests["CompileForEdge"].request
+            needs += _job_needs(deployment, request, snapshot_keys)
+    compile_request = requests["CompileForEdge"].request
     for neo in _neo_requests(compile_request).values():
         job = deployment.sagemaker_arn(f"compilation-job/{neo['CompilationJobName'].lower()}")
         output = neo["OutputConfig"]["S3OutputLocation"]
@@ -581,7 +750,7 @@ def _pipeline_role_needs(deployment: Deployment) -> list[Grant]:
             ("s3:PutObject", _s3_object(output, "model-target.tar.gz")),
             ("s3:GetObject", _s3_object(output, "model-target.tar.gz")),  # compile.py downloads it
         ]
-    register = deployment.requests["Register"].request
+    register = requests["Register"].request
     group = register["ModelPackageGroupName"].lower()
     package = deployment.sagemaker_arn(f"model-package/{group}/1")
     needs += [
@@ -597,9 +766,10 @@ def _pipeline_role_needs(deployment: Deployment) -> list[Grant]:
     return needs
 
 
-def _compiled_artifact_uris(deployment: Deployment) -> dict[str, str]:
+def _compiled_artifact_uris(deployment: Deployment, recipe: str = "pilot") -> dict[str, str]:
     """``edge:<target>:uri`` of the registered package: what the rollout renders into the recipe."""
-    metadata = deployment.requests["Register"].request["CustomerMetadataProperties"]
+    requests = deployment.requests if recipe == "pilot" else deployment.classifier
+    metadata = requests["Register"].request["CustomerMetadataProperties"]
     return {key: uri for key, uri in metadata.items() if key.startswith("edge:") and key.endswith(":uri")}
 
 
@@ -614,21 +784,24 @@ def _other_stacks_keys(deployment: Deployment) -> list[str]:
 
 def test_the_definition_names_every_s3_uri_under_the_stacks_prefix(deployment: Deployment) -> None:
     """The positive cases below are only as good as this: every URI the steps use is in the stack's bucket."""
-    uris = re.findall(r"s3://[^\"\\\s]+", json.dumps([r.request for r in deployment.requests.values()]))
+    requests = [*deployment.requests.values(), *deployment.classifier.values()]
+    uris = re.findall(r"s3://[^\"\\\s]+", json.dumps([r.request for r in requests]))
     assert uris
     assert {split_s3_uri(uri)[0] for uri in uris} == {deployment.bucket}
     assert all(split_s3_uri(uri)[1].startswith(f"{deployment.prefix}/") for uri in uris)
 
 
-def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deployment) -> None:
+@pytest.mark.parametrize("recipe", ["pilot", "classifier"])
+def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deployment, recipe: str) -> None:
     pairs = deployment.pairs["PipelineExecutionRole"]
-    needs = _pipeline_role_needs(deployment)
+    needs = _pipeline_role_needs(deployment, recipe)
     assert {action.split(":")[0] for action, _ in needs} == {"sagemaker", "iam", "ecr", "s3"}
     assert refused(pairs, needs) == []
 
     execution = "q9x1b2c3d4e5"
     tub_keys = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz"]
-    forbidden = [("s3:PutObject", deployment.object_arn(key)) for key in tub_keys]  # uploaders only
+    raw_keys = tub_keys + CLASSIFIER_SNAPSHOT_KEYS
+    forbidden = [("s3:PutObject", deployment.object_arn(key)) for key in raw_keys]  # uploaders only
     code = deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")  # `pipeline upsert` writes it
     forbidden += [
         ("s3:PutObject", code),
@@ -647,8 +820,15 @@ def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deplo
 
 def test_the_pipeline_role_pulls_only_the_definitions_images(deployment: Deployment) -> None:
     pairs = deployment.pairs["PipelineExecutionRole"]
-    repositories = {_image_repository_arn(image) for image in _images(deployment.requests)}
-    assert {arn.rsplit("/", 1)[1] for arn in repositories} == {"tensorflow-training", "tensorflow-inference"}
+    images = _images(deployment.requests) | _images(deployment.classifier)
+    repositories = {_image_repository_arn(image) for image in images}
+    assert {arn.rsplit("/", 1)[1] for arn in repositories} == {
+        "tensorflow-training",
+        "tensorflow-inference",
+        "robocar-mxnet",  # the classifier's Train, Evaluate, Compile and endpoint: this account's repository
+    }
+    (own,) = [arn for arn in repositories if arn.endswith("/robocar-mxnet")]
+    assert own == deployment.context.attribute("MXNetImageRepository", "Arn")
     for action in ("ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"):
         assert {resource for granted_action, resource in pairs if granted_action == action} == repositories
     assert {resource for action, resource in pairs if action.startswith("ecr:")} - repositories == {"*"}
@@ -700,7 +880,7 @@ def test_the_jobs_may_list_exactly_the_prefixes_they_read(deployment: Deployment
     patterns = _as_list(listing["Condition"]["StringLike"]["s3:prefix"])
     inputs = [
         split_s3_uri(uri)[1]
-        for request in deployment.requests.values()
+        for request in [*deployment.requests.values(), *deployment.classifier.values()]
         for uri in re.findall(r"s3://[^\"\\\s]+", json.dumps(request.request))
     ]
     for key in inputs:
@@ -716,24 +896,32 @@ def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> No
     group = deployment.context.ref("ModelPackageGroupName")
     needs = [("s3:GetObject", _s3_object(uri)) for uri in artifacts.values()]
     needs += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{group}/7"))]
+    classifier_artifacts = _compiled_artifact_uris(deployment, "classifier")
+    assert sorted(classifier_artifacts) == sorted(artifacts)
+    needs += [("s3:GetObject", _s3_object(uri)) for uri in classifier_artifacts.values()]
+    classifiers = deployment.context.ref("ClassifierModelPackageGroupName")
+    needs += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{classifiers}/2"))]
     log_group = deployment.context.attribute("RolloutLogGroup", "Arn")
     needs += [("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc"))]
     assert refused(pairs, needs) == []
 
-    register = deployment.requests["Register"].request
-    compile_request = deployment.requests["CompileForEdge"].request
-    neo = next(iter(_neo_requests(compile_request).values()))
-    preprocess = deployment.requests["Preprocess"].request
-    everything_else = [
-        *(i["S3Input"]["S3Uri"] for i in preprocess["ProcessingInputs"]),  # the tubs, the code
-        *(o["S3Output"]["S3Uri"] for o in preprocess["ProcessingOutputConfig"]["Outputs"]),  # shards
-        register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],  # the trained model
-        register["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"],
-        neo["InputConfig"]["S3Uri"],
-        neo["OutputConfig"]["S3OutputLocation"],
-    ]
+    everything_else = []
+    for requests in (deployment.requests, deployment.classifier):
+        register = requests["Register"].request
+        compile_request = requests["CompileForEdge"].request
+        neo = next(iter(_neo_requests(compile_request).values()))
+        preprocess = requests["Preprocess"].request
+        everything_else += [
+            *(i["S3Input"]["S3Uri"] for i in preprocess["ProcessingInputs"]),  # the raw data, the code
+            *(o["S3Output"]["S3Uri"] for o in preprocess["ProcessingOutputConfig"]["Outputs"]),  # shards
+            register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"],  # the trained model
+            register["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"],
+            neo["InputConfig"]["S3Uri"],
+            neo["OutputConfig"]["S3OutputLocation"],
+        ]
     forbidden = [("s3:GetObject", _s3_object(uri)) for uri in everything_else]
     forbidden += [("s3:GetObject", deployment.object_arn("raw/tub_2026_11_21/manifest.json"))]
+    forbidden += [("s3:GetObject", deployment.object_arn(key)) for key in CLASSIFIER_SNAPSHOT_KEYS]
     forbidden += [("s3:PutObject", _s3_object(uri)) for uri in artifacts.values()]
     forbidden += [("s3:GetObject", arn) for arn in _other_stacks_keys(deployment)]
     forbidden += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn("model-package/other/1"))]
@@ -742,16 +930,22 @@ def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> No
 
 def test_only_the_uploader_policy_writes_raw_data(deployment: Deployment) -> None:
     tub = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz", "raw/more/tub_x.zip"]
-    writes = [("s3:PutObject", deployment.object_arn(key)) for key in tub]
+    writes = [("s3:PutObject", deployment.object_arn(key)) for key in tub + CLASSIFIER_SNAPSHOT_KEYS]
     for name, pairs in deployment.pairs.items():
         assert granted(pairs, writes) == ([] if name != "RawDataUploader" else writes), name
 
     uploader = deployment.pairs["RawDataUploader"]
     assert refused(uploader, [("s3:AbortMultipartUpload", deployment.object_arn("raw/tubs.tar.gz"))]) == []
     (listing,) = [s for s in deployment.statements["RawDataUploader"] if s["Action"] == "s3:ListBucket"]
-    pattern = _wildcard(listing["Condition"]["StringLike"]["s3:prefix"], ignore_case=False)
-    assert pattern.fullmatch(f"{deployment.prefix}/raw/tub_2026_11_21/")  # `aws s3 sync`'s listing
-    assert not pattern.fullmatch(f"{deployment.prefix}/preprocess/")
+    patterns = [_wildcard(p, ignore_case=False) for p in listing["Condition"]["StringLike"]["s3:prefix"]]
+
+    def listable(prefix: str) -> bool:
+        return any(pattern.fullmatch(prefix) for pattern in patterns)
+
+    assert listable(f"{deployment.prefix}/raw/tub_2026_11_21/")  # `aws s3 sync`'s listing
+    assert listable(f"{deployment.prefix}/raw-classifier/set_1/")
+    assert not listable(f"{deployment.prefix}/preprocess/")
+    assert not listable(f"{deployment.prefix}/classifier/preprocess/")
     forbidden = [
         ("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz")),
         ("s3:PutObject", deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")),
@@ -768,10 +962,12 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
 ) -> None:
     pairs = deployment.pairs["SnapshotRole"]
     arn = pipeline_arn(deployment.context.region, deployment.context.ref("PipelineName"))
+    classifier = pipeline_arn(deployment.context.region, deployment.context.ref("ClassifierPipelineName"))
     manifest = deployment.object_arn(f"datasets/{'c' * 64}.manifest")
     log_group = deployment.context.attribute("SnapshotLogGroup", "Arn")
     needs = [
         ("sagemaker:StartPipelineExecution", arn),
+        ("sagemaker:StartPipelineExecution", classifier),
         ("s3:ListBucket", f"arn:aws:s3:::{deployment.bucket}"),
         ("s3:PutObject", manifest),
         ("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc")),
@@ -779,7 +975,11 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
     assert refused(pairs, needs) == []
     (listing,) = [s for s in deployment.statements["SnapshotRole"] if s["Action"] == "s3:ListBucket"]
     patterns = [_wildcard(p, ignore_case=False) for p in listing["Condition"]["StringLike"]["s3:prefix"]]
-    listed = [f"{deployment.prefix}/raw/", manifest.split(f"{deployment.bucket}/", 1)[1]]  # what it lists
+    listed = [
+        f"{deployment.prefix}/raw/",
+        f"{deployment.prefix}/raw-classifier/",
+        manifest.split(f"{deployment.bucket}/", 1)[1],
+    ]  # what it lists
     assert all(any(p.fullmatch(prefix) for p in patterns) for prefix in listed)
     for other in (
         f"{deployment.prefix}/preprocess/",
@@ -788,12 +988,11 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
     ):
         assert not any(p.fullmatch(other) for p in patterns), other
 
-    others = [arn + "-copy", arn.replace(":pipeline/", ":pipeline/other-")]
+    others = [arn + "-copy", arn.replace(":pipeline/", ":pipeline/other-"), classifier + "-copy"]
     forbidden = [("sagemaker:StartPipelineExecution", other) for other in others]
-    forbidden += [("s3:PutObject", deployment.object_arn(key)) for key in SNAPSHOT_KEYS]  # never the tubs
-    forbidden += [
-        ("s3:GetObject", deployment.object_arn(key)) for key in SNAPSHOT_KEYS
-    ]  # the listing is enough
+    raw_keys = SNAPSHOT_KEYS + CLASSIFIER_SNAPSHOT_KEYS
+    forbidden += [("s3:PutObject", deployment.object_arn(key)) for key in raw_keys]  # never the raw data
+    forbidden += [("s3:GetObject", deployment.object_arn(key)) for key in raw_keys]  # the listing is enough
     forbidden += [("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz"))]
     forbidden += [("s3:PutObject", arn) for arn in _other_stacks_keys(deployment)]
     forbidden += [("sagemaker:CreatePipeline", arn), ("iam:PassRole", f"arn:aws:iam::{ACCOUNT}:role/admin")]

@@ -78,6 +78,38 @@ def test_the_lambda_snapshots_the_raw_prefix_and_starts_the_pipeline_on_it(
     assert parameters == [{"Name": "InputDataUrl", "Value": dataset}]
 
 
+def test_the_classifiers_event_snapshots_raw_classifier_and_starts_the_classifiers_pipeline(
+    aws: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the classifier's rule delivers (its input transformer: the detail and ``recipe``) snapshots
+    <prefix>/raw-classifier/ alone and starts CLASSIFIER_PIPELINE_NAME; the pilot's tubs stay out."""
+    s3, sagemaker = aws
+    sagemaker.create_pipeline(
+        PipelineName="robocar-classifier", PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE
+    )
+    variables = {"DATA_BUCKET": BUCKET, "PREFIX": "robocar", "PIPELINE_NAME": PIPELINE}
+    for name, value in {**variables, "CLASSIFIER_PIPELINE_NAME": "robocar-classifier"}.items():
+        monkeypatch.setenv(name, value)
+    new_tub(s3, "tub_1")
+    for key in ("set_1/images/000000.jpg", "set_1/output.manifest"):
+        s3.put_object(Bucket=BUCKET, Key=f"robocar/raw-classifier/{key}", Body=key.encode())
+    event = events.s3_object_created_event(BUCKET, "robocar/raw-classifier/set_1/output.manifest")
+
+    result = snapshot_handler.handler({"recipe": "classifier", "detail": event["detail"]}, None)
+
+    assert result["trigger"] == f"s3://{BUCKET}/robocar/raw-classifier/set_1/output.manifest"
+    assert ":pipeline/robocar-classifier/execution/" in result["pipelineExecutionArn"]
+    key = result["datasetUri"].removeprefix(f"s3://{BUCKET}/")
+    prefix, keys = datasets.read_manifest(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert (prefix, keys) == (
+        f"s3://{BUCKET}/robocar/raw-classifier/",
+        ["set_1/images/000000.jpg", "set_1/output.manifest"],
+    )
+    monkeypatch.delenv("CLASSIFIER_PIPELINE_NAME")
+    with pytest.raises(snapshot_handler.SnapshotError, match="CLASSIFIER_PIPELINE_NAME"):
+        snapshot_handler.handler({"recipe": "classifier", "detail": event["detail"]}, None)
+
+
 def test_a_redelivered_event_repeats_the_request_and_new_data_makes_a_new_one(aws: tuple[Any, Any]) -> None:
     s3, sagemaker = aws
     event = new_tub(s3, "tub_1")

