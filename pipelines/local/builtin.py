@@ -104,9 +104,9 @@ def materialise_augmented_manifest(
                 if isinstance(metadata.get("class-name"), str):
                     names.setdefault(label, metadata["class-name"])
             else:
-                boxes = normalised_boxes(label, where)
+                boxes, class_map = normalised_boxes(label, metadata, where)
                 boxed.append(json.dumps({"image": name, "boxes": boxes}) + "\n")
-                names.update(_class_map(metadata, where))
+                names.update(class_map)
     if listed and boxed:
         raise ChannelError(f"{manifest_uri}: mixes class ids and bounding boxes in {label_name!r}")
     if not listed and not boxed:
@@ -121,46 +121,30 @@ def materialise_augmented_manifest(
     return len(listed) + len(boxed)
 
 
-def normalised_boxes(label: dict[str, Any], where: str) -> list[list[float]]:
-    """Ground Truth's pixel boxes -> ``[[class_id, xmin, ymin, xmax, ymax], ...]`` in [0, 1] of
-    ``image_size``; a box outside its image or a malformed annotation fails the channel."""
+def normalised_boxes(
+    label: dict[str, Any], metadata: dict[str, Any], where: str
+) -> tuple[list, dict[int, str]]:
+    """Ground Truth's pixel boxes -> (``[[class_id, xmin, ymin, xmax, ymax], ...]`` in [0, 1] of
+    ``image_size``, the class-map), by Preprocess's own rules (``processing/ground_truth_boxes.py``);
+    a box outside its image, a class missing from the class map or a malformed annotation fails the
+    channel."""
+    from processing.ground_truth_boxes import checked_class_map, declared_size, normalised_box
+    from processing.limits import DEFAULT_LIMITS
+    from processing.records import Rejection
+
     try:
-        (size,) = label["image_size"]
-        width, height = size["width"], size["height"]
-        annotations = label["annotations"]
-        if not (_is_number(width) and _is_number(height) and width > 0 and height > 0):
-            raise TypeError
+        size = declared_size(label.get("image_size"), where)
+        class_map = checked_class_map(metadata.get("class-map", {}), where, DEFAULT_LIMITS)
+        annotations = label.get("annotations")
         if not isinstance(annotations, list):
-            raise TypeError
-    except (KeyError, TypeError, ValueError):
-        raise ChannelError(
-            f"{where}: expected {{'image_size': [{{width, height, depth}}], 'annotations': [...]}}"
-        ) from None
-    boxes = []
-    for number, box in enumerate(annotations):
-        keys = ("class_id", "left", "top", "width", "height")
-        if not isinstance(box, dict) or not all(_is_number(box.get(k)) for k in keys):
-            raise ChannelError(f"{where}: annotation {number} needs numeric {', '.join(keys)}")
-        cls, left, top, w, h = (box[k] for k in keys)
-        if cls < 0 or cls != int(cls) or w <= 0 or h <= 0 or left < 0 or top < 0:
-            raise ChannelError(f"{where}: annotation {number} is not a box with a class id >= 0")
-        if left + w > width or top + h > height:
-            raise ChannelError(f"{where}: annotation {number} lies outside its {width}x{height} image")
-        boxes.append([int(cls), left / width, top / height, (left + w) / width, (top + h) / height])
-    return boxes
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _class_map(metadata: dict[str, Any], where: str) -> dict[int, str]:
-    """``class-map`` ({"0": "cone", ...}) as names by class id."""
-    raw = metadata.get("class-map", {})
-    try:
-        return {int(key): str(value) for key, value in raw.items()}
-    except (AttributeError, ValueError):
-        raise ChannelError(f"{where}: class-map must map class ids to names") from None
+            raise Rejection("schema", f"{where}: annotations must be a list")
+        boxes = [
+            list(normalised_box(annotation, f"{where}: annotation {n}", size, class_map, DEFAULT_LIMITS))
+            for n, annotation in enumerate(annotations)
+        ]
+    except Rejection as rejection:
+        raise ChannelError(rejection.reason) from None
+    return boxes, class_map
 
 
 def _record(raw: str, manifest_uri: str, number: int) -> dict[str, Any]:

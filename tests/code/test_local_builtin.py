@@ -129,12 +129,13 @@ def test_a_bounding_box_manifest_becomes_photos_normalised_annotations_and_the_c
 @pytest.mark.parametrize(
     ("annotation", "message"),
     [
-        ({"class_id": 0, "left": 150, "top": 10, "width": 51, "height": 10}, "outside its 200x100 image"),
-        ({"class_id": 0, "left": 0, "top": 95, "width": 10, "height": 6}, "outside its 200x100 image"),
-        ({"class_id": 0, "left": -1, "top": 0, "width": 10, "height": 10}, "not a box"),
-        ({"class_id": 0, "left": 0, "top": 0, "width": 0, "height": 10}, "not a box"),
-        ({"class_id": "0", "left": 0, "top": 0, "width": 10, "height": 10}, "needs numeric class_id"),
-        ({"left": 0, "top": 0, "width": 10, "height": 10}, "needs numeric class_id"),
+        ({"class_id": 0, "left": 150, "top": 10, "width": 60, "height": 10}, "box outside image"),
+        ({"class_id": 0, "left": 0, "top": 95, "width": 10, "height": 10}, "box outside image"),
+        ({"class_id": 0, "left": -5, "top": 0, "width": 10, "height": 10}, "box outside image"),
+        ({"class_id": 0, "left": 0, "top": 0, "width": 0, "height": 10}, "empty box"),
+        ({"class_id": 7, "left": 0, "top": 0, "width": 10, "height": 10}, "unknown class"),
+        ({"class_id": "0", "left": 0, "top": 0, "width": 10, "height": 10}, "schema"),
+        ({"class_id": 0, "left": "0", "top": 0, "width": 10, "height": 10}, "schema"),
     ],
 )
 def test_a_box_the_algorithm_would_refuse_fails_the_channel_naming_the_line(
@@ -145,7 +146,7 @@ def test_a_box_the_algorithm_would_refuse_fails_the_channel_naming_the_line(
     manifest = put(
         s3, "p/train.manifest", f"{boxed_line(ref, [good])}\n{boxed_line(ref, [good, annotation])}".encode()
     )
-    with pytest.raises(builtin.ChannelError, match=rf"train\.manifest:2: annotation 1 .*{message}"):
+    with pytest.raises(builtin.ChannelError, match=rf"^{message}: .*train\.manifest:2: annotation 1"):
         builtin.materialise_augmented_manifest(s3, manifest, ["source-ref", "boxes"], tmp_path / "c")
 
 
@@ -161,3 +162,14 @@ def test_the_object_detection_algorithm_is_stood_in_for_by_the_detector() -> Non
     assert built_in_stand_in("811284229777.dkr.ecr.us-east-1.amazonaws.com/object-detection:1") == (
         "training/detector.py"
     )
+
+
+def test_a_box_within_a_pixel_of_the_edge_is_clipped_as_preprocess_clips_it(
+    s3: LocalS3Client, tmp_path: Path
+) -> None:
+    ref = put(s3, "p/a.jpg", b"photo")
+    rounded_out = {"class_id": 0, "left": 100, "top": -0.5, "width": 101, "height": 50}
+    manifest = put(s3, "p/train.manifest", boxed_line(ref, [rounded_out]).encode())
+    builtin.materialise_augmented_manifest(s3, manifest, ["source-ref", "boxes"], tmp_path / "c")
+    (record,) = map(json.loads, (tmp_path / "c" / "annotations.jsonl").read_text().splitlines())
+    assert record["boxes"] == [[0, 0.5, 0.0, 1.0, 0.495]]
