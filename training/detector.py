@@ -6,8 +6,9 @@ The script-mode contract is the classifier's (``training/classifier.py``): chann
 (https://docs.aws.amazon.com/sagemaker/latest/dg/object-detection-api-config.html): ``base_network``,
 ``use_pretrained_model``, ``num_classes``, ``num_training_samples``, ``epochs``, ``learning_rate``,
 ``mini_batch_size``, ``image_shape`` (one side, square input), ``optimizer``, ``overlap_threshold``,
-``nms_threshold``; the algorithm's others (``momentum``, ``weight_decay``, ``lr_scheduler_*``,
-``label_width``, ``freeze_layer_pattern``) are accepted and recorded, not obeyed.
+``nms_threshold``, ``lr_scheduler_step``, ``lr_scheduler_factor``; the algorithm's others
+(``momentum``, ``weight_decay``, ``label_width``, ``freeze_layer_pattern``) are accepted and recorded,
+not obeyed.
 
 Input, per channel (what ``processing/preprocess_detection.py`` writes): ``images/``, ``annotations.jsonl``
 (one line per photo: ``{"image": "images/NNNNNN.jpg", "boxes": [[class_id, xmin, ymin, xmax, ymax], ...]}``,
@@ -90,10 +91,7 @@ METRIC_DEFINITIONS = [
     {"Name": "validation:mAP", "Regex": r"Epoch\[\d+\] Validation-mAP=([0-9.eE+-]+)"},
 ]
 # Recorded when given (the built-in algorithm's), not obeyed by this script.
-RECORDED_ONLY = (
-    "momentum", "weight_decay", "lr_scheduler_step", "lr_scheduler_factor", "label_width",
-    "freeze_layer_pattern",
-)  # fmt: skip
+RECORDED_ONLY = ("momentum", "weight_decay", "label_width", "freeze_layer_pattern")
 
 
 @dataclass(frozen=True)
@@ -113,6 +111,8 @@ class DetectorConfig:
     overlap_threshold: float = 0.5
     nms_threshold: float = 0.45
     negative_mining_ratio: float = 3.0
+    lr_scheduler_step: tuple[int, ...] = ()
+    lr_scheduler_factor: float = 0.1
     seed: int = 0
     debug: bool = False
     builtin: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +127,18 @@ def _image_shape(raw: Any) -> int:
     if side < 32:
         raise argparse.ArgumentTypeError(f"expected a side of at least 32 pixels, got {raw!r}")
     return side
+
+
+def _epochs(raw: Any) -> tuple[int, ...]:
+    """The built-in's ``lr_scheduler_step``: ``"10,20"`` -> (10, 20), epochs after which the rate drops."""
+    text = str(typed(str)(raw)).strip()
+    try:
+        steps = tuple(int(part) for part in text.split(",")) if text else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs, got {raw!r}") from None
+    if any(step <= 0 for step in steps) or list(steps) != sorted(set(steps)):
+        raise argparse.ArgumentTypeError(f"expected increasing positive epochs, got {raw!r}")
+    return steps
 
 
 def _fraction(raw: Any) -> float:
@@ -197,6 +209,14 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--negative_mining_ratio", "--negative-mining-ratio", dest="negative_mining_ratio",
         type=positive(float), default=3.0, help="hard negatives kept per positive anchor (SSD's 3:1)",
     )  # fmt: skip
+    hps.add_argument(
+        "--lr_scheduler_step", "--lr-scheduler-step", dest="lr_scheduler_step", type=_epochs, default="",
+        help="epochs after which the learning rate is multiplied by lr_scheduler_factor (e.g. 20,26)",
+    )  # fmt: skip
+    hps.add_argument(
+        "--lr_scheduler_factor", "--lr-scheduler-factor", dest="lr_scheduler_factor", type=_fraction,
+        default=0.1, help="what the learning rate is multiplied by at each lr_scheduler_step",
+    )  # fmt: skip
     hps.add_argument("--seed", type=typed(int), default=0, help="seeds weights, shuffling and flips")
     recorded = parser.add_argument_group("the built-in algorithm's other hyperparameters: recorded only")
     for name in RECORDED_ONLY:
@@ -230,6 +250,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         overlap_threshold=args.overlap_threshold,
         nms_threshold=args.nms_threshold,
         negative_mining_ratio=args.negative_mining_ratio,
+        lr_scheduler_step=args.lr_scheduler_step,
+        lr_scheduler_factor=args.lr_scheduler_factor,
         seed=args.seed,
         debug=args.debug,
         builtin=builtin,
@@ -486,6 +508,8 @@ def train(config: DetectorConfig) -> dict[str, Any]:
     best: tuple[float, int, dict[str, Any]] = (-1.0, 0, {})
     started = time.perf_counter()
     for epoch in range(config.epochs):
+        if epoch in config.lr_scheduler_step:
+            trainer.set_learning_rate(trainer.learning_rate * config.lr_scheduler_factor)
         stats = train_epoch(net, trainer, loss, train_data, spec, config, rng)
         score = validation_map(net, validation, spec, config)
         print(f"Epoch[{epoch}] Train-CrossEntropy={stats['cross_entropy']:.6f}", flush=True)
@@ -517,6 +541,8 @@ def train(config: DetectorConfig) -> dict[str, Any]:
             "overlap_threshold": config.overlap_threshold,
             "nms_threshold": config.nms_threshold,
             "negative_mining_ratio": config.negative_mining_ratio,
+            "lr_scheduler_step": ",".join(str(step) for step in config.lr_scheduler_step),
+            "lr_scheduler_factor": config.lr_scheduler_factor,
             "seed": config.seed,
         },
         "stands_in_for": {"algorithm": "object-detection", **config.builtin} if config.builtin else None,
