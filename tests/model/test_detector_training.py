@@ -20,6 +20,7 @@ from detection_fixtures import COLOURS, write_boxed_channel
 from test_classifier_training import REPO, run_in_mxnet
 
 from pipelines.local.s3 import LocalS3Client
+from pipelines.synth_boxes import write_boxes
 
 EPOCHS = 5
 BUCKET = "robocar-data-123456789012"
@@ -209,26 +210,16 @@ def test_the_efficientnet_backbone_trains_from_imagenet_weights_and_converts(
     assert result["inputs"] == ["data"] and result["anchors"] == 0.0 and result["loc_preds"] < 1e-3
 
 
-def ground_truth_manifest(s3: LocalS3Client, channel: Path, prefix: str, side: int = 128) -> str:
-    """The channel's photos in local S3 and a Ground Truth bounding-box manifest naming them (pixels)."""
-    lines = []
-    for record in map(json.loads, (channel / "annotations.jsonl").read_text().splitlines()):
-        key = f"{prefix}/{record['image']}"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=(channel / record["image"]).read_bytes())
-        annotations = [
-            {"class_id": int(c), "left": round(x0 * side), "top": round(y0 * side),
-             "width": round((x1 - x0) * side), "height": round((y1 - y0) * side)}
-            for c, x0, y0, x1, y1 in record["boxes"]
-        ]  # fmt: skip
-        lines.append(json.dumps({
-            "source-ref": f"s3://{BUCKET}/{key}",
-            "boxes": {"image_size": [{"width": side, "height": side, "depth": 3}],
-                      "annotations": annotations},
-            "boxes-metadata": {"class-map": {str(i): name for i, name in enumerate(COLOURS)},
-                               "type": "groundtruth/object-detection"},
-        }))  # fmt: skip
-    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/boxes.manifest", Body="\n".join(lines).encode())
-    return f"s3://{BUCKET}/{prefix}/boxes.manifest"
+def synthetic_manifest(s3: LocalS3Client, folder: Path, prefix: str, photos: int, seed: int) -> str:
+    """``robocar data synth --detection``'s photos (own sizes, some grey) in local S3 and its Ground Truth
+    manifest (every key the service writes, attribute ``bounding-box``) naming them there."""
+    summary = write_boxes(
+        folder, classes=3, images=photos, seed=seed, source_prefix=f"s3://{BUCKET}/{prefix}"
+    )
+    for photo in sorted((folder / "images").iterdir()):
+        s3.put_object(Bucket=BUCKET, Key=f"{prefix}/images/{photo.name}", Body=photo.read_bytes())
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/output.manifest", Body=summary.manifest.read_bytes())
+    return f"s3://{BUCKET}/{prefix}/output.manifest"
 
 
 @pytest.mark.slow
@@ -246,9 +237,9 @@ def test_local_mode_runs_the_built_in_object_detection_on_a_bounding_box_manifes
     s3.create_bucket(Bucket=BUCKET)
     channels = []
     for name, photos, seed in (("train", 48, 5), ("validation", 16, 6)):
-        write_boxed_channel(tmp_path / name, photos=photos, seed=seed)
-        source = {"S3DataType": "AugmentedManifestFile", "AttributeNames": ["source-ref", "boxes"],
-                  "S3Uri": ground_truth_manifest(s3, tmp_path / name, f"data/{name}")}  # fmt: skip
+        manifest = synthetic_manifest(s3, tmp_path / name, f"labels/{name}", photos, seed)
+        source = {"S3DataType": "AugmentedManifestFile", "AttributeNames": ["source-ref", "bounding-box"],
+                  "S3Uri": manifest}  # fmt: skip
         channels.append({"ChannelName": name, "DataSource": {"S3DataSource": source}, "InputMode": "Pipe"})
     arguments = {  # as a built-in object-detection Training request names them
         "AlgorithmSpecification": {
@@ -278,7 +269,7 @@ def test_local_mode_runs_the_built_in_object_detection_on_a_bounding_box_manifes
     assert [n for n in names if n != "."] == [
         "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
     ]  # fmt: skip
-    assert spec["classes"] == list(COLOURS)
+    assert spec["classes"] == ["circle", "square", "triangle"]
     assert spec["training"]["stands_in_for"] == {
         "algorithm": "object-detection", "base_network": "resnet-50", "momentum": "0.9",
         "num_training_samples": 48,
