@@ -6,7 +6,7 @@ from the anchor. ``decode`` turns those into detections exactly as MXNet's
 foreground class of each anchor, dropped below ``threshold``; the box decoded with the variances and
 clipped to [0, 1]; a stable sort by score; the ``nms_topk`` best kept; greedy non-maximum suppression
 within a class (across classes with ``force_suppress``). Evaluation, the car and the endpoint all call it,
-and tests/model/test_detect_decode.py holds it equal to the operator within 1e-5.
+and tests/model/test_detect_decode_multibox.py holds it equal to the operator within 1e-5.
 
 Numpy only: this module runs on the car.
 """

@@ -1,6 +1,6 @@
 """edge.detect.decode's own behaviour, numpy only.
 
-Its equality with MXNet's MultiBoxDetection: tests/model/test_detect_decode.py.
+Its equality with MXNet's MultiBoxDetection: tests/model/test_detect_decode_multibox.py.
 """
 
 from __future__ import annotations
