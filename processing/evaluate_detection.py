@@ -372,9 +372,8 @@ def draw_precision_recall(curves: Mapping[str, tuple[np.ndarray, np.ndarray, flo
         colour = PALETTE[i % len(PALETTE)]
         if len(recall):
             points = [(left, top + side - side * float(precision[0]))]
-            points += [
-                (left + side * float(r), top + side - side * float(p)) for r, p in zip(recall, precision, strict=True)
-            ]
+            for r, p in zip(recall, precision, strict=True):
+                points.append((left + side * float(r), top + side - side * float(p)))
             draw.line(points, fill=colour, width=2)
         label = f"{name}: {'n/a' if ap is None else f'{ap:.3f}'}"
         _text(image, (left + side + 12, top + 16 + 22 * i), label, font, colour)
