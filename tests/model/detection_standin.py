@@ -5,6 +5,7 @@ colour of the photo: two anchors placed on those boxes, zero offsets, class logi
 the channel means. ``write_photos`` makes splits as Preprocess does (annotations.jsonl, classes.json).
 
     python detection_standin.py evaluate MODEL_DIR TEST TRAIN OUT   # processing/evaluate_detection.py
+    python detection_standin.py compile --model DIR --train T --test T --output OUT ...  # compile_detection
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ def main(command: str, *paths: str) -> None:
             model, test, train, out, loader=lambda d: load_mxnet_detector(d, deploy_network)
         )
         print(json.dumps(evaluation))
+    elif command == "compile":  # the rest: processing/compile_detection.py's own arguments
+        from processing.compile_detection import main as compile_main
+
+        sys.exit(compile_main(list(paths), deploy=deploy_network))
 
 
 if __name__ == "__main__":
