@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from edge_fixtures import GROUP, TARGET, pull, register
 from PIL import Image
+from test_edge_classifier import run, state
 from test_edge_lean import run_on_the_car
 from test_edge_mqtt import Subscriber, broker  # noqa: F401  (broker: the real Mosquitto fixture)
 
@@ -135,14 +136,6 @@ def colour_photos(tmp_path: Path) -> Path:
     for index, (name, rgb) in enumerate(COLOURS.items(), start=1):
         Image.new("RGB", (16, 12), rgb).save(folder / f"{index:02d}-{name}.png")
     return folder
-
-
-def state(tmp_path: Path) -> dict[str, Any]:
-    return json.loads((tmp_path / "car" / "state.json").read_text())
-
-
-def run(tmp_path: Path, *extra: str) -> int:
-    return edge_main(["run", "--root", str(tmp_path / "car"), "--no-pull", *extra])
 
 
 def test_pull_installs_a_detector_with_a_smoke_test(car_workspace, good_package, capsys):
