@@ -105,6 +105,22 @@ def _output_index(artifact: Mapping[str, Any], offered: Sequence[str]) -> int:
     return index
 
 
+def onnx_artifact(
+    package_dir: Path, artifact: Mapping[str, Any], threads: int, error: type[Exception], what: str
+) -> Any:
+    """The ONNX Runtime session of a package's artifact (its runtime must be onnxruntime, ``threads`` at
+    least 1); ``error`` says what is wrong, naming ``what`` runs only there ("classifiers")."""
+    if str(artifact.get("runtime")) not in CLASSIFIER_RUNTIMES:
+        raise error(f"{artifact.get('file')}: {what} run on {', '.join(CLASSIFIER_RUNTIMES)}")
+    if threads < 1:
+        raise error(f"threads must be >= 1, got {threads}")
+    path = runtimes.package_path(package_dir, artifact.get("file"))
+    try:
+        return runtimes.onnx_session(path, threads)
+    except Exception as exc:  # onnxruntime raises its own types for corrupt or incompatible models
+        raise error(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+
 class Classifier:
     """One artifact of a classifier package, loaded: a photo in, a probability per class out."""
 
@@ -114,17 +130,7 @@ class Classifier:
         self.classes, self.transform = check_manifest(manifest)
         self.artifact = dict(artifact)
         self.runtime = str(artifact.get("runtime"))
-        if self.runtime not in CLASSIFIER_RUNTIMES:
-            raise ClassifierError(
-                f"{artifact.get('file')}: classifiers run on {', '.join(CLASSIFIER_RUNTIMES)}"
-            )
-        if threads < 1:
-            raise ClassifierError(f"threads must be >= 1, got {threads}")
-        path = runtimes.package_path(package_dir, artifact.get("file"))
-        try:
-            self._session = runtimes.onnx_session(path, threads)
-        except Exception as exc:  # onnxruntime raises its own types for corrupt or incompatible models
-            raise ClassifierError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self._session = onnx_artifact(package_dir, artifact, threads, ClassifierError, "classifiers")
         self._input_name = self._session.get_inputs()[0].name
         outputs = [o.name for o in self._session.get_outputs()]
         self._output_name = outputs[_output_index(artifact, outputs)]

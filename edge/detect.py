@@ -147,7 +147,6 @@ def decode(
 # ---- the car's detector -----------------------------------------------------------------------------
 TOPIC_SUFFIX = "detections"  # robocar/<car id>/detections
 HEAD_NAMES = ("cls_prob", "loc_preds")  # the ONNX heads' outputs (processing/compile_detection.py)
-DETECTOR_RUNTIMES = ("onnxruntime",)  # what compile_detection's local mode writes
 DEFAULT_MIN_SCORE = 0.5  # detections a car reports: decode keeps down to 0.01 for mAP, a car acts on these
 # The install record's figures of the chosen artifact (edge.agent.smoke_test copies them).
 SMOKE_FIGURES = ("task", "classes", "detections", "latency_ms")
@@ -202,28 +201,24 @@ class Detector:
     def __init__(
         self, package_dir: Path, artifact: Mapping[str, Any], manifest: Mapping[str, Any], threads: int
     ):
+        from edge.classify import onnx_artifact
+
         self.classes, self.transform, self.settings = check_manifest(manifest)
         self.artifact = dict(artifact)
         self.runtime = str(artifact.get("runtime"))
-        if self.runtime not in DETECTOR_RUNTIMES:
-            raise DetectorError(f"{artifact.get('file')}: detectors run on {', '.join(DETECTOR_RUNTIMES)}")
-        if threads < 1:
-            raise DetectorError(f"threads must be >= 1, got {threads}")
+        self._session = onnx_artifact(package_dir, artifact, threads, DetectorError, "detectors")
         anchors_path = runtimes.package_path(package_dir, manifest["anchors_file"])
         try:
             self.anchors = np.load(anchors_path, allow_pickle=False).astype(np.float32).reshape(-1, 4)
         except (OSError, ValueError) as exc:
             raise DetectorError(f"cannot read the anchors {anchors_path.name}: {exc}") from exc
-        path = runtimes.package_path(package_dir, artifact.get("file"))
-        try:
-            self._session = runtimes.onnx_session(path, threads)
-        except Exception as exc:  # onnxruntime raises its own types for corrupt or incompatible models
-            raise DetectorError(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self._input_name = self._session.get_inputs()[0].name
         offered = [o.name for o in self._session.get_outputs()]
         missing = [name for name in HEAD_NAMES if name not in offered]
         if missing:
-            raise DetectorError(f"{path.name} has no output {', '.join(missing)} (it offers {offered})")
+            raise DetectorError(
+                f"{artifact.get('file')} has no output {', '.join(missing)} (it offers {offered})"
+            )
         self.description = f"{artifact.get('file')} on {self.runtime}"
 
     def heads(self, photo: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from edge_fixtures import GROUP, TARGET, pull, register
 from PIL import Image
-from test_edge_classifier import run, state
+from test_edge_classifier import ColourPhotos, run, state
 from test_edge_lean import run_on_the_car
 from test_edge_mqtt import Subscriber, broker  # noqa: F401  (broker: the real Mosquitto fixture)
 
@@ -20,7 +20,7 @@ import pipelines  # noqa: F401  the local registry: pipelines.local's LocalS3Cli
 from edge import detect
 from edge.artifacts import sha256_file
 from edge.cli import main as edge_main
-from edge.photos import PhotoTransform, prepare
+from edge.photos import PhotoTransform
 from processing.edge_package import MANIFEST_FORMAT, write_package
 
 CLASSES = ("red", "green", "blue")
@@ -67,17 +67,6 @@ def heads_model(classes: int = 3) -> Any:
         ],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-
-
-class ColourPhotos:
-    def __init__(self) -> None:
-        rng = np.random.default_rng(0)
-        solid = [np.full((8, 8, 3), rgb, np.uint8) for rgb in COLOURS.values()]
-        noise = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
-        self.batches = iter({"data": prepare(p, TRANSFORM)} for p in solid + noise)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
 
 
 def artifact_entry(path: Path, precision: str) -> dict[str, Any]:
