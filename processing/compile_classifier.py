@@ -504,14 +504,19 @@ def write_neo_input(model: ClassifierModel, dest: Path) -> NeoInput:
     )
 
 
-def neo_artifact(model: ClassifierModel, neo_input: NeoInput, output: Any) -> dict[str, Any]:
-    """The manifest entry of a Neo-compiled classifier (runtime DLR; probabilities out)."""
+def neo_artifact(
+    model: Any, neo_input: NeoInput, output: Any, outputs: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The manifest entry of a Neo-compiled model (runtime DLR): a classifier's probabilities unless
+    ``outputs`` names the recipe's."""
     return {
         "file": "neo",
         "runtime": "dlr",
         "precision": "float32",
         "input": {"name": model.transform.name, "shape": input_shape(model), "dtype": "float32"},
-        "outputs": [{"name": "softmax", "index": 0, "dtype": "float32", "meaning": OUTPUT_MEANING}],
+        "outputs": [dict(o) for o in outputs]
+        if outputs is not None
+        else [{"name": "softmax", "index": 0, "dtype": "float32", "meaning": OUTPUT_MEANING}],
         "sha256": sha256_file(output.archive),
         "size_bytes": output.archive.stat().st_size,
         # DLR does not run in the Processing container: the device's smoke test checks the output.
@@ -529,11 +534,16 @@ def neo_artifact(model: ClassifierModel, neo_input: NeoInput, output: Any) -> di
 
 def compile_on_neo(
     args: argparse.Namespace,
-    model: ClassifierModel,
+    model: Any,
     targets: Sequence[str],
     source_sha256: str | None,
     work: Path,
+    *,
+    artifact_for: Callable[[Any, NeoInput, Any], dict[str, Any]] | None = None,
+    manifest_for: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """One Neo job per target on ``write_neo_input(model)``, each packaged with its manifest:
+    ``artifact_for`` (``neo_artifact``) and ``manifest_for`` (``classifier_manifest``) are the recipe's."""
     import boto3
 
     from processing.neo import run_compilation_jobs
@@ -552,8 +562,9 @@ def compile_on_neo(
     )
     entries = {}
     for target, output in outputs.items():
-        artifact = neo_artifact(model, neo_input, output)
-        manifest = finish_manifest(classifier_manifest(target, model, source_sha256, None), [artifact], "neo")
+        artifact = (artifact_for or neo_artifact)(model, neo_input, output)
+        common = (manifest_for or classifier_manifest)(target, model, source_sha256, None)
+        manifest = finish_manifest(common, [artifact], "neo")
         package = write_package(output.files, manifest, args.output / target / PACKAGE_NAME)
         entries[target] = compiled_entry(target, package, [artifact], "neo")
         log(f"{target}: {PACKAGE_NAME} sha256 {package['sha256']}")

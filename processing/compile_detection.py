@@ -13,6 +13,8 @@ decoder). Each artifact's ``accuracy_delta`` is its mAP@0.5 on the test split (h
 MXNet's own forward of the deploy symbol + the same decode: ``points`` = 100 x (reference - artifact).
 
 * ``local``: the above; the car gets int8 when it is within ``--tolerance-points`` mAP points, else float32.
+* ``neo`` (AWS): one ``CreateCompilationJob`` per target on that input (the classifier's
+  ``compile_on_neo``), packaged with the detector's manifest (the anchors are inside the symbol there).
 * ``dry-run``: Neo's input (the deploy symbol with ``MultiBoxDetection``, framework MXNET:
   ``training.detector.deploy_detections``) and each target's request; nothing is called.
 
@@ -42,6 +44,7 @@ from processing.compile_classifier import (
     EXPORT_OPSET,
     INT8_SCHEME,
     choose_default,
+    compile_on_neo,
     export_mxnet_onnx,
     input_shape,
     ort_session,
@@ -52,6 +55,9 @@ from processing.compile_classifier import (
 )
 from processing.compile_classifier import (
     build_parser as classifier_parser,
+)
+from processing.compile_classifier import (
+    neo_artifact as classifier_neo_artifact,
 )
 from processing.edge_package import (
     COMPILED_FORMAT,
@@ -293,6 +299,14 @@ def with_deploy_files(model: DetectorModel, work: Path) -> DetectorModel:
     return DetectorModel(**{**model.__dict__, "symbol": work / DEPLOY_SYMBOL, "params": work / DEPLOY_PARAMS})
 
 
+def neo_artifact(model: DetectorModel, neo_input: Any, output: Any) -> dict[str, Any]:
+    """The manifest entry of a Neo-compiled detector (the classifier's, with the deploy symbol's one
+    output: (1, A, 6) rows of decode's columns, class -1 for dropped rows). The car runs ONNX detectors
+    only: a Neo package is for the devices Neo targets, checked by their own smoke test."""
+    outputs = [{"name": "detection", "index": 0, "dtype": "float32", "meaning": "detections"}]
+    return classifier_neo_artifact(model, neo_input, output, outputs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The classifier's options (the same step contract), described for the detector."""
     parser = classifier_parser()
@@ -308,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | None = None) -> dict[str, Any]:
     targets = parse_targets(args.targets, target_devices())
     mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
-    if mode == "neo":  # the deploy conversion lands with training/detector.py; dry-run shows the requests
-        raise CompileError("Neo mode for the detector is not wired yet: use --mode local or dry-run")
+    if mode == "neo":
+        needed = {"--model-s3-uri": args.model_s3_uri, "--output-s3-uri": args.output_s3_uri}
+        needed["--role-arn"] = args.role_arn
+        missing = [flag for flag, value in needed.items() if not value]
+        if missing:
+            raise CompileError(f"Neo mode needs {', '.join(missing)}")
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -330,11 +348,17 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | N
             "classes": model.classes,
             "input_transform": model.transform.as_dict(),
         }
-        compiled["targets"], compiled["anchors"] = compile_locally(
-            model, targets, train=args.train, test=args.test, out_dir=args.output, work=work,
-            source_sha256=source_sha256, calibration_photos_wanted=args.calibration_photos, seed=args.seed,
-            tolerance_points=args.tolerance_points,
-        )  # fmt: skip
+        if mode == "neo":
+            compiled["targets"] = compile_on_neo(
+                args, with_deploy_files(model, work), targets, source_sha256, work,
+                artifact_for=neo_artifact, manifest_for=detection_manifest,
+            )  # fmt: skip
+        else:
+            compiled["targets"], compiled["anchors"] = compile_locally(
+                model, targets, train=args.train, test=args.test, out_dir=args.output, work=work,
+                source_sha256=source_sha256, calibration_photos_wanted=args.calibration_photos,
+                seed=args.seed, tolerance_points=args.tolerance_points,
+            )  # fmt: skip
     (args.output / COMPILED_NAME).write_bytes(json_bytes(compiled))
     log(f"wrote {args.output / COMPILED_NAME}")
     return compiled
