@@ -286,13 +286,14 @@ def _summary(delta: Mapping[str, Any]) -> str:
     )
 
 
-def with_deploy_files(model: DetectorModel, work: Path) -> DetectorModel:
+def with_deploy_files(model: DetectorModel, work: Path, detections: Deploy | None = None) -> DetectorModel:
     """The model with Neo's input written: ``training.detector.deploy_detections`` (the deploy symbol
     ending in MultiBoxDetection, what Neo compiles for framework MXNET) as a symbol and a params file."""
     import mxnet as mx
-    from training.detector import deploy_detections
 
-    symbol, arg_params, aux_params = deploy_detections(model.folder)
+    if detections is None:
+        from training.detector import deploy_detections as detections
+    symbol, arg_params, aux_params = detections(model.folder)
     symbol.save(str(work / DEPLOY_SYMBOL))
     saved = {f"arg:{k}": v for k, v in arg_params.items()} | {f"aux:{k}": v for k, v in aux_params.items()}
     mx.nd.save(str(work / DEPLOY_PARAMS), saved)
@@ -319,7 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | None = None) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    deploy: Deploy | None = None,
+    detections: Deploy | None = None,
+) -> dict[str, Any]:
+    """Compile as ``args`` say; ``deploy`` and ``detections``: training.detector's ``deploy_network`` and
+    ``deploy_detections`` unless given (a test's stand-in)."""
     targets = parse_targets(args.targets, target_devices())
     mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
     if mode == "neo":
@@ -338,7 +346,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | N
         log(f"{mode}: a {len(model.classes)}-class detector, input {shape}, for {names}")
         if mode == "dry-run":
             return dry_run_requests(
-                args, write_neo_input(with_deploy_files(model, work), args.output / NEO_INPUT_NAME), targets
+                args,
+                write_neo_input(with_deploy_files(model, work, detections), args.output / NEO_INPUT_NAME),
+                targets,
             )
         compiled: dict[str, Any] = {
             "format": COMPILED_FORMAT,
@@ -350,7 +360,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | N
         }
         if mode == "neo":
             compiled["targets"] = compile_on_neo(
-                args, with_deploy_files(model, work), targets, source_sha256, work,
+                args, with_deploy_files(model, work, detections), targets, source_sha256, work,
                 artifact_for=neo_artifact, manifest_for=detection_manifest,
             )  # fmt: skip
         else:
@@ -364,7 +374,9 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], deploy: Deploy | N
     return compiled
 
 
-def main(argv: Sequence[str] | None = None, deploy: Deploy | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, deploy: Deploy | None = None, detections: Deploy | None = None
+) -> int:
     """Exit 0 compiled, 1 compiling failed (mAP tolerance), 2 bad input, 70 a bug."""
     parser = build_parser()
     add_debug_flag(parser)
@@ -373,7 +385,7 @@ def main(argv: Sequence[str] | None = None, deploy: Deploy | None = None) -> int
         parser.error("--calibration-photos must be positive, --tolerance-points >= 0")
 
     def body() -> int:
-        run(args, os.environ, deploy)
+        run(args, os.environ, deploy, detections)
         return 0
 
     return run_main("compile", body, debug=args.debug)

@@ -96,6 +96,18 @@ def deploy_network(model_dir: Path) -> tuple[Any, dict, dict]:
     return mx.sym.Group([cls_prob, loc_preds, anchors]), args, {}
 
 
+def deploy_detections(model_dir: Path) -> tuple[Any, dict, dict]:
+    """The stand-in + MultiBoxDetection with the spec's settings, as training.detector.deploy_detections."""
+    import mxnet as mx
+
+    heads, args, aux = deploy_network(model_dir)
+    detections = mx.sym.contrib.MultiBoxDetection(
+        heads[0], heads[1], heads[2], nms_threshold=SPEC["nms"]["threshold"], nms_topk=SPEC["nms"]["topk"],
+        threshold=0.01, variances=tuple(SPEC["variances"]), name="detection",
+    )  # fmt: skip
+    return detections, args, aux
+
+
 def main(command: str, *paths: str) -> None:
     if command == "evaluate":
         from processing.evaluate_detection import evaluate, load_mxnet_detector
@@ -108,7 +120,7 @@ def main(command: str, *paths: str) -> None:
     elif command == "compile":  # the rest: processing/compile_detection.py's own arguments
         from processing.compile_detection import main as compile_main
 
-        sys.exit(compile_main(list(paths), deploy=deploy_network))
+        sys.exit(compile_main(list(paths), deploy=deploy_network, detections=deploy_detections))
 
 
 if __name__ == "__main__":

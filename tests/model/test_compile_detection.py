@@ -88,3 +88,26 @@ def test_the_float32_heads_and_decode_find_the_squares(compiled: Path, tmp_path:
         expected = sorted(record["boxes"])
         got = sorted(confident[:, [0, 2, 3, 4, 5]].tolist())
         np.testing.assert_allclose(np.array(got).reshape(-1, 5), np.array(expected).reshape(-1, 5), atol=1e-5)
+
+
+def test_the_dry_run_writes_neos_input_the_deploy_symbol_with_multibox_detection(
+    mxnet_python: str, compiled: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "dry"
+    done = run_in_mxnet(
+        mxnet_python,
+        [str(REPO / "tests" / "model" / "detection_standin.py"), "compile",
+         *("--model", str(compiled / "model"), "--train", str(compiled / "train")),
+         *("--test", str(compiled / "test"), "--output", str(out), "--mode", "dry-run"),
+         *("--edge-targets", "jetson_nano"),
+         *("--output-s3-uri", "s3://robocar-data-123456789012/compiled"),
+         *("--role-arn", "arn:aws:iam::123456789012:role/robocar-neo")],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    request = json.loads((out / "jetson_nano" / "create_compilation_job.json").read_text())
+    assert request["InputConfig"]["Framework"] == "MXNET"
+    assert json.loads(request["InputConfig"]["DataInputConfig"]) == {"data": [1, 3, 64, 64]}
+    files = package_files(out / "neo-input.tar.gz")
+    assert sorted(files) == ["detector-deploy-0000.params", "detector-deploy-symbol.json"]
+    operators = {node["op"] for node in json.loads(files["detector-deploy-symbol.json"])["nodes"]}
+    assert "_contrib_MultiBoxDetection" in operators
