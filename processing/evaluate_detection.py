@@ -507,16 +507,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, loader: Callable[[Path], Detector] = load_mxnet_detector) -> int:
+    """``loader``: how a model directory becomes a Detector (a test's stand-in deploy symbol)."""
     args = build_parser().parse_args(argv)
-    return run_main("evaluate_detection.py", lambda: _evaluate_and_print(args), debug=args.debug)
+    return run_main("evaluate_detection.py", lambda: _evaluate_and_print(args, loader), debug=args.debug)
 
 
-def _evaluate_and_print(args: argparse.Namespace) -> int:
+def _evaluate_and_print(args: argparse.Namespace, loader: Callable[[Path], Detector]) -> int:
     sagemaker, s3 = registry_clients(args)
     evaluation = evaluate(
         args.model, args.test, args.train, args.output, group=args.model_package_group, sagemaker=sagemaker,
-        s3=s3, model_s3_uri=args.model_s3_uri, edge_targets=args.edge_targets,
+        s3=s3, loader=loader, model_s3_uri=args.model_s3_uri, edge_targets=args.edge_targets,
     )  # fmt: skip
     metrics = evaluation["detection_metrics"]
     line = (

@@ -4,7 +4,7 @@ that finds a red square at ``RED_BOX`` (class 0) and a blue one at ``BLUE_BOX`` 
 colour of the photo: two anchors placed on those boxes, zero offsets, class logits a linear function of
 the channel means. ``write_photos`` makes splits as Preprocess does (annotations.jsonl, classes.json).
 
-    python detection_standin.py evaluate MODEL_DIR TEST TRAIN OUT   # processing/evaluate_detection.py
+    python detection_standin.py evaluate --model DIR --test T --train T --output OUT ...  # evaluate_detection
     python detection_standin.py compile --model DIR --train T --test T --output OUT ...  # compile_detection
 """
 
@@ -108,19 +108,16 @@ def deploy_detections(model_dir: Path) -> tuple[Any, dict, dict]:
     return detections, args, aux
 
 
-def main(command: str, *paths: str) -> None:
-    if command == "evaluate":
-        from processing.evaluate_detection import evaluate, load_mxnet_detector
+def main(command: str, *arguments: str) -> None:
+    if command == "evaluate":  # the rest: processing/evaluate_detection.py's own arguments
+        from processing.evaluate_detection import load_mxnet_detector
+        from processing.evaluate_detection import main as evaluate_main
 
-        model, test, train, out = (Path(p) for p in paths)
-        evaluation = evaluate(
-            model, test, train, out, loader=lambda d: load_mxnet_detector(d, deploy_network)
-        )
-        print(json.dumps(evaluation))
+        sys.exit(evaluate_main(list(arguments), loader=lambda d: load_mxnet_detector(d, deploy_network)))
     elif command == "compile":  # the rest: processing/compile_detection.py's own arguments
         from processing.compile_detection import main as compile_main
 
-        sys.exit(compile_main(list(paths), deploy=deploy_network, detections=deploy_detections))
+        sys.exit(compile_main(list(arguments), deploy=deploy_network, detections=deploy_detections))
 
 
 if __name__ == "__main__":
