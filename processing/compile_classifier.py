@@ -37,7 +37,7 @@ import numpy as np
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
 from edge.photos import PhotoError, PhotoTransform, prepare
-from processing.compile import DEFAULT_TARGETS, dry_run_requests, resolve_mode, unpack_model
+from processing.compile import DEFAULT_TARGETS, compile_mode, dry_run_requests, unpack_model
 from processing.edge_package import (
     COMPILED_FORMAT,
     COMPILED_NAME,
@@ -636,13 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     targets = parse_targets(args.targets, target_devices())
-    mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
-    if mode == "neo":
-        needed = {"--model-s3-uri": args.model_s3_uri, "--output-s3-uri": args.output_s3_uri}
-        needed["--role-arn"] = args.role_arn
-        missing = [flag for flag, value in needed.items() if not value]
-        if missing:
-            raise CompileError(f"Neo mode needs {', '.join(missing)}")
+    mode = compile_mode(args, environ)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

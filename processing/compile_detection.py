@@ -39,7 +39,7 @@ import numpy as np
 from edge.artifacts import sha256_file
 from edge.detect import DEFAULT_VARIANCES, decode
 from edge.photos import PhotoTransform
-from processing.compile import dry_run_requests, resolve_mode, unpack_model
+from processing.compile import compile_mode, dry_run_requests, unpack_model
 from processing.compile_classifier import (
     EXPORT_OPSET,
     INT8_SCHEME,
@@ -329,13 +329,7 @@ def run(
     """Compile as ``args`` say; ``deploy`` and ``detections``: training.detector's ``deploy_network`` and
     ``deploy_detections`` unless given (a test's stand-in)."""
     targets = parse_targets(args.targets, target_devices())
-    mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
-    if mode == "neo":
-        needed = {"--model-s3-uri": args.model_s3_uri, "--output-s3-uri": args.output_s3_uri}
-        needed["--role-arn"] = args.role_arn
-        missing = [flag for flag, value in needed.items() if not value]
-        if missing:
-            raise CompileError(f"Neo mode needs {', '.join(missing)}")
+    mode = compile_mode(args, environ)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
