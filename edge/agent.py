@@ -5,7 +5,8 @@ carries an artifact for this car's target -> download it -> verify its SHA-256 a
 unpack it safely -> smoke-test it (load each artifact this car can run, check it on a bundled frame, time
 it for at most half a second and keep the fastest that passes) -> swap it in atomically. A classifier
 package (manifest ``"task": "classification"``, edge/classify.py) takes the same path, its smoke test
-asking for a probability per class.
+asking for a probability per class; a detector package (``"task": "detection"``, edge/detect.py) too,
+its smoke test asking for class scores that are probabilities and boxes inside the photo.
 Anything that fails leaves the car on the model it had. The registry is reached through clients with
 boto3's method names (``edge.aws.clients``: AWS or the local registry, same code).
 
@@ -382,19 +383,23 @@ def _smoke_kind(
 ) -> tuple[Callable[..., Any], Callable[[Any, Any], dict[str, Any]], tuple[str, ...]]:
     """(open one artifact, check it on the smoke frame, the figures the install record keeps) for the
     package's task: a pilot drives (``smoke_check``), a classifier answers probabilities
-    (``edge.classify.smoke_check``); both are timed alike (``time_pilot``)."""
-    from edge import classify, drive
+    (``edge.classify.smoke_check``), a detector boxes (``edge.detect.smoke_check``); all are timed alike
+    (``time_pilot``)."""
+    from edge import classify, detect, drive
 
     if classify.is_classifier(model_dir):
         return classify.open_classifier, classify.smoke_check, classify.SMOKE_FIGURES
+    if detect.is_detector(model_dir):
+        return detect.open_detector, detect.smoke_check, detect.SMOKE_FIGURES
     return drive.open_pilot, smoke_check, ("angle", "throttle", "latency_ms")
 
 
 def verify_package(model_dir: Path) -> list[str]:
     """The manifest's files are inside the package and are the bytes it records (``sha256``), and its
     preprocessing is this car's (``drive.frame_spec_of``: the frame_spec's digest is the one recorded;
-    a classifier's classes and photo transform: ``edge.classify.check_manifest``)."""
-    from edge import classify, drive, runtimes  # numpy: not for the rollout Lambda
+    a classifier's classes and photo transform: ``edge.classify.check_manifest``; a detector's, its
+    anchors and decode settings too: ``edge.detect.check_manifest``)."""
+    from edge import classify, detect, drive, runtimes  # numpy: not for the rollout Lambda
 
     try:
         manifest = runtimes.read_manifest(model_dir)
@@ -402,6 +407,8 @@ def verify_package(model_dir: Path) -> list[str]:
         checked = runtimes.verify_package_files(model_dir, manifest)
         if task == runtimes.CLASSIFICATION_TASK:
             classify.check_manifest(manifest)  # classes and the photo transform instead of a frame_spec
+        elif task == runtimes.DETECTION_TASK:
+            detect.check_manifest(manifest)
         else:
             drive.frame_spec_of(manifest)
     except drive.PreprocessingMismatch as exc:

@@ -105,6 +105,22 @@ def _output_index(artifact: Mapping[str, Any], offered: Sequence[str]) -> int:
     return index
 
 
+def onnx_artifact(
+    package_dir: Path, artifact: Mapping[str, Any], threads: int, error: type[Exception], what: str
+) -> Any:
+    """The ONNX Runtime session of a package's artifact (its runtime must be onnxruntime, ``threads`` at
+    least 1); ``error`` says what is wrong, naming ``what`` runs only there ("classifiers")."""
+    if str(artifact.get("runtime")) not in CLASSIFIER_RUNTIMES:
+        raise error(f"{artifact.get('file')}: {what} run on {', '.join(CLASSIFIER_RUNTIMES)}")
+    if threads < 1:
+        raise error(f"threads must be >= 1, got {threads}")
+    path = runtimes.package_path(package_dir, artifact.get("file"))
+    try:
+        return runtimes.onnx_session(path, threads)
+    except Exception as exc:  # onnxruntime raises its own types for corrupt or incompatible models
+        raise error(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+
 class Classifier:
     """One artifact of a classifier package, loaded: a photo in, a probability per class out."""
 
@@ -114,17 +130,7 @@ class Classifier:
         self.classes, self.transform = check_manifest(manifest)
         self.artifact = dict(artifact)
         self.runtime = str(artifact.get("runtime"))
-        if self.runtime not in CLASSIFIER_RUNTIMES:
-            raise ClassifierError(
-                f"{artifact.get('file')}: classifiers run on {', '.join(CLASSIFIER_RUNTIMES)}"
-            )
-        if threads < 1:
-            raise ClassifierError(f"threads must be >= 1, got {threads}")
-        path = runtimes.package_path(package_dir, artifact.get("file"))
-        try:
-            self._session = runtimes.onnx_session(path, threads)
-        except Exception as exc:  # onnxruntime raises its own types for corrupt or incompatible models
-            raise ClassifierError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self._session = onnx_artifact(package_dir, artifact, threads, ClassifierError, "classifiers")
         self._input_name = self._session.get_inputs()[0].name
         outputs = [o.name for o in self._session.get_outputs()]
         self._output_name = outputs[_output_index(artifact, outputs)]
@@ -269,10 +275,42 @@ def classify(
     ``edge.drive.LivePilot`` opening classifiers, so a newly installed model takes over between photos)
     until it ends, ``max_frames``, or ``stop()``; each result goes to ``outputs`` (``apply``: JSON lines,
     MQTT) and, as a line, to ``show``. Latency is from the decoded photo to its probabilities."""
-    from edge.drive import latency_stats
-
     if k < 1:
         raise ClassifierError(f"--top-k must be 1 or more, got {k}")
+
+    def result_for(index: int, origin: str, probabilities: Any, latency_ms: float) -> Classification:
+        top = top_k(probabilities, live.infer.classes, k)
+        return Classification(index, origin, top, latency_ms, live.name, time.time())
+
+    def progress_text(result: Classification) -> str:
+        name, probability = result.top[0]
+        return f"{name} {probability:.3f}"
+
+    return answer_photos(
+        source, live, outputs, result_for=result_for, progress_text=progress_text, max_frames=max_frames,
+        rate_hz=rate_hz, progress=progress, stop=stop, show=show,
+    )  # fmt: skip
+
+
+def answer_photos(
+    source: Any,
+    live: Any,
+    outputs: Sequence[Any],
+    *,
+    result_for: Callable[[int, str, Any, float], Any],
+    progress_text: Callable[[Any], str],
+    max_frames: int | None = None,
+    rate_hz: float = 0.0,
+    progress: Any = None,
+    stop: Callable[[], bool] = lambda: False,
+    show: Callable[[str], Any] | None = None,
+) -> ClassifySummary:
+    """The photo loop of a car that answers photos (a classifier, a detector): each photo of ``source``
+    through ``live.infer``, its answer made a result by ``result_for(index, origin, answer, latency_ms)``
+    (with ``to_json`` and ``text``), sent to ``outputs`` and ``show``; a photo the model cannot answer
+    is skipped and counted. ``progress_text(result)`` ends the progress line."""
+    from edge.drive import latency_stats
+
     latencies = array("d")
     recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
     skipped = failed = 0
@@ -289,18 +327,15 @@ def classify(
         live.refresh()
         t0 = time.perf_counter()
         try:
-            probabilities = live.infer(frame.image)
-        except Exception as exc:  # one photo the classifier cannot answer must not end the run
+            answer = live.infer(frame.image)
+        except Exception as exc:  # one photo the model cannot answer must not end the run
             skipped += 1
             failed += not isinstance(exc, PhotoError)
             if skipped <= 5:
                 log.warning("skipping photo %s: %s: %s", frame.origin, type(exc).__name__, exc)
             continue
         t1 = time.perf_counter()
-        result = Classification(
-            len(latencies), frame.origin, top_k(probabilities, live.infer.classes, k),
-            (t1 - t0) * 1000.0, live.name, time.time(),
-        )  # fmt: skip
+        result = result_for(len(latencies), frame.origin, answer, (t1 - t0) * 1000.0)
         for output in outputs:
             output.apply(result)
         if show is not None:
@@ -310,10 +345,9 @@ def classify(
         if progress is not None:
             span = recent[-1] - recent[0]
             fps = (len(recent) - 1) / span if len(recent) > 1 and span > 0 else 0.0
-            name, probability = result.top[0]
             progress.update(
                 f"photos {len(latencies)}  {fps:7.1f} fps  latency {result.latency_ms:6.3f} ms  "
-                f"{name} {probability:.3f}  model {live.name}"
+                f"{progress_text(result)}  model {live.name}"
             )
         if period:
             time.sleep(max(0.0, started + len(latencies) * period - time.perf_counter()))

@@ -112,6 +112,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=int, default=3, help="classifier: the classes shown per photo (default: 3)"
     )
     run.add_argument(
+        "--min-score", type=float, default=0.5,
+        help="detector: the boxes reported per photo score at least this (default: 0.5)",
+    )  # fmt: skip
+    run.add_argument(
         "--actuator", choices=("none", "pca9685-stub"), default="none",
         help="motor/servo output; pca9685-stub maps commands to donkeycar PWM pulses without hardware",
     )  # fmt: skip
@@ -458,7 +462,7 @@ def _drive(args: argparse.Namespace, stop: threading.Event) -> int:
     def opener(path: Path) -> Any:
         return drive.open_pilot(path, prefer=args.edge_prefer, threads=args.threads)
 
-    if _is_classifier(model_path):
+    if _is_classifier(model_path) or _is_detector(model_path):
         return _classify(args, model_path, stop, update)
     pilot = drive.LivePilot(model_path, opener)
     log.info("driving with %s (%s)", pilot.name, pilot.infer.description)
@@ -578,22 +582,40 @@ def _is_classifier(model_path: Path) -> bool:
     return model_path.exists() and classify.is_classifier(model_path)
 
 
+def _is_detector(model_path: Path) -> bool:
+    """Whether the model to run is a detector package (edge/detect.py)."""
+    from edge import detect
+
+    return model_path.exists() and detect.is_detector(model_path)
+
+
 def _classify(
     args: argparse.Namespace, model_path: Path, stop: threading.Event, update: dict[str, str] | None
 ) -> int:
-    """``run`` with an installed classifier: photos -> top-k classes, printed, as JSON lines (--output)
-    and on MQTT (the configured --mqtt-topic, else robocar/CAR-ID/classifications)."""
-    from edge import classify, drive, frames, sources
+    """``run`` with an installed classifier (photos -> top-k classes) or detector (photos -> boxes of at
+    least --min-score): each photo's answer printed, as JSON lines (--output) and on MQTT (the configured
+    --mqtt-topic, else robocar/CAR-ID/classifications or robocar/CAR-ID/detections)."""
+    from edge import classify, detect, drive, frames, sources
     from edge.upload import default_car_id
 
+    kind = detect if _is_detector(model_path) else classify
     if args.actuator != "none" or args.record:
-        raise classify.ClassifierError("a classifier does not drive: --actuator and --record are for pilots")
+        what = "detector" if kind is detect else "classifier"
+        raise classify.ClassifierError(f"a {what} does not drive: --actuator and --record are for pilots")
 
     def opener(path: Path) -> Any:
+        if kind is detect:
+            return detect.open_detector(path, prefer=args.edge_prefer, threads=args.threads)
         return classify.open_classifier(path, prefer=args.edge_prefer, threads=args.threads)
 
+    def answer(source: Any, live: Any, outputs: list[Any], **loop: Any) -> Any:
+        if kind is detect:
+            return detect.detect(source, live, outputs, min_score=args.min_score, **loop)
+        return classify.classify(source, live, outputs, k=args.top_k, **loop)
+
     live = drive.LivePilot(model_path, opener)
-    logging.getLogger("robocar.edge").info("classifying with %s (%s)", live.name, live.infer.description)
+    verb = "detecting" if kind is detect else "classifying"
+    logging.getLogger("robocar.edge").info("%s with %s (%s)", verb, live.name, live.infer.description)
     source = sources.open_source(_source(args), frames.FrameSpec())  # the camera's size for a camera
     outputs: list[Any] = []
     mqtt = None
@@ -602,11 +624,11 @@ def _classify(
             outputs.append(drive.JsonLinesWriter(args.jsonl))
         if args.mqtt_host:
             given = args.resolved.given("mqtt_topic")
-            topic = args.mqtt_topic if given else classify.topic_for(args.car_id or default_car_id())
+            topic = args.mqtt_topic if given else kind.topic_for(args.car_id or default_car_id())
             mqtt = drive.MqttPublisher(_mqtt_config(args, topic))
             outputs.append(mqtt)
-        summary = classify.classify(
-            source, live, outputs, k=args.top_k, max_frames=args.max_frames, rate_hz=args.rate,
+        summary = answer(
+            source, live, outputs, max_frames=args.max_frames, rate_hz=args.rate,
             progress=None if args.quiet else drive.Progress(sys.stderr), stop=stop.is_set,
             show=functools.partial(print, flush=True),
         )  # fmt: skip
@@ -615,7 +637,7 @@ def _classify(
         for output in outputs:
             output.close()
         source.close()
-    print(summary.text())
+    print(summary.text() if kind is classify else summary.text().replace("classified", "detected in", 1))
     report = summary.to_dict()
     if update is not None:
         print(f"update check: {update['outcome']}: {update['detail']}")
@@ -779,10 +801,9 @@ def _choice_lines(record: Any) -> list[str]:
     if not isinstance(smoke, dict) or not smoke.get("artifact"):
         return []
     lines = [f"artifact  {smoke['artifact']}: {smoke.get('reason', '')}"]
-    if isinstance(smoke.get("classes"), list):  # a classifier (edge/classify.py)
-        lines.insert(
-            0, f"task      classification: {len(smoke['classes'])} classes ({', '.join(smoke['classes'])})"
-        )
+    if isinstance(smoke.get("classes"), list):  # a classifier (edge/classify.py) or detector (edge/detect.py)
+        task, classes = smoke.get("task", "classification"), smoke["classes"]
+        lines.insert(0, f"task      {task}: {len(classes)} classes ({', '.join(classes)})")
     for entry in smoke.get("measured") or []:
         if not isinstance(entry, dict):
             continue

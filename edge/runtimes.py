@@ -46,9 +46,10 @@ from edge.frames import INPUT_SCALING, decode_outputs, to_model_input
 
 MANIFEST_NAME = "manifest.json"
 # What a package does, its manifest's ``task``: a pilot's manifest has none (it predates the field); a
-# classifier's says "classification" and runs through edge.classify, which checks its own manifest.
-PILOT_TASK, CLASSIFICATION_TASK = "pilot", "classification"
-TASKS = (PILOT_TASK, CLASSIFICATION_TASK)
+# classifier's says "classification" and runs through edge.classify, a detector's "detection" through
+# edge.detect; each checks its own manifest.
+PILOT_TASK, CLASSIFICATION_TASK, DETECTION_TASK = "pilot", "classification", "detection"
+TASKS = (PILOT_TASK, CLASSIFICATION_TASK, DETECTION_TASK)
 MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with four artifacts is about 5 KiB
 MODEL_TYPES = ("linear", "categorical")
 RUNTIMES = ("litert", "onnxruntime", "dlr")  # the order a package is driven with when nothing is preferred

@@ -277,8 +277,8 @@ def compile_on_neo(
     )
 
 
-def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
-    targets = parse_targets(args.targets, target_devices())
+def compile_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The mode a CompileForEdge run takes (``--dry-run``, else ``resolve_mode``); Neo's needs checked."""
     mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
     if mode == "neo":
         needed = {"--model-s3-uri": args.model_s3_uri, "--output-s3-uri": args.output_s3_uri}
@@ -286,6 +286,12 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
         missing = [flag for flag, value in needed.items() if not value]
         if missing:
             raise CompileError(f"Neo mode needs {', '.join(missing)}")
+    return mode
+
+
+def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    targets = parse_targets(args.targets, target_devices())
+    mode = compile_mode(args, environ)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = unpack_model(args.model, Path(tmp))

@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
 from edge.photos import PhotoError, PhotoTransform, prepare
-from processing.compile import DEFAULT_TARGETS, dry_run_requests, resolve_mode, unpack_model
+from processing.compile import DEFAULT_TARGETS, compile_mode, dry_run_requests, unpack_model
 from processing.edge_package import (
     COMPILED_FORMAT,
     COMPILED_NAME,
@@ -191,14 +191,29 @@ def _exporter_opset(opset: int) -> Iterator[None]:
 
 def export_onnx(model: ClassifierModel, dest: Path) -> Any:
     """The classifier as a checked ONNX model (opset 13, IR 7, weights only as initializers), saved."""
+    return export_mxnet_onnx(
+        str(model.symbol), str(model.params), model.transform.name, input_shape(model), dest, outputs=1
+    )
+
+
+def export_mxnet_onnx(
+    symbol: Any,
+    params: Any,
+    input_name: str,
+    shape: Sequence[int],
+    dest: Path,
+    *,
+    outputs: int | Sequence[str],
+) -> Any:
+    """An MXNet symbol and its params (files, or a Symbol and a dict) as a checked ONNX model (opset 13,
+    IR 7, weights only as initializers), saved at ``dest``. ``outputs``: how many outputs the export
+    must have, or their names (the graph's outputs renamed to them, in order)."""
     import mxnet as mx
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp, _exporter_opset(EXPORT_OPSET):
         raw = Path(tmp) / "export.onnx"
-        mx.onnx.export_model(
-            str(model.symbol), str(model.params), [tuple(input_shape(model))], [np.float32], str(raw)
-        )
+        mx.onnx.export_model(symbol, params, [tuple(shape)], [np.float32], str(raw))
         proto = onnx.load(str(raw))
     del proto.opset_import[:]
     proto.opset_import.append(onnx.helper.make_opsetid("", EXPORT_OPSET))
@@ -209,17 +224,26 @@ def export_onnx(model: ClassifierModel, dest: Path) -> Any:
     kept = [value for value in proto.graph.input if value.name not in weights]
     del proto.graph.input[:]
     proto.graph.input.extend(kept)
-    if [value.name for value in proto.graph.input] != [model.transform.name]:
-        raise CompileError(
-            f"the ONNX export takes {[v.name for v in kept]}, expected [{model.transform.name!r}]"
-        )
-    if len(proto.graph.output) != 1:
-        raise CompileError(
-            f"the ONNX export has {len(proto.graph.output)} outputs, expected one (probabilities)"
-        )
+    if [value.name for value in proto.graph.input] != [input_name]:
+        raise CompileError(f"the ONNX export takes {[v.name for v in kept]}, expected [{input_name!r}]")
+    wanted = outputs if isinstance(outputs, int) else len(outputs)
+    if len(proto.graph.output) != wanted:
+        raise CompileError(f"the ONNX export has {len(proto.graph.output)} outputs, expected {wanted}")
+    if not isinstance(outputs, int):
+        _rename_outputs(proto, list(outputs))
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(dest))
     return proto
+
+
+def _rename_outputs(proto: Any, names: Sequence[str]) -> None:
+    """The graph's outputs renamed, in order, to ``names`` (and every node that reads or writes them)."""
+    renamed = {value.name: name for value, name in zip(proto.graph.output, names, strict=True)}
+    for node in proto.graph.node:
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    for value in proto.graph.output:
+        value.name = renamed[value.name]
 
 
 def onnx_summary(path: Path) -> dict[str, Any]:
@@ -369,7 +393,7 @@ def classifier_manifest(
 
 def package_targets(
     targets: Sequence[str],
-    model: ClassifierModel,
+    model: Any,
     artifacts: list[dict[str, Any]],
     files: Mapping[str, Path],
     default: str,
@@ -377,12 +401,15 @@ def package_targets(
     out_dir: Path,
     source_sha256: str | None,
     tolerance_points: float | None,
+    manifest_for: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``OUT/<target>/model.tar.gz`` and ``manifest.json`` per target; compiled.json's targets."""
+    """``OUT/<target>/model.tar.gz`` and ``manifest.json`` per target; compiled.json's targets.
+    ``manifest_for(target, model, source_sha256, tolerance_points)``: the manifest's common fields
+    (``classifier_manifest`` unless given: the detection recipe passes its own)."""
     entries = {}
     for target in targets:
-        manifest = classifier_manifest(target, model, source_sha256, tolerance_points)
-        manifest = finish_manifest(manifest, [dict(a) for a in artifacts], default)
+        common = (manifest_for or classifier_manifest)(target, model, source_sha256, tolerance_points)
+        manifest = finish_manifest(common, [dict(a) for a in artifacts], default)
         package = write_package(files, manifest, out_dir / target / PACKAGE_NAME)
         entries[target] = compiled_entry(target, package, artifacts, default)
         log(f"{target}: {PACKAGE_NAME} sha256 {package['sha256']} (default {default})")
@@ -477,14 +504,19 @@ def write_neo_input(model: ClassifierModel, dest: Path) -> NeoInput:
     )
 
 
-def neo_artifact(model: ClassifierModel, neo_input: NeoInput, output: Any) -> dict[str, Any]:
-    """The manifest entry of a Neo-compiled classifier (runtime DLR; probabilities out)."""
+def neo_artifact(
+    model: Any, neo_input: NeoInput, output: Any, outputs: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The manifest entry of a Neo-compiled model (runtime DLR): a classifier's probabilities unless
+    ``outputs`` names the recipe's."""
     return {
         "file": "neo",
         "runtime": "dlr",
         "precision": "float32",
         "input": {"name": model.transform.name, "shape": input_shape(model), "dtype": "float32"},
-        "outputs": [{"name": "softmax", "index": 0, "dtype": "float32", "meaning": OUTPUT_MEANING}],
+        "outputs": [dict(o) for o in outputs]
+        if outputs is not None
+        else [{"name": "softmax", "index": 0, "dtype": "float32", "meaning": OUTPUT_MEANING}],
         "sha256": sha256_file(output.archive),
         "size_bytes": output.archive.stat().st_size,
         # DLR does not run in the Processing container: the device's smoke test checks the output.
@@ -502,11 +534,16 @@ def neo_artifact(model: ClassifierModel, neo_input: NeoInput, output: Any) -> di
 
 def compile_on_neo(
     args: argparse.Namespace,
-    model: ClassifierModel,
+    model: Any,
     targets: Sequence[str],
     source_sha256: str | None,
     work: Path,
+    *,
+    artifact_for: Callable[[Any, NeoInput, Any], dict[str, Any]] | None = None,
+    manifest_for: Callable[..., dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """One Neo job per target on ``write_neo_input(model)``, each packaged with its manifest:
+    ``artifact_for`` (``neo_artifact``) and ``manifest_for`` (``classifier_manifest``) are the recipe's."""
     import boto3
 
     from processing.neo import run_compilation_jobs
@@ -525,8 +562,9 @@ def compile_on_neo(
     )
     entries = {}
     for target, output in outputs.items():
-        artifact = neo_artifact(model, neo_input, output)
-        manifest = finish_manifest(classifier_manifest(target, model, source_sha256, None), [artifact], "neo")
+        artifact = (artifact_for or neo_artifact)(model, neo_input, output)
+        common = (manifest_for or classifier_manifest)(target, model, source_sha256, None)
+        manifest = finish_manifest(common, [artifact], "neo")
         package = write_package(output.files, manifest, args.output / target / PACKAGE_NAME)
         entries[target] = compiled_entry(target, package, [artifact], "neo")
         log(f"{target}: {PACKAGE_NAME} sha256 {package['sha256']}")
@@ -598,13 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     targets = parse_targets(args.targets, target_devices())
-    mode = "dry-run" if args.dry_run else resolve_mode(args.mode, args.model_s3_uri, environ)
-    if mode == "neo":
-        needed = {"--model-s3-uri": args.model_s3_uri, "--output-s3-uri": args.output_s3_uri}
-        needed["--role-arn"] = args.role_arn
-        missing = [flag for flag, value in needed.items() if not value]
-        if missing:
-            raise CompileError(f"Neo mode needs {', '.join(missing)}")
+    mode = compile_mode(args, environ)
     args.output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

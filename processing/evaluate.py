@@ -407,25 +407,8 @@ def evaluate(
     return evaluation
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Evaluate the trained pilot on the test split against a constant baseline and the "
-        "champion (newest Approved package); write evaluation.json and plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=Path("/opt/ml/processing/model"),
-        help="model.tar.gz, or a folder with it",
-    )
-    parser.add_argument(
-        "--test", type=Path, default=Path("/opt/ml/processing/test"), help="test split folder"
-    )
-    parser.add_argument(
-        "--output", type=Path, default=Path("/opt/ml/processing/evaluation"), help="evaluation.json goes here"
-    )
+def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+    """The champion's and the registry's options, the same in every recipe's Evaluate."""
     parser.add_argument(
         "--model-package-group",
         default=None,
@@ -445,6 +428,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--region", default=None, help="AWS region (default: the environment's)")
     parser.add_argument("--endpoint-url", default=None, help="AWS endpoint (a moto server in tests)")
     parser.add_argument("--local-root", default=None, help="local S3/registry folder instead of AWS")
+
+
+def registry_clients(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(sagemaker, s3) clients for the champion with ``--model-package-group``, else (None, None)."""
+    if not args.model_package_group:
+        return None, None
+    from edge.aws import clients
+
+    aws = clients(local_root=args.local_root, region=args.region, endpoint_url=args.endpoint_url)
+    return aws.sagemaker, aws.s3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate the trained pilot on the test split against a constant baseline and the "
+        "champion (newest Approved package); write evaluation.json and plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("/opt/ml/processing/model"),
+        help="model.tar.gz, or a folder with it",
+    )
+    parser.add_argument(
+        "--test", type=Path, default=Path("/opt/ml/processing/test"), help="test split folder"
+    )
+    parser.add_argument(
+        "--output", type=Path, default=Path("/opt/ml/processing/evaluation"), help="evaluation.json goes here"
+    )
+    add_registry_arguments(parser)
     parser.add_argument(
         "--no-plots", dest="plots", action="store_false", help="skip the PNG plots (plots are on)"
     )
@@ -458,12 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate_and_print(args: argparse.Namespace) -> int:
-    sagemaker = s3 = None
-    if args.model_package_group:
-        from edge.aws import clients
-
-        aws = clients(local_root=args.local_root, region=args.region, endpoint_url=args.endpoint_url)
-        sagemaker, s3 = aws.sagemaker, aws.s3
+    sagemaker, s3 = registry_clients(args)
     evaluation = evaluate(
         args.model, args.test, args.output, group=args.model_package_group, sagemaker=sagemaker, s3=s3,
         plots=args.plots, model_s3_uri=args.model_s3_uri, edge_targets=args.edge_targets,

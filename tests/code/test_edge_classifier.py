@@ -301,10 +301,13 @@ def test_top_k_orders_by_probability_then_class_id() -> None:
 def test_the_task_decides_how_a_package_runs(tmp_path: Path) -> None:
     assert runtimes.task_of({"artifacts": []}) == "pilot", "a pilot's manifest predates the field"
     assert runtimes.task_of({"task": "classification"}) == "classification"
-    with pytest.raises(runtimes.PilotError, match="task 'detection' is not one this car runs"):
-        runtimes.task_of({"task": "detection"})
-    (tmp_path / "manifest.json").write_text(json.dumps({"task": "detection", "artifacts": [{"file": "m"}]}))
-    with pytest.raises(agent.artifacts.ArtifactError, match="detection"):
+    assert runtimes.task_of({"task": "detection"}) == "detection"
+    with pytest.raises(runtimes.PilotError, match="task 'segmentation' is not one this car runs"):
+        runtimes.task_of({"task": "segmentation"})
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"task": "segmentation", "artifacts": [{"file": "m"}]})
+    )
+    with pytest.raises(agent.artifacts.ArtifactError, match="segmentation"):
         agent.verify_package(tmp_path)  # refused at install, before any smoke test
 
 
