@@ -27,6 +27,9 @@ RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 c
 # Class names by id (a JSON list), beside each split's image list: Preprocess writes it, the trainers
 # and evaluation read it.
 CLASSES_FILE = "classes.json"
+# A detection split's boxes: one JSON line per photo, ``{"image", "boxes": [[class id, xmin, ymin, xmax,
+# ymax], ...]}`` normalised to the photo's sides (processing/preprocess_detection.py writes it).
+ANNOTATIONS_FILE = "annotations.jsonl"
 # How a photo becomes height x width: the classifier's centre crop after resizing the shorter side, or the
 # detector's stretch of the whole photo (its boxes are normalised to the photo's sides).
 CENTRE, STRETCH = "centre", "stretch"

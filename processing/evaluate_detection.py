@@ -42,7 +42,7 @@ import numpy as np
 
 from edge.atomic_files import atomic_write_bytes
 from edge.detect import decode
-from edge.photos import PhotoError, PhotoTransform, prepare
+from edge.photos import ANNOTATIONS_FILE, PhotoError, PhotoTransform, prepare
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import (
     EvaluationError,
@@ -55,13 +55,12 @@ from processing.evaluate import (
     registry_clients,
 )
 from processing.evaluate_classifier import _font, _text, _text_size, read_class_names, to_json
+from training.detector import SPEC_FILE
 
 RECIPE = "detection"
 EVALUATION_FILE = "evaluation.json"
 PRECISION_RECALL_PNG = "precision_recall.png"
 DETECTIONS_PNG = "detections.png"
-ANNOTATIONS_FILE = "annotations.jsonl"  # processing/preprocess_detection.py's, one line per photo
-SPEC_FILE = "detector-spec.json"  # training/detector.py's, in every detector model directory
 IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # COCO's 0.5:0.05:0.95
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's 101-point interpolation
 MAX_DETECTIONS = 100  # COCO's maxDets per photo

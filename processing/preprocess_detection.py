@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.atomic_files import atomic_write_bytes
-from edge.photos import CLASSES_FILE, PhotoError, open_rgb, stretch
+from edge.photos import ANNOTATIONS_FILE, CLASSES_FILE, PhotoError, open_rgb, stretch
 from processing.ground_truth_boxes import DETECTION_TYPE, read_bounding_boxes
 from processing.preprocess_classifier import (
     JPEG_QUALITY,
@@ -61,7 +61,6 @@ from processing.tubs import Candidate
 
 PROG = "preprocess_detection"
 DEFAULT_IMAGE_SIZE = 128  # the SSD trainer's input side
-ANNOTATIONS_FILE = "annotations.jsonl"
 REPORT_FORMAT = "robocar-detection-data-report/1"
 AUGMENTED_ATTRIBUTE = "boxes"  # the training channel's AttributeNames: ["source-ref", "boxes"]
 COORDINATE_DIGITS = 6  # normalised coordinates: 1e-6 of a side, far below a pixel at any size

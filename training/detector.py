@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.photos import CLASSES_FILE, STRETCH, PhotoTransform, stretch, to_input
+from edge.photos import ANNOTATIONS_FILE, CLASSES_FILE, STRETCH, PhotoTransform, stretch, to_input
 from processing.errors import add_debug_flag
 from training.classifier import (
     OPTIMIZERS,
@@ -71,7 +71,6 @@ ARTIFACT_PREFIX = "model_algo_1"  # the built-in object-detection algorithm's fi
 ARTIFACT_EPOCH = 0  # it always writes model_algo_1-0000.params
 SPEC_FILE = "detector-spec.json"
 SPEC_SCHEMA = "robocar/detector-spec/1"
-ANNOTATIONS_FILE = "annotations.jsonl"
 DEFAULT_IMAGE_SHAPE = 128
 BUILTIN_BASE_NETWORKS = (
     "resnet-50",
