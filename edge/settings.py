@@ -33,6 +33,7 @@ TRAINING_ALGORITHMS = ("gluon", "builtin")
 RECIPE_NAMES = {
     "pilot": ("robocar-pipeline", "robocar-pilots"),
     "classifier": ("robocar-classifier", "robocar-classifiers"),
+    "detection": ("robocar-detector", "robocar-detectors"),
 }
 LEVELS = ("flag", "environment", "config", "default")  # precedence, first wins
 

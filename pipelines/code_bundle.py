@@ -46,6 +46,9 @@ ENTRY_SCRIPTS: Mapping[str, Layout] = {
     "processing/evaluate_classifier.py": "processing",
     "processing/compile_classifier.py": "processing",
     "training/classifier.py": "training",
+    "processing/preprocess_detection.py": "processing",
+    "processing/evaluate_detection.py": "processing",
+    "processing/compile_detection.py": "processing",
     "training/detector.py": "training",
 }
 # What a container installs depends on its image. The MXNet image's scripts ship that image's own pins
@@ -56,6 +59,8 @@ REQUIREMENTS_OF: Mapping[str, str] = {
     "processing/evaluate_classifier.py": MXNET_REQUIREMENTS,
     "processing/compile_classifier.py": MXNET_REQUIREMENTS,
     "training/classifier.py": MXNET_REQUIREMENTS,
+    "processing/evaluate_detection.py": MXNET_REQUIREMENTS,
+    "processing/compile_detection.py": MXNET_REQUIREMENTS,
     "training/detector.py": MXNET_REQUIREMENTS,
 }
 PROCESSING_ENTRYPOINT = "processing/bootstrap.py"

@@ -43,7 +43,11 @@ def quiet_sdk() -> Iterator[None]:
 
 
 # Each recipe's ``get_pipeline`` (edge.settings.RECIPE_NAMES lists the recipes).
-RECIPE_MODULES = {"pilot": "pipelines.robocar.pipeline", "classifier": "pipelines.classifier.pipeline"}
+RECIPE_MODULES = {
+    "pilot": "pipelines.robocar.pipeline",
+    "classifier": "pipelines.classifier.pipeline",
+    "detection": "pipelines.detection.pipeline",
+}
 
 
 def build_definition(
@@ -59,8 +63,8 @@ def build_definition(
     from pipelines.robocar.targets import DEFAULT_EDGE_TARGETS
 
     get_pipeline = importlib.import_module(RECIPE_MODULES[settings.recipe]).get_pipeline
-    classifier = settings.recipe == "classifier"
-    recipe_options = {"training_algorithm": settings.training_algorithm} if classifier else {}
+    image_recipe = settings.recipe != "pilot"
+    recipe_options = {"training_algorithm": settings.training_algorithm} if image_recipe else {}
     with quiet_sdk():
         pipeline = get_pipeline(
             region=settings.region,

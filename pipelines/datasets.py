@@ -35,7 +35,7 @@ from pipelines.events import normalize_prefix
 
 RAW_FOLDER = "raw"
 # Each recipe's raw data lands in its own folder, so new data starts only that recipe's pipeline.
-RAW_FOLDERS = {"pilot": RAW_FOLDER, "classifier": "raw-classifier"}
+RAW_FOLDERS = {"pilot": RAW_FOLDER, "classifier": "raw-classifier", "detection": "raw-detection"}
 DATASETS_FOLDER = "datasets"
 MANIFEST_SUFFIX = ".manifest"
 # What the pilot's InputDataUrl defaults to: no snapshot ever has this name (snapshots are named by a

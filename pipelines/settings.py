@@ -117,9 +117,11 @@ def resolve(args: Any, *, use_examples: bool = False) -> Settings:
     """
     resolved = core.resolve_args(args, KEYS)
     values = core.with_recipe_names(resolved)
-    if resolved.given("training_algorithm") and values["recipe"] != "classifier":
+    if resolved.given("training_algorithm") and values["recipe"] == "pilot":
         where = resolved.where("training_algorithm")
-        raise SettingsError(f"{where} chooses the classifier's trainer: add --recipe classifier")
+        raise SettingsError(
+            f"{where} chooses an image recipe's trainer: add --recipe classifier or detection"
+        )
     missing = []
     for s in SETTINGS:
         value = values[s.key]

@@ -84,6 +84,9 @@ class TriggerConfig:
 
         if self.recipe not in RAW_FOLDERS:
             raise ValueError(f"no recipe {self.recipe!r} (recipes: {', '.join(RAW_FOLDERS)})")
+        if self.recipe not in COMPONENT_NAMES:  # the stack has rules and a component for these only
+            served = ", ".join(COMPONENT_NAMES)
+            raise ValueError(f"the stack's rules serve {served}; {self.recipe} has none yet: run it by hand")
         # frozen: the recipe's defaults are filled in once, here
         object.__setattr__(self, "component_name", self.component_name or COMPONENT_NAMES[self.recipe])
         object.__setattr__(self, "thing_group", self.thing_group or THING_GROUPS[self.recipe])
@@ -339,6 +342,9 @@ def rollout_after_registry_change(
     ``thing_group`` and ``recipe`` (whose component and thing group are the defaults). Returns one line
     per rollout.
     """
+    if rollout.get("recipe", "pilot") not in COMPONENT_NAMES:  # no component to roll out yet: the car pulls
+        recipe = rollout["recipe"]
+        return [f"no rollout: the {recipe} recipe has no Greengrass component yet (cars: robocar edge pull)"]
     config = TriggerConfig(
         bucket="",
         prefix="",
