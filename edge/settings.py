@@ -26,7 +26,7 @@ CONFIG_FILE = "robocar.toml"
 CONFIG_TABLE = "robocar"
 CONFIG_MAX_BYTES = 64 * 1024  # robocar.toml holds a few dozen short values; anything bigger is not one
 BACKENDS = ("local", "aws")
-# The classifier's trainers (pipelines/classifier/pipeline.py); the first is the default.
+# The image recipes' trainers (pipelines/image_recipe.py); the first is the default.
 TRAINING_ALGORITHMS = ("gluon", "builtin")
 # The recipes, each with the pipeline and model package group it uses when the user names none (the
 # pilot's are the table's defaults below, so existing workspaces and stacks keep their names).
@@ -84,8 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
         "--training-algorithm",
         ("ROBOCAR_TRAINING_ALGORITHM",),
         TRAINING_ALGORITHMS[0],
-        "the classifier's trainer: gluon (EfficientNet-Lite0 in the MXNet container) or builtin "
-        "(SageMaker's image-classification, ResNet-18); fixed when the definition is built",
+        "an image recipe's trainer: gluon (the project's, in the MXNet container) or builtin (SageMaker's "
+        "built-in algorithm); fixed when the definition is built",
         choices=TRAINING_ALGORITHMS,
     ),  # fmt: skip
     Setting(
