@@ -63,6 +63,7 @@ GOALS = {"map_50": 0.85, "x_mxnet": 3.0, "int8_map_points": 1.0}
 CLASSES = 3
 IMAGES = 600  # docs/detection.md's synthetic set: 432 train / 89 validation photos at seed 0
 TIMING_PHOTOS = 64
+LR_SCHEDULER_STEP = "20"  # pipelines/detection/pipeline.py's gluon_hyperparameters (a test holds them equal)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -85,7 +86,14 @@ def write_splits(root: Path, image_size: int, seed: int) -> Path:
 def train_model(splits: Path, dest: Path, image_size: int, epochs: int, seed: int) -> float:
     """training/detector.py as the recipe runs it (its defaults but ``epochs``); returns seconds."""
     command = [sys.executable, str(REPO / "training" / "detector.py"), "--epochs", str(epochs)]
-    command += ["--image_shape", str(image_size), "--lr_scheduler_step", "20", "--seed", str(seed)]
+    command += [
+        "--image_shape",
+        str(image_size),
+        "--lr_scheduler_step",
+        LR_SCHEDULER_STEP,
+        "--seed",
+        str(seed),
+    ]
     command += ["--train", str(splits / "train"), "--validation", str(splits / "validation")]
     started = time.perf_counter()
     subprocess.run([*command, "--sm-model-dir", str(dest)], check=True, stdout=subprocess.DEVNULL)
