@@ -113,7 +113,7 @@ def compile_package(model: Path, splits: Path, out: Path) -> Path:
     return extracted
 
 
-def test_map(model: Path, test: Path) -> dict[str, Any]:
+def score_test_split(model: Path, test: Path) -> dict[str, Any]:
     """evaluate_detection's figures of the trained model (MXNet's deploy heads) on the test split."""
     from processing.evaluate_detection import detection_metrics, load_mxnet_detector, predict, read_split
 
@@ -227,7 +227,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if model is None:
             model = work / "model"
             training_seconds = train_model(args.splits, model, args.image_size, args.epochs, args.seed)
-        accuracy = test_map(model, args.splits / "test")
+        accuracy = score_test_split(model, args.splits / "test")
         package = compile_package(model, args.splits, work / "compiled")
         manifest = json.loads((package / "manifest.json").read_text())
         _, transform, settings = check_manifest(manifest)
