@@ -58,8 +58,8 @@ def in_mxnet_environment() -> bool:
     return True
 
 
-def rerun_in_mxnet_environment(argv: Sequence[str]) -> int:
-    """This script again under the MXNet environment's Python (built once, cached)."""
+def rerun_in_mxnet_environment(argv: Sequence[str], script: Path | None = None) -> int:
+    """``script`` (this one by default) again under the MXNet environment's Python (built once, cached)."""
     from pipelines.local import environments
 
     cache = Path(os.environ.get(environments.CACHE_VARIABLE) or Path.home() / ".cache" / "robocar-envs")
@@ -68,7 +68,8 @@ def rerun_in_mxnet_environment(argv: Sequence[str]) -> int:
     )
     python = str(environments.environment_python(environment))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([python, str(Path(__file__).resolve()), *argv], env=env).returncode
+    script = (script or Path(__file__)).resolve()
+    return subprocess.run([python, str(script), *argv], env=env).returncode
 
 
 # ------------------------------------------------------------------------------------------ inputs
