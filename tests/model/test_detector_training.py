@@ -112,7 +112,8 @@ def test_the_ssd_learns_the_boxes(trained: tuple) -> None:
 def test_the_artifact_has_the_built_in_layout_and_the_spec(trained: tuple) -> None:
     model, stdout = trained
     assert sorted(p.name for p in model.iterdir()) == [
-        "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
+        "code", "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params",
+        "model_algo_1-symbol.json",
     ]  # fmt: skip
     assert json.loads((model / "model-shapes.json").read_text()) == [
         {"name": "data", "shape": [1, 3, 128, 128]}
