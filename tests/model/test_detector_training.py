@@ -267,9 +267,10 @@ def test_local_mode_runs_the_built_in_object_detection_on_a_bounding_box_manifes
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = sorted(tar.getnames())
         spec = json.load(tar.extractfile("detector-spec.json"))
-    assert [n for n in names if n != "."] == [
+    assert [n for n in names if n != "." and not n.startswith("code")] == [
         "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
     ]  # fmt: skip
+    assert "code/inference/detector.py" in names  # the stand-in's model serves with its own code
     assert spec["classes"] == ["circle", "square", "triangle"]
     assert spec["training"]["stands_in_for"] == {
         "algorithm": "object-detection", "base_network": "resnet-50", "momentum": "0.9",
