@@ -182,7 +182,8 @@ def _add_serve_command(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="answer inference requests from MQTT with the installed model (docs/serving.md)",
         description="Subscribe to the request topic; for each {\"id\", \"image_path\" | \"image_b64\"} "
-        "request, run the installed model (a classifier: top-k classes; a pilot: angle and throttle) and "
+        "request, run the installed model (a classifier: top-k classes; a detector: named boxes; a pilot: "
+        "angle and throttle) and "
         "publish {\"id\", \"model_version\", \"latency_ms\", \"prediction\"} on the result topic (QoS 1); "
         "a request that cannot be answered gets {\"id\", \"error\"} there. Follows new models as the agent "
         "installs them (--interval: poll while serving); SIGTERM ends it with a summary line.",

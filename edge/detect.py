@@ -144,6 +144,20 @@ def decode(
     return rows[alive]
 
 
+def decode_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """decode's keyword arguments from a detector spec (``detector-spec.json``: its variances and NMS
+    settings): evaluation, compilation and the endpoint decode with the settings the model trained with."""
+    nms = spec.get("nms") or {}
+    settings: dict[str, Any] = {}
+    if "variances" in spec:
+        settings["variances"] = tuple(float(v) for v in spec["variances"])
+    if "threshold" in nms:
+        settings["nms_threshold"] = float(nms["threshold"])
+    if "topk" in nms:
+        settings["nms_topk"] = int(nms["topk"])
+    return settings
+
+
 # ---- the car's detector -----------------------------------------------------------------------------
 TOPIC_SUFFIX = "detections"  # robocar/<car id>/detections
 HEAD_NAMES = ("cls_prob", "loc_preds")  # the ONNX heads' outputs (processing/compile_detection.py)

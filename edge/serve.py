@@ -7,8 +7,11 @@ model answers it on the result topic (QoS 1)::
     {"id": "...", "model_version": "v3-0123456789ab", "latency_ms": 1.8, "prediction": {...}}
 
 ``prediction`` is a classifier's top-k (``{"task": "classification", "class", "probability", "top":
-[{"class", "probability"}, ...]}``, ``edge.classify``) or a pilot's command (``{"task": "pilot",
-"angle", "throttle"}``, ``edge.drive.open_pilot`` on the photo decoded as a camera frame).
+[{"class", "probability"}, ...]}``, ``edge.classify``), a detector's boxes (``{"task": "detection",
+"boxes": [{"class", "class_id", "score", "box": [xmin, ymin, xmax, ymax]}, ...]}``, normalised, best
+first, those scoring at least ``edge.detect.DEFAULT_MIN_SCORE`` as ``robocar-edge run`` reports them) or a
+pilot's command (``{"task": "pilot", "angle", "throttle"}``, ``edge.drive.open_pilot`` on the photo
+decoded as a camera frame).
 ``model_version`` is the installed package's folder (``v<package version>-<sha256[:12]>``, what
 ``robocar-edge status`` shows); ``latency_ms`` runs from the request's image bytes to the prediction
 (decode, preprocessing, inference). A request the service cannot answer (malformed JSON, no id, a path
@@ -41,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge import classify, drive, frames, photos
+from edge import classify, detect, drive, frames, photos
 
 log = logging.getLogger("robocar.edge.serve")
 
@@ -248,10 +251,12 @@ def decode_rgb(data: bytes) -> Any:
 
 # ---- the model ----------------------------------------------------------------------------------------
 def model_opener(prefer: str | None = None, threads: int = 1) -> Callable[[Path], Any]:
-    """``LivePilot``'s opener: a classifier package opens as one, anything else as a pilot, so the service
-    follows the agent whichever recipe it installs next."""
+    """``LivePilot``'s opener: a classifier or detector package opens as one, anything else as a pilot, so
+    the service follows the agent whichever recipe it installs next."""
 
     def open_model(path: Path) -> Any:
+        if detect.is_detector(path):
+            return detect.open_detector(path, prefer=prefer, threads=threads)
         if classify.is_classifier(path):
             return classify.open_classifier(path, prefer=prefer, threads=threads)
         return drive.open_pilot(path, prefer=prefer, threads=threads)
@@ -260,7 +265,15 @@ def model_opener(prefer: str | None = None, threads: int = 1) -> Callable[[Path]
 
 
 def predict(model: Any, image: bytes, top_k: int) -> dict[str, Any]:
-    """The prediction of one image: a classifier's top-k classes, or a pilot's angle and throttle."""
+    """The prediction of one image: a classifier's top-k classes, a detector's boxes, or a pilot's angle
+    and throttle."""
+    if isinstance(model, detect.Detector):
+        try:
+            detections = model(decode_rgb(image))  # edge.photos' transform (stretch), as in training
+        except photos.PhotoError as exc:
+            raise RequestError(str(exc)) from None
+        boxes = detect.reported_boxes(detections, model.classes, detect.DEFAULT_MIN_SCORE)
+        return {"task": "detection", "boxes": boxes}
     if isinstance(model, classify.Classifier):
         try:
             probabilities = model(decode_rgb(image))  # then edge.photos' transform, as in training

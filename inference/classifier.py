@@ -56,7 +56,7 @@ class ClassifierModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def _media(content_type: str | None) -> tuple[str, dict[str, str]]:
+def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:
     """``"application/json; verbose=true"`` -> ("application/json", {"verbose": "true"})."""
     media, *parameters = (content_type or "").split(";")
     pairs = (p.split("=", 1) for p in parameters if "=" in p)
@@ -75,7 +75,7 @@ def model_fn(model_dir: str | Path) -> ClassifierModel:
 
 def photo_input(body: bytes, content_type: str | None, transform: PhotoTransform) -> np.ndarray:
     """Request body -> the network's [1, 3, H, W] float32 input (what ``input_fn`` returns)."""
-    media, _ = _media(content_type)
+    media, _ = media_type(content_type)
     if media not in IMAGE_TYPES:
         raise PayloadError(
             f"unsupported content type {content_type!r}; send one photo as one of {', '.join(IMAGE_TYPES)}",
@@ -113,7 +113,7 @@ def predict_fn(data: np.ndarray, model: ClassifierModel) -> np.ndarray:
 
 def response(prediction: np.ndarray, accept: str | None, classes: list[str]) -> tuple[bytes, str]:
     """(body, content type) for one photo's probabilities; PayloadError 406 for an Accept it cannot answer."""
-    media, parameters = _media(accept or JSON_TYPE)
+    media, parameters = media_type(accept or JSON_TYPE)
     scores = [float(p) for p in np.asarray(prediction, dtype=np.float64).reshape(-1)]
     if media in ("", "*/*", JSON_TYPE) and parameters.get("verbose") != "true":
         return json.dumps(scores).encode(), JSON_TYPE

@@ -9,6 +9,9 @@ This server is that contract around each recipe's handler:
 - classifier: ``inference/classifier.py`` (the MXNet serving contract's model_fn/input_fn/predict_fn/
   output_fn); probabilities by class id as JSON, with class names on ``Accept: application/json;
   verbose=true``;
+- detection: ``inference/detector.py`` (the same four functions for a ``training/detector.py`` model);
+  ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax], ...]}`` normalised, as the built-in
+  object-detection endpoint answers, with class names on ``Accept: application/json; verbose=true``;
 - pilot: the package's SavedModel through ``inference.inference.predict_payload``; ``{"angle",
   "throttle"}``.
 
@@ -48,7 +51,7 @@ from edge.atomic_files import atomic_write_json
 MAX_BODY_BYTES = 6 * 1024 * 1024
 # A refused body up to this size is read and dropped before the 413, so that the client sees the answer.
 MAX_DISCARD_BYTES = 64 * 1024 * 1024
-CLASSIFIER, PILOT = "classifier", "pilot"
+CLASSIFIER, DETECTION, PILOT = "classifier", "detection", "pilot"
 JSON_TYPE = "application/json"
 MODEL_TIME_HEADER = "X-Robocar-Model-Ms"  # the handler's own time for the request, for benchmarks/serving.py
 # Where SageMaker puts the model and which port it calls (the inference container contract above).
@@ -56,8 +59,9 @@ CONTAINER_MODEL_DIR = Path("/opt/ml/model")
 CONTAINER_HOST, CONTAINER_PORT = "0.0.0.0", 8080  # noqa: S104 (the container's network is SageMaker's)
 
 AUTO = "auto"
-# The file each recipe's trainer writes into its model directory (training/classifier.py, training/export.py).
-RECIPE_MARKERS = {"classifier-spec.json": CLASSIFIER, "model.json": PILOT}
+# The file each recipe's trainer writes into its model directory (training/classifier.py,
+# training/detector.py, training/export.py).
+RECIPE_MARKERS = {"classifier-spec.json": CLASSIFIER, "detector-spec.json": DETECTION, "model.json": PILOT}
 
 
 def recipe_of(model_dir: Path) -> str:
@@ -83,6 +87,18 @@ def classifier_handler(model_dir: Path) -> Handler:
     return handle
 
 
+def detection_handler(model_dir: Path) -> Handler:
+    from inference import classifier, detector
+
+    model = detector.model_fn(model_dir)
+
+    def handle(body: bytes, content_type: str | None, accept: str | None) -> tuple[bytes, str]:
+        x = classifier.photo_input(body, content_type, model.transform)
+        return detector.response(detector.detections(model, x), accept, model.classes)
+
+    return handle
+
+
 def pilot_handler(model_dir: Path) -> Handler:
     from inference.inference import PayloadError, predict_payload
     from processing.evaluate import load_serving_model
@@ -99,7 +115,11 @@ def pilot_handler(model_dir: Path) -> Handler:
     return handle
 
 
-HANDLERS: dict[str, Callable[[Path], Handler]] = {CLASSIFIER: classifier_handler, PILOT: pilot_handler}
+HANDLERS: dict[str, Callable[[Path], Handler]] = {
+    CLASSIFIER: classifier_handler,
+    DETECTION: detection_handler,
+    PILOT: pilot_handler,
+}
 
 
 def error_status(exc: Exception) -> int:
@@ -109,11 +129,12 @@ def error_status(exc: Exception) -> int:
 
 
 def default_workers(recipe: str) -> int:
-    """How many requests run the handler at once. The classifier: one, since MXNet's operators already
-    spread one forward over every core and its forwards take turns (``inference.classifier``); more only
-    adds contention (measured: 169 requests/s serial against 141 from two threads, benchmarks/README.md).
-    The pilot: one per core (TensorFlow's forwards run in parallel: 226 serial, 402 from two threads)."""
-    return 1 if recipe == CLASSIFIER else os.cpu_count() or 1
+    """How many requests run the handler at once. The classifier and the detector (MXNet both): one, since
+    MXNet's operators already spread one forward over every core and its forwards take turns
+    (``inference.classifier``); more only adds contention (measured for the classifier: 169 requests/s
+    serial against 141 from two threads, benchmarks/README.md). The pilot: one per core (TensorFlow's
+    forwards run in parallel: 226 serial, 402 from two threads)."""
+    return 1 if recipe in (CLASSIFIER, DETECTION) else os.cpu_count() or 1
 
 
 class InvocationServer(ThreadingHTTPServer):

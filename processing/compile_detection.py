@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from edge.artifacts import sha256_file
-from edge.detect import DEFAULT_VARIANCES, decode
+from edge.detect import DEFAULT_VARIANCES, decode, decode_settings
 from edge.photos import PhotoTransform
 from processing.compile import compile_mode, dry_run_requests, unpack_model
 from processing.compile_classifier import (
@@ -70,7 +70,7 @@ from processing.edge_package import (
 )
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import EvaluationError
-from processing.evaluate_detection import SPEC_FILE, decode_settings, detection_metrics, read_spec, read_split
+from processing.evaluate_detection import SPEC_FILE, detection_metrics, read_spec, read_split
 from processing.local_compile import representative_indices
 from processing.neo import NEO_INPUT_NAME, parse_targets, target_devices
 

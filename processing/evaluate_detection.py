@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic_files import atomic_write_bytes
-from edge.detect import decode
+from edge.detect import decode, decode_settings
 from edge.photos import ANNOTATIONS_FILE, PhotoError, PhotoTransform, prepare
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import (
@@ -260,19 +260,6 @@ def predict(detector: Detector, paths: Sequence[Path], batch: int = BATCH) -> li
                 decode(cls_prob[i], loc_preds[i], anchors.reshape(-1, 4), **detector.decode_settings)
             )
     return results
-
-
-def decode_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """decode's keyword arguments from a detector spec (its variances and NMS settings)."""
-    nms = spec.get("nms") or {}
-    settings: dict[str, Any] = {}
-    if "variances" in spec:
-        settings["variances"] = tuple(float(v) for v in spec["variances"])
-    if "threshold" in nms:
-        settings["nms_threshold"] = float(nms["threshold"])
-    if "topk" in nms:
-        settings["nms_topk"] = int(nms["topk"])
-    return settings
 
 
 def read_spec(model_dir: Path) -> tuple[dict[str, Any], list[str], PhotoTransform]:

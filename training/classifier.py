@@ -476,14 +476,15 @@ def export(
     copy_serving_code(model_dir / SERVING_CODE_DIR)
 
 
-def copy_serving_code(code_dir: Path) -> None:
-    """``code/``: the inference server and the classifier's handler with what they import, as packages.
-    The endpoint image runs ``python -m inference.server`` with ``/opt/ml/model/code`` on its path
+def copy_serving_code(code_dir: Path, modules: Sequence[str] = SERVING_MODULES) -> None:
+    """``code/``: the inference server and a recipe's handler with what they import (``modules``, the
+    classifier's by default; training/detector.py names the detector's), as packages. The endpoint image
+    runs ``python -m inference.server`` with ``/opt/ml/model/code`` on its path
     (infra/images/mxnet/serve), so a package serves with the code it was trained with."""
     import importlib.util
     import shutil
 
-    for name in SERVING_MODULES:
+    for name in modules:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise UsageError(f"{name} is not importable: the serving code cannot be copied")

@@ -24,7 +24,9 @@ Output, the built-in algorithm's artifact layout:
   conversion, ``deploy_network``, before anything serves them;
 - ``model-shapes.json``: ``[{"name": "data", "shape": [1, 3, S, S]}]``;
 - ``detector-spec.json`` (``SPEC_FILE``): classes, input transform, anchors, variances, NMS settings and
-  a training summary.
+  a training summary;
+- ``code/``: the inference server and the detector's handler (``inference/detector.py``) with what they
+  import (``SERVING_MODULES``), so the endpoint image's ``serve`` serves the model with its own code.
 
 Each epoch prints ``Epoch[N] Train-CrossEntropy=...``, ``Epoch[N] Train-SmoothL1=...`` and
 ``Epoch[N] Validation-mAP=...`` (mAP at IoU 0.5 on the validation channel), scraped by ``METRIC_DEFINITIONS``.
@@ -50,14 +52,17 @@ from edge.photos import ANNOTATIONS_FILE, CLASSES_FILE, STRETCH, PhotoTransform,
 from processing.errors import add_debug_flag
 from training.classifier import (
     OPTIMIZERS,
+    SERVING_CODE_DIR,
     SHAPES_FILE,
     add_weights_argument,
+    copy_serving_code,
     default_weights,
     make_trainer,
     parameters_snapshot,
     pretrained_weights,
     restore_parameters,
 )
+from training.classifier import SERVING_MODULES as CLASSIFIER_SERVING_MODULES
 from training.script_mode import (
     UsageError,
     add_container_paths,
@@ -71,6 +76,11 @@ ARTIFACT_PREFIX = "model_algo_1"  # the built-in object-detection algorithm's fi
 ARTIFACT_EPOCH = 0  # it always writes model_algo_1-0000.params
 SPEC_FILE = "detector-spec.json"
 SPEC_SCHEMA = "robocar/detector-spec/1"
+# What code/ holds: the classifier's serving modules (the server, the request helpers the detector's
+# handler reuses) and the detector's handler, loader and decoder.
+SERVING_MODULES = (
+    *CLASSIFIER_SERVING_MODULES, "edge.detect", "edge.runtimes", "inference.detector", "training.detector",
+)  # fmt: skip
 DEFAULT_IMAGE_SHAPE = 128
 BUILTIN_BASE_NETWORKS = (
     "resnet-50",
@@ -621,6 +631,7 @@ def export(net: Any, config: DetectorConfig, spec: PhotoTransform, anchors: Any,
         "training": summary,
     }
     (model_dir / SPEC_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    copy_serving_code(model_dir / SERVING_CODE_DIR, SERVING_MODULES)
 
 
 def read_spec(model_dir: Path) -> dict[str, Any]:

@@ -4,10 +4,12 @@ SageMaker runs an inference container that answers ``GET /ping`` (200 when healt
 ``POST /invocations`` (the request body and its ``Content-Type``, the ``Accept`` the client asked for)
 on one port (https://docs.aws.amazon.com/sagemaker/latest/dg/your-algorithms-inference-code.html). Here
 each endpoint is one detached server process (``serve``) of that contract, running the recipe's handler
-in the recipe's environment:
+in the recipe's environment, the recipe read from the model's own files (``recipe_of_model``):
 
 - classifier (an ``mxnet-inference`` image): ``inference/classifier.py`` in the MXNet environment
   (``pipelines.local.environments``); probabilities by class id as JSON;
+- detection (an ``mxnet-inference`` image too): ``inference/detector.py`` in the MXNet environment;
+  ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax], ...]}``;
 - pilot (a ``tensorflow-inference`` image): the package's SavedModel through
   ``inference.inference.predict_payload`` in the project's environment; ``{"angle", "throttle"}``.
 
@@ -41,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.atomic_files import atomic_write_json
-from inference.server import CLASSIFIER, JSON_TYPE, PILOT
+from inference.server import JSON_TYPE, PILOT, recipe_of
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -78,11 +80,14 @@ def read_state(workspace: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def recipe_of_image(image: str) -> str:
-    """The recipe whose handler serves ``image``: its environment family (MXNet: classifier, else pilot)."""
-    from pipelines.local.environments import MXNET, image_family
-
-    return CLASSIFIER if image_family(image) == MXNET else PILOT
+def recipe_of_model(model_dir: Path) -> str:
+    """The recipe whose handler serves the unpacked model: its trainer's marker file
+    (``inference.server.recipe_of``, what the image's ``serve`` decides by), not the image: one MXNet
+    image serves classifiers and detectors."""
+    try:
+        return recipe_of(model_dir)
+    except SystemExit as exc:
+        raise EndpointError(str(exc)) from None
 
 
 def python_for(recipe: str, workspace: Path) -> str:
@@ -232,11 +237,11 @@ def deploy(
             f"{model_package_arn} is {package.get('ModelApprovalStatus')}; only an Approved package is served"
         )
     container = package["InferenceSpecification"]["Containers"][0]
-    recipe = recipe_of_image(container["Image"])
     folder = endpoints_dir(workspace) / name / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True)
     try:
         model_dir = fetch_model(workspace, container["ModelDataUrl"], folder)
+        recipe = recipe_of_model(model_dir)
         python = python_for(recipe, workspace)
         if current and current["status"] == "InService" and port == current["port"]:
             stop_process(current["pid"])  # the port is taken: this replacement cannot be blue/green

@@ -112,7 +112,8 @@ def test_the_ssd_learns_the_boxes(trained: tuple) -> None:
 def test_the_artifact_has_the_built_in_layout_and_the_spec(trained: tuple) -> None:
     model, stdout = trained
     assert sorted(p.name for p in model.iterdir()) == [
-        "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
+        "code", "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params",
+        "model_algo_1-symbol.json",
     ]  # fmt: skip
     assert json.loads((model / "model-shapes.json").read_text()) == [
         {"name": "data", "shape": [1, 3, 128, 128]}
@@ -266,9 +267,10 @@ def test_local_mode_runs_the_built_in_object_detection_on_a_bounding_box_manifes
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = sorted(tar.getnames())
         spec = json.load(tar.extractfile("detector-spec.json"))
-    assert [n for n in names if n != "."] == [
+    assert [n for n in names if n != "." and not n.startswith("code")] == [
         "detector-spec.json", "model-shapes.json", "model_algo_1-0000.params", "model_algo_1-symbol.json",
     ]  # fmt: skip
+    assert "code/inference/detector.py" in names  # the stand-in's model serves with its own code
     assert spec["classes"] == ["circle", "square", "triangle"]
     assert spec["training"]["stands_in_for"] == {
         "algorithm": "object-detection", "base_network": "resnet-50", "momentum": "0.9",
