@@ -47,11 +47,13 @@ from edge.photos import CLASSES_FILE, PhotoError, PhotoTransform, crop, resize_s
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import (
     EvaluationError,
+    add_registry_arguments,
     champion_target,
     download,
     extract_model,
     find_champion,
     is_registered,
+    registry_clients,
 )
 from training.classifier import SPEC_FILE, load_exported, read_image_list
 
@@ -469,25 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=processing / "evaluation", help="evaluation.json goes here"
     )
     parser.add_argument("--top-k", type=positive_int, default=DEFAULT_TOP_K, help="k of the top-k accuracy")
-    parser.add_argument(
-        "--model-package-group",
-        default=None,
-        help="registry group whose newest Approved package (for the first --edge-targets) is the champion",
-    )
-    parser.add_argument(
-        "--edge-targets",
-        default=None,
-        help="the pipeline's EdgeTargets, comma-separated: the champion is the package the car with the "
-        "first one installs",
-    )
-    parser.add_argument(
-        "--model-s3-uri",
-        default=None,
-        help="the model's S3 URI (S3ModelArtifacts): already_registered says whether the group holds it",
-    )
-    parser.add_argument("--region", default=None, help="AWS region (default: the environment's)")
-    parser.add_argument("--endpoint-url", default=None, help="AWS endpoint (a moto server in tests)")
-    parser.add_argument("--local-root", default=None, help="local S3/registry folder instead of AWS")
+    add_registry_arguments(parser)
     add_debug_flag(parser)
     return parser
 
@@ -498,12 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate_and_print(args: argparse.Namespace) -> int:
-    sagemaker = s3 = None
-    if args.model_package_group:
-        from edge.aws import clients
-
-        aws = clients(local_root=args.local_root, region=args.region, endpoint_url=args.endpoint_url)
-        sagemaker, s3 = aws.sagemaker, aws.s3
+    sagemaker, s3 = registry_clients(args)
     evaluation = evaluate(
         args.model, args.test, args.train, args.output, group=args.model_package_group, sagemaker=sagemaker,
         s3=s3, top_k=args.top_k, model_s3_uri=args.model_s3_uri, edge_targets=args.edge_targets,
