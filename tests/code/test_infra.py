@@ -83,7 +83,10 @@ def test_each_recipe_has_its_rules_and_the_stacks_defaults_are_the_recipes() -> 
         snapshot.PIPELINE_NAME_VARIABLES,
         rollout.ENVIRONMENT_PREFIXES,
     ]
-    assert all(list(table) == list(RECIPE_NAMES) for table in tables)
+    # the stack serves the pilot and the classifier; detection has no rules or component yet
+    served = [recipe for recipe in RECIPE_NAMES if recipe != "detection"]
+    assert all(list(table) == served for table in tables if table is not RAW_FOLDERS)
+    assert list(RAW_FOLDERS) == list(RECIPE_NAMES)
     template = infra.load_template()
     declared = template["Parameters"]
     for recipe, parameters in infra.RECIPE_PARAMETERS.items():

@@ -216,7 +216,7 @@ def test_the_readme_table_lists_every_setting_as_the_code_defines_it() -> None:
 def test_a_recipe_brings_its_own_pipeline_and_group_unless_they_are_named(clean: pytest.MonkeyPatch) -> None:
     parser = argparse.ArgumentParser()
     pipeline_settings.add_arguments(parser)
-    assert "{pilot,classifier}" in parser.format_help()  # argparse lists the choices
+    assert "{pilot,classifier,detection}" in parser.format_help()  # argparse lists the choices
     pilot = pipeline_settings.resolve(parser.parse_args([]), use_examples=True)
     assert (pilot.recipe, pilot.pipeline_name, pilot.model_package_group) == (
         "pilot", "robocar-pipeline", "robocar-pilots",
