@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge.s3_uri import split_s3_uri  # noqa: E402
+from inference.server import MODEL_TIME_HEADER  # noqa: E402
 from pipelines.local import endpoint_server as es  # noqa: E402
 from pipelines.local import environments  # noqa: E402
 from pipelines.local.registry import LocalSageMakerClient  # noqa: E402
@@ -177,7 +178,7 @@ def load(url: str, body: bytes, content_type: str, clients: int, requests: int) 
                     failed.append(f"HTTP {answer.status}")
                     continue
                 mine.append(elapsed)
-                model.append(float(answer.getheader(es.MODEL_TIME_HEADER, "nan")))
+                model.append(float(answer.getheader(MODEL_TIME_HEADER, "nan")))
             except (OSError, http.client.HTTPException) as exc:
                 failed.append(repr(exc))
                 connection.close()
