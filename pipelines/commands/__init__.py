@@ -10,7 +10,7 @@ import argparse
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
-    from pipelines.commands import data, demo, edge, endpoint, infra, pipeline, registry, run, trigger
+    from pipelines.commands import data, demo, edge, endpoint, infra, label, pipeline, registry, run, trigger
 
-    for module in (demo, data, pipeline, run, registry, endpoint, edge, infra, trigger):
+    for module in (demo, data, pipeline, run, registry, endpoint, label, edge, infra, trigger):
         module.register(sub)
