@@ -246,7 +246,9 @@ def load_wrk(url: str, body_file: Path, content_type: str, clients: int, seconds
         [*command, "--timeout", "60s", "-s", str(script), f"{url}/invocations"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    latency = dict(re.findall(r"^\s*(50|99)(?:\.0+)?%\s+([\d.]+[a-z]+)", out, re.MULTILINE))
+    if set(latency) != {"50", "99"}:
+        raise SystemExit(f"cannot read wrk's latency distribution from:\n{out}")
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
