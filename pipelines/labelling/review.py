@@ -194,9 +194,17 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, route: Any) -> None:
         """Run the route; whatever it raises becomes a JSON error and the server keeps serving."""
         try:
+            self._route_or_error(route)
+        except ConnectionError:  # the page went away before its answer (a reload): no one to tell
+            self.close_connection = True
+
+    def _route_or_error(self, route: Any) -> None:
+        try:
             if not self._host_is_ours():
                 raise HttpError(HTTPStatus.FORBIDDEN, "this server answers only requests for " + HOST)
             route(urlsplit(self.path).path)
+        except ConnectionError:
+            raise
         except HttpError as exc:
             self._json(exc.status, {"error": exc.message})
         except (DecisionError, ImageError) as exc:

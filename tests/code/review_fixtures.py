@@ -50,12 +50,15 @@ def classification_record(ref: str, class_id: int, confidence: float) -> dict[st
     }  # fmt: skip
 
 
-def classification_manifest(folder: Path, count: int = 4) -> Path:
-    """``count`` records, least confident first; images PNG and JPEG, 64x48."""
+def classification_manifest(folder: Path, count: int = 4, size: tuple[int, int] = (64, 48)) -> Path:
+    """``count`` records, least confident first; images PNG and JPEG with a shape in the middle."""
     records = []
+    width, height = size
     for i in range(count):
         suffix = ".png" if i % 2 == 0 else ".jpg"
-        image = write_image(folder / "images" / f"photo{i}{suffix}", (64, 48), (40 * i % 255, 90, 160))
+        shape = [(width // 4 + 2 * i, height // 4, width // 2, height // 2)]
+        colour = (40 * i % 255, 90, 160)
+        image = write_image(folder / "images" / f"photo{i}{suffix}", size, colour, shape)
         records.append(classification_record(str(image), i % len(CLASSES), round(0.3 + 0.1 * i, 2)))
     return write_manifest(folder / "to-review.manifest", records, CLASSES)
 
@@ -85,6 +88,8 @@ DETECTION_BOXES = [
     [(0, 40, 30, 60, 50, 0.42)],
     [(1, 150, 60, 80, 60, 0.55), (0, 30, 100, 40, 40, 0.9)],
     [],
+    [(1, 100, 80, 90, 70, 0.3)],
+    [(0, 10, 10, 30, 30, 0.2), (1, 200, 120, 100, 90, 0.61)],
 ]
 
 
