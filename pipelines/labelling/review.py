@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import threading
 import webbrowser
@@ -236,7 +237,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such action: {path}")
         if self.headers.get_content_type() != JSON_TYPE:
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"send the decision as {JSON_TYPE}")
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        if not re.fullmatch(r"[0-9]{1,12}", declared):
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send the decision with its Content-Length")
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self.close_connection = True  # the body is not read: the connection cannot be reused
             raise HttpError(
@@ -251,7 +255,7 @@ class Handler(BaseHTTPRequestHandler):
     def _index(self, path: str) -> int:
         text = path.rsplit("/", 1)[-1]
         total = len(self.review.session.records)
-        if not text.isdigit() or int(text) >= total:
+        if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) >= total:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no record {text!r}: records are 0 to {total - 1}")
         return int(text)
 

@@ -124,16 +124,44 @@ def prelabel_attribute(record: dict[str, Any]) -> tuple[str, str]:
     return found[0]
 
 
-def classes_of(records: list[dict[str, Any]], attribute: str, kind: str) -> list[str]:
-    """The class names by id that the records' metadata name (class-name, or the class-maps)."""
+def checked_class_names(
+    records: list[dict[str, Any]], attribute: str, kind: str, manifest: Path
+) -> dict[int, str]:
+    """Each record's pre-label checked as Preprocess checks a label (class ids, class names, image size,
+    boxes inside the photo), and the class names by id they give; a record Preprocess would reject
+    cannot be reviewed into a training label, so the manifest is refused with its reason."""
+    from processing.ground_truth import check_class_id, checked_class_name, register_classes
+    from processing.ground_truth_boxes import check_boxes_record
+    from processing.limits import DEFAULT_LIMITS
+    from processing.records import Rejection
+
     names: dict[int, str] = {}
-    for record in records:
-        meta = record[attribute + METADATA_SUFFIX]
-        if kind == CLASSIFICATION and isinstance(record[attribute], int):
-            names.setdefault(record[attribute], str(meta.get("class-name")))
-        for key, name in (meta.get("class-map") or {}).items() if kind == DETECTION else ():
-            names.setdefault(int(key), str(name))
-    return class_list(names)
+    for number, record in enumerate(records):
+        try:
+            if kind == DETECTION:
+                check_boxes_record(record, attribute, DEFAULT_LIMITS, names)
+                continue
+            meta = record[attribute + METADATA_SUFFIX]
+            check_class_id(record[attribute], attribute, DEFAULT_LIMITS)
+            class_name = checked_class_name(meta.get("class-name"), attribute + METADATA_SUFFIX)
+            register_classes(names, {record[attribute]: class_name})
+        except Rejection as exc:
+            raise ReviewError(f"{manifest}: record {number}: {exc.reason}") from None
+    return names
+
+
+def class_names(named: dict[int, str], categories: Path | None) -> list[str]:
+    """The review's classes by id: the label category file's (predict writes one beside the manifest),
+    which must agree with the names the records give; without one, the records' (``class_<id>`` for an
+    id none names)."""
+    if categories is None:
+        return class_list(named)
+    names = read_categories(categories)
+    for class_id, name in sorted(named.items()):
+        listed = names[class_id] if class_id < len(names) else None
+        if listed != name:
+            raise ReviewError(f"{categories}: class {class_id} is {name!r} in the manifest, {listed!r} here")
+    return names
 
 
 def read_categories(path: Path) -> list[str]:
@@ -182,10 +210,8 @@ class ReviewSession:
         )
         self.job_name = "labeling-job/" + self.output_attribute[:JOB_NAME_MAX_CHARS].rstrip("-")
         beside = self.manifest.with_name(CATEGORIES_FILE)
-        categories = categories or (beside if beside.is_file() else None)
-        self.classes = (
-            read_categories(categories) if categories else classes_of(self.records, self.attribute, self.kind)
-        )
+        named = checked_class_names(self.records, self.attribute, self.kind, self.manifest)
+        self.classes = class_names(named, categories or (beside if beside.is_file() else None))
         if not self.classes:
             raise ReviewError(f"{self.manifest}: no class names; give --categories {CATEGORIES_FILE}")
         self.journal = self.output.with_name(self.output.name + JOURNAL_SUFFIX)
@@ -305,7 +331,7 @@ class ReviewSession:
             reason = posted.get("reason")
             if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON_CHARS):
                 raise DecisionError(f"reason: a string of at most {MAX_REASON_CHARS} characters")
-            reason = reason.strip() or None if reason else None
+            reason = (reason.strip() or None) if reason else None
         return Decision(index, action, label, reason, created)
 
     def _class(self, name: Any, where: str) -> str:
@@ -363,7 +389,7 @@ class ReviewSession:
         return {"boxes": boxes}
 
     def class_name(self, class_id: int) -> str:
-        return self.classes[class_id] if 0 <= class_id < len(self.classes) else f"class_{class_id}"
+        return self.classes[class_id]  # every id the records use is a class (checked_class_names)
 
     def prelabel_as_label(self, index: int) -> Any:
         """The pre-label in a correction's form: a class name, or boxes without confidences."""

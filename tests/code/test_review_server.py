@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from review_fixtures import (
+    BOX_CLASSES,
     CLASSES,
     classification_manifest,
     classification_record,
     detection_manifest,
+    detection_record,
     read_lines,
     write_image,
     write_manifest,
@@ -314,6 +316,26 @@ def test_a_journal_of_another_manifest_or_a_second_review_is_refused(
         start_review_server(classification, tmp_path / "x.manifest", output_attribute="prelabel")
     with pytest.raises(ReviewError, match="LabelAttributeName"):
         start_review_server(classification, tmp_path / "x.manifest", output_attribute="bad_name")
+
+
+def test_a_pre_label_preprocess_would_reject_is_refused_with_its_record(tmp_path: Path) -> None:
+    image = str(write_image(tmp_path / "a.png", (20, 10), (1, 2, 3)))
+    good = classification_record(image, 1, 0.5)
+    unnamed = {**good, "prelabel": 7, "prelabel-metadata": {**good["prelabel-metadata"], "class-name": "fox"}}
+    renamed = {**good, "prelabel-metadata": {**good["prelabel-metadata"], "class-name": "wolf"}}
+    boxes = detection_record(image, (20, 10), [(0, 15, 2, 9, 5, 0.5)])  # 4 pixels beyond the right edge
+    cases = [
+        ([good, unnamed], CLASSES, "class 7 is 'fox' in the manifest, None here"),  # 3 categories
+        ([good, renamed], None, "record 1: label conflict"),
+        ([renamed], CLASSES, "class 1 is 'wolf' in the manifest, 'dog' here"),
+        ([boxes], BOX_CLASSES, "record 0: box outside image"),
+    ]
+    for records, classes, says in cases:
+        manifest = write_manifest(tmp_path / "m.manifest", records, classes or CLASSES)
+        if classes is None:
+            (tmp_path / "label-categories.json").unlink()
+        with pytest.raises(ReviewError, match=says):
+            start_review_server(manifest, tmp_path / "out.manifest")
 
 
 KILLED_REVIEWER = """
