@@ -105,9 +105,8 @@ def test_classification_review_corrects_accepts_rejects_and_resumes(open_page: A
     from playwright.sync_api import expect
 
     page = open_page
-    manifest = classification_manifest(
-        tmp_path / "cls", count=5, size=(320, 240)
-    )  # pre-labels: cat dog bird cat dog
+    # pre-labels: cat dog bird cat dog
+    manifest = classification_manifest(tmp_path / "cls", count=5, size=(320, 240))
     output = tmp_path / "reviewed.manifest"
     journal = Path(f"{output}.journal")
     with start_review_server(manifest, output) as server:

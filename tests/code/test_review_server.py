@@ -4,7 +4,6 @@ never leaves a torn output (the journal is the truth)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import os
@@ -31,6 +30,7 @@ from review_fixtures import (
 
 from pipelines.labelling.review import start_review_server
 from pipelines.labelling.review_session import ReviewError
+from pipelines.local.endpoint_server import request
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,16 +38,10 @@ REPO = Path(__file__).resolve().parents[2]
 def call(
     url: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, str, bytes]:
-    parts = urlsplit(url)
+    """(status, content type, body) of one request; a body that is not bytes is sent as JSON."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers or {}
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    try:
-        connection.request(method, path, body=data, headers=headers)
-        answer = connection.getresponse()
-        return answer.status, answer.getheader("Content-Type", ""), answer.read()
-    finally:
-        connection.close()
+    sent = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers or {}
+    return request(url, method, path, data or b"", sent, timeout=30)
 
 
 def get_json(url: str, path: str) -> Any:
