@@ -184,7 +184,7 @@ def check_output_attribute(name: str, attribute: str) -> str:
         raise ReviewError(f"output attribute {name!r}: 1 to 127 of [a-zA-Z0-9-] (LabelAttributeName)")
     if name.endswith(("-ref", METADATA_SUFFIX)) or name == attribute:
         raise ReviewError(
-            f"output attribute {name!r}: must differ from {attribute!r}, end not in -ref/-metadata"
+            f"output attribute {name!r}: must differ from {attribute!r} and not end in -ref or -metadata"
         )
     return name
 
@@ -203,6 +203,8 @@ class ReviewSession:
     ) -> None:
         self.manifest = Path(manifest)
         self.output = Path(output) if output else default_output(self.manifest)
+        if self.output.resolve() == self.manifest.resolve():
+            raise ReviewError(f"--output {self.output}: the reviewed manifest cannot replace its input")
         self.records = read_records(self.manifest)
         self.attribute, self.kind = self._one_attribute()
         self.output_attribute = check_output_attribute(
@@ -219,7 +221,11 @@ class ReviewSession:
         self.decisions: dict[int, Decision] = {}
         self._lock = threading.Lock()
         self._journal_handle = self._open_journal()
-        self.write_outputs()
+        try:
+            self.write_outputs()  # what a run killed between the journal and the rename left stale
+        except BaseException:
+            self.close()
+            raise
 
     def _one_attribute(self) -> tuple[str, str]:
         found = set()
@@ -246,14 +252,18 @@ class ReviewSession:
             except BlockingIOError:
                 handle.close()
                 raise ReviewError(f"another review is writing {self.output} (journal locked)") from None
-        handle.seek(0)
-        data = handle.read()
-        whole = data[: data.rfind(b"\n") + 1]
-        for number, line in enumerate(whole.splitlines(), 1):
-            self._replay(line, number)
-        if len(whole) < len(data):  # killed mid-append: that decision was never answered "saved"
-            handle.truncate(len(whole))
-            os.fsync(handle.fileno())
+        try:
+            handle.seek(0)
+            data = handle.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            for number, line in enumerate(whole.splitlines(), 1):
+                self._replay(line, number)
+            if len(whole) < len(data):  # killed mid-append: that decision was never answered "saved"
+                handle.truncate(len(whole))
+                os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()  # and with it the lock
+            raise
         return handle
 
     def _replay(self, line: bytes, number: int) -> None:

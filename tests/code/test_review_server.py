@@ -306,6 +306,10 @@ def test_a_journal_of_another_manifest_or_a_second_review_is_refused(
     other = classification_manifest(tmp_path / "other")
     with pytest.raises(ReviewError, match="another manifest"):
         start_review_server(other, output)
+    with start_review_server(classification, output):  # the refusal above released its lock
+        pass
+    with pytest.raises(ReviewError, match="cannot replace its input"):
+        start_review_server(classification, classification)
     with pytest.raises(ReviewError, match="must differ"):
         start_review_server(classification, tmp_path / "x.manifest", output_attribute="prelabel")
     with pytest.raises(ReviewError, match="LabelAttributeName"):
