@@ -39,13 +39,14 @@ from pipelines.labelling.review_session import (
     DecisionError,
     ReviewSession,
 )
+from processing.limits import DEFAULT_LIMITS
 
 HOST = "127.0.0.1"
 PAGE = Path(__file__).with_name("review_page")
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 JSON_TYPE = "application/json"
 MAX_BODY_BYTES = 1 << 20  # a decision with MAX_BOXES boxes is ~100 KB
-MAX_IMAGE_BYTES = 64 << 20  # a labelled photo is a few MB; Preprocess's default limit is 50 MB
+MAX_IMAGE_BYTES = DEFAULT_LIMITS.image_bytes  # Ground Truth's 40 MB, as Preprocess reads them
 
 
 class ImageError(Exception):
@@ -54,7 +55,8 @@ class ImageError(Exception):
 
 class Images:
     """Each record's image bytes, content type and size, from a local path or S3 (clients made on first
-    use, so a manifest of local files needs no AWS settings)."""
+    use, so a manifest of local files needs no AWS settings). Only what Pillow reads as an image is
+    served: a manifest naming another kind of file shows nothing of it."""
 
     def __init__(self, session: ReviewSession, clients: Any = None) -> None:
         self.session = session

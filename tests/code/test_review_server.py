@@ -112,6 +112,22 @@ def test_images_are_read_from_the_workspace_s3(tmp_path: Path) -> None:
         assert get_json(server.url, "/api/records/0")["width"] == 20
 
 
+def test_a_file_that_is_not_an_image_is_never_served(tmp_path: Path) -> None:
+    secret = tmp_path / "notes.txt"
+    secret.write_text("not for the page")
+    records = [
+        classification_record(str(secret), 0, 0.1),
+        classification_record(str(tmp_path / "gone.png"), 0, 0.1),
+    ]
+    manifest = write_manifest(tmp_path / "m.manifest", records, CLASSES)
+    with start_review_server(manifest, tmp_path / "out.manifest") as server:
+        for index, says in [(0, "not an image"), (1, "No such file")]:
+            status, _, body = call(server.url, "GET", f"/image/{index}")
+            assert status == 502 and says in json.loads(body)["error"] and b"not for the page" not in body
+            assert get_json(server.url, f"/api/records/{index}")["width"] is None
+        decide(server.url, {"index": 0, "action": "reject", "reason": "no photo"})  # what a person does
+
+
 def test_every_action_is_saved_in_ground_truths_adjustment_output(classification: Path) -> None:
     output = classification.with_name("to-review.reviewed.manifest")  # the default output
     with start_review_server(classification, output, output_attribute="checked") as server:
