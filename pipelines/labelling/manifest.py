@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.atomic_files import atomic_write_bytes
-from processing.ground_truth import CLASSIFICATION_TYPE, METADATA_SUFFIX
+from processing.ground_truth import ADJUSTMENT_STATUS, CLASSIFICATION_TYPE, METADATA_SUFFIX
 from processing.ground_truth_boxes import DETECTION_TYPE
 
 CLASSIFICATION, DETECTION = "classification", "detection"
@@ -38,7 +38,6 @@ RECIPE_TASKS = {"classifier": CLASSIFICATION, "detection": DETECTION}
 # differ from the original's: https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-verify-start-api.html).
 DEFAULT_ATTRIBUTE = "prelabel"
 REVIEWED_SUFFIX = "-adjusted"
-ADJUSTMENT_STATUS = "adjustment-status"
 # CreateLabelingJob's LabelAttributeName and LabelingJobName (botocore's sagemaker model): 1-127 / 1-63
 # characters of this pattern.
 ATTRIBUTE_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,126}")
