@@ -48,7 +48,11 @@ setup(
         include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]
     ),
     include_package_data=True,
-    package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"], "pipelines.local": ["requirements/*.txt"]},
+    package_data={
+        "": ["*.json", "*.yaml", "*.jpg", "*.html"],
+        "pipelines.local": ["requirements/*.txt"],
+        "pipelines.labelling": ["templates/*.html"],
+    },
     install_requires=["numpy>=1.26", "Pillow>=10"],
     extras_require={
         "pipeline": PIPELINE,
