@@ -38,7 +38,6 @@ from PIL import Image, ImageDraw
 from pipelines.synth_classes import (
     AUTO_LABELLED_FRACTION,
     GREY_FRACTION,
-    MANIFEST_NAME,
     MIN_CONTRAST,
     blur_and_noise,
     check_attribute,
@@ -48,6 +47,7 @@ from pipelines.synth_classes import (
     job_metadata,
     jpeg_bytes,
     luminance,
+    manifest_path,
     new_output_folder,
     photo_size,
 )
@@ -218,8 +218,10 @@ def write_boxes(
     job_name: str = DEFAULT_JOB_NAME,
     source_prefix: str = DEFAULT_SOURCE_PREFIX,
     progress: Callable[[int, int], None] | None = None,
+    unlabelled: bool = False,
 ) -> BoxesSummary:
-    """Write ``images`` photos with objects of ``classes`` classes and ``OUT/output.manifest``."""
+    """Write ``images`` photos with objects of ``classes`` classes and ``OUT/output.manifest``
+    (``unlabelled``: the photos alone, the manifest kept apart as the truth, ``manifest_path``)."""
     if not 1 <= classes <= len(DETECTION_CLASS_NAMES):
         raise ValueError(f"classes must be 1..{len(DETECTION_CLASS_NAMES)}, got {classes}")
     if images < 1:
@@ -262,6 +264,6 @@ def write_boxes(
             per_class[box.class_id] += 1
         if progress is not None:
             progress(index + 1, images)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = manifest_path(out_dir, unlabelled)
     manifest.write_text("".join(lines))
     return BoxesSummary(manifest, images, names, tuple(int(c) for c in per_class), grey, machine, adjusted)

@@ -45,6 +45,10 @@ DEFAULT_LABEL_ATTRIBUTE = "category"
 DEFAULT_JOB_NAME = "robocar-synth-classes"
 DEFAULT_SOURCE_PREFIX = "s3://robocar-labels/synth-classes"
 MANIFEST_NAME = "output.manifest"  # the service's name for the consolidated output manifest
+# An unlabelled set (``unlabelled=True``: photos for ``robocar label predict``) keeps its truth apart, in
+# OUT/truth/output.manifest, where nothing reading OUT/images finds it: benchmarks and tests score
+# pre-labels against it.
+TRUTH_FOLDER = "truth"
 CLASSIFICATION_TYPE = "groundtruth/image-classification"
 BASE_DATE = datetime(2026, 1, 1, tzinfo=UTC)  # creation dates depend on the seed only
 JPEG_QUALITY = 90
@@ -206,6 +210,14 @@ def new_output_folder(out_dir: Path) -> Path:
     return out_dir
 
 
+def manifest_path(out_dir: Path, unlabelled: bool) -> Path:
+    """OUT/output.manifest, or for an unlabelled set the truth kept apart: OUT/truth/output.manifest."""
+    if not unlabelled:
+        return Path(out_dir) / MANIFEST_NAME
+    (Path(out_dir) / TRUTH_FOLDER).mkdir(exist_ok=True)
+    return Path(out_dir) / TRUTH_FOLDER / MANIFEST_NAME
+
+
 def creation_date(seed: int, index: int, rng: np.random.Generator) -> datetime:
     """The creation date of line ``index``: a few seconds apart, a function of the seed only."""
     return BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
@@ -221,8 +233,10 @@ def write_classes(
     job_name: str = DEFAULT_JOB_NAME,
     source_prefix: str = DEFAULT_SOURCE_PREFIX,
     progress: Callable[[int, int], None] | None = None,
+    unlabelled: bool = False,
 ) -> SynthSummary:
-    """Write ``images`` photos of ``classes`` classes (balanced, shuffled) and ``OUT/output.manifest``."""
+    """Write ``images`` photos of ``classes`` classes (balanced, shuffled) and ``OUT/output.manifest``
+    (``unlabelled``: the photos alone, the manifest kept apart as the truth, ``manifest_path``)."""
     if not 2 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be 2..{len(CLASS_NAMES)}, got {classes}")
     if images < classes:
@@ -254,7 +268,7 @@ def write_classes(
         )
         if progress is not None:
             progress(index + 1, images)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = manifest_path(out_dir, unlabelled)
     manifest.write_text("".join(lines))
     counts = np.bincount(labels, minlength=classes)
     return SynthSummary(manifest, images, CLASS_NAMES[:classes], tuple(int(c) for c in counts), grey)
