@@ -214,6 +214,8 @@ def local_endpoint(car_workspace):
         "folder": str(tmp_path),
     }
     atomic_write_json(endpoint_server.state_file(workspace, "robocar-pilot"), state)
+    results = {"async_output": f"s3://{BUCKET}/async/out", "async_failure": f"s3://{BUCKET}/async/failed"}
+    atomic_write_json(endpoint_server.state_file(workspace, "robocar-pilot-async"), {**state, **results})
     yield tmp_path, arn, seen
     server.shutdown()
 
@@ -228,6 +230,29 @@ def test_a_local_endpoint_pre_labels_with_the_class_names_it_answers(local_endpo
     report = json.loads((tmp_path / "out" / manifest.PREDICT_REPORT).read_text())
     assert report["via"]["via"] == "endpoint" and report["via"]["endpoint"] == "robocar-pilot"
     assert report["classes"] == ["red", "green", "blue"] and report["model_package_arn"] == arn
+
+
+def test_a_local_async_endpoint_pre_labels_an_s3_prefix_of_the_workspace(local_endpoint, photos):
+    """The photos in the workspace's S3 (``source-ref``: their s3:// URIs), each uploaded under the async
+    endpoint's input folder, answered by the local ``invoke_async`` into its output path, then collected."""
+    from pipelines.local.s3 import LocalS3Client
+
+    tmp_path, _, seen = local_endpoint
+    s3 = LocalS3Client(tmp_path / "workspace")
+    for path in sorted(photos.iterdir()):
+        s3.put_object(Bucket=BUCKET, Key=f"incoming/{path.name}", Body=path.read_bytes())
+    source = f"s3://{BUCKET}/incoming/"
+    assert predict(tmp_path, source, "classifier", "--via", "async", "--poll-interval", "0.01") == 0
+    names = {
+        r["source-ref"]: r["prelabel-metadata"]["class-name"]
+        for r in read_lines(tmp_path / "out" / manifest.TO_REVIEW)
+    }
+    assert names[f"s3://{BUCKET}/incoming/01-red.png"] == "red" and len(names) == 4 and len(seen) == 4
+    inputs = s3.list_objects_v2(
+        Bucket="robocar-data-123456789012", Prefix="robocar/endpoints/robocar-pilot-async/input/"
+    )
+    assert inputs["KeyCount"] == 4
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="async/out/")["KeyCount"] == 4
 
 
 def test_a_local_endpoint_serving_another_package_is_refused(local_endpoint, photos, capsys):
