@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     report.update(model_package_arn=arn, model_package_version=version_of(arn))
     write_outputs(plan, report)
     print(summary_line(plan, report))
-    return 0
+    return 0 if report["predicted"] else 1  # as robocar edge run: no answer at all is a failed run
 
 
 def default_job_name() -> str:
@@ -282,9 +282,10 @@ class Runner:
             data = b""
             try:
                 data = photo.read()
-                yield photo, data, self.answer_one(photo, data)
+                result: Answer | Exception = self.answer_one(photo, data)
             except Exception as exc:  # one photo the model cannot answer must not end the run
-                yield photo, data, exc
+                result = exc
+            yield photo, data, result
 
 
 def open_runner(

@@ -60,7 +60,7 @@ def car_runner(
     clients: Clients, group: str, arn: str, target: str, root: Path, *, threads: int = 1
 ) -> Runner:
     """The car's classifier or detector (the package's manifest says which) on each photo."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from edge import classify, detect
 
@@ -73,8 +73,12 @@ def car_runner(
     classes = tuple(model.classes)
 
     def answer(photo: Photo, data: bytes) -> Answer:
-        with Image.open(io.BytesIO(data)) as image:
+        try:
+            image = Image.open(io.BytesIO(data))
             image.load()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PredictError(f"not a readable photo: {exc}") from None
+        with image:
             values = model(image)
         if task == "detection":
             return Answer(classes, detections=values)

@@ -397,3 +397,15 @@ def test_invoke_endpoint_async_uploads_polls_and_counts_a_failure(moto_photos):
         Bucket="robocar-data-123456789012", Prefix="robocar/endpoints/robocar-pilot-async/input/"
     )["Contents"]
     assert len(inputs) == 3 and all(len(item["Key"].rsplit("/", 1)[1]) == 64 + 4 for item in inputs)
+
+
+def test_no_photo_answered_is_a_failed_run(car_workspace, tmp_path):
+    tmp_path, aws = car_workspace
+    register(aws.sagemaker, aws.s3, classifier_package("c1"), key="models/c1.tar.gz")
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"not a photo")
+    assert predict(tmp_path, folder, "classifier") == 1
+    report = json.loads((tmp_path / "out" / manifest.PREDICT_REPORT).read_text())
+    assert (report["predicted"], report["failed"]) == (0, 1)
+    assert report["failures"][0]["error"].startswith("PredictError: not a readable photo")
