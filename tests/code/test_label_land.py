@@ -129,3 +129,30 @@ def test_the_pilot_has_no_labels_to_land(tmp_path: Path, recipe: str, capsys) ->
     path.write_text("")
     assert land(tmp_path, recipe, path) == 2
     assert "--recipe classifier or detection" in capsys.readouterr().err
+
+
+def test_landing_on_aws_uploads_the_photos_then_the_manifest_once(tmp_path: Path, capsys) -> None:
+    """On AWS (moto's S3, each request checked against botocore's model): the same keys as locally, the
+    photos under the set's folder, and a second landing writes nothing."""
+    import boto3
+    from moto import mock_aws
+
+    reviewed, machine, _ = detection_sets(tmp_path / "photos", photos=8)
+    paths = write_manifests(tmp_path, reviewed, machine)
+    flags = ["--recipe", "detection", "--aws", "--region", "us-east-1", "--bucket", BUCKET,
+             "--role", "arn:aws:iam::123456789012:role/robocar"]  # fmt: skip
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        assert main(["label", "land", *map(str, paths), *flags]) == 0
+        assert capsys.readouterr().out.startswith(
+            "landed: 8 records (6 reviewed by a person, 2 machine labels)"
+        )
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+        (manifest_key,) = [k for k in keys if k.endswith(".manifest")]
+        assert manifest_key.startswith("robocar/raw-detection/labelled/") and len(keys) == 9
+        landed = s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read().decode().splitlines()
+        refs = {json.loads(line)["source-ref"] for line in landed}
+        assert refs == {f"s3://{BUCKET}/{k}" for k in keys if k.endswith(".jpg")}
+        assert main(["label", "land", *map(str, paths), *flags]) == 0
+        assert capsys.readouterr().out.startswith("already landed (nothing written)")
