@@ -72,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     settings, where = settings_mod.resolve_with_backend(args)
     if settings.recipe not in manifest.RECIPE_TASKS:
         raise ValueError("--recipe classifier or detection: only they read labelled photos")
-    if where.is_local:
+    if where.is_local:  # the workspace's bucket is a folder made on first use; on AWS the stack's exists
         s3 = make_clients(local_root=where.local_root, region=settings.region).s3
+        s3.create_bucket(Bucket=settings.bucket)
     else:
         s3 = aws_endpoint_clients(settings.region, where.endpoint_url).s3
     records = [record for path in args.manifests for record in manifest.read_records(path)]
