@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.labelling.manifest import box_label, job_metadata
 from pipelines.synth_classes import (
     AUTO_LABELLED_FRACTION,
     GREY_FRACTION,
@@ -44,7 +45,6 @@ from pipelines.synth_classes import (
     contrasting_colours,
     creation_date,
     draw_shape,
-    job_metadata,
     jpeg_bytes,
     luminance,
     manifest_path,
@@ -183,7 +183,6 @@ def bounding_box_line(
     """One bounding-box output-manifest line, keys in the service's order
     (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html); ``image_size`` is
     (width, height, depth); ``adjustment_status`` makes it an adjustment job's line."""
-    width, height, depth = image_size
     metadata: dict = {
         "objects": [{"confidence": confidence} for confidence in confidences],
         "class-map": {str(k): class_names[k] for k in sorted({box.class_id for box in boxes})},
@@ -196,13 +195,7 @@ def bounding_box_line(
         metadata["adjustment-status"] = adjustment_status
     record = {
         "source-ref": source_ref,
-        attribute: {
-            "image_size": [{"width": width, "height": height, "depth": depth}],
-            "annotations": [
-                {"class_id": b.class_id, "left": b.left, "top": b.top, "width": b.width, "height": b.height}
-                for b in boxes
-            ],
-        },
+        attribute: box_label(image_size, boxes),
         f"{attribute}-metadata": metadata,
     }
     return json.dumps(record, separators=(",", ":")) + "\n"

@@ -22,7 +22,6 @@ Everything is a function of the seed (no clock, no global random state).
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from pipelines.labelling.manifest import classification_record, dumps
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star", "diamond")
 MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
@@ -49,7 +50,6 @@ MANIFEST_NAME = "output.manifest"  # the service's name for the consolidated out
 # OUT/truth/output.manifest, where nothing reading OUT/images finds it: benchmarks and tests score
 # pre-labels against it.
 TRUTH_FOLDER = "truth"
-CLASSIFICATION_TYPE = "groundtruth/image-classification"
 BASE_DATE = datetime(2026, 1, 1, tzinfo=UTC)  # creation dates depend on the seed only
 JPEG_QUALITY = 90
 
@@ -159,16 +159,6 @@ def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
     return blur_and_noise(image, rng)
 
 
-def job_metadata(job_name: str, created: datetime, human: bool) -> dict[str, str]:
-    """The metadata keys every labeling job writes: ``job-name`` (``labeling-job/<name>``, as jobs
-    write it), ``human-annotated`` and ``creation-date`` (ISO 8601 without a zone, microseconds)."""
-    return {
-        "job-name": f"labeling-job/{job_name}",
-        "human-annotated": "yes" if human else "no",
-        "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
-    }
-
-
 def ground_truth_line(
     source_ref: str,
     class_id: int,
@@ -180,18 +170,12 @@ def ground_truth_line(
     confidence: float,
     human: bool = True,
 ) -> str:
-    """One output-manifest line, keys in the service's order (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html)."""
-    record = {
-        "source-ref": source_ref,
-        attribute: class_id,
-        f"{attribute}-metadata": {
-            "class-name": class_name,
-            "confidence": confidence,
-            "type": CLASSIFICATION_TYPE,
-            **job_metadata(job_name, created, human),
-        },
-    }
-    return json.dumps(record, separators=(",", ":")) + "\n"
+    """One output-manifest line (``pipelines.labelling.manifest.classification_record``)."""
+    record = classification_record(
+        source_ref, class_id, class_name, confidence,
+        attribute=attribute, job_name=job_name, created=created, human=human,
+    )  # fmt: skip
+    return dumps(record) + "\n"
 
 
 def check_attribute(attribute: str) -> None:

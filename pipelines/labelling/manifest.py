@@ -67,38 +67,42 @@ def check_job_name(name: str) -> str:
     return name
 
 
-def creation_date(when: datetime | None = None) -> str:
-    """Ground Truth's creation-date: ISO 8601 without a zone, microseconds, UTC."""
-    return (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+def creation_date(when: datetime) -> str:
+    """Ground Truth's creation-date: ISO 8601 without a zone, microseconds; an aware time in UTC, a naive
+    one as it is."""
+    return (when.astimezone(UTC) if when.tzinfo else when).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def job_metadata(job_name: str, created: str, *, human: bool = False) -> dict[str, str]:
+def job_metadata(job_name: str, created: datetime, human: bool) -> dict[str, str]:
+    """The metadata keys every labeling job writes: ``job-name`` (``labeling-job/<name>``, as jobs write
+    it; the output page's example shows the bare name), ``human-annotated`` and ``creation-date``."""
     return {
         "job-name": f"labeling-job/{job_name}",
         "human-annotated": "yes" if human else "no",
-        "creation-date": created,
+        "creation-date": creation_date(created),
     }
 
 
 def classification_record(
     source_ref: str,
     class_id: int,
-    classes: Sequence[str],
+    class_name: str,
     confidence: float,
     *,
     attribute: str,
     job_name: str,
-    created: str,
+    created: datetime,
+    human: bool = False,
 ) -> dict[str, Any]:
-    """An image-classification job's output line for one photo."""
+    """An image-classification job's output line for one photo, keys in the service's order."""
     return {
         "source-ref": source_ref,
         attribute: int(class_id),
         attribute + METADATA_SUFFIX: {
-            "class-name": classes[class_id],
+            "class-name": class_name,
             "confidence": round(float(confidence), 4),
             "type": CLASSIFICATION_TYPE,
-            **job_metadata(job_name, created),
+            **job_metadata(job_name, created, human),
         },
     }
 
@@ -126,6 +130,19 @@ def pixel_box(row: Sequence[float], size: tuple[int, int]) -> PixelBox:
     return PixelBox(int(row[0]), left, top, right - left, bottom - top, float(row[1]))
 
 
+def box_label(size: tuple[int, int, int], boxes: Sequence[Any]) -> dict[str, Any]:
+    """A bounding-box job's label: ``image_size`` (width, height, depth) and each box's ``class_id``,
+    ``left``, ``top``, ``width``, ``height`` in pixels (``boxes``: anything with those attributes)."""
+    width, height, depth = size
+    return {
+        "image_size": [{"width": width, "height": height, "depth": depth}],
+        "annotations": [
+            {"class_id": b.class_id, "left": b.left, "top": b.top, "width": b.width, "height": b.height}
+            for b in boxes
+        ],
+    }
+
+
 def detection_record(
     source_ref: str,
     size: tuple[int, int, int],
@@ -134,25 +151,19 @@ def detection_record(
     *,
     attribute: str,
     job_name: str,
-    created: str,
+    created: datetime,
 ) -> dict[str, Any]:
     """A bounding-box job's output line for one photo of ``size`` (width, height, depth); the class-map
     names every class of the model, so ids keep their names whatever a photo shows."""
-    width, height, depth = size
+    metadata = job_metadata(job_name, created, human=False)
     return {
         "source-ref": source_ref,
-        attribute: {
-            "image_size": [{"width": width, "height": height, "depth": depth}],
-            "annotations": [
-                {"class_id": b.class_id, "left": b.left, "top": b.top, "width": b.width, "height": b.height}
-                for b in boxes
-            ],
-        },
+        attribute: box_label(size, boxes),
         attribute + METADATA_SUFFIX: {
             "objects": [{"confidence": round(b.confidence, 4)} for b in boxes],
             "class-map": {str(i): name for i, name in enumerate(classes)},
             "type": DETECTION_TYPE,
-            **job_metadata(job_name, created),
+            **{key: metadata[key] for key in ("human-annotated", "creation-date", "job-name")},
         },
     }
 

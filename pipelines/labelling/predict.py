@@ -241,7 +241,7 @@ def answer_from_json(document: Any, task: str) -> Answer:
     return Answer(classes, detections=values.reshape(-1, 6))
 
 
-def record_for(plan: Plan, photo: Photo, data: bytes, answer: Answer, created: str) -> dict[str, Any]:
+def record_for(plan: Plan, photo: Photo, data: bytes, answer: Answer, created: datetime) -> dict[str, Any]:
     """The pre-labelled record of one photo (manifest.classification_record / detection_record)."""
     if plan.task == manifest.CLASSIFICATION:
         probabilities = np.asarray(answer.probabilities, dtype=np.float64)
@@ -249,7 +249,7 @@ def record_for(plan: Plan, photo: Photo, data: bytes, answer: Answer, created: s
             raise PredictError(f"{probabilities.size} probabilities for {len(answer.classes)} classes")
         best = int(np.argmax(probabilities))
         return manifest.classification_record(
-            photo.source_ref, best, answer.classes, float(probabilities[best]),
+            photo.source_ref, best, answer.classes[best], float(probabilities[best]),
             attribute=plan.attribute, job_name=plan.job_name, created=created,
         )  # fmt: skip
     size = photo_size(data)
@@ -339,7 +339,7 @@ class Progress:
 
 def predict(plan: Plan, photos: Sequence[Photo], runner: Runner, progress: Progress | None = None) -> dict:
     """Every photo through ``runner``: the records (``"records"``) and the report's figures."""
-    created = manifest.creation_date()
+    created = datetime.now(UTC)
     records: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     started = time.perf_counter()

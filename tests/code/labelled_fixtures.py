@@ -5,6 +5,7 @@ whose truth is known, so a test can tell the reviewed label from the model's."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from pipelines.synth_classes import write_classes
 
 ATTRIBUTE = manifest.DEFAULT_ATTRIBUTE
 REVIEWED = ATTRIBUTE + manifest.REVIEWED_SUFFIX
-CREATED = "2026-12-01T10:00:00.000000"
+CREATED = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 
 def truth_of(output_manifest: Path) -> list[dict[str, Any]]:
@@ -33,10 +34,8 @@ def reviewed(record: dict[str, Any], label: Any, *, adjusted: bool, objects: int
         metadata["objects"] = [{"confidence": 1.0} for _ in range(objects)]
     else:
         metadata["confidence"] = 1.0  # the caller names the class (class-name)
-    metadata.update({
-        "human-annotated": "yes", "job-name": "labeling-job/review-1", "creation-date": CREATED,
-        "adjustment-status": "adjusted" if adjusted else "unadjusted",
-    })  # fmt: skip
+    metadata.update(manifest.job_metadata("review-1", CREATED, human=True))
+    metadata["adjustment-status"] = "adjusted" if adjusted else "unadjusted"
     return {**record, REVIEWED: label, REVIEWED + "-metadata": metadata}
 
 
@@ -54,7 +53,7 @@ def classification_sets(folder: Path, photos: int = 40) -> tuple[list[dict], lis
         true = line["category"]
         predicted = (true + 1) % 3 if index % 4 == 0 and index < photos * 3 // 4 else true
         record = manifest.classification_record(
-            local_ref(folder, line), predicted, names, 0.6 if predicted != true else 0.95,
+            local_ref(folder, line), predicted, names[predicted], 0.6 if predicted != true else 0.95,
             attribute=ATTRIBUTE, job_name="prelabel-1", created=CREATED,
         )  # fmt: skip
         if index < photos * 3 // 4:
