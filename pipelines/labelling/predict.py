@@ -44,6 +44,11 @@ DEFAULT_MIN_SCORE = 0.5  # edge.detect.DEFAULT_MIN_SCORE: the boxes a car report
 PROGRESS_EVERY_S = 2.0
 DEFAULT_ASYNC_TIMEOUT_S = 900.0  # an async endpoint scaled to zero takes minutes to start an instance
 MAX_LISTED_FAILURES = 20
+# Requests in flight to a real-time endpoint. Several at once hide a remote endpoint's network round trip;
+# the local one serialises its forwards on 2 shared cores, where 1, 2, 4 and 8 measured the same within
+# the machine's noise (classifier 21-48 photos/s, detection 138-251: docs/labelling.md), so 1 by default.
+DEFAULT_CONCURRENCY = 1
+MAX_CONCURRENCY = 64
 
 
 class PredictError(ValueError):
@@ -79,6 +84,10 @@ def register(actions: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--min-score", type=float, default=DEFAULT_MIN_SCORE,
         help="detection: boxes scoring at least this are pre-labelled (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+        help="endpoint: requests in flight at once (default: %(default)s)",
     )  # fmt: skip
     p.add_argument("--car-root", type=Path, default=None, help="car: where the package is installed")
     p.add_argument("--threads", type=int, default=1, help="car: ONNX Runtime threads (default: 1)")
@@ -119,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0.0 <= plan.review_below <= 1.0 or not 0.0 <= plan.min_score <= 1.0:
         raise ValueError("--review-below and --min-score must be in [0, 1]")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"--concurrency must be 1..{MAX_CONCURRENCY}")
     clients = backend_clients(settings, where)
     arn = resolve_package_arn(clients.sagemaker, settings.model_package_group, args.package)
     photos = list_photos(clients.s3, args.source)
@@ -267,25 +278,38 @@ def record_for(plan: Plan, photo: Photo, data: bytes, answer: Answer, created: d
 # ---------------------------------------------------------------- runners
 @dataclass
 class Runner:
-    """Where predictions run: ``answers(photos)`` yields (photo, bytes, Answer or the exception)."""
+    """Where predictions run: ``answers(photos)`` yields (photo, bytes, Answer or the exception), in
+    photo order; ``answer_one`` is called from ``workers`` threads at once (an endpoint's requests wait
+    on the network and the server, not on this process)."""
 
     where: dict[str, Any]
     answer_one: Callable[[Photo, bytes], Answer] | None = None
     answer_all: Callable[[Sequence[Photo]], Iterator[tuple[Photo, bytes, Answer | Exception]]] | None = None
+    workers: int = 1
 
     def answers(self, photos: Sequence[Photo]) -> Iterator[tuple[Photo, bytes, Answer | Exception]]:
         if self.answer_all is not None:
             yield from self.answer_all(photos)
             return
+        if self.workers <= 1:
+            yield from map(self._answer, photos)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="prelabel") as pool:
+            yield from pool.map(
+                self._answer, photos
+            )  # in order; at most ``workers`` photos in flight + queue
+
+    def _answer(self, photo: Photo) -> tuple[Photo, bytes, Answer | Exception]:
         assert self.answer_one is not None
-        for photo in photos:
-            data = b""
-            try:
-                data = photo.read()
-                result: Answer | Exception = self.answer_one(photo, data)
-            except Exception as exc:  # one photo the model cannot answer must not end the run
-                result = exc
-            yield photo, data, result
+        data = b""
+        try:
+            data = photo.read()
+            result: Answer | Exception = self.answer_one(photo, data)
+        except Exception as exc:  # one photo the model cannot answer must not end the run
+            result = exc
+        return photo, data, result
 
 
 def open_runner(
@@ -319,7 +343,7 @@ def open_runner(
         input_folder = endpoint_folder(settings, name, "input")
         return runners.async_runner(where, clients, name, task, input_folder,
                                     timeout_s=args.async_timeout, interval_s=args.poll_interval)  # fmt: skip
-    return runners.endpoint_runner(where, clients, name, task, arn)
+    return runners.endpoint_runner(where, clients, name, task, arn, workers=args.concurrency)
 
 
 # ---------------------------------------------------------------- predict

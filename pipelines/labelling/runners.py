@@ -96,7 +96,9 @@ def content_type(photo: Photo) -> str:
     return content_type_of(photo.source_ref)
 
 
-def endpoint_runner(where_to: Any, clients: Clients, name: str, task: str, arn: str) -> Runner:
+def endpoint_runner(
+    where_to: Any, clients: Clients, name: str, task: str, arn: str, *, workers: int = 1
+) -> Runner:
     """Each photo sent to endpoint ``name``: the local server ``robocar endpoint deploy`` started (it must
     serve ``arn``), or SageMaker's InvokeEndpoint."""
     where: dict[str, Any] = {"via": "endpoint", "endpoint": name}
@@ -128,7 +130,8 @@ def endpoint_runner(where_to: Any, clients: Clients, name: str, task: str, arn: 
         where.setdefault("classes", list(result.classes))
         return result
 
-    return Runner(where, answer_one=answer)
+    where["concurrency"] = workers
+    return Runner(where, answer_one=answer, workers=workers)
 
 
 # ---------------------------------------------------------------- an asynchronous endpoint

@@ -220,15 +220,18 @@ def local_endpoint(car_workspace):
     server.shutdown()
 
 
-def test_a_local_endpoint_pre_labels_with_the_class_names_it_answers(local_endpoint, photos):
+@pytest.mark.parametrize("concurrency", ["1", "3"])
+def test_a_local_endpoint_pre_labels_with_the_class_names_it_answers(local_endpoint, photos, concurrency):
     tmp_path, arn, seen = local_endpoint
-    assert predict(tmp_path, photos, "classifier", "--via", "endpoint", "--review-below", "0.9") == 0
+    flags = ["--via", "endpoint", "--review-below", "0.9", "--concurrency", concurrency]
+    assert predict(tmp_path, photos, "classifier", *flags) == 0
     machine = read_lines(tmp_path / "out" / manifest.MACHINE_LABELLED)
     names = {Path(r["source-ref"]).name: r["prelabel-metadata"]["class-name"] for r in machine}
     assert names == {"01-red.png": "red", "02-green.png": "green", "03-blue.png": "blue"}
     assert seen[0] == "image/png | application/json; verbose=true" and len(seen) == 4
     report = json.loads((tmp_path / "out" / manifest.PREDICT_REPORT).read_text())
     assert report["via"]["via"] == "endpoint" and report["via"]["endpoint"] == "robocar-pilot"
+    assert report["via"]["concurrency"] == int(concurrency)
     assert report["classes"] == ["red", "green", "blue"] and report["model_package_arn"] == arn
 
 
@@ -377,7 +380,7 @@ def test_invoke_endpoint_on_aws_pre_labels_an_s3_prefix(moto_photos, monkeypatch
     refs = {r["source-ref"]: r["prelabel-metadata"]["class-name"] for r in review}
     assert refs == {f"s3://robocar-data-123456789012/unlabelled/{n}.jpg": n for n in COLOURS}
     report = json.loads((tmp_path / "out" / manifest.PREDICT_REPORT).read_text())
-    assert report["via"] == {"via": "endpoint", "endpoint": GROUP, "classes": list(COLOURS)}
+    assert report["via"] == {"via": "endpoint", "endpoint": GROUP, "concurrency": 1, "classes": list(COLOURS)}
     assert report["model_package_arn"] == arn
 
 
