@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -122,36 +121,28 @@ def land(s3: Any, records: list[dict[str, Any]], raw_prefix_uri: str, task: str)
 
     human, machine = check_labelled(records, task)
     bucket, raw_key = split_s3_uri(raw_prefix_uri)
-    photos: dict[str, tuple[str, bytes]] = {}  # source-ref -> (file name by content, bytes)
+    names: dict[str, str] = {}  # source-ref -> the photo's file name by content (read twice, held never)
     for record in records:
         ref = record["source-ref"]
-        if ref not in photos and not ref.startswith(raw_prefix_uri):
-            data = read_photo(s3, ref)
-            suffix = PurePosixPath(ref).suffix.lower()
-            photos[ref] = (hashlib.sha256(data).hexdigest() + suffix, data)
-    named = [
-        {**r, "source-ref": photos[r["source-ref"]][0]} if r["source-ref"] in photos else r for r in records
-    ]
+        if ref not in names and not ref.startswith(raw_prefix_uri):
+            names[ref] = hashlib.sha256(read_photo(s3, ref)).hexdigest() + PurePosixPath(ref).suffix.lower()
+    named = [{**r, "source-ref": names[r["source-ref"]]} if r["source-ref"] in names else r for r in records]
     digest = hashlib.sha256("".join(manifest.dumps(r) + "\n" for r in named).encode()).hexdigest()
     folder = f"{raw_key}{LANDING_FOLDER}/{digest}/"
     written = 0
-    for name, data in photos.values():
-        written += _put_new(s3, bucket, f"{folder}images/{name}", data, object_exists)
+    for ref, name in names.items():
+        key = f"{folder}images/{name}"
+        if not object_exists(s3, f"s3://{bucket}/{key}"):
+            s3.put_object(Bucket=bucket, Key=key, Body=read_photo(s3, ref))
+            written += 1
     landed = [
-        {**r, "source-ref": f"s3://{bucket}/{folder}images/{photos[r['source-ref']][0]}"}
-        if r["source-ref"] in photos else r
+        {**r, "source-ref": f"s3://{bucket}/{folder}images/{names[r['source-ref']]}"}
+        if r["source-ref"] in names else r
         for r in records
     ]  # fmt: skip
-    body = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in landed).encode()
-    written += _put_new(s3, bucket, folder + MANIFEST_NAME, body, object_exists)  # last: completes the upload
-    return Landing(
-        f"s3://{bucket}/{folder}{MANIFEST_NAME}", len(records), human, machine, len(photos), written
-    )
-
-
-def _put_new(s3: Any, bucket: str, key: str, body: bytes, exists: Any) -> int:
-    """Write the object unless it is there already (its key names its content); 1 when written."""
-    if exists(s3, f"s3://{bucket}/{key}"):
-        return 0
-    s3.put_object(Bucket=bucket, Key=key, Body=body)
-    return 1
+    body = "".join(manifest.dumps(r) + "\n" for r in landed).encode()
+    key = folder + MANIFEST_NAME
+    if not object_exists(s3, f"s3://{bucket}/{key}"):  # last: the object that completes the upload
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        written += 1
+    return Landing(f"s3://{bucket}/{key}", len(records), human, machine, len(names), written)
