@@ -133,7 +133,10 @@ def land(s3: Any, records: list[dict[str, Any]], raw_prefix_uri: str, task: str)
     for ref, name in names.items():
         key = f"{folder}images/{name}"
         if not object_exists(s3, f"s3://{bucket}/{key}"):
-            s3.put_object(Bucket=bucket, Key=key, Body=read_photo(s3, ref))
+            data = read_photo(s3, ref)
+            if not name.startswith(hashlib.sha256(data).hexdigest()):
+                raise ValueError(f"{ref} changed while it was being landed: land again")
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
             written += 1
     landed = [
         {**r, "source-ref": f"s3://{bucket}/{folder}images/{names[r['source-ref']]}"}
