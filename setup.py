@@ -52,7 +52,7 @@ setup(
     package_data={
         "": ["*.json", "*.yaml", "*.jpg", "*.html"],
         "pipelines.local": ["requirements/*.txt"],
-        "pipelines.labelling": ["review_page/*"],
+        "pipelines.labelling": ["review_page/*", "templates/*.html"],
     },
     install_requires=["numpy>=1.26", "Pillow>=10"],
     extras_require={

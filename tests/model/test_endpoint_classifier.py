@@ -81,6 +81,49 @@ def test_the_trained_classifier_answers_over_http_what_it_computes(
     assert not es.process_alive(state["pid"])
 
 
+@pytest.mark.slow
+def test_robocar_label_predict_pre_labels_through_the_trained_classifiers_endpoint(
+    trained: Path,  # noqa: F811 (the fixture imported above)
+    env_cache: None,
+    tmp_path: Path,
+) -> None:
+    """``robocar label predict --via endpoint`` on the real server and handler (issue 19): each record's
+    class is the one the endpoint's verbose answer names, its confidence that class's probability."""
+    from pipelines.cli import main
+
+    workspace = tmp_path / "workspace"
+    arn = register_champion(workspace, trained / "model" / "model.tar.gz")
+    flags = ["--workspace", str(workspace), "--recipe", "classifier"]
+    assert main(["endpoint", "deploy", *flags]) == 0
+    try:
+        out = tmp_path / "prelabels"
+        assert (
+            main(["label", "predict", str(trained / "test"), "--via", "endpoint", "--out", str(out), *flags])
+            == 0
+        )
+        url = es.status(workspace, "robocar-classifiers")["url"]
+        records = [json.loads(line) for line in (out / "to-review.manifest").read_text().splitlines()]
+        assert len(records) == 15
+        for record in records:
+            photo = Path(record["source-ref"])
+            content_type = "image/png" if photo.suffix.lower() == ".png" else "image/jpeg"
+            _, _, body = es.invoke(url, photo.read_bytes(), content_type, "application/json; verbose=true")
+            answer = json.loads(body)
+            assert record["prelabel-metadata"]["class-name"] == answer["predicted_label"]
+            assert record["prelabel"] == answer["labels"].index(answer["predicted_label"])
+            assert record["prelabel-metadata"]["confidence"] == pytest.approx(
+                max(answer["prediction"]), abs=1e-4
+            )
+        report = json.loads((out / "predict-report.json").read_text())
+        assert report["model_package_arn"] == arn and report["classes"] == spec_classes(trained)
+    finally:
+        assert main(["endpoint", "delete", *flags]) == 0
+
+
+def spec_classes(model_root: Path) -> list[str]:
+    return json.loads((model_root / "exported" / "classifier-spec.json").read_text())["classes"]
+
+
 def register_pilot(workspace: Path, root: Path) -> tuple[str, object]:
     """donkeycar's linear pilot exported as training exports it, registered as the pipeline does."""
     from training.export import export_saved_model
