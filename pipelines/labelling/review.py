@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipelines.labelling.manifest import CATEGORIES
 from pipelines.labelling.review_session import (
-    CATEGORIES_FILE,
     OUTPUT_SUFFIX,
     DecisionError,
     ReviewSession,
@@ -321,7 +321,7 @@ def register(actions: argparse._SubParsersAction) -> None:
         "--output-attribute", default=None, help="the reviewed labels' attribute (default: A + '-adjusted')"
     )
     p.add_argument(
-        "--categories", type=Path, default=None, help=f"the class list (default: {CATEGORIES_FILE} beside it)"
+        "--categories", type=Path, default=None, help=f"the class list (default: {CATEGORIES} beside it)"
     )
     p.add_argument("--port", type=int, default=0, help="127.0.0.1's port (default: any free one)")
     p.add_argument("--no-browser", action="store_true", help="print the URL only; open no browser")

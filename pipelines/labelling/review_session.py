@@ -20,7 +20,6 @@ the journal's append and the rename loses nothing either.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import os
@@ -29,7 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processing.ground_truth import CLASSIFICATION_TYPE, HUMAN_ANNOTATED, METADATA_SUFFIX, class_list
+from pipelines.labelling.manifest import (
+    CATEGORIES,
+    CLASSIFICATION,
+    DETECTION,
+    REVIEWED_SUFFIX,
+    TASK_TYPES,
+    check_attribute,
+    classes_of_categories,
+    creation_date,
+    find_attribute,
+    write_records,
+)
+from pipelines.labelling.manifest import read_records as read_manifest_records
+from processing.ground_truth import (
+    ADJUSTMENT_STATUS,
+    CLASSIFICATION_TYPE,
+    HUMAN_ANNOTATED,
+    METADATA_SUFFIX,
+    class_list,
+)
 from processing.ground_truth_boxes import DETECTION_TYPE
 
 try:
@@ -37,17 +55,12 @@ try:
 except ImportError:  # pragma: no cover - not on Linux/macOS: two reviews of one output are not refused
     fcntl = None  # type: ignore[assignment]
 
-CLASSIFICATION, DETECTION = "classification", "detection"
-KINDS = {CLASSIFICATION_TYPE: CLASSIFICATION, DETECTION_TYPE: DETECTION}
+KINDS = {task_type: kind for kind, task_type in TASK_TYPES.items()}
 ACCEPT, CORRECT, REJECT = "accept", "correct", "reject"
 ADJUSTED, UNADJUSTED = "adjusted", "unadjusted"
-ADJUSTED_SUFFIX = "-adjusted"  # B's default: GT requires the adjustment job's attribute to differ from A's
 OUTPUT_SUFFIX = ".reviewed.manifest"
 JOURNAL_SUFFIX, REJECTED_SUFFIX = ".journal", ".rejected"
-CATEGORIES_FILE = "label-categories.json"  # what `robocar label predict` writes beside the manifest
-# LabelAttributeName (CreateLabelingJob, botocore's model): 1-127 of this pattern, not ending in -ref or
-# -metadata; LabelingJobName: 1-63 of the same alphabet.
-ATTRIBUTE_MAX_CHARS, JOB_NAME_MAX_CHARS = 127, 63
+JOB_NAME_MAX_CHARS = 63  # LabelingJobName (CreateLabelingJob, botocore's model)
 MAX_BOXES = 1000  # per image; a labeller's photo has tens
 MAX_REASON_CHARS = 1000
 MAX_MANIFEST_RECORDS = 1_000_000  # each one is rewritten into OUT per decision: ~1 KB a record
@@ -79,49 +92,35 @@ class Decision:
         return posted
 
 
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
-
-
 def default_output(manifest: Path) -> Path:
     return manifest.with_name(manifest.name.removesuffix(".manifest") + OUTPUT_SUFFIX)
 
 
 # --------------------------------------------------------------------------- reading the input
 def read_records(manifest: Path) -> list[dict[str, Any]]:
-    """The manifest's JSON objects, in order (blank lines skipped); a line that is not one is an error."""
-    records = []
-    with open(manifest, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReviewError(f"{manifest}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("source-ref"), str):
-                raise ReviewError(f"{manifest}:{number}: not a record with a source-ref")
-            records.append(record)
-            if len(records) > MAX_MANIFEST_RECORDS:
-                raise ReviewError(f"{manifest}: more than {MAX_MANIFEST_RECORDS} records; split it")
+    """The manifest's records (``pipelines.labelling.manifest.read_records``); none is an error too."""
+    try:
+        records = read_manifest_records(manifest)
+    except ValueError as exc:
+        raise ReviewError(str(exc)) from None
     if not records:
         raise ReviewError(f"{manifest}: no records to review")
+    if len(records) > MAX_MANIFEST_RECORDS:
+        raise ReviewError(f"{manifest}: more than {MAX_MANIFEST_RECORDS} records; split it")
     return records
 
 
 def prelabel_attribute(record: dict[str, Any]) -> tuple[str, str]:
-    """``(A, kind)``: the record's label attribute of an image-classification or bounding-box job. Of
-    several (a chained job's output), the one not yet adjusted (no ``adjustment-status``) is the pre-label."""
-    found = [
-        (name, KINDS[meta["type"]])
-        for name in record
-        if isinstance(meta := record.get(name + METADATA_SUFFIX), dict) and meta.get("type") in KINDS
-    ]
-    if len(found) > 1:
-        found = [(n, k) for n, k in found if "adjustment-status" not in record[n + METADATA_SUFFIX]]
-    if len(found) != 1:
-        raise ReviewError(f"expected one pre-label attribute A with A-metadata, found {len(found)}")
-    return found[0]
+    """``(A, kind)``: the record's pre-label attribute (``find_attribute``: the one not yet adjusted), of an
+    image-classification or bounding-box job."""
+    try:
+        name = find_attribute(record)
+    except ValueError as exc:
+        raise ReviewError(str(exc)) from None
+    task_type = record[name + METADATA_SUFFIX].get("type")
+    if task_type not in KINDS:
+        raise ReviewError(f"{name}: of type {task_type!r}, not {' or '.join(KINDS)}")
+    return name, KINDS[task_type]
 
 
 def checked_class_names(
@@ -165,27 +164,23 @@ def class_names(named: dict[int, str], categories: Path | None) -> list[str]:
 
 
 def read_categories(path: Path) -> list[str]:
-    """Ground Truth's label category configuration: ``{"labels": [{"label": name}, ...]}``, id = position."""
+    """Ground Truth's label category configuration: class id = position (``classes_of_categories``)."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        names = [str(entry["label"]) for entry in document["labels"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ReviewError(f"{path}: not a label category configuration ({exc})") from None
-    if not names or len(set(names)) != len(names):
-        raise ReviewError(f"{path}: the labels must be distinct and at least one")
+        names = classes_of_categories(json.loads(path.read_text(encoding="utf-8")))
+    except ValueError as exc:  # JSONDecodeError is one
+        raise ReviewError(f"{path}: {exc}") from None
+    if len(set(names)) != len(names):
+        raise ReviewError(f"{path}: the labels must be distinct")
     return names
 
 
 def check_output_attribute(name: str, attribute: str) -> str:
-    from pipelines.aws_rules import matches_pattern, service_model
-
-    shape = service_model("sagemaker").shape_for("LabelAttributeName")
-    if not matches_pattern(shape.metadata["pattern"], name) or len(name) > ATTRIBUTE_MAX_CHARS:
-        raise ReviewError(f"output attribute {name!r}: 1 to 127 of [a-zA-Z0-9-] (LabelAttributeName)")
-    if name.endswith(("-ref", METADATA_SUFFIX)) or name == attribute:
-        raise ReviewError(
-            f"output attribute {name!r}: must differ from {attribute!r} and not end in -ref or -metadata"
-        )
+    try:
+        check_attribute(name)
+    except ValueError as exc:
+        raise ReviewError(f"output {exc}") from None
+    if name == attribute:
+        raise ReviewError(f"output attribute {name!r}: must differ from the pre-label's {attribute!r}")
     return name
 
 
@@ -208,14 +203,14 @@ class ReviewSession:
         self.records = read_records(self.manifest)
         self.attribute, self.kind = self._one_attribute()
         self.output_attribute = check_output_attribute(
-            output_attribute or self.attribute + ADJUSTED_SUFFIX, self.attribute
+            output_attribute or self.attribute + REVIEWED_SUFFIX, self.attribute
         )
         self.job_name = "labeling-job/" + self.output_attribute[:JOB_NAME_MAX_CHARS].rstrip("-")
-        beside = self.manifest.with_name(CATEGORIES_FILE)
+        beside = self.manifest.with_name(CATEGORIES)
         named = checked_class_names(self.records, self.attribute, self.kind, self.manifest)
         self.classes = class_names(named, categories or (beside if beside.is_file() else None))
         if not self.classes:
-            raise ReviewError(f"{self.manifest}: no class names; give --categories {CATEGORIES_FILE}")
+            raise ReviewError(f"{self.manifest}: no class names; give --categories {CATEGORIES}")
         self.journal = self.output.with_name(self.output.name + JOURNAL_SUFFIX)
         self.rejected = self.output.with_name(self.output.name + REJECTED_SUFFIX)
         self.decisions: dict[int, Decision] = {}
@@ -282,7 +277,7 @@ class ReviewSession:
     def decide(self, posted: Any) -> Decision:
         """Check a posted decision, append it to the journal (fsynced), rewrite the outputs; DecisionError
         (nothing saved) for bad input."""
-        decision = self.check(posted, created=now())
+        decision = self.check(posted, created=creation_date())
         entry = {
             "source-ref": self.records[decision.index]["source-ref"],
             "decision": decision.as_posted(),
@@ -297,8 +292,6 @@ class ReviewSession:
         return decision
 
     def write_outputs(self) -> None:
-        from edge.atomic_files import atomic_write_bytes
-
         reviewed, rejected = [], []
         for index in sorted(self.decisions):
             decision, record = self.decisions[index], self.records[index]
@@ -306,9 +299,8 @@ class ReviewSession:
                 rejected.append({**record, "rejected-reason": decision.reason or "rejected by the reviewer"})
             else:
                 reviewed.append(self.reviewed_record(record, decision))
-        for path, lines in ((self.output, reviewed), (self.rejected, rejected)):
-            text = "".join(json.dumps(line) + "\n" for line in lines)
-            atomic_write_bytes(path, text.encode(), durable=True)
+        write_records(self.output, reviewed)  # atomic; not fsynced: the journal is, and repairs it
+        write_records(self.rejected, rejected)
 
     # ------------------------------------------------------------------ state
     def next_undecided(self) -> int | None:
@@ -418,7 +410,7 @@ class ReviewSession:
             "job-name": self.job_name,
             HUMAN_ANNOTATED: "yes",
             "creation-date": decision.created,
-            "adjustment-status": ADJUSTED if adjusted else UNADJUSTED,
+            ADJUSTMENT_STATUS: ADJUSTED if adjusted else UNADJUSTED,
         }
         if self.kind == CLASSIFICATION:
             value: Any = self.classes.index(label)

@@ -328,7 +328,7 @@ def test_a_journal_of_another_manifest_or_a_second_review_is_refused(
         start_review_server(classification, classification)
     with pytest.raises(ReviewError, match="must differ"):
         start_review_server(classification, tmp_path / "x.manifest", output_attribute="prelabel")
-    with pytest.raises(ReviewError, match="LabelAttributeName"):
+    with pytest.raises(ReviewError, match="1-127 of"):
         start_review_server(classification, tmp_path / "x.manifest", output_attribute="bad_name")
 
 
@@ -422,4 +422,4 @@ def test_a_bad_manifest_is_one_line_and_exit_status_2(
     manifest = tmp_path / "m.manifest"
     manifest.write_text('{"source-ref": "/x.png"}\n')
     assert main(["label", "review", str(manifest), "--no-browser", "--workspace", str(tmp_path)]) == 2
-    assert "record 0: expected one pre-label attribute" in capsys.readouterr().err
+    assert "record 0: expected one label attribute with metadata" in capsys.readouterr().err
