@@ -25,6 +25,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,7 @@ class ReviewSession:
     def decide(self, posted: Any) -> Decision:
         """Check a posted decision, append it to the journal (fsynced), rewrite the outputs; DecisionError
         (nothing saved) for bad input."""
-        decision = self.check(posted, created=creation_date())
+        decision = self.check(posted, created=creation_date(datetime.now(UTC)))
         entry = {
             "source-ref": self.records[decision.index]["source-ref"],
             "decision": decision.as_posted(),
