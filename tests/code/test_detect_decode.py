@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detect import DecodeError, decode, decode_boxes, iou_with
+from edge.detect import DecodeError, decode, decode_boxes, greedy_nms, pairwise_iou
 
 
 def heads(scores_by_class: list[list[float]], anchors: list[list[float]]) -> tuple[np.ndarray, ...]:
@@ -97,11 +97,25 @@ def test_a_leading_batch_of_one_is_accepted() -> None:
 
 
 def test_iou_of_boxes_without_area_is_zero() -> None:
-    box = np.array([0.3, 0.3, 0.3, 0.3], np.float32)
-    assert iou_with(box, box[None]).tolist() == [0.0]
-    assert iou_with(np.array([0, 0, 1, 1], np.float32), np.array([[0, 0, 0.5, 1]], np.float32)).tolist() == [
-        0.5
-    ]
+    box = np.array([[0.3, 0.3, 0.3, 0.3]], np.float32)
+    assert pairwise_iou(np.repeat(box, 2, axis=0)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_pairwise_iou_is_symmetric_and_one_on_the_diagonal() -> None:
+    boxes = np.array([[0, 0, 1, 1], [0, 0, 0.5, 1], [0.75, 0, 1, 0.5]], np.float32)
+    iou = pairwise_iou(boxes)
+    np.testing.assert_array_equal(iou, iou.T)
+    assert np.diag(iou).tolist() == [1.0, 1.0, 1.0]
+    assert iou[0, 1] == 0.5 and iou[0, 2] == 0.125 and iou[1, 2] == 0.0
+
+
+def test_a_suppressed_box_suppresses_nothing() -> None:
+    """Greedy: 0 suppresses 1, so 1 cannot suppress 2 even though they overlap; 2 survives."""
+    boxes = np.array([[0.0, 0, 0.4, 1], [0.2, 0, 0.6, 1], [0.4, 0, 0.8, 1]], np.float32)
+    assert greedy_nms(boxes, np.zeros(3), 0.3, False).tolist() == [True, False, True]
+    assert greedy_nms(boxes, np.array([0.0, 0.0, 1.0]), 0.3, False).tolist() == [True, False, True]
+    assert greedy_nms(boxes, np.array([0.0, 1.0, 1.0]), 0.3, False).tolist() == [True, True, False]
+    assert greedy_nms(boxes, np.array([0.0, 1.0, 1.0]), 0.3, True).tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize(
