@@ -221,15 +221,36 @@ def check_manifest(manifest: Mapping[str, Any]) -> tuple[list[str], Any, dict[st
     return classes, transform, kwargs
 
 
+def reporting_settings(settings: Mapping[str, Any], min_score: float | None) -> dict[str, Any]:
+    """decode's settings for a car that reports only boxes scoring at least ``min_score``: the score
+    threshold raised to it. The boxes it keeps are exactly those of the package's own threshold that score
+    at least ``min_score`` (greedy NMS lets only a better box suppress one, top-k keeps the best first), and
+    the few candidates above it make decoding cheap (benchmarks/README.md, "Detection")."""
+    if min_score is None:
+        return dict(settings)
+    if not 0.0 <= min_score <= 1.0:
+        raise DetectorError(f"--min-score must be in [0, 1], got {min_score}")
+    return {**settings, "threshold": max(float(settings.get("threshold", 0.01)), float(min_score))}
+
+
 class Detector:
-    """One artifact of a detector package, loaded: a photo in, detections (K, 6) out (decode's rows)."""
+    """One artifact of a detector package, loaded: a photo in, detections (K, 6) out (decode's rows).
+
+    ``min_score``: the car reports only boxes scoring at least that, so ``__call__`` decodes with it as
+    the threshold (``reporting_settings``); None keeps every box down to the package's threshold (mAP)."""
 
     def __init__(
-        self, package_dir: Path, artifact: Mapping[str, Any], manifest: Mapping[str, Any], threads: int
+        self,
+        package_dir: Path,
+        artifact: Mapping[str, Any],
+        manifest: Mapping[str, Any],
+        threads: int,
+        min_score: float | None = None,
     ):
         from edge.classify import onnx_artifact
 
         self.classes, self.transform, self.settings = check_manifest(manifest)
+        self.call_settings = reporting_settings(self.settings, min_score)
         self.artifact = dict(artifact)
         self.runtime = str(artifact.get("runtime"))
         self._session = onnx_artifact(package_dir, artifact, threads, DetectorError, "detectors")
@@ -271,19 +292,22 @@ class Detector:
     def __call__(self, photo: Any) -> np.ndarray:
         """One photo (a file, a Pillow image or an RGB uint8 array) -> detections (K, 6), best first."""
         cls_prob, loc_preds = self.heads(photo)
-        return decode(cls_prob, loc_preds, self.anchors, **self.settings)
+        return decode(cls_prob, loc_preds, self.anchors, **self.call_settings)
 
 
-def open_detector(package_dir: Path, *, prefer: str | None = None, threads: int = 1) -> Detector:
+def open_detector(
+    package_dir: Path, *, prefer: str | None = None, threads: int = 1, min_score: float | None = None
+) -> Detector:
     """An extracted detector package -> its Detector: ``prefer``, else the artifact the agent measured
-    fastest here, else the manifest's default (as edge.classify.open_classifier)."""
+    fastest here, else the manifest's default (as edge.classify.open_classifier); ``min_score``: what the
+    car reports (``Detector``)."""
     manifest = runtimes.read_manifest(package_dir)
     if runtimes.task_of(manifest) != runtimes.DETECTION_TASK:
         raise DetectorError(
             f"{package_dir} is not a detector package (its task: {runtimes.task_of(manifest)})"
         )
     artifact = runtimes.choose_artifact(manifest, prefer, chosen=runtimes.read_choice(package_dir))
-    return Detector(Path(package_dir), artifact, manifest, threads)
+    return Detector(Path(package_dir), artifact, manifest, threads, min_score)
 
 
 def smoke_check(detector: Detector, image: np.ndarray) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detect import DecodeError, decode, decode_boxes, greedy_nms, pairwise_iou
+from edge.detect import DecodeError, decode, decode_boxes, greedy_nms, pairwise_iou, reporting_settings
 
 
 def heads(scores_by_class: list[list[float]], anchors: list[list[float]]) -> tuple[np.ndarray, ...]:
@@ -137,3 +137,23 @@ def test_heads_that_disagree_on_the_anchor_count_are_refused() -> None:
         decode(cls_prob, offsets[:4], anchors)
     with pytest.raises(DecodeError, match="cls_prob"):
         decode(cls_prob[0], offsets, anchors)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decoding_at_the_reporting_score_keeps_exactly_the_reported_boxes(seed: int) -> None:
+    """The car decodes with its --min-score as the threshold (edge.detect.reporting_settings): the same
+    boxes, in the same order, as decoding down to 0.01 and keeping those scoring at least that."""
+    rng = np.random.default_rng(seed)
+    count, classes = 300, 1 + seed % 3
+    logits = rng.normal(0.0, 2.5, (classes + 1, count))
+    cls_prob = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float32)
+    centres, sizes = rng.uniform(0.2, 0.8, (count, 2)), rng.uniform(0.05, 0.5, (count, 2))
+    anchors = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    offsets = rng.normal(0.0, 0.5, count * 4).astype(np.float32)
+    settings = {"threshold": 0.01, "nms_threshold": 0.45, "nms_topk": 40 if seed % 2 else 400}
+    everything = decode(cls_prob, offsets, anchors, **settings)
+    for min_score in (0.3, 0.5, 0.8):
+        reported = decode(cls_prob, offsets, anchors, **reporting_settings(settings, min_score))
+        np.testing.assert_array_equal(reported, everything[everything[:, 1] >= np.float32(min_score)])
+    assert reporting_settings(settings, None) == settings
+    assert reporting_settings({**settings, "threshold": 0.6}, 0.5)["threshold"] == 0.6
