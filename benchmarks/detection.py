@@ -5,8 +5,8 @@ What is measured, in one run, on the same photos and the same weights:
 * mAP@0.5 on the test split of a model trained as the recipe trains it: ``pipelines.synth_boxes``'
   photos (600, 3 classes, seed 0) through ``processing/preprocess_detection.py`` (128 px), then
   ``training/detector.py`` with the recipe's defaults (``pipelines/detection/pipeline.py``: 24 epochs,
-  ``lr_scheduler_step`` 20), scored by ``processing/evaluate_detection.py``'s ``predict`` and
-  ``detection_metrics`` on MXNet's deploy heads;
+  ``lr_scheduler_step`` 20, ``overlap_threshold`` 0.4), scored by ``processing/evaluate_detection.py``'s
+  ``predict`` and ``detection_metrics`` on MXNet's deploy heads;
 * each artifact of the compile step (``processing/compile_detection.py``: ONNX float32 and int8 heads,
   anchors as data): ``edge.runtimes.onnx_session`` (the car's session options), one intra-op thread,
   then ``edge.detect.decode`` (anchor decoding + NMS in numpy) on one prepared photo, with the package's
@@ -70,7 +70,9 @@ RUNNER_NOTES = {
     "car": "(decoded at the car's reporting score)",
     "heads": "(heads only, no decoding)",
 }
-LR_SCHEDULER_STEP = "20"  # pipelines/detection/pipeline.py's gluon_hyperparameters (a test holds them equal)
+# pipelines/detection/pipeline.py's gluon_hyperparameters (a test holds them equal)
+LR_SCHEDULER_STEP = "20"
+OVERLAP_THRESHOLD = "0.4"
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -98,6 +100,8 @@ def train_model(splits: Path, dest: Path, image_size: int, epochs: int, seed: in
         str(image_size),
         "--lr_scheduler_step",
         LR_SCHEDULER_STEP,
+        "--overlap_threshold",
+        OVERLAP_THRESHOLD,
         "--seed",
         str(seed),
     ]

@@ -67,6 +67,6 @@ def test_defaults_are_the_recipes():
 
     args = detection.build_parser().parse_args([])
     assert (args.epochs, args.image_size) == (24, 128)
-    assert gluon_hyperparameters(args.epochs, args.image_size)["lr_scheduler_step"] == (
-        detection.LR_SCHEDULER_STEP
-    )
+    recipe = gluon_hyperparameters(args.epochs, args.image_size)
+    assert recipe["lr_scheduler_step"] == detection.LR_SCHEDULER_STEP
+    assert recipe["overlap_threshold"] == detection.OVERLAP_THRESHOLD
