@@ -58,6 +58,76 @@ def _settings_flags() -> list[str]:
     return [token for key, value in where.items() for token in (f"--{key}", value)]
 
 
+def recipe_settings_flags(recipe: str) -> list[str]:
+    """``--recipe`` and the settings as flags for one image recipe, with its pipeline and group
+    (edge/settings.py RECIPE_NAMES), as ``_settings_flags`` does for the pilot."""
+    from edge.settings import RECIPE_NAMES
+
+    pipeline, group = RECIPE_NAMES[recipe]
+    where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": pipeline, "model-package-group": group}
+    return ["--recipe", recipe, *(token for key, value in where.items() for token in (f"--{key}", value))]
+
+
+@dataclass(frozen=True)
+class ImageRecipeDemo:
+    """One image recipe's half of the demo (pipelines/demo_classifier.py, pipelines/demo_detection.py):
+    labelled synthetic photos -> ``robocar run --local`` -> approve -> the car answers new photos."""
+
+    recipe: str  # classifier | detection
+    synth: str  # robocar data synth's flag: --classifier | --detection
+    data: str  # workspace folder of the labelled photos (--data)
+    unseen: str  # workspace folder of the new photos the car answers
+    car: str  # workspace folder of the car's root
+    answers: str  # the car's JSON lines <answers>.jsonl and summary <answers>-summary.json
+    classes: int
+    photos: int
+    epochs: int
+    car_photos: int
+    artifact: str  # the artifact the car prefers
+
+
+def run_image_recipe_demo(
+    demo: ImageRecipeDemo, workspace: Path, seed: int
+) -> tuple[dict[str, Any], Path, Path]:
+    """Every stage of an image recipe's half; returns (the car's run summary, the new photos' folder, the
+    car's JSON lines)."""
+    labelled = workspace / demo.data / f"synth-{demo.classes}x{demo.photos}-s{seed}"
+    if not labelled.exists():
+        robocar(
+            "data", "synth", demo.synth, "--out", labelled, "--classes", demo.classes,
+            "--images", demo.photos, "--seed", seed,
+        )  # fmt: skip
+    else:
+        print(f"\nlabelled photos already in {labelled} (delete the workspace to make them anew)")
+    epochs = f"Epochs={demo.epochs}"
+    flags = recipe_settings_flags(demo.recipe)
+    robocar(
+        "run", "--local", "--workspace", workspace, "--data", workspace / demo.data, "--param", epochs, *flags
+    )
+    registry = ["--workspace", workspace, "--recipe", demo.recipe]
+    robocar("registry", "list", *registry)
+    robocar(
+        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
+    )
+    unseen = workspace / demo.unseen / f"synth-{demo.classes}x{demo.car_photos}-s{seed + 1000}"
+    if not unseen.exists():
+        robocar(
+            "data", "synth", demo.synth, "--out", unseen, "--classes", demo.classes,
+            "--images", demo.car_photos, "--seed", seed + 1000,
+        )  # fmt: skip
+    car = workspace / demo.car
+    edge = ["--root", car, "--workspace", workspace, "--recipe", demo.recipe, "--target", EDGE_TARGET]
+    robocar("edge", "pull", *edge, "--prefer", demo.artifact)
+    results = workspace / f"{demo.answers}.jsonl"
+    summary_json = workspace / f"{demo.answers}-summary.json"
+    robocar(
+        "edge", "run", *edge, "--prefer", demo.artifact, "--no-pull", "--images", unseen / "images",
+        "--output", results, "--summary-json", summary_json, "--quiet",
+    )  # fmt: skip
+    summary = json.loads(summary_json.read_text()) if summary_json.exists() else {}
+    return summary, unseen, results
+
+
 def robocar(*argv: str | Path, main: Callable[[list[str]], int] | None = None) -> None:
     """Run one ``robocar`` command in this process, echoed first; a non-zero exit stops the demo."""
     from pipelines.cli import main as cli_main

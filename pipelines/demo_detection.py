@@ -16,26 +16,25 @@ from typing import Any
 
 from edge.settings import RECIPE_NAMES
 from pipelines.demo import (
-    EDGE_TARGET,
-    PREFIX,
+    ImageRecipeDemo,
     _fmt,
     _human_bytes,
     _s3_json,
     compiled_report_uri,
     newest_execution,
     output_uri,
-    robocar,
+    run_image_recipe_demo,
     this_models_package,
 )
-from pipelines.settings import EXAMPLE_VALUES
 
 PIPELINE_NAME, GROUP = RECIPE_NAMES["detection"]
-# The demo's own choices (the recipe's defaults are in pipelines/detection/pipeline.py: 24 epochs): 3
-# classes, 600 photos and 12 epochs train in about a minute on 2 quiet cores (5 s an epoch, validation
-# included) to a test mAP@0.5 near 0.7; the recipe's 24 epochs reach the figure in docs/detection.md.
+# The demo's own choices (the recipe's defaults are in pipelines/detection/pipeline.py): 3 classes, 600
+# photos and the recipe's 24 epochs. The whole half took 69 s on 2 cores at load average 2 (the MXNet
+# environment already built by the classifier's half): test mAP@0.5 0.928 at seed 7, and the car found
+# 147 of the 157 objects in 60 new photos. At 12 epochs it was 0.61 with the old overlap threshold.
 DEMO_CLASSES = 3
 DEMO_PHOTOS = 600
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 24
 CAR_PHOTOS = 60  # new photos (another seed) the car detects in after approval
 CAR_ARTIFACT = "int8"
 MATCH_IOU = 0.5  # a reported box finds a true object of its class at this IoU (mAP@0.5's)
@@ -51,52 +50,13 @@ class DetectionDemo:
     car_photos: int = CAR_PHOTOS
 
 
-def settings_flags() -> list[str]:
-    where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": PIPELINE_NAME, "model-package-group": GROUP}
-    return [
-        "--recipe",
-        "detection",
-        *(token for key, value in where.items() for token in (f"--{key}", value)),
-    ]
-
-
 def run_detection_demo(config: DetectionDemo) -> dict[str, Any]:
     """Every stage of the detector's half; returns what the summary needs from the car."""
-    workspace = config.workspace
-    labels = workspace / "boxes"
-    labelled = labels / f"synth-{config.classes}x{config.photos}-s{config.seed}"
-    if not labelled.exists():
-        robocar(
-            "data", "synth", "--detection", "--out", labelled, "--classes", config.classes,
-            "--images", config.photos, "--seed", config.seed,
-        )  # fmt: skip
-    else:
-        print(f"\nboxed photos already in {labelled} (delete the workspace to make them anew)")
-    epochs = f"Epochs={config.epochs}"
-    robocar(
-        "run", "--local", "--workspace", workspace, "--data", labels, "--param", epochs, *settings_flags()
-    )
-    registry = ["--workspace", workspace, "--recipe", "detection"]
-    robocar("registry", "list", *registry)
-    robocar(
-        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
-    )
-    unseen = workspace / "car-boxes" / f"synth-{config.classes}x{config.car_photos}-s{config.seed + 1000}"
-    if not unseen.exists():
-        robocar(
-            "data", "synth", "--detection", "--out", unseen, "--classes", config.classes,
-            "--images", config.car_photos, "--seed", config.seed + 1000,
-        )  # fmt: skip
-    car = workspace / "car-detector"
-    edge = ["--root", car, "--workspace", workspace, "--recipe", "detection", "--target", EDGE_TARGET]
-    robocar("edge", "pull", *edge, "--prefer", CAR_ARTIFACT)
-    results = workspace / "detect.jsonl"
-    summary_json = workspace / "detect-summary.json"
-    robocar(
-        "edge", "run", *edge, "--prefer", CAR_ARTIFACT, "--no-pull", "--images", unseen / "images",
-        "--output", results, "--summary-json", summary_json, "--quiet",
+    demo = ImageRecipeDemo(
+        "detection", "--detection", "boxes", "car-boxes", "car-detector", "detect",
+        config.classes, config.photos, config.epochs, config.car_photos, CAR_ARTIFACT,
     )  # fmt: skip
-    summary = json.loads(summary_json.read_text()) if summary_json.exists() else {}
+    summary, unseen, results = run_image_recipe_demo(demo, config.workspace, config.seed)
     summary["found_on_new_photos"] = car_found(results, unseen)
     return summary
 
