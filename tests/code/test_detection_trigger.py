@@ -101,3 +101,29 @@ def test_approving_a_detector_by_its_arn_rolls_it_out_as_the_detector(workspace:
         f"approved {arn} -> component com.robocar.Detector 1.0.1 deployed to "
         "arn:aws:iot:us-east-1:123456789012:thinggroup/robocar-detector-cars"
     )
+
+
+def test_cli_watch_once_for_the_detector(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_classifier_trigger import ROLE
+    from test_local_trigger import DEFINITION
+
+    from pipelines.cli import main
+    from pipelines.local.client import LocalPipelineClient
+
+    client = LocalPipelineClient(workspace)
+    for name in ("robocar-classifier", "robocar-detector"):
+        client.create_pipeline(PipelineName=name, PipelineDefinition=json.dumps(DEFINITION), RoleArn=ROLE)
+    s3 = LocalS3Client(workspace)
+    upload_labelled_set(s3, "set_1")
+    upload_boxed_set(s3, "boxes_1")
+    argv = ["trigger", "watch", "--once", "--settle", "0", "--workspace", str(workspace), "--bucket", BUCKET]
+
+    assert main([*argv, "--recipe", "detection"]) == 0
+    out = capsys.readouterr().out
+    assert f"watching s3://{BUCKET}/{RAW_DETECTION} " in out
+    assert f"new data s3://{BUCKET}/{RAW_DETECTION}boxes_1/output.manifest -> " in out
+    executions = {
+        name: client.list_pipeline_executions(PipelineName=name)["PipelineExecutionSummaries"]
+        for name in ("robocar-classifier", "robocar-detector")
+    }
+    assert (len(executions["robocar-detector"]), executions["robocar-classifier"]) == (1, [])
