@@ -1,6 +1,6 @@
 """Trained models behind the local endpoint: each answers over HTTP what the model itself answers.
 
-The classifier: training/classifier.py's one-epoch model (test_evaluate_classifier's ``trained``),
+The classifier: training/classifier.py's one-epoch model (the suite's ``trained_classifier``),
 registered as the pipeline registers it, deployed, and asked about the test split's photos; its
 probabilities must be the exported network's on ``edge.photos.prepare``'s input, computed apart in the
 MXNet environment. The pilot: donkeycar's linear network (compile_fixtures) exported as training exports
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from compile_fixtures import SPEC, frames, model_json, pilot
+from mxnet_fixtures import run_in_mxnet
 from PIL import Image
-from test_classifier_training import run_in_mxnet
-from test_evaluate_classifier import register_champion, trained  # noqa: F401 (the fixture)
+from test_evaluate_classifier import register_champion
 
 from edge.frames import decode_image, decode_outputs, prepare_frame, to_model_input
 from pipelines.local import endpoint_server as es
@@ -51,18 +51,22 @@ def env_cache(mxnet_python: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_the_trained_classifier_answers_over_http_what_it_computes(
     mxnet_python: str,
-    trained: Path,  # noqa: F811 (the fixture imported above)
+    trained_classifier: Path,
     env_cache: None,
     tmp_path: Path,
 ) -> None:
     workspace = tmp_path / "workspace"
-    arn = register_champion(workspace, trained / "model" / "model.tar.gz")
-    photos = sorted(p for p in (trained / "test").rglob("*") if p.suffix.lower() in (".jpg", ".png"))[:6]
+    arn = register_champion(workspace, trained_classifier / "model" / "model.tar.gz")
+    photos = sorted(
+        p for p in (trained_classifier / "test").rglob("*") if p.suffix.lower() in (".jpg", ".png")
+    )[:6]
     assert photos
-    reference = run_in_mxnet(mxnet_python, ["-c", REFERENCE, str(trained / "exported"), *map(str, photos)])
+    reference = run_in_mxnet(
+        mxnet_python, ["-c", REFERENCE, str(trained_classifier / "exported"), *map(str, photos)]
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = json.loads(reference.stdout.strip().splitlines()[-1])
-    classes = json.loads((trained / "exported" / "classifier-spec.json").read_text())["classes"]
+    classes = json.loads((trained_classifier / "exported" / "classifier-spec.json").read_text())["classes"]
     state = es.deploy(workspace, "classifier", arn)
     try:
         for path, probabilities in zip(photos, expected, strict=True):
