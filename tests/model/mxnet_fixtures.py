@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from edge.atomic_files import file_lock
 from pipelines.local import environments
 from pipelines.synth_classes import write_classes, write_image_list
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["circle", "square", "triangle"]
-# train: 128 photos make one fine-tuned epoch >= 0.9 accurate; test: 90 photos give compile's accuracy
-# deltas a resolution of 1.1 points against its 1-point tolerance.
+# train: 128 photos make one fine-tuned epoch >= 0.9 accurate on validation; test: 90 photos, which
+# compile's accuracy deltas count (one photo is 1.1 points of its 1-point tolerance).
 CLASSIFIER_SPLITS = (("train", 128, 11), ("validation", 60, 12), ("test", 90, 13))
 
 
@@ -53,8 +55,22 @@ def trained_classifier(mxnet_python: str, tmp_path_factory: pytest.TempPathFacto
     the environment; one epoch from ImageNet weights at 64 px), laid out as the steps after Train see it:
     ``train/ validation/ test/`` (Preprocess's splits with image lists), ``exported/`` (the model
     directory), ``model/model.tar.gz`` (what Train leaves in S3) and ``training.log`` (the trainer's stdout).
-    Read it; write elsewhere."""
-    root = tmp_path_factory.mktemp("trained-classifier")
+    Read it; write elsewhere.
+
+    Once per run, not per worker: under pytest-xdist (``make test``) the workers' temporary folders share
+    a parent, where the first worker trains under a lock and the others wait for it and read its model."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return train_classifier(mxnet_python, tmp_path_factory.mktemp("trained-classifier"))
+    shared = tmp_path_factory.getbasetemp().parent
+    root = shared / "trained-classifier"
+    with file_lock(shared / "trained-classifier.lock"):
+        if not (root / "training.log").is_file():  # written last
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed half-way
+            train_classifier(mxnet_python, root)
+    return root
+
+
+def train_classifier(mxnet_python: str, root: Path) -> Path:
     for split, images, seed in CLASSIFIER_SPLITS:
         summary = write_classes(root / split, classes=3, images=images, seed=seed)
         assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
@@ -63,11 +79,11 @@ def trained_classifier(mxnet_python: str, tmp_path_factory: pytest.TempPathFacto
     # '"1"': the SDK passes a hyperparameter's value JSON-quoted on the command line
     result = run_in_mxnet(mxnet_python, [script, "--use_pretrained_model", '"1"', "--seed", "3"], container)
     assert result.returncode == 0, result.stderr[-3000:]
-    (root / "training.log").write_text(result.stdout)
     (root / "model").mkdir()
     with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:
         for path in sorted((root / "exported").iterdir()):
             tar.add(path, arcname=path.name)
+    (root / "training.log").write_text(result.stdout)
     return root
 
 
