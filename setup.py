@@ -38,6 +38,7 @@ DEV = [
     "jupytext>=1.19",  # notebooks/*.py are the sources of notebooks/*.ipynb (tests/code/test_notebooks.py)
     "ipykernel>=6.29",
     "opencv-python-headless>=4.8",  # tests of the drive loop's video source (optional on the car)
+    "playwright==1.65.2",  # drives Debian's Chromium (system-packages.txt) in the review page's test
 ]
 
 setup(
@@ -49,7 +50,11 @@ setup(
         include=["pipelines*", "steps*", "processing*", "training*", "inference*", "edge*"]
     ),
     include_package_data=True,
-    package_data={"": ["*.json", "*.yaml", "*.jpg", "*.html"], "pipelines.local": ["requirements/*.txt"]},
+    package_data={
+        "": ["*.json", "*.yaml", "*.jpg", "*.html"],
+        "pipelines.local": ["requirements/*.txt"],
+        "pipelines.labelling": ["review_page/*", "templates/*.html"],
+    },
     install_requires=["numpy>=1.26", "Pillow>=10"],
     extras_require={
         "pipeline": PIPELINE,

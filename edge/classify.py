@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,13 +308,11 @@ def answer_photos(
     through ``live.infer``, its answer made a result by ``result_for(index, origin, answer, latency_ms)``
     (with ``to_json`` and ``text``), sent to ``outputs`` and ``show``; a photo the model cannot answer
     is skipped and counted. ``progress_text(result)`` ends the progress line."""
-    from edge.drive import latency_stats
+    from edge.drive import LoopClock, latency_stats
 
     latencies = array("d")
-    recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
+    clock = LoopClock(rate_hz)
     skipped = failed = 0
-    started = time.perf_counter()
-    period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     photos_in = iter(source)
     while not stop() and (max_frames is None or len(latencies) < max_frames):
         try:
@@ -341,17 +338,14 @@ def answer_photos(
         if show is not None:
             show(result.text())
         latencies.append(result.latency_ms)
-        recent.append(t1)
+        clock.done(t1)
         if progress is not None:
-            span = recent[-1] - recent[0]
-            fps = (len(recent) - 1) / span if len(recent) > 1 and span > 0 else 0.0
             progress.update(
-                f"photos {len(latencies)}  {fps:7.1f} fps  latency {result.latency_ms:6.3f} ms  "
+                f"photos {len(latencies)}  {clock.fps():7.1f} fps  latency {result.latency_ms:6.3f} ms  "
                 f"{progress_text(result)}  model {live.name}"
             )
-        if period:
-            time.sleep(max(0.0, started + len(latencies) * period - time.perf_counter()))
-    seconds = time.perf_counter() - started
+        clock.wait(len(latencies))
+    seconds = clock.seconds()
     if progress is not None:
         progress.finish()
     return ClassifySummary(

@@ -446,6 +446,31 @@ class DriveSummary:
         )
 
 
+class LoopClock:
+    """A frame loop's pace: the live fps over the last ``window`` completions (200: about 10 s at a 20 Hz
+    camera, so the progress line follows a slowdown within seconds) and the sleep that holds ``rate_hz``."""
+
+    def __init__(self, rate_hz: float = 0.0, window: int = 200) -> None:
+        self.started = time.perf_counter()
+        self.period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self.recent: deque[float] = deque(maxlen=window)  # completion times
+
+    def done(self, at: float) -> None:
+        self.recent.append(at)
+
+    def fps(self) -> float:
+        span = self.recent[-1] - self.recent[0] if self.recent else 0.0
+        return (len(self.recent) - 1) / span if span > 0 else 0.0
+
+    def wait(self, completed: int) -> None:
+        """Sleep until frame ``completed`` is due (a replay at ``rate_hz``); no pacing at 0."""
+        if self.period:
+            time.sleep(max(0.0, self.started + completed * self.period - time.perf_counter()))
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
 def latency_stats(latencies_ms: Iterable[float]) -> dict[str, float]:
     values = np.asarray(list(latencies_ms), dtype=np.float64)
     if values.size == 0:
@@ -470,10 +495,8 @@ def drive(
     ``record(frame, command)`` is called for each driven frame after the actuators (``--record``:
     ``edge.record.Recorder.submit``, which only queues, so the disk never slows the loop)."""
     latencies = array("d")
-    recent: deque[float] = deque(maxlen=200)  # completion times, for the live fps
+    clock = LoopClock(rate_hz)
     skipped = non_finite = failed = 0
-    started = time.perf_counter()
-    period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     frames_in = iter(source)
     while not stop() and (max_frames is None or len(latencies) < max_frames):
         try:
@@ -511,20 +534,14 @@ def drive(
         if record is not None:
             record(frame, command)
         latencies.append(latency_ms)
-        recent.append(t1)
+        clock.done(t1)
         if progress is not None:
-            fps = (
-                (len(recent) - 1) / (recent[-1] - recent[0])
-                if len(recent) > 1 and recent[-1] > recent[0]
-                else 0.0
-            )
             progress.update(
-                f"frames {len(latencies)}  {fps:7.1f} fps  latency {latency_ms:6.3f} ms  "
+                f"frames {len(latencies)}  {clock.fps():7.1f} fps  latency {latency_ms:6.3f} ms  "
                 f"angle {command.angle:+.3f}  throttle {command.throttle:+.3f}  model {pilot.name}"
             )
-        if period:
-            time.sleep(max(0.0, started + len(latencies) * period - time.perf_counter()))
-    seconds = time.perf_counter() - started
+        clock.wait(len(latencies))
+    seconds = clock.seconds()
     if progress is not None:
         progress.finish()
     return DriveSummary(

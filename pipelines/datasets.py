@@ -148,7 +148,7 @@ def read_manifest(document: bytes | str) -> tuple[str, list[str]]:
     return prefix, keys
 
 
-def _exists(s3: Any, uri: str) -> bool:
+def object_exists(s3: Any, uri: str) -> bool:
     """Whether the object exists, by listing its exact key: a HEAD of a missing key answers 403, not 404,
     to a caller without s3:ListBucket (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadObject.html),
     and the snapshot function may list, not read, the datasets folder."""
@@ -168,7 +168,7 @@ def snapshot(s3: Any, prefix_uri: str, datasets: str) -> Snapshot:
         raise DatasetError(f"no input data at {prefix_uri}: upload tubs there first")
     digest = dataset_digest(prefix_uri, objects)
     uri = manifest_uri(datasets, digest)
-    written = not _exists(s3, uri)
+    written = not object_exists(s3, uri)
     if written:
         bucket, key = split_s3_uri(uri)
         body = manifest_document(prefix_uri, (o.key for o in objects))

@@ -35,19 +35,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pipelines.labelling.manifest import box_label, job_metadata
 from pipelines.synth_classes import (
     AUTO_LABELLED_FRACTION,
     GREY_FRACTION,
-    MANIFEST_NAME,
     MIN_CONTRAST,
     blur_and_noise,
     check_attribute,
     contrasting_colours,
     creation_date,
     draw_shape,
-    job_metadata,
     jpeg_bytes,
     luminance,
+    manifest_path,
     new_output_folder,
     photo_size,
 )
@@ -183,7 +183,6 @@ def bounding_box_line(
     """One bounding-box output-manifest line, keys in the service's order
     (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html); ``image_size`` is
     (width, height, depth); ``adjustment_status`` makes it an adjustment job's line."""
-    width, height, depth = image_size
     metadata: dict = {
         "objects": [{"confidence": confidence} for confidence in confidences],
         "class-map": {str(k): class_names[k] for k in sorted({box.class_id for box in boxes})},
@@ -196,13 +195,7 @@ def bounding_box_line(
         metadata["adjustment-status"] = adjustment_status
     record = {
         "source-ref": source_ref,
-        attribute: {
-            "image_size": [{"width": width, "height": height, "depth": depth}],
-            "annotations": [
-                {"class_id": b.class_id, "left": b.left, "top": b.top, "width": b.width, "height": b.height}
-                for b in boxes
-            ],
-        },
+        attribute: box_label(image_size, boxes),
         f"{attribute}-metadata": metadata,
     }
     return json.dumps(record, separators=(",", ":")) + "\n"
@@ -218,8 +211,10 @@ def write_boxes(
     job_name: str = DEFAULT_JOB_NAME,
     source_prefix: str = DEFAULT_SOURCE_PREFIX,
     progress: Callable[[int, int], None] | None = None,
+    unlabelled: bool = False,
 ) -> BoxesSummary:
-    """Write ``images`` photos with objects of ``classes`` classes and ``OUT/output.manifest``."""
+    """Write ``images`` photos with objects of ``classes`` classes and ``OUT/output.manifest``
+    (``unlabelled``: the photos alone, the manifest kept apart as the truth, ``manifest_path``)."""
     if not 1 <= classes <= len(DETECTION_CLASS_NAMES):
         raise ValueError(f"classes must be 1..{len(DETECTION_CLASS_NAMES)}, got {classes}")
     if images < 1:
@@ -262,6 +257,6 @@ def write_boxes(
             per_class[box.class_id] += 1
         if progress is not None:
             progress(index + 1, images)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = manifest_path(out_dir, unlabelled)
     manifest.write_text("".join(lines))
     return BoxesSummary(manifest, images, names, tuple(int(c) for c in per_class), grey, machine, adjusted)

@@ -22,7 +22,6 @@ Everything is a function of the seed (no clock, no global random state).
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from pipelines.labelling.manifest import classification_record, dumps
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "stripes", "star", "diamond")
 MIN_SIDE, MAX_SIDE = 48, 320  # a phone photo downscaled by a labelling tool up to a thumbnail
@@ -45,7 +46,10 @@ DEFAULT_LABEL_ATTRIBUTE = "category"
 DEFAULT_JOB_NAME = "robocar-synth-classes"
 DEFAULT_SOURCE_PREFIX = "s3://robocar-labels/synth-classes"
 MANIFEST_NAME = "output.manifest"  # the service's name for the consolidated output manifest
-CLASSIFICATION_TYPE = "groundtruth/image-classification"
+# An unlabelled set (``unlabelled=True``: photos for ``robocar label predict``) keeps its truth apart, in
+# OUT/truth/output.manifest, where nothing reading OUT/images finds it: benchmarks and tests score
+# pre-labels against it.
+TRUTH_FOLDER = "truth"
 BASE_DATE = datetime(2026, 1, 1, tzinfo=UTC)  # creation dates depend on the seed only
 JPEG_QUALITY = 90
 
@@ -155,16 +159,6 @@ def render_photo(name: str, rng: np.random.Generator) -> Image.Image:
     return blur_and_noise(image, rng)
 
 
-def job_metadata(job_name: str, created: datetime, human: bool) -> dict[str, str]:
-    """The metadata keys every labeling job writes: ``job-name`` (``labeling-job/<name>``, as jobs
-    write it), ``human-annotated`` and ``creation-date`` (ISO 8601 without a zone, microseconds)."""
-    return {
-        "job-name": f"labeling-job/{job_name}",
-        "human-annotated": "yes" if human else "no",
-        "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
-    }
-
-
 def ground_truth_line(
     source_ref: str,
     class_id: int,
@@ -176,18 +170,12 @@ def ground_truth_line(
     confidence: float,
     human: bool = True,
 ) -> str:
-    """One output-manifest line, keys in the service's order (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html)."""
-    record = {
-        "source-ref": source_ref,
-        attribute: class_id,
-        f"{attribute}-metadata": {
-            "class-name": class_name,
-            "confidence": confidence,
-            "type": CLASSIFICATION_TYPE,
-            **job_metadata(job_name, created, human),
-        },
-    }
-    return json.dumps(record, separators=(",", ":")) + "\n"
+    """One output-manifest line (``pipelines.labelling.manifest.classification_record``)."""
+    record = classification_record(
+        source_ref, class_id, class_name, confidence,
+        attribute=attribute, job_name=job_name, created=created, human=human,
+    )  # fmt: skip
+    return dumps(record) + "\n"
 
 
 def check_attribute(attribute: str) -> None:
@@ -206,6 +194,14 @@ def new_output_folder(out_dir: Path) -> Path:
     return out_dir
 
 
+def manifest_path(out_dir: Path, unlabelled: bool) -> Path:
+    """OUT/output.manifest, or for an unlabelled set the truth kept apart: OUT/truth/output.manifest."""
+    if not unlabelled:
+        return Path(out_dir) / MANIFEST_NAME
+    (Path(out_dir) / TRUTH_FOLDER).mkdir(exist_ok=True)
+    return Path(out_dir) / TRUTH_FOLDER / MANIFEST_NAME
+
+
 def creation_date(seed: int, index: int, rng: np.random.Generator) -> datetime:
     """The creation date of line ``index``: a few seconds apart, a function of the seed only."""
     return BASE_DATE + timedelta(days=seed, seconds=int(index * 7 + rng.integers(0, 5)))
@@ -221,8 +217,10 @@ def write_classes(
     job_name: str = DEFAULT_JOB_NAME,
     source_prefix: str = DEFAULT_SOURCE_PREFIX,
     progress: Callable[[int, int], None] | None = None,
+    unlabelled: bool = False,
 ) -> SynthSummary:
-    """Write ``images`` photos of ``classes`` classes (balanced, shuffled) and ``OUT/output.manifest``."""
+    """Write ``images`` photos of ``classes`` classes (balanced, shuffled) and ``OUT/output.manifest``
+    (``unlabelled``: the photos alone, the manifest kept apart as the truth, ``manifest_path``)."""
     if not 2 <= classes <= len(CLASS_NAMES):
         raise ValueError(f"classes must be 2..{len(CLASS_NAMES)}, got {classes}")
     if images < classes:
@@ -254,7 +252,7 @@ def write_classes(
         )
         if progress is not None:
             progress(index + 1, images)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = manifest_path(out_dir, unlabelled)
     manifest.write_text("".join(lines))
     counts = np.bincount(labels, minlength=classes)
     return SynthSummary(manifest, images, CLASS_NAMES[:classes], tuple(int(c) for c in counts), grey)

@@ -41,6 +41,9 @@ CLASSIFICATION_TYPE = "groundtruth/image-classification"  # K-metadata's type fo
 # "no" on the labels automated data labeling wrote itself
 # (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-automated-labeling.html)
 HUMAN_ANNOTATED = "human-annotated"
+# What an adjustment job adds to its labels' metadata: "adjusted" or "unadjusted"
+# (https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-verify-manifest.html).
+ADJUSTMENT_STATUS = "adjustment-status"
 MAX_CLASS_NAME_CHARS = 256  # a label is a word or a short phrase; dataset.json lists every one
 # An S3 object key is at most 1,024 bytes (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html),
 # a bucket name at most 63 characters (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
@@ -57,7 +60,9 @@ def label_attribute(
     A line that a verification or adjustment job has seen carries that job's attribute too (it must
     have another name, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-verify-manifest.html);
     of several attributes, the one whose metadata ``type`` is ``kind`` (image classification, or a
-    bounding-box job's ``groundtruth/object-detection``) is the label.
+    bounding-box job's ``groundtruth/object-detection``) is the label. When several are of that type (a
+    model's pre-label and the review of it, ``robocar label review`` or an adjustment job: docs/labelling.md),
+    the reviewed one, whose metadata has ``adjustment-status``, is the label.
     """
     if wanted is not None:
         if wanted not in record or wanted + METADATA_SUFFIX not in record:
@@ -65,8 +70,9 @@ def label_attribute(
         return wanted
     names = sorted(k for k in record if k != "source-ref" and k + METADATA_SUFFIX in record)
     if len(names) > 1:
-        classifying = [k for k in names if _metadata_type(record[k + METADATA_SUFFIX]) == kind]
-        names = classifying if len(classifying) == 1 else names
+        of_kind = [k for k in names if _metadata_type(record[k + METADATA_SUFFIX]) == kind]
+        reviewed = [k for k in of_kind if ADJUSTMENT_STATUS in record[k + METADATA_SUFFIX]]
+        names = reviewed if len(reviewed) == 1 else of_kind if len(of_kind) == 1 else names
     if len(names) != 1:
         found = "none" if not names else ", ".join(names)
         raise Rejection("schema", f"expected one label attribute K with K-metadata, found {found}")

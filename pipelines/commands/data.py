@@ -48,12 +48,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument(
         "--images", type=int, default=600, help="with --classifier or --detection: number of photos"
     )
+    synth.add_argument(
+        "--unlabelled",
+        action="store_true",
+        help="with --classifier or --detection: photos only, for robocar label predict (OUT/images); "
+        "their labels kept apart as the truth in OUT/truth/output.manifest",
+    )
     synth.set_defaults(handler=_synth)
 
 
 def _synth(args: argparse.Namespace) -> int:
     if args.classifier and args.detection:
         raise ValueError("choose one of --classifier and --detection")
+    if args.unlabelled and not (args.classifier or args.detection):
+        raise ValueError("--unlabelled goes with --classifier or --detection")
     if args.classifier:
         return _synth_classes(args)
     if args.detection:
@@ -83,11 +91,12 @@ def _synth_classes(args: argparse.Namespace) -> int:
     from pipelines.synth_classes import write_classes
 
     started = time.perf_counter()
-    summary = write_classes(args.out, args.classes, args.images, args.seed)
+    summary = write_classes(args.out, args.classes, args.images, args.seed, unlabelled=args.unlabelled)
     counts = ", ".join(f"{n} {c}" for n, c in zip(summary.per_class, summary.classes, strict=True))
+    what, truth = ("unlabelled", "their truth ") if args.unlabelled else ("labelled", "")
     print(
-        f"wrote {summary.images} labelled photos ({counts}; {summary.grey} greyscale) and "
-        f"{summary.manifest} in {time.perf_counter() - started:.1f} s"
+        f"wrote {summary.images} {what} photos ({counts}; {summary.grey} greyscale) and "
+        f"{truth}{summary.manifest} in {time.perf_counter() - started:.1f} s"
     )
     return 0
 
@@ -96,10 +105,11 @@ def _synth_boxes(args: argparse.Namespace) -> int:
     from pipelines.synth_boxes import write_boxes
 
     started = time.perf_counter()
-    summary = write_boxes(args.out, args.classes, args.images, args.seed)
+    summary = write_boxes(args.out, args.classes, args.images, args.seed, unlabelled=args.unlabelled)
     counts = ", ".join(f"{n} {c}" for n, c in zip(summary.objects_per_class, summary.classes, strict=True))
+    what, truth = ("unlabelled ", "their truth ") if args.unlabelled else ("", "")
     print(
-        f"wrote {summary.images} photos with {sum(summary.objects_per_class)} objects ({counts}; "
-        f"{summary.grey} greyscale) and {summary.manifest} in {time.perf_counter() - started:.1f} s"
+        f"wrote {summary.images} {what}photos with {sum(summary.objects_per_class)} objects ({counts}; "
+        f"{summary.grey} greyscale) and {truth}{summary.manifest} in {time.perf_counter() - started:.1f} s"
     )
     return 0

@@ -220,7 +220,9 @@ def deploy(
     """
     from pipelines.local.registry import LocalSageMakerClient
 
-    workspace, port = Path(workspace), int(port or 0)  # None (a CLI flag not given) is "any free port"
+    # Absolute: the server runs from the repository root, so a workspace relative to the caller's folder
+    # (the default, .robocar) would name another folder there. None (a flag not given) is any free port.
+    workspace, port = Path(workspace).resolve(), int(port or 0)
     current = status(workspace, name)
     wanted_async = {"async_output": async_output, "async_failure": async_failure or async_output}
     if (

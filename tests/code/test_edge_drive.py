@@ -258,3 +258,25 @@ def test_bundled_smoke_frame_is_a_camera_frame():
     image = frames.decode_image(smoke_frame_bytes())
     assert image.shape == (120, 160, 3)
     frames.prepare_frame(image, frames.FrameSpec())  # the camera size every FrameSpec starts from
+
+
+def test_loop_clock_fps_follows_the_last_window_of_completions() -> None:
+    from edge.drive import LoopClock
+
+    clock = LoopClock(window=3)
+    assert clock.fps() == 0.0  # nothing done yet: no division by zero
+    for at in (0.0, 10.0, 10.5, 11.0):  # a stall long ago, then 2 frames/s
+        clock.done(at)
+    assert clock.fps() == pytest.approx(2.0)  # the window forgot the stall
+
+
+def test_loop_clock_paces_a_replay_and_not_a_live_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge import drive
+
+    slept: list[float] = []
+    monkeypatch.setattr(drive.time, "sleep", slept.append)
+    paced = drive.LoopClock(rate_hz=10.0)
+    paced.wait(5)  # frame 5 is due 0.5 s after the start
+    assert slept and 0.4 < slept[0] <= 0.5
+    drive.LoopClock().wait(5)
+    assert len(slept) == 1  # rate 0: never sleeps

@@ -205,6 +205,18 @@ def test_deploy_is_idempotent_and_delete_stops_the_process(endpoint, tmp_path: P
     assert es.status(workspace, "cars")["status"] == "InService"  # the other endpoint is untouched
 
 
+def test_a_workspace_relative_to_the_callers_folder_is_served(endpoint, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The server runs from the repository root: a relative workspace (the default is ``.robocar``) must
+    still name the caller's folder (the model was once looked for under the repository)."""
+    workspace, arn, _ = endpoint
+    monkeypatch.chdir(workspace.parent)
+    state = es.deploy(Path(workspace.name), "relative", arn)
+    try:
+        assert es.invoke(state["url"], photo((250, 1, 2), kind="PNG"), "image/png")[0] == 200
+    finally:
+        assert es.delete(Path(workspace.name), "relative")
+
+
 def test_only_an_approved_package_is_served_and_names_are_checked(endpoint) -> None:  # type: ignore[no-untyped-def]
     workspace, _, _ = endpoint
     pending = LocalSageMakerClient(workspace).create_model_package(

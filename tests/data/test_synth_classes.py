@@ -136,3 +136,22 @@ def test_a_reader_of_sources_finds_the_manifest_not_the_images(tmp_path: Path) -
     assert discover_sources(tmp_path / "s") == [
         Source(tmp_path / "s" / MANIFEST_NAME, "ground-truth", MANIFEST_NAME)
     ]
+
+
+@pytest.mark.parametrize("kind", ["--classifier", "--detection"])
+def test_an_unlabelled_set_is_the_same_photos_with_the_truth_kept_apart(tmp_path: Path, kind: str) -> None:
+    """``--unlabelled``: the photos ``robocar label predict`` reads and nothing else in OUT but the truth
+    folder, whose manifest is the labelled set's own (same seed: same photos, same labels)."""
+    common = ["data", "synth", kind, "--classes", "3", "--images", "9", "--seed", "4"]
+    assert robocar([*common, "--out", str(tmp_path / "labelled")]) == 0
+    assert robocar([*common, "--unlabelled", "--out", str(tmp_path / "unlabelled")]) == 0
+    labelled, unlabelled = tmp_path / "labelled", tmp_path / "unlabelled"
+    assert sorted(p.name for p in unlabelled.iterdir()) == ["images", "truth"]
+    assert not list(unlabelled.glob("*.manifest")) and not list((unlabelled / "images").glob("*.manifest"))
+    assert (unlabelled / "truth" / MANIFEST_NAME).read_bytes() == (labelled / MANIFEST_NAME).read_bytes()
+    photos = sorted(p.name for p in (labelled / "images").iterdir())
+    assert photos == sorted(p.name for p in (unlabelled / "images").iterdir()) and len(photos) == 9
+    assert all(
+        (labelled / "images" / n).read_bytes() == (unlabelled / "images" / n).read_bytes() for n in photos
+    )
+    assert robocar(["data", "synth", "--unlabelled", "--out", str(tmp_path / "tub")]) == 2

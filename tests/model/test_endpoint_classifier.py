@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from compile_fixtures import SPEC, frames, model_json, pilot
-from mxnet_fixtures import run_in_mxnet
+from mxnet_fixtures import CLASSES, run_in_mxnet
 from PIL import Image
 from test_evaluate_classifier import register_champion
 
@@ -27,6 +27,7 @@ from pipelines.local import endpoint_server as es
 from pipelines.local import environments
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
+from pipelines.synth_classes import write_classes, write_image_list
 
 BUCKET = "robocar-data-123456789012"
 PILOT_KEY = "robocar/models/e1/Train/output/model.tar.gz"
@@ -83,6 +84,50 @@ def test_the_trained_classifier_answers_over_http_what_it_computes(
     finally:
         assert es.delete(workspace, "classifier")
     assert not es.process_alive(state["pid"])
+
+
+@pytest.mark.slow
+def test_robocar_label_predict_pre_labels_through_the_trained_classifiers_endpoint(
+    trained_classifier: Path,
+    env_cache: None,
+    tmp_path: Path,
+) -> None:
+    """``robocar label predict --via endpoint`` on the real server and handler (issue 19): each record's
+    class is the one the endpoint's verbose answer names, its confidence that class's probability."""
+    from pipelines.cli import main
+
+    workspace = tmp_path / "workspace"
+    arn = register_champion(workspace, trained_classifier / "model" / "model.tar.gz")
+    # 15 photos of their own, as a test split lays them out: each is asked twice below
+    photos = tmp_path / "photos"
+    summary = write_classes(photos, classes=3, images=15, seed=23)
+    assert write_image_list(summary.manifest, photos / "images.lst") == CLASSES
+    flags = ["--workspace", str(workspace), "--recipe", "classifier"]
+    assert main(["endpoint", "deploy", *flags]) == 0
+    try:
+        out = tmp_path / "prelabels"
+        assert main(["label", "predict", str(photos), "--via", "endpoint", "--out", str(out), *flags]) == 0
+        url = es.status(workspace, "robocar-classifiers")["url"]
+        records = [json.loads(line) for line in (out / "to-review.manifest").read_text().splitlines()]
+        assert len(records) == 15
+        for record in records:
+            photo = Path(record["source-ref"])
+            content_type = "image/png" if photo.suffix.lower() == ".png" else "image/jpeg"
+            _, _, body = es.invoke(url, photo.read_bytes(), content_type, "application/json; verbose=true")
+            answer = json.loads(body)
+            assert record["prelabel-metadata"]["class-name"] == answer["predicted_label"]
+            assert record["prelabel"] == answer["labels"].index(answer["predicted_label"])
+            assert record["prelabel-metadata"]["confidence"] == pytest.approx(
+                max(answer["prediction"]), abs=1e-4
+            )
+        report = json.loads((out / "predict-report.json").read_text())
+        assert report["model_package_arn"] == arn and report["classes"] == spec_classes(trained_classifier)
+    finally:
+        assert main(["endpoint", "delete", *flags]) == 0
+
+
+def spec_classes(model_root: Path) -> list[str]:
+    return json.loads((model_root / "exported" / "classifier-spec.json").read_text())["classes"]
 
 
 def register_pilot(workspace: Path, root: Path) -> tuple[str, object]:
