@@ -37,8 +37,12 @@ system:
 	  exit 1; \
 	fi
 
+# Two workers, one per core of the 2-core CI machine: 1.4x on the whole suite (benchmarks/README.md
+# "The test suite"). A test file runs whole on one worker (module fixtures train once); a plain
+# `python -m pytest tests/...` stays one process. `make test TEST_WORKERS=0` runs without workers.
+TEST_WORKERS ?= 2
 test: $(STAMP) system
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,7 @@ EDGE = [  # the device: runtimes only
 DEV = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.6",  # `make test` on 2 workers (Makefile: TEST_WORKERS; benchmarks/README.md)
     "hypothesis>=6.100",
     "moto[server]==5.2.5",
     "ruff>=0.6",

@@ -8,6 +8,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import boto3
 import pytest
+from definition_fixtures import PILOT_SETTINGS
 from moto import mock_aws
 
 from pipelines.cli import main
@@ -20,15 +21,13 @@ from pipelines.control import (
     start,
     upsert,
 )
-from pipelines.settings import EXAMPLE_VALUES, Settings
 
-SETTINGS = Settings(**EXAMPLE_VALUES, prefix="robocar", pipeline_name="robocar-pipeline",
-                    model_package_group="robocar-pilots", endpoint_url=None)  # fmt: skip
+SETTINGS = PILOT_SETTINGS  # the settings pilot_definition_text is built with
 
 
 @pytest.fixture(scope="module")
-def definition_text() -> str:
-    return build_definition(SETTINGS)
+def definition_text(pilot_definition_text: str) -> str:
+    return pilot_definition_text
 
 
 @pytest.fixture

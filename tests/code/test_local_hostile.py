@@ -420,7 +420,9 @@ def test_what_a_step_started_dies_with_the_executor_too() -> None:
     )  # fmt: skip
     try:
         grandchild = int(executor.stdout.readline())
-        assert _processes("grandchild-marker") and grandchild in _processes("grandchild-marker")
+        # alive before the kill; waited for, as under load its command line may not read yet (the pid is
+        # printed as soon as Popen returns, and an exec in progress reads as no marker: seen once, 2 cores)
+        _wait_for(lambda: grandchild in _processes("grandchild-marker"), 5, "the grandchild to start")
         os.kill(executor.pid, signal.SIGKILL)
         executor.wait(timeout=10)
         _wait_for(lambda: grandchild not in _processes("grandchild-marker"), 5, "the grandchild to die")

@@ -14,25 +14,23 @@ from typing import Any
 
 import pytest
 import sample_pipeline as sample
+from definition_fixtures import PILOT_SETTINGS
 
 from pipelines import datasets
 from pipelines.cli import main
 from pipelines.code_bundle import CodeBundle
-from pipelines.control import build_definition
 from pipelines.local import run_local
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
 from pipelines.local.store import list_executions
-from pipelines.settings import EXAMPLE_VALUES, Settings
 
-SETTINGS = Settings(**EXAMPLE_VALUES, prefix="robocar", pipeline_name="robocar-pipeline",
-                    model_package_group="robocar-pilots", endpoint_url=None)  # fmt: skip
+SETTINGS = PILOT_SETTINGS  # the settings pilot_definition_text is built with
 FLAGS = ["--bucket", sample.BUCKET, "--prefix", "sample", "--pipeline-name", "sample"]
 
 
 @pytest.fixture(scope="module")
-def pilot() -> dict[str, Any]:
-    return json.loads(build_definition(SETTINGS))
+def pilot(pilot_definition_text: str) -> dict[str, Any]:
+    return json.loads(pilot_definition_text)
 
 
 @pytest.fixture(scope="module")

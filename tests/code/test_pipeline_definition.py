@@ -11,27 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from definition_fixtures import PILOT_SETTINGS
 
 from pipelines.code_bundle import CodeBundle
 from pipelines.control import build_definition, registered_edge_targets
-from pipelines.settings import EXAMPLE_VALUES, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "robocar_definition.json"
-SETTINGS = Settings(
-    region=EXAMPLE_VALUES["region"],
-    role=EXAMPLE_VALUES["role"],
-    bucket=EXAMPLE_VALUES["bucket"],
-    prefix="robocar",
-    pipeline_name="robocar-pipeline",
-    model_package_group="robocar-pilots",
-    endpoint_url=None,
-)
+SETTINGS = PILOT_SETTINGS
 
 
 @pytest.fixture(scope="module")
-def text() -> str:
-    return build_definition(SETTINGS)
+def text(pilot_definition_text: str) -> str:
+    return pilot_definition_text
 
 
 @pytest.fixture(scope="module")
@@ -278,36 +270,39 @@ def test_golden_definition(text: str) -> None:
     assert normalised_for_golden(text) == GOLDEN.read_text()
 
 
-def test_definition_command_is_offline_and_byte_identical(offline_subprocess_env: dict[str, str]) -> None:
-    """`robocar pipeline definition` twice, in fresh processes with fake credentials and no network."""
-    command = [sys.executable, "-m", "pipelines.cli", "pipeline", "definition"]
+# The CLI's main in a fresh process (pytest's handlers would hide it), then the process's logging.
+DEFINITION_THEN_LOGGING = """
+import logging, sys
+from pipelines.cli import main
+code = main(["pipeline", "definition"])
+root = logging.getLogger()
+with open(sys.argv[1], "w") as facts:
+    facts.write(f"{code} {len(root.handlers)} {root.level} {logging.root.manager.disable}")
+"""
+
+
+def test_definition_command_is_offline_byte_identical_and_leaves_logging_alone(
+    offline_subprocess_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`robocar pipeline definition` in two fresh processes with fake credentials and no network: the same
+    bytes; and the SDK's import-time basicConfig is undone (the second process reports its logging).
+    Two processes, not three: each imports the SDK, ~8 s of CPU."""
+    facts = tmp_path / "logging.txt"
+    commands = [
+        [sys.executable, "-m", "pipelines.cli", "pipeline", "definition"],
+        [sys.executable, "-c", DEFINITION_THEN_LOGGING, str(facts)],
+    ]
     runs = [
         subprocess.run(command, cwd=REPO, env=offline_subprocess_env, capture_output=True, timeout=300)
-        for _ in range(2)
+        for command in commands
     ]
     for run in runs:
         assert run.returncode == 0, run.stderr.decode()[-2000:]
         assert run.stderr == b""  # no SDK chatter, no warnings
     assert runs[0].stdout == runs[1].stdout
     assert json.loads(runs[0].stdout)["Version"] == "2020-12-01"
-
-
-def test_building_leaves_the_processes_logging_alone(offline_subprocess_env: dict[str, str]) -> None:
-    """In a fresh process (pytest's handlers would hide it): the SDK's import-time basicConfig is undone."""
-    script = (
-        "import logging\n"
-        "from pipelines.control import build_definition\n"
-        "from pipelines.settings import EXAMPLE_VALUES, Settings\n"
-        "build_definition(Settings(**EXAMPLE_VALUES, prefix='p', pipeline_name='n', model_package_group='g', "
-        "endpoint_url=None))\n"
-        "root = logging.getLogger()\n"
-        "print(len(root.handlers), root.level, logging.root.manager.disable)\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=offline_subprocess_env, capture_output=True, timeout=300
-    )
-    assert run.returncode == 0, run.stderr.decode()[-2000:]
-    assert run.stdout.decode().split() == ["0", str(30), "0"]  # no handler, WARNING, nothing disabled
+    # exit 0, no handler, WARNING, nothing disabled
+    assert facts.read_text().split() == ["0", "0", str(30), "0"]
 
 
 def test_a_prefix_too_long_for_the_registry_metadata_is_refused_when_building() -> None:

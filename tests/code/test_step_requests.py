@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_pipeline_definition import SETTINGS  # the pilot as the definition tests build it
 
-from pipelines.control import build_definition
 from pipelines.step_requests import (
     SAMPLE_EXECUTION_ID,
     StepProblem,
@@ -30,8 +28,8 @@ IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/tensorflow-training:2.19-c
 
 
 @pytest.fixture(scope="module")
-def pilot() -> dict[str, Any]:
-    return json.loads(build_definition(SETTINGS))
+def pilot(pilot_definition_text: str) -> dict[str, Any]:
+    return json.loads(pilot_definition_text)
 
 
 @pytest.fixture(scope="module")

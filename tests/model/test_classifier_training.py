@@ -2,8 +2,9 @@
 
 The trainer runs as the MXNet container runs it (channels and hyperparameters from SM_* variables and
 flags) in the environment local mode builds for MXNet images (pipelines/local/environments.py), reused
-across test runs from the cache the slow environment test uses. The suite's one classifier model test:
-two one-epoch trainings of 128 photos at 64 px and one evaluation, about 40 s on 2 busy cores.
+across test runs from the cache the slow environment test uses. The fine-tuned model is the suite's one
+trained classifier (``trained_classifier``: tests/model/mxnet_fixtures.py), which compile, evaluate and the
+endpoint read too; this file adds one one-epoch training from scratch to compare it with.
 """
 
 from __future__ import annotations
@@ -15,32 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from pipelines.synth_classes import write_classes, write_image_list
-
-REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["circle", "square", "triangle"]
-
-
-@pytest.fixture(scope="module")
-def channels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("classifier")
-    for split, images, seed in (("train", 128, 11), ("validation", 60, 12)):
-        summary = write_classes(root / split, classes=3, images=images, seed=seed)
-        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
-    return root
-
-
-def run_in_mxnet(
-    python: str, args: list[str], env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [python, *args],
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from mxnet_fixtures import CLASSES, REPO, classifier_container, run_in_mxnet
 
 
 def validation_accuracies(stdout: str) -> list[float]:
@@ -49,31 +25,25 @@ def validation_accuracies(stdout: str) -> list[float]:
 
 @pytest.mark.slow
 def test_one_epoch_from_imagenet_weights_beats_one_from_scratch(
-    mxnet_python: str, channels: Path, tmp_path: Path
+    mxnet_python: str, trained_classifier: Path, tmp_path: Path
 ) -> None:
-    container = {  # the MXNet container's contract: channels, model dir and SM_HPS from the environment
-        "SM_CHANNEL_TRAIN": str(channels / "train"),
-        "SM_CHANNEL_VALIDATION": str(channels / "validation"),
-        "SM_MODEL_DIR": str(tmp_path / "fine-tuned"),
-        "SM_HPS": json.dumps({"epochs": 1, "image_shape": "3,64,64", "sagemaker_program": "classifier.py"}),
-    }
-    script = str(REPO / "training" / "classifier.py")
-    tuned = run_in_mxnet(mxnet_python, [script, "--use_pretrained_model", '"1"', "--seed", "3"], container)
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    channels = trained_classifier  # fine-tuned from ImageNet weights as the container runs the trainer
     scratch = run_in_mxnet(
         mxnet_python,
-        [script, "--use_pretrained_model", "0", "--seed", "3", "--sm-model-dir", str(tmp_path / "scratch")],
-        container,
-    )
+        [str(REPO / "training" / "classifier.py"), "--use_pretrained_model", "0", "--seed", "3",
+         "--sm-model-dir", str(tmp_path / "scratch")],
+        classifier_container(channels, tmp_path / "unused"),  # the fixture's contract and hyperparameters
+    )  # fmt: skip
     assert scratch.returncode == 0, scratch.stderr[-3000:]
+    tuned_log = (channels / "training.log").read_text()
     (tuned_accuracy,), (scratch_accuracy,) = (
-        validation_accuracies(tuned.stdout),
+        validation_accuracies(tuned_log),
         validation_accuracies(scratch.stdout),
     )
-    assert tuned_accuracy >= 0.9, tuned.stdout
-    assert tuned_accuracy >= scratch_accuracy + 0.3, (tuned.stdout, scratch.stdout)
+    assert tuned_accuracy >= 0.9, tuned_log
+    assert tuned_accuracy >= scratch_accuracy + 0.3, (tuned_log, scratch.stdout)
 
-    model = tmp_path / "fine-tuned"
+    model = channels / "exported"
     assert sorted(p.name for p in model.iterdir()) == [
         "classifier-spec.json",
         "code",  # the endpoint's server and handler, served by the image's `serve`
@@ -121,9 +91,7 @@ def test_one_epoch_from_imagenet_weights_beats_one_from_scratch(
     assert facts["inputs"] == ["data"] and facts["classes"] == CLASSES
 
 
-def test_a_bad_hyperparameter_is_one_line_and_exit_2(
-    mxnet_python: str, channels: Path, tmp_path: Path
-) -> None:
+def test_a_bad_hyperparameter_is_one_line_and_exit_2(mxnet_python: str, tmp_path: Path) -> None:
     result = run_in_mxnet(
         mxnet_python,
         [
@@ -194,21 +162,14 @@ def test_hyperparameters_and_weights_come_as_the_container_passes_them(
 
 @pytest.mark.slow
 def test_the_model_directory_serves_with_its_own_code_alone(
-    mxnet_python: str, channels: Path, tmp_path: Path
+    mxnet_python: str, trained_classifier: Path, tmp_path: Path
 ) -> None:
     """What the endpoint image's ``serve`` does (infra/images/mxnet/serve): the inference server from the
     model's ``code/``, nothing of the repository on the path, answering /ping and a JPEG."""
     import time
     import urllib.request
 
-    model = tmp_path / "model"
-    env = {"SM_CHANNEL_TRAIN": str(channels / "train"), "SM_CHANNEL_VALIDATION": str(channels / "validation")}
-    trained = run_in_mxnet(
-        mxnet_python,
-        [str(REPO / "training" / "classifier.py"), "--epochs", "1", "--sm-model-dir", str(model)],
-        {**env, "SM_HPS": json.dumps({"image_shape": "3,64,64"})},
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    channels, model = trained_classifier, trained_classifier / "exported"
     ready = tmp_path / "ready.json"
     server = subprocess.Popen(
         [mxnet_python, "-m", "inference.server", "serve", "--model-dir", str(model), "--host", "127.0.0.1",

@@ -4,7 +4,9 @@ registers a classifier; a tub landing under raw/ starts nothing for it.
 
 The pipeline is the classifier's real definition with defaults for a quick execution (one epoch, one edge
 target, a threshold any model passes), because the trigger starts the stored pipeline with nothing but
-``InputDataUrl``, as the snapshot function does on AWS.
+``InputDataUrl``, as the snapshot function does on AWS. It trains with the built-in algorithm's local
+stand-in, and the car classifies with what it registered: the built-in trainer's end-to-end run
+(tests/model/test_classifier_pipeline_local.py runs the Gluon one), one pipeline run for both checks.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import json
 from pathlib import Path
 
 import pytest
+from test_classifier_pipeline_local import PHOTOS, SEED, car_classifies
 
 from pipelines.cli import main
 from pipelines.code_bundle import CodeBundle
 from pipelines.control import build_definition, upsert
-from pipelines.local import environments
 from pipelines.local.client import LocalPipelineClient
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
@@ -35,16 +37,9 @@ SETTINGS = Settings(
     model_package_group="robocar-classifiers",
     endpoint_url=None,
     recipe="classifier",
+    training_algorithm="builtin",
 )
 QUICK_DEFAULTS = {"Epochs": "1", "AccuracyThreshold": 0.0}
-
-
-@pytest.fixture
-def shared_environments(mxnet_python: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Local mode finds the MXNet environment the fixture built, instead of building one per workspace."""
-    cache = Path(mxnet_python).parents[2]
-    monkeypatch.setenv(environments.CACHE_VARIABLE, str(cache))
-    assert environments.is_built(environments.environment_path(environments.MXNET, cache))
 
 
 def quick_definition() -> str:
@@ -79,7 +74,7 @@ def test_a_landed_labelled_set_trains_and_registers_a_classifier_and_a_tub_does_
     assert "0 execution(s) started" in capsys.readouterr().out
     assert list_executions(workspace, "robocar-classifier") == []
 
-    write_classes(tmp_path / "labels" / "set_1", classes=3, images=120, seed=7)
+    write_classes(tmp_path / "labels" / "set_1", classes=3, images=PHOTOS, seed=SEED)
     land(s3, tmp_path / "labels", "robocar/raw-classifier/")
     assert main([*watch, "--recipe", "classifier"]) == 0, capsys.readouterr().err[-3000:]
     out = capsys.readouterr().out
@@ -91,7 +86,13 @@ def test_a_landed_labelled_set_trains_and_registers_a_classifier_and_a_tub_does_
         ModelPackageGroupName="robocar-classifiers"
     )["ModelPackageSummaryList"]
     assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    train_log = (execution.path / "logs" / "Train.log").read_text()
+    assert "Epoch[0] Validation-accuracy=" in train_log
+    # the stand-in got the algorithm's own hyperparameters, named as it names them
+    assert "--num_layers 18" in train_log and "--num_training_samples" in train_log
 
     assert main([*watch, "--recipe", "classifier"]) == 0  # seen again: nothing new
     assert "0 execution(s) started, 1 already-delivered" in capsys.readouterr().out
     assert len(list_executions(workspace, "robocar-classifier")) == 1
+
+    car_classifies(workspace, tmp_path, capsys)

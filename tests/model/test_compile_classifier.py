@@ -1,8 +1,8 @@
 """processing/compile_classifier.py in the MXNet environment: a trained classifier as ONNX float32 and int8.
 
-One fine-tuned epoch (ImageNet weights, 96 photos at 64 px, so accuracy means something), compiled twice
-for two targets; the environment comes from the cache the classifier training test uses. About 25 s on
-a quiet machine, 90 s on 2 busy cores.
+The suite's trained classifier (``trained_classifier``: one fine-tuned epoch from ImageNet weights on 128
+photos at 64 px, so accuracy means something; 90 test photos), compiled twice for two targets; the
+environment comes from the cache the classifier training test uses.
 """
 
 from __future__ import annotations
@@ -14,33 +14,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_classifier_training import run_in_mxnet
+from mxnet_fixtures import CLASSES, REPO, run_in_mxnet
 
-from pipelines.synth_classes import write_classes, write_image_list
-
-REPO = Path(__file__).resolve().parents[2]
-CLASSES = ["circle", "square", "triangle"]
 TARGETS = ("jetson_nano", "rasp4b")
 FLOAT, INT8 = "classifier-float32.onnx", "classifier-int8.onnx"
-
-
-@pytest.fixture(scope="module")
-def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Preprocess's splits and the trainer's model.tar.gz, as the Compile step gets them."""
-    root = tmp_path_factory.mktemp("classifier")
-    for split, images, seed in (("train", 96, 11), ("validation", 30, 12), ("test", 90, 13)):
-        summary = write_classes(root / split, classes=3, images=images, seed=seed)
-        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
-    model = root / "model-dir"
-    args = [str(REPO / "training" / "classifier.py"), "--epochs", "1", "--use_pretrained_model", "1"]
-    args += ["--seed", "3", "--train", str(root / "train"), "--validation", str(root / "validation")]
-    result = run_in_mxnet(mxnet_python, [*args, "--sm-model-dir", str(model)])
-    assert result.returncode == 0, result.stderr[-3000:]
-    (root / "model").mkdir()
-    with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:
-        for path in sorted(model.iterdir()):
-            tar.add(path, arcname=path.name)
-    return root
 
 
 def compile_into(python: str, root: Path, out: Path) -> subprocess.CompletedProcess:
@@ -50,10 +27,11 @@ def compile_into(python: str, root: Path, out: Path) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def compiled(mxnet_python: str, trained: Path) -> Path:
-    result = compile_into(mxnet_python, trained, trained / "out")
+def compiled(mxnet_python: str, trained_classifier: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("compiled")
+    result = compile_into(mxnet_python, trained_classifier, out)
     assert result.returncode == 0, result.stderr[-3000:]
-    return trained / "out"
+    return out
 
 
 def manifest_of(package: Path) -> dict:
@@ -63,12 +41,12 @@ def manifest_of(package: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained: Path) -> None:
+def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained_classifier: Path) -> None:
     listing = json.loads((compiled / "compiled.json").read_text())
     assert listing["task"] == "classification" and listing["mode"] == "local"
     assert (listing["onnx"]["opset"], listing["onnx"]["ir_version"]) == (13, 7)
-    source = hashlib.sha256((trained / "model" / "model.tar.gz").read_bytes()).hexdigest()
-    spec = json.loads((trained / "model-dir" / "classifier-spec.json").read_text())
+    source = hashlib.sha256((trained_classifier / "model" / "model.tar.gz").read_bytes()).hexdigest()
+    spec = json.loads((trained_classifier / "exported" / "classifier-spec.json").read_text())
     assert set(listing["targets"]) == set(TARGETS)
     for target, entry in listing["targets"].items():
         package = compiled / entry["uri"]
@@ -110,7 +88,9 @@ def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained
 
 
 @pytest.mark.slow
-def test_onnx_runtime_runs_the_export_as_mxnet_does(mxnet_python: str, compiled: Path, trained: Path) -> None:
+def test_onnx_runtime_runs_the_export_as_mxnet_does(
+    mxnet_python: str, compiled: Path, trained_classifier: Path
+) -> None:
     """Checked here, not only by the step's own numbers: opset, graph inputs, checker, ORT == MXNet."""
     code = (
         "import json, sys, tarfile, hashlib, io\n"
@@ -143,7 +123,8 @@ def test_onnx_runtime_runs_the_export_as_mxnet_does(mxnet_python: str, compiled:
     )
     package = compiled / TARGETS[0] / "model.tar.gz"
     result = run_in_mxnet(
-        mxnet_python, ["-c", code, str(package), str(trained / "model-dir"), str(trained / "test")]
+        mxnet_python,
+        ["-c", code, str(package), str(trained_classifier / "exported"), str(trained_classifier / "test")],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
@@ -161,12 +142,14 @@ def test_onnx_runtime_runs_the_export_as_mxnet_does(mxnet_python: str, compiled:
 
 
 @pytest.mark.slow
-def test_a_rerun_writes_the_same_package_bytes(mxnet_python: str, compiled: Path, trained: Path) -> None:
-    again = compile_into(mxnet_python, trained, trained / "again")
+def test_a_rerun_writes_the_same_package_bytes(
+    mxnet_python: str, compiled: Path, trained_classifier: Path, tmp_path: Path
+) -> None:
+    again = compile_into(mxnet_python, trained_classifier, tmp_path / "again")
     assert again.returncode == 0, again.stderr[-3000:]
     for target in TARGETS:
         first = (compiled / target / "model.tar.gz").read_bytes()
-        assert (trained / "again" / target / "model.tar.gz").read_bytes() == first
+        assert (tmp_path / "again" / target / "model.tar.gz").read_bytes() == first
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_classifier_training import REPO, run_in_mxnet
+from mxnet_fixtures import REPO, run_in_mxnet
 
 from edge.detect import decode
 from edge.photos import PhotoTransform, prepare

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_classifier_pipeline_local import shared_environments  # noqa: F401 (a fixture)
 
 from edge.cli import main as edge_main
 from pipelines.cli import main
@@ -25,7 +24,7 @@ TARGET = "rasp4b"
 
 @pytest.mark.slow
 def test_boxed_photos_to_a_car_that_detects(
-    shared_environments: None,  # noqa: F811
+    shared_environments: None,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

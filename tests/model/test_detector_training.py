@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from detection_fixtures import COLOURS, write_boxed_channel
-from test_classifier_training import REPO, run_in_mxnet
+from mxnet_fixtures import REPO, run_in_mxnet
 
 from pipelines.local.s3 import LocalS3Client
 from pipelines.synth_boxes import write_boxes
@@ -193,19 +193,21 @@ def test_efficientnet_needs_a_side_that_is_a_multiple_of_32(mxnet_python: str, t
 
 @pytest.mark.slow
 def test_the_efficientnet_backbone_trains_from_imagenet_weights_and_converts(
-    mxnet_python: str, boxed_channels: Path, tmp_path: Path
+    mxnet_python: str, tmp_path: Path
 ) -> None:
-    model = tmp_path / "model"
+    # the backbone's plumbing, not its quality: one batch (16 photos) to train on and to check the heads on
+    model, channel = tmp_path / "model", tmp_path / "photos"
+    write_boxed_channel(channel, photos=16, seed=23, side=64)
     done = run_in_mxnet(
         mxnet_python,
-        [str(REPO / "training" / "detector.py"), "--train", str(boxed_channels / "validation"),
-         "--validation", str(boxed_channels / "validation"), "--sm-model-dir", str(model), "--epochs", "1",
+        [str(REPO / "training" / "detector.py"), "--train", str(channel),
+         "--validation", str(channel), "--sm-model-dir", str(model), "--epochs", "1",
          "--base_network", "efficientnet-lite0", "--image_shape", "64"],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     training = json.loads((model / "detector-spec.json").read_text())["training"]
     assert (training["backbone"], training["pretrained"]) == ("efficientnet-lite0", "imagenet")
-    check = run_in_mxnet(mxnet_python, ["-c", CHECK_DEPLOY, str(model), str(boxed_channels / "validation")])
+    check = run_in_mxnet(mxnet_python, ["-c", CHECK_DEPLOY, str(model), str(channel)])
     assert check.returncode == 0, check.stderr[-3000:]
     result = json.loads(check.stdout.strip().splitlines()[-1])
     assert result["inputs"] == ["data"] and result["anchors"] == 0.0 and result["loc_preds"] < 1e-3

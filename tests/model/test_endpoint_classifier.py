@@ -1,6 +1,6 @@
 """Trained models behind the local endpoint: each answers over HTTP what the model itself answers.
 
-The classifier: training/classifier.py's one-epoch model (test_evaluate_classifier's ``trained``),
+The classifier: training/classifier.py's one-epoch model (the suite's ``trained_classifier``),
 registered as the pipeline registers it, deployed, and asked about the test split's photos; its
 probabilities must be the exported network's on ``edge.photos.prepare``'s input, computed apart in the
 MXNet environment. The pilot: donkeycar's linear network (compile_fixtures) exported as training exports
@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from compile_fixtures import SPEC, frames, model_json, pilot
+from mxnet_fixtures import CLASSES, run_in_mxnet
 from PIL import Image
-from test_classifier_training import run_in_mxnet
-from test_evaluate_classifier import register_champion, trained  # noqa: F401 (the fixture)
+from test_evaluate_classifier import register_champion
 
 from edge.frames import decode_image, decode_outputs, prepare_frame, to_model_input
 from pipelines.local import endpoint_server as es
 from pipelines.local import environments
 from pipelines.local.registry import LocalSageMakerClient
 from pipelines.local.s3 import LocalS3Client
+from pipelines.synth_classes import write_classes, write_image_list
 
 BUCKET = "robocar-data-123456789012"
 PILOT_KEY = "robocar/models/e1/Train/output/model.tar.gz"
@@ -51,18 +52,22 @@ def env_cache(mxnet_python: str, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_the_trained_classifier_answers_over_http_what_it_computes(
     mxnet_python: str,
-    trained: Path,  # noqa: F811 (the fixture imported above)
+    trained_classifier: Path,
     env_cache: None,
     tmp_path: Path,
 ) -> None:
     workspace = tmp_path / "workspace"
-    arn = register_champion(workspace, trained / "model" / "model.tar.gz")
-    photos = sorted(p for p in (trained / "test").rglob("*") if p.suffix.lower() in (".jpg", ".png"))[:6]
+    arn = register_champion(workspace, trained_classifier / "model" / "model.tar.gz")
+    photos = sorted(
+        p for p in (trained_classifier / "test").rglob("*") if p.suffix.lower() in (".jpg", ".png")
+    )[:6]
     assert photos
-    reference = run_in_mxnet(mxnet_python, ["-c", REFERENCE, str(trained / "exported"), *map(str, photos)])
+    reference = run_in_mxnet(
+        mxnet_python, ["-c", REFERENCE, str(trained_classifier / "exported"), *map(str, photos)]
+    )
     assert reference.returncode == 0, reference.stderr[-2000:]
     expected = json.loads(reference.stdout.strip().splitlines()[-1])
-    classes = json.loads((trained / "exported" / "classifier-spec.json").read_text())["classes"]
+    classes = json.loads((trained_classifier / "exported" / "classifier-spec.json").read_text())["classes"]
     state = es.deploy(workspace, "classifier", arn)
     try:
         for path, probabilities in zip(photos, expected, strict=True):
@@ -83,7 +88,7 @@ def test_the_trained_classifier_answers_over_http_what_it_computes(
 
 @pytest.mark.slow
 def test_robocar_label_predict_pre_labels_through_the_trained_classifiers_endpoint(
-    trained: Path,  # noqa: F811 (the fixture imported above)
+    trained_classifier: Path,
     env_cache: None,
     tmp_path: Path,
 ) -> None:
@@ -92,15 +97,16 @@ def test_robocar_label_predict_pre_labels_through_the_trained_classifiers_endpoi
     from pipelines.cli import main
 
     workspace = tmp_path / "workspace"
-    arn = register_champion(workspace, trained / "model" / "model.tar.gz")
+    arn = register_champion(workspace, trained_classifier / "model" / "model.tar.gz")
+    # 15 photos of their own, as a test split lays them out: each is asked twice below
+    photos = tmp_path / "photos"
+    summary = write_classes(photos, classes=3, images=15, seed=23)
+    assert write_image_list(summary.manifest, photos / "images.lst") == CLASSES
     flags = ["--workspace", str(workspace), "--recipe", "classifier"]
     assert main(["endpoint", "deploy", *flags]) == 0
     try:
         out = tmp_path / "prelabels"
-        assert (
-            main(["label", "predict", str(trained / "test"), "--via", "endpoint", "--out", str(out), *flags])
-            == 0
-        )
+        assert main(["label", "predict", str(photos), "--via", "endpoint", "--out", str(out), *flags]) == 0
         url = es.status(workspace, "robocar-classifiers")["url"]
         records = [json.loads(line) for line in (out / "to-review.manifest").read_text().splitlines()]
         assert len(records) == 15
@@ -115,7 +121,7 @@ def test_robocar_label_predict_pre_labels_through_the_trained_classifiers_endpoi
                 max(answer["prediction"]), abs=1e-4
             )
         report = json.loads((out / "predict-report.json").read_text())
-        assert report["model_package_arn"] == arn and report["classes"] == spec_classes(trained)
+        assert report["model_package_arn"] == arn and report["classes"] == spec_classes(trained_classifier)
     finally:
         assert main(["endpoint", "delete", *flags]) == 0
 

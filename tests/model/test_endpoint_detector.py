@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detection_fixtures import COLOURS, write_boxed_channel
-from test_classifier_training import REPO, run_in_mxnet
+from mxnet_fixtures import REPO, run_in_mxnet
 
 from pipelines.local import endpoint_server as es
 from pipelines.local import environments

@@ -3,21 +3,20 @@
 The script runs as the Evaluate step runs it locally: the MXNet environment's Python (no boto3, botocore,
 sagemaker or jsonschema there), only the repository root on the path, and ROBOCAR_LOCAL_CLIENTS inherited
 from the control plane, whose factory cannot be imported there: the champion comes from the local
-registry through the read-only readers (edge/local_readers.py). One one-epoch training of 24 photos at
-64 px and two runs in the environment.
+registry through the read-only readers (edge/local_readers.py). The suite's trained classifier
+(``trained_classifier``: tests/model/mxnet_fixtures.py) and two runs in the environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mxnet_fixtures import CLASSES, REPO, run_in_mxnet
 from PIL import Image
-from test_classifier_training import CLASSES, REPO, run_in_mxnet
 
 from edge import aws
 from edge.agent import edge_metadata
@@ -29,30 +28,6 @@ GROUP = "robocar-classifiers"
 BUCKET = "robocar-data-123456789012"
 MODEL_KEY = "robocar/models/execution-1/Train/output/model.tar.gz"
 MODEL_URI = f"s3://{BUCKET}/{MODEL_KEY}"
-
-
-@pytest.fixture(scope="module")
-def trained(mxnet_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Splits as Preprocess writes them and the one-epoch model as ``model/model.tar.gz``."""
-    root = tmp_path_factory.mktemp("evaluate-classifier")
-    for split, images, seed in (("train", 24, 21), ("validation", 12, 22), ("test", 15, 23)):
-        summary = write_classes(root / split, classes=3, images=images, seed=seed)
-        assert write_image_list(summary.manifest, root / split / "images.lst") == CLASSES
-    training = run_in_mxnet(
-        mxnet_python,
-        [
-            str(REPO / "training" / "classifier.py"),
-            *("--train", str(root / "train"), "--validation", str(root / "validation")),
-            *("--sm-model-dir", str(root / "exported"), "--epochs", "1", "--image_shape", "3,64,64"),
-            *("--seed", "3"),
-        ],
-    )
-    assert training.returncode == 0, training.stderr[-3000:]
-    (root / "model").mkdir()
-    with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:  # what Train leaves in S3
-        for path in sorted((root / "exported").iterdir()):
-            tar.add(path, arcname=path.name)
-    return root
 
 
 def register_champion(workspace: Path, archive: Path) -> str:
@@ -81,17 +56,22 @@ def register_champion(workspace: Path, archive: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path, tmp_path: Path) -> None:
-    workspace, out = tmp_path / "workspace", tmp_path / "evaluation"
-    champion = register_champion(workspace, trained / "model" / "model.tar.gz")
+def test_the_evaluation_of_a_trained_classifier(
+    mxnet_python: str, trained_classifier: Path, tmp_path: Path
+) -> None:
+    workspace, out, test = tmp_path / "workspace", tmp_path / "evaluation", tmp_path / "test"
+    # 15 photos of its own: the model is evaluated three times here, and counts are all this test reads
+    summary = write_classes(test, classes=3, images=15, seed=23)
+    assert write_image_list(summary.manifest, test / "images.lst") == CLASSES
+    champion = register_champion(workspace, trained_classifier / "model" / "model.tar.gz")
     factory = os.environ[aws.LOCAL_CLIENTS_ENV]  # the control plane's, set by importing pipelines
     assert factory.startswith("pipelines.")
     result = run_in_mxnet(
         mxnet_python,
         [
             str(REPO / "processing" / "evaluate_classifier.py"),
-            *("--model", str(trained / "model"), "--test", str(trained / "test")),
-            *("--train", str(trained / "train"), "--output", str(out)),
+            *("--model", str(trained_classifier / "model"), "--test", str(test)),
+            *("--train", str(trained_classifier / "train"), "--output", str(out)),
             *("--model-package-group", GROUP, "--edge-targets", "jetson_nano,rasp4b"),
             *("--model-s3-uri", MODEL_URI),
         ],
@@ -113,8 +93,8 @@ def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path
             "          if importlib.util.find_spec(m) is None]\n"
             "print(json.dumps({'accuracy': evaluate_exported(Path(sys.argv[1]), Path(sys.argv[2])),\n"
             "                  'absent': absent}))\n",
-            str(trained / "exported"),
-            str(trained / "test"),
+            str(trained_classifier / "exported"),
+            str(test),
         ],
     )
     assert check.returncode == 0, check.stderr[-3000:]
@@ -126,7 +106,7 @@ def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path
     evaluation = json.loads((out / "evaluation.json").read_text())
     metrics = evaluation["multiclass_classification_metrics"]
     assert metrics["accuracy"]["value"] == pytest.approx(facts["accuracy"], abs=1e-9)
-    labels = [int(line.split("\t")[1]) for line in (trained / "test" / "images.lst").read_text().splitlines()]
+    labels = [int(line.split("\t")[1]) for line in (test / "images.lst").read_text().splitlines()]
     assert evaluation["test_images"] == len(labels) == 15 and evaluation["classes"] == CLASSES
     counts = np.array(metrics["confusion_matrix"]["counts"])
     assert counts.sum(axis=1).tolist() == np.bincount(labels, minlength=3).tolist()
@@ -134,7 +114,8 @@ def test_the_evaluation_of_a_trained_classifier(mxnet_python: str, trained: Path
     assert [metrics["per_class"][n]["support"] for n in CLASSES] == counts.sum(axis=1).tolist()
     assert metrics["top_k_accuracy"] == {"k": 3, "value": 1.0}  # 3 classes: all of them
     train_labels = [
-        int(line.split("\t")[1]) for line in (trained / "train" / "images.lst").read_text().splitlines()
+        int(line.split("\t")[1])
+        for line in (trained_classifier / "train" / "images.lst").read_text().splitlines()
     ]
     majority = int(np.argmax(np.bincount(train_labels, minlength=3)))
     assert evaluation["baseline"] == {

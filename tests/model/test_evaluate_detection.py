@@ -12,8 +12,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+from mxnet_fixtures import REPO, run_in_mxnet
 from PIL import Image
-from test_classifier_training import REPO, run_in_mxnet
 from test_evaluate_classifier import MODEL_URI, register_champion
 
 from edge import aws
