@@ -398,9 +398,12 @@ def test_kill_9_of_robocar_run_kills_its_step_and_the_next_run_cleans_up(
     assert statuses == ["Failed", "Succeeded"]
 
 
-GRANDCHILD = """
+# Unique per run: the cleanup kills every process carrying it, and another checkout's run of this test on
+# the same machine must not be one of them.
+GRANDCHILD_MARKER = f"grandchild-marker-{os.getpid()}-{time.time_ns()}"
+GRANDCHILD = f"""
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # grandchild-marker"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {GRANDCHILD_MARKER}"])
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -422,13 +425,13 @@ def test_what_a_step_started_dies_with_the_executor_too() -> None:
         grandchild = int(executor.stdout.readline())
         # alive before the kill; waited for, as under load its command line may not read yet (the pid is
         # printed as soon as Popen returns, and an exec in progress reads as no marker: seen once, 2 cores)
-        _wait_for(lambda: grandchild in _processes("grandchild-marker"), 5, "the grandchild to start")
+        _wait_for(lambda: grandchild in _processes(GRANDCHILD_MARKER), 5, "the grandchild to start")
         os.kill(executor.pid, signal.SIGKILL)
         executor.wait(timeout=10)
-        _wait_for(lambda: grandchild not in _processes("grandchild-marker"), 5, "the grandchild to die")
+        _wait_for(lambda: grandchild not in _processes(GRANDCHILD_MARKER), 5, "the grandchild to die")
     finally:
         executor.kill()
-        for pid in _processes("grandchild-marker"):
+        for pid in _processes(GRANDCHILD_MARKER):
             os.kill(pid, signal.SIGKILL)
 
 
