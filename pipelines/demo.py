@@ -1,5 +1,6 @@
 """The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives;
-then the classifier recipe the same way (pipelines/demo_classifier.py), and one summary.
+then the classifier recipe the same way (pipelines/demo_classifier.py), the auto-labelling loop on that
+classifier (pipelines/demo_labelling.py), and one summary.
 
 Each stage runs the very command a user would type (echoed as ``$ robocar ...``), so the demo is also
 the tutorial. The summary at the end is read back from what the stages wrote: the data report, the
@@ -49,6 +50,7 @@ class DemoConfig:
     drive_frames: int = 1000
     parameters: Sequence[str] = field(default_factory=tuple)
     classifier: bool = True  # then the classifier recipe (pipelines/demo_classifier.py)
+    labelling: bool = True  # then the auto-labelling loop on that classifier (pipelines/demo_labelling.py)
 
 
 def _settings_flags() -> list[str]:
@@ -139,10 +141,15 @@ def learned_lines(model: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
 
 
 def summarise(
-    workspace: Path, drive_summary: dict[str, Any], wall_s: float, classified: dict[str, Any] | None = None
+    workspace: Path,
+    drive_summary: dict[str, Any],
+    wall_s: float,
+    classified: dict[str, Any] | None = None,
+    labelled: dict[str, Any] | None = None,
 ) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s; then
-    the classifier's (``classified``: what its car reported) when the demo ran it."""
+    the classifier's (``classified``: what its car reported) and the auto-labelling loop's (``labelled``:
+    where its stages wrote) when the demo ran them."""
     from edge.aws import clients
 
     aws = clients(local_root=str(workspace))
@@ -193,6 +200,10 @@ def summarise(
         from pipelines.demo_classifier import summary_lines
 
         lines += ["-" * 78, *summary_lines(workspace, classified)]
+    if labelled is not None:
+        from pipelines.demo_labelling import summary_lines as labelling_summary
+
+        lines += ["-" * 78, *labelling_summary(workspace, labelled)]
     lines.append(f"time      {wall_s:.0f} s in all")
     return "\n".join(lines)
 
@@ -239,7 +250,12 @@ def run_demo(config: DemoConfig) -> int:
         from pipelines.demo_classifier import ClassifierDemo, run_classifier_demo
 
         classified = run_classifier_demo(ClassifierDemo(workspace, seed=config.seed))
-    print(summarise(workspace, drive, time.monotonic() - started, classified))
+    labelled: dict[str, Any] | None = None
+    if config.classifier and config.labelling:
+        from pipelines.demo_labelling import LabellingDemo, run_labelling_demo
+
+        labelled = run_labelling_demo(LabellingDemo(workspace, seed=config.seed))
+    print(summarise(workspace, drive, time.monotonic() - started, classified, labelled))
     return 0
 
 

@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pilot-only", action="store_true", help="run the pilot recipe only (skip the classifier's half)"
     )
+    parser.add_argument(
+        "--no-labelling",
+        action="store_true",
+        help="skip the auto-labelling loop (pre-label new photos, review, land, retrain the classifier)",
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -64,5 +69,6 @@ def _demo(args: argparse.Namespace) -> int:
             drive_frames=args.drive_frames,
             parameters=tuple(args.param),
             classifier=not args.pilot_only,
+            labelling=not args.no_labelling,
         )  # fmt: skip
     )
