@@ -81,7 +81,7 @@ def review_counts(reviewed: Path) -> dict[str, int]:
     counts = {"accepted": 0, "corrected": 0, "rejected": 0}
     for record in manifest.read_records(reviewed):
         status = next(
-            v[ADJUSTMENT_STATUS] for k, v in record.items() if isinstance(v, dict) and ADJUSTMENT_STATUS in v
+            v[ADJUSTMENT_STATUS] for v in record.values() if isinstance(v, dict) and ADJUSTMENT_STATUS in v
         )
         counts["corrected" if status == "adjusted" else "accepted"] += 1
     rejected = Path(f"{reviewed}.rejected")
@@ -112,9 +112,12 @@ def labelling_lines(
     else:
         labels = data["labels"]
         accuracy = evaluation["multiclass_classification_metrics"]["accuracy"]["value"]
+        reasons = ", ".join(f"{reason} x{n}" for reason, n in data.get("rejected_by_reason", {}).items())
         lines += [
-            f"retrain   {data['accepted']} photos: {labels['human']} human labels, {labels['machine']} "
-            f"machine labels; test accuracy {_fmt(accuracy)} on {evaluation['test_images']} photos",
+            f"retrain   {data['read']} photos read, {data['accepted']} accepted"
+            + (f" ({data['rejected']} rejected: {reasons})" if data["rejected"] else "")
+            + f": {labels['human']} human labels, {labels['machine']} machine labels",
+            f"          test accuracy {_fmt(accuracy)} on {evaluation['test_images']} photos",
         ]
         if package:
             lines.append(f"          {package['ModelPackageArn']} ({package['ModelApprovalStatus']})")

@@ -19,7 +19,8 @@ from pipelines.labelling.review import start_review_server
 from pipelines.synth_classes import write_classes
 
 PREDICTED = {"photos": 100, "predicted": 100, "images_per_second": 412.34}
-DATA = {"accepted": 700, "labels": {"human": 700, "machine": 0}}
+DATA = {"read": 700, "accepted": 700, "rejected": 0, "labels": {"human": 641, "machine": 59}}
+RERUN = {**DATA, "read": 800, "rejected": 100, "rejected_by_reason": {"duplicate photo": 100}}
 EVALUATION = {"multiclass_classification_metrics": {"accuracy": {"value": 0.990476}}, "test_images": 105}
 PACKAGE = {
     "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/robocar-classifiers/2",
@@ -68,11 +69,17 @@ def test_the_summary_lines_say_what_each_stage_did() -> None:
         "predict   100 of 100 new photos pre-labelled on the car's runtime: 412.3 photos/s",
         "review    97 accepted unchanged, 3 corrected, 0 rejected "
         "(a scripted correct reviewer, through the review page's API)",
-        "retrain   700 photos: 700 human labels, 0 machine labels; test accuracy 0.9905 on 105 photos",
+        "retrain   700 photos read, 700 accepted: 641 human labels, 59 machine labels",
+        "          test accuracy 0.9905 on 105 photos",
         f"          {PACKAGE['ModelPackageArn']} (PendingManualApproval)",
         f"by hand   {COMMAND}   (the same review in your browser)",
     ]
     assert shlex.split(lines[-1].split("   ")[1])[:3] == ["robocar", "label", "review"]
+    rerun = labelling_lines(PREDICTED, review, RERUN, EVALUATION, COMMAND, PACKAGE)
+    assert rerun[3] == (
+        "retrain   800 photos read, 700 accepted (100 rejected: duplicate photo x100): "
+        "641 human labels, 59 machine labels"
+    )
 
 
 def test_the_summary_says_when_nothing_was_retrained() -> None:
