@@ -71,7 +71,10 @@ def chosen_corrections(records: list[dict[str, Any]], truth: dict[str, str], cla
         photo = Path(records[index]["source-ref"])
         predicted = records[index]["prelabel-metadata"]["class-name"]
         right = truth[photo.name]
-        chosen[index] = (photo, right if right != predicted else classes[(classes.index(right) + 1) % 3])
+        chosen[index] = (
+            photo,
+            right if right != predicted else classes[(classes.index(right) + 1) % len(classes)],
+        )
     return dict(sorted(chosen.items()))
 
 
@@ -85,9 +88,7 @@ def review_in_the_page(page: Any, url: str, journal: Path, total: int, correctio
     classes = get_json(url, "/api/state")["classes"]
     at = 0
     for done, (index, (_, name)) in enumerate(corrections.items(), start=1):
-        for _ in range(index - at):
-            page.keyboard.press("j")
-        expect_record(page, index + 1, total)
+        at = walk(page, at, index, total)
         if done == 1:
             page.keyboard.press(str(classes.index(name) + 1))
         else:
@@ -99,11 +100,17 @@ def review_in_the_page(page: Any, url: str, journal: Path, total: int, correctio
     at = get_json(url, "/api/state")["next"]
     expect_record(page, at + 1, total)
     for index, (_, name) in corrections.items():
-        for _ in range(abs(index - at)):
-            page.keyboard.press("j" if index > at else "k")
-        expect_record(page, index + 1, total)
+        at = walk(page, at, index, total)
         expect(page.locator("#decision")).to_have_text(f"Decided: corrected to {name}")
-        at = index
+
+
+def walk(page: Any, at: int, to: int, total: int) -> int:
+    """From record ``at`` to record ``to`` (0-based) with the page's j/k keys, one record at a time."""
+    while at != to:
+        page.keyboard.press("j" if to > at else "k")
+        at += 1 if to > at else -1
+        expect_record(page, at + 1, total)
+    return at
 
 
 @pytest.mark.slow
