@@ -606,7 +606,9 @@ def _classify(
 
     def opener(path: Path) -> Any:
         if kind is detect:
-            return detect.open_detector(path, prefer=args.edge_prefer, threads=args.threads)
+            return detect.open_detector(
+                path, prefer=args.edge_prefer, threads=args.threads, min_score=args.min_score
+            )
         return classify.open_classifier(path, prefer=args.edge_prefer, threads=args.threads)
 
     def answer(source: Any, live: Any, outputs: list[Any], **loop: Any) -> Any:

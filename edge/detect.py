@@ -43,33 +43,50 @@ def decode_boxes(
     loc_preds: np.ndarray, anchors: np.ndarray, variances: Sequence[float] = DEFAULT_VARIANCES
 ) -> np.ndarray:
     """Offsets (A, 4) from anchors (A, 4) corner boxes -> boxes (A, 4) [xmin, ymin, xmax, ymax] clipped
-    to [0, 1], in float32 in the operator's order of operations (so ties in NMS fall the same way)."""
-    vx, vy, vw, vh = (np.float32(v) for v in variances)
-    al, at, ar, ab = (anchors[:, k] for k in range(4))
-    px, py, pw, ph = (loc_preds[:, k] for k in range(4))
+    to [0, 1], in float32 in the operator's order of operations (so ties in NMS fall the same way); x and
+    y side by side, as the operator computes each the same way."""
+    scale = np.asarray(variances, dtype=np.float32)
     two = np.float32(2)
-    aw, ah = ar - al, ab - at
-    ax, ay = (al + ar) / two, (at + ab) / two
-    ox, oy = px * vx * aw + ax, py * vy * ah + ay
-    ow, oh = np.exp(pw * vw) * aw / two, np.exp(ph * vh) * ah / two
-    boxes = np.stack([ox - ow, oy - oh, ox + ow, oy + oh], axis=1)
-    return np.clip(boxes, np.float32(0), np.float32(1)).astype(np.float32)
+    size = anchors[:, 2:] - anchors[:, :2]
+    centre = loc_preds[:, :2] * scale[:2] * size + (anchors[:, :2] + anchors[:, 2:]) / two
+    half = np.exp(loc_preds[:, 2:] * scale[2:]) * size / two
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    return np.clip(boxes, np.float32(0), np.float32(1), out=boxes)
 
 
-def iou_with(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one corner box with each of ``boxes`` (N, 4), float32 like the operator; 0 where the union
-    is empty (two boxes of no area)."""
+def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """IoU of every pair of corner boxes (N, 4) -> (N, N), in float32 and the operator's order of
+    operations (so a pair exactly at the NMS threshold falls the same way); 0 where the union is empty
+    (two boxes of no area)."""
     zero = np.float32(0)
-    w = np.maximum(zero, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
-    h = np.maximum(zero, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
+    left, top, right, bottom = (boxes[:, k] for k in range(4))
+    w = np.maximum(zero, np.minimum(right[:, None], right) - np.maximum(left[:, None], left))
+    h = np.maximum(zero, np.minimum(bottom[:, None], bottom) - np.maximum(top[:, None], top))
     inter = w * h
-    union = (
-        (box[2] - box[0]) * (box[3] - box[1])
-        + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        - inter
-    )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union <= zero, zero, inter / np.where(union <= zero, np.float32(1), union))
+    area = (right - left) * (bottom - top)
+    union = area[:, None] + area - inter
+    empty = union <= zero  # divided by 1 instead, then 0: no division by zero to warn about
+    return np.where(empty, zero, inter / np.where(empty, np.float32(1), union))
+
+
+def greedy_nms(boxes: np.ndarray, classes: np.ndarray, limit: float, force_suppress: bool) -> np.ndarray:
+    """Which of ``boxes`` (best score first) survive greedy NMS: a box is suppressed by a better
+    surviving one of its class (any class with ``force_suppress``) when their IoU is >= ``limit``.
+
+    One IoU matrix over the survivors of the threshold and top-k (a few dozen for a trained model, at
+    most ``nms_topk``), then one vector operation per box that suppresses something: the box-by-box
+    loop of the operator in Python cost about 25 us per candidate (benchmarks/README.md, "Detection")."""
+    alive = np.ones(len(boxes), dtype=bool)
+    if len(boxes) < 2:
+        return alive
+    suppresses = pairwise_iou(boxes) >= np.float32(limit)
+    if not force_suppress:
+        suppresses &= classes[:, None] == classes
+    suppresses = np.triu(suppresses, 1)  # only a better box (earlier row) suppresses a worse one
+    for i in np.flatnonzero(suppresses.any(axis=1)):
+        if alive[i]:  # final: only earlier rows can suppress row i, and they have all been applied
+            alive &= ~suppresses[i]
+    return alive
 
 
 def _as_inputs(
@@ -118,28 +135,23 @@ def decode(
         raise DecodeError(f"variances must be 4 numbers, got {variances!r}")
     probabilities, offsets, corners = _as_inputs(cls_prob, loc_preds, anchors)
     foreground = probabilities[1:]
-    # The operator starts from a score of -1 and takes a class only when strictly greater (NaN never is).
-    foreground = np.where(np.isnan(foreground), np.float32(-np.inf), foreground)
-    best = np.argmax(foreground, axis=0)
-    scores = foreground[best, np.arange(foreground.shape[1])]
-    valid = (scores > np.float32(-1)) & ~(scores < np.float32(threshold))
-    (kept,) = np.nonzero(valid)
+    # An anchor's score is its best foreground probability; the operator starts from -1 and takes a class
+    # only when strictly greater, so NaN never wins (fmax skips it) and an anchor with nothing above -1
+    # is no detection. The threshold comes before anything per anchor is computed: of 1,344 anchors a
+    # trained model leaves a few dozen at 0.01 (benchmarks/README.md, "Detection").
+    scores = np.fmax.reduce(foreground, axis=0)
+    (kept,) = np.nonzero((scores > np.float32(-1)) & ~(scores < np.float32(threshold)))
     if kept.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     order = kept[np.argsort(-scores[kept], kind="stable")]  # std::stable_sort, descending score
     if 0 < nms_topk < order.size:
         order = order[:nms_topk]
-    classes = best[order].astype(np.float32)
+    candidates = foreground[:, order]
+    # the first class reaching the score: on a tie the lower class wins, as the operator's strict > keeps
+    classes = np.argmax(np.where(np.isnan(candidates), np.float32(-np.inf), candidates), axis=0)
+    classes = classes.astype(np.float32)
     boxes = decode_boxes(offsets[order], corners[order], variances)
-    alive = np.ones(order.size, dtype=bool)
-    limit = np.float32(nms_threshold)
-    for i in range(order.size):
-        if not alive[i]:
-            continue
-        rivals = np.arange(i + 1, order.size)
-        rivals = rivals[alive[rivals] & (force_suppress | (classes[rivals] == classes[i]))]
-        if rivals.size:
-            alive[rivals[iou_with(boxes[i], boxes[rivals]) >= limit]] = False
+    alive = greedy_nms(boxes, classes, nms_threshold, force_suppress)
     rows = np.column_stack([classes, scores[order], boxes]).astype(np.float32)
     return rows[alive]
 
@@ -209,15 +221,36 @@ def check_manifest(manifest: Mapping[str, Any]) -> tuple[list[str], Any, dict[st
     return classes, transform, kwargs
 
 
+def reporting_settings(settings: Mapping[str, Any], min_score: float | None) -> dict[str, Any]:
+    """decode's settings for a car that reports only boxes scoring at least ``min_score``: the score
+    threshold raised to it. The boxes it keeps are exactly those of the package's own threshold that score
+    at least ``min_score`` (greedy NMS lets only a better box suppress one, top-k keeps the best first), and
+    the few candidates above it make decoding cheap (benchmarks/README.md, "Detection")."""
+    if min_score is None:
+        return dict(settings)
+    if not 0.0 <= min_score <= 1.0:
+        raise DetectorError(f"--min-score must be in [0, 1], got {min_score}")
+    return {**settings, "threshold": max(float(settings.get("threshold", 0.01)), float(min_score))}
+
+
 class Detector:
-    """One artifact of a detector package, loaded: a photo in, detections (K, 6) out (decode's rows)."""
+    """One artifact of a detector package, loaded: a photo in, detections (K, 6) out (decode's rows).
+
+    ``min_score``: the car reports only boxes scoring at least that, so ``__call__`` decodes with it as
+    the threshold (``reporting_settings``); None keeps every box down to the package's threshold (mAP)."""
 
     def __init__(
-        self, package_dir: Path, artifact: Mapping[str, Any], manifest: Mapping[str, Any], threads: int
+        self,
+        package_dir: Path,
+        artifact: Mapping[str, Any],
+        manifest: Mapping[str, Any],
+        threads: int,
+        min_score: float | None = None,
     ):
         from edge.classify import onnx_artifact
 
         self.classes, self.transform, self.settings = check_manifest(manifest)
+        self.call_settings = reporting_settings(self.settings, min_score)
         self.artifact = dict(artifact)
         self.runtime = str(artifact.get("runtime"))
         self._session = onnx_artifact(package_dir, artifact, threads, DetectorError, "detectors")
@@ -259,19 +292,22 @@ class Detector:
     def __call__(self, photo: Any) -> np.ndarray:
         """One photo (a file, a Pillow image or an RGB uint8 array) -> detections (K, 6), best first."""
         cls_prob, loc_preds = self.heads(photo)
-        return decode(cls_prob, loc_preds, self.anchors, **self.settings)
+        return decode(cls_prob, loc_preds, self.anchors, **self.call_settings)
 
 
-def open_detector(package_dir: Path, *, prefer: str | None = None, threads: int = 1) -> Detector:
+def open_detector(
+    package_dir: Path, *, prefer: str | None = None, threads: int = 1, min_score: float | None = None
+) -> Detector:
     """An extracted detector package -> its Detector: ``prefer``, else the artifact the agent measured
-    fastest here, else the manifest's default (as edge.classify.open_classifier)."""
+    fastest here, else the manifest's default (as edge.classify.open_classifier); ``min_score``: what the
+    car reports (``Detector``)."""
     manifest = runtimes.read_manifest(package_dir)
     if runtimes.task_of(manifest) != runtimes.DETECTION_TASK:
         raise DetectorError(
             f"{package_dir} is not a detector package (its task: {runtimes.task_of(manifest)})"
         )
     artifact = runtimes.choose_artifact(manifest, prefer, chosen=runtimes.read_choice(package_dir))
-    return Detector(Path(package_dir), artifact, manifest, threads)
+    return Detector(Path(package_dir), artifact, manifest, threads, min_score)
 
 
 def smoke_check(detector: Detector, image: np.ndarray) -> dict[str, Any]:

@@ -256,7 +256,9 @@ def model_opener(prefer: str | None = None, threads: int = 1) -> Callable[[Path]
 
     def open_model(path: Path) -> Any:
         if detect.is_detector(path):
-            return detect.open_detector(path, prefer=prefer, threads=threads)
+            return detect.open_detector(
+                path, prefer=prefer, threads=threads, min_score=detect.DEFAULT_MIN_SCORE
+            )
         if classify.is_classifier(path):
             return classify.open_classifier(path, prefer=prefer, threads=threads)
         return drive.open_pilot(path, prefer=prefer, threads=threads)

@@ -1,6 +1,7 @@
 """The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives;
 then the classifier recipe the same way (pipelines/demo_classifier.py), the auto-labelling loop on that
-classifier (pipelines/demo_labelling.py), and one summary.
+classifier (pipelines/demo_labelling.py), then the detection recipe (pipelines/demo_detection.py), and
+one summary.
 
 Each stage runs the very command a user would type (echoed as ``$ robocar ...``), so the demo is also
 the tutorial. The summary at the end is read back from what the stages wrote: the data report, the
@@ -51,11 +52,82 @@ class DemoConfig:
     parameters: Sequence[str] = field(default_factory=tuple)
     classifier: bool = True  # then the classifier recipe (pipelines/demo_classifier.py)
     labelling: bool = True  # then the auto-labelling loop on that classifier (pipelines/demo_labelling.py)
+    detection: bool = True  # then the detection recipe (pipelines/demo_detection.py)
 
 
 def _settings_flags() -> list[str]:
     where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": PIPELINE_NAME, "model-package-group": GROUP}
     return [token for key, value in where.items() for token in (f"--{key}", value)]
+
+
+def recipe_settings_flags(recipe: str) -> list[str]:
+    """``--recipe`` and the settings as flags for one image recipe, with its pipeline and group
+    (edge/settings.py RECIPE_NAMES), as ``_settings_flags`` does for the pilot."""
+    from edge.settings import RECIPE_NAMES
+
+    pipeline, group = RECIPE_NAMES[recipe]
+    where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": pipeline, "model-package-group": group}
+    return ["--recipe", recipe, *(token for key, value in where.items() for token in (f"--{key}", value))]
+
+
+@dataclass(frozen=True)
+class ImageRecipeDemo:
+    """One image recipe's half of the demo (pipelines/demo_classifier.py, pipelines/demo_detection.py):
+    labelled synthetic photos -> ``robocar run --local`` -> approve -> the car answers new photos."""
+
+    recipe: str  # classifier | detection
+    synth: str  # robocar data synth's flag: --classifier | --detection
+    data: str  # workspace folder of the labelled photos (--data)
+    unseen: str  # workspace folder of the new photos the car answers
+    car: str  # workspace folder of the car's root
+    answers: str  # the car's JSON lines <answers>.jsonl and summary <answers>-summary.json
+    classes: int
+    photos: int
+    epochs: int
+    car_photos: int
+    artifact: str  # the artifact the car prefers
+
+
+def run_image_recipe_demo(
+    demo: ImageRecipeDemo, workspace: Path, seed: int
+) -> tuple[dict[str, Any], Path, Path]:
+    """Every stage of an image recipe's half; returns (the car's run summary, the new photos' folder, the
+    car's JSON lines)."""
+    labelled = workspace / demo.data / f"synth-{demo.classes}x{demo.photos}-s{seed}"
+    if not labelled.exists():
+        robocar(
+            "data", "synth", demo.synth, "--out", labelled, "--classes", demo.classes,
+            "--images", demo.photos, "--seed", seed,
+        )  # fmt: skip
+    else:
+        print(f"\nlabelled photos already in {labelled} (delete the workspace to make them anew)")
+    epochs = f"Epochs={demo.epochs}"
+    flags = recipe_settings_flags(demo.recipe)
+    robocar(
+        "run", "--local", "--workspace", workspace, "--data", workspace / demo.data, "--param", epochs, *flags
+    )
+    registry = ["--workspace", workspace, "--recipe", demo.recipe]
+    robocar("registry", "list", *registry)
+    robocar(
+        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
+    )
+    unseen = workspace / demo.unseen / f"synth-{demo.classes}x{demo.car_photos}-s{seed + 1000}"
+    if not unseen.exists():
+        robocar(
+            "data", "synth", demo.synth, "--out", unseen, "--classes", demo.classes,
+            "--images", demo.car_photos, "--seed", seed + 1000,
+        )  # fmt: skip
+    car = workspace / demo.car
+    edge = ["--root", car, "--workspace", workspace, "--recipe", demo.recipe, "--target", EDGE_TARGET]
+    robocar("edge", "pull", *edge, "--prefer", demo.artifact)
+    results = workspace / f"{demo.answers}.jsonl"
+    summary_json = workspace / f"{demo.answers}-summary.json"
+    robocar(
+        "edge", "run", *edge, "--prefer", demo.artifact, "--no-pull", "--images", unseen / "images",
+        "--output", results, "--summary-json", summary_json, "--quiet",
+    )  # fmt: skip
+    summary = json.loads(summary_json.read_text()) if summary_json.exists() else {}
+    return summary, unseen, results
 
 
 def robocar(*argv: str | Path, main: Callable[[list[str]], int] | None = None) -> None:
@@ -146,10 +218,11 @@ def summarise(
     wall_s: float,
     classified: dict[str, Any] | None = None,
     labelled: dict[str, Any] | None = None,
+    detected: dict[str, Any] | None = None,
 ) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s; then
-    the classifier's (``classified``: what its car reported) and the auto-labelling loop's (``labelled``:
-    where its stages wrote) when the demo ran them."""
+    the classifier's (``classified``: what its car reported), the auto-labelling loop's (``labelled``:
+    where its stages wrote) and the detector's (``detected``) when the demo ran them."""
     from edge.aws import clients
 
     aws = clients(local_root=str(workspace))
@@ -204,6 +277,10 @@ def summarise(
         from pipelines.demo_labelling import summary_lines as labelling_summary
 
         lines += ["-" * 78, *labelling_summary(workspace, labelled)]
+    if detected is not None:
+        from pipelines.demo_detection import summary_lines as detection_lines
+
+        lines += ["-" * 78, *detection_lines(workspace, detected)]
     lines.append(f"time      {wall_s:.0f} s in all")
     return "\n".join(lines)
 
@@ -255,7 +332,12 @@ def run_demo(config: DemoConfig) -> int:
         from pipelines.demo_labelling import LabellingDemo, run_labelling_demo
 
         labelled = run_labelling_demo(LabellingDemo(workspace, seed=config.seed))
-    print(summarise(workspace, drive, time.monotonic() - started, classified, labelled))
+    detected: dict[str, Any] | None = None
+    if config.detection:
+        from pipelines.demo_detection import DetectionDemo, run_detection_demo
+
+        detected = run_detection_demo(DetectionDemo(workspace, seed=config.seed))
+    print(summarise(workspace, drive, time.monotonic() - started, classified, labelled, detected))
     return 0
 
 

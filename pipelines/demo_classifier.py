@@ -15,18 +15,16 @@ from typing import Any
 
 from edge.settings import RECIPE_NAMES
 from pipelines.demo import (
-    EDGE_TARGET,
-    PREFIX,
+    ImageRecipeDemo,
     _fmt,
     _human_bytes,
     _s3_json,
     compiled_report_uri,
     newest_execution,
     output_uri,
-    robocar,
+    run_image_recipe_demo,
     this_models_package,
 )
-from pipelines.settings import EXAMPLE_VALUES
 
 PIPELINE_NAME, GROUP = RECIPE_NAMES["classifier"]
 # The demo's own choices (the pipeline's defaults are in pipelines/classifier/pipeline.py): 4 classes,
@@ -48,54 +46,16 @@ class ClassifierDemo:
     car_photos: int = CAR_PHOTOS
 
 
-def settings_flags() -> list[str]:
-    where = {**EXAMPLE_VALUES, "prefix": PREFIX, "pipeline-name": PIPELINE_NAME, "model-package-group": GROUP}
-    return [
-        "--recipe",
-        "classifier",
-        *(token for key, value in where.items() for token in (f"--{key}", value)),
-    ]
-
-
 def run_classifier_demo(config: ClassifierDemo) -> dict[str, Any]:
     """Every stage of the classifier's half; returns what the summary needs from the car."""
-    workspace = config.workspace
-    labels = workspace / "labels"
-    labelled = labels / f"synth-{config.classes}x{config.photos}-s{config.seed}"
-    if not labelled.exists():
-        robocar(
-            "data", "synth", "--classifier", "--out", labelled, "--classes", config.classes,
-            "--images", config.photos, "--seed", config.seed,
-        )  # fmt: skip
-    else:
-        print(f"\nlabelled photos already in {labelled} (delete the workspace to make them anew)")
-    flags = settings_flags()
-    epochs = f"Epochs={config.epochs}"
-    robocar("run", "--local", "--workspace", workspace, "--data", labels, "--param", epochs, *flags)
-    registry = ["--workspace", workspace, "--recipe", "classifier"]
-    robocar("registry", "list", *registry)
-    robocar(
-        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
-    )
-    unseen = workspace / "car-photos" / f"synth-{config.classes}x{config.car_photos}-s{config.seed + 1000}"
-    if not unseen.exists():
-        robocar(
-            "data", "synth", "--classifier", "--out", unseen, "--classes", config.classes,
-            "--images", config.car_photos, "--seed", config.seed + 1000,
-        )  # fmt: skip
-    car = workspace / "car-classifier"
-    edge = ["--root", car, "--workspace", workspace, "--recipe", "classifier", "--target", EDGE_TARGET]
-    robocar("edge", "pull", *edge, "--prefer", CAR_ARTIFACT)
-    results = workspace / "classify.jsonl"
-    summary_json = workspace / "classify-summary.json"
-    robocar(
-        "edge", "run", *edge, "--prefer", CAR_ARTIFACT, "--no-pull", "--images", unseen / "images",
-        "--output", results, "--summary-json", summary_json, "--quiet",
+    demo = ImageRecipeDemo(
+        "classifier", "--classifier", "labels", "car-photos", "car-classifier", "classify",
+        config.classes, config.photos, config.epochs, config.car_photos, CAR_ARTIFACT,
     )  # fmt: skip
-    summary = json.loads(summary_json.read_text()) if summary_json.exists() else {}
+    summary, unseen, results = run_image_recipe_demo(demo, config.workspace, config.seed)
     summary["accuracy_on_new_photos"] = car_accuracy(results, unseen)
     # this half's execution: the summary reads it, not a later one (the auto-labelling loop's retrain)
-    summary["execution"] = str(newest_execution(workspace, PIPELINE_NAME).path)
+    summary["execution"] = str(newest_execution(config.workspace, PIPELINE_NAME).path)
     return summary
 
 

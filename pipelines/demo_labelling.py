@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.demo import _fmt, _s3_json, output_uri, robocar, this_models_package
-from pipelines.demo_classifier import DEMO_CLASSES, GROUP, PIPELINE_NAME, settings_flags
+from pipelines.demo import _fmt, _s3_json, output_uri, recipe_settings_flags, robocar, this_models_package
+from pipelines.demo_classifier import DEMO_CLASSES, GROUP, PIPELINE_NAME
 from pipelines.labelling import manifest
 from processing.ground_truth import ADJUSTMENT_STATUS, METADATA_SUFFIX
 
@@ -138,7 +138,7 @@ def run_labelling_demo(config: LabellingDemo) -> dict[str, Any]:
             "data", "synth", "--classifier", "--unlabelled", "--out", new, "--classes", config.classes,
             "--images", config.photos, "--seed", seed,
         )  # fmt: skip
-    flags = ["--workspace", workspace, *settings_flags()]
+    flags = ["--workspace", workspace, *recipe_settings_flags("classifier")]
     prelabels = workspace / "prelabels"
     car = ["--via", "car", "--car-root", workspace / "labeller"]
     robocar("label", "predict", new / "images", "--out", prelabels, *car, *flags)

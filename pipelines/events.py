@@ -13,9 +13,9 @@ reaches ``ModelApprovalStatus: Approved``.
 
 Each recipe has its own "new data" rule on its own raw folder (``pipelines.datasets.RAW_FOLDERS``), told
 apart by what completes an upload there (``NEW_DATA_ENDINGS``): the pilot's a tub (above), the
-classifier's a Ground Truth output manifest (``*.manifest``, written by the labelling job once every
-label is in, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html), which names the
-photos uploaded beside it.
+classifier's and the detector's a Ground Truth output manifest (``*.manifest``, written by the labelling
+job once every label is in, https://docs.aws.amazon.com/sagemaker/latest/dg/sms-data-output.html), which
+names the photos uploaded beside it.
 """
 
 from __future__ import annotations
@@ -40,10 +40,15 @@ GROUND_TRUTH_MANIFEST_SUFFIX = ".manifest"  # a Ground Truth output manifest (do
 NEW_DATA_ENDINGS = {
     "pilot": (f"/{TUB_MARKER}", *ARCHIVE_SUFFIXES),
     "classifier": (GROUND_TRUTH_MANIFEST_SUFFIX,),
+    "detection": (GROUND_TRUTH_MANIFEST_SUFFIX,),
 }
 # Per recipe, the ending of a completing object whose folder's other files arrive with it (a tub's
 # images, a labelled set's photos): the object is new data once they, too, have settled.
-FOLDER_MARKERS = {"pilot": f"/{TUB_MARKER}", "classifier": GROUND_TRUTH_MANIFEST_SUFFIX}
+FOLDER_MARKERS = {
+    "pilot": f"/{TUB_MARKER}",
+    "classifier": GROUND_TRUTH_MANIFEST_SUFFIX,
+    "detection": GROUND_TRUTH_MANIFEST_SUFFIX,
+}
 EXAMPLE_ACCOUNT = "123456789012"  # never a real account (house rule)
 _EVENT_NAMESPACE = uuid.UUID("0c6a3bb5-93f5-4c33-a1b7-7b8f0e5b6d1e")  # event ids derive from content
 

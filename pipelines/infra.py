@@ -63,7 +63,7 @@ _IN_PROGRESS = re.compile(r"_IN_PROGRESS$")
 
 
 # Each recipe's names in the template: its parameters (what TriggerConfig and the settings call them) and
-# its two rules. One stack serves both recipes, each rule starting or rolling out only its own.
+# its two rules. One stack serves every recipe, each rule starting or rolling out only its own.
 RECIPE_PARAMETERS = {
     "pilot": {
         "pipeline_name": "PipelineName",
@@ -77,9 +77,23 @@ RECIPE_PARAMETERS = {
         "thing_group": "ClassifierThingGroupName",
         "component_name": "ClassifierComponentName",
     },
+    "detection": {
+        "pipeline_name": "DetectionPipelineName",
+        "model_package_group": "DetectionModelPackageGroupName",
+        "thing_group": "DetectionThingGroupName",
+        "component_name": "DetectionComponentName",
+    },
 }
-NEW_DATA_RULES = {"pilot": "NewDataRule", "classifier": "ClassifierNewDataRule"}
-APPROVED_RULES = {"pilot": "ApprovedRule", "classifier": "ClassifierApprovedRule"}
+NEW_DATA_RULES = {
+    "pilot": "NewDataRule",
+    "classifier": "ClassifierNewDataRule",
+    "detection": "DetectionNewDataRule",
+}
+APPROVED_RULES = {
+    "pilot": "ApprovedRule",
+    "classifier": "ClassifierApprovedRule",
+    "detection": "DetectionApprovedRule",
+}
 
 
 class InfraError(RuntimeError):

@@ -38,7 +38,11 @@ COMPONENT_KINDS: dict[str, tuple[Path, str]] = {
 # Each recipe's models reach the cars as their own component (the stack's Greengrass component name
 # parameters default to these): a classifier version never replaces a pilot version, and a car runs
 # the one model its thing group deploys (docs/rollout.md, "One model per car").
-COMPONENT_NAMES = {"pilot": COMPONENT_NAME, "classifier": "com.robocar.Classifier"}
+COMPONENT_NAMES = {
+    "pilot": COMPONENT_NAME,
+    "classifier": "com.robocar.Classifier",
+    "detection": "com.robocar.Detector",
+}
 # DefaultConfiguration keys that render_recipe sets per package: every deployment must merge them.
 VERSION_CONFIGURATION_KEYS = ("ModelPackageGroup", "ModelPackageArn", "Target", "ArtifactSha256")
 

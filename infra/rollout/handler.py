@@ -27,7 +27,8 @@ One function serves every recipe. The pilot's "approved" rule passes SageMaker's
 pilot's group, component and thing group (``MODEL_PACKAGE_GROUP``, ``COMPONENT_NAME``,
 ``THING_GROUP_ARN``). The classifier's rule passes ``{"recipe": "classifier", "region": ..., "detail":
 ...}`` through its target's input transformer: the ``CLASSIFIER_*`` variables, so an approved classifier
-goes to the classifier's cars as its own component, and a car (in one of the two groups) runs one model.
+goes to the classifier's cars as its own component; the detector's rule the same with ``"detection"`` and
+the ``DETECTION_*`` variables. A car (in one of the recipes' groups) runs one model.
 
 Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime; the recipe template travels
 as JSON because the runtime has no PyYAML) and locally, where ``robocar trigger`` passes local clients
@@ -71,7 +72,7 @@ MAX_LIST_PAGES = 100  # LATEST_ONLY for one target holds one deployment; this on
 
 
 # The environment variables of each recipe's configuration (infra/template.yaml, RolloutFunction).
-ENVIRONMENT_PREFIXES = {"pilot": "", "classifier": "CLASSIFIER_"}
+ENVIRONMENT_PREFIXES = {"pilot": "", "classifier": "CLASSIFIER_", "detection": "DETECTION_"}
 
 
 class RolloutError(RuntimeError):

@@ -19,7 +19,8 @@ One function serves every recipe. The pilot's rule passes S3's event as it is: t
 detail>}`` through its target's input transformer
 (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-transform-target-input.html): the
 classifier's raw folder (``pipelines.datasets.RAW_FOLDERS``, ``<prefix>/raw-classifier/``) and
-``CLASSIFIER_PIPELINE_NAME``. The event names a recipe, never a pipeline or a folder: those come from the
+``CLASSIFIER_PIPELINE_NAME``; the detector's rule the same with ``"detection"`` (``<prefix>/raw-detection/``,
+``DETECTION_PIPELINE_NAME``). The event names a recipe, never a pipeline or a folder: those come from the
 function's own environment and the one table of raw folders.
 
 Runs in Lambda (``handler.handler``, Python 3.12, boto3 from the runtime) and locally, where
@@ -45,7 +46,11 @@ DESCRIPTION_MAX = 3072  # PipelineExecutionDescription: 0 to 3,072 characters (b
 
 
 # The environment variable holding each recipe's pipeline name (infra/template.yaml, SnapshotFunction).
-PIPELINE_NAME_VARIABLES = {"pilot": "PIPELINE_NAME", "classifier": "CLASSIFIER_PIPELINE_NAME"}
+PIPELINE_NAME_VARIABLES = {
+    "pilot": "PIPELINE_NAME",
+    "classifier": "CLASSIFIER_PIPELINE_NAME",
+    "detection": "DETECTION_PIPELINE_NAME",
+}
 
 
 class SnapshotError(RuntimeError):

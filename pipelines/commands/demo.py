@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole pipeline locally on synthetic tubs, then the car drives with the approved model",
         description="Synthetic DonkeyCar tubs -> `robocar run --local` (preprocess, train, evaluate, "
-        "compile, register) -> approve -> `robocar edge pull/run` with the int8 artifact -> a summary. "
+        "compile, register) -> approve -> `robocar edge pull/run` with the int8 artifact -> a summary; "
+        "then the classifier and the detection recipes the same way on synthetic labelled photos. "
         "No AWS account, no Docker. A second run reuses the cached steps.",
     )
     parser.add_argument(
@@ -46,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="extra pipeline parameter, repeatable",
     )
     parser.add_argument(
-        "--pilot-only", action="store_true", help="run the pilot recipe only (skip the classifier's half)"
+        "--pilot-only", action="store_true", help="run the pilot recipe only (skip the image recipes)"
+    )
+    parser.add_argument(
+        "--no-detection", action="store_true", help="skip the detection recipe (pilot and classifier only)"
     )
     parser.add_argument(
         "--no-labelling",
@@ -70,5 +74,6 @@ def _demo(args: argparse.Namespace) -> int:
             parameters=tuple(args.param),
             classifier=not args.pilot_only,
             labelling=not args.no_labelling,
+            detection=not (args.pilot_only or args.no_detection),
         )  # fmt: skip
     )

@@ -25,7 +25,7 @@ TEMPLATE_FLAGS = {
     "GreengrassComponentName": ("--component-name", None, "Greengrass component (com.robocar.Pilot)"),
     "EdgeTarget": ("--edge-target", "edge_target", "the compiled artifact the cars run (rasp4b)"),
     # The classifier recipe's names (its raw data: PREFIX/raw-classifier/). Not shared with the pipeline
-    # settings: those name one recipe's pipeline at a time, the stack serves both.
+    # settings: those name one recipe's pipeline at a time, the stack serves every recipe.
     "ClassifierPipelineName": (
         "--classifier-pipeline-name",
         None,
@@ -45,6 +45,27 @@ TEMPLATE_FLAGS = {
         "--classifier-component-name",
         None,
         "the classifier's Greengrass component (com.robocar.Classifier)",
+    ),
+    # The detection recipe's names (its raw data: PREFIX/raw-detection/), as the classifier's.
+    "DetectionPipelineName": (
+        "--detection-pipeline-name",
+        None,
+        "the pipeline a Ground Truth bounding-box manifest starts (robocar-detector)",
+    ),
+    "DetectionModelPackageGroupName": (
+        "--detection-model-package-group",
+        None,
+        "the detector's registry group (robocar-detectors)",
+    ),
+    "DetectionThingGroupName": (
+        "--detection-thing-group",
+        None,
+        "the IoT thing group of the cars that run the detector (robocar-detector-cars)",
+    ),
+    "DetectionComponentName": (
+        "--detection-component-name",
+        None,
+        "the detector's Greengrass component (com.robocar.Detector)",
     ),
 }
 

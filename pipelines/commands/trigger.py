@@ -19,14 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="poll the recipe's local raw-data prefix and registry group, as the stack's rules do on AWS",
         description="Poll the workspace's local S3 folder under the recipe's raw-data prefix. The pilot "
         "(--recipe pilot, the default) watches <prefix>/raw/: an uploaded tub (its manifest.json) or tub "
-        "archive (.tar.gz/.zip); the classifier (--recipe classifier) watches <prefix>/raw-classifier/: a "
-        "Ground Truth output manifest (*.manifest), once it and the photos in its folder have settled. "
-        "Either runs the snapshot function, which names the raw prefix's contents by a manifest under "
-        "<prefix>/datasets/ and starts one local execution of the recipe's pipeline on it, however often "
+        "archive (.tar.gz/.zip); the classifier (--recipe classifier) watches <prefix>/raw-classifier/ and "
+        "the detector (--recipe detection) <prefix>/raw-detection/: a Ground Truth output manifest "
+        "(*.manifest), once it and the photos in its folder have settled. Each runs the snapshot "
+        "function, which names the raw prefix's contents by a manifest under <prefix>/datasets/ and "
+        "starts one local execution of the recipe's pipeline on it, however often "
         "it is seen (one dataset, one execution). Poll the recipe's group in the local model registry: a "
         "package that becomes Approved is rolled out as the recipe's Greengrass component to the "
         "recipe's thing group (com.robocar.Pilot to robocar-cars, com.robocar.Classifier to "
-        "robocar-classifier-cars: a car runs one model), recorded under <workspace>/greengrass/. "
+        "robocar-classifier-cars, com.robocar.Detector to robocar-detector-cars: a car runs one model), "
+        "recorded under <workspace>/greengrass/. "
         "The rules are those of infra/template.yaml (pipelines/events.py). The pipeline must have been "
         "upserted locally once (`robocar run --local`, with the same --recipe).",
     )

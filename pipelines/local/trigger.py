@@ -1,8 +1,9 @@
 """Local EventBridge: one recipe's two rules of ``infra/template.yaml`` driven by polling the local workspace.
 
 A watch serves one recipe (``TriggerConfig.recipe``): the pilot's rules watch ``<prefix>/raw/`` (tubs) and
-its group, the classifier's ``<prefix>/raw-classifier/`` (Ground Truth output manifests and their photos)
-and its group; each starts only its own pipeline and rolls out to its own component and thing group.
+its group, the classifier's ``<prefix>/raw-classifier/`` and the detector's ``<prefix>/raw-detection/``
+(Ground Truth output manifests and their photos) and their groups; each starts only its own pipeline
+and rolls out to its own component and thing group.
 Each poll (``poll_once``):
 
 1. lists the recipe's raw-data prefix of the local S3 folder (``ROOT/s3/<bucket>/<prefix>/<raw folder>/``,
@@ -56,7 +57,11 @@ STATE_FORMAT = "robocar-triggers/1"
 # Each recipe's cars: a car runs one model, so a car is in one of these groups, and each recipe's approved
 # packages go to its own group as its own component (edge.greengrass.component.COMPONENT_NAMES). The
 # stack's thing group parameters default to these (infra/template.yaml).
-THING_GROUPS = {"pilot": "robocar-cars", "classifier": "robocar-classifier-cars"}
+THING_GROUPS = {
+    "pilot": "robocar-cars",
+    "classifier": "robocar-classifier-cars",
+    "detection": "robocar-detector-cars",
+}
 DEFAULT_THING_GROUP = THING_GROUPS["pilot"]
 
 

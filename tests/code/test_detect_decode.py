@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.detect import DecodeError, decode, decode_boxes, iou_with
+from edge.detect import DecodeError, decode, decode_boxes, greedy_nms, pairwise_iou, reporting_settings
 
 
 def heads(scores_by_class: list[list[float]], anchors: list[list[float]]) -> tuple[np.ndarray, ...]:
@@ -97,11 +97,25 @@ def test_a_leading_batch_of_one_is_accepted() -> None:
 
 
 def test_iou_of_boxes_without_area_is_zero() -> None:
-    box = np.array([0.3, 0.3, 0.3, 0.3], np.float32)
-    assert iou_with(box, box[None]).tolist() == [0.0]
-    assert iou_with(np.array([0, 0, 1, 1], np.float32), np.array([[0, 0, 0.5, 1]], np.float32)).tolist() == [
-        0.5
-    ]
+    box = np.array([[0.3, 0.3, 0.3, 0.3]], np.float32)
+    assert pairwise_iou(np.repeat(box, 2, axis=0)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_pairwise_iou_is_symmetric_and_one_on_the_diagonal() -> None:
+    boxes = np.array([[0, 0, 1, 1], [0, 0, 0.5, 1], [0.75, 0, 1, 0.5]], np.float32)
+    iou = pairwise_iou(boxes)
+    np.testing.assert_array_equal(iou, iou.T)
+    assert np.diag(iou).tolist() == [1.0, 1.0, 1.0]
+    assert iou[0, 1] == 0.5 and iou[0, 2] == 0.125 and iou[1, 2] == 0.0
+
+
+def test_a_suppressed_box_suppresses_nothing() -> None:
+    """Greedy: 0 suppresses 1, so 1 cannot suppress 2 even though they overlap; 2 survives."""
+    boxes = np.array([[0.0, 0, 0.4, 1], [0.2, 0, 0.6, 1], [0.4, 0, 0.8, 1]], np.float32)
+    assert greedy_nms(boxes, np.zeros(3), 0.3, False).tolist() == [True, False, True]
+    assert greedy_nms(boxes, np.array([0.0, 0.0, 1.0]), 0.3, False).tolist() == [True, False, True]
+    assert greedy_nms(boxes, np.array([0.0, 1.0, 1.0]), 0.3, False).tolist() == [True, True, False]
+    assert greedy_nms(boxes, np.array([0.0, 1.0, 1.0]), 0.3, True).tolist() == [True, False, True]
 
 
 @pytest.mark.parametrize(
@@ -123,3 +137,23 @@ def test_heads_that_disagree_on_the_anchor_count_are_refused() -> None:
         decode(cls_prob, offsets[:4], anchors)
     with pytest.raises(DecodeError, match="cls_prob"):
         decode(cls_prob[0], offsets, anchors)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decoding_at_the_reporting_score_keeps_exactly_the_reported_boxes(seed: int) -> None:
+    """The car decodes with its --min-score as the threshold (edge.detect.reporting_settings): the same
+    boxes, in the same order, as decoding down to 0.01 and keeping those scoring at least that."""
+    rng = np.random.default_rng(seed)
+    count, classes = 300, 1 + seed % 3
+    logits = rng.normal(0.0, 2.5, (classes + 1, count))
+    cls_prob = (np.exp(logits) / np.exp(logits).sum(axis=0)).astype(np.float32)
+    centres, sizes = rng.uniform(0.2, 0.8, (count, 2)), rng.uniform(0.05, 0.5, (count, 2))
+    anchors = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).astype(np.float32)
+    offsets = rng.normal(0.0, 0.5, count * 4).astype(np.float32)
+    settings = {"threshold": 0.01, "nms_threshold": 0.45, "nms_topk": 40 if seed % 2 else 400}
+    everything = decode(cls_prob, offsets, anchors, **settings)
+    for min_score in (0.3, 0.5, 0.8):
+        reported = decode(cls_prob, offsets, anchors, **reporting_settings(settings, min_score))
+        np.testing.assert_array_equal(reported, everything[everything[:, 1] >= np.float32(min_score)])
+    assert reporting_settings(settings, None) == settings
+    assert reporting_settings({**settings, "threshold": 0.6}, 0.5)["threshold"] == 0.6

@@ -37,6 +37,7 @@ def _report(map_50: float, x_int8: float, x_float: float, points: float) -> dict
             "mxnet": {"x_mxnet": 1.0},
             "d-int8.onnx": {"x_mxnet": x_int8},
             "d-float32.onnx": {"x_mxnet": x_float},
+            "d-int8.onnx car": {"x_mxnet": x_int8 + 0.5},  # decoded at the reporting score: a verdict too
             "d-int8.onnx heads": {"x_mxnet": 99.0},  # the heads alone are no verdict: the car decodes
         },
         "int8": {"points": points},
@@ -49,6 +50,7 @@ def test_verdicts_say_which_goals_are_met():
         "goal mAP@0.5 >= 0.85: met (0.8600)",
         "goal d-int8.onnx >= 3x MXNet: met (3.50x)",
         "goal d-float32.onnx >= 3x MXNet: NOT met (2.90x)",
+        "goal d-int8.onnx car >= 3x MXNet: met (4.00x)",
         "goal int8 within 1 mAP point: met (+0.40)",
     ]
 
@@ -57,7 +59,7 @@ def test_verdicts_fail_a_low_map_and_a_large_int8_loss():
     lines = detection.verdicts(_report(0.84, 3.0, 3.0, 1.5))
     assert lines[0] == "goal mAP@0.5 >= 0.85: NOT met (0.8400)"
     assert lines[-1] == "goal int8 within 1 mAP point: NOT met (+1.50)"
-    assert [line.split(": ")[1].split(" (")[0] for line in lines[1:3]] == ["met", "met"]
+    assert [line.split(": ")[1].split(" (")[0] for line in lines[1:4]] == ["met", "met", "met"]
 
 
 def test_defaults_are_the_recipes():
@@ -65,6 +67,6 @@ def test_defaults_are_the_recipes():
 
     args = detection.build_parser().parse_args([])
     assert (args.epochs, args.image_size) == (24, 128)
-    assert gluon_hyperparameters(args.epochs, args.image_size)["lr_scheduler_step"] == (
-        detection.LR_SCHEDULER_STEP
-    )
+    recipe = gluon_hyperparameters(args.epochs, args.image_size)
+    assert recipe["lr_scheduler_step"] == detection.LR_SCHEDULER_STEP
+    assert recipe["overlap_threshold"] == detection.OVERLAP_THRESHOLD

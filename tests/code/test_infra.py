@@ -59,10 +59,16 @@ def test_template_rules_equal_the_one_definition(overrides: dict[str, str]) -> N
     )
     assert classifier.group == "robocar-classifiers"
     assert classifier.approved_pattern == events.approved_pattern("robocar-classifiers")
+    detection = infra.render_rules(template, overrides, recipe="detection")
+    assert detection.raw_prefix == f"{prefix}/raw-detection/"
+    assert detection.new_data_pattern == events.new_data_pattern(
+        rules.bucket, f"{prefix}/raw-detection", "detection"
+    )
+    assert detection.approved_pattern == events.approved_pattern("robocar-detectors")
 
 
 def test_each_recipe_has_its_rules_and_the_stacks_defaults_are_the_recipes() -> None:
-    """One table per concept, the same recipes in each; the template's classifier defaults are theirs."""
+    """One table per concept, the same recipes in each; the template's recipe defaults are theirs."""
     from edge.greengrass.component import COMPONENT_NAMES
     from edge.settings import RECIPE_NAMES
     from pipelines.datasets import RAW_FOLDERS
@@ -83,10 +89,7 @@ def test_each_recipe_has_its_rules_and_the_stacks_defaults_are_the_recipes() -> 
         snapshot.PIPELINE_NAME_VARIABLES,
         rollout.ENVIRONMENT_PREFIXES,
     ]
-    # the stack serves the pilot and the classifier; detection has no rules or component yet
-    served = [recipe for recipe in RECIPE_NAMES if recipe != "detection"]
-    assert all(list(table) == served for table in tables if table is not RAW_FOLDERS)
-    assert list(RAW_FOLDERS) == list(RECIPE_NAMES)
+    assert all(list(table) == list(RECIPE_NAMES) for table in tables)  # the stack serves every recipe
     template = infra.load_template()
     declared = template["Parameters"]
     for recipe, parameters in infra.RECIPE_PARAMETERS.items():
@@ -186,6 +189,7 @@ def test_new_data_invokes_the_snapshot_function_which_alone_starts_the_pipeline(
         "PREFIX": "robocar",
         "PIPELINE_NAME": "robocar-pipeline",
         "CLASSIFIER_PIPELINE_NAME": "robocar-classifier",
+        "DETECTION_PIPELINE_NAME": "robocar-detector",
     }
     assert function["Role"] == context.attribute("SnapshotRole", "Arn")
 
@@ -204,39 +208,50 @@ def _transformed(target: dict[str, Any], event: dict[str, Any]) -> dict[str, Any
     return json.loads(text)
 
 
-@pytest.mark.parametrize(
-    ("rule", "function", "event"),
-    [
-        (
-            "ClassifierNewDataRule",
-            "SnapshotFunction",
-            events.s3_object_created_event(BUCKET, "robocar/raw-classifier/set_1/output.manifest"),
-        ),
-        (
-            "ClassifierApprovedRule",
-            "RolloutFunction",
-            events.model_package_state_change_event(
-                model_package_arn=f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:model-package/robocar-classifiers/3",
-                group="robocar-classifiers",
-                version=3,
-                approval_status="Approved",
-                region="eu-west-1",
-            ),
-        ),
-    ],
-)
-def test_the_classifiers_rules_tell_the_same_functions_the_recipe(
-    rule: str, function: str, event: dict[str, Any]
+# Each image recipe's names: (rule prefix, raw folder, pipeline, group, component, thing group).
+IMAGE_RECIPES = {
+    "classifier": (
+        "Classifier", "raw-classifier", "robocar-classifier", "robocar-classifiers", "com.robocar.Classifier",
+        "robocar-classifier-cars",
+    ),
+    "detection": (
+        "Detection", "raw-detection", "robocar-detector", "robocar-detectors", "com.robocar.Detector",
+        "robocar-detector-cars",
+    ),
+}  # fmt: skip
+
+
+def _image_recipe_rules() -> list[tuple[str, str, str, dict[str, Any]]]:
+    cases = []
+    for recipe, (rule, raw, _, group, _, _) in IMAGE_RECIPES.items():
+        created = events.s3_object_created_event(BUCKET, f"robocar/{raw}/set_1/output.manifest")
+        cases.append((recipe, f"{rule}NewDataRule", "SnapshotFunction", created))
+        approved = events.model_package_state_change_event(
+            model_package_arn=f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:model-package/{group}/3",
+            group=group,
+            version=3,
+            approval_status="Approved",
+            region="eu-west-1",
+        )
+        cases.append((recipe, f"{rule}ApprovedRule", "RolloutFunction", approved))
+    return cases
+
+
+@pytest.mark.parametrize(("recipe", "rule", "function", "event"), _image_recipe_rules())
+def test_the_image_recipes_rules_tell_the_same_functions_the_recipe(
+    recipe: str, rule: str, function: str, event: dict[str, Any]
 ) -> None:
-    """The classifier's rules invoke the pilot's functions with ``recipe`` added to the event's detail (and
-    region): each function takes the classifier's names from its own environment, none from the event."""
+    """The classifier's and the detector's rules invoke the pilot's functions with ``recipe`` added to the
+    event's detail (and region): each function takes the recipe's names from its own environment, none
+    from the event."""
+    _, raw, pipeline, group, component, thing_group = IMAGE_RECIPES[recipe]
     template = infra.load_template()
     context = infra.render_context(template, {})
     resources = template["Resources"]
     (target,) = infra.resolve(resources[rule]["Properties"]["Targets"], context)
     assert target["Arn"] == context.attribute(function, "Arn")
     delivered = _transformed(target, event)
-    assert delivered["recipe"] == "classifier" and delivered["detail"] == event["detail"]
+    assert delivered["recipe"] == recipe and delivered["detail"] == event["detail"]
     permission = resources[f"{rule}Invokes{function.removesuffix('Function')}"]["Properties"]
     assert permission["SourceArn"] == {"Fn::GetAtt": [rule, "Arn"]}
     assert (permission["FunctionName"], permission["Principal"]) == (
@@ -247,19 +262,13 @@ def test_the_classifiers_rules_tell_the_same_functions_the_recipe(
     if function == "SnapshotFunction":
         handler = infra.load_snapshot_handler()
         config = handler.SnapshotConfig.from_env(variables, handler.event_recipe(delivered))
-        assert (config.pipeline_name, config.raw_uri) == (
-            "robocar-classifier",
-            f"s3://{BUCKET}/robocar/raw-classifier/",
-        )
+        assert (config.pipeline_name, config.raw_uri) == (pipeline, f"s3://{BUCKET}/robocar/{raw}/")
         assert handler.event_recipe(event) == "pilot"  # the pilot's rule passes the event as it is
     else:
         handler = infra.load_rollout_handler()
         config = handler.RolloutConfig.from_env(variables, handler.event_recipe(delivered))
         assert config == handler.RolloutConfig(
-            "robocar-classifiers",
-            "com.robocar.Classifier",
-            "rasp4b",
-            f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/robocar-classifier-cars",
+            group, component, "rasp4b", f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/{thing_group}"
         )
         assert delivered["region"] == "eu-west-1"  # the rollout reads the package's region from it
     with pytest.raises(RuntimeError, match="recipe 'other'"):
@@ -434,6 +443,7 @@ def test_roles_are_least_privilege() -> None:
     assert [resource["Fn::Sub"].rsplit(":", 1)[1] for resource in start["Resource"]] == [
         "pipeline/${PipelineName}",
         "pipeline/${ClassifierPipelineName}",
+        "pipeline/${DetectionPipelineName}",
     ]
     context = infra.render_context(infra.load_template(), {"Prefix": "fleet/a"})
     rendered = infra.resolve(_statements(roles["PipelineExecutionRole"]), context)
@@ -475,11 +485,11 @@ def test_the_rollout_role_allows_exactly_what_the_rollout_calls() -> None:
     (component,) = granting("greengrass:CreateComponentVersion")
     assert component["Resource"] == [
         f"arn:aws:greengrass:us-east-1:{ACCOUNT}:components:{name}{version}"
-        for name in ("com.robocar.Pilot", "com.robocar.Classifier")
+        for name in ("com.robocar.Pilot", "com.robocar.Classifier", "com.robocar.Detector")
         for version in ("", ":versions:*")
     ]
     (job,) = granting("iot:CreateJob")
-    for group in ("robocar-cars", "robocar-classifier-cars"):
+    for group in ("robocar-cars", "robocar-classifier-cars", "robocar-detector-cars"):
         assert f"arn:aws:iot:us-east-1:{ACCOUNT}:thinggroup/{group}" in job["Resource"]
 
 
@@ -563,8 +573,15 @@ class Deployment:
 
     context: infra.RenderContext
     statements: dict[str, list[dict[str, Any]]]  # role or managed policy -> resolved statements
-    requests: dict[str, StepRequest]  # step name -> the request SageMaker sends for it
-    classifier: dict[str, StepRequest]  # the same for the classifier's pipeline (its stack parameters)
+    recipes: dict[str, dict[str, StepRequest]]  # recipe -> step name -> the request SageMaker sends for it
+
+    @property
+    def requests(self) -> dict[str, StepRequest]:
+        """The pilot's pipeline (the stack's first recipe)."""
+        return self.recipes["pilot"]
+
+    def every_request(self) -> list[StepRequest]:
+        return [request for requests in self.recipes.values() for request in requests.values()]
 
     @property
     def pairs(self) -> dict[str, set[Grant]]:
@@ -622,20 +639,21 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
         model_package_group=context.ref("ModelPackageGroupName"),
         endpoint_url=None,
     )
-    definition = json.loads(build_definition(settings))
-    requests = step_requests(definition, pipeline_name=settings.pipeline_name, region=region)
-    classifier_settings = dataclasses.replace(
-        settings,
-        recipe="classifier",
-        pipeline_name=context.ref("ClassifierPipelineName"),
-        model_package_group=context.ref("ClassifierModelPackageGroupName"),
-    )
-    classifier = step_requests(
-        json.loads(build_definition(classifier_settings)),
-        pipeline_name=classifier_settings.pipeline_name,
-        region=region,
-    )
-    return Deployment(context, statements, {r.step: r for r in requests}, {r.step: r for r in classifier})
+    recipes = {}
+    for recipe, parameters in infra.RECIPE_PARAMETERS.items():  # each recipe's pipeline, its stack's names
+        recipe_settings = dataclasses.replace(
+            settings,
+            recipe=recipe,
+            pipeline_name=context.ref(parameters["pipeline_name"]),
+            model_package_group=context.ref(parameters["model_package_group"]),
+        )
+        requests = step_requests(
+            json.loads(build_definition(recipe_settings)),
+            pipeline_name=recipe_settings.pipeline_name,
+            region=region,
+        )
+        recipes[recipe] = {r.step: r for r in requests}
+    return Deployment(context, statements, recipes)
 
 
 def _image_repository_arn(image_uri: str) -> str:
@@ -726,16 +744,20 @@ def _job_needs(deployment: Deployment, request: StepRequest, snapshot_keys: list
 
 
 SNAPSHOT_KEYS = [*_object_keys_of_a_v2_tub("raw/tub_2026_11_21/"), "raw/tubs.tar.gz"]  # a manifest lists
-# What the classifier's dataset manifest lists: a labelled set, its Ground Truth manifest and photos.
-CLASSIFIER_SNAPSHOT_KEYS = [
-    "raw-classifier/set_1/output.manifest",
-    *(f"raw-classifier/set_1/images/{i:06d}.jpg" for i in range(3)),
-]
+# What an image recipe's dataset manifest lists: a labelled set, its Ground Truth manifest and photos.
+RECIPE_SNAPSHOT_KEYS = {
+    "pilot": SNAPSHOT_KEYS,
+    **{
+        recipe: [f"{raw}/set_1/output.manifest", *(f"{raw}/set_1/images/{i:06d}.jpg" for i in range(3))]
+        for recipe, (_, raw, *_) in IMAGE_RECIPES.items()
+    },
+}
+IMAGE_SNAPSHOT_KEYS = [key for recipe in IMAGE_RECIPES for key in RECIPE_SNAPSHOT_KEYS[recipe]]
 
 
 def _pipeline_role_needs(deployment: Deployment, recipe: str = "pilot") -> list[Grant]:
-    requests = deployment.requests if recipe == "pilot" else deployment.classifier
-    snapshot_keys = SNAPSHOT_KEYS if recipe == "pilot" else CLASSIFIER_SNAPSHOT_KEYS
+    requests = deployment.recipes[recipe]
+    snapshot_keys = RECIPE_SNAPSHOT_KEYS[recipe]
     needs = []
     for request in requests.values():
         if request.operation in ("CreateProcessingJob", "CreateTrainingJob"):
@@ -771,7 +793,7 @@ def _pipeline_role_needs(deployment: Deployment, recipe: str = "pilot") -> list[
 
 def _compiled_artifact_uris(deployment: Deployment, recipe: str = "pilot") -> dict[str, str]:
     """``edge:<target>:uri`` of the registered package: what the rollout renders into the recipe."""
-    requests = deployment.requests if recipe == "pilot" else deployment.classifier
+    requests = deployment.recipes[recipe]
     metadata = requests["Register"].request["CustomerMetadataProperties"]
     return {key: uri for key, uri in metadata.items() if key.startswith("edge:") and key.endswith(":uri")}
 
@@ -787,14 +809,14 @@ def _other_stacks_keys(deployment: Deployment) -> list[str]:
 
 def test_the_definition_names_every_s3_uri_under_the_stacks_prefix(deployment: Deployment) -> None:
     """The positive cases below are only as good as this: every URI the steps use is in the stack's bucket."""
-    requests = [*deployment.requests.values(), *deployment.classifier.values()]
+    requests = deployment.every_request()
     uris = re.findall(r"s3://[^\"\\\s]+", json.dumps([r.request for r in requests]))
     assert uris
     assert {split_s3_uri(uri)[0] for uri in uris} == {deployment.bucket}
     assert all(split_s3_uri(uri)[1].startswith(f"{deployment.prefix}/") for uri in uris)
 
 
-@pytest.mark.parametrize("recipe", ["pilot", "classifier"])
+@pytest.mark.parametrize("recipe", ["pilot", "classifier", "detection"])
 def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deployment, recipe: str) -> None:
     pairs = deployment.pairs["PipelineExecutionRole"]
     needs = _pipeline_role_needs(deployment, recipe)
@@ -803,7 +825,7 @@ def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deplo
 
     execution = "q9x1b2c3d4e5"
     tub_keys = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz"]
-    raw_keys = tub_keys + CLASSIFIER_SNAPSHOT_KEYS
+    raw_keys = tub_keys + IMAGE_SNAPSHOT_KEYS
     forbidden = [("s3:PutObject", deployment.object_arn(key)) for key in raw_keys]  # uploaders only
     code = deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")  # `pipeline upsert` writes it
     forbidden += [
@@ -823,12 +845,12 @@ def test_the_pipeline_role_can_run_every_step_and_nothing_more(deployment: Deplo
 
 def test_the_pipeline_role_pulls_only_the_definitions_images(deployment: Deployment) -> None:
     pairs = deployment.pairs["PipelineExecutionRole"]
-    images = _images(deployment.requests) | _images(deployment.classifier)
+    images = set().union(*(_images(requests) for requests in deployment.recipes.values()))
     repositories = {_image_repository_arn(image) for image in images}
     assert {arn.rsplit("/", 1)[1] for arn in repositories} == {
         "tensorflow-training",
         "tensorflow-inference",
-        "robocar-mxnet",  # the classifier's Train, Evaluate, Compile and endpoint: this account's repository
+        "robocar-mxnet",  # the image recipes' Train, Evaluate, Compile, endpoint: this account's repository
     }
     (own,) = [arn for arn in repositories if arn.endswith("/robocar-mxnet")]
     assert own == deployment.context.attribute("MXNetImageRepository", "Arn")
@@ -883,7 +905,7 @@ def test_the_jobs_may_list_exactly_the_prefixes_they_read(deployment: Deployment
     patterns = _as_list(listing["Condition"]["StringLike"]["s3:prefix"])
     inputs = [
         split_s3_uri(uri)[1]
-        for request in [*deployment.requests.values(), *deployment.classifier.values()]
+        for request in deployment.every_request()
         for uri in re.findall(r"s3://[^\"\\\s]+", json.dumps(request.request))
     ]
     for key in inputs:
@@ -899,17 +921,20 @@ def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> No
     group = deployment.context.ref("ModelPackageGroupName")
     needs = [("s3:GetObject", _s3_object(uri)) for uri in artifacts.values()]
     needs += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{group}/7"))]
-    classifier_artifacts = _compiled_artifact_uris(deployment, "classifier")
-    assert sorted(classifier_artifacts) == sorted(artifacts)
-    needs += [("s3:GetObject", _s3_object(uri)) for uri in classifier_artifacts.values()]
-    classifiers = deployment.context.ref("ClassifierModelPackageGroupName")
-    needs += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{classifiers}/2"))]
+    for recipe in IMAGE_RECIPES:
+        recipe_artifacts = _compiled_artifact_uris(deployment, recipe)
+        assert sorted(recipe_artifacts) == sorted(artifacts)
+        needs += [("s3:GetObject", _s3_object(uri)) for uri in recipe_artifacts.values()]
+        recipe_group = deployment.context.ref(infra.RECIPE_PARAMETERS[recipe]["model_package_group"])
+        needs += [
+            ("sagemaker:DescribeModelPackage", deployment.sagemaker_arn(f"model-package/{recipe_group}/2"))
+        ]
     log_group = deployment.context.attribute("RolloutLogGroup", "Arn")
     needs += [("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc"))]
     assert refused(pairs, needs) == []
 
     everything_else = []
-    for requests in (deployment.requests, deployment.classifier):
+    for requests in deployment.recipes.values():
         register = requests["Register"].request
         compile_request = requests["CompileForEdge"].request
         neo = next(iter(_neo_requests(compile_request).values()))
@@ -924,7 +949,7 @@ def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> No
         ]
     forbidden = [("s3:GetObject", _s3_object(uri)) for uri in everything_else]
     forbidden += [("s3:GetObject", deployment.object_arn("raw/tub_2026_11_21/manifest.json"))]
-    forbidden += [("s3:GetObject", deployment.object_arn(key)) for key in CLASSIFIER_SNAPSHOT_KEYS]
+    forbidden += [("s3:GetObject", deployment.object_arn(key)) for key in IMAGE_SNAPSHOT_KEYS]
     forbidden += [("s3:PutObject", _s3_object(uri)) for uri in artifacts.values()]
     forbidden += [("s3:GetObject", arn) for arn in _other_stacks_keys(deployment)]
     forbidden += [("sagemaker:DescribeModelPackage", deployment.sagemaker_arn("model-package/other/1"))]
@@ -933,7 +958,7 @@ def test_the_rollout_reads_only_compiled_artifacts(deployment: Deployment) -> No
 
 def test_only_the_uploader_policy_writes_raw_data(deployment: Deployment) -> None:
     tub = _object_keys_of_a_v2_tub("raw/tub_2026_11_21/") + ["raw/tubs.tar.gz", "raw/more/tub_x.zip"]
-    writes = [("s3:PutObject", deployment.object_arn(key)) for key in tub + CLASSIFIER_SNAPSHOT_KEYS]
+    writes = [("s3:PutObject", deployment.object_arn(key)) for key in tub + IMAGE_SNAPSHOT_KEYS]
     for name, pairs in deployment.pairs.items():
         assert granted(pairs, writes) == ([] if name != "RawDataUploader" else writes), name
 
@@ -947,8 +972,10 @@ def test_only_the_uploader_policy_writes_raw_data(deployment: Deployment) -> Non
 
     assert listable(f"{deployment.prefix}/raw/tub_2026_11_21/")  # `aws s3 sync`'s listing
     assert listable(f"{deployment.prefix}/raw-classifier/set_1/")
+    assert listable(f"{deployment.prefix}/raw-detection/set_1/")
     assert not listable(f"{deployment.prefix}/preprocess/")
     assert not listable(f"{deployment.prefix}/classifier/preprocess/")
+    assert not listable(f"{deployment.prefix}/detection/preprocess/")
     forbidden = [
         ("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz")),
         ("s3:PutObject", deployment.object_arn(f"code/{'a' * 64}/sourcedir.tar.gz")),
@@ -966,11 +993,13 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
     pairs = deployment.pairs["SnapshotRole"]
     arn = pipeline_arn(deployment.context.region, deployment.context.ref("PipelineName"))
     classifier = pipeline_arn(deployment.context.region, deployment.context.ref("ClassifierPipelineName"))
+    detection = pipeline_arn(deployment.context.region, deployment.context.ref("DetectionPipelineName"))
     manifest = deployment.object_arn(f"datasets/{'c' * 64}.manifest")
     log_group = deployment.context.attribute("SnapshotLogGroup", "Arn")
     needs = [
         ("sagemaker:StartPipelineExecution", arn),
         ("sagemaker:StartPipelineExecution", classifier),
+        ("sagemaker:StartPipelineExecution", detection),
         ("s3:ListBucket", f"arn:aws:s3:::{deployment.bucket}"),
         ("s3:PutObject", manifest),
         ("logs:PutLogEvents", log_group.replace(":*", ":log-stream:2026/01/15/[$LATEST]abc")),
@@ -981,6 +1010,7 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
     listed = [
         f"{deployment.prefix}/raw/",
         f"{deployment.prefix}/raw-classifier/",
+        f"{deployment.prefix}/raw-detection/",
         manifest.split(f"{deployment.bucket}/", 1)[1],
     ]  # what it lists
     assert all(any(p.fullmatch(prefix) for p in patterns) for prefix in listed)
@@ -992,8 +1022,9 @@ def test_the_snapshot_function_lists_tubs_writes_manifests_and_starts_only_this_
         assert not any(p.fullmatch(other) for p in patterns), other
 
     others = [arn + "-copy", arn.replace(":pipeline/", ":pipeline/other-"), classifier + "-copy"]
+    others += [detection + "-copy"]
     forbidden = [("sagemaker:StartPipelineExecution", other) for other in others]
-    raw_keys = SNAPSHOT_KEYS + CLASSIFIER_SNAPSHOT_KEYS
+    raw_keys = SNAPSHOT_KEYS + IMAGE_SNAPSHOT_KEYS
     forbidden += [("s3:PutObject", deployment.object_arn(key)) for key in raw_keys]  # never the raw data
     forbidden += [("s3:GetObject", deployment.object_arn(key)) for key in raw_keys]  # the listing is enough
     forbidden += [("s3:PutObject", deployment.object_arn("preprocess/e/train/shard-00000.npz"))]
