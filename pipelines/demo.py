@@ -1,6 +1,7 @@
 """The main job (``make demo``): synthetic tubs -> the whole pipeline locally -> approve -> the car drives;
-then the classifier recipe the same way (pipelines/demo_classifier.py), then the detection recipe
-(pipelines/demo_detection.py), and one summary.
+then the classifier recipe the same way (pipelines/demo_classifier.py), the auto-labelling loop on that
+classifier (pipelines/demo_labelling.py), then the detection recipe (pipelines/demo_detection.py), and
+one summary.
 
 Each stage runs the very command a user would type (echoed as ``$ robocar ...``), so the demo is also
 the tutorial. The summary at the end is read back from what the stages wrote: the data report, the
@@ -50,6 +51,7 @@ class DemoConfig:
     drive_frames: int = 1000
     parameters: Sequence[str] = field(default_factory=tuple)
     classifier: bool = True  # then the classifier recipe (pipelines/demo_classifier.py)
+    labelling: bool = True  # then the auto-labelling loop on that classifier (pipelines/demo_labelling.py)
     detection: bool = True  # then the detection recipe (pipelines/demo_detection.py)
 
 
@@ -215,11 +217,12 @@ def summarise(
     drive_summary: dict[str, Any],
     wall_s: float,
     classified: dict[str, Any] | None = None,
+    labelled: dict[str, Any] | None = None,
     detected: dict[str, Any] | None = None,
 ) -> str:
     """The closing summary: data accounting, metrics, the package, artifacts, the car's frames/s; then
-    the classifier's (``classified``: what its car reported) and the detector's (``detected``) when the
-    demo ran them."""
+    the classifier's (``classified``: what its car reported), the auto-labelling loop's (``labelled``:
+    where its stages wrote) and the detector's (``detected``) when the demo ran them."""
     from edge.aws import clients
 
     aws = clients(local_root=str(workspace))
@@ -270,6 +273,10 @@ def summarise(
         from pipelines.demo_classifier import summary_lines
 
         lines += ["-" * 78, *summary_lines(workspace, classified)]
+    if labelled is not None:
+        from pipelines.demo_labelling import summary_lines as labelling_summary
+
+        lines += ["-" * 78, *labelling_summary(workspace, labelled)]
     if detected is not None:
         from pipelines.demo_detection import summary_lines as detection_lines
 
@@ -320,12 +327,17 @@ def run_demo(config: DemoConfig) -> int:
         from pipelines.demo_classifier import ClassifierDemo, run_classifier_demo
 
         classified = run_classifier_demo(ClassifierDemo(workspace, seed=config.seed))
+    labelled: dict[str, Any] | None = None
+    if config.classifier and config.labelling:
+        from pipelines.demo_labelling import LabellingDemo, run_labelling_demo
+
+        labelled = run_labelling_demo(LabellingDemo(workspace, seed=config.seed))
     detected: dict[str, Any] | None = None
     if config.detection:
         from pipelines.demo_detection import DetectionDemo, run_detection_demo
 
         detected = run_detection_demo(DetectionDemo(workspace, seed=config.seed))
-    print(summarise(workspace, drive, time.monotonic() - started, classified, detected))
+    print(summarise(workspace, drive, time.monotonic() - started, classified, labelled, detected))
     return 0
 
 

@@ -54,6 +54,8 @@ def run_classifier_demo(config: ClassifierDemo) -> dict[str, Any]:
     )  # fmt: skip
     summary, unseen, results = run_image_recipe_demo(demo, config.workspace, config.seed)
     summary["accuracy_on_new_photos"] = car_accuracy(results, unseen)
+    # this half's execution: the summary reads it, not a later one (the auto-labelling loop's retrain)
+    summary["execution"] = str(newest_execution(config.workspace, PIPELINE_NAME).path)
     return summary
 
 
@@ -79,9 +81,12 @@ def car_accuracy(results: Path, labelled: Path) -> dict[str, Any]:
 def summary_lines(workspace: Path, car: dict[str, Any]) -> list[str]:
     """The classifier's part of the closing summary."""
     from edge.aws import clients
+    from pipelines.local.store import load
 
     aws = clients(local_root=str(workspace))
-    execution = newest_execution(workspace, PIPELINE_NAME)
+    execution = (
+        load(Path(car["execution"])) if car.get("execution") else newest_execution(workspace, PIPELINE_NAME)
+    )
     data = _s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data-report.json")
     evaluation = _s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json")
     package = this_models_package(aws.sagemaker, execution, GROUP)

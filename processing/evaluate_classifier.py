@@ -20,6 +20,10 @@ and ``confusion_matrix.png`` next to it:
   downloaded and evaluated on the same photos, each prepared by the champion's own input transform and
   its answers compared by class name; null without a group or such a package.
 - ``already_registered``: whether a package of the group already serves ``--model-s3-uri``.
+- ``predictions``: ``{"file": "predictions.jsonl", "wrong": n}``; that file beside it has one line per test
+  photo, in the image list's order: ``image`` (its path in the split), ``origin`` (the photo's key under
+  the dataset's prefix, from Preprocess's ``test.manifest``; null without it), ``true``, ``predicted``,
+  ``confidence`` (the predicted class's probability) and ``correct``: which photos the model got wrong.
 
 Photos are read from the split's image list and prepared exactly as training evaluated them
 (``edge.photos``: shorter side, centre crop, normalisation, from the model's ``classifier-spec.json``).
@@ -60,6 +64,7 @@ from training.classifier import SPEC_FILE, load_exported, read_image_list
 RECIPE = "classifier"
 EVALUATION_FILE = "evaluation.json"
 CONFUSION_MATRIX_PNG = "confusion_matrix.png"
+PREDICTIONS_FILE = "predictions.jsonl"
 DEFAULT_TOP_K = 3
 BATCH = 64  # photos per forward pass, as training.classifier.evaluate_exported
 
@@ -181,6 +186,43 @@ def accuracy_by_name(true: np.ndarray, split_classes: Sequence[str], predicted_n
     """Share of photos whose predicted class name is their class's name (models with other class lists)."""
     truth = [split_classes[label] for label in np.asarray(true, np.int64)]
     return float(np.mean([a == b for a, b in zip(truth, predicted_names, strict=True)]))
+
+
+def photo_origins(split_dir: Path) -> dict[str, str]:
+    """Each split image's origin (its path in the dataset: Preprocess's ``<split>.manifest`` names it),
+    by its path in the split (``images/NNNNNN.jpg``); empty without that manifest (Preprocess writes it
+    only with ``--output-uri``, as the pipeline always runs it)."""
+    origins = {}
+    for manifest in sorted(split_dir.glob("*.manifest")):
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            ref, origin = record.get("source-ref"), record.get("origin")
+            if isinstance(ref, str) and isinstance(origin, str):
+                origins["/".join(ref.rsplit("/", 2)[-2:])] = origin
+    return origins
+
+
+def photo_predictions(
+    split: Split, split_dir: Path, probabilities: np.ndarray, origins: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """One row per test photo, in the image list's order: where it is in the split and where it came from,
+    its true and predicted class, the predicted class's probability, and whether it was right."""
+    root = split_dir.resolve()
+    rows = []
+    for path, label, answer in zip(split.paths, split.labels, probabilities, strict=True):
+        image = path.relative_to(root).as_posix()
+        predicted = int(np.argmax(answer))
+        rows.append(
+            {
+                "image": image,
+                "origin": origins.get(image),
+                "true": split.classes[int(label)],
+                "predicted": split.classes[predicted],
+                "confidence": round(float(answer[predicted]), 6),
+                "correct": predicted == int(label),
+            }
+        )
+    return rows
 
 
 def to_json(document: Any) -> str:
@@ -419,7 +461,8 @@ def evaluate(
             raise EvaluationError(
                 f"the model knows the classes {model.classes}, the test split {test.classes}"
             )
-        metrics = multiclass_metrics(test.labels, predict(model, test.paths), test.classes, top_k)
+        probabilities = predict(model, test.paths)
+        metrics = multiclass_metrics(test.labels, probabilities, test.classes, top_k)
         champion = champion_report(
             find_champion(sagemaker, group, champion_target(edge_targets)), s3, workdir, test, loader
         )
@@ -432,13 +475,17 @@ def evaluate(
         "test_images": len(test.paths),
         "classes": test.classes,
     }
+    rows = photo_predictions(test, test_dir, probabilities, photo_origins(test_dir))
+    evaluation["predictions"] = {"file": PREDICTIONS_FILE, "wrong": sum(not row["correct"] for row in rows)}
     text = to_json(evaluation)
     accuracy = metrics["accuracy"]["value"]
     title = f"classifier: accuracy {accuracy:.1%} on {len(test.paths)} test photos"
     draw_confusion_matrix(
         np.array(metrics["confusion_matrix"]["counts"]), test.classes, out_dir / CONFUSION_MATRIX_PNG, title
     )
-    atomic_write_bytes(out_dir / EVALUATION_FILE, text.encode())
+    lines = "".join(json.dumps(row, sort_keys=True, allow_nan=False) + "\n" for row in rows)
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, lines.encode())
+    atomic_write_bytes(out_dir / EVALUATION_FILE, text.encode())  # last: evaluation.json names the rest
     return evaluation
 
 
@@ -501,7 +548,8 @@ def _evaluate_and_print(args: argparse.Namespace) -> int:
     if evaluation["already_registered"]:
         line += " already_registered=true"
     print(line, flush=True)
-    print(f"wrote {args.output / EVALUATION_FILE} and {args.output / CONFUSION_MATRIX_PNG}", flush=True)
+    written = (EVALUATION_FILE, CONFUSION_MATRIX_PNG, PREDICTIONS_FILE)
+    print(f"wrote {', '.join(str(args.output / name) for name in written)}", flush=True)
     return 0
 
 

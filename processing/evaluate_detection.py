@@ -22,6 +22,9 @@ endpoint's decoder) with the NMS settings of the model's ``detector-spec.json``.
   ``find_champion``), its model evaluated on the same photos; its ``error`` (and a null mAP) when it
   cannot be (another class list, another recipe).
 - ``already_registered``: whether a package of the group already serves ``--model-s3-uri``.
+- ``predictions``: ``{"file": "predictions.jsonl", "wrong": n}``; that file has one line per test photo:
+  ``image``, ``origin`` (as the classifier's: processing/evaluate_classifier.py), ``true_boxes``,
+  ``predicted_boxes`` (score >= the car's 0.5), ``matched`` (IoU >= 0.5, same class) and ``correct``.
 
     python processing/evaluate_detection.py --model DIR_WITH_model.tar.gz --test DIR/test \
         --train DIR/train --output OUT [--model-package-group NAME --edge-targets T1,T2 --model-s3-uri URI]
@@ -41,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edge.atomic_files import atomic_write_bytes
-from edge.detect import decode, decode_settings
+from edge.detect import DEFAULT_MIN_SCORE, decode, decode_settings
 from edge.photos import ANNOTATIONS_FILE, PhotoError, PhotoTransform, prepare
 from processing.errors import add_debug_flag, run_main
 from processing.evaluate import (
@@ -54,7 +57,15 @@ from processing.evaluate import (
     is_registered,
     registry_clients,
 )
-from processing.evaluate_classifier import _font, _text, _text_size, read_class_names, to_json
+from processing.evaluate_classifier import (
+    PREDICTIONS_FILE,
+    _font,
+    _text,
+    _text_size,
+    photo_origins,
+    read_class_names,
+    to_json,
+)
 from training.detector import SPEC_FILE
 
 RECIPE = "detection"
@@ -190,6 +201,37 @@ def detection_metrics(
         "objects": {names[c]: int(sum((t[:, 0] == c).sum() for t in true)) for c in table},
         "iou_thresholds": list(IOU_THRESHOLDS),
     }
+
+
+def photo_predictions(
+    split: Split, split_dir: Path, predictions: Sequence[np.ndarray], origins: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """One row per test photo: where it is in the split and where it came from, its true boxes, the boxes
+    a car would report (score >= ``edge.detect.DEFAULT_MIN_SCORE``), how many of those match a true box
+    of their class at IoU >= 0.5 (``match_photo``), and ``correct``: every box found, nothing extra."""
+    root = split_dir.resolve()
+    rows = []
+    for path, truth, found in zip(
+        split.paths, _as_tables(split.boxes, 5), _as_tables(predictions, 6), strict=True
+    ):
+        kept = found[found[:, 1] >= DEFAULT_MIN_SCORE]
+        kept = kept[np.argsort(-kept[:, 1], kind="stable")]
+        matched = sum(
+            int(match_photo(kept[kept[:, 0] == c, 2:6], truth[truth[:, 0] == c, 1:5], 0.5).sum())
+            for c in range(len(split.classes))
+        )
+        image = path.resolve().relative_to(root).as_posix()
+        rows.append(
+            {
+                "image": image,
+                "origin": origins.get(image),
+                "true_boxes": len(truth),
+                "predicted_boxes": len(kept),
+                "matched": matched,
+                "correct": matched == len(truth) == len(kept),
+            }
+        )
+    return rows
 
 
 def mean_box_baseline(
@@ -458,6 +500,8 @@ def evaluate(
         "test_images": len(test.paths),
         "classes": test.classes,
     }
+    rows = photo_predictions(test, test_dir, predictions, photo_origins(test_dir))
+    evaluation["predictions"] = {"file": PREDICTIONS_FILE, "wrong": sum(not row["correct"] for row in rows)}
     text = to_json(evaluation)
     summary = f"mAP@0.5 {metrics['map_50']['value']:.3f} on {len(test.paths)} test photos"
     curves = {}
@@ -468,7 +512,9 @@ def evaluate(
         curves[name] = precision_recall(*ranked)
     draw_precision_recall(curves, out_dir / PRECISION_RECALL_PNG, f"detector: {summary}")
     draw_detections(test, predictions, out_dir / DETECTIONS_PNG, f"green: true boxes; {summary}")
-    atomic_write_bytes(out_dir / EVALUATION_FILE, text.encode())
+    lines = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+    atomic_write_bytes(out_dir / PREDICTIONS_FILE, lines.encode())
+    atomic_write_bytes(out_dir / EVALUATION_FILE, text.encode())  # last: evaluation.json names the rest
     return evaluation
 
 
@@ -518,7 +564,9 @@ def _evaluate_and_print(args: argparse.Namespace, loader: Callable[[Path], Detec
         line += " already_registered=true"
     print(line, flush=True)
     print(
-        f"wrote {EVALUATION_FILE}, {PRECISION_RECALL_PNG} and {DETECTIONS_PNG} in {args.output}", flush=True
+        f"wrote {EVALUATION_FILE}, {PRECISION_RECALL_PNG}, {DETECTIONS_PNG} and {PREDICTIONS_FILE} in "
+        f"{args.output}",
+        flush=True,
     )
     return 0
 

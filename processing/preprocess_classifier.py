@@ -97,6 +97,7 @@ class Accepted:
     split: str
     number: int
     boxes: tuple[tuple[int, float, float, float, float], ...] = ()  # a detector's photo: its objects
+    origin: str = ""  # the photo's path relative to --input: its key under the dataset's prefix
 
 
 def resize_side(image_size: int) -> int:
@@ -106,6 +107,17 @@ def resize_side(image_size: int) -> int:
 
 def image_name(number: int) -> str:
     return f"{IMAGES_DIR}/{number:06d}.jpg"
+
+
+def origin_of(image_path: str, input_dir: Path) -> str:
+    """The photo's path relative to Preprocess's input, which is its key relative to the dataset's prefix
+    (``<prefix>/raw-classifier/``: the ManifestFile's objects keep their relative keys), so a user finds
+    the photo a split image came from; an absolute path for a photo outside the input."""
+    path = Path(image_path)
+    try:
+        return path.relative_to(input_dir).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def photo_bytes(path: str, limits: DataLimits = DEFAULT_LIMITS) -> bytes:
@@ -174,6 +186,7 @@ def augmented_line(output_uri: str, split: str, photo: Accepted, classes: Sequen
     the Ground Truth metadata the class carries: https://docs.aws.amazon.com/sagemaker/latest/dg/augmented-manifest.html)."""
     record = {
         "source-ref": f"{output_uri}/{split}/{image_name(photo.number)}",
+        "origin": photo.origin,
         "class": photo.label,
         "class-metadata": {
             "class-name": classes[photo.label],
@@ -290,6 +303,7 @@ def write_photos(
     fractions: Sequence[float],
     seed: int,
     limits: DataLimits,
+    input_dir: Path,
 ) -> Outcome:
     """Judge every candidate in order: read, deduplicate by bytes, ``convert`` (the JPEG the split
     holds, or ``Rejection``) and write it into its split."""
@@ -323,6 +337,7 @@ def write_photos(
                 split,
                 numbers[split],
                 candidate.boxes,
+                origin_of(candidate.image_path, input_dir),
             )
             atomic_write_bytes(split_dirs[split] / image_name(photo.number), jpeg)
             numbers[split] += 1
@@ -522,7 +537,9 @@ def run_recipe(
     reports, candidates, owners, found_classes = read_sources(sources, args, limits, read_manifest)
     classes = class_list(found_classes)
     split_dirs = prepare_split_dirs(args.output, split_outputs)
-    outcome = write_photos(candidates, owners, reports, split_dirs, convert, fractions, args.seed, limits)
+    outcome = write_photos(
+        candidates, owners, reports, split_dirs, convert, fractions, args.seed, limits, args.input
+    )
     write_outputs(split_dirs, outcome.accepted, classes, output_uri)
     report = build_report(args, reports, outcome, classes, fractions, output_uri)
     return finish(args.output, reports, report)

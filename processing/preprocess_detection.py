@@ -111,6 +111,7 @@ def augmented_line(output_uri: str, split: str, photo: Accepted, classes: Sequen
     ]
     record = {
         "source-ref": f"{output_uri}/{split}/{image_name(photo.number)}",
+        "origin": photo.origin,
         AUGMENTED_ATTRIBUTE: {
             "image_size": [{"width": side, "height": side, "depth": 3}],
             "annotations": annotations,

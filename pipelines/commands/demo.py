@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-detection", action="store_true", help="skip the detection recipe (pilot and classifier only)"
     )
+    parser.add_argument(
+        "--no-labelling",
+        action="store_true",
+        help="skip the auto-labelling loop (pre-label new photos, review, land, retrain the classifier)",
+    )
     parser.set_defaults(handler=_demo)
 
 
@@ -68,6 +73,7 @@ def _demo(args: argparse.Namespace) -> int:
             drive_frames=args.drive_frames,
             parameters=tuple(args.param),
             classifier=not args.pilot_only,
+            labelling=not args.no_labelling,
             detection=not (args.pilot_only or args.no_detection),
         )  # fmt: skip
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from processing.evaluate_detection import (
     detection_metrics,
     match_photo,
     mean_box_baseline,
+    photo_predictions,
 )
+from processing.evaluate_detection import Split as DetectionSplit
 
 NAMES = ["cone", "car", "sign"]
 
@@ -132,3 +136,19 @@ def test_the_mean_box_baseline_predicts_each_class_where_it_usually_is() -> None
     assert described[1]["score"] == 0.5 and 2 not in described
     at_the_mean = [truth([1, 0.5, 0.5, 1.0, 1.0])] * 3
     assert detection_metrics(predictions, at_the_mean, NAMES)["per_class_ap_50"]["car"] == pytest.approx(1.0)
+
+
+def test_the_per_photo_rows_count_true_found_and_matched_boxes(tmp_path: Path) -> None:
+    paths = [tmp_path / "images" / f"{n:06d}.jpg" for n in range(3)]
+    split = DetectionSplit(paths, TRUTHS, NAMES)
+    found = [
+        as_detections(TRUTHS[0]),  # both boxes
+        detected([0, 0.9, 0.6, 0.1, 0.8, 0.4], [2, 0.7, 0.0, 0.0, 0.2, 0.2]),  # its box and one extra
+        detected([1, 0.9, 0.0, 0.0, 0.5, 0.5], [1, 0.3, 0.5, 0.5, 1.0, 1.0]),  # one found, one under 0.5
+    ]
+    origins = {"images/000001.jpg": "labelled/d/images/abc.jpg"}
+    rows = photo_predictions(split, tmp_path, found, origins)
+    assert [row["image"] for row in rows] == ["images/000000.jpg", "images/000001.jpg", "images/000002.jpg"]
+    assert [row["origin"] for row in rows] == [None, "labelled/d/images/abc.jpg", None]
+    counts = [(row["true_boxes"], row["predicted_boxes"], row["matched"], row["correct"]) for row in rows]
+    assert counts == [(2, 2, 2, True), (1, 2, 1, False), (2, 1, 1, False)]

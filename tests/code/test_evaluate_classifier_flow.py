@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_evaluation_json_follows_the_contract(splits: Path, tmp_path: Path) -> N
     assert written == result
     assert set(written) == {
         "recipe", "multiclass_classification_metrics", "baseline", "champion", "already_registered",
-        "test_images", "classes",
+        "test_images", "classes", "predictions",
     }  # fmt: skip
     metrics = written["multiclass_classification_metrics"]
     assert set(metrics) == {"accuracy", "top_k_accuracy", "weighted_f1", "per_class", "confusion_matrix"}
@@ -133,6 +134,40 @@ def test_evaluation_json_follows_the_contract(splits: Path, tmp_path: Path) -> N
     assert written["baseline"] == {"majority_class": "circle", "accuracy": {"value": pytest.approx(1 / 3)}}
     assert written["champion"] is None and written["already_registered"] is False
     assert (out / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG")
+    assert written["predictions"] == {"file": "predictions.jsonl", "wrong": 6}
+
+
+def test_the_per_photo_file_says_which_photos_were_wrong_and_where_they_came_from(
+    splits: Path, tmp_path: Path
+) -> None:
+    test = tmp_path / "test"
+    shutil.copytree(splits / "test", test)
+    listed = [line.split("\t") for line in (test / "images.lst").read_text().splitlines()]
+    # Preprocess's augmented manifest: each split image's origin (its key under the dataset's prefix)
+    manifest = "".join(
+        json.dumps(
+            {"source-ref": f"s3://b/run/test/{path}", "origin": f"labelled/d1/{index}.png", "class": 0}
+        )
+        + "\n"
+        for index, _, path in listed
+    )
+    (test / "test.manifest").write_text(manifest)
+    out = tmp_path / "evaluation"
+    evaluate(model_dir(tmp_path), test, splits / "train", out, loader=constant_loader)
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["image"] for row in rows] == [path for _, _, path in listed]
+    assert [row["origin"] for row in rows] == [f"labelled/d1/{index}.png" for index, _, _ in listed]
+    assert [row["true"] for row in rows] == [CLASSES[int(label)] for _, label, _ in listed]
+    assert {row["predicted"] for row in rows} == {"square"}
+    assert all(row["confidence"] == pytest.approx(0.9) for row in rows)
+    assert [row["correct"] for row in rows] == [row["true"] == "square" for row in rows]
+    assert sum(not row["correct"] for row in rows) == 6
+
+    plain = tmp_path / "without-manifest"  # Preprocess without --output-uri: no origins, the rest the same
+    evaluate(model_dir(tmp_path / "m2"), splits / "test", splits / "train", plain, loader=constant_loader)
+    bare = [json.loads(line) for line in (plain / "predictions.jsonl").read_text().splitlines()]
+    assert [row["origin"] for row in bare] == [None] * 9
+    assert [{**row, "origin": None} for row in rows] == bare
 
 
 def test_the_champion_is_read_through_the_read_only_readers(

@@ -306,6 +306,10 @@ def test_augmented_manifests_name_the_uploaded_photos(tmp_path: Path, dataset: P
             assert metadata["class-name"] == names[line["class"]]
             assert metadata["type"] == "groundtruth/image-classification"
             assert metadata["human-annotated"] in ("yes", "no")
+            # where the split image came from: the photo's path under the input, whose record has this class
+            assert not Path(line["origin"]).is_absolute() and (dataset / line["origin"]).is_file()
+            source = human[Path(line["origin"]).name]
+            assert source["category-metadata"]["class-name"] == metadata["class-name"]
     machine = sum(
         line["class-metadata"]["human-annotated"] == "no"
         for s in SPLITS

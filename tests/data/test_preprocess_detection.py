@@ -292,7 +292,8 @@ def test_augmented_manifests_name_the_uploaded_photos_with_their_boxes(tmp_path:
             f"s3://robocar-data/runs/7/preprocess/{split}/{entry['image']}" for entry in entries
         ]
         for line, entry in zip(lines, entries, strict=True):
-            assert set(line) == {"source-ref", "boxes", "boxes-metadata"}
+            assert set(line) == {"source-ref", "origin", "boxes", "boxes-metadata"}
+            assert (dataset / line["origin"]).is_file()  # the photo the split image came from, under --input
             assert line["boxes"]["image_size"] == [{"width": 128, "height": 128, "depth": 3}]
             assert [a["class_id"] for a in line["boxes"]["annotations"]] == [b[0] for b in entry["boxes"]]
             for annotation in line["boxes"]["annotations"]:
