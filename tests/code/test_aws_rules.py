@@ -471,12 +471,16 @@ def test_the_stacks_rule_requests_are_valid_and_a_too_long_prefix_is_refused() -
         ("NewDataRule", "PutTargets"),
         ("ClassifierNewDataRule", "PutRule"),
         ("ClassifierNewDataRule", "PutTargets"),
+        ("DetectionNewDataRule", "PutRule"),
+        ("DetectionNewDataRule", "PutTargets"),
         ("ApprovedRule", "PutRule"),
         ("ApprovedRule", "PutTargets"),
         ("ClassifierApprovedRule", "PutRule"),
         ("ClassifierApprovedRule", "PutTargets"),
+        ("DetectionApprovedRule", "PutRule"),
+        ("DetectionApprovedRule", "PutTargets"),
     ]
-    assert infra.rule_request_problems(template) == []  # the classifier's input transformers included
+    assert infra.rule_request_problems(template) == []  # every recipe's input transformers included
     long_prefix = {"Prefix": "fleet/" + "p" * 1000}
     problems = infra.rule_request_problems(template, long_prefix)
     assert any(
