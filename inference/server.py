@@ -148,6 +148,13 @@ class InvocationServer(ThreadingHTTPServer):
         # instead of fighting over the cores (SageMaker's model servers bound their workers the same way).
         self.workers = threading.BoundedSemaphore(workers)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (a reset kept-alive connection: load generators end that way) is not
+        the server's error: no traceback for it; anything else is printed as socketserver does."""
+        if isinstance(sys.exc_info()[1], ConnectionError):  # reset, aborted, broken pipe
+            return
+        super().handle_error(request, client_address)
+
 
 class InvocationRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client's connection serves many requests

@@ -77,3 +77,20 @@ def test_wrk_counts_non_2xx_answers_as_failures(bench, endpoint: str, tmp_path: 
     body.write_bytes(b"refuse")
     run = bench.load_wrk(endpoint, body, "image/jpeg", clients=4, seconds=1)
     assert run["requests"] > 0 and run["failed"] >= run["requests"]
+
+
+def test_a_client_resetting_its_connection_prints_no_traceback(
+    endpoint: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import struct
+    import time
+
+    port = int(endpoint.rsplit(":", 1)[1])
+    client = socket.create_connection(("127.0.0.1", port))
+    client.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nphoto")
+    assert client.recv(4096).startswith(b"HTTP/1.1 200")
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+    client.close()
+    time.sleep(0.3)  # the server's thread reads the reset
+    assert "ConnectionResetError" not in capfd.readouterr().err
