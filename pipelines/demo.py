@@ -202,6 +202,52 @@ def compiled_report_uri(execution: Any, package: dict[str, Any] | None) -> str:
     return f"{artifact.rsplit('/', 2)[0]}/compiled.json"
 
 
+@dataclass(frozen=True)
+class ImageRecipeOutputs:
+    """What an image recipe's execution wrote that its summary reads."""
+
+    data: dict[str, Any]  # Preprocess's data-report.json
+    evaluation: dict[str, Any]  # Evaluate's evaluation.json
+    package: dict[str, Any] | None  # the model package holding this execution's model
+    compiled: dict[str, Any]  # CompileForEdge's compiled.json
+
+
+def image_recipe_outputs(workspace: Path, execution: Any, group: str) -> ImageRecipeOutputs:
+    from edge.aws import clients
+
+    aws = clients(local_root=str(workspace))
+    package = this_models_package(aws.sagemaker, execution, group)
+    return ImageRecipeOutputs(
+        data=_s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data-report.json"),
+        evaluation=_s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json"),
+        package=package,
+        compiled=_s3_json(aws.s3, compiled_report_uri(execution, package)),
+    )
+
+
+def image_data_line(data: dict[str, Any], photos: str) -> str:
+    """``data      600 labelled photos read: ...``: the data report's counts and splits."""
+    splits = data["splits"]
+    return (
+        f"data      {data['read']} {photos} photos read: {data['accepted']} accepted, {data['rejected']} "
+        f"rejected; {len(data['classes'])} classes; train/validation/test "
+        f"{splits['train']['images']}/{splits['validation']['images']}/{splits['test']['images']}"
+    )
+
+
+def package_lines(outputs: ImageRecipeOutputs) -> list[str]:
+    """The package (ARN, approval) and each target's compiled artifact with its default."""
+    lines, package = [], outputs.package
+    if package:
+        lines.append(f"package   {package['ModelPackageArn']} ({package['ModelApprovalStatus']})")
+    for target, entry in sorted(outputs.compiled["targets"].items()):
+        lines.append(
+            f"artifacts {target:<12} model.tar.gz {_human_bytes(int(entry['size_bytes'])):>10}  "
+            f"default {entry.get('default')}"
+        )
+    return lines
+
+
 def learned_lines(model: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
     """Whether each output was learned: its test MAE as a share of the constant baseline's."""
     lines = []

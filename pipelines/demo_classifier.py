@@ -17,13 +17,11 @@ from edge.settings import RECIPE_NAMES
 from pipelines.demo import (
     ImageRecipeDemo,
     _fmt,
-    _human_bytes,
-    _s3_json,
-    compiled_report_uri,
+    image_data_line,
+    image_recipe_outputs,
     newest_execution,
-    output_uri,
+    package_lines,
     run_image_recipe_demo,
-    this_models_package,
 )
 
 PIPELINE_NAME, GROUP = RECIPE_NAMES["classifier"]
@@ -80,38 +78,25 @@ def car_accuracy(results: Path, labelled: Path) -> dict[str, Any]:
 
 def summary_lines(workspace: Path, car: dict[str, Any]) -> list[str]:
     """The classifier's part of the closing summary."""
-    from edge.aws import clients
     from pipelines.local.store import load
 
-    aws = clients(local_root=str(workspace))
     execution = (
         load(Path(car["execution"])) if car.get("execution") else newest_execution(workspace, PIPELINE_NAME)
     )
-    data = _s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data-report.json")
-    evaluation = _s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json")
-    package = this_models_package(aws.sagemaker, execution, GROUP)
-    compiled = _s3_json(aws.s3, compiled_report_uri(execution, package))
+    outputs = image_recipe_outputs(workspace, execution, GROUP)
+    evaluation = outputs.evaluation
     metrics = evaluation["multiclass_classification_metrics"]
     champion = (evaluation.get("champion") or {}).get("accuracy", {}).get("value")
-    splits = data["splits"]
     lines = [
         "classifier",
-        f"data      {data['read']} labelled photos read: {data['accepted']} accepted, {data['rejected']} "
-        f"rejected; {len(data['classes'])} classes; train/validation/test "
-        f"{splits['train']['images']}/{splits['validation']['images']}/{splits['test']['images']}",
+        image_data_line(outputs.data, "labelled"),
         f"metrics   on {evaluation['test_images']} test photos        model    baseline  champion",
         f"          accuracy                 {_fmt(metrics['accuracy']['value']):>8} "
         f"{_fmt(evaluation['baseline']['accuracy']['value']):>10} {_fmt(champion):>9}",
         f"          top-{metrics['top_k_accuracy']['k']} accuracy           "
         f"{_fmt(metrics['top_k_accuracy']['value']):>8}",
+        *package_lines(outputs),
     ]
-    if package:
-        lines.append(f"package   {package['ModelPackageArn']} ({package['ModelApprovalStatus']})")
-    for target, entry in sorted(compiled["targets"].items()):
-        lines.append(
-            f"artifacts {target:<12} model.tar.gz {_human_bytes(int(entry['size_bytes'])):>10}  "
-            f"default {entry.get('default')}"
-        )
     scored = car.get("accuracy_on_new_photos") or {}
     if car:
         lines.append(

@@ -18,13 +18,11 @@ from edge.settings import RECIPE_NAMES
 from pipelines.demo import (
     ImageRecipeDemo,
     _fmt,
-    _human_bytes,
-    _s3_json,
-    compiled_report_uri,
+    image_data_line,
+    image_recipe_outputs,
     newest_execution,
-    output_uri,
+    package_lines,
     run_image_recipe_demo,
-    this_models_package,
 )
 
 PIPELINE_NAME, GROUP = RECIPE_NAMES["detection"]
@@ -112,36 +110,22 @@ def car_found(results: Path, labelled: Path) -> dict[str, Any]:
 
 def summary_lines(workspace: Path, car: dict[str, Any]) -> list[str]:
     """The detector's part of the closing summary."""
-    from edge.aws import clients
 
-    aws = clients(local_root=str(workspace))
-    execution = newest_execution(workspace, PIPELINE_NAME)
-    data = _s3_json(aws.s3, f"{output_uri(execution, 'Preprocess', 'report')}/data-report.json")
-    evaluation = _s3_json(aws.s3, f"{output_uri(execution, 'Evaluate', 'evaluation')}/evaluation.json")
-    package = this_models_package(aws.sagemaker, execution, GROUP)
-    compiled = _s3_json(aws.s3, compiled_report_uri(execution, package))
+    outputs = image_recipe_outputs(workspace, newest_execution(workspace, PIPELINE_NAME), GROUP)
+    evaluation = outputs.evaluation
     metrics = evaluation["detection_metrics"]
     champion = ((evaluation.get("champion") or {}).get("map_50") or {}).get("value")
-    splits = data["splits"]
     lines = [
         "detector",
-        f"data      {data['read']} boxed photos read: {data['accepted']} accepted, {data['rejected']} "
-        f"rejected; {len(data['classes'])} classes; train/validation/test "
-        f"{splits['train']['images']}/{splits['validation']['images']}/{splits['test']['images']}",
+        image_data_line(outputs.data, "boxed"),
         f"metrics   on {evaluation['test_images']} test photos        model    baseline  champion",
         f"          mAP@0.5                  {_fmt(metrics['map_50']['value']):>8} "
         f"{_fmt(evaluation['baseline']['map_50']['value']):>10} {_fmt(champion):>9}",
         f"          mAP@0.5:0.95             {_fmt(metrics['map_50_95']['value']):>8}",
         "          AP@0.5 per class         "
         + ", ".join(f"{name} {_fmt(ap, 3)}" for name, ap in metrics["per_class_ap_50"].items()),
+        *package_lines(outputs),
     ]
-    if package:
-        lines.append(f"package   {package['ModelPackageArn']} ({package['ModelApprovalStatus']})")
-    for target, entry in sorted(compiled["targets"].items()):
-        lines.append(
-            f"artifacts {target:<12} model.tar.gz {_human_bytes(int(entry['size_bytes'])):>10}  "
-            f"default {entry.get('default')}"
-        )
     scored = car.get("found_on_new_photos") or {}
     if car:
         lines.append(

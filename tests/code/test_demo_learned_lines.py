@@ -42,3 +42,30 @@ def test_the_car_is_scored_against_the_labels_of_the_photos_it_classified(tmp_pa
     results.write_text("\n".join(lines) + "\n")
     assert car_accuracy(results, labelled) == {"photos": 10, "correct": 7, "accuracy": 0.7}
     assert car_accuracy(tmp_path / "none.jsonl", labelled)["accuracy"] is None
+
+
+def test_the_image_recipes_share_their_data_and_package_lines() -> None:
+    from pipelines.demo import ImageRecipeOutputs, image_data_line, package_lines
+
+    data = {
+        "read": 600, "accepted": 598, "rejected": 2, "classes": ["circle", "square", "triangle"],
+        "splits": {"train": {"images": 400}, "validation": {"images": 100}, "test": {"images": 98}},
+    }  # fmt: skip
+    assert image_data_line(data, "boxed") == (
+        "data      600 boxed photos read: 598 accepted, 2 rejected; 3 classes; "
+        "train/validation/test 400/100/98"
+    )
+    outputs = ImageRecipeOutputs(
+        data=data,
+        evaluation={},
+        package={"ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1",
+                 "ModelApprovalStatus": "Approved"},
+        compiled={"targets": {"rasp4b": {"size_bytes": 2621440, "default": "detector-int8.onnx"},
+                              "jetson_nano": {"size_bytes": 512, "default": "detector-int8.onnx"}}},
+    )  # fmt: skip
+    assert package_lines(outputs) == [
+        "package   arn:aws:sagemaker:us-east-1:123456789012:model-package/g/1 (Approved)",
+        "artifacts jetson_nano  model.tar.gz      512 B  default detector-int8.onnx",
+        "artifacts rasp4b       model.tar.gz    2.5 MiB  default detector-int8.onnx",
+    ]
+    assert package_lines(ImageRecipeOutputs(data, {}, None, {"targets": {}})) == []  # nothing registered
