@@ -106,11 +106,9 @@ def run_image_recipe_demo(
     robocar(
         "run", "--local", "--workspace", workspace, "--data", workspace / demo.data, "--param", epochs, *flags
     )
-    registry = ["--workspace", workspace, "--recipe", demo.recipe]
-    robocar("registry", "list", *registry)
-    robocar(
-        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
-    )
+    from edge.settings import RECIPE_NAMES
+
+    approve_if_registered(workspace, RECIPE_NAMES[demo.recipe][1], ["--recipe", demo.recipe])
     unseen = workspace / demo.unseen / f"synth-{demo.classes}x{demo.car_photos}-s{seed + 1000}"
     if not unseen.exists():
         robocar(
@@ -122,6 +120,7 @@ def run_image_recipe_demo(
     robocar("edge", "pull", *edge, "--prefer", demo.artifact)
     results = workspace / f"{demo.answers}.jsonl"
     summary_json = workspace / f"{demo.answers}-summary.json"
+    results.unlink(missing_ok=True)  # `edge run --output` appends; the summary scores this run's answers
     robocar(
         "edge", "run", *edge, "--prefer", demo.artifact, "--no-pull", "--images", unseen / "images",
         "--output", results, "--summary-json", summary_json, "--quiet",
@@ -139,6 +138,25 @@ def robocar(*argv: str | Path, main: Callable[[list[str]], int] | None = None) -
     code = (main or cli_main)(args)
     if code != 0:
         raise DemoError(f"`robocar {args[0]} {args[1] if len(args) > 1 else ''}` exited with status {code}")
+
+
+def approve_if_registered(workspace: Path, group: str, which: list[str]) -> None:
+    """``robocar registry list``, then approve the newest package awaiting approval. A rerun whose model
+    is registered already (the cached steps train the same model: ShouldRegister -> False) registers
+    nothing, and the package approved the first time stays the one the car pulls."""
+    from pipelines.local.registry import LocalSageMakerClient
+
+    registry = ["--workspace", workspace, *which]
+    robocar("registry", "list", *registry)
+    pending = LocalSageMakerClient(workspace).list_model_packages(
+        ModelPackageGroupName=group, ModelApprovalStatus="PendingManualApproval"
+    )["ModelPackageSummaryList"]
+    if not pending:
+        print(f"\nnothing to approve in {group}: this run registered no new package")
+        return
+    robocar(
+        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
+    )
 
 
 def _s3_json(s3: Any, uri: str) -> dict[str, Any]:
@@ -355,11 +373,7 @@ def run_demo(config: DemoConfig) -> int:
     assignments = (f"Epochs={config.epochs}", *config.parameters)
     params = [token for assignment in assignments for token in ("--param", assignment)]
     robocar("run", "--local", "--workspace", workspace, "--data", tubs, *params, *flags)
-    registry = ["--workspace", workspace, "--group", GROUP]
-    robocar("registry", "list", *registry)
-    robocar(
-        "registry", "approve", "latest", *registry, "--description", "approved by the demo after its metrics"
-    )
+    approve_if_registered(workspace, GROUP, ["--group", GROUP])
     car = workspace / "car"
     drive_json = workspace / "drive-summary.json"
     edge = ["--root", car, "--workspace", workspace, "--group", GROUP, "--target", EDGE_TARGET]

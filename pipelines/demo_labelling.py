@@ -147,6 +147,10 @@ def run_labelling_demo(config: LabellingDemo) -> dict[str, Any]:
     print(
         f"\n(the reviewer: a script deciding {to_review.name} through the review page's API, from the truth)"
     )
+    # predict rewrote to-review.manifest (a rerun's model may order it otherwise), so the scripted review
+    # starts anew; the review server refuses a journal of another manifest, as it should for a person's
+    for earlier in (reviewed, Path(f"{reviewed}.journal"), Path(f"{reviewed}.rejected")):
+        earlier.unlink(missing_ok=True)
     with start_review_server(to_review, reviewed) as server:
         correct_reviewer(server.url, truth_classes(new / "truth" / "output.manifest"))
     robocar("label", "land", reviewed, *flags)

@@ -69,3 +69,20 @@ def test_the_image_recipes_share_their_data_and_package_lines() -> None:
         "artifacts rasp4b       model.tar.gz    2.5 MiB  default detector-int8.onnx",
     ]
     assert package_lines(ImageRecipeOutputs(data, {}, None, {"targets": {}})) == []  # nothing registered
+
+
+def test_a_rerun_that_registered_nothing_approves_nothing(tmp_path, capsys):
+    from edge_fixtures import BUCKET, GROUP, register
+
+    from pipelines.demo import approve_if_registered
+    from pipelines.local.registry import LocalSageMakerClient
+    from pipelines.local.s3 import LocalS3Client
+
+    sagemaker, s3 = LocalSageMakerClient(tmp_path), LocalS3Client(tmp_path)
+    s3.create_bucket(Bucket=BUCKET)
+    sagemaker.create_model_package_group(ModelPackageGroupName=GROUP)
+    first = register(sagemaker, s3, b"model", key="m/1.tar.gz", approved=False)
+    approve_if_registered(tmp_path, GROUP, ["--group", GROUP])  # the first run: its package is approved
+    assert sagemaker.describe_model_package(ModelPackageName=first)["ModelApprovalStatus"] == "Approved"
+    approve_if_registered(tmp_path, GROUP, ["--group", GROUP])  # a rerun (before: `approve` exited 2)
+    assert "nothing to approve in robocar-pilot" in capsys.readouterr().out
