@@ -10,7 +10,10 @@ run exercises what Neo sees:
 * ``pilot_float32.tflite`` and ``pilot_int8.tflite`` (full-integer): the Keras architecture with its
   weights loaded back from the Neo model's initializers (checked equal to the trained weights), then
   converted by TensorFlow Lite; the int8 one with its first convolution re-expressed over column groups
-  (``group_columns_for_first_conv``: the same function in the layout XNNPACK's int8 kernels run fast).
+  (``group_columns_for_first_conv``: the same function in the layout XNNPACK's int8 kernels run fast);
+* ``pilot_int8_wide.tflite``: the same int8 pilot with its second convolution too over column pairs
+  (``widen_second_conv``): fewer, wider kernel taps, which is what AMX tiles want. Which int8 layout is
+  faster depends on the CPU, so both ship and the car times them at install (edge/agent.py).
 
 Every artifact is run through the car's own runtime code (``edge.runtimes``) on the test split and
 compared with the float Keras model.
@@ -60,6 +63,7 @@ class LocalArtifact:
 
 
 INT8_TFLITE, FLOAT_TFLITE = "pilot_int8.tflite", "pilot_float32.tflite"
+WIDE_INT8_TFLITE = "pilot_int8_wide.tflite"
 INT8_ONNX, FLOAT_ONNX = "pilot_int8.onnx", "pilot_float32.onnx"
 LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tolerance
     LocalArtifact(
@@ -67,6 +71,12 @@ LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tole
         "litert",
         "int8",
         "full-integer int8 (int8 input = frame - 128, scale 1/255; first convolution over column groups)",
+    ),
+    LocalArtifact(
+        WIDE_INT8_TFLITE,
+        "litert",
+        "int8",
+        "full-integer int8 as pilot_int8.tflite, second convolution over column pairs too (wide taps)",
     ),
     LocalArtifact(FLOAT_TFLITE, "litert", "float32", "float32"),
     LocalArtifact(
@@ -217,6 +227,67 @@ def group_columns_for_first_conv(model: Any) -> Any:
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return rewritten
+
+
+def widen_second_conv(grouped: Any) -> Any:
+    """``group_columns_for_first_conv``'s network with the second convolution over column pairs too, or
+    ``grouped`` itself where its layers are not in that shape.
+
+    The first convolution already answers two neighbouring output columns per position ([Ho, Wo/2, 2F]);
+    instead of reading that back as [Ho, Wo, F], the second convolution (width stride 2) reads the pairs
+    as they are: ``column_group_kernel`` with group 2 turns its kh x kw taps over F channels into
+    kh x ceil(kw/2) taps over 2F channels, width stride 1. Same products plus zeros (600 -> 720 a filter
+    for donkeycar's 5x5 over 24), same sums: an fp32 test checks the function.
+    Why: on a CPU with AMX, XNNPACK's int8 convolution pays per kernel tap for 64 input channels whatever
+    the layer has (a 5x5 s2 convolution into 32 filters took 98-108 us for 24, 32, 48 or 64 input channels
+    on an Intel Xeon with AMX-INT8), so 15 taps over 48 channels cost less than 25 over 24: the pilot's
+    invoke went from 227 to 204 us there. Where int8 kernels pay per channel (AVX-512 VNNI) the extra zeros
+    cost instead, so this is a second artifact and the car measures which is faster.
+    """
+    import keras
+
+    layers = grouped.layers
+    names = [layer.name for layer in layers]
+    ungroup = next((layer for layer in layers if layer.name.endswith("_ungrouped")), None)
+    if ungroup is None:
+        return grouped
+    following = layers[names.index(ungroup.name) + 1 :]
+    passthrough = (keras.layers.Dropout, keras.layers.Activation, keras.layers.ReLU)
+    second = next((layer for layer in following if not isinstance(layer, passthrough)), None)
+    _, height, width, channels = ungroup.output.shape
+    if (
+        type(second) is not keras.layers.Conv2D
+        or second.padding != "valid"
+        or tuple(second.strides) != (2, 2)
+        or tuple(second.dilation_rate) != (1, 1)
+        or second.groups != 1
+        or tuple(second.input.shape) != tuple(ungroup.output.shape)
+        or width % 2
+    ):
+        return grouped
+    kernel, *bias = second.get_weights()
+    paired = column_group_kernel(kernel, stride=2, group=2)
+    if width // 2 - paired.shape[1] + 1 != second.output.shape[2]:
+        return grouped
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer is second:
+            config.update(kernel_size=paired.shape[:2], strides=(second.strides[0], 1))
+        return layer.__class__.from_config(config)
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer.name == ungroup.name:
+            return args[0]  # keep the pairs: [Ho, Wo/2, 2F]
+        return layer(*args, **kwargs)
+
+    widened = keras.models.clone_model(grouped, clone_function=clone, call_function=call)
+    for layer in widened.layers:
+        if layer.name == second.name:
+            layer.set_weights([paired, *bias])
+        elif layer.weights:
+            layer.set_weights(grouped.get_layer(layer.name).get_weights())
+    return widened
 
 
 def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
@@ -427,6 +498,9 @@ def build_local_files(
     timed(FLOAT_TFLITE, lambda path: path.write_bytes(convert_litert(litert_model)))
     int8_expression = group_columns_for_first_conv(litert_model)  # the same function, laid out for XNNPACK
     timed(INT8_TFLITE, lambda path: path.write_bytes(convert_litert(int8_expression, calibration)))
+    wide_expression = widen_second_conv(int8_expression)
+    if wide_expression is not int8_expression:  # else it would be pilot_int8.tflite again
+        timed(WIDE_INT8_TFLITE, lambda path: path.write_bytes(convert_litert(wide_expression, calibration)))
     return seconds
 
 
@@ -472,6 +546,8 @@ def compile_locally(
         seconds = build_local_files(work, from_neo, neo_onnx, calibration)
         for spec in LOCAL_ARTIFACTS:
             path = work / spec.file
+            if not path.is_file():  # a layout that did not apply to this network
+                continue
             read_io = litert_io if spec.runtime == "litert" else onnx_io
             input_spec, output_specs = read_io(path, meta)
             artifact = {

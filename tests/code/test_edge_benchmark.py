@@ -69,23 +69,44 @@ def test_measure_reports_the_median_round(bench):
 def test_verdicts_compare_with_the_goals(bench):
     report = {
         "artifacts": [
-            {"file": "pilot_int8.tflite", "precision": "int8", "fps": 5000.0, "of_limit": 0.72,
-             "x_donkeycar": 10.5, "angle_error": 0.02},
-            {"file": "pilot_float32.tflite", "precision": "float32", "fps": 1500.0, "of_limit": 0.65,
-             "x_donkeycar": 3.1, "angle_error": 0.0},
+            {"file": "pilot_int8.tflite", "runtime": "litert", "precision": "int8", "fps": 5000.0,
+             "of_limit": 0.72, "x_donkeycar": 10.5, "angle_error": 0.02},
+            {"file": "pilot_float32.tflite", "runtime": "litert", "precision": "float32", "fps": 1500.0,
+             "of_limit": 0.65, "x_donkeycar": 3.1, "angle_error": 0.0},
         ]
     }  # fmt: skip
     lines = bench.verdicts(report)
     assert lines[0].startswith("PASS fastest (pilot_int8.tflite) >= 10x donkeycar: 10.5x")
-    assert lines[1].startswith("PASS LiteRT int8 >= 70% of the int8 limit with angle error <= 0.03: 72%")
+    assert lines[1].startswith(
+        "PASS LiteRT int8 (pilot_int8.tflite) >= 70% of the int8 limit with angle error <= 0.03: 72%"
+    )
     assert lines[2].startswith("MISS best fp32 (pilot_float32.tflite)")
     report["artifacts"][0]["of_limit"] = 0.69
-    assert bench.verdicts(report)[1].startswith("MISS LiteRT int8 >= 70%")
+    assert bench.verdicts(report)[1].startswith("MISS LiteRT int8 (pilot_int8.tflite) >= 70%")
+
+
+def test_the_int8_pilot_is_the_fastest_litert_int8_artifact_as_the_car_picks(bench):
+    row = {"precision": "int8", "of_limit": 0.5, "x_donkeycar": None, "angle_error": 0.01}
+    report = {
+        "artifacts": [
+            {**row, "file": "pilot_int8.tflite", "runtime": "litert", "fps": 4000.0},
+            {**row, "file": "pilot_int8_wide.tflite", "runtime": "litert", "fps": 4400.0, "of_limit": 0.55},
+            {**row, "file": "pilot_int8.onnx", "runtime": "onnxruntime", "fps": 9000.0},  # not LiteRT
+        ]
+    }
+    assert bench.int8_pilot(report)["file"] == "pilot_int8_wide.tflite"
+    assert (
+        "(pilot_int8_wide.tflite) >= 70% of the int8 limit with angle error <= 0.03: 55%"
+        in (bench.verdicts(report)[0])
+    )
+    report["artifacts"][1]["fps"] = 3000.0
+    assert bench.int8_pilot(report)["file"] == "pilot_int8.tflite"
 
 
 def test_the_int8_summary_states_its_share_of_the_limit_and_its_ratio_to_donkeycar(bench):
-    int8 = {"file": "pilot_int8.tflite", "precision": "int8", "fps": 6600.0, "of_limit": 0.71,
-            "of_limit_rounds": [0.69, 0.71, 0.73], "x_donkeycar": 33.0, "angle_error": 0.0198}  # fmt: skip
+    int8 = {"file": "pilot_int8.tflite", "runtime": "litert", "precision": "int8", "fps": 6600.0,
+            "of_limit": 0.71, "of_limit_rounds": [0.69, 0.71, 0.73], "x_donkeycar": 33.0,
+            "angle_error": 0.0198}  # fmt: skip
     report = {"artifacts": [int8], "limit_fps": {"int8": 9300.0}, "repeats": 3, "donkeycar": {"fps": 200.0}}
     assert bench.int8_summary(report) == (
         "int8 pilot pilot_int8.tflite: 71% of the int8 limit (6,600 of 9,300 fps; median of 3 rounds: "
@@ -93,6 +114,21 @@ def test_the_int8_summary_states_its_share_of_the_limit_and_its_ratio_to_donkeyc
     )
     report["donkeycar"], int8["x_donkeycar"] = None, None
     assert "donkeycar's pilot not measured" in bench.int8_summary(report)
+
+
+def test_the_peak_includes_xnnpack_s_dense_layers_where_litert_is_installed(bench, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tensorflow")
+    monkeypatch.setattr(bench, "PEAK_SIZES", (64,))
+    monkeypatch.setattr(bench, "PEAK_REPEATS", 2)
+    bench._litert_dense_models.cache_clear()
+    try:
+        peaks = bench.measure_peaks()
+    finally:
+        bench._litert_dense_models.cache_clear()
+    assert set(peaks["int8"]) == {"onnxruntime MatMulInteger u8s8", "litert (XNNPACK) int8 dense"}
+    assert set(peaks["float32"]) == {"numpy matmul", "onnxruntime MatMul", "litert (XNNPACK) float32 dense"}
+    assert all(value > 0 for kind in peaks.values() for value in kind.values())
 
 
 def test_a_missing_donkeycar_environment_is_reported_not_fatal(bench, monkeypatch):

@@ -21,7 +21,13 @@ from processing import compile as compile_step  # noqa: E402
 from processing import local_compile  # noqa: E402
 
 TARGETS = ("jetson_nano", "rasp4b")
-FILES = ("pilot_int8.tflite", "pilot_float32.tflite", "pilot_int8.onnx", "pilot_float32.onnx")
+FILES = (
+    "pilot_int8.tflite",
+    "pilot_int8_wide.tflite",
+    "pilot_float32.tflite",
+    "pilot_int8.onnx",
+    "pilot_float32.onnx",
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +100,9 @@ def test_manifest_describes_each_artifact_inside_the_package(compiled, tmp_path)
     assert int8["input"]["quantization"]["scale"] == pytest.approx(1 / 255)
     assert int8["input"]["quantization"] == pytest.approx(INPUT_SCALING.quantization("int8"))
     # The ONNX int8 pilot takes the frame itself (its input QuantizeLinear removed).
-    onnx_int8 = manifest["artifacts"][2]
+    wide = manifest["artifacts"][1]  # the same input contract: the car feeds both alike
+    assert wide["input"] == int8["input"] and wide["precision"] == "int8" and wide["within_tolerance"]
+    onnx_int8 = manifest["artifacts"][3]
     assert onnx_int8["input"]["dtype"] == "uint8" and onnx_int8["input"]["quantization"]["zero_point"] == 0
     # Section 5's top-level fields are the default artifact's.
     assert manifest["default"] == manifest["file"] == "pilot_int8.tflite"
@@ -229,6 +237,35 @@ def test_the_int8_litert_pilot_s_one_frame_path_answers_as_its_batch_path(compil
     assert singles == [(float(a), float(t)) for a, t in zip(angle, throttle, strict=True)]
 
 
+def test_the_wide_int8_pilot_runs_its_second_convolution_over_column_pairs(compiled, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    package_dir = extract(compiled["out"] / "rasp4b" / "model.tar.gz", tmp_path)
+    interpreter = Interpreter(model_path=str(package_dir / "pilot_int8_wide.tflite"))
+    shapes = [list(t["shape"]) for t in interpreter.get_tensor_details()]
+    assert [48, 5, 2, 12] in shapes, "the first convolution over 4-column groups, as pilot_int8.tflite"
+    assert [32, 5, 3, 48] in shapes and [32, 5, 5, 24] not in shapes  # OHWI: 15 taps over column pairs
+    assert [1, 30, 30, 24] not in shapes, "the pairs are never read back as single columns"
+
+
+def test_widening_keeps_the_pilot_s_function_and_leaves_other_networks_alone(compiled):
+    model = compiled["model"]
+    grouped = local_compile.group_columns_for_first_conv(model)
+    widened = local_compile.widen_second_conv(grouped)
+    assert widened.get_layer("conv2d_2").kernel.shape == (5, 3, 48, 32)
+    assert tuple(widened.get_layer("conv2d_2").strides) == (2, 1)
+    held_out = to_model_input(compiled["splits"]["test"]["images"])
+    for want, got in zip(model(held_out, training=False), widened(held_out, training=False), strict=True):
+        assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5
+    assert local_compile.widen_second_conv(model) is model, "no column groups: nothing to widen"
+    inputs = keras.Input((16, 16, 3), name="img_in")
+    x = keras.layers.Conv2D(4, 5, strides=2)(inputs)
+    x = keras.layers.Conv2D(2, 3, strides=1)(x)  # stride 1: pairs would not line up
+    narrow = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(x)))
+    narrow_grouped = local_compile.group_columns_for_first_conv(narrow)
+    assert narrow_grouped is not narrow and local_compile.widen_second_conv(narrow_grouped) is narrow_grouped
+
+
 @pytest.mark.parametrize("model_type", ["linear", "categorical"])
 def test_both_donkeycar_pilots_keep_their_function_over_column_groups(model_type):
     from training.model import build_model
@@ -238,6 +275,9 @@ def test_both_donkeycar_pilots_keep_their_function_over_column_groups(model_type
     model = build_model(model_type, shape)
     rewritten = local_compile.group_columns_for_first_conv(model)
     assert rewritten is not model and rewritten.get_layer("conv2d_1").kernel.shape == (5, 2, 12, 48)
+    widened = local_compile.widen_second_conv(rewritten)
+    assert widened.get_layer("conv2d_2").kernel.shape == (5, 3, 48, 32)
     frames = to_model_input(np.random.default_rng(1).integers(0, 256, (4, *shape), dtype=np.uint8))
-    for want, got in zip(model(frames, training=False), rewritten(frames, training=False), strict=True):
-        assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5
+    for expression in (rewritten, widened):
+        for want, got in zip(model(frames, training=False), expression(frames, training=False), strict=True):
+            assert np.abs(np.asarray(want) - np.asarray(got)).max() <= 1e-5
