@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 onnx = pytest.importorskip("onnx")
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "edge.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("edge_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("edge")
 
 
 def test_multiply_adds_are_counted_from_conv_and_matmul_shapes(bench, tmp_path):

@@ -3,24 +3,19 @@ the Python clients read the model-time header, wrk's summary is parsed, and fail
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 from inference.server import InvocationServer
-
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "serving.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("serving_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("serving")
 
 
 def _serve(handler) -> Iterator[str]:

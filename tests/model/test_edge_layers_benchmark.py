@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 
-BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "edge_layers.py"
-
 
 @pytest.fixture(scope="module")
 def layers_bench():
-    spec = importlib.util.spec_from_file_location("edge_layers_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("edge_layers")
 
 
 def test_each_layout_is_cut_after_every_layer_that_computes(layers_bench):
