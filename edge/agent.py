@@ -219,9 +219,9 @@ def smoke_frame_bytes() -> bytes:
 class MeasureBudget:
     """How long the install-time benchmark may run each artifact: whichever limit comes first.
 
-    Half a second (or 200 frames, 10 s of driving at donkeycar's 20 Hz) each keeps an install with four
-    artifacts under about 2 s on top of loading them, and is over 100 calls for a pilot above 200 fps:
-    enough for a median latency that one scheduler hiccup does not move.
+    Half a second (or 200 frames, 10 s of driving at donkeycar's 20 Hz) each keeps an install with five
+    artifacts (a local pilot package) under about 2.5 s on top of loading them, and is over 100 calls for
+    a pilot above 200 fps: enough for a median latency that one scheduler hiccup does not move.
     """
 
     seconds: float = 0.5

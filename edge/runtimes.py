@@ -50,7 +50,7 @@ MANIFEST_NAME = "manifest.json"
 # edge.detect; each checks its own manifest.
 PILOT_TASK, CLASSIFICATION_TASK, DETECTION_TASK = "pilot", "classification", "detection"
 TASKS = (PILOT_TASK, CLASSIFICATION_TASK, DETECTION_TASK)
-MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with four artifacts is about 5 KiB
+MAX_MANIFEST_BYTES = 1 << 20  # a compiled manifest with five artifacts is about 6 KiB
 MODEL_TYPES = ("linear", "categorical")
 RUNTIMES = ("litert", "onnxruntime", "dlr")  # the order a package is driven with when nothing is preferred
 _RUNTIME_MODULES = {"litert": "ai_edge_litert", "onnxruntime": "onnxruntime", "dlr": "dlr"}
