@@ -22,7 +22,7 @@ What runs is what was verified: a manifest's ``file`` resolves inside the packag
 listed file against the ``sha256`` and ``size_bytes`` the manifest records (the agent runs it at install).
 Which artifact drives is measured on the car: at install the agent's smoke test times every artifact whose
 runtime is here and records the fastest that passes in ``CHOICE_FILE`` inside the installed folder;
-``choose_artifact`` takes it (after an explicit ``prefer``, before the manifest's ``default``).
+``choose_artifact`` takes it (among what an explicit ``prefer`` names, before the manifest's ``default``).
 
 A ``Pilot`` takes uint8 frames prepared by ``edge.frames.prepare_frame`` and returns the car's
 (angle, throttle). Quantised inputs and outputs are (de)quantised here. Thread counts are always set
@@ -224,15 +224,14 @@ def choose_artifact(
 ) -> dict[str, Any]:
     """The artifact to drive with.
 
-    ``prefer`` (see ``runnable_artifacts``) wins; else ``chosen``, the file the agent measured fastest
-    on this device (``read_choice``), when it is listed and its runtime is here; else the manifest's
-    ``default`` file when its runtime is here, else the first artifact (the compile step lists them
-    best first) whose runtime is here.
+    ``prefer`` (see ``runnable_artifacts``) narrows the candidates to those it names; among them
+    ``chosen``, the file the agent measured fastest on this device (``read_choice``), when it is listed
+    and its runtime is here; else the manifest's ``default`` file when it is a candidate, else the first
+    candidate (the compile step lists them best first). So ``--prefer litert-int8`` drives whichever of
+    the package's two int8 LiteRT layouts the car measured faster.
     """
     artifacts = [a for a in manifest["artifacts"] if isinstance(a, dict)]
     usable = runnable_artifacts(manifest, prefer, available)
-    if prefer:
-        return usable[0]
     for wanted in (chosen, manifest.get("default")):
         for artifact in usable:
             if wanted and artifact.get("file") == wanted:

@@ -167,6 +167,16 @@ def test_a_preference_picks_by_file_runtime_or_precision():
         runtimes.choose_artifact(manifest, "dlr", available=here)
 
 
+def test_among_the_preferred_artifacts_the_one_measured_fastest_on_the_car_drives():
+    wide = {"file": "b_int8_wide.tflite", "runtime": "litert", "precision": "int8"}
+    manifest = {"artifacts": [*ARTIFACTS[:2], wide, *ARTIFACTS[2:]], "default": "b_int8.tflite"}
+    here = {"litert", "onnxruntime"}.__contains__
+    pick = runtimes.choose_artifact
+    assert pick(manifest, "litert-int8", available=here, chosen="b_int8_wide.tflite") is wide
+    assert pick(manifest, "litert-int8", available=here)["file"] == "b_int8.tflite", "nothing measured"
+    assert pick(manifest, "litert-float32", available=here, chosen="b_int8_wide.tflite")["file"] == "c.tflite"
+
+
 def test_the_choice_measured_on_the_car_beats_the_default_but_not_a_preference(tmp_path):
     manifest = {"artifacts": ARTIFACTS, "default": "b_int8.tflite"}
     here = {"litert", "onnxruntime"}.__contains__
