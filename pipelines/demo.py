@@ -384,19 +384,19 @@ def run_demo(config: DemoConfig) -> int:
     drive = json.loads(drive_json.read_text()) if drive_json.exists() else {}
     classified: dict[str, Any] | None = None
     if config.classifier:
-        from pipelines.demo_classifier import ClassifierDemo, run_classifier_demo
+        from pipelines.demo_classifier import run_classifier_demo
 
-        classified = run_classifier_demo(ClassifierDemo(workspace, seed=config.seed))
+        classified = run_classifier_demo(workspace, config.seed)
     labelled: dict[str, Any] | None = None
     if config.classifier and config.labelling:
-        from pipelines.demo_labelling import LabellingDemo, run_labelling_demo
+        from pipelines.demo_labelling import run_labelling_demo
 
-        labelled = run_labelling_demo(LabellingDemo(workspace, seed=config.seed))
+        labelled = run_labelling_demo(workspace, config.seed)
     detected: dict[str, Any] | None = None
     if config.detection:
-        from pipelines.demo_detection import DetectionDemo, run_detection_demo
+        from pipelines.demo_detection import run_detection_demo
 
-        detected = run_detection_demo(DetectionDemo(workspace, seed=config.seed))
+        detected = run_detection_demo(workspace, config.seed)
     print(summarise(workspace, drive, time.monotonic() - started, classified, labelled, detected))
     return 0
 

@@ -9,7 +9,6 @@ artifacts and the car's JSON lines, which are scored against the new photos' own
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +27,20 @@ PIPELINE_NAME, GROUP = RECIPE_NAMES["classifier"]
 # The demo's own choices (the pipeline's defaults are in pipelines/classifier/pipeline.py): 4 classes,
 # 600 photos and 2 epochs from ImageNet weights reach ~1.0 test accuracy in about a minute on 2 cores.
 DEMO_CLASSES = 4
-DEMO_PHOTOS = 600
-DEMO_EPOCHS = 2
-CAR_PHOTOS = 100  # new photos (another seed) the car classifies after approval
-CAR_ARTIFACT = "int8"
+DEMO = ImageRecipeDemo(
+    "classifier", "--classifier", "labels", "car-photos", "car-classifier", "classify",
+    classes=DEMO_CLASSES, photos=600, epochs=2,
+    car_photos=100,  # new photos (another seed) the car classifies after approval
+    artifact="int8",
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ClassifierDemo:
-    workspace: Path
-    seed: int = 7
-    classes: int = DEMO_CLASSES
-    photos: int = DEMO_PHOTOS
-    epochs: int = DEMO_EPOCHS
-    car_photos: int = CAR_PHOTOS
-
-
-def run_classifier_demo(config: ClassifierDemo) -> dict[str, Any]:
+def run_classifier_demo(workspace: Path, seed: int) -> dict[str, Any]:
     """Every stage of the classifier's half; returns what the summary needs from the car."""
-    demo = ImageRecipeDemo(
-        "classifier", "--classifier", "labels", "car-photos", "car-classifier", "classify",
-        config.classes, config.photos, config.epochs, config.car_photos, CAR_ARTIFACT,
-    )  # fmt: skip
-    summary, unseen, results = run_image_recipe_demo(demo, config.workspace, config.seed)
+    summary, unseen, results = run_image_recipe_demo(DEMO, workspace, seed)
     summary["accuracy_on_new_photos"] = car_accuracy(results, unseen)
     # this half's execution: the summary reads it, not a later one (the auto-labelling loop's retrain)
-    summary["execution"] = str(newest_execution(config.workspace, PIPELINE_NAME).path)
+    summary["execution"] = str(newest_execution(workspace, PIPELINE_NAME).path)
     return summary
 
 

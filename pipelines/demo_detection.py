@@ -10,7 +10,6 @@ photos' own Ground Truth boxes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +29,18 @@ PIPELINE_NAME, GROUP = RECIPE_NAMES["detection"]
 # photos and the recipe's 24 epochs. The whole half took 69 s on 2 cores at load average 2 (the MXNet
 # environment already built by the classifier's half): test mAP@0.5 0.928 at seed 7, and the car found
 # 147 of the 157 objects in 60 new photos. At 12 epochs it was 0.61 with the old overlap threshold.
-DEMO_CLASSES = 3
-DEMO_PHOTOS = 600
-DEMO_EPOCHS = 24
-CAR_PHOTOS = 60  # new photos (another seed) the car detects in after approval
-CAR_ARTIFACT = "int8"
+DEMO = ImageRecipeDemo(
+    "detection", "--detection", "boxes", "car-boxes", "car-detector", "detect",
+    classes=3, photos=600, epochs=24,
+    car_photos=60,  # new photos (another seed) the car detects in after approval
+    artifact="int8",
+)  # fmt: skip
 MATCH_IOU = 0.5  # a reported box finds a true object of its class at this IoU (mAP@0.5's)
 
 
-@dataclass(frozen=True)
-class DetectionDemo:
-    workspace: Path
-    seed: int = 7
-    classes: int = DEMO_CLASSES
-    photos: int = DEMO_PHOTOS
-    epochs: int = DEMO_EPOCHS
-    car_photos: int = CAR_PHOTOS
-
-
-def run_detection_demo(config: DetectionDemo) -> dict[str, Any]:
+def run_detection_demo(workspace: Path, seed: int) -> dict[str, Any]:
     """Every stage of the detector's half; returns what the summary needs from the car."""
-    demo = ImageRecipeDemo(
-        "detection", "--detection", "boxes", "car-boxes", "car-detector", "detect",
-        config.classes, config.photos, config.epochs, config.car_photos, CAR_ARTIFACT,
-    )  # fmt: skip
-    summary, unseen, results = run_image_recipe_demo(demo, config.workspace, config.seed)
+    summary, unseen, results = run_image_recipe_demo(DEMO, workspace, seed)
     summary["found_on_new_photos"] = car_found(results, unseen)
     return summary
 

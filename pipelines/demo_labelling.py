@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shlex
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,6 @@ from processing.ground_truth import ADJUSTMENT_STATUS, METADATA_SUFFIX
 NEW_PHOTOS = 100
 SEED_OFFSET = 2000  # new photos: another seed than the training set's (seed) and the car's (seed + 1000)
 REQUEST_TIMEOUT_S = 30
-
-
-@dataclass(frozen=True)
-class LabellingDemo:
-    workspace: Path
-    seed: int = 7
-    classes: int = DEMO_CLASSES
-    photos: int = NEW_PHOTOS
 
 
 def truth_classes(truth_manifest: Path) -> dict[str, str]:
@@ -125,18 +116,17 @@ def labelling_lines(
     return lines
 
 
-def run_labelling_demo(config: LabellingDemo) -> dict[str, Any]:
+def run_labelling_demo(workspace: Path, seed: int) -> dict[str, Any]:
     """Every stage of the loop; returns where the summary reads from."""
     from pipelines.labelling.review import start_review_server
     from pipelines.local.store import list_executions
 
-    workspace = config.workspace
-    seed = config.seed + SEED_OFFSET
-    new = workspace / "new-photos" / f"synth-{config.classes}x{config.photos}-s{seed}"
+    seed += SEED_OFFSET
+    new = workspace / "new-photos" / f"synth-{DEMO_CLASSES}x{NEW_PHOTOS}-s{seed}"
     if not new.exists():
         robocar(
-            "data", "synth", "--classifier", "--unlabelled", "--out", new, "--classes", config.classes,
-            "--images", config.photos, "--seed", seed,
+            "data", "synth", "--classifier", "--unlabelled", "--out", new, "--classes", DEMO_CLASSES,
+            "--images", NEW_PHOTOS, "--seed", seed,
         )  # fmt: skip
     flags = ["--workspace", workspace, *recipe_settings_flags("classifier")]
     prelabels = workspace / "prelabels"
