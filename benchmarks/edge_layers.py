@@ -18,8 +18,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import io  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -48,20 +46,14 @@ def cut_points(model: Any) -> list[str]:
 
 
 def int8_submodel(model: Any, layer: str, calibration: np.ndarray) -> bytes:
-    """The model up to ``layer``, full-integer int8 with int8 input (as the car feeds it) and output."""
+    """The model up to ``layer``, converted as the int8 pilot is (int8 input, as the car feeds it) but
+    with its output left int8."""
     import keras
-    import tensorflow as tf
 
-    from edge.frames import to_model_input
+    from processing.local_compile import convert_litert
 
     sub = keras.Model(model.inputs, model.get_layer(layer).output)
-    converter = tf.lite.TFLiteConverter.from_keras_model(sub)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([to_model_input(frame[None])] for frame in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()):
-        return converter.convert()
+    return convert_litert(sub, calibration, int8_outputs=True)
 
 
 def layer_times(blobs: dict[str, bytes], rounds: int, calls: int = 200) -> dict[str, float]:

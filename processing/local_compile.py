@@ -164,6 +164,20 @@ def column_group_kernel(kernel: np.ndarray, stride: int, group: int) -> np.ndarr
     return grouped.reshape(kh, taps, group * channels, outputs * filters)
 
 
+def _cloned(model: Any, clone: Any, call: Any, rewritten: str, weights: list[np.ndarray]) -> Any:
+    """``model`` rebuilt by ``keras.models.clone_model`` with ``clone`` and ``call``: layer ``rewritten``
+    gets ``weights``, every other layer its own weights."""
+    import keras
+
+    cloned = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in cloned.layers:
+        if layer.name == rewritten:
+            layer.set_weights(weights)
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return cloned
+
+
 def group_columns_for_first_conv(model: Any) -> Any:
     """The same network with its first convolution computed over groups of columns: the layout in which
     XNNPACK's int8 kernels run it fastest.
@@ -220,13 +234,7 @@ def group_columns_for_first_conv(model: Any) -> Any:
             two_per_position
         )
 
-    rewritten = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for layer in rewritten.layers:
-        if layer.name == conv.name:
-            layer.set_weights([grouped, *(np.tile(b, 2) for b in bias)])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return rewritten
+    return _cloned(model, clone, call, conv.name, [grouped, *(np.tile(b, 2) for b in bias)])
 
 
 def widen_second_conv(grouped: Any) -> Any:
@@ -281,17 +289,13 @@ def widen_second_conv(grouped: Any) -> Any:
             return args[0]  # keep the pairs: [Ho, Wo/2, 2F]
         return layer(*args, **kwargs)
 
-    widened = keras.models.clone_model(grouped, clone_function=clone, call_function=call)
-    for layer in widened.layers:
-        if layer.name == second.name:
-            layer.set_weights([paired, *bias])
-        elif layer.weights:
-            layer.set_weights(grouped.get_layer(layer.name).get_weights())
-    return widened
+    return _cloned(grouped, clone, call, second.name, [paired, *bias])
 
 
-def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
-    """Keras -> .tflite; with calibration frames, full-integer int8 whose input is the frame minus 128."""
+def convert_litert(model: Any, calibration: np.ndarray | None = None, *, int8_outputs: bool = False) -> bytes:
+    """Keras -> .tflite; with calibration frames, full-integer int8 whose input is the frame minus 128.
+    ``int8_outputs`` leaves the outputs quantised (benchmarks/edge_layers.py's sub-models: dequantising a
+    feature map would be timed as the layer's)."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -302,7 +306,8 @@ def convert_litert(model: Any, calibration: np.ndarray | None = None) -> bytes:
         # x/255 quantises to int8 as frame - 128 (scale 1/255, zero point -128): one XOR on the car. A uint8
         # input would put a uint8->int8 QUANTIZE op in the graph, measured 12% slower at batch 1.
         converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.float32  # heads dequantised in-graph: angle keeps full precision
+        # the car's heads are dequantised in-graph: the angle keeps full precision
+        converter.inference_output_type = tf.int8 if int8_outputs else tf.float32
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured variable
         return converter.convert()
 
