@@ -64,6 +64,7 @@ class LocalArtifact:
 
 INT8_TFLITE, FLOAT_TFLITE = "pilot_int8.tflite", "pilot_float32.tflite"
 WIDE_INT8_TFLITE = "pilot_int8_wide.tflite"
+UNGROUPED = "_ungrouped"  # name suffix of the reshape that reads the grouped columns back (widen_second_conv)
 INT8_ONNX, FLOAT_ONNX = "pilot_int8.onnx", "pilot_float32.onnx"
 LOCAL_ARTIFACTS = (  # best first: the car drives with the first one within tolerance
     LocalArtifact(
@@ -230,7 +231,7 @@ def group_columns_for_first_conv(model: Any) -> Any:
             (height, width // group, group * channels), name=f"{conv.name}_columns"
         )
         two_per_position = layer(columns(args[0]), **kwargs)
-        return keras.layers.Reshape((out_height, out_width, filters), name=f"{conv.name}_ungrouped")(
+        return keras.layers.Reshape((out_height, out_width, filters), name=f"{conv.name}{UNGROUPED}")(
             two_per_position
         )
 
@@ -255,14 +256,13 @@ def widen_second_conv(grouped: Any) -> Any:
     import keras
 
     layers = grouped.layers
-    names = [layer.name for layer in layers]
-    ungroup = next((layer for layer in layers if layer.name.endswith("_ungrouped")), None)
+    ungroup = next((layer for layer in layers if layer.name.endswith(UNGROUPED)), None)
     if ungroup is None:
         return grouped
-    following = layers[names.index(ungroup.name) + 1 :]
+    following = layers[layers.index(ungroup) + 1 :]
     passthrough = (keras.layers.Dropout, keras.layers.Activation, keras.layers.ReLU)
     second = next((layer for layer in following if not isinstance(layer, passthrough)), None)
-    _, height, width, channels = ungroup.output.shape
+    width = ungroup.output.shape[2]
     if (
         type(second) is not keras.layers.Conv2D
         or second.padding != "valid"
