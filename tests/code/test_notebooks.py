@@ -167,8 +167,19 @@ def run(name: str, endpoint: str | None, workdir: Path, *, local_root: Path | No
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     env.update({"ROBOCAR_ENDPOINT_URL": endpoint} if endpoint else {"ROBOCAR_LOCAL_ROOT": str(local_root)})
+    return execute(notebook, env, workdir)
+
+
+def execute(notebook: Any, env: dict[str, str], workdir: Path) -> str:
+    """Each cell's text as Jupyter shows it. ipykernel sends stdout from its IO thread (every 0.2 s), so
+    one print of several parts can arrive as two stream outputs: coalesce_streams joins them again (CI
+    once saw "installed" and " - ..." apart)."""
     client = NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        coalesce_streams=True,
+        resources={"metadata": {"path": str(workdir)}},
     )
     client.execute(env=env)
     texts = []
@@ -176,6 +187,12 @@ def run(name: str, endpoint: str | None, workdir: Path, *, local_root: Path | No
         for output in cell.get("outputs", []):
             texts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
     return "\n".join(texts)
+
+
+def test_a_print_the_kernel_sends_in_two_parts_reads_as_one_line(tmp_path: Path) -> None:
+    split = "import sys\nsys.stdout.write('installed'); sys.stdout.flush(); print(' - 1 file')"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(split)])
+    assert "installed - 1 file" in execute(notebook, dict(os.environ), tmp_path)
 
 
 @pytest.mark.slow
