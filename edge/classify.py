@@ -27,7 +27,7 @@ import numpy as np
 
 from edge import photos, runtimes
 from edge.agent import PROBABILITY_SUM_TOLERANCE, SmokeTestError
-from edge.photos import PhotoError, PhotoTransform
+from edge.photos import PhotoError, PhotoTransform, check_input_spec
 
 log = logging.getLogger("robocar.edge.classify")
 
@@ -54,8 +54,9 @@ def is_classifier(package_dir: str | Path) -> bool:
 def check_manifest(manifest: Mapping[str, Any]) -> tuple[list[str], PhotoTransform]:
     """(class names, photo transform) of a classifier manifest; ClassifierError names what is wrong.
 
-    Each artifact's ``input`` (when given) must be float32 of the transform's shape [1, 3, H, W]: a
-    package whose artifact takes another size would be fed photos it was not compiled for.
+    Each artifact's ``input`` (when given) must be float32 of the transform's shape [1, 3, H, W], or the
+    transformed photo's uint8 pixel blocks (``edge.photos.check_input_spec``): a package whose artifact
+    takes another size would be fed photos it was not compiled for.
     """
     classes = manifest.get("classes")
     if (
@@ -72,14 +73,11 @@ def check_manifest(manifest: Mapping[str, Any]) -> tuple[list[str], PhotoTransfo
         transform = PhotoTransform.from_dict(spec)
     except PhotoError as exc:
         raise ClassifierError(f"the manifest's input_transform: {exc}") from exc
-    expected = transform.as_dict()["shape"]
     for artifact in manifest["artifacts"]:
         given = (artifact.get("input") or {}) if isinstance(artifact, dict) else {}
-        if given.get("shape", expected) != expected or given.get("dtype", "float32") != "float32":
-            raise ClassifierError(
-                f"{artifact.get('file')} takes {given.get('dtype')} {given.get('shape')}, "
-                f"but the input_transform gives float32 {expected}"
-            )
+        wrong = check_input_spec(given, transform)
+        if wrong:
+            raise ClassifierError(f"{artifact.get('file')} {wrong}")
     return list(classes), transform
 
 
@@ -137,7 +135,7 @@ class Classifier:
 
     def __call__(self, photo: str | Path | np.ndarray | Any) -> np.ndarray:
         """One photo (a file, a Pillow image or an RGB uint8 array) -> float32 probabilities [classes]."""
-        batch = photos.prepare(photo, self.transform)
+        batch = photos.prepare_for(photo, self.transform, self.artifact.get("input"))
         (raw,) = self._session.run([self._output_name], {self._input_name: batch})
         values = np.asarray(raw, dtype=np.float32).reshape(-1)
         if values.size != len(self.classes):

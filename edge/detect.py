@@ -272,7 +272,7 @@ class Detector:
         """One photo -> (cls_prob (C+1, A), loc_preds (A*4,)), checked against the classes and anchors."""
         from edge import photos
 
-        batch = photos.prepare(photo, self.transform)
+        batch = photos.prepare_for(photo, self.transform, self.artifact.get("input"))
         cls_prob, loc_preds = self._session.run(list(HEAD_NAMES), {self._input_name: batch})
         count = len(self.anchors)
         cls_prob = (

@@ -7,6 +7,10 @@ whole photo to ``height`` x ``width`` instead of the first two: ``crop="stretch"
 ``crop`` (``height`` x ``width``: the centre, or a random place and flip while training) ->
 ``to_input`` (NCHW float32, ``(pixel * scale - mean) / std`` per RGB channel).
 
+An int8 artifact compiled to take pixels (processing/pixel_input.py) gets the cropped photo's uint8 bytes
+instead of ``to_input``'s floats, in ``block`` x ``block`` patches side by side (``pixel_blocks``); its
+manifest ``input`` says so (``pixel_input_spec``) and ``prepare_for`` feeds each artifact its own form.
+
 ``PhotoTransform`` records the numbers; the trainer writes it into ``classifier-spec.json`` (``input``),
 compile copies it into each package's manifest (``input_transform``) and the car reads it from there, so
 every stage prepares a photo exactly as training did. Numpy and Pillow only: this module runs on the device.
@@ -23,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 INPUT_NAME = "data"  # Neo's MXNet input name ({"data": [1, 3, H, W]})
+PIXELS_NAME = "pixels"  # the input of an int8 model fed uint8 pixel blocks (processing/pixel_input.py)
 RESIZE_RATIO = 8 / 7  # shorter side before cropping: ImageNet's 256 for a 224 crop
 # Class names by id (a JSON list), beside each split's image list: Preprocess writes it, the trainers
 # and evaluation read it.
@@ -153,11 +158,63 @@ def stretch(source: str | Path | Image.Image, height: int, width: int) -> np.nda
     return np.asarray(open_rgb(source).resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
-def prepare(source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform) -> np.ndarray:
-    """One photo (a file, a Pillow image or an RGB uint8 array) as the network's [1, 3, H, W] input."""
+def photo_pixels(source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform) -> np.ndarray:
+    """One photo (a file, a Pillow image or an RGB uint8 array) resized and cropped (or stretched) as the
+    transform says: RGB uint8 ``height`` x ``width`` x 3, before normalising."""
     if isinstance(source, np.ndarray):
         source = Image.fromarray(np.asarray(source, dtype=np.uint8))
     if transform.crop == STRETCH:
-        return to_input([stretch(source, transform.height, transform.width)], transform)
+        return stretch(source, transform.height, transform.width)
     resized = resize_shorter_side(source, transform.resize_shorter_side)
-    return to_input([crop(resized, transform.height, transform.width)], transform)
+    return crop(resized, transform.height, transform.width)
+
+
+def prepare(source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform) -> np.ndarray:
+    """One photo (a file, a Pillow image or an RGB uint8 array) as the network's [1, 3, H, W] input."""
+    return to_input([photo_pixels(source, transform)], transform)
+
+
+def pixel_blocks(image: np.ndarray, block: int) -> np.ndarray:
+    """An RGB uint8 H x W x 3 photo as [1, H/block, W/block, 3 * block²] uint8: each block x block patch's
+    pixels side by side, row by row, RGB within (the input of processing/pixel_input.py's models)."""
+    height, width, _ = image.shape
+    if height % block or width % block:
+        raise PhotoError(f"a {height}x{width} photo does not split into {block}x{block} blocks")
+    rows, columns = height // block, width // block
+    blocks = (
+        np.asarray(image, np.uint8).reshape(1, rows, block, columns, block, 3).transpose(0, 1, 3, 2, 4, 5)
+    )
+    return np.ascontiguousarray(blocks).reshape(1, rows, columns, 3 * block * block)
+
+
+def pixel_input_spec(transform: PhotoTransform, block: int) -> dict[str, Any]:
+    """An artifact's ``input`` when it takes ``pixel_blocks`` of the transformed photo, not ``to_input``."""
+    shape = [1, transform.height // block, transform.width // block, 3 * block * block]
+    return {"name": PIXELS_NAME, "dtype": "uint8", "layout": "NHWC", "block": block, "shape": shape}
+
+
+def check_input_spec(spec: Mapping[str, Any], transform: PhotoTransform) -> str | None:
+    """What is wrong with an artifact's ``input`` for this transform (None: the car can feed it): float32
+    of the transform's shape, or ``pixel_input_spec``'s uint8 blocks."""
+    expected = transform.as_dict()["shape"]
+    if spec.get("dtype", "float32") == "float32":
+        shape = spec.get("shape", expected)
+        return (
+            None if shape == expected else f"takes float32 {shape}, but the input_transform gives {expected}"
+        )
+    block = spec.get("block")
+    if spec.get("dtype") != "uint8" or not isinstance(block, int) or block < 1:
+        return f"takes {spec.get('dtype')} input, and the car feeds float32 or uint8 pixel blocks"
+    if transform.height % block or transform.width % block or spec != pixel_input_spec(transform, block):
+        photo = f"{transform.height}x{transform.width}"
+        return f"takes {spec}, which is not {block}x{block} pixel blocks of a {photo} photo"
+    return None
+
+
+def prepare_for(
+    source: str | Path | Image.Image | np.ndarray, transform: PhotoTransform, spec: Mapping[str, Any] | None
+) -> np.ndarray:
+    """One photo as the artifact whose ``input`` is ``spec`` takes it: uint8 pixel blocks or ``prepare``."""
+    if spec and spec.get("dtype") == "uint8":
+        return pixel_blocks(photo_pixels(source, transform), int(spec["block"]))
+    return prepare(source, transform)

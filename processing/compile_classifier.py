@@ -36,7 +36,7 @@ import numpy as np
 
 from edge.archives import write_reproducible_tar_gz
 from edge.artifacts import sha256_file
-from edge.photos import PhotoError, PhotoTransform, prepare
+from edge.photos import PhotoError, PhotoTransform, prepare_for
 from processing.compile import DEFAULT_TARGETS, compile_mode, dry_run_requests, unpack_model
 from processing.edge_package import (
     COMPILED_FORMAT,
@@ -146,11 +146,13 @@ def read_split(split: Path) -> list[tuple[int, Path]]:
         raise CompileError(f"the {split.name} split: {exc}") from exc
 
 
-def prepared(photos: Sequence[Path], transform: PhotoTransform) -> np.ndarray:
-    """[N, 3, H, W] float32 through the car's own ``edge.photos.prepare``; an unreadable photo is bad
-    input (exit 2), not a bug."""
+def prepared(
+    photos: Sequence[Path], transform: PhotoTransform, spec: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """[N, 3, H, W] float32 through the car's own ``edge.photos.prepare`` (an artifact's ``input`` spec:
+    as ``edge.photos.prepare_for`` feeds it); an unreadable photo is bad input (exit 2), not a bug."""
     try:
-        return np.concatenate([prepare(path, transform) for path in photos])
+        return np.concatenate([prepare_for(path, transform, spec) for path in photos])
     except PhotoError as exc:
         raise CompileError(str(exc)) from exc
 
@@ -260,8 +262,15 @@ def onnx_summary(path: Path) -> dict[str, Any]:
     }
 
 
-def quantize_int8(float_path: Path, dest: Path, calibration: np.ndarray, scheme: Int8Scheme) -> None:
-    """Static int8 of the float32 export, calibrated (MinMax) on ``calibration`` [N, 3, H, W].
+def quantize_int8(
+    float_path: Path,
+    dest: Path,
+    calibration: np.ndarray,
+    scheme: Int8Scheme,
+    extra_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Static int8 of the float32 export, calibrated (MinMax) on ``calibration`` [N, 3, H, W];
+    ``extra_options``: quantize_static's (processing/pixel_input.py's ``input_overrides``).
 
     ONNX Runtime's pre-processing runs first: it folds each BatchNormalization into its convolution, so
     the int8 convolutions carry the folded weights. Without it the BatchNormalizations stay float
@@ -293,6 +302,7 @@ def quantize_int8(float_path: Path, dest: Path, calibration: np.ndarray, scheme:
         per_channel=scheme.per_channel,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        extra_options=dict(extra_options or {}),
     )
     folded.unlink()
 

@@ -11,7 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.photos import PhotoError, PhotoTransform, crop, prepare, resize_shorter_side, to_input
+from edge.photos import (
+    PhotoError,
+    PhotoTransform,
+    check_input_spec,
+    crop,
+    photo_pixels,
+    pixel_blocks,
+    pixel_input_spec,
+    prepare,
+    prepare_for,
+    resize_shorter_side,
+    to_input,
+)
 from training.classifier import ImageList, UsageError, batches, read_image_list
 
 SPEC = PhotoTransform(32, 32, 36, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1 / 255)
@@ -133,3 +145,38 @@ def test_a_stretched_photo_keeps_all_of_itself_at_the_networks_size(tmp_path: Pa
     prepared = prepare(pixels, transform)
     assert prepared.shape == (1, 3, 32, 32)
     assert prepared[0, 0, :, :15].min() > 150 and prepared[0, 0, :, 17:].max() < 50
+
+
+def test_pixel_blocks_lay_each_patch_side_by_side_row_by_row() -> None:
+    photo = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    blocks = pixel_blocks(photo, 2)
+    assert blocks.shape == (1, 2, 3, 12) and blocks.dtype == np.uint8
+    # block (1, 2): rows 2-3, columns 4-5; channels (row, column, RGB)
+    expected = np.concatenate([photo[2, 4], photo[2, 5], photo[3, 4], photo[3, 5]])
+    np.testing.assert_array_equal(blocks[0, 1, 2], expected)
+    np.testing.assert_array_equal(pixel_blocks(photo, 1)[0], photo)
+    with pytest.raises(PhotoError, match="does not split into 4x4 blocks"):
+        pixel_blocks(photo, 4)
+
+
+def test_an_artifact_takes_the_float_input_or_pixel_blocks_of_the_transformed_photo(tmp_path: Path) -> None:
+    spec = pixel_input_spec(SPEC, 2)
+    assert spec == {
+        "name": "pixels",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "block": 2,
+        "shape": [1, 16, 16, 12],
+    }
+    assert check_input_spec(spec, SPEC) is None
+    assert check_input_spec({}, SPEC) is None and check_input_spec({"shape": [1, 3, 32, 32]}, SPEC) is None
+    assert "float32 [1, 3, 64, 64]" in check_input_spec({"shape": [1, 3, 64, 64]}, SPEC)
+    assert "int8 input" in check_input_spec({"dtype": "int8"}, SPEC)
+    assert "not 2x2 pixel blocks" in check_input_spec({**spec, "shape": [1, 32, 32, 12]}, SPEC)
+    assert "not 3x3 pixel blocks" in check_input_spec(pixel_input_spec(SPEC, 3), SPEC)  # 32 is not 3s
+    pixels = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    fed = prepare_for(pixels, SPEC, spec)
+    np.testing.assert_array_equal(fed, pixel_blocks(photo_pixels(pixels, SPEC), 2))
+    # the same photo as the float artifact's input: (pixel * scale - mean) / std, back in NCHW
+    restored = fed.reshape(16, 16, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(1, 32, 32, 3)
+    np.testing.assert_array_equal(to_input(list(restored), SPEC), prepare_for(pixels, SPEC, None))

@@ -22,6 +22,7 @@ from edge.artifacts import sha256_file
 from edge.cli import main as edge_main
 from edge.photos import PhotoTransform
 from processing.edge_package import MANIFEST_FORMAT, write_package
+from processing.pixel_input import input_overrides, pixel_input_model
 
 CLASSES = ("red", "green", "blue")
 TRANSFORM = PhotoTransform(
@@ -35,8 +36,8 @@ DECODE = {"variances": [0.1, 0.1, 0.2, 0.2], "nms_threshold": 0.45, "nms_topk": 
 
 
 def heads_model(classes: int = 3) -> Any:
-    """data [1, 3, 8, 8] -> channel means -> logits [1, classes + 1, 2] -> softmax over the classes:
-    ``cls_prob``; a zero MatMul: ``loc_preds`` [1, 8]."""
+    """data [1, 3, 8, 8] -> every other pixel -> channel means -> logits [1, classes + 1, 2] -> softmax
+    over the classes: ``cls_prob``; a zero MatMul: ``loc_preds`` [1, 8]."""
     from onnx import TensorProto, helper, numpy_helper
 
     weight = np.zeros((3, classes + 1, 2), np.float32)
@@ -45,8 +46,9 @@ def heads_model(classes: int = 3) -> Any:
     for channel, (class_id, anchor) in enumerate(((1, 0), (2, 0), (3, 1))):
         if class_id <= classes:
             weight[channel, class_id, anchor], bias[class_id, anchor] = 10.0, -5.0
-    nodes = [
-        helper.make_node("ReduceMean", ["data"], ["pooled"], axes=[2, 3], keepdims=0),
+    nodes = [  # a stride-2 1x1 identity first: the int8 heads then take pixel blocks (pixel_input.py)
+        helper.make_node("Conv", ["data", "identity"], ["sampled"], kernel_shape=[1, 1], strides=[2, 2]),
+        helper.make_node("ReduceMean", ["sampled"], ["pooled"], axes=[2, 3], keepdims=0),
         helper.make_node("MatMul", ["pooled", "weight"], ["logits_flat"]),
         helper.make_node("Add", ["logits_flat", "bias"], ["logits_biased"]),
         helper.make_node("Reshape", ["logits_biased", "shape"], ["logits"]),
@@ -60,6 +62,7 @@ def heads_model(classes: int = 3) -> Any:
         [helper.make_tensor_value_info("cls_prob", TensorProto.FLOAT, [1, classes + 1, 2]),
          helper.make_tensor_value_info("loc_preds", TensorProto.FLOAT, [1, 8])],
         initializer=[
+            numpy_helper.from_array(np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "identity"),
             numpy_helper.from_array(weight.reshape(3, -1), "weight"),
             numpy_helper.from_array(bias.reshape(-1), "bias"),
             numpy_helper.from_array(np.array([1, classes + 1, 2], np.int64), "shape"),
@@ -69,12 +72,12 @@ def heads_model(classes: int = 3) -> Any:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
-def artifact_entry(path: Path, precision: str) -> dict[str, Any]:
+def artifact_entry(path: Path, precision: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "file": path.name,
         "runtime": "onnxruntime",
         "precision": precision,
-        "input": {"name": "data", "shape": TRANSFORM.as_dict()["shape"], "dtype": "float32"},
+        "input": spec or {"name": "data", "shape": TRANSFORM.as_dict()["shape"], "dtype": "float32"},
         "outputs": [{"name": n, "index": i, "dtype": "float32", "meaning": n}
                     for i, n in enumerate(("cls_prob", "loc_preds"))],
         "sha256": sha256_file(path),
@@ -85,7 +88,8 @@ def artifact_entry(path: Path, precision: str) -> dict[str, Any]:
 
 
 def detector_package(tag: str, classes: int = 3) -> bytes:
-    """A detector package as compile_detection writes it: heads float32 and int8, anchors.npy."""
+    """A detector package as compile_detection writes it: heads int8 fed pixels, int8 and float32,
+    anchors.npy."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
@@ -94,11 +98,17 @@ def detector_package(tag: str, classes: int = 3) -> bytes:
         float32, int8 = work / "detector-float32.onnx", work / "detector-int8.onnx"
         onnx.save(heads_model(classes), float32)
         quantize_static(
-            str(float32), str(int8), ColourPhotos(), quant_format=QuantFormat.QDQ,
+            str(float32), str(int8), ColourPhotos(), quant_format=QuantFormat.QOperator,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            extra_options=dict(input_overrides(TRANSFORM, "data")),
         )  # fmt: skip
+        pixels = work / "detector-int8-pixels.onnx"
+        photos = np.stack([np.full((8, 8, 3), rgb, np.uint8) for rgb in COLOURS.values()])
+        spec, how = pixel_input_model(int8, pixels, TRANSFORM, photos)
+        assert spec is not None, how
         np.save(work / "anchors.npy", ANCHORS)
-        entries = [artifact_entry(int8, "int8"), artifact_entry(float32, "float32")]
+        entries = [artifact_entry(pixels, "int8", spec), artifact_entry(int8, "int8"),
+                   artifact_entry(float32, "float32")]  # fmt: skip
         default = entries[0]
         manifest = {
             "format": MANIFEST_FORMAT, "task": "detection", "target": TARGET, "tag": tag,
@@ -135,7 +145,7 @@ def test_pull_installs_a_detector_with_a_smoke_test(car_workspace, good_package,
     smoke = state(tmp_path)["current"]["smoke_test"]
     assert smoke["task"] == "detection" and smoke["classes"] == list(CLASSES)
     measured = {m["file"]: m for m in smoke["measured"]}
-    assert set(measured) == {"detector-int8.onnx", "detector-float32.onnx"}
+    assert set(measured) == {"detector-int8-pixels.onnx", "detector-int8.onnx", "detector-float32.onnx"}
     assert all(m["passed"] and m["fps"] > 0 for m in measured.values()), measured
     assert edge_main(["status", "--root", str(tmp_path / "car")]) == 0
     assert "task      detection: 3 classes (red, green, blue)" in capsys.readouterr().out
@@ -225,3 +235,20 @@ def test_the_car_detects_without_the_sdk_boto3_or_tensorflow(car_workspace, good
     assert ran.returncode == 0, ran.stderr
     assert "02-green.png: green " in ran.stdout and "detected in 3 photos" in ran.stdout
     assert "HEAVY-MODULES=\n" in ran.stderr + "\n"
+
+
+def test_each_int8_form_finds_the_same_boxes(car_workspace, good_package, colour_photos):
+    """The int8 heads fed pixel blocks (processing/pixel_input.py) and fed the float input: the car
+    prepares each photo as each artifact's ``input`` says, and both answer the same heads."""
+    tmp_path, aws = car_workspace
+    register(aws.sagemaker, aws.s3, good_package, key="d/1/model.tar.gz")
+    assert pull(tmp_path) == 0
+    package = tmp_path / "car" / "current"
+    pixels = detect.open_detector(package, prefer="detector-int8-pixels.onnx")
+    plain = detect.open_detector(package, prefer="detector-int8.onnx")
+    assert pixels.artifact["input"]["block"] == 2 and plain.artifact["input"]["dtype"] == "float32"
+    for photo in sorted(colour_photos.iterdir()):
+        for got, expected in zip(pixels.heads(photo), plain.heads(photo), strict=True):
+            np.testing.assert_array_equal(got, expected)
+        (found,) = pixels(photo)
+        assert CLASSES[int(found[0])] in photo.name and found[1] > 0.9

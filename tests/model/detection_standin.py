@@ -60,9 +60,15 @@ def write_photos(folder: Path, photos: int, seed: int) -> None:
     (folder / "classes.json").write_text(json.dumps(CLASSES))
 
 
-def write_model(folder: Path) -> None:
+# The real detector's input, (pixel - 127) / 128 (training/detector.py): the stand-in then samples every
+# other pixel through a 3x3 stride-2 convolution first, so its int8 heads can take pixel blocks.
+PIXEL_SCALED_INPUT = {**SPEC["input"], "mean": [127.0] * 3, "std": [128.0] * 3}
+
+
+def write_model(folder: Path, pixel_scaled: bool = False) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "detector-spec.json").write_text(json.dumps(SPEC))
+    spec = {**SPEC, "input": PIXEL_SCALED_INPUT} if pixel_scaled else SPEC
+    (folder / "detector-spec.json").write_text(json.dumps(spec))
 
 
 def deploy_network(model_dir: Path) -> tuple[Any, dict, dict]:
@@ -70,8 +76,14 @@ def deploy_network(model_dir: Path) -> tuple[Any, dict, dict]:
     import mxnet as mx
 
     anchors_count, classes = 2, len(CLASSES)
+    pixel_scaled = (
+        json.loads((Path(model_dir) / "detector-spec.json").read_text())["input"]["mean"][0] == 127.0
+    )
     data = mx.sym.var("data")
-    means = mx.sym.mean(data, axis=(2, 3))  # (N, 3): the share of red, green, blue
+    if pixel_scaled:  # the centre tap of each channel: every other pixel, the squares' shares unchanged
+        data = mx.sym.Convolution(data, kernel=(3, 3), stride=(2, 2), pad=(1, 1), num_filter=3, no_bias=True,
+                                  name="sample")  # fmt: skip
+    means = mx.sym.mean(data, axis=(2, 3))  # (N, 3): the share of red, green, blue (or its scaled value)
     logits = mx.sym.FullyConnected(means, num_hidden=(classes + 1) * anchors_count, name="cls")
     cls_prob = mx.sym.softmax(
         mx.sym.reshape(logits, (0, classes + 1, anchors_count)), axis=1, name="cls_prob"
@@ -86,6 +98,8 @@ def deploy_network(model_dir: Path) -> tuple[Any, dict, dict]:
     bias[0] = 0.0
     weight[1, 0, 0], bias[1, 0] = 100.0, -3.0  # red on anchor 0
     weight[2, 1, 2], bias[2, 1] = 100.0, -3.0  # blue on anchor 1
+    if pixel_scaled:  # share = (128 x + 127) / 255 for the scaled mean x
+        bias, weight = bias + weight.sum(axis=2) * 127 / 255, weight * 128 / 255
     args = {
         "cls_weight": mx.nd.array(weight.reshape(-1, 3)),
         "cls_bias": mx.nd.array(bias.reshape(-1)),
@@ -93,6 +107,10 @@ def deploy_network(model_dir: Path) -> tuple[Any, dict, dict]:
         "loc_preds_bias": mx.nd.zeros(anchors_count * 4),
         "anchor_boxes": mx.nd.array([[RED_BOX, BLUE_BOX]]),
     }
+    if pixel_scaled:
+        sample = np.zeros((3, 3, 3, 3), np.float32)
+        sample[[0, 1, 2], [0, 1, 2], 1, 1] = 1.0
+        args["sample_weight"] = mx.nd.array(sample)
     return mx.sym.Group([cls_prob, loc_preds, anchors]), args, {}
 
 
