@@ -57,16 +57,21 @@ def decode_boxes(
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
     """IoU of every pair of corner boxes (N, 4) -> (N, N), in float32 and the operator's order of
     operations (so a pair exactly at the NMS threshold falls the same way); 0 where the union is empty
-    (two boxes of no area)."""
+    (two boxes of no area). x and y side by side: each numpy call costs ~1 us whatever its size here."""
     zero = np.float32(0)
-    left, top, right, bottom = (boxes[:, k] for k in range(4))
-    w = np.maximum(zero, np.minimum(right[:, None], right) - np.maximum(left[:, None], left))
-    h = np.maximum(zero, np.minimum(bottom[:, None], bottom) - np.maximum(top[:, None], top))
-    inter = w * h
-    area = (right - left) * (bottom - top)
+    overlap = np.minimum(boxes[:, None, 2:], boxes[:, 2:]) - np.maximum(boxes[:, None, :2], boxes[:, :2])
+    np.maximum(zero, overlap, out=overlap)  # (N, N, 2): max(0, min(right) - max(left)), the same for y
+    inter = overlap[..., 0] * overlap[..., 1]
+    sides = boxes[:, 2:] - boxes[:, :2]
+    area = sides[:, 0] * sides[:, 1]
     union = area[:, None] + area - inter
-    empty = union <= zero  # divided by 1 instead, then 0: no division by zero to warn about
-    return np.where(empty, zero, inter / np.where(empty, np.float32(1), union))
+    iou = np.zeros_like(inter)  # divided only where the union is not empty: no division by zero to warn about
+    return np.divide(inter, union, out=iou, where=~(union <= zero))
+
+
+# Which row may suppress which: only a better box (an earlier row) a worse one. Cut from one table for the
+# usual few dozen candidates (np.triu costs ~5 us a call).
+_EARLIER_ROWS = ~np.tri(128, dtype=bool)
 
 
 def greedy_nms(boxes: np.ndarray, classes: np.ndarray, limit: float, force_suppress: bool) -> np.ndarray:
@@ -76,13 +81,14 @@ def greedy_nms(boxes: np.ndarray, classes: np.ndarray, limit: float, force_suppr
     One IoU matrix over the survivors of the threshold and top-k (a few dozen for a trained model, at
     most ``nms_topk``), then one vector operation per box that suppresses something: the box-by-box
     loop of the operator in Python cost about 25 us per candidate (benchmarks/README.md, "Detection")."""
-    alive = np.ones(len(boxes), dtype=bool)
-    if len(boxes) < 2:
+    count = len(boxes)
+    alive = np.ones(count, dtype=bool)
+    if count < 2:
         return alive
     suppresses = pairwise_iou(boxes) >= np.float32(limit)
     if not force_suppress:
         suppresses &= classes[:, None] == classes
-    suppresses = np.triu(suppresses, 1)  # only a better box (earlier row) suppresses a worse one
+    suppresses &= _EARLIER_ROWS[:count, :count] if count <= len(_EARLIER_ROWS) else ~np.tri(count, dtype=bool)
     for i in np.flatnonzero(suppresses.any(axis=1)):
         if alive[i]:  # final: only earlier rows can suppress row i, and they have all been applied
             alive &= ~suppresses[i]
@@ -140,20 +146,21 @@ def decode(
     # is no detection. The threshold comes before anything per anchor is computed: of 1,344 anchors a
     # trained model leaves a few dozen at 0.01 (benchmarks/README.md, "Detection").
     scores = np.fmax.reduce(foreground, axis=0)
-    (kept,) = np.nonzero((scores > np.float32(-1)) & ~(scores < np.float32(threshold)))
+    floor = np.float32(threshold)  # above -1, "not below it" is ">= it" (NaN fails both)
+    passing = scores >= floor if floor > -1 else (scores > np.float32(-1)) & ~(scores < floor)
+    kept = np.flatnonzero(passing)
     if kept.size == 0:
         return np.zeros((0, 6), dtype=np.float32)
     order = kept[np.argsort(-scores[kept], kind="stable")]  # std::stable_sort, descending score
     if 0 < nms_topk < order.size:
         order = order[:nms_topk]
-    candidates = foreground[:, order]
-    # the first class reaching the score: on a tie the lower class wins, as the operator's strict > keeps
-    classes = np.argmax(np.where(np.isnan(candidates), np.float32(-np.inf), candidates), axis=0)
-    classes = classes.astype(np.float32)
-    boxes = decode_boxes(offsets[order], corners[order], variances)
-    alive = greedy_nms(boxes, classes, nms_threshold, force_suppress)
-    rows = np.column_stack([classes, scores[order], boxes]).astype(np.float32)
-    return rows[alive]
+    rows = np.empty((order.size, 6), np.float32)
+    rows[:, 1] = scores[order]
+    # the first class reaching the score (NaN never equals it): on a tie the lower class wins, as the
+    # operator's strict > keeps
+    rows[:, 0] = np.argmax(foreground[:, order] == rows[:, 1], axis=0)
+    rows[:, 2:] = decode_boxes(offsets[order], corners[order], variances)
+    return rows[greedy_nms(rows[:, 2:], rows[:, 0], nms_threshold, force_suppress)]
 
 
 def decode_settings(spec: Mapping[str, Any]) -> dict[str, Any]:
