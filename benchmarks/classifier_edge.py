@@ -40,7 +40,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -122,6 +122,21 @@ def mxnet_runner(model: Path) -> Callable[[Any], Any]:
     return lambda photo: net(mx.nd.array(photo)).asnumpy()  # asnumpy waits for MXNet's async engine
 
 
+def fed_photos(
+    paths: Sequence[Path], transform: Any, artifacts: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """Each photo as MXNet takes it (``"mxnet"``: float32 NCHW) and as each artifact's ``input`` says
+    (``edge.photos.prepare_for``, as the car feeds it: an int8 model fed pixels gets uint8 blocks),
+    prepared beforehand for all: preparing is not timed."""
+    from edge.photos import prepare, prepare_for
+
+    fed = {"mxnet": [prepare(path, transform) for path in paths]}
+    fed.update(
+        {f: [prepare_for(path, transform, a.get("input")) for path in paths] for f, a in artifacts.items()}
+    )
+    return fed
+
+
 def onnx_runner(path: Path) -> Callable[[Any], Any]:
     """The artifact as the car runs it: ``edge.runtimes.onnx_session`` (its session options), one thread."""
     from edge.runtimes import onnx_session
@@ -198,7 +213,7 @@ def profile_ops(path: Path, photo: Any, runs: int) -> dict[str, float]:
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.edge import count_macs, measure, measure_peaks, median, pin_to_one_cpu
-    from edge.photos import PhotoTransform, prepare
+    from edge.photos import PhotoTransform
     from training.classifier import read_image_list
 
     cpu = pin_to_one_cpu()
@@ -212,12 +227,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         package = compile_package(model, train, test, work / "compiled")
         manifest = json.loads((package / "manifest.json").read_text())
         transform = PhotoTransform.from_dict(manifest["input_transform"])
-        photos = [prepare(path, transform) for _, path in read_image_list(test)[:64]]
         artifacts = {a["file"]: a for a in manifest["artifacts"]}
+        fed = fed_photos([path for _, path in read_image_list(test)[:64]], transform, artifacts)
         float_file = next(f for f, a in artifacts.items() if a["precision"] == "float32")
         macs = count_macs(package / float_file)
         mac_kinds = macs_by_kind(package / float_file)
-        profiles = {file: profile_ops(package / file, photos[0], args.profile_runs) for file in artifacts}
+        profiles = {file: profile_ops(package / file, fed[file][0], args.profile_runs) for file in artifacts}
         runners = {"mxnet": mxnet_runner(model)}
         runners.update({file: onnx_runner(package / file) for file in artifacts})
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
@@ -225,7 +240,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             peaks.append(measure_peaks())
             for name, runner in runners.items():
-                rounds[name].append(measure(runner, photos, args.seconds, 1))
+                rounds[name].append(measure(runner, fed[name], args.seconds, 1))
     limits = [{p: max(peak[p].values()) * 1e9 / macs for p in ("float32", "int8")} for peak in peaks]
     rows = {}
     for name, measured in rounds.items():

@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.classifier_edge import (  # noqa: E402
     cpu_name,
+    fed_photos,
     in_mxnet_environment,
     macs_by_kind,
     print_profile,
@@ -227,7 +228,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks.edge import count_macs, measure, measure_peaks, median, pin_to_one_cpu
     from edge.detect import DEFAULT_MIN_SCORE, check_manifest, reporting_settings
-    from edge.photos import prepare, prepare_for
     from processing.evaluate_detection import read_split
 
     cpu = pin_to_one_cpu()
@@ -245,15 +245,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         anchors = np.load(package / manifest["anchors_file"]).astype(np.float32).reshape(-1, 4)
         paths = read_split(args.splits / "test").paths[:TIMING_PHOTOS]
         artifacts = {a["file"]: a for a in manifest["artifacts"]}
-        # each photo as each takes it, prepared beforehand for all: MXNet and the float input the float32
-        # NCHW, an artifact fed pixels their uint8 blocks (edge.photos.prepare_for, as the car feeds it)
-        fed = {"mxnet": [prepare(path, transform) for path in paths]}
-        fed.update(
-            {
-                f: [prepare_for(path, transform, a.get("input")) for path in paths]
-                for f, a in artifacts.items()
-            }
-        )
+        fed = fed_photos(paths, transform, artifacts)
         float_file = next(f for f, a in artifacts.items() if a["precision"] == "float32")
         int8_file = next(f for f, a in artifacts.items() if a["precision"] == "int8")
         macs = count_macs(package / float_file)

@@ -38,7 +38,7 @@ import numpy as np
 
 from edge.artifacts import sha256_file
 from edge.detect import DEFAULT_VARIANCES, decode, decode_settings
-from edge.photos import PhotoTransform, photo_pixels
+from edge.photos import PhotoTransform
 from processing.compile import compile_mode, dry_run_requests, unpack_model
 from processing.compile_classifier import (
     EXPORT_OPSET,
@@ -73,11 +73,10 @@ from processing.evaluate import EvaluationError
 from processing.evaluate_detection import SPEC_FILE, detection_metrics, read_spec, read_split
 from processing.local_compile import representative_indices
 from processing.neo import NEO_INPUT_NAME, parse_targets, target_devices
-from processing.pixel_input import input_overrides, pixel_input_model
+from processing.pixel_input import input_overrides, pixel_artifact
 
 TASK = "detection"
 FLOAT_FILE, INT8_FILE = "detector-float32.onnx", "detector-int8.onnx"
-INT8_PIXELS_FILE = "detector-int8-pixels.onnx"  # the int8 heads fed uint8 pixels (processing/pixel_input.py)
 ANCHORS_FILE = "anchors.npy"
 HEAD_NAMES = ("cls_prob", "loc_preds")  # the heads the car runs; anchors are data
 DEFAULT_THRESHOLD = 0.01  # decode's score threshold (MultiBoxDetection's default)
@@ -281,17 +280,10 @@ def compile_locally(
             float_path, "float32", f"float32 (mx.onnx export, opset {EXPORT_OPSET})", model, float_delta
         ),
     ]
-    pixels_path = work / INT8_PIXELS_FILE
-    photos = np.stack([photo_pixels(path, model.transform) for path in split.paths])
-    spec, how = pixel_input_model(int8_path, pixels_path, model.transform, photos)
-    log(f"{INT8_PIXELS_FILE}: {how}")
-    if spec is not None:  # first: on an Intel Xeon 100 us of the heads' 550 faster (module docstring)
-        pixels_delta = map_delta(
-            onnx_outputs(pixels_path, prepared(split.paths, model.transform, spec)),
-            reference, anchors, split.boxes, model,
-        )  # fmt: skip
-        scheme = f"{INT8_SCHEME.describe()}, fed {how.split(',')[0]}"
-        artifacts.insert(0, artifact_record(pixels_path, "int8", scheme, model, pixels_delta, spec))
+    pixels = pixel_artifact(int8_path, model.transform, split.paths, INT8_SCHEME.describe())
+    if pixels is not None:  # first: 3.7x MXNet's speed against 3.0x for the heads (docs/detection.md)
+        delta = map_delta(onnx_outputs(pixels.path, pixels.inputs), reference, anchors, split.boxes, model)
+        artifacts.insert(0, artifact_record(pixels.path, "int8", pixels.scheme, model, delta, pixels.spec))
     default = choose_default(artifacts, tolerance_points)
     files = {a["file"]: work / a["file"] for a in artifacts}
     files[ANCHORS_FILE] = work / ANCHORS_FILE

@@ -18,13 +18,15 @@ pads with; the block kernel's taps that the original kernel does not reach hold 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge.photos import PIXELS_NAME, PhotoTransform, pixel_blocks, pixel_input_spec
+from edge.photos import PIXELS_NAME, PhotoError, PhotoTransform, photo_pixels, pixel_blocks, pixel_input_spec
+from processing.edge_package import CompileError, log
 
 PIXEL_LEVELS = np.arange(256, dtype=np.uint8)
 
@@ -195,3 +197,32 @@ def input_overrides(transform: PhotoTransform, input_name: str) -> Mapping[str, 
     scale, zero_point = exact
     override = {"scale": np.array(scale, np.float32), "zero_point": np.array(zero_point, np.uint8)}
     return {"TensorQuantOverrides": {input_name: [override]}}
+
+
+@dataclass(frozen=True)
+class PixelArtifact:
+    """The int8 model fed pixels, written beside the int8 model: its file, manifest ``input`` and the
+    test photos as it takes them (to measure its accuracy_delta as every artifact's)."""
+
+    path: Path
+    spec: dict[str, Any]
+    inputs: np.ndarray
+    scheme: str
+
+
+def pixel_artifact(
+    int8_path: Path, transform: PhotoTransform, photos: Sequence[Path], int8_scheme: str
+) -> PixelArtifact | None:
+    """``<int8 model>-pixels.onnx`` from the compile step's int8 model, checked bit for bit on the test
+    ``photos`` (``pixel_input_model``), or None (logged why)."""
+    dest = int8_path.with_name(f"{int8_path.stem}-{PIXELS_NAME}.onnx")
+    try:
+        pixels = np.stack([photo_pixels(path, transform) for path in photos])
+    except PhotoError as exc:
+        raise CompileError(str(exc)) from exc
+    spec, how = pixel_input_model(int8_path, dest, transform, pixels)
+    log(f"{dest.name}: {how}")
+    if spec is None:
+        return None
+    inputs = np.concatenate([pixel_blocks(photo, spec["block"]) for photo in pixels])
+    return PixelArtifact(dest, spec, inputs, f"{int8_scheme}, fed {how.split(',')[0]}")

@@ -70,3 +70,24 @@ def test_defaults_are_the_recipes():
     recipe = gluon_hyperparameters(args.epochs, args.image_size)
     assert recipe["lr_scheduler_step"] == detection.LR_SCHEDULER_STEP
     assert recipe["overlap_threshold"] == detection.OVERLAP_THRESHOLD
+
+
+def test_each_runner_gets_the_photos_as_it_takes_them(tmp_path):
+    """MXNet the float32 NCHW input, each artifact what its manifest ``input`` says: the int8 model fed
+    pixels their uint8 blocks, as the car prepares them (benchmarks/classifier_edge.py's fed_photos)."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.classifier_edge import fed_photos
+    from edge.photos import PhotoTransform, pixel_input_spec
+
+    transform = PhotoTransform(8, 8, 8, (127.0,) * 3, (128.0,) * 3, 1.0, crop="stretch")
+    Image.fromarray(np.full((12, 10, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    artifacts = {"float.onnx": {"input": {"name": "data", "dtype": "float32"}},
+                 "pixels.onnx": {"input": pixel_input_spec(transform, 2)}}  # fmt: skip
+    fed = fed_photos([tmp_path / "a.png"] * 2, transform, artifacts)
+    assert sorted(fed) == ["float.onnx", "mxnet", "pixels.onnx"] and all(len(v) == 2 for v in fed.values())
+    assert fed["mxnet"][0].shape == (1, 3, 8, 8) and fed["mxnet"][0].dtype == np.float32
+    np.testing.assert_array_equal(fed["float.onnx"][0], fed["mxnet"][0])
+    assert fed["pixels.onnx"][0].shape == (1, 4, 4, 12) and fed["pixels.onnx"][0].dtype == np.uint8
+    assert np.all(fed["pixels.onnx"][0] == 200)

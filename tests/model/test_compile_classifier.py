@@ -17,7 +17,10 @@ import pytest
 from mxnet_fixtures import CLASSES, REPO, run_in_mxnet
 
 TARGETS = ("jetson_nano", "rasp4b")
-FLOAT, INT8 = "classifier-float32.onnx", "classifier-int8.onnx"
+FLOAT, INT8, PIXELS = "classifier-float32.onnx", "classifier-int8.onnx", "classifier-int8-pixels.onnx"
+FLOAT_INPUT = {"name": "data", "shape": [1, 3, 64, 64], "dtype": "float32"}
+# (pixel - 127) / 128 and a stride-2 first convolution: the int8 model also takes 2x2 pixel blocks
+PIXEL_INPUT = {"name": "pixels", "dtype": "uint8", "layout": "NHWC", "block": 2, "shape": [1, 32, 32, 12]}
 
 
 def compile_into(python: str, root: Path, out: Path) -> subprocess.CompletedProcess:
@@ -36,7 +39,7 @@ def compiled(mxnet_python: str, trained_classifier: Path, tmp_path_factory: pyte
 
 def manifest_of(package: Path) -> dict:
     with tarfile.open(package) as tar:
-        assert sorted(tar.getnames()) == sorted(["manifest.json", FLOAT, INT8])
+        assert sorted(tar.getnames()) == sorted(["manifest.json", FLOAT, INT8, PIXELS])
         return json.load(tar.extractfile("manifest.json"))
 
 
@@ -53,7 +56,7 @@ def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained
         assert entry["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
         assert entry["size_bytes"] == package.stat().st_size
         assert entry["runtime"] == "onnxruntime" and entry["runtimes"] == ["onnxruntime"]
-        assert entry["artifacts"] == [INT8, FLOAT] and entry["manifest"] == f"{target}/manifest.json"
+        assert entry["artifacts"] == [PIXELS, INT8, FLOAT] and entry["manifest"] == f"{target}/manifest.json"
         manifest = manifest_of(package)
         assert (compiled / target / "manifest.json").read_text() == json.dumps(
             manifest, indent=2, sort_keys=True
@@ -66,7 +69,7 @@ def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained
         artifacts = {a["file"]: a for a in manifest["artifacts"]}
         for name, artifact in artifacts.items():
             assert artifact["runtime"] == "onnxruntime"
-            assert artifact["input"] == {"name": "data", "shape": [1, 3, 64, 64], "dtype": "float32"}
+            assert artifact["input"] == (PIXEL_INPUT if name == PIXELS else FLOAT_INPUT)
             assert artifact["outputs"] == [
                 {"name": "softmax", "index": 0, "dtype": "float32", "meaning": "probabilities"}
             ]
@@ -80,7 +83,10 @@ def test_compiled_json_and_manifests_follow_the_contract(compiled: Path, trained
         assert artifacts[FLOAT]["accuracy_delta"]["max_abs_difference"] < 1e-4
         assert artifacts[INT8]["accuracy_delta"]["agreement"] >= 0.9
         assert artifacts[FLOAT]["accuracy_delta"]["reference_accuracy"] >= 0.8  # fine-tuned, not chance
-        expected_default = INT8 if artifacts[INT8]["within_tolerance"] else FLOAT
+        # the int8 model fed pixels answers what the int8 model answers (checked bit for bit at compile)
+        assert artifacts[PIXELS]["accuracy_delta"] == artifacts[INT8]["accuracy_delta"]
+        assert "fed uint8 2 x 2 pixel blocks" in artifacts[PIXELS]["quantization_scheme"]
+        expected_default = PIXELS if artifacts[INT8]["within_tolerance"] else FLOAT
         assert manifest["default"] == entry["default"] == expected_default
         chosen = artifacts[expected_default]
         for key in ("runtime", "file", "input", "outputs", "sha256", "size_bytes", "accuracy_delta"):
@@ -96,10 +102,11 @@ def test_onnx_runtime_runs_the_export_as_mxnet_does(
         "import json, sys, tarfile, hashlib, io\n"
         "import numpy as np, onnx, onnxruntime as ort, mxnet as mx\n"
         "from pathlib import Path\n"
-        "from edge.photos import prepare\n"
+        "from edge.photos import prepare, prepare_for\n"
         "from training.classifier import load_exported, read_image_list\n"
         "net, transform, _ = load_exported(Path(sys.argv[2]))\n"
-        "x = np.concatenate([prepare(p, transform) for _, p in read_image_list(Path(sys.argv[3]))[:20]])\n"
+        "photos = [path for _, path in read_image_list(Path(sys.argv[3]))[:20]]\n"
+        "x = np.concatenate([prepare(path, transform) for path in photos])\n"
         "facts = {}\n"
         "with tarfile.open(sys.argv[1]) as tar:\n"
         "    manifest = json.load(tar.extractfile('manifest.json'))\n"
@@ -109,7 +116,8 @@ def test_onnx_runtime_runs_the_export_as_mxnet_does(
         "        model = onnx.load_from_string(raw)\n"
         "        onnx.checker.check_model(model, full_check=True)\n"
         "        s = ort.InferenceSession(raw, providers=['CPUExecutionProvider'])\n"
-        "        p = np.concatenate([s.run(None, {'data': v[None]})[0] for v in x])\n"
+        "        fed = np.concatenate([prepare_for(path, transform, artifact['input']) for path in photos])\n"
+        "        p = np.concatenate([s.run(None, {s.get_inputs()[0].name: v[None]})[0] for v in fed])\n"
         "        q = net(mx.nd.array(x)).asnumpy()\n"
         "        sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}\n"
         "        ops = [n.op_type for n in model.graph.node]\n"
@@ -139,6 +147,11 @@ def test_onnx_runtime_runs_the_export_as_mxnet_does(
     assert "BatchNormalization" in facts[FLOAT]["ops"]
     assert facts[INT8]["ops"]["QLinearConv"] == facts[INT8]["per_channel"] == convs
     assert "Conv" not in facts[INT8]["ops"] and "BatchNormalization" not in facts[INT8]["ops"]
+    # fed pixel blocks, the same int8 network and the same answers
+    assert facts[PIXELS]["inputs"] == ["pixels"]  # the input's QuantizeLinear gone (the head's stays)
+    assert facts[PIXELS]["ops"].get("QuantizeLinear", 0) == facts[INT8]["ops"]["QuantizeLinear"] - 1
+    assert facts[PIXELS]["ops"]["QLinearConv"] == convs
+    assert (facts[PIXELS]["diff"], facts[PIXELS]["agree"]) == (facts[INT8]["diff"], facts[INT8]["agree"])
 
 
 @pytest.mark.slow
