@@ -3,8 +3,9 @@
 When the photo transform is ``(pixel - 127) / 128`` on every channel (the classifier's and the detector's:
 training/efficientnet_lite.py), quantising that float input at scale 1/128 and zero point 127 gives back
 each pixel exactly. So the int8 model's first ``QuantizeLinear`` can go: the car feeds the resized photo's
-bytes, with no float conversion, no quantisation and no layout transpose inside ONNX Runtime (35 of 550
-us of the detector's heads on an Intel Xeon, benchmarks/README.md "Detection").
+bytes, with no float conversion, no quantisation and no layout transpose inside ONNX Runtime (32 of the
+detector's 532 us in ONNX Runtime's profile on an Intel Xeon, benchmarks/README.md "The int8 heads fed
+pixels").
 
 And when the first convolution has stride 2, the pixels arrive as 2 x 2 blocks side by side
 (``edge.photos.pixel_blocks``: [1, H/2, W/2, 12]): the 3 x 3 stride-2 convolution over 3 channels
@@ -167,8 +168,16 @@ def pixel_input_model(
     if not _same_answers(int8_path, dest, transform, photos, block):
         dest.unlink()
         return None, "not written: its answers differ from the int8 model's"
-    what = "2 x 2 pixel blocks into a stride-1 first convolution" if block == 2 else "NHWC pixels"
-    return spec, f"uint8 {what}, answers equal to the int8 model's bit for bit on {len(photos)} photos"
+    return (
+        spec,
+        f"{fed_description(spec)}, answers equal to the int8 model's bit for bit on {len(photos)} photos",
+    )
+
+
+def fed_description(spec: Mapping[str, Any]) -> str:
+    """What a pixel model takes, for the log and the manifest's quantization_scheme."""
+    block = spec["block"]
+    return f"uint8 {block} x {block} pixel blocks" if block > 1 else "uint8 NHWC pixels"
 
 
 def _same_answers(
@@ -225,4 +234,4 @@ def pixel_artifact(
     if spec is None:
         return None
     inputs = np.concatenate([pixel_blocks(photo, spec["block"]) for photo in pixels])
-    return PixelArtifact(dest, spec, inputs, f"{int8_scheme}, fed {how.split(',')[0]}")
+    return PixelArtifact(dest, spec, inputs, f"{int8_scheme}, fed {fed_description(spec)}")
