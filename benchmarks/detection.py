@@ -253,10 +253,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         profiles = {f: profile_ops(package / f, fed[f][0], args.profile_runs) for f in artifacts}
         runners = {"mxnet": (mxnet_runner(model, transform.as_dict()["shape"][-1]), fed["mxnet"])}
         car = reporting_settings(settings, DEFAULT_MIN_SCORE)
-        for suffix, decoding in (("", settings), (" car", car), (" heads", None)):
+        for suffix, decode_with, decoding in (
+            ("", settings, True),
+            (" car", car, True),
+            (" heads", settings, False),
+        ):
             for f in artifacts:
-                runner = onnx_runner(package / f, anchors, decoding or settings, decoding is not None)
-                runners[f"{f}{suffix}"] = (runner, fed[f])
+                runners[f"{f}{suffix}"] = (onnx_runner(package / f, anchors, decode_with, decoding), fed[f])
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
         peaks: list[dict[str, dict[str, float]]] = []
         for _ in range(args.repeats):
